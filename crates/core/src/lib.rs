@@ -1,0 +1,13 @@
+//! Shared vocabulary of the platform: domain ids, secret wrappers, the JSON
+//! error body, telemetry set-up, shutdown signalling and the HTTP serve loop.
+
+pub mod error_body;
+pub mod ids;
+pub mod secret;
+pub mod serve;
+pub mod shutdown;
+pub mod telemetry;
+pub mod time;
+
+pub use ids::{DeviceId, UserId};
+pub use secret::{DeviceToken, Secret};

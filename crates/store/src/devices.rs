@@ -1,0 +1,123 @@
+//! Devices and their credentials. Reads of a device always filter by owner;
+//! credential checks go by token hash only (the relay has no user).
+
+use crate::{parse_id, Device, DeviceAuth, NewDevice, Store, StoreError};
+use edge_core::{time::now_ms, DeviceId, UserId};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+fn device_from_row(row: &AnyRow) -> Result<Device, StoreError> {
+    let labels: String = row.try_get("labels")?;
+    Ok(Device {
+        id: parse_id(row, "id")?,
+        owner_id: parse_id(row, "owner_id")?,
+        name: row.try_get("name")?,
+        labels: serde_json::from_str(&labels).map_err(|_| StoreError::Corrupt("labels".into()))?,
+        model: row.try_get("model")?,
+        serial: row.try_get("serial")?,
+        agent_version: row.try_get("agent_version")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+impl Store {
+    /// Create a device owned by `owner`.
+    pub async fn create_device(
+        &self,
+        owner: UserId,
+        new: &NewDevice,
+    ) -> Result<Device, StoreError> {
+        let id = DeviceId::new();
+        sqlx::query(
+            "INSERT INTO devices (id, owner_id, name, labels, model, serial, agent_version, created_at)
+             VALUES ($1, $2, $3, '[]', $4, $5, $6, $7)",
+        )
+        .bind(id.to_string())
+        .bind(owner.to_string())
+        .bind(&new.name)
+        .bind(new.model.as_deref())
+        .bind(new.serial.as_deref())
+        .bind(new.agent_version.as_deref())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        self.device(owner, id).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// The caller's device `id`; `None` when missing, revoked or not theirs.
+    pub async fn device(&self, owner: UserId, id: DeviceId) -> Result<Option<Device>, StoreError> {
+        sqlx::query("SELECT * FROM devices WHERE id = $1 AND owner_id = $2 AND revoked_at IS NULL")
+            .bind(id.to_string())
+            .bind(owner.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(device_from_row)
+            .transpose()
+    }
+
+    /// The caller's live devices, oldest first.
+    pub async fn devices(&self, owner: UserId) -> Result<Vec<Device>, StoreError> {
+        sqlx::query(
+            "SELECT * FROM devices WHERE owner_id = $1 AND revoked_at IS NULL ORDER BY created_at, id",
+        )
+        .bind(owner.to_string())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(device_from_row)
+        .collect()
+    }
+
+    /// Store a credential (by hash) for a device.
+    pub async fn add_credential(
+        &self,
+        device: DeviceId,
+        token_hash: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO device_credentials (token_hash, device_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(token_hash)
+        .bind(device.to_string())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Check a presented credential: the device it belongs to, when neither
+    /// the credential nor the device is revoked.
+    pub async fn authenticate_device(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<DeviceAuth>, StoreError> {
+        let row = sqlx::query(
+            "SELECT d.id AS id, d.owner_id AS owner_id
+             FROM device_credentials c JOIN devices d ON d.id = c.device_id
+             WHERE c.token_hash = $1 AND c.revoked_at IS NULL AND d.revoked_at IS NULL",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(DeviceAuth {
+                device_id: parse_id(&r, "id")?,
+                owner_id: parse_id(&r, "owner_id")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Revoke every live credential of a device; returns how many.
+    pub async fn revoke_credentials(&self, device: DeviceId) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE device_credentials SET revoked_at = $1 WHERE device_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(device.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}

@@ -1,0 +1,154 @@
+//! Persistence for users, user sessions, devices and device credentials.
+//! One `Store` over sqlx's `Any` driver: a SQLite file by default (created on
+//! first start), PostgreSQL when the URL says so. Each backend has its own
+//! migration set, embedded in the binary and applied on connect. Every query
+//! that reads a user-owned row takes the owner's `UserId`.
+
+mod devices;
+mod error;
+mod model;
+mod sessions;
+mod users;
+
+pub use error::StoreError;
+pub use model::{Device, DeviceAuth, NewDevice, SessionRecord, User};
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::AnyPool;
+use std::path::Path;
+
+/// Which database sits behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl Store {
+    /// Connect to `url` (`sqlite://path`, `sqlite::memory:`, `postgres://...`)
+    /// and apply pending migrations. A SQLite file and its directory are
+    /// created when missing.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url, max_conns) = if let Some(rest) = url.strip_prefix("sqlite:") {
+            let path = rest.trim_start_matches("//");
+            let path = path.split('?').next().unwrap_or_default();
+            if path != ":memory:" && !path.is_empty() {
+                if let Some(dir) = Path::new(path).parent() {
+                    if !dir.as_os_str().is_empty() {
+                        std::fs::create_dir_all(dir).map_err(StoreError::Io)?;
+                    }
+                }
+            }
+            let url = if url.contains('?') {
+                url.to_owned()
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            // One writer at a time is how SQLite works; a small pool avoids
+            // lock contention, and WAL (set below) lets readers proceed.
+            let conns = if path == ":memory:" { 1 } else { 4 };
+            (Backend::Sqlite, url, conns)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            (Backend::Postgres, url.to_owned(), 16)
+        } else {
+            return Err(StoreError::UnsupportedUrl);
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_conns)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        use sqlx::Executor;
+                        conn.execute("PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;")
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        let migrator = match backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&pool).await?;
+        tracing::debug!(?backend, "store ready");
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Cheap liveness probe for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn parse_id<T: std::str::FromStr>(row: &AnyRow, col: &str) -> Result<T, StoreError> {
+    use sqlx::Row;
+    let text: String = row.try_get(col)?;
+    text.parse()
+        .map_err(|_| StoreError::Corrupt(col.to_owned()))
+}
+
+/// Helpers for tests that need a store of their own.
+pub mod testing {
+    use super::{Store, StoreError};
+    use sqlx::Connection;
+
+    /// Environment variable naming a PostgreSQL server (an admin database URL)
+    /// that tests may create their own databases on.
+    pub const POSTGRES_ENV: &str = "TEST_POSTGRES_URL";
+
+    /// A fresh SQLite store in `dir`.
+    pub async fn sqlite_in(dir: &std::path::Path) -> Result<Store, StoreError> {
+        Store::connect(&format!("sqlite://{}", dir.join("test.db").display())).await
+    }
+
+    /// The PostgreSQL admin URL when configured. Panics-free: when
+    /// `REQUIRE_INTEROP=1` demands it and it is missing, returns an error.
+    pub fn postgres_admin_url() -> Result<Option<String>, String> {
+        match std::env::var(POSTGRES_ENV) {
+            Ok(url) if !url.is_empty() => Ok(Some(url)),
+            _ if std::env::var("REQUIRE_INTEROP").as_deref() == Ok("1") => Err(format!(
+                "{POSTGRES_ENV} is not set but REQUIRE_INTEROP=1 requires the PostgreSQL run"
+            )),
+            _ => Ok(None),
+        }
+    }
+
+    /// Create a uniquely named database on the server at `admin_url` and
+    /// connect a store to it.
+    pub async fn fresh_postgres(admin_url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let name = format!("edge_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::AnyConnection::connect(admin_url).await?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await?;
+        admin.close().await?;
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(b, _)| b)
+            .unwrap_or(admin_url);
+        Store::connect(&format!("{base}/{name}")).await
+    }
+}

@@ -1,0 +1,53 @@
+//! Row types the store hands out.
+
+use edge_core::{DeviceId, UserId};
+use serde::Serialize;
+
+/// A Member Center user known to the platform, keyed by (issuer, subject).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub id: UserId,
+    pub issuer: String,
+    pub subject: String,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub created_at: i64,
+}
+
+/// A server-side user session (only the hash of its id is stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub user_id: UserId,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+    pub expires_at: i64,
+}
+
+/// A paired edge box.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Device {
+    pub id: DeviceId,
+    pub owner_id: UserId,
+    pub name: String,
+    pub labels: Vec<String>,
+    pub model: Option<String>,
+    pub serial: Option<String>,
+    pub agent_version: Option<String>,
+    pub created_at: i64,
+}
+
+/// What a box says about itself when it is created.
+#[derive(Debug, Clone, Default)]
+pub struct NewDevice {
+    pub name: String,
+    pub model: Option<String>,
+    pub serial: Option<String>,
+    pub agent_version: Option<String>,
+}
+
+/// The result of checking a device credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceAuth {
+    pub device_id: DeviceId,
+    pub owner_id: UserId,
+}

@@ -1,0 +1,18 @@
+//! Constants of tunnel wire contract v1 (shared/docs/tunnel-protocol.md).
+
+use std::time::Duration;
+
+/// Path of the tunnel endpoint on the relay.
+pub const TUNNEL_PATH: &str = "/tunnel";
+/// Largest WebSocket message the relay accepts (close 1009 beyond it).
+pub const MAX_MESSAGE_SIZE: usize = 1 << 20;
+/// yamux initial (and, here, maximum) stream receive window.
+pub const INITIAL_STREAM_WINDOW: u32 = 256 * 1024;
+/// The relay sends a yamux ping this often.
+pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// A ping unanswered this long marks the session dead.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// No inbound bytes for this long marks the session dead.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(40);
+/// Agent-name prefix sent by this project's agent as `User-Agent`.
+pub const AGENT_NAME: &str = "edge-agent";

@@ -1,0 +1,63 @@
+//! Device side of connecting: dial the relay's tunnel endpoint with the
+//! bearer credential in a header (never the URL) and report the relay's
+//! refusal status, so the agent can log why it could not connect.
+
+use edge_core::DeviceToken;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{header, HeaderValue};
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A dialled tunnel.
+pub type DialedWs = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Why dialling failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("invalid relay URL: {0}")]
+    BadUrl(String),
+    #[error("relay refused the tunnel with HTTP {status}{}", retry_after.map(|s| format!(" (retry after {s}s)")).unwrap_or_default())]
+    Refused {
+        status: u16,
+        retry_after: Option<u64>,
+    },
+    #[error("cannot reach relay: {0}")]
+    Network(String),
+}
+
+/// Dial `url` (ws://host:port/tunnel) presenting `token`.
+pub async fn dial(
+    url: &str,
+    token: &DeviceToken,
+    user_agent: &str,
+    config: crate::WebSocketConfig,
+) -> Result<DialedWs, DialError> {
+    let mut req = url
+        .into_client_request()
+        .map_err(|e| DialError::BadUrl(e.to_string()))?;
+    if req.uri().query().is_some() {
+        return Err(DialError::BadUrl(
+            "the relay URL must not carry a query string".into(),
+        ));
+    }
+    let bearer = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        .map_err(|_| DialError::BadUrl("credential is not a valid header value".into()))?;
+    req.headers_mut().insert(header::AUTHORIZATION, bearer);
+    if let Ok(ua) = HeaderValue::from_str(user_agent) {
+        req.headers_mut().insert(header::USER_AGENT, ua);
+    }
+    match tokio_tungstenite::connect_async_with_config(req, Some(config), true).await {
+        Ok((ws, _resp)) => Ok(ws),
+        Err(WsError::Http(resp)) => Err(DialError::Refused {
+            status: resp.status().as_u16(),
+            retry_after: resp
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| s.parse().ok()),
+        }),
+        Err(WsError::Url(e)) => Err(DialError::BadUrl(e.to_string())),
+        Err(other) => Err(DialError::Network(other.to_string())),
+    }
+}

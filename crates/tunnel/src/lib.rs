@@ -1,0 +1,13 @@
+//! The device tunnel as both ends see it: the v1 wire contract's constants,
+//! the pump that turns a WebSocket into one continuous byte stream, the
+//! server-side upgrade helper, and yamux session drivers for the relay
+//! (client role) and the device (server role).
+
+pub mod contract;
+pub mod dial;
+pub mod pump;
+pub mod session;
+pub mod upgrade;
+
+pub use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+pub use tokio_yamux::{Control, StreamHandle};

@@ -1,0 +1,126 @@
+//! yamux session drivers over the pump's byte stream (contract §3). The relay
+//! is the yamux client: it opens streams and resets any the device opens. The
+//! device is the yamux server: it accepts streams and hands each to a handler.
+//! Both close with GoAway(0) when their cancellation token fires.
+
+use futures_util::StreamExt;
+use std::future::Future;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_yamux::{Config, Control, Session, StreamHandle};
+
+/// How long a closing session may take to flush its GoAway.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// yamux settings for the relay: keepalive per the contract and a cap on
+/// concurrently open streams.
+pub fn relay_config(max_streams: usize) -> Config {
+    Config {
+        enable_keepalive: true,
+        keepalive_interval: crate::contract::PING_INTERVAL,
+        connection_write_timeout: crate::contract::PING_TIMEOUT,
+        max_stream_count: max_streams.max(1),
+        max_stream_window_size: crate::contract::INITIAL_STREAM_WINDOW,
+        ..Config::default()
+    }
+}
+
+/// yamux settings for a device: it answers pings but does not send its own.
+pub fn device_config() -> Config {
+    Config {
+        enable_keepalive: false,
+        connection_write_timeout: crate::contract::PING_TIMEOUT,
+        max_stream_window_size: crate::contract::INITIAL_STREAM_WINDOW,
+        ..Config::default()
+    }
+}
+
+/// Why a yamux session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Closed by us (GoAway sent) after cancellation.
+    Closed,
+    /// The peer went away or the byte stream ended.
+    PeerGone,
+    /// A protocol or I/O error (bad header, keepalive timeout, ...).
+    Error(String),
+}
+
+impl std::fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Closed => f.write_str("closed locally with GoAway"),
+            Self::PeerGone => f.write_str("peer went away"),
+            Self::Error(e) => write!(f, "yamux error: {e}"),
+        }
+    }
+}
+
+/// Start the relay (client) side. Returns the control used to open streams
+/// and a future that drives the session until it ends.
+pub fn client<T>(
+    io: T,
+    config: Config,
+    cancel: CancellationToken,
+) -> (Control, impl Future<Output = SessionEnd> + Send)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let session = Session::new_client(io, config);
+    let control = session.control();
+    // Streams the device opens are dropped at once, which resets them.
+    (control, drive(session, cancel, drop))
+}
+
+/// Run the device (server) side: each accepted stream goes to `on_stream`.
+pub async fn serve<T, F>(
+    io: T,
+    config: Config,
+    cancel: CancellationToken,
+    on_stream: F,
+) -> SessionEnd
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: FnMut(StreamHandle) + Send,
+{
+    drive(Session::new_server(io, config), cancel, on_stream).await
+}
+
+async fn drive<T, F>(
+    mut session: Session<T>,
+    cancel: CancellationToken,
+    mut on_stream: F,
+) -> SessionEnd
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: FnMut(StreamHandle) + Send,
+{
+    loop {
+        tokio::select! {
+            item = session.next() => match item {
+                Some(Ok(stream)) => on_stream(stream),
+                Some(Err(err)) => return SessionEnd::Error(err.to_string()),
+                None => return SessionEnd::PeerGone,
+            },
+            _ = cancel.cancelled() => break,
+        }
+    }
+    // Send GoAway(0) and keep the session polled until it is flushed.
+    let mut control = session.control();
+    let close = control.close();
+    tokio::pin!(close);
+    let grace = tokio::time::sleep(CLOSE_GRACE);
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            _ = &mut close => break,
+            _ = &mut grace => break,
+            item = session.next() => match item {
+                Some(Ok(stream)) => drop(stream),
+                Some(Err(_)) | None => break,
+            },
+        }
+    }
+    SessionEnd::Closed
+}
