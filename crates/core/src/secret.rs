@@ -116,3 +116,74 @@ mod tests {
         assert!(!s.ct_eq("ab"));
     }
 }
+
+/// Read a secret from `path`, creating it (mode 0600, 256 random bits) when
+/// it does not exist yet. Two processes racing to create it read one value.
+pub fn load_or_create_file(path: &std::path::Path) -> std::io::Result<Secret> {
+    use std::io::Write;
+    match std::fs::read_to_string(path) {
+        Ok(text) => return non_empty(text, path),
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+        Err(_) => {}
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(path) {
+        Ok(mut file) => {
+            let secret = Secret::random(32);
+            file.write_all(secret.expose().as_bytes())?;
+            file.sync_all()?;
+            Ok(secret)
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            non_empty(std::fs::read_to_string(path)?, path)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Read a secret from an existing file (surrounding whitespace trimmed).
+pub fn read_file(path: &std::path::Path) -> std::io::Result<Secret> {
+    non_empty(std::fs::read_to_string(path)?, path)
+}
+
+fn non_empty(text: String, path: &std::path::Path) -> std::io::Result<Secret> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("secret file {} is empty", path.display()),
+        ));
+    }
+    Ok(Secret::new(trimmed))
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    #[test]
+    fn creates_once_then_reads_the_same_value() {
+        let dir = std::env::temp_dir().join(format!("edge-secret-{}", uuid::Uuid::new_v4()));
+        let path = dir.join("s");
+        let a = load_or_create_file(&path).ok();
+        let b = load_or_create_file(&path).ok();
+        assert!(a.is_some());
+        assert_eq!(a, b);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777).ok();
+            assert_eq!(mode, Some(0o600));
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

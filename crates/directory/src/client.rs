@@ -1,0 +1,200 @@
+//! The api-server's [`SessionView`]: asks the relay node that holds a device,
+//! over the node's internal port, with the shared secret. Every call is
+//! bounded by a connect timeout and a response timeout, so a dead relay
+//! surfaces as an error, never as a hang.
+
+use crate::internal_api::{self, CODE_OFFLINE};
+use crate::{BoxStream, DirectoryError, NodeId, NodeLocator, SessionSummary, SessionView};
+use async_trait::async_trait;
+use bytes::Bytes;
+use edge_core::error_body::ErrorBody;
+use edge_core::{DeviceId, Secret};
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// Client of the relay's internal API.
+#[derive(Clone)]
+pub struct RelayDirectory {
+    locator: Arc<dyn NodeLocator>,
+    secret: Secret,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+}
+
+impl std::fmt::Debug for RelayDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayDirectory")
+            .field("secret", &self.secret)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayDirectory {
+    pub fn new(
+        locator: Arc<dyn NodeLocator>,
+        secret: Secret,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Self {
+        Self {
+            locator,
+            secret,
+            connect_timeout,
+            response_timeout,
+        }
+    }
+
+    async fn send(
+        &self,
+        node: &NodeId,
+        method: Method,
+        path: &str,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, DirectoryError> {
+        let authority = node
+            .0
+            .strip_prefix("http://")
+            .map(|s| s.trim_end_matches('/'))
+            .ok_or_else(|| DirectoryError::Relay(format!("unsupported node URL {}", node.0)))?;
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(authority))
+            .await
+            .map_err(|_| DirectoryError::Timeout)?
+            .map_err(|e| DirectoryError::Unreachable(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| DirectoryError::Unreachable(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(err) = conn.with_upgrades().await {
+                tracing::debug!(error = %err, "internal API connection ended");
+            }
+        });
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, authority)
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", self.secret.expose()),
+            );
+        if upgrade {
+            req = req
+                .header(header::CONNECTION, "upgrade")
+                .header(header::UPGRADE, internal_api::STREAM_PROTOCOL);
+        }
+        let req = req
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| DirectoryError::Relay(e.to_string()))?;
+        tokio::time::timeout(self.response_timeout, sender.send_request(req))
+            .await
+            .map_err(|_| DirectoryError::Timeout)?
+            .map_err(|e| DirectoryError::Unreachable(e.to_string()))
+    }
+
+    async fn body(&self, res: Response<Incoming>) -> Result<Bytes, DirectoryError> {
+        let collected = tokio::time::timeout(self.response_timeout, res.into_body().collect())
+            .await
+            .map_err(|_| DirectoryError::Timeout)?
+            .map_err(|e| DirectoryError::Unreachable(e.to_string()))?;
+        Ok(collected.to_bytes())
+    }
+
+    async fn error_from(&self, res: Response<Incoming>) -> DirectoryError {
+        let status = res.status();
+        let code = self
+            .body(res)
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ErrorBody>(&b).ok())
+            .map(|b| b.error.code);
+        if status == StatusCode::NOT_FOUND && code.as_deref() == Some(CODE_OFFLINE) {
+            DirectoryError::Offline
+        } else {
+            DirectoryError::Relay(format!(
+                "HTTP {status}{}",
+                code.map(|c| format!(" ({c})")).unwrap_or_default()
+            ))
+        }
+    }
+
+    async fn node_for(&self, device: DeviceId) -> Result<NodeId, DirectoryError> {
+        self.locator
+            .locate(device)
+            .await?
+            .ok_or(DirectoryError::Offline)
+    }
+}
+
+#[async_trait]
+impl SessionView for RelayDirectory {
+    async fn lookup(&self, device: DeviceId) -> Result<Option<SessionSummary>, DirectoryError> {
+        let node = match self.locator.locate(device).await? {
+            Some(node) => node,
+            None => return Ok(None),
+        };
+        let res = self
+            .send(&node, Method::GET, &internal_api::session_path(device), false)
+            .await?;
+        if res.status() != StatusCode::OK {
+            return match self.error_from(res).await {
+                DirectoryError::Offline => Ok(None),
+                other => Err(other),
+            };
+        }
+        let body = self.body(res).await?;
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| DirectoryError::Relay(format!("bad session JSON: {e}")))
+    }
+
+    async fn list(&self) -> Result<Vec<SessionSummary>, DirectoryError> {
+        let mut all = Vec::new();
+        for node in self.locator.nodes().await? {
+            let res = self
+                .send(&node, Method::GET, internal_api::SESSIONS, false)
+                .await?;
+            if res.status() != StatusCode::OK {
+                return Err(self.error_from(res).await);
+            }
+            let body = self.body(res).await?;
+            let mut sessions: Vec<SessionSummary> = serde_json::from_slice(&body)
+                .map_err(|e| DirectoryError::Relay(format!("bad session list JSON: {e}")))?;
+            all.append(&mut sessions);
+        }
+        Ok(all)
+    }
+
+    async fn close(&self, device: DeviceId) -> Result<bool, DirectoryError> {
+        let node = self.node_for(device).await?;
+        let res = self
+            .send(&node, Method::DELETE, &internal_api::session_path(device), false)
+            .await?;
+        match res.status() {
+            StatusCode::NO_CONTENT | StatusCode::OK => Ok(true),
+            _ => match self.error_from(res).await {
+                DirectoryError::Offline => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn open_stream(&self, device: DeviceId) -> Result<BoxStream, DirectoryError> {
+        let node = self.node_for(device).await?;
+        let res = self
+            .send(&node, Method::GET, &internal_api::stream_path(device), true)
+            .await?;
+        if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(self.error_from(res).await);
+        }
+        let upgraded = hyper::upgrade::on(res)
+            .await
+            .map_err(|e| DirectoryError::Stream(e.to_string()))?;
+        Ok(Box::new(TokioIo::new(upgraded)))
+    }
+}

@@ -1,0 +1,91 @@
+//! The session directory: which device has a live tunnel, where, and how to
+//! reach it. Split by role: [`SessionView`] (lookup, list, close, open a
+//! stream) is implemented by the relay and by the api-server's client of the
+//! relay; [`SessionRegistry`] (register, heartbeat, cleanup) exists only in
+//! the relay. [`NodeLocator`] says which relay node holds a device.
+
+pub mod client;
+pub mod internal_api;
+pub mod locator;
+
+use async_trait::async_trait;
+use edge_core::{DeviceId, UserId};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use client::RelayDirectory;
+pub use locator::{NodeLocator, StaticNode};
+
+/// Name of a relay node (its internal base URL identifies it for routing).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(pub String);
+
+/// What the directory knows about one live tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    pub device_id: DeviceId,
+    pub owner_id: UserId,
+    /// Unix ms when the tunnel was accepted.
+    pub connected_since: i64,
+    /// Unix ms of the last inbound bytes.
+    pub last_heard_from: i64,
+    pub remote_addr: String,
+    pub agent_version: Option<String>,
+    pub node: NodeId,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// A byte pipe to a fresh stream on a device.
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
+
+/// A boxed [`ByteStream`].
+pub type BoxStream = Box<dyn ByteStream>;
+
+/// Why a directory call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("device is not connected")]
+    Offline,
+    #[error("relay unreachable: {0}")]
+    Unreachable(String),
+    #[error("relay did not answer in time")]
+    Timeout,
+    #[error("relay error: {0}")]
+    Relay(String),
+    #[error("device session refused the stream: {0}")]
+    Stream(String),
+}
+
+/// Read-and-control view of the directory. Both the relay and the
+/// api-server implement it; neither can register anything through it.
+#[async_trait]
+pub trait SessionView: Send + Sync {
+    async fn lookup(&self, device: DeviceId) -> Result<Option<SessionSummary>, DirectoryError>;
+    async fn list(&self) -> Result<Vec<SessionSummary>, DirectoryError>;
+    /// Close a device's live session with GoAway; true when one existed.
+    async fn close(&self, device: DeviceId) -> Result<bool, DirectoryError>;
+    /// Open a fresh yamux stream to the device.
+    async fn open_stream(&self, device: DeviceId) -> Result<BoxStream, DirectoryError>;
+}
+
+/// Identifies one accepted connection, so that a stale connection's cleanup
+/// never removes the session that replaced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionId(pub u64);
+
+/// The relay-only side: sessions come and go here.
+#[async_trait]
+pub trait SessionRegistry: Send + Sync {
+    /// The live handle the relay keeps per session.
+    type Live: Send + Sync;
+    /// Add a session; a previous session of the same device is replaced and
+    /// closed with GoAway(0).
+    async fn register(&self, summary: SessionSummary, live: Self::Live) -> ConnectionId;
+    /// Refresh the session's liveness (and, across nodes, its lease).
+    async fn heartbeat(&self, device: DeviceId, conn: ConnectionId);
+    /// Remove the session if `conn` is still the registered one.
+    async fn cleanup(&self, device: DeviceId, conn: ConnectionId);
+}

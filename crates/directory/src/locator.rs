@@ -1,0 +1,29 @@
+//! Which relay node holds a device. One configured node is the default;
+//! a multi-node locator (Redis leases) implements the same trait.
+
+use crate::{DirectoryError, NodeId};
+use async_trait::async_trait;
+use edge_core::DeviceId;
+
+/// Finds the relay node for a device.
+#[async_trait]
+pub trait NodeLocator: Send + Sync {
+    /// The node that holds `device`'s tunnel, if any is known.
+    async fn locate(&self, device: DeviceId) -> Result<Option<NodeId>, DirectoryError>;
+    /// Every node, for listings.
+    async fn nodes(&self) -> Result<Vec<NodeId>, DirectoryError>;
+}
+
+/// A single relay node that holds every tunnel.
+#[derive(Debug, Clone)]
+pub struct StaticNode(pub NodeId);
+
+#[async_trait]
+impl NodeLocator for StaticNode {
+    async fn locate(&self, _device: DeviceId) -> Result<Option<NodeId>, DirectoryError> {
+        Ok(Some(self.0.clone()))
+    }
+    async fn nodes(&self) -> Result<Vec<NodeId>, DirectoryError> {
+        Ok(vec![self.0.clone()])
+    }
+}

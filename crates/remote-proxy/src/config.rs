@@ -1,0 +1,108 @@
+//! Command-line and environment configuration of the relay, with the
+//! documented defaults, checked once into [`Settings`].
+
+use clap::Parser;
+use edge_core::telemetry::LogFormat;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// remote-proxy: accepts edge device tunnels (WebSocket + yamux) and opens
+/// streams to devices for the api-server.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "remote-proxy", version)]
+pub struct Config {
+    /// Address of the device tunnel listener.
+    #[arg(long, env = "REMOTE_PROXY_TUNNEL_LISTEN", default_value = "0.0.0.0:3800")]
+    pub tunnel_listen: SocketAddr,
+    /// Address of the internal API (keep it on loopback or a private network).
+    #[arg(long, env = "REMOTE_PROXY_INTERNAL_LISTEN", default_value = "127.0.0.1:3801")]
+    pub internal_listen: SocketAddr,
+    /// URL under which api-servers reach this node's internal API
+    /// (default: http://<internal-listen>).
+    #[arg(long, env = "REMOTE_PROXY_NODE_URL")]
+    pub node_url: Option<String>,
+    /// Directory for embedded-default state (SQLite file, internal secret).
+    #[arg(long, env = "EDGE_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Database URL (sqlite:// or postgres://); default: SQLite in the data dir.
+    #[arg(long, env = "EDGE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// File holding the internal-API shared secret; created (0600) if missing.
+    /// Default: <data-dir>/internal-secret. EDGE_INTERNAL_SECRET overrides it.
+    #[arg(long, env = "EDGE_INTERNAL_SECRET_FILE")]
+    pub internal_secret_file: Option<PathBuf>,
+    /// Most concurrent streams one device session may carry.
+    #[arg(long, env = "REMOTE_PROXY_MAX_STREAMS", default_value_t = 256)]
+    pub max_streams_per_session: usize,
+    /// Time a device has to complete the HTTP upgrade, in seconds.
+    #[arg(long, env = "REMOTE_PROXY_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    pub handshake_timeout_secs: u64,
+    /// A tunnel with no inbound bytes for this long is dead, in seconds.
+    #[arg(long, env = "REMOTE_PROXY_IDLE_TIMEOUT_SECS", default_value_t = 40)]
+    pub idle_timeout_secs: u64,
+    /// Connection attempts one device may make in a burst before 429.
+    #[arg(long, env = "REMOTE_PROXY_RECONNECT_BURST", default_value_t = 10)]
+    pub reconnect_burst: u32,
+    /// Most tunnel connections held at once.
+    #[arg(long, env = "REMOTE_PROXY_MAX_TUNNELS", default_value_t = 50_000)]
+    pub max_tunnels: usize,
+    /// Seconds in-flight work gets to finish on shutdown.
+    #[arg(long, env = "EDGE_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
+    pub drain_timeout_secs: u64,
+    /// Log format: human or json.
+    #[arg(long, env = "EDGE_LOG_FORMAT", default_value = "human")]
+    pub log_format: LogFormat,
+}
+
+/// Relay limits derived from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_streams_per_session: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub reconnect_burst: u32,
+    pub max_tunnels: usize,
+    pub drain_timeout: Duration,
+    pub open_stream_timeout: Duration,
+}
+
+impl Config {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_streams_per_session: self.max_streams_per_session.max(1),
+            handshake_timeout: Duration::from_secs(self.handshake_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
+            reconnect_burst: self.reconnect_burst.max(1),
+            max_tunnels: self.max_tunnels.max(1),
+            drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+            open_stream_timeout: Duration::from_secs(5),
+        }
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", self.data_dir.join("edge.db").display())
+        })
+    }
+
+    pub fn internal_secret_path(&self) -> PathBuf {
+        self.internal_secret_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("internal-secret"))
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_streams_per_session: 256,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: tunnel::contract::IDLE_TIMEOUT,
+            reconnect_burst: 10,
+            max_tunnels: 50_000,
+            drain_timeout: Duration::from_secs(10),
+            open_stream_timeout: Duration::from_secs(5),
+        }
+    }
+}

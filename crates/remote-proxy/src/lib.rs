@@ -1,0 +1,129 @@
+//! The relay (`remote-proxy`): accepts device tunnels on the tunnel port,
+//! keeps this node's session directory, and serves the internal API the
+//! api-server uses to reach devices. `run` is what the binary calls; tests
+//! use [`Relay::serve`] with listeners they bound themselves.
+
+pub mod config;
+pub mod error;
+pub mod internal;
+pub mod limiter;
+pub mod registry;
+pub mod tunnel_listener;
+
+use config::{Config, Limits};
+use directory::NodeId;
+use edge_core::serve::{serve, ServeOptions};
+use edge_core::Secret;
+use error::RelayError;
+use registry::LocalDirectory;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Shared state of one relay node.
+pub struct Relay {
+    pub store: Store,
+    pub directory: Arc<LocalDirectory>,
+    pub limits: Limits,
+    internal_secret: Secret,
+    limiter: limiter::ReconnectLimiter,
+    tunnel_slots: Arc<Semaphore>,
+    tunnels: TaskTracker,
+    shutdown: CancellationToken,
+    draining: AtomicBool,
+}
+
+impl Relay {
+    pub fn new(store: Store, node: NodeId, internal_secret: Secret, limits: Limits) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            directory: Arc::new(LocalDirectory::new(node, limits.open_stream_timeout)),
+            limits,
+            internal_secret,
+            limiter: limiter::ReconnectLimiter::new(limits.reconnect_burst),
+            tunnel_slots: Arc::new(Semaphore::new(limits.max_tunnels)),
+            tunnels: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Serve both listeners until `shutdown`; then refuse new tunnels (503),
+    /// close every session with GoAway(0) and wait for them to end.
+    pub async fn serve(
+        self: Arc<Self>,
+        tunnel: TcpListener,
+        internal: TcpListener,
+        shutdown: CancellationToken,
+    ) {
+        let tunnel_opts = ServeOptions {
+            max_connections: self.limits.max_tunnels.saturating_add(1024),
+            header_read_timeout: self.limits.handshake_timeout,
+            drain_timeout: self.limits.drain_timeout,
+        };
+        let internal_opts = ServeOptions {
+            drain_timeout: self.limits.drain_timeout,
+            ..ServeOptions::default()
+        };
+        let closer = {
+            let relay = self.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                relay.draining.store(true, Ordering::Relaxed);
+                tracing::info!(sessions = relay.directory.len(), "closing tunnels with GoAway");
+                relay.shutdown.cancel();
+            }
+        };
+        tokio::join!(
+            serve(tunnel, tunnel_listener::router(self.clone()), tunnel_opts, shutdown.clone()),
+            serve(internal, internal::router(self.clone()), internal_opts, shutdown.clone()),
+            closer,
+        );
+        self.tunnels.close();
+        if tokio::time::timeout(self.limits.drain_timeout, self.tunnels.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("tunnels still open after the drain timeout");
+        }
+    }
+}
+
+/// Start a relay from configuration and run it until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RelayError> {
+    let store = Store::connect(&config.database_url())
+        .await
+        .map_err(|e| RelayError::Startup(e.to_string()))?;
+    let secret = match std::env::var("EDGE_INTERNAL_SECRET") {
+        Ok(s) if !s.is_empty() => Secret::new(s),
+        _ => edge_core::secret::load_or_create_file(&config.internal_secret_path())
+            .map_err(|e| RelayError::Startup(format!("internal secret: {e}")))?,
+    };
+    let tunnel = TcpListener::bind(config.tunnel_listen)
+        .await
+        .map_err(|e| RelayError::Startup(format!("bind {}: {e}", config.tunnel_listen)))?;
+    let internal = TcpListener::bind(config.internal_listen)
+        .await
+        .map_err(|e| RelayError::Startup(format!("bind {}: {e}", config.internal_listen)))?;
+    let node = NodeId(
+        config
+            .node_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", config.internal_listen)),
+    );
+    tracing::info!(tunnel = %config.tunnel_listen, internal = %config.internal_listen, node = %node.0, "remote-proxy listening");
+    Relay::new(store, node, secret, config.limits())
+        .serve(tunnel, internal, shutdown)
+        .await;
+    tracing::info!("remote-proxy stopped");
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! The relay's in-memory session directory: device id → live session. It is
+//! the only [`SessionRegistry`]; it also serves the [`SessionView`] that the
+//! internal API exposes. Newest connection wins: registering a device that
+//! already has a session closes the old one with GoAway(0).
+
+use async_trait::async_trait;
+use directory::{
+    BoxStream, ConnectionId, DirectoryError, NodeId, SessionRegistry, SessionSummary, SessionView,
+};
+use edge_core::DeviceId;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tunnel::pump::Activity;
+use tunnel::{Control, StreamHandle};
+
+/// What the relay holds for one live tunnel.
+pub struct LiveSession {
+    pub control: Control,
+    /// Cancelling it closes the session with GoAway(0).
+    pub cancel: CancellationToken,
+    pub activity: Arc<Activity>,
+    /// One permit per concurrently open stream.
+    pub streams: Arc<Semaphore>,
+}
+
+struct Entry {
+    conn: ConnectionId,
+    summary: SessionSummary,
+    live: LiveSession,
+}
+
+/// In-memory directory of this node's tunnels.
+pub struct LocalDirectory {
+    node: NodeId,
+    entries: Mutex<HashMap<DeviceId, Entry>>,
+    next_conn: AtomicU64,
+    changes: tokio::sync::watch::Sender<u64>,
+    open_timeout: Duration,
+}
+
+impl LocalDirectory {
+    pub fn new(node: NodeId, open_timeout: Duration) -> Self {
+        Self {
+            node,
+            entries: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            changes: tokio::sync::watch::channel(0).0,
+            open_timeout,
+        }
+    }
+
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    fn entries(&self) -> MutexGuard<'_, HashMap<DeviceId, Entry>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (every mutation is a single insert/remove), so poisoning is ignored.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.entries().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Wait until `pred` holds for the directory (re-checked on each change).
+    pub async fn wait_until(&self, pred: impl Fn(&Self) -> bool) {
+        let mut rx = self.changes.subscribe();
+        loop {
+            if pred(self) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The connection id of a device's session, if connected.
+    pub fn connection_of(&self, device: DeviceId) -> Option<ConnectionId> {
+        self.entries().get(&device).map(|e| e.conn)
+    }
+
+    /// Close every session (shutdown).
+    pub fn close_all(&self) {
+        for entry in self.entries().values() {
+            entry.live.cancel.cancel();
+        }
+    }
+
+    fn snapshot(entry: &Entry) -> SessionSummary {
+        let mut s = entry.summary.clone();
+        s.last_heard_from = entry.live.activity.last_inbound_ms();
+        s.bytes_in = entry.live.activity.bytes_in();
+        s.bytes_out = entry.live.activity.bytes_out();
+        s
+    }
+}
+
+#[async_trait]
+impl SessionRegistry for LocalDirectory {
+    type Live = LiveSession;
+
+    async fn register(&self, summary: SessionSummary, live: LiveSession) -> ConnectionId {
+        let conn = ConnectionId(self.next_conn.fetch_add(1, Ordering::Relaxed));
+        let device = summary.device_id;
+        let old = self.entries().insert(device, Entry { conn, summary, live });
+        if let Some(old) = old {
+            tracing::info!(%device, "newer connection replaces the existing session");
+            old.live.cancel.cancel();
+        }
+        self.changed();
+        conn
+    }
+
+    async fn heartbeat(&self, _device: DeviceId, _conn: ConnectionId) {
+        // Liveness is read from the session's activity counters; a shared
+        // multi-node registry refreshes its lease here.
+    }
+
+    async fn cleanup(&self, device: DeviceId, conn: ConnectionId) {
+        let removed = {
+            let mut entries = self.entries();
+            match entries.get(&device) {
+                Some(e) if e.conn == conn => entries.remove(&device),
+                _ => None,
+            }
+        };
+        if let Some(entry) = removed {
+            entry.live.cancel.cancel();
+            self.changed();
+        }
+    }
+}
+
+#[async_trait]
+impl SessionView for LocalDirectory {
+    async fn lookup(&self, device: DeviceId) -> Result<Option<SessionSummary>, DirectoryError> {
+        Ok(self.entries().get(&device).map(Self::snapshot))
+    }
+
+    async fn list(&self) -> Result<Vec<SessionSummary>, DirectoryError> {
+        let mut all: Vec<_> = self.entries().values().map(Self::snapshot).collect();
+        all.sort_by_key(|s| s.connected_since);
+        Ok(all)
+    }
+
+    async fn close(&self, device: DeviceId) -> Result<bool, DirectoryError> {
+        let found = self.entries().get(&device).map(|e| e.live.cancel.clone());
+        Ok(match found {
+            Some(cancel) => {
+                cancel.cancel();
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn open_stream(&self, device: DeviceId) -> Result<BoxStream, DirectoryError> {
+        let (mut control, streams) = {
+            let entries = self.entries();
+            let entry = entries.get(&device).ok_or(DirectoryError::Offline)?;
+            (entry.live.control.clone(), entry.live.streams.clone())
+        };
+        let permit = streams
+            .try_acquire_owned()
+            .map_err(|_| DirectoryError::Stream("too many concurrent streams".into()))?;
+        let stream = tokio::time::timeout(self.open_timeout, control.open_stream())
+            .await
+            .map_err(|_| DirectoryError::Timeout)?
+            .map_err(|e| DirectoryError::Stream(e.to_string()))?;
+        Ok(Box::new(LimitedStream {
+            inner: stream,
+            _permit: permit,
+        }))
+    }
+}
+
+/// A yamux stream holding one of its session's stream permits.
+struct LimitedStream {
+    inner: StreamHandle,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for LimitedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LimitedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

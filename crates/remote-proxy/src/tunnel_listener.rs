@@ -1,0 +1,187 @@
+//! The device-facing listener (`:3800`, `GET /tunnel`): checks the bearer
+//! credential against the store before upgrading (401 JSON otherwise), then
+//! runs the session — pump, yamux client, directory registration — in its own
+//! task under the handshake timeout. Nothing slow runs on the accept path.
+
+use crate::error::RelayError;
+use crate::registry::LiveSession;
+use crate::Relay;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use directory::{SessionRegistry, SessionSummary};
+use edge_core::time::now_ms;
+use edge_core::{DeviceToken, Secret};
+use http::header;
+use hyper::upgrade::OnUpgrade;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use store::DeviceAuth;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tunnel::pump::{self, Activity, PumpConfig};
+use tunnel::{contract, session, upgrade};
+
+/// Routes of the tunnel port.
+pub fn router(relay: Arc<Relay>) -> Router {
+    Router::new()
+        .route(contract::TUNNEL_PATH, get(accept_tunnel))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(relay)
+}
+
+fn bearer(req: &Request) -> Option<DeviceToken> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value.strip_prefix("Bearer ")?.trim();
+    if token.is_empty() || token.len() > 512 {
+        return None;
+    }
+    Some(DeviceToken::from_secret(Secret::new(token)))
+}
+
+/// `name/version` from the User-Agent, bounded in length.
+fn agent_version(req: &Request) -> Option<String> {
+    let ua = req.headers().get(header::USER_AGENT)?.to_str().ok()?;
+    Some(ua.chars().take(64).collect())
+}
+
+async fn accept_tunnel(
+    State(relay): State<Arc<Relay>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    mut req: Request,
+) -> Response {
+    // Tokens in the query string are refused: query strings end up in logs.
+    let token = if req.uri().query().is_some() {
+        None
+    } else {
+        bearer(&req)
+    };
+    match admit(&relay, token).await {
+        Ok((auth, permit)) => {
+            let accept = match upgrade::accept_key(req.headers()) {
+                Ok(a) => a,
+                Err(e) => return RelayError::BadRequest(e.to_string()).into_response(),
+            };
+            let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
+                return RelayError::BadRequest("connection cannot be upgraded".into()).into_response();
+            };
+            let agent = agent_version(&req);
+            let task_relay = relay.clone();
+            relay.tunnels.spawn(async move {
+                run_tunnel(task_relay, on_upgrade, auth, remote, agent, permit).await;
+            });
+            upgrade::switching_protocols(&accept)
+        }
+        Err(err) => {
+            if matches!(err, RelayError::Unauthorized) {
+                tracing::info!(%remote, "tunnel refused: bad credential");
+            }
+            err.into_response()
+        }
+    }
+}
+
+async fn admit(
+    relay: &Relay,
+    token: Option<DeviceToken>,
+) -> Result<(DeviceAuth, OwnedSemaphorePermit), RelayError> {
+    if relay.is_draining() {
+        return Err(RelayError::Draining);
+    }
+    let token = token.ok_or(RelayError::Unauthorized)?;
+    let auth = relay
+        .store
+        .authenticate_device(&token.hash())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "credential check failed");
+            RelayError::Internal
+        })?
+        .ok_or(RelayError::Unauthorized)?;
+    relay
+        .limiter
+        .check(auth.device_id)
+        .map_err(|retry_after_secs| RelayError::TooFast { retry_after_secs })?;
+    let permit = Arc::clone(&relay.tunnel_slots)
+        .try_acquire_owned()
+        .map_err(|_| RelayError::AtCapacity)?;
+    Ok((auth, permit))
+}
+
+async fn run_tunnel(
+    relay: Arc<Relay>,
+    on_upgrade: OnUpgrade,
+    auth: DeviceAuth,
+    remote: SocketAddr,
+    agent_version: Option<String>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let device = auth.device_id;
+    let limits = relay.limits;
+    let ws = match tokio::time::timeout(
+        limits.handshake_timeout,
+        upgrade::websocket(on_upgrade, upgrade::relay_ws_config()),
+    )
+    .await
+    {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(err)) => {
+            tracing::info!(%device, %remote, error = %err, "tunnel upgrade failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%device, %remote, "tunnel upgrade timed out");
+            return;
+        }
+    };
+    let activity = Activity::new();
+    let (io, pump_task) = pump::spawn(
+        ws,
+        PumpConfig {
+            idle_timeout: limits.idle_timeout,
+        },
+        activity.clone(),
+    );
+    let cancel = relay.shutdown.child_token();
+    let (control, driver) = session::client(
+        io,
+        session::relay_config(limits.max_streams_per_session),
+        cancel.clone(),
+    );
+    let now = now_ms();
+    let summary = SessionSummary {
+        device_id: device,
+        owner_id: auth.owner_id,
+        connected_since: now,
+        last_heard_from: now,
+        remote_addr: remote.to_string(),
+        agent_version,
+        node: relay.directory.node().clone(),
+        bytes_in: 0,
+        bytes_out: 0,
+    };
+    let live = LiveSession {
+        control,
+        cancel: cancel.clone(),
+        activity,
+        streams: Arc::new(Semaphore::new(limits.max_streams_per_session)),
+    };
+    let conn = relay.directory.register(summary, live).await;
+    tracing::info!(%device, %remote, "tunnel up");
+
+    let mut heartbeat = tokio::time::interval(limits.idle_timeout / 4);
+    tokio::pin!(driver);
+    let session_end = loop {
+        tokio::select! {
+            end = &mut driver => break end,
+            _ = heartbeat.tick() => relay.directory.heartbeat(device, conn).await,
+        }
+    };
+    relay.directory.cleanup(device, conn).await;
+    cancel.cancel();
+    let transport_end = match pump_task.await {
+        Ok(end) => end.to_string(),
+        Err(err) => format!("pump task failed: {err}"),
+    };
+    tracing::info!(%device, %remote, session = %session_end, transport = %transport_end, "tunnel closed");
+}
