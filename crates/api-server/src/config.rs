@@ -1,0 +1,119 @@
+//! Command-line and environment configuration of the api-server, with the
+//! documented defaults, checked once into [`Settings`].
+
+use crate::error::ApiError;
+use clap::Parser;
+use edge_core::telemetry::LogFormat;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// api-server: the REST backend-for-frontend of the edge AI platform.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "api-server", version)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "API_SERVER_LISTEN", default_value = "0.0.0.0:3721")]
+    pub listen: SocketAddr,
+    /// Origin browsers use to reach this server (scheme://host[:port]).
+    #[arg(long, env = "API_SERVER_PUBLIC_ORIGIN", default_value = "http://localhost:3721")]
+    pub public_origin: String,
+    /// Directory for embedded-default state (SQLite file, keys, secrets).
+    #[arg(long, env = "EDGE_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Database URL (sqlite:// or postgres://); default: SQLite in the data dir.
+    #[arg(long, env = "EDGE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Internal URL of the relay node (one node; multi-node lookup comes later).
+    #[arg(long, env = "API_SERVER_RELAY_URL", default_value = "http://127.0.0.1:3801")]
+    pub relay_url: String,
+    /// File holding the relay's internal-API secret; created (0600) if
+    /// missing. Default: <data-dir>/internal-secret. EDGE_INTERNAL_SECRET
+    /// overrides it.
+    #[arg(long, env = "EDGE_INTERNAL_SECRET_FILE")]
+    pub internal_secret_file: Option<PathBuf>,
+    /// File with the cookie signing key (≥ 32 bytes); created if missing.
+    /// Default: <data-dir>/session-key.
+    #[arg(long, env = "API_SERVER_SESSION_KEY_FILE")]
+    pub session_key_file: Option<PathBuf>,
+    /// Files with retired keys that still verify cookies (comma-separated).
+    #[arg(long, env = "API_SERVER_RETIRED_SESSION_KEY_FILES", value_delimiter = ',')]
+    pub retired_session_key_files: Vec<PathBuf>,
+    /// Drop `Secure` (and the `__Host-` prefix) from cookies: plain-http
+    /// local development only.
+    #[arg(long, env = "API_SERVER_COOKIE_INSECURE", default_value_t = false)]
+    pub cookie_insecure: bool,
+    /// A session unused for this long ends, in seconds.
+    #[arg(long, env = "API_SERVER_SESSION_IDLE_SECS", default_value_t = 1800)]
+    pub session_idle_secs: u64,
+    /// A session ends this long after login whatever its use, in seconds.
+    #[arg(long, env = "API_SERVER_SESSION_LIFETIME_SECS", default_value_t = 43_200)]
+    pub session_lifetime_secs: u64,
+    /// Time to get a stream to the device through the relay, in seconds.
+    #[arg(long, env = "API_SERVER_PROXY_CONNECT_TIMEOUT_SECS", default_value_t = 5)]
+    pub proxy_connect_timeout_secs: u64,
+    /// Time the device has to start answering a forwarded request, in seconds.
+    #[arg(long, env = "API_SERVER_PROXY_FIRST_BYTE_TIMEOUT_SECS", default_value_t = 30)]
+    pub proxy_first_byte_timeout_secs: u64,
+    /// Seconds in-flight requests get to finish on shutdown.
+    #[arg(long, env = "EDGE_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
+    pub drain_timeout_secs: u64,
+    /// Log format: human or json.
+    #[arg(long, env = "EDGE_LOG_FORMAT", default_value = "human")]
+    pub log_format: LogFormat,
+}
+
+/// Checked settings the handlers use.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub public_origin: String,
+    pub public_scheme: String,
+    pub cookie_secure: bool,
+    pub session_idle: Duration,
+    pub session_lifetime: Duration,
+    pub proxy_connect_timeout: Duration,
+    pub proxy_first_byte_timeout: Duration,
+}
+
+impl Settings {
+    /// Settings with the documented defaults for `public_origin`.
+    pub fn new(public_origin: &str, cookie_secure: bool) -> Result<Self, ApiError> {
+        let (scheme, rest) = public_origin
+            .split_once("://")
+            .ok_or_else(|| ApiError::Config("public origin must be scheme://host".into()))?;
+        if !(scheme == "http" || scheme == "https") || rest.is_empty() || rest.contains('/') {
+            return Err(ApiError::Config(
+                "public origin must be http(s)://host[:port] with no path".into(),
+            ));
+        }
+        Ok(Self {
+            public_origin: public_origin.to_owned(),
+            public_scheme: scheme.to_owned(),
+            cookie_secure,
+            session_idle: Duration::from_secs(1800),
+            session_lifetime: Duration::from_secs(43_200),
+            proxy_connect_timeout: Duration::from_secs(5),
+            proxy_first_byte_timeout: Duration::from_secs(30),
+        })
+    }
+}
+
+impl Config {
+    pub fn settings(&self) -> Result<Settings, ApiError> {
+        let mut s = Settings::new(&self.public_origin, !self.cookie_insecure)?;
+        if s.cookie_secure && s.public_scheme != "https" {
+            tracing::warn!("secure cookies with an http public origin: browsers will drop them; use --cookie-insecure for local development");
+        }
+        s.session_idle = Duration::from_secs(self.session_idle_secs.max(1));
+        s.session_lifetime = Duration::from_secs(self.session_lifetime_secs.max(1));
+        s.proxy_connect_timeout = Duration::from_secs(self.proxy_connect_timeout_secs.max(1));
+        s.proxy_first_byte_timeout = Duration::from_secs(self.proxy_first_byte_timeout_secs.max(1));
+        Ok(s)
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", self.data_dir.join("edge.db").display())
+        })
+    }
+}

@@ -1,0 +1,75 @@
+//! The api-server's one error type and its single mapping to the JSON error
+//! body. Messages never include secrets or caller-supplied values.
+
+use axum::response::{IntoResponse, Response};
+use directory::DirectoryError;
+use edge_core::error_body::error_response;
+use http::StatusCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("authentication required")]
+    Unauthenticated,
+    #[error("not found")]
+    NotFound,
+    #[error("the device is not connected")]
+    DeviceOffline,
+    #[error("the relay is unreachable")]
+    RelayUnavailable,
+    #[error("the device could not be reached")]
+    DeviceUnreachable,
+    #[error("the device did not answer in time")]
+    DeviceTimeout,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("internal error")]
+    Internal,
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::DeviceOffline => (StatusCode::SERVICE_UNAVAILABLE, "device_offline"),
+            Self::RelayUnavailable => (StatusCode::BAD_GATEWAY, "relay_unavailable"),
+            Self::DeviceUnreachable => (StatusCode::BAD_GATEWAY, "device_unreachable"),
+            Self::DeviceTimeout => (StatusCode::GATEWAY_TIMEOUT, "device_timeout"),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Internal | Self::Config(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        error_response(status, code, self.to_string())
+    }
+}
+
+impl From<store::StoreError> for ApiError {
+    fn from(err: store::StoreError) -> Self {
+        tracing::error!(error = %err, "store failure");
+        Self::Internal
+    }
+}
+
+impl From<DirectoryError> for ApiError {
+    fn from(err: DirectoryError) -> Self {
+        match err {
+            DirectoryError::Offline => Self::DeviceOffline,
+            DirectoryError::Unreachable(e) => {
+                tracing::warn!(error = %e, "relay unreachable");
+                Self::RelayUnavailable
+            }
+            DirectoryError::Timeout => Self::RelayUnavailable,
+            DirectoryError::Relay(e) | DirectoryError::Stream(e) => {
+                tracing::warn!(error = %e, "relay could not open a stream");
+                Self::DeviceUnreachable
+            }
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The api-server: a stateless backend-for-frontend. It resolves the caller
+//! from the session cookie, checks device ownership in the store, and
+//! forwards requests to devices through the relay's internal port. `run` is
+//! what the binary calls; tests build the same router with [`build_app`].
+
+pub mod config;
+pub mod error;
+pub mod proxy;
+pub mod router;
+pub mod session;
+pub mod state;
+pub mod system;
+
+pub use router::build_app;
+pub use state::AppState;
+
+use auth::{CookieKey, CookieKeys};
+use config::Config;
+use directory::{NodeId, RelayDirectory, StaticNode};
+use edge_core::serve::{serve, ServeOptions};
+use edge_core::Secret;
+use error::ApiError;
+use std::sync::Arc;
+use std::time::Duration;
+use store::Store;
+use tokio_util::sync::CancellationToken;
+
+/// Start the api-server from configuration and run it until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ApiError> {
+    let settings = config.settings()?;
+    let store = Store::connect(&config.database_url())
+        .await
+        .map_err(|e| ApiError::Config(format!("database: {e}")))?;
+    let internal_secret = match std::env::var("EDGE_INTERNAL_SECRET") {
+        Ok(s) if !s.is_empty() => Secret::new(s),
+        _ => {
+            let path = config
+                .internal_secret_file
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("internal-secret"));
+            edge_core::secret::load_or_create_file(&path)
+                .map_err(|e| ApiError::Config(format!("internal secret: {e}")))?
+        }
+    };
+    let key_path = config
+        .session_key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("session-key"));
+    let signing = edge_core::secret::load_or_create_file(&key_path)
+        .ok()
+        .and_then(CookieKey::new)
+        .ok_or_else(|| ApiError::Config("session key missing or shorter than 32 bytes".into()))?;
+    let mut retired = Vec::new();
+    for path in &config.retired_session_key_files {
+        let key = edge_core::secret::read_file(path)
+            .ok()
+            .and_then(CookieKey::new)
+            .ok_or_else(|| ApiError::Config(format!("retired key {} unusable", path.display())))?;
+        retired.push(key);
+    }
+    let directory = RelayDirectory::new(
+        Arc::new(StaticNode(NodeId(config.relay_url.clone()))),
+        internal_secret,
+        settings.proxy_connect_timeout,
+        settings.proxy_connect_timeout,
+    );
+    let state = AppState {
+        store,
+        directory: Arc::new(directory),
+        cookies: CookieKeys::new(signing, retired),
+        settings: Arc::new(settings),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ApiError::Config(format!("bind {}: {e}", config.listen)))?;
+    tracing::info!(listen = %config.listen, relay = %config.relay_url, "api-server listening");
+    let opts = ServeOptions {
+        drain_timeout: Duration::from_secs(config.drain_timeout_secs),
+        ..ServeOptions::default()
+    };
+    serve(listener, build_app(state), opts, shutdown).await;
+    tracing::info!("api-server stopped");
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! What every handler shares: the store, the directory view, cookie keys and
+//! checked settings.
+
+use crate::config::Settings;
+use auth::CookieKeys;
+use directory::SessionView;
+use std::sync::Arc;
+use store::Store;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    /// Read-and-control view only: the api-server cannot register sessions.
+    pub directory: Arc<dyn SessionView>,
+    pub cookies: CookieKeys,
+    pub settings: Arc<Settings>,
+}

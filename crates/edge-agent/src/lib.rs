@@ -1,0 +1,157 @@
+//! The agent on the box: dial the relay with the device credential, serve the
+//! yamux streams the relay opens by piping each to the local target, and
+//! reconnect with backoff whenever the tunnel ends. Every disconnect is
+//! logged with its reason.
+
+pub mod backoff;
+pub mod config;
+
+use backoff::Backoff;
+use config::{AgentSettings, Cli, Command};
+use edge_core::{DeviceToken, Secret};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tunnel::dial::{dial, DialError};
+use tunnel::pump::{self, Activity, PumpConfig};
+use tunnel::{session, StreamHandle, WebSocketConfig};
+
+const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The agent's one error type.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("credential: {0}")]
+    Credential(String),
+}
+
+/// Dispatch a parsed command line.
+pub async fn main_command(cli: Cli, shutdown: CancellationToken) -> Result<(), AgentError> {
+    match cli.command {
+        Command::Run(args) => {
+            let settings = args.settings()?;
+            let token = load_credential(&args.credential_file)?;
+            run(settings, token, shutdown).await;
+            Ok(())
+        }
+    }
+}
+
+/// The credential from `EDGE_AGENT_TOKEN` or from `path`.
+pub fn load_credential(path: &std::path::Path) -> Result<DeviceToken, AgentError> {
+    if let Ok(token) = std::env::var("EDGE_AGENT_TOKEN") {
+        if !token.trim().is_empty() {
+            return Ok(DeviceToken::from_secret(Secret::new(token.trim())));
+        }
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), "credential file is readable by others; use chmod 600");
+            }
+        }
+    }
+    edge_core::secret::read_file(path)
+        .map(DeviceToken::from_secret)
+        .map_err(|e| {
+            AgentError::Credential(format!(
+                "cannot read {} ({e}); pair the box first or set EDGE_AGENT_TOKEN",
+                path.display()
+            ))
+        })
+}
+
+fn user_agent() -> String {
+    format!("{}/{}", tunnel::contract::AGENT_NAME, env!("CARGO_PKG_VERSION"))
+}
+
+/// Keep the tunnel up until `shutdown`.
+pub async fn run(settings: AgentSettings, token: DeviceToken, shutdown: CancellationToken) {
+    let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
+    let agent = user_agent();
+    tracing::info!(relay = %settings.relay, target = %settings.target, "edge-agent starting");
+    while !shutdown.is_cancelled() {
+        let started = Instant::now();
+        let mut floor = Duration::ZERO;
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = dial(&settings.relay, &token, &agent, WebSocketConfig::default()) => r,
+        };
+        match attempt {
+            Ok(ws) => {
+                tracing::info!(relay = %settings.relay, "tunnel connected");
+                let reason = serve_tunnel(ws, &settings, shutdown.clone()).await;
+                tracing::info!(%reason, "tunnel connection ended");
+                if started.elapsed() >= settings.stable_after {
+                    backoff.reset();
+                }
+            }
+            Err(DialError::Refused { status: 401, .. }) => {
+                tracing::warn!("relay rejected the device credential (401); re-pair the box or rotate its credential");
+            }
+            Err(DialError::Refused { status, retry_after }) => {
+                floor = Duration::from_secs(retry_after.unwrap_or(0));
+                tracing::warn!(status, "relay refused the tunnel");
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot connect to relay"),
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let delay = backoff.next_delay().max(floor);
+        tracing::debug!(?delay, "reconnecting after delay");
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    tracing::info!("edge-agent stopped");
+}
+
+/// Serve one connected tunnel; returns why it ended.
+async fn serve_tunnel(
+    ws: tunnel::dial::DialedWs,
+    settings: &AgentSettings,
+    shutdown: CancellationToken,
+) -> String {
+    let (io, pump_task) = pump::spawn(
+        ws,
+        PumpConfig {
+            idle_timeout: settings.idle_timeout,
+        },
+        Activity::new(),
+    );
+    let target = settings.target.clone();
+    let session_end = session::serve(io, session::device_config(), shutdown, move |stream| {
+        tokio::spawn(pipe(stream, target.clone()));
+    })
+    .await;
+    let transport_end = match pump_task.await {
+        Ok(end) => end.to_string(),
+        Err(err) => format!("pump task failed: {err}"),
+    };
+    format!("{session_end}; {transport_end}")
+}
+
+/// Pipe one relay stream to the local target; a failed connect resets it.
+async fn pipe(mut stream: StreamHandle, target: String) {
+    let local = tokio::time::timeout(TARGET_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&target)).await;
+    let mut local = match local {
+        Ok(Ok(s)) => s,
+        Ok(Err(err)) => {
+            tracing::warn!(%target, error = %err, "cannot reach local service");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%target, "local service connect timed out");
+            return;
+        }
+    };
+    let _ = local.set_nodelay(true);
+    if let Err(err) = tokio::io::copy_bidirectional(&mut stream, &mut local).await {
+        tracing::debug!(error = %err, "stream ended with error");
+    }
+}

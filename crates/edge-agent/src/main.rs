@@ -1,0 +1,18 @@
+//! `edge-agent` binary: parse the command line, set up logging, run.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = edge_agent::config::Cli::parse();
+    edge_core::telemetry::init(cli.log_format);
+    let shutdown = edge_core::shutdown::on_signal();
+    match edge_agent::main_command(cli, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "edge-agent failed");
+            eprintln!("edge-agent: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! A simulated edge box's local service. Product-like endpoints: `/` (a
+//! page), `/api/info` (device info), `/api/inference` (WebSocket of fake
+//! inference results). Test endpoints: `/test/download?bytes=N` (a
+//! deterministic byte pattern, see [`pattern`]), `/test/upload` (returns
+//! length and SHA-256 of the body), `/test/ws-echo`, `/test/headers` (echoes
+//! the request headers it received), `/test/delay?ms=N`.
+
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::{SinkExt, StreamExt};
+use http::{header, StatusCode};
+use http_body_util::BodyExt;
+use hyper::upgrade::OnUpgrade;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+/// Largest download the test endpoint serves (4 GiB).
+const MAX_DOWNLOAD: u64 = 4 << 30;
+const CHUNK: usize = 64 * 1024;
+
+struct BoxState {
+    name: String,
+    started: Instant,
+}
+
+/// The box's router.
+pub fn router(name: impl Into<String>) -> Router {
+    let state = Arc::new(BoxState {
+        name: name.into(),
+        started: Instant::now(),
+    });
+    Router::new()
+        .route("/", get(page))
+        .route("/api/info", get(info))
+        .route("/api/inference", get(inference))
+        .route("/test/download", get(download))
+        .route("/test/upload", post(upload))
+        .route("/test/ws-echo", get(ws_echo))
+        .route("/test/headers", get(headers).post(headers))
+        .route("/test/delay", get(delay))
+        .with_state(state)
+}
+
+/// Serve the box on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, name: String, shutdown: CancellationToken) {
+    edge_core::serve::serve(
+        listener,
+        router(name),
+        edge_core::serve::ServeOptions::default(),
+        shutdown,
+    )
+    .await;
+}
+
+/// The deterministic byte at offset `i` of a download.
+pub fn pattern_byte(i: u64) -> u8 {
+    // A cheap mix so runs of equal bytes (which compress or hide bugs) do
+    // not occur, while any offset can be recomputed.
+    let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (x >> 56) as u8 ^ (i as u8)
+}
+
+/// Fill `buf` with the pattern starting at `offset`.
+pub fn pattern(offset: u64, buf: &mut [u8]) {
+    for (k, b) in buf.iter_mut().enumerate() {
+        *b = pattern_byte(offset + k as u64);
+    }
+}
+
+/// SHA-256 (hex) of the first `n` pattern bytes.
+pub fn pattern_sha256(n: u64) -> String {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut off = 0;
+    while off < n {
+        let len = (n - off).min(CHUNK as u64) as usize;
+        pattern(off, &mut buf[..len]);
+        hasher.update(&buf[..len]);
+        off += len as u64;
+    }
+    hex::encode(hasher.finalize())
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("page.html"))
+}
+
+async fn info(State(state): State<Arc<BoxState>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "name": state.name,
+        "model": "SIM-1",
+        "firmware": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": state.started.elapsed().as_secs(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct DownloadQuery {
+    bytes: u64,
+}
+
+async fn download(Query(q): Query<DownloadQuery>) -> Response {
+    if q.bytes > MAX_DOWNLOAD {
+        return (StatusCode::BAD_REQUEST, "too large").into_response();
+    }
+    let total = q.bytes;
+    let chunks = futures_util::stream::unfold(0u64, move |off| async move {
+        if off >= total {
+            return None;
+        }
+        let len = (total - off).min(CHUNK as u64) as usize;
+        let mut buf = vec![0u8; len];
+        pattern(off, &mut buf);
+        Some((
+            Ok::<_, std::io::Error>(bytes::Bytes::from(buf)),
+            off + len as u64,
+        ))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, total)
+        .body(Body::from_stream(chunks))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+async fn upload(body: Body) -> Response {
+    let mut hasher = Sha256::new();
+    let mut n: u64 = 0;
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    hasher.update(data);
+                    n += data.len() as u64;
+                }
+            }
+            Err(_) => return (StatusCode::BAD_REQUEST, "body error").into_response(),
+        }
+    }
+    Json(serde_json::json!({ "bytes": n, "sha256": hex::encode(hasher.finalize()) }))
+        .into_response()
+}
+
+async fn headers(req: Request) -> Json<serde_json::Value> {
+    let map: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
+        .collect();
+    Json(serde_json::json!({
+        "method": req.method().as_str(),
+        "uri": req.uri().to_string(),
+        "headers": map,
+    }))
+}
+
+#[derive(Deserialize)]
+struct DelayQuery {
+    ms: u64,
+}
+
+async fn delay(Query(q): Query<DelayQuery>) -> &'static str {
+    tokio::time::sleep(Duration::from_millis(q.ms.min(120_000))).await;
+    "done"
+}
+
+/// Accept a WebSocket upgrade and run `session` on it.
+fn websocket<F, Fut>(mut req: Request, session: F) -> Response
+where
+    F: FnOnce(tunnel::upgrade::UpgradedWs) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let accept = match tunnel::upgrade::accept_key(req.headers()) {
+        Ok(a) => a,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
+        return (StatusCode::BAD_REQUEST, "cannot upgrade").into_response();
+    };
+    tokio::spawn(async move {
+        if let Ok(ws) = tunnel::upgrade::websocket(on_upgrade, Default::default()).await {
+            session(ws).await;
+        }
+    });
+    tunnel::upgrade::switching_protocols(&accept)
+}
+
+async fn ws_echo(req: Request) -> Response {
+    websocket(req, |mut ws| async move {
+        while let Some(Ok(msg)) = ws.next().await {
+            let reply = match msg {
+                Message::Text(_) | Message::Binary(_) => msg,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+async fn inference(req: Request) -> Response {
+    websocket(req, |ws| async move {
+        let (mut tx, mut rx) = ws.split();
+        let labels = ["person", "car", "bicycle", "dog", "package"];
+        let mut seq: u64 = 0;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let label = labels[(seq % labels.len() as u64) as usize];
+                    let confidence = 0.55 + ((pattern_byte(seq) as f64) / 255.0) * 0.44;
+                    let event = serde_json::json!({
+                        "seq": seq,
+                        "label": label,
+                        "confidence": (confidence * 100.0).round() / 100.0,
+                        "ts_ms": edge_core::time::now_ms(),
+                    });
+                    if tx.send(Message::Text(event.to_string().into())).await.is_err() {
+                        break;
+                    }
+                    seq += 1;
+                }
+                msg = rx.next() => match msg {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    _ => {}
+                },
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_is_deterministic_and_not_constant() {
+        let mut a = [0u8; 256];
+        let mut b = [0u8; 256];
+        pattern(1000, &mut a);
+        pattern(1000, &mut b);
+        assert_eq!(a, b);
+        assert!(a.iter().any(|&x| x != a[0]));
+        assert_eq!(pattern_sha256(0), hex::encode(Sha256::digest([])));
+    }
+}
