@@ -16,7 +16,11 @@ pub struct Config {
     #[arg(long, env = "API_SERVER_LISTEN", default_value = "0.0.0.0:3721")]
     pub listen: SocketAddr,
     /// Origin browsers use to reach this server (scheme://host[:port]).
-    #[arg(long, env = "API_SERVER_PUBLIC_ORIGIN", default_value = "http://localhost:3721")]
+    #[arg(
+        long,
+        env = "API_SERVER_PUBLIC_ORIGIN",
+        default_value = "http://localhost:3721"
+    )]
     pub public_origin: String,
     /// Directory for embedded-default state (SQLite file, keys, secrets).
     #[arg(long, env = "EDGE_DATA_DIR", default_value = "data")]
@@ -25,7 +29,11 @@ pub struct Config {
     #[arg(long, env = "EDGE_DATABASE_URL")]
     pub database_url: Option<String>,
     /// Internal URL of the relay node (one node; multi-node lookup comes later).
-    #[arg(long, env = "API_SERVER_RELAY_URL", default_value = "http://127.0.0.1:3801")]
+    #[arg(
+        long,
+        env = "API_SERVER_RELAY_URL",
+        default_value = "http://127.0.0.1:3801"
+    )]
     pub relay_url: String,
     /// File holding the relay's internal-API secret; created (0600) if
     /// missing. Default: <data-dir>/internal-secret. EDGE_INTERNAL_SECRET
@@ -37,7 +45,11 @@ pub struct Config {
     #[arg(long, env = "API_SERVER_SESSION_KEY_FILE")]
     pub session_key_file: Option<PathBuf>,
     /// Files with retired keys that still verify cookies (comma-separated).
-    #[arg(long, env = "API_SERVER_RETIRED_SESSION_KEY_FILES", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "API_SERVER_RETIRED_SESSION_KEY_FILES",
+        value_delimiter = ','
+    )]
     pub retired_session_key_files: Vec<PathBuf>,
     /// Drop `Secure` (and the `__Host-` prefix) from cookies: plain-http
     /// local development only.
@@ -47,13 +59,25 @@ pub struct Config {
     #[arg(long, env = "API_SERVER_SESSION_IDLE_SECS", default_value_t = 1800)]
     pub session_idle_secs: u64,
     /// A session ends this long after login whatever its use, in seconds.
-    #[arg(long, env = "API_SERVER_SESSION_LIFETIME_SECS", default_value_t = 43_200)]
+    #[arg(
+        long,
+        env = "API_SERVER_SESSION_LIFETIME_SECS",
+        default_value_t = 43_200
+    )]
     pub session_lifetime_secs: u64,
     /// Time to get a stream to the device through the relay, in seconds.
-    #[arg(long, env = "API_SERVER_PROXY_CONNECT_TIMEOUT_SECS", default_value_t = 5)]
+    #[arg(
+        long,
+        env = "API_SERVER_PROXY_CONNECT_TIMEOUT_SECS",
+        default_value_t = 5
+    )]
     pub proxy_connect_timeout_secs: u64,
     /// Time the device has to start answering a forwarded request, in seconds.
-    #[arg(long, env = "API_SERVER_PROXY_FIRST_BYTE_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "API_SERVER_PROXY_FIRST_BYTE_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
     pub proxy_first_byte_timeout_secs: u64,
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(long, env = "EDGE_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
@@ -112,8 +136,8 @@ impl Config {
     }
 
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| {
-            format!("sqlite://{}", self.data_dir.join("edge.db").display())
-        })
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("edge.db").display()))
     }
 }

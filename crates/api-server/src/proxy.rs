@@ -72,7 +72,9 @@ fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    wants.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+    wants
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
 }
 
 /// Copy end-to-end headers: drop hop-by-hop ones and those named in
@@ -153,7 +155,11 @@ async fn forward(
         .method(parts.method)
         .uri(target)
         .version(Version::HTTP_11)
-        .body(if upgrade.is_some() { Body::empty() } else { body })
+        .body(if upgrade.is_some() {
+            Body::empty()
+        } else {
+            body
+        })
         .map_err(|_| ApiError::BadRequest("cannot forward this request".into()))?;
     *outbound.headers_mut() = headers;
 
@@ -219,9 +225,15 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_listed_headers_are_dropped() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::COOKIE, HeaderValue::from_static("a=b"));
         h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         let out = end_to_end(&h, NOT_FORWARDED);
@@ -234,7 +246,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         assert!(requested_upgrade(&h).is_none());
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
-        assert_eq!(requested_upgrade(&h), Some(HeaderValue::from_static("websocket")));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert_eq!(
+            requested_upgrade(&h),
+            Some(HeaderValue::from_static("websocket"))
+        );
     }
 }

@@ -39,10 +39,19 @@ pub async fn start_session(state: &AppState, user: UserId) -> Result<String, Api
     let now = now_ms();
     let lifetime = i64::try_from(state.settings.session_lifetime.as_millis()).unwrap_or(i64::MAX);
     let expires = now.saturating_add(lifetime);
-    state.store.create_session(&id.hash(), user, now, expires).await?;
+    state
+        .store
+        .create_session(&id.hash(), user, now, expires)
+        .await?;
     let name = cookie_name(state.settings.cookie_secure);
-    let value = state.cookies.sign(name, SESSION_PURPOSE, id.expose(), expires);
-    let secure = if state.settings.cookie_secure { "; Secure" } else { "" };
+    let value = state
+        .cookies
+        .sign(name, SESSION_PURPOSE, id.expose(), expires);
+    let secure = if state.settings.cookie_secure {
+        "; Secure"
+    } else {
+        ""
+    };
     Ok(format!(
         "{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
         lifetime / 1000

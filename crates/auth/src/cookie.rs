@@ -75,7 +75,11 @@ impl CookieKeys {
 
     /// The cookie value carrying `value` (URL-safe, no `.`) until `expiry_ms`.
     pub fn sign(&self, name: &str, purpose: &str, value: &str, expiry_ms: i64) -> String {
-        let tag = self.signing.mac(name, purpose, expiry_ms, value).finalize().into_bytes();
+        let tag = self
+            .signing
+            .mac(name, purpose, expiry_ms, value)
+            .finalize()
+            .into_bytes();
         format!("{value}.{expiry_ms}.{}", URL_SAFE_NO_PAD.encode(tag))
     }
 
@@ -96,10 +100,11 @@ impl CookieKeys {
         let tag = URL_SAFE_NO_PAD
             .decode(tag)
             .map_err(|_| CookieError::Malformed)?;
-        let valid = self
-            .verifying
-            .iter()
-            .any(|k| k.mac(name, purpose, expiry, value).verify_slice(&tag).is_ok());
+        let valid = self.verifying.iter().any(|k| {
+            k.mac(name, purpose, expiry, value)
+                .verify_slice(&tag)
+                .is_ok()
+        });
         if !valid {
             return Err(CookieError::BadSignature);
         }
@@ -122,15 +127,36 @@ mod tests {
     fn round_trip_and_tamper_detection() {
         let keys = CookieKeys::new(key('a'), vec![]);
         let c = keys.sign("session", "session", "abc", 10_000);
-        assert_eq!(keys.verify("session", "session", &c, 5_000), Ok("abc".into()));
-        assert_eq!(keys.verify("session", "session", &c, 10_000), Err(CookieError::Expired));
+        assert_eq!(
+            keys.verify("session", "session", &c, 5_000),
+            Ok("abc".into())
+        );
+        assert_eq!(
+            keys.verify("session", "session", &c, 10_000),
+            Err(CookieError::Expired)
+        );
         let tampered = c.replacen("abc", "abd", 1);
-        assert_eq!(keys.verify("session", "session", &tampered, 5_000), Err(CookieError::BadSignature));
+        assert_eq!(
+            keys.verify("session", "session", &tampered, 5_000),
+            Err(CookieError::BadSignature)
+        );
         let later = c.replacen("10000", "99999", 1);
-        assert_eq!(keys.verify("session", "session", &later, 5_000), Err(CookieError::BadSignature));
-        assert_eq!(keys.verify("other", "session", &c, 5_000), Err(CookieError::BadSignature));
-        assert_eq!(keys.verify("session", "login", &c, 5_000), Err(CookieError::BadSignature));
-        assert_eq!(keys.verify("session", "session", "garbage", 5_000), Err(CookieError::Malformed));
+        assert_eq!(
+            keys.verify("session", "session", &later, 5_000),
+            Err(CookieError::BadSignature)
+        );
+        assert_eq!(
+            keys.verify("other", "session", &c, 5_000),
+            Err(CookieError::BadSignature)
+        );
+        assert_eq!(
+            keys.verify("session", "login", &c, 5_000),
+            Err(CookieError::BadSignature)
+        );
+        assert_eq!(
+            keys.verify("session", "session", "garbage", 5_000),
+            Err(CookieError::Malformed)
+        );
     }
 
     #[test]
@@ -140,8 +166,13 @@ mod tests {
         let fresh = CookieKeys::new(key('n'), vec![]);
         let c = old.sign("s", "p", "v", 10);
         assert!(rotated.verify("s", "p", &c, 0).is_ok());
-        assert_eq!(fresh.verify("s", "p", &c, 0), Err(CookieError::BadSignature));
-        assert!(fresh.verify("s", "p", &rotated.sign("s", "p", "v", 10), 0).is_ok());
+        assert_eq!(
+            fresh.verify("s", "p", &c, 0),
+            Err(CookieError::BadSignature)
+        );
+        assert!(fresh
+            .verify("s", "p", &rotated.sign("s", "p", "v", 10), 0)
+            .is_ok());
     }
 
     #[test]

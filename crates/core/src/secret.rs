@@ -181,7 +181,9 @@ mod file_tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777).ok();
+            let mode = std::fs::metadata(&path)
+                .map(|m| m.permissions().mode() & 0o777)
+                .ok();
             assert_eq!(mode, Some(0o600));
         }
         let _ = std::fs::remove_dir_all(dir);

@@ -139,7 +139,12 @@ impl SessionView for RelayDirectory {
             None => return Ok(None),
         };
         let res = self
-            .send(&node, Method::GET, &internal_api::session_path(device), false)
+            .send(
+                &node,
+                Method::GET,
+                &internal_api::session_path(device),
+                false,
+            )
             .await?;
         if res.status() != StatusCode::OK {
             return match self.error_from(res).await {
@@ -173,7 +178,12 @@ impl SessionView for RelayDirectory {
     async fn close(&self, device: DeviceId) -> Result<bool, DirectoryError> {
         let node = self.node_for(device).await?;
         let res = self
-            .send(&node, Method::DELETE, &internal_api::session_path(device), false)
+            .send(
+                &node,
+                Method::DELETE,
+                &internal_api::session_path(device),
+                false,
+            )
             .await?;
         match res.status() {
             StatusCode::NO_CONTENT | StatusCode::OK => Ok(true),

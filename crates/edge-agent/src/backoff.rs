@@ -50,7 +50,10 @@ mod tests {
             last = b.next_delay();
             assert!(last <= Duration::from_secs(15));
         }
-        assert!(last >= Duration::from_millis(7_500), "capped delay stays in [max/2, max]");
+        assert!(
+            last >= Duration::from_millis(7_500),
+            "capped delay stays in [max/2, max]"
+        );
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
     }

@@ -25,14 +25,22 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Relay tunnel URL.
-    #[arg(long, env = "EDGE_AGENT_RELAY", default_value = "ws://127.0.0.1:3800/tunnel")]
+    #[arg(
+        long,
+        env = "EDGE_AGENT_RELAY",
+        default_value = "ws://127.0.0.1:3800/tunnel"
+    )]
     pub relay: String,
     /// Local service each stream is piped to (host:port).
     #[arg(long, env = "EDGE_AGENT_TARGET", default_value = "127.0.0.1:8080")]
     pub target: String,
     /// File holding the device credential (mode 0600). EDGE_AGENT_TOKEN, when
     /// set, is used instead.
-    #[arg(long, env = "EDGE_AGENT_CREDENTIAL_FILE", default_value = "data/agent/credential")]
+    #[arg(
+        long,
+        env = "EDGE_AGENT_CREDENTIAL_FILE",
+        default_value = "data/agent/credential"
+    )]
     pub credential_file: PathBuf,
     /// First reconnect delay, in milliseconds.
     #[arg(long, env = "EDGE_AGENT_BACKOFF_MIN_MS", default_value_t = 100)]

@@ -65,7 +65,11 @@ pub fn load_credential(path: &std::path::Path) -> Result<DeviceToken, AgentError
 }
 
 fn user_agent() -> String {
-    format!("{}/{}", tunnel::contract::AGENT_NAME, env!("CARGO_PKG_VERSION"))
+    format!(
+        "{}/{}",
+        tunnel::contract::AGENT_NAME,
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 /// Keep the tunnel up until `shutdown`.
@@ -92,7 +96,10 @@ pub async fn run(settings: AgentSettings, token: DeviceToken, shutdown: Cancella
             Err(DialError::Refused { status: 401, .. }) => {
                 tracing::warn!("relay rejected the device credential (401); re-pair the box or rotate its credential");
             }
-            Err(DialError::Refused { status, retry_after }) => {
+            Err(DialError::Refused {
+                status,
+                retry_after,
+            }) => {
                 floor = Duration::from_secs(retry_after.unwrap_or(0));
                 tracing::warn!(status, "relay refused the tunnel");
             }
@@ -117,17 +124,24 @@ async fn serve_tunnel(
     settings: &AgentSettings,
     shutdown: CancellationToken,
 ) -> String {
+    let activity = Activity::new();
     let (io, pump_task) = pump::spawn(
         ws,
         PumpConfig {
             idle_timeout: settings.idle_timeout,
         },
-        Activity::new(),
+        activity.clone(),
     );
     let target = settings.target.clone();
-    let session_end = session::serve(io, session::device_config(), shutdown, move |stream| {
-        tokio::spawn(pipe(stream, target.clone()));
-    })
+    let session_end = session::serve(
+        io,
+        session::device_config(),
+        shutdown,
+        activity,
+        move |stream| {
+            tokio::spawn(pipe(stream, target.clone()));
+        },
+    )
     .await;
     let transport_end = match pump_task.await {
         Ok(end) => end.to_string(),
@@ -138,7 +152,11 @@ async fn serve_tunnel(
 
 /// Pipe one relay stream to the local target; a failed connect resets it.
 async fn pipe(mut stream: StreamHandle, target: String) {
-    let local = tokio::time::timeout(TARGET_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&target)).await;
+    let local = tokio::time::timeout(
+        TARGET_CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect(&target),
+    )
+    .await;
     let mut local = match local {
         Ok(Ok(s)) => s,
         Ok(Err(err)) => {

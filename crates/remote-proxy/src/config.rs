@@ -13,10 +13,18 @@ use std::time::Duration;
 #[command(name = "remote-proxy", version)]
 pub struct Config {
     /// Address of the device tunnel listener.
-    #[arg(long, env = "REMOTE_PROXY_TUNNEL_LISTEN", default_value = "0.0.0.0:3800")]
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_TUNNEL_LISTEN",
+        default_value = "0.0.0.0:3800"
+    )]
     pub tunnel_listen: SocketAddr,
     /// Address of the internal API (keep it on loopback or a private network).
-    #[arg(long, env = "REMOTE_PROXY_INTERNAL_LISTEN", default_value = "127.0.0.1:3801")]
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_INTERNAL_LISTEN",
+        default_value = "127.0.0.1:3801"
+    )]
     pub internal_listen: SocketAddr,
     /// URL under which api-servers reach this node's internal API
     /// (default: http://<internal-listen>).
@@ -36,7 +44,11 @@ pub struct Config {
     #[arg(long, env = "REMOTE_PROXY_MAX_STREAMS", default_value_t = 256)]
     pub max_streams_per_session: usize,
     /// Time a device has to complete the HTTP upgrade, in seconds.
-    #[arg(long, env = "REMOTE_PROXY_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_HANDSHAKE_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
     pub handshake_timeout_secs: u64,
     /// A tunnel with no inbound bytes for this long is dead, in seconds.
     #[arg(long, env = "REMOTE_PROXY_IDLE_TIMEOUT_SECS", default_value_t = 40)]
@@ -81,9 +93,9 @@ impl Config {
     }
 
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| {
-            format!("sqlite://{}", self.data_dir.join("edge.db").display())
-        })
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("edge.db").display()))
     }
 
     pub fn internal_secret_path(&self) -> PathBuf {

@@ -42,8 +42,10 @@ impl IntoResponse for RelayError {
         };
         let mut res = error_response(status, code, self.to_string());
         if let Self::TooFast { retry_after_secs } = self {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs.max(1)),
+            );
         }
         res
     }

@@ -24,7 +24,10 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .route(SESSIONS, get(list))
         .route(&format!("{SESSIONS}/{{device}}"), get(lookup).delete(close))
         .route(&format!("{SESSIONS}/{{device}}/stream"), get(open_stream))
-        .route_layer(middleware::from_fn_with_state(relay.clone(), require_secret))
+        .route_layer(middleware::from_fn_with_state(
+            relay.clone(),
+            require_secret,
+        ))
         .with_state(relay)
 }
 

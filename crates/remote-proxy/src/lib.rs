@@ -79,13 +79,26 @@ impl Relay {
             async move {
                 shutdown.cancelled().await;
                 relay.draining.store(true, Ordering::Relaxed);
-                tracing::info!(sessions = relay.directory.len(), "closing tunnels with GoAway");
+                tracing::info!(
+                    sessions = relay.directory.len(),
+                    "closing tunnels with GoAway"
+                );
                 relay.shutdown.cancel();
             }
         };
         tokio::join!(
-            serve(tunnel, tunnel_listener::router(self.clone()), tunnel_opts, shutdown.clone()),
-            serve(internal, internal::router(self.clone()), internal_opts, shutdown.clone()),
+            serve(
+                tunnel,
+                tunnel_listener::router(self.clone()),
+                tunnel_opts,
+                shutdown.clone()
+            ),
+            serve(
+                internal,
+                internal::router(self.clone()),
+                internal_opts,
+                shutdown.clone()
+            ),
             closer,
         );
         self.tunnels.close();

@@ -34,7 +34,8 @@ impl ReconnectLimiter {
             });
         }
         let (tokens, at) = buckets.entry(device).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * REFILL_PER_SEC).min(self.burst);
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * REFILL_PER_SEC).min(self.burst);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -55,6 +56,9 @@ mod tests {
         let a = DeviceId::new();
         assert!((0..3).all(|_| limiter.check(a).is_ok()));
         assert_eq!(limiter.check(a), Err(1));
-        assert!(limiter.check(DeviceId::new()).is_ok(), "other devices are unaffected");
+        assert!(
+            limiter.check(DeviceId::new()).is_ok(),
+            "other devices are unaffected"
+        );
     }
 }

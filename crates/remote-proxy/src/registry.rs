@@ -120,7 +120,14 @@ impl SessionRegistry for LocalDirectory {
     async fn register(&self, summary: SessionSummary, live: LiveSession) -> ConnectionId {
         let conn = ConnectionId(self.next_conn.fetch_add(1, Ordering::Relaxed));
         let device = summary.device_id;
-        let old = self.entries().insert(device, Entry { conn, summary, live });
+        let old = self.entries().insert(
+            device,
+            Entry {
+                conn,
+                summary,
+                live,
+            },
+        );
         if let Some(old) = old {
             tracing::info!(%device, "newer connection replaces the existing session");
             old.live.cancel.cancel();

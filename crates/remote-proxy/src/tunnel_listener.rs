@@ -63,7 +63,8 @@ async fn accept_tunnel(
                 Err(e) => return RelayError::BadRequest(e.to_string()).into_response(),
             };
             let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
-                return RelayError::BadRequest("connection cannot be upgraded".into()).into_response();
+                return RelayError::BadRequest("connection cannot be upgraded".into())
+                    .into_response();
             };
             let agent = agent_version(&req);
             let task_relay = relay.clone();
@@ -147,6 +148,7 @@ async fn run_tunnel(
         io,
         session::relay_config(limits.max_streams_per_session),
         cancel.clone(),
+        activity.clone(),
     );
     let now = now_ms();
     let summary = SessionSummary {

@@ -16,3 +16,5 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(40);
 /// Agent-name prefix sent by this project's agent as `User-Agent`.
 pub const AGENT_NAME: &str = "edge-agent";
+/// A complete yamux GoAway frame with code 1 (protocol error).
+pub const GO_AWAY_PROTOCOL_ERROR: [u8; 12] = [0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];

@@ -7,7 +7,7 @@
 
 use edge_core::time::now_ms;
 use futures_util::{SinkExt, StreamExt};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
@@ -27,6 +27,7 @@ const WRITE_CHUNK: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct Activity {
     last_inbound_ms: AtomicI64,
+    protocol_error: AtomicBool,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
 }
@@ -35,6 +36,7 @@ impl Activity {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             last_inbound_ms: AtomicI64::new(now_ms()),
+            protocol_error: AtomicBool::new(false),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
         })
@@ -51,6 +53,16 @@ impl Activity {
 
     pub fn bytes_out(&self) -> u64 {
         self.bytes_out.load(Ordering::Relaxed)
+    }
+
+    /// Called by the yamux driver before it drops the byte stream because the
+    /// peer broke the protocol; the pump then sends GoAway(1) and closes 1002.
+    pub fn mark_protocol_error(&self) {
+        self.protocol_error.store(true, Ordering::SeqCst);
+    }
+
+    fn protocol_error(&self) -> bool {
+        self.protocol_error.load(Ordering::SeqCst)
     }
 
     fn touch(&self, n: usize) {
@@ -179,6 +191,16 @@ where
     };
 
     let close = match &end {
+        PumpEnd::LocalClosed if activity.protocol_error() => {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                sink.send(Message::Binary(bytes::Bytes::from_static(
+                    &crate::contract::GO_AWAY_PROTOCOL_ERROR,
+                ))),
+            )
+            .await;
+            Some((CloseCode::Protocol, "yamux protocol error"))
+        }
         PumpEnd::LocalClosed => Some((CloseCode::Normal, "bye")),
         PumpEnd::TextMessage => Some((CloseCode::Unsupported, "text messages are not allowed")),
         PumpEnd::MessageTooBig => Some((CloseCode::Size, "message too big")),

@@ -3,8 +3,10 @@
 //! device is the yamux server: it accepts streams and hands each to a handler.
 //! Both close with GoAway(0) when their cancellation token fires.
 
+use crate::pump::Activity;
 use futures_util::StreamExt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
@@ -63,6 +65,7 @@ pub fn client<T>(
     io: T,
     config: Config,
     cancel: CancellationToken,
+    activity: Arc<Activity>,
 ) -> (Control, impl Future<Output = SessionEnd> + Send)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -70,7 +73,7 @@ where
     let session = Session::new_client(io, config);
     let control = session.control();
     // Streams the device opens are dropped at once, which resets them.
-    (control, drive(session, cancel, drop))
+    (control, drive(session, cancel, activity, drop))
 }
 
 /// Run the device (server) side: each accepted stream goes to `on_stream`.
@@ -78,18 +81,20 @@ pub async fn serve<T, F>(
     io: T,
     config: Config,
     cancel: CancellationToken,
+    activity: Arc<Activity>,
     on_stream: F,
 ) -> SessionEnd
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: FnMut(StreamHandle) + Send,
 {
-    drive(Session::new_server(io, config), cancel, on_stream).await
+    drive(Session::new_server(io, config), cancel, activity, on_stream).await
 }
 
 async fn drive<T, F>(
     mut session: Session<T>,
     cancel: CancellationToken,
+    activity: Arc<Activity>,
     mut on_stream: F,
 ) -> SessionEnd
 where
@@ -100,7 +105,12 @@ where
         tokio::select! {
             item = session.next() => match item {
                 Some(Ok(stream)) => on_stream(stream),
-                Some(Err(err)) => return SessionEnd::Error(err.to_string()),
+                Some(Err(err)) => {
+                    if err.kind() == std::io::ErrorKind::InvalidData {
+                        activity.mark_protocol_error();
+                    }
+                    return SessionEnd::Error(err.to_string());
+                }
                 None => return SessionEnd::PeerGone,
             },
             _ = cancel.cancelled() => break,

@@ -1,0 +1,86 @@
+//! The Go interop peer (`go/device`): built in GOPATH mode against Debian's
+//! `golang-github-hashicorp-yamux-dev` and `golang-github-gorilla-websocket-dev`,
+//! and run as a real process. Missing Go skips the test unless
+//! `REQUIRE_INTEROP=1`, where it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use tokio::process::{Child, Command};
+
+const GOPATH: &str = "/usr/share/gocode";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn build_once() -> Result<PathBuf, String> {
+    let go =
+        which("go").ok_or("the `go` toolchain is not installed (apt-get install golang-go)")?;
+    for pkg in ["github.com/hashicorp/yamux", "github.com/gorilla/websocket"] {
+        if !Path::new(GOPATH).join("src").join(pkg).exists() {
+            return Err(format!(
+                "{pkg} is missing under {GOPATH} (install Debian's -dev package)"
+            ));
+        }
+    }
+    let out_dir = repo_root().join("target/go-device");
+    std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
+    let out = out_dir.join("edge-go-device");
+    // Build to a unique name and rename, so parallel test processes never
+    // see a half-written binary.
+    let tmp = out_dir.join(format!("edge-go-device.{}", std::process::id()));
+    let status = std::process::Command::new(go)
+        .args(["build", "-o"])
+        .arg(&tmp)
+        .arg("./go/device")
+        .current_dir(repo_root())
+        .env("GO111MODULE", "off")
+        .env("GOPATH", GOPATH)
+        .env("GOFLAGS", "")
+        .status()
+        .map_err(|e| format!("cannot run go build: {e}"))?;
+    if !status.success() {
+        return Err(format!("go build failed: {status}"));
+    }
+    std::fs::rename(&tmp, &out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(cmd))
+        .find(|p| p.is_file())
+}
+
+/// The built Go device, or `None` (test should skip) when Go is missing and
+/// interop is not required. Panics when required and unavailable.
+pub fn binary() -> Option<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BUILT.get_or_init(build_once) {
+        Ok(p) => Some(p.clone()),
+        Err(e) if crate::interop_required() => {
+            panic!("Go interop peer required but unavailable: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping Go interop: {e}");
+            None
+        }
+    }
+}
+
+/// Start the Go device against `relay_url` with `token` (in its environment,
+/// never on the command line).
+pub fn spawn(bin: &Path, relay_url: &str, token: &edge_core::DeviceToken) -> Child {
+    Command::new(bin)
+        .arg("-relay")
+        .arg(relay_url)
+        .env("EDGE_DEVICE_TOKEN", token.expose())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start Go device: {e}"))
+}

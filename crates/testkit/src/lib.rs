@@ -1,0 +1,368 @@
+//! The one shared test helper. [`Stack`] starts the real relay, api-server
+//! and simulated box routers on ephemeral loopback ports over a fresh SQLite
+//! store, and makes users (with real signed session cookies), devices with
+//! credentials, in-process agents and Go peers. Tests and the benchmark use
+//! it; nothing here is compiled into a product binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod checks;
+pub mod go_device;
+
+use api_server::config::Settings;
+use api_server::AppState;
+use auth::{CookieKey, CookieKeys};
+use directory::{NodeId, RelayDirectory, StaticNode};
+use edge_core::{DeviceId, DeviceToken, Secret, UserId};
+use remote_proxy::config::Limits;
+use remote_proxy::Relay;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use store::{NewDevice, Store};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Upper bound for any single awaited step in a test.
+pub const STEP: Duration = Duration::from_secs(30);
+
+/// Await `fut`, failing the test if it takes longer than [`STEP`].
+pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(STEP, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out: {what}"),
+    }
+}
+
+/// Route test logs to the test's output (RUST_LOG controls the level).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Whether interop peers are mandatory (CI sets `REQUIRE_INTEROP=1`).
+pub fn interop_required() -> bool {
+    std::env::var("REQUIRE_INTEROP").as_deref() == Ok("1")
+}
+
+/// A relay node running in-process.
+pub struct RelayNode {
+    pub relay: Arc<Relay>,
+    pub tunnel_addr: SocketAddr,
+    pub internal_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl RelayNode {
+    async fn start(
+        store: Store,
+        secret: Secret,
+        limits: Limits,
+        tunnel: TcpListener,
+        internal: TcpListener,
+    ) -> Self {
+        let tunnel_addr = tunnel.local_addr().unwrap();
+        let internal_addr = internal.local_addr().unwrap();
+        let node = NodeId(format!("http://{internal_addr}"));
+        let relay = Relay::new(store, node, secret, limits);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(relay.clone().serve(tunnel, internal, shutdown.clone()));
+        Self {
+            relay,
+            tunnel_addr,
+            internal_addr,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Graceful stop: GoAway to every device, listeners closed.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        within("relay shutdown", self.task).await.unwrap();
+    }
+}
+
+/// A test user with a live session.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub id: UserId,
+    /// `name=value`, ready for a `Cookie` header.
+    pub cookie: String,
+}
+
+/// A device with a working credential.
+#[derive(Clone, Debug)]
+pub struct TestDevice {
+    pub id: DeviceId,
+    pub token: DeviceToken,
+}
+
+/// An in-process edge-agent.
+pub struct AgentHandle {
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl AgentHandle {
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        within("agent stop", self.task).await.unwrap();
+    }
+}
+
+/// Knobs for [`Stack::start_with`].
+#[derive(Clone, Debug)]
+pub struct StackOptions {
+    pub limits: Limits,
+    pub settings_hook: fn(&mut Settings),
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            limits: Limits {
+                drain_timeout: Duration::from_secs(5),
+                ..Limits::default()
+            },
+            settings_hook: |_| {},
+        }
+    }
+}
+
+/// The whole cloud side plus one simulated box, on ephemeral ports.
+pub struct Stack {
+    pub store: Store,
+    pub relay: Option<RelayNode>,
+    pub api_addr: SocketAddr,
+    pub sim_addr: SocketAddr,
+    pub state: AppState,
+    pub http: reqwest::Client,
+    secret: Secret,
+    limits: Limits,
+    tunnel_addr: SocketAddr,
+    internal_addr: SocketAddr,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        Self::start_with(StackOptions::default()).await
+    }
+
+    pub async fn start_with(opts: StackOptions) -> Self {
+        init_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let store = store::testing::sqlite_in(dir.path()).await.unwrap();
+        let secret = Secret::random(32);
+        let shutdown = CancellationToken::new();
+
+        let relay = RelayNode::start(
+            store.clone(),
+            secret.clone(),
+            opts.limits,
+            bind().await,
+            bind().await,
+        )
+        .await;
+        let (tunnel_addr, internal_addr) = (relay.tunnel_addr, relay.internal_addr);
+
+        let sim = bind().await;
+        let sim_addr = sim.local_addr().unwrap();
+        tokio::spawn(sim_box::serve(sim, "sim-box".into(), shutdown.clone()));
+
+        let mut settings = Settings::new("http://localhost:3721", false).unwrap();
+        settings.proxy_connect_timeout = Duration::from_secs(5);
+        settings.proxy_first_byte_timeout = Duration::from_secs(10);
+        (opts.settings_hook)(&mut settings);
+        let directory = RelayDirectory::new(
+            Arc::new(StaticNode(NodeId(format!("http://{internal_addr}")))),
+            secret.clone(),
+            settings.proxy_connect_timeout,
+            settings.proxy_connect_timeout,
+        );
+        let state = AppState {
+            store: store.clone(),
+            directory: Arc::new(directory),
+            cookies: CookieKeys::new(CookieKey::new(Secret::random(32)).unwrap(), vec![]),
+            settings: Arc::new(settings),
+        };
+        let api = bind().await;
+        let api_addr = api.local_addr().unwrap();
+        tokio::spawn(edge_core::serve::serve(
+            api,
+            api_server::build_app(state.clone()),
+            Default::default(),
+            shutdown.clone(),
+        ));
+
+        Self {
+            store,
+            relay: Some(relay),
+            api_addr,
+            sim_addr,
+            state,
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            secret,
+            limits: opts.limits,
+            tunnel_addr,
+            internal_addr,
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    pub fn tunnel_url(&self) -> String {
+        format!("ws://{}/tunnel", self.tunnel_addr)
+    }
+
+    pub fn internal_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.internal_addr)
+    }
+
+    pub fn internal_secret(&self) -> &Secret {
+        &self.secret
+    }
+
+    /// `http://api/...` for `path`.
+    pub fn api(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api_addr)
+    }
+
+    /// URL of `path` on `device`'s box, through the proxy route.
+    pub fn proxy_url(&self, device: DeviceId, path: &str) -> String {
+        self.api(&format!("/api/devices/{device}/proxy{path}"))
+    }
+
+    pub fn relay(&self) -> &Arc<Relay> {
+        &self.relay.as_ref().expect("relay is stopped").relay
+    }
+
+    /// A user with a fresh session, created the way a login creates one.
+    pub async fn user(&self, subject: &str) -> TestUser {
+        let user = self
+            .store
+            .upsert_user("https://idp.test", subject, None, Some(subject))
+            .await
+            .unwrap();
+        let set_cookie = api_server::session::start_session(&self.state, user.id)
+            .await
+            .unwrap();
+        let cookie = set_cookie.split(';').next().unwrap().to_owned();
+        TestUser {
+            id: user.id,
+            cookie,
+        }
+    }
+
+    /// A device owned by `owner` with a fresh credential.
+    pub async fn device(&self, owner: UserId) -> TestDevice {
+        let dev = self
+            .store
+            .create_device(
+                owner,
+                &NewDevice {
+                    name: "box".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let token = DeviceToken::generate();
+        self.store
+            .add_credential(dev.id, &token.hash())
+            .await
+            .unwrap();
+        TestDevice { id: dev.id, token }
+    }
+
+    /// Start an in-process agent for `device`, piping to the sim box.
+    pub fn agent(&self, device: &TestDevice) -> AgentHandle {
+        let mut settings =
+            edge_agent::config::AgentSettings::new(self.tunnel_url(), self.sim_addr.to_string());
+        settings.backoff_min = Duration::from_millis(50);
+        settings.backoff_max = Duration::from_millis(500);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(edge_agent::run(
+            settings,
+            device.token.clone(),
+            cancel.clone(),
+        ));
+        AgentHandle { cancel, task }
+    }
+
+    /// Wait until `device` has a session on the relay.
+    pub async fn wait_online(&self, device: DeviceId) {
+        let dir = self.relay().directory.clone();
+        within(
+            "device online",
+            dir.wait_until(|d| d.connection_of(device).is_some()),
+        )
+        .await;
+    }
+
+    /// Wait until `device` has no session on the relay.
+    pub async fn wait_offline(&self, device: DeviceId) {
+        let dir = self.relay().directory.clone();
+        within(
+            "device offline",
+            dir.wait_until(|d| d.connection_of(device).is_none()),
+        )
+        .await;
+    }
+
+    /// Stop the relay (graceful), keeping its addresses for a restart.
+    pub async fn stop_relay(&mut self) {
+        if let Some(relay) = self.relay.take() {
+            relay.stop().await;
+        }
+    }
+
+    /// Start a relay again on the same addresses.
+    pub async fn restart_relay(&mut self) {
+        let tunnel = TcpListener::bind(self.tunnel_addr).await.unwrap();
+        let internal = TcpListener::bind(self.internal_addr).await.unwrap();
+        self.relay = Some(
+            RelayNode::start(
+                self.store.clone(),
+                self.secret.clone(),
+                self.limits,
+                tunnel,
+                internal,
+            )
+            .await,
+        );
+    }
+
+    /// A GET through the API with `user`'s cookie.
+    pub fn get(&self, user: &TestUser, url: &str) -> reqwest::RequestBuilder {
+        self.http.get(url).header("cookie", &user.cookie)
+    }
+
+    /// Dial the tunnel endpoint directly, as a raw device.
+    pub async fn dial_raw(
+        &self,
+        token: &DeviceToken,
+    ) -> Result<tunnel::dial::DialedWs, tunnel::dial::DialError> {
+        tunnel::dial::dial(&self.tunnel_url(), token, "raw-test/1", Default::default()).await
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

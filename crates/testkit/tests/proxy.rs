@@ -1,0 +1,185 @@
+//! End to end through the real routers: api-server → relay → agent → sim box.
+
+use testkit::{checks, within, Stack};
+
+const MIB64: u64 = 64 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_the_box_and_come_back() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let dev = stack.device(alice.id).await;
+    let agent = stack.agent(&dev);
+    stack.wait_online(dev.id).await;
+
+    let info = checks::info(&stack, &alice, dev.id).await;
+    assert_eq!(info["model"], "SIM-1");
+
+    // The box's page comes through the root route too.
+    let page = stack
+        .get(&alice, &stack.proxy_url(dev.id, "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("Simulated edge box"));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_download_and_upload_keep_their_sha256() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let dev = stack.device(alice.id).await;
+    let _agent = stack.agent(&dev);
+    stack.wait_online(dev.id).await;
+    let expected = sim_box::pattern_sha256(MIB64);
+
+    assert_eq!(
+        checks::download(&stack, &alice, dev.id, MIB64).await,
+        (MIB64, expected.clone())
+    );
+    assert_eq!(
+        checks::upload(&stack, &alice, dev.id, MIB64).await,
+        (MIB64, expected)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_passes_through() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let dev = stack.device(alice.id).await;
+    let _agent = stack.agent(&dev);
+    stack.wait_online(dev.id).await;
+    checks::ws_echo(&stack, &alice, dev.id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_requests_all_succeed() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let dev = stack.device(alice.id).await;
+    let _agent = stack.agent(&dev);
+    stack.wait_online(dev.id).await;
+    assert_eq!(checks::concurrent(&stack, &alice, dev.id, 100).await, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_credentials_never_reach_the_box() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let dev = stack.device(alice.id).await;
+    let _agent = stack.agent(&dev);
+    stack.wait_online(dev.id).await;
+
+    let res = stack
+        .http
+        .get(stack.proxy_url(dev.id, "/test/headers?x=1"))
+        .header("cookie", format!("{}; other=1", alice.cookie))
+        .header("authorization", "Bearer user-token")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "secret-hop")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let seen: serde_json::Value = res.json().await.unwrap();
+    let headers = seen["headers"].as_object().unwrap();
+    assert_eq!(seen["uri"], "/test/headers?x=1");
+    for gone in ["cookie", "authorization", "x-hop"] {
+        assert!(
+            !headers.contains_key(gone),
+            "{gone} was forwarded: {headers:?}"
+        );
+    }
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(
+        headers["x-forwarded-prefix"],
+        format!("/api/devices/{}/proxy", dev.id)
+    );
+    assert_eq!(headers["accept"], "application/json");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_needs_a_session_and_hides_other_tenants_devices() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let bob = stack.user("bob").await;
+    let dev = stack.device(alice.id).await;
+    let _agent = stack.agent(&dev);
+    stack.wait_online(dev.id).await;
+    let url = stack.proxy_url(dev.id, "/api/info");
+
+    let anon = stack.http.get(&url).send().await.unwrap();
+    assert_eq!(anon.status(), 401);
+    let body: serde_json::Value = anon.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthenticated");
+
+    let forged = stack
+        .http
+        .get(&url)
+        .header("cookie", "edge_session=abc.123.def")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+
+    let theirs = stack.get(&bob, &url).send().await.unwrap();
+    let missing = stack
+        .get(
+            &bob,
+            &stack.proxy_url(edge_core::DeviceId::new(), "/api/info"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), 404);
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        theirs.bytes().await.unwrap(),
+        missing.bytes().await.unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_device_is_503_and_dead_relay_is_502_promptly() {
+    let mut stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let dev = stack.device(alice.id).await;
+    let url = stack.proxy_url(dev.id, "/api/info");
+
+    let offline = within("offline answer", stack.get(&alice, &url).send())
+        .await
+        .unwrap();
+    assert_eq!(offline.status(), 503);
+    let body: serde_json::Value = offline.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "device_offline");
+
+    let agent = stack.agent(&dev);
+    stack.wait_online(dev.id).await;
+    assert_eq!(stack.get(&alice, &url).send().await.unwrap().status(), 200);
+
+    stack.stop_relay().await;
+    let started = std::time::Instant::now();
+    let down = within("relay-down answer", stack.get(&alice, &url).send())
+        .await
+        .unwrap();
+    assert_eq!(down.status(), 502);
+    let body: serde_json::Value = down.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "relay_unavailable");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // The agent reconnects by itself once the relay is back.
+    stack.restart_relay().await;
+    stack.wait_online(dev.id).await;
+    assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "SIM-1");
+    agent.stop().await;
+}

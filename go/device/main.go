@@ -1,0 +1,177 @@
+// Command edge-go-device is a test peer that behaves like the Go devices in
+// the field: it dials the relay with gorilla/websocket, runs a
+// hashicorp/yamux *server* session over the WebSocket byte stream, and
+// serves HTTP on the streams the relay opens (http.Serve(session, mux)).
+// It exposes the same test endpoints as the Rust sim-box.
+//
+// Build in GOPATH mode against Debian's packages:
+//   GO111MODULE=off GOPATH=/usr/share/gocode go build -o edge-go-device ./go/device
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/hashicorp/yamux"
+)
+
+// wsConn adapts a WebSocket to net.Conn: binary messages carry one
+// continuous byte stream per direction.
+type wsConn struct {
+	ws     *websocket.Conn
+	reader io.Reader
+	wmu    sync.Mutex
+}
+
+func (c *wsConn) Read(p []byte) (int, error) {
+	for {
+		if c.reader == nil {
+			mt, r, err := c.ws.NextReader()
+			if err != nil {
+				return 0, err
+			}
+			if mt != websocket.BinaryMessage {
+				return 0, fmt.Errorf("unexpected message type %d", mt)
+			}
+			c.reader = r
+		}
+		n, err := c.reader.Read(p)
+		if err == io.EOF {
+			c.reader = nil
+			if n > 0 {
+				return n, nil
+			}
+			continue
+		}
+		return n, err
+	}
+}
+
+func (c *wsConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if err := c.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (c *wsConn) Close() error                       { return c.ws.Close() }
+func (c *wsConn) LocalAddr() net.Addr                { return c.ws.LocalAddr() }
+func (c *wsConn) RemoteAddr() net.Addr               { return c.ws.RemoteAddr() }
+func (c *wsConn) SetDeadline(t time.Time) error      { return c.ws.UnderlyingConn().SetDeadline(t) }
+func (c *wsConn) SetReadDeadline(t time.Time) error  { return c.ws.SetReadDeadline(t) }
+func (c *wsConn) SetWriteDeadline(t time.Time) error { return c.ws.SetWriteDeadline(t) }
+
+// patternByte matches sim_box::pattern_byte.
+func patternByte(i uint64) byte {
+	x := i * 0x9E3779B97F4A7C15
+	return byte(x>>56) ^ byte(i)
+}
+
+func mux() *http.ServeMux {
+	m := http.NewServeMux()
+	m.HandleFunc("/api/info", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{"name": "go-device", "model": "GO-1", "firmware": "poc"})
+	})
+	m.HandleFunc("/test/download", func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.ParseUint(r.URL.Query().Get("bytes"), 10, 64)
+		if err != nil {
+			http.Error(w, "bad bytes", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.FormatUint(n, 10))
+		buf := make([]byte, 64*1024)
+		for off := uint64(0); off < n; {
+			l := uint64(len(buf))
+			if n-off < l {
+				l = n - off
+			}
+			for k := uint64(0); k < l; k++ {
+				buf[k] = patternByte(off + k)
+			}
+			if _, err := w.Write(buf[:l]); err != nil {
+				return
+			}
+			off += l
+		}
+	})
+	m.HandleFunc("/test/upload", func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		n, err := io.Copy(h, r.Body)
+		if err != nil {
+			http.Error(w, "body error", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{"bytes": n, "sha256": hex.EncodeToString(h.Sum(nil))})
+	})
+	m.HandleFunc("/test/headers", func(w http.ResponseWriter, r *http.Request) {
+		hs := map[string]string{}
+		for k, v := range r.Header {
+			hs[k] = v[0]
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{"method": r.Method, "uri": r.RequestURI, "headers": hs})
+	})
+	up := websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
+	m.HandleFunc("/test/ws-echo", func(w http.ResponseWriter, r *http.Request) {
+		c, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		for {
+			mt, data, err := c.ReadMessage()
+			if err != nil {
+				return
+			}
+			if err := c.WriteMessage(mt, data); err != nil {
+				return
+			}
+		}
+	})
+	return m
+}
+
+func main() {
+	relay := flag.String("relay", "ws://127.0.0.1:3800/tunnel", "relay tunnel URL")
+	flag.Parse()
+	token := os.Getenv("EDGE_DEVICE_TOKEN")
+	if token == "" {
+		log.Fatal("EDGE_DEVICE_TOKEN is required")
+	}
+	hdr := http.Header{}
+	hdr.Set("Authorization", "Bearer "+token)
+	hdr.Set("User-Agent", "go-poc-device/0.9")
+	ws, resp, err := websocket.DefaultDialer.Dial(*relay, hdr)
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		log.Fatalf("dial failed (status %d): %v", status, err)
+	}
+	cfg := yamux.DefaultConfig()
+	cfg.LogOutput = os.Stderr
+	session, err := yamux.Server(&wsConn{ws: ws}, cfg)
+	if err != nil {
+		log.Fatalf("yamux: %v", err)
+	}
+	fmt.Println("connected")
+	err = http.Serve(session, mux())
+	log.Printf("session ended: %v", err)
+}
