@@ -183,3 +183,43 @@ async fn offline_device_is_503_and_dead_relay_is_502_promptly() {
     assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "SIM-1");
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let dev = stack.device(alice.id).await;
+    let _agent = stack.agent(&dev);
+    stack.wait_online(dev.id).await;
+
+    // A second api-server instance on its own port, so only it shuts down.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(edge_core::serve::serve(
+        listener,
+        api_server::build_app(stack.state.clone()),
+        Default::default(),
+        shutdown.clone(),
+    ));
+    let url = format!("http://{addr}/api/devices/{}/proxy/test/delay?ms=300", dev.id);
+    let in_flight = tokio::spawn(stack.get(&alice, &url).send());
+    // Wait until the request is being served: the box has an open stream.
+    let dir = stack.relay().directory.clone();
+    within("request in flight", async {
+        loop {
+            let s = directory::SessionView::lookup(&*dir, dev.id).await.unwrap().unwrap();
+            if s.bytes_out > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    shutdown.cancel();
+    let res = within("in-flight request", in_flight).await.unwrap().unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "done");
+    within("server drained", server).await.unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener closed");
+}

@@ -1,0 +1,67 @@
+//! Per-session limits and liveness: a silent device is declared dead after
+//! the idle timeout, a client that never finishes its handshake is cut off,
+//! and a session carries at most its configured number of streams.
+
+use directory::SessionView;
+use remote_proxy::config::Limits;
+use std::time::Duration;
+use testkit::{within, Stack, StackOptions};
+use tokio::io::AsyncReadExt;
+
+fn tight() -> StackOptions {
+    StackOptions {
+        limits: Limits {
+            idle_timeout: Duration::from_millis(500),
+            handshake_timeout: Duration::from_millis(500),
+            max_streams_per_session: 2,
+            drain_timeout: Duration::from_secs(2),
+            ..Limits::default()
+        },
+        ..StackOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_device_is_removed_after_the_idle_timeout() {
+    let stack = Stack::start_with(tight()).await;
+    let owner = stack.user("owner").await;
+    let dev = stack.device(owner.id).await;
+    // Connected but never reads or answers anything.
+    let _ws = stack.dial_raw(&dev.token).await.unwrap();
+    stack.wait_online(dev.id).await;
+    stack.wait_offline(dev.id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_sends_its_request_is_disconnected() {
+    let stack = Stack::start_with(tight()).await;
+    let addr = stack.tunnel_url().trim_start_matches("ws://").trim_end_matches("/tunnel").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 256];
+    // The relay closes the connection (EOF or reset) instead of waiting
+    // forever; without the timeout this read would hang and `within` fails.
+    within("handshake timeout", async {
+        while let Ok(n) = tcp.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_carries_at_most_its_stream_limit() {
+    let stack = Stack::start_with(tight()).await;
+    let owner = stack.user("owner").await;
+    let dev = stack.device(owner.id).await;
+    let _agent = stack.agent(&dev);
+    stack.wait_online(dev.id).await;
+    let dir = stack.relay().directory.clone();
+    let a = dir.open_stream(dev.id).await.unwrap();
+    let b = dir.open_stream(dev.id).await.unwrap();
+    assert!(dir.open_stream(dev.id).await.is_err(), "third stream must be refused");
+    drop(a);
+    assert!(dir.open_stream(dev.id).await.is_ok(), "a freed slot is reusable");
+    drop(b);
+}

@@ -1,0 +1,283 @@
+//! The relay under bad input and churn: credentials checked before the
+//! upgrade, protocol violations ending one session only, newest connection
+//! winning, graceful shutdown with GoAway, the internal port's secret.
+
+use edge_core::DeviceToken;
+use futures_util::{SinkExt, StreamExt};
+use testkit::{checks, within, Stack};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tunnel::dial::DialError;
+
+/// Read until the relay closes; returns the close code and any binary bytes
+/// received before it.
+async fn read_until_close(ws: &mut tunnel::dial::DialedWs) -> (Option<CloseCode>, Vec<u8>) {
+    let mut bytes = Vec::new();
+    loop {
+        match within("relay close", ws.next()).await {
+            Some(Ok(Message::Close(frame))) => return (frame.map(|f| f.code), bytes),
+            Some(Ok(Message::Binary(b))) => bytes.extend_from_slice(&b),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return (None, bytes),
+        }
+    }
+}
+
+/// A healthy device, used to show that other sessions keep working.
+async fn healthy_neighbour(
+    stack: &Stack,
+) -> (testkit::TestUser, testkit::TestDevice, testkit::AgentHandle) {
+    let user = stack.user("neighbour").await;
+    let dev = stack.device(user.id).await;
+    let agent = stack.agent(&dev);
+    stack.wait_online(dev.id).await;
+    (user, dev, agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_get_one_401_body_before_the_upgrade() {
+    let stack = Stack::start().await;
+    let owner = stack.user("owner").await;
+    let revoked = stack.device(owner.id).await;
+    stack.store.revoke_credentials(revoked.id).await.unwrap();
+
+    let mut bodies = Vec::new();
+    // Wrong token, revoked token.
+    for token in [DeviceToken::generate(), revoked.token.clone()] {
+        match stack.dial_raw(&token).await {
+            Err(DialError::Refused { status: 401, .. }) => {}
+            other => panic!("expected 401, got {:?}", other.map(|_| "upgrade")),
+        }
+        let res = stack
+            .http
+            .get(format!(
+                "http://{}/tunnel",
+                stack
+                    .tunnel_url()
+                    .trim_start_matches("ws://")
+                    .trim_end_matches("/tunnel")
+            ))
+            .header("authorization", format!("Bearer {}", token.expose()))
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+        bodies.push(res.text().await.unwrap());
+    }
+    let tunnel_http = stack.tunnel_url().replacen("ws://", "http://", 1);
+    // Missing, malformed, and a token in the query string.
+    let valid = stack.device(owner.id).await;
+    for req in [
+        stack.http.get(&tunnel_http),
+        stack
+            .http
+            .get(&tunnel_http)
+            .header("authorization", "Basic abc"),
+        stack
+            .http
+            .get(format!("{tunnel_http}?token={}", valid.token.expose())),
+    ] {
+        let res = req
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+        bodies.push(res.text().await.unwrap());
+    }
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "bodies differ: {bodies:?}"
+    );
+    let body: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+    assert!(!bodies[0].contains(valid.token.expose()));
+    assert!(stack.relay().directory.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_message_closes_1003_and_ends_only_that_session() {
+    let stack = Stack::start().await;
+    let (user, good, _agent) = healthy_neighbour(&stack).await;
+    let owner = stack.user("owner").await;
+    let bad = stack.device(owner.id).await;
+    let mut ws = stack.dial_raw(&bad.token).await.unwrap();
+    stack.wait_online(bad.id).await;
+
+    ws.send(Message::Text("hello".into())).await.unwrap();
+    let (code, _) = read_until_close(&mut ws).await;
+    assert_eq!(code, Some(CloseCode::Unsupported));
+    stack.wait_offline(bad.id).await;
+    assert_eq!(checks::info(&stack, &user, good.id).await["model"], "SIM-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_yamux_header_gets_goaway_protocol_error_and_ends_only_that_session() {
+    let stack = Stack::start().await;
+    let (user, good, _agent) = healthy_neighbour(&stack).await;
+    let owner = stack.user("owner").await;
+    let bad = stack.device(owner.id).await;
+    let mut ws = stack.dial_raw(&bad.token).await.unwrap();
+    stack.wait_online(bad.id).await;
+
+    ws.send(Message::Binary(vec![0xEE; 12].into()))
+        .await
+        .unwrap();
+    let (code, bytes) = read_until_close(&mut ws).await;
+    assert_eq!(code, Some(CloseCode::Protocol));
+    assert!(
+        bytes.ends_with(&tunnel::contract::GO_AWAY_PROTOCOL_ERROR),
+        "got {bytes:?}"
+    );
+    stack.wait_offline(bad.id).await;
+    assert_eq!(checks::info(&stack, &user, good.id).await["model"], "SIM-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_message_closes_1009_and_ends_only_that_session() {
+    let stack = Stack::start().await;
+    let (user, good, _agent) = healthy_neighbour(&stack).await;
+    let owner = stack.user("owner").await;
+    let bad = stack.device(owner.id).await;
+    let mut ws = stack.dial_raw(&bad.token).await.unwrap();
+    stack.wait_online(bad.id).await;
+
+    let big = vec![0u8; tunnel::contract::MAX_MESSAGE_SIZE + 1];
+    // The relay may close mid-send; only its close code matters.
+    let _ = ws.send(Message::Binary(big.into())).await;
+    let (code, _) = read_until_close(&mut ws).await;
+    assert_eq!(code, Some(CloseCode::Size));
+    stack.wait_offline(bad.id).await;
+    assert_eq!(checks::info(&stack, &user, good.id).await["model"], "SIM-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_connection_wins_and_the_first_gets_goaway() {
+    let stack = Stack::start().await;
+    let owner = stack.user("owner").await;
+    let dev = stack.device(owner.id).await;
+    let mut first = stack.dial_raw(&dev.token).await.unwrap();
+    stack.wait_online(dev.id).await;
+    let first_conn = stack.relay().directory.connection_of(dev.id).unwrap();
+
+    // The second connection is a real agent, so the proxy works through it.
+    let _agent = stack.agent(&dev);
+    let dir = stack.relay().directory.clone();
+    within(
+        "replacement",
+        dir.wait_until(|d| d.connection_of(dev.id).is_some_and(|c| c != first_conn)),
+    )
+    .await;
+
+    let (code, bytes) = read_until_close(&mut first).await;
+    assert_eq!(code, Some(CloseCode::Normal));
+    // GoAway(0): type 3, code 0.
+    assert!(
+        bytes
+            .windows(12)
+            .any(|w| w == [0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        "no GoAway(0) in {bytes:?}"
+    );
+    assert_eq!(stack.relay().directory.len(), 1);
+    let sessions: serde_json::Value = stack
+        .http
+        .get(stack.internal_url("/internal/v1/sessions"))
+        .bearer_auth(stack.internal_secret().expose())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sessions.as_array().map(Vec::len), Some(1));
+    assert_eq!(sessions[0]["device_id"], dev.id.to_string());
+    assert_eq!(sessions[0]["owner_id"], owner.id.to_string());
+    assert!(sessions[0]["agent_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("edge-agent/"));
+    assert_eq!(checks::info(&stack, &owner, dev.id).await["model"], "SIM-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_goaway_then_close_1000() {
+    let mut stack = Stack::start().await;
+    let owner = stack.user("owner").await;
+    let dev = stack.device(owner.id).await;
+    let mut ws = stack.dial_raw(&dev.token).await.unwrap();
+    stack.wait_online(dev.id).await;
+    let (stopped, (code, bytes)) = tokio::join!(stack.stop_relay(), read_until_close(&mut ws));
+    let () = stopped;
+    assert_eq!(code, Some(CloseCode::Normal));
+    assert!(
+        bytes.ends_with(&[0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        "got {bytes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_port_requires_the_shared_secret() {
+    let stack = Stack::start().await;
+    let owner = stack.user("owner").await;
+    let dev = stack.device(owner.id).await;
+    let paths = [
+        "/internal/v1/sessions".to_owned(),
+        format!("/internal/v1/sessions/{}", dev.id),
+        format!("/internal/v1/sessions/{}/stream", dev.id),
+    ];
+    for path in &paths {
+        for auth in [None, Some("wrong")] {
+            let mut req = stack.http.get(stack.internal_url(path));
+            if let Some(a) = auth {
+                req = req.bearer_auth(a);
+            }
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status(), 401, "{path} with {auth:?}");
+        }
+    }
+    let ok = stack
+        .http
+        .get(stack.internal_url(&paths[1]))
+        .bearer_auth(stack.internal_secret().expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 404);
+    let body: serde_json::Value = ok.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "device_offline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_session_through_the_view_disconnects_the_device() {
+    let stack = Stack::start().await;
+    let owner = stack.user("owner").await;
+    let dev = stack.device(owner.id).await;
+    let mut ws = stack.dial_raw(&dev.token).await.unwrap();
+    stack.wait_online(dev.id).await;
+    assert!(stack
+        .state
+        .directory
+        .lookup(dev.id)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(stack.state.directory.close(dev.id).await.unwrap());
+    let (code, _) = read_until_close(&mut ws).await;
+    assert_eq!(code, Some(CloseCode::Normal));
+    stack.wait_offline(dev.id).await;
+    assert!(stack
+        .state
+        .directory
+        .lookup(dev.id)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(!stack.state.directory.close(dev.id).await.unwrap());
+}
