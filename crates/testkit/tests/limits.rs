@@ -35,7 +35,11 @@ async fn silent_device_is_removed_after_the_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_sends_its_request_is_disconnected() {
     let stack = Stack::start_with(tight()).await;
-    let addr = stack.tunnel_url().trim_start_matches("ws://").trim_end_matches("/tunnel").to_owned();
+    let addr = stack
+        .tunnel_url()
+        .trim_start_matches("ws://")
+        .trim_end_matches("/tunnel")
+        .to_owned();
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut buf = [0u8; 256];
     // The relay closes the connection (EOF or reset) instead of waiting
@@ -60,8 +64,14 @@ async fn a_session_carries_at_most_its_stream_limit() {
     let dir = stack.relay().directory.clone();
     let a = dir.open_stream(dev.id).await.unwrap();
     let b = dir.open_stream(dev.id).await.unwrap();
-    assert!(dir.open_stream(dev.id).await.is_err(), "third stream must be refused");
+    assert!(
+        dir.open_stream(dev.id).await.is_err(),
+        "third stream must be refused"
+    );
     drop(a);
-    assert!(dir.open_stream(dev.id).await.is_ok(), "a freed slot is reusable");
+    assert!(
+        dir.open_stream(dev.id).await.is_ok(),
+        "a freed slot is reusable"
+    );
     drop(b);
 }

@@ -202,13 +202,19 @@ async fn shutdown_lets_in_flight_requests_finish() {
         Default::default(),
         shutdown.clone(),
     ));
-    let url = format!("http://{addr}/api/devices/{}/proxy/test/delay?ms=300", dev.id);
+    let url = format!(
+        "http://{addr}/api/devices/{}/proxy/test/delay?ms=300",
+        dev.id
+    );
     let in_flight = tokio::spawn(stack.get(&alice, &url).send());
     // Wait until the request is being served: the box has an open stream.
     let dir = stack.relay().directory.clone();
     within("request in flight", async {
         loop {
-            let s = directory::SessionView::lookup(&*dir, dev.id).await.unwrap().unwrap();
+            let s = directory::SessionView::lookup(&*dir, dev.id)
+                .await
+                .unwrap()
+                .unwrap();
             if s.bytes_out > 0 {
                 break;
             }
@@ -217,9 +223,15 @@ async fn shutdown_lets_in_flight_requests_finish() {
     })
     .await;
     shutdown.cancel();
-    let res = within("in-flight request", in_flight).await.unwrap().unwrap();
+    let res = within("in-flight request", in_flight)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), "done");
     within("server drained", server).await.unwrap();
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener closed");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener closed"
+    );
 }
