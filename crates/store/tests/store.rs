@@ -1,6 +1,8 @@
 //! One suite, run against every backend: SQLite always, PostgreSQL when
 //! `TEST_POSTGRES_URL` is set (required when `REQUIRE_INTEROP=1`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use edge_core::{DeviceToken, UserId};
 use store::{testing, NewDevice, Store};
 

@@ -4,6 +4,8 @@
 //! battery succeeds through the api-server. Skips without Go unless
 //! `REQUIRE_INTEROP=1`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use testkit::{checks, go_device, Stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

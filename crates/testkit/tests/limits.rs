@@ -2,6 +2,8 @@
 //! the idle timeout, a client that never finishes its handshake is cut off,
 //! and a session carries at most its configured number of streams.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use directory::SessionView;
 use remote_proxy::config::Limits;
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! upgrade, protocol violations ending one session only, newest connection
 //! winning, graceful shutdown with GoAway, the internal port's secret.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use edge_core::DeviceToken;
 use futures_util::{SinkExt, StreamExt};
 use testkit::{checks, within, Stack};
