@@ -283,3 +283,28 @@ async fn closing_a_session_through_the_view_disconnects_the_device() {
         .is_none());
     assert!(!stack.state.directory.close(dev.id).await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_too_fast_gets_429_with_retry_after() {
+    let stack = Stack::start_with(testkit::StackOptions {
+        limits: remote_proxy::config::Limits {
+            reconnect_burst: 2,
+            ..remote_proxy::config::Limits::default()
+        },
+        ..testkit::StackOptions::default()
+    })
+    .await;
+    let owner = stack.user("owner").await;
+    let dev = stack.device(owner.id).await;
+    let other = stack.device(owner.id).await;
+    let _first = stack.dial_raw(&dev.token).await.unwrap();
+    let _second = stack.dial_raw(&dev.token).await.unwrap();
+    match stack.dial_raw(&dev.token).await {
+        Err(DialError::Refused { status: 429, retry_after }) => {
+            assert!(retry_after.is_some_and(|s| s >= 1), "{retry_after:?}")
+        }
+        other => panic!("expected 429, got {:?}", other.map(|_| "upgrade")),
+    }
+    // Another device is not limited by this one's attempts.
+    assert!(stack.dial_raw(&other.token).await.is_ok());
+}
