@@ -79,6 +79,48 @@ pub struct Config {
         default_value_t = 30
     )]
     pub proxy_first_byte_timeout_secs: u64,
+    /// OpenID Provider (Member Center) issuer URL; exact string match with
+    /// the discovered `issuer`. Required.
+    #[arg(long, env = "API_SERVER_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// OIDC client id of this backend.
+    #[arg(
+        long,
+        env = "API_SERVER_OIDC_CLIENT_ID",
+        default_value = "edge-console"
+    )]
+    pub oidc_client_id: String,
+    /// File with the OIDC client secret. Without a secret (this flag and
+    /// API_SERVER_OIDC_CLIENT_SECRET both unset) the backend is a public
+    /// PKCE-only client.
+    #[arg(long, env = "API_SERVER_OIDC_CLIENT_SECRET_FILE")]
+    pub oidc_client_secret_file: Option<PathBuf>,
+    /// Scopes requested at login (comma-separated; openid is always sent).
+    #[arg(
+        long,
+        env = "API_SERVER_OIDC_SCOPES",
+        value_delimiter = ',',
+        default_value = "openid,email,profile"
+    )]
+    pub oidc_scopes: Vec<String>,
+    /// Redirect URI registered with the provider (default:
+    /// <public-origin>/api/auth/callback).
+    #[arg(long, env = "API_SERVER_OIDC_REDIRECT_URL")]
+    pub oidc_redirect_url: Option<String>,
+    /// Clock skew tolerated on ID-token expiry, in seconds.
+    #[arg(long, env = "API_SERVER_OIDC_CLOCK_SKEW_SECS", default_value_t = 60)]
+    pub oidc_clock_skew_secs: u64,
+    /// RESERVED (not used yet): client id for a future service-to-service
+    /// client (client_credentials grant). Needs a secret when set.
+    #[arg(long, env = "API_SERVER_SERVICE_CLIENT_ID")]
+    pub service_client_id: Option<String>,
+    /// RESERVED (not used yet): file with the service client's secret
+    /// (API_SERVER_SERVICE_CLIENT_SECRET also works).
+    #[arg(long, env = "API_SERVER_SERVICE_CLIENT_SECRET_FILE")]
+    pub service_client_secret_file: Option<PathBuf>,
+    /// RESERVED (not used yet): scopes of the service client (comma-separated).
+    #[arg(long, env = "API_SERVER_SERVICE_CLIENT_SCOPES", value_delimiter = ',')]
+    pub service_client_scopes: Vec<String>,
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(long, env = "EDGE_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
     pub drain_timeout_secs: u64,
@@ -122,7 +164,79 @@ impl Settings {
     }
 }
 
+/// The reserved service client (client_credentials), validated but unused.
+#[derive(Debug, Clone)]
+pub struct ServiceClient {
+    pub client_id: String,
+    pub client_secret: edge_core::Secret,
+    pub scopes: Vec<String>,
+}
+
+/// A secret from an environment variable or a file (the variable wins).
+fn secret_from(env: &str, file: Option<&PathBuf>) -> Result<Option<edge_core::Secret>, ApiError> {
+    if let Ok(v) = std::env::var(env) {
+        if !v.trim().is_empty() {
+            return Ok(Some(edge_core::Secret::new(v.trim())));
+        }
+    }
+    file.map(|p| {
+        edge_core::secret::read_file(p)
+            .map_err(|e| ApiError::Config(format!("cannot read {}: {e}", p.display())))
+    })
+    .transpose()
+}
+
 impl Config {
+    /// OIDC relying-party settings (the client secret is optional).
+    pub fn oidc(&self, settings: &Settings) -> Result<auth::oidc::OidcSettings, ApiError> {
+        let issuer = self.oidc_issuer.clone().ok_or_else(|| {
+            ApiError::Config("API_SERVER_OIDC_ISSUER (--oidc-issuer) is required".into())
+        })?;
+        let mut scopes: Vec<String> = self
+            .oidc_scopes
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if !scopes.iter().any(|s| s == "openid") {
+            scopes.insert(0, "openid".into());
+        }
+        Ok(auth::oidc::OidcSettings {
+            issuer,
+            client_id: self.oidc_client_id.clone(),
+            client_secret: secret_from(
+                "API_SERVER_OIDC_CLIENT_SECRET",
+                self.oidc_client_secret_file.as_ref(),
+            )?,
+            redirect_url: self
+                .oidc_redirect_url
+                .clone()
+                .unwrap_or_else(|| format!("{}/api/auth/callback", settings.public_origin)),
+            scopes,
+            clock_skew: Duration::from_secs(self.oidc_clock_skew_secs.min(600)),
+            jwks_refresh_interval: Duration::from_secs(60),
+        })
+    }
+
+    /// The reserved service client: parsed and validated, not used yet.
+    pub fn service_client(&self) -> Result<Option<ServiceClient>, ApiError> {
+        let secret = secret_from(
+            "API_SERVER_SERVICE_CLIENT_SECRET",
+            self.service_client_secret_file.as_ref(),
+        )?;
+        match (&self.service_client_id, secret) {
+            (None, None) => Ok(None),
+            (Some(id), Some(secret)) if !id.trim().is_empty() => Ok(Some(ServiceClient {
+                client_id: id.trim().to_owned(),
+                client_secret: secret,
+                scopes: self.service_client_scopes.clone(),
+            })),
+            _ => Err(ApiError::Config(
+                "the service client needs both an id and a secret".into(),
+            )),
+        }
+    }
+
     pub fn settings(&self) -> Result<Settings, ApiError> {
         let mut s = Settings::new(&self.public_origin, !self.cookie_insecure)?;
         if s.cookie_secure && s.public_scheme != "https" {

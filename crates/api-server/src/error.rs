@@ -22,6 +22,12 @@ pub enum ApiError {
     DeviceTimeout,
     #[error("{0}")]
     BadRequest(String),
+    #[error("missing CSRF header or foreign origin")]
+    Forbidden,
+    #[error("login failed: {0}")]
+    LoginFailed(String),
+    #[error("the identity provider is unavailable")]
+    IdpUnavailable,
     #[error("internal error")]
     Internal,
     #[error("configuration: {0}")]
@@ -38,6 +44,9 @@ impl ApiError {
             Self::DeviceUnreachable => (StatusCode::BAD_GATEWAY, "device_unreachable"),
             Self::DeviceTimeout => (StatusCode::GATEWAY_TIMEOUT, "device_timeout"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::LoginFailed(_) => (StatusCode::BAD_REQUEST, "login_failed"),
+            Self::IdpUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "idp_unavailable"),
             Self::Internal | Self::Config(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -70,6 +79,23 @@ impl From<DirectoryError> for ApiError {
                 tracing::warn!(error = %e, "relay could not open a stream");
                 Self::DeviceUnreachable
             }
+        }
+    }
+}
+
+impl From<auth::oidc::OidcError> for ApiError {
+    fn from(err: auth::oidc::OidcError) -> Self {
+        use auth::oidc::OidcError;
+        tracing::warn!(error = %err, "login failed");
+        match err {
+            OidcError::Unavailable(_) => Self::IdpUnavailable,
+            OidcError::Rejected(e) => {
+                Self::LoginFailed(format!("the provider rejected the code ({e})"))
+            }
+            OidcError::InvalidToken(_) => {
+                Self::LoginFailed("the ID token was not acceptable".into())
+            }
+            OidcError::Config(_) => Self::Internal,
         }
     }
 }

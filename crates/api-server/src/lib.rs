@@ -3,6 +3,7 @@
 //! forwards requests to devices through the relay's internal port. `run` is
 //! what the binary calls; tests build the same router with [`build_app`].
 
+pub mod auth_routes;
 pub mod config;
 pub mod error;
 pub mod proxy;
@@ -64,10 +65,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ApiE
         settings.proxy_connect_timeout,
         settings.proxy_connect_timeout,
     );
+    let oidc = auth::oidc::OidcClient::new(config.oidc(&settings)?)
+        .map_err(|e| ApiError::Config(e.to_string()))?;
+    if let Some(service) = config.service_client()? {
+        tracing::info!(client_id = %service.client_id, "service client configured (reserved, not used yet)");
+    }
+    if let Err(err) = oidc.warm_up().await {
+        tracing::warn!(error = %err, "OpenID Provider discovery failed; retrying on first login");
+    }
     let state = AppState {
         store,
         directory: Arc::new(directory),
         cookies: CookieKeys::new(signing, retired),
+        oidc: Arc::new(oidc),
         settings: Arc::new(settings),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)

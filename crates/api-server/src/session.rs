@@ -1,6 +1,15 @@
-//! User sessions on the server side: creating one (a fresh id every time),
-//! resolving the caller from the session cookie, idle and absolute expiry.
-//! [`CurrentUser`] is the only way a handler learns who is calling.
+//! User sessions on the server side and the cookies that reference them:
+//! creating a session (a fresh id every time), resolving the caller from the
+//! session cookie (idle and absolute expiry), and the CSRF rule for
+//! state-changing requests. [`CurrentUser`] is the only way a handler learns
+//! who is calling; there is no fallback identity.
+//!
+//! Cookies: `HttpOnly`, `Path=/`, no `Domain`, `Secure` and the `__Host-`
+//! prefix unless `--cookie-insecure` (plain-http local development).
+//! `SameSite=Lax` for both: the pending-login cookie must survive the
+//! provider's top-level redirect back, and the session cookie must be sent
+//! when a user follows a link into the console; cross-site state changes are
+//! stopped by the CSRF header rule instead.
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -8,21 +17,40 @@ use auth::SessionId;
 use axum::extract::FromRequestParts;
 use edge_core::time::now_ms;
 use edge_core::UserId;
-use http::header;
 use http::request::Parts;
+use http::{header, Method};
 
 /// Purpose bound into the session cookie's MAC.
 pub const SESSION_PURPOSE: &str = "session";
+/// Header a state-changing request must carry (value `1`).
+pub const CSRF_HEADER: &str = "x-csrf";
 /// Refresh `last_seen` at most this often (ms) to spare the store.
 const TOUCH_EVERY_MS: i64 = 60_000;
+/// Lifetime of the pending-login cookie (s).
+pub const PENDING_LOGIN_SECS: i64 = 600;
 
-/// Cookie name: `__Host-` prefixed whenever cookies are Secure.
+/// Session cookie name: `__Host-` prefixed whenever cookies are Secure.
 pub fn cookie_name(secure: bool) -> &'static str {
     if secure {
         "__Host-edge_session"
     } else {
         "edge_session"
     }
+}
+
+/// Pending-login cookie name.
+pub fn pending_cookie_name(secure: bool) -> &'static str {
+    if secure {
+        "__Host-edge_login"
+    } else {
+        "edge_login"
+    }
+}
+
+/// A `Set-Cookie` value with this platform's attributes.
+pub fn set_cookie(secure: bool, name: &str, value: &str, max_age_secs: i64) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}{secure}")
 }
 
 /// The authenticated caller of a request.
@@ -36,32 +64,25 @@ pub struct CurrentUser {
 /// Start a new session for `user`; returns the `Set-Cookie` header value.
 pub async fn start_session(state: &AppState, user: UserId) -> Result<String, ApiError> {
     let id = SessionId::generate();
+    let public_id = edge_core::Secret::random(12).expose().to_owned();
     let now = now_ms();
     let lifetime = i64::try_from(state.settings.session_lifetime.as_millis()).unwrap_or(i64::MAX);
     let expires = now.saturating_add(lifetime);
     state
         .store
-        .create_session(&id.hash(), user, now, expires)
+        .create_session(&id.hash(), &public_id, user, now, expires)
         .await?;
-    let name = cookie_name(state.settings.cookie_secure);
+    let secure = state.settings.cookie_secure;
+    let name = cookie_name(secure);
     let value = state
         .cookies
         .sign(name, SESSION_PURPOSE, id.expose(), expires);
-    let secure = if state.settings.cookie_secure {
-        "; Secure"
-    } else {
-        ""
-    };
-    Ok(format!(
-        "{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
-        lifetime / 1000
-    ))
+    Ok(set_cookie(secure, name, &value, lifetime / 1000))
 }
 
 /// The value of cookie `name` in the request, if present.
-pub fn read_cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
-    parts
-        .headers
+pub fn read_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -71,29 +92,54 @@ pub fn read_cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// The hash of the session id in a validly signed session cookie, if any
+/// (whether or not the session still exists).
+pub fn presented_session_hash(state: &AppState, headers: &http::HeaderMap) -> Option<String> {
+    let name = cookie_name(state.settings.cookie_secure);
+    let raw = read_cookie(headers, name)?;
+    let value = state
+        .cookies
+        .verify(name, SESSION_PURPOSE, raw, now_ms())
+        .ok()?;
+    SessionId::from_cookie_value(&value).map(|id| id.hash())
+}
+
+/// State-changing requests need `X-CSRF: 1`; any request that sends an
+/// `Origin` must send ours (this also covers WebSocket upgrades).
+fn check_csrf(parts: &Parts, public_origin: &str) -> Result<(), ApiError> {
+    if let Some(origin) = parts.headers.get(header::ORIGIN) {
+        if origin.as_bytes() != public_origin.as_bytes() {
+            return Err(ApiError::Forbidden);
+        }
+    }
+    let changes_state = matches!(
+        parts.method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    if changes_state && parts.headers.get(CSRF_HEADER).map(|v| v.as_bytes()) != Some(b"1") {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(())
+}
+
 impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let name = cookie_name(state.settings.cookie_secure);
-        let raw = read_cookie(parts, name).ok_or(ApiError::Unauthenticated)?;
-        let now = now_ms();
-        let value = state
-            .cookies
-            .verify(name, SESSION_PURPOSE, raw, now)
-            .map_err(|_| ApiError::Unauthenticated)?;
-        let id = SessionId::from_cookie_value(&value).ok_or(ApiError::Unauthenticated)?;
-        let hash = id.hash();
+        let hash =
+            presented_session_hash(state, &parts.headers).ok_or(ApiError::Unauthenticated)?;
         let record = state
             .store
             .session(&hash)
             .await?
             .ok_or(ApiError::Unauthenticated)?;
+        let now = now_ms();
         let idle = i64::try_from(state.settings.session_idle.as_millis()).unwrap_or(i64::MAX);
         if now >= record.expires_at || now.saturating_sub(record.last_seen_at) >= idle {
             state.store.delete_session(&hash).await?;
             return Err(ApiError::Unauthenticated);
         }
+        check_csrf(parts, &state.settings.public_origin)?;
         if now - record.last_seen_at >= TOUCH_EVERY_MS {
             state.store.touch_session(&hash, now).await?;
         }

@@ -1,7 +1,8 @@
-//! What every handler shares: the store, the directory view, cookie keys and
-//! checked settings.
+//! What every handler shares: the store, the directory view, cookie keys,
+//! the OIDC client and checked settings.
 
 use crate::config::Settings;
+use auth::oidc::OidcClient;
 use auth::CookieKeys;
 use directory::SessionView;
 use std::sync::Arc;
@@ -13,5 +14,7 @@ pub struct AppState {
     /// Read-and-control view only: the api-server cannot register sessions.
     pub directory: Arc<dyn SessionView>,
     pub cookies: CookieKeys,
+    /// The OpenID Connect relying party: the only way users authenticate.
+    pub oidc: Arc<OidcClient>,
     pub settings: Arc<Settings>,
 }

@@ -269,7 +269,7 @@ async fn main() -> Result<()> {
     let sid = SessionId::generate();
     let now = edge_core::time::now_ms();
     store
-        .create_session(&sid.hash(), user.id, now, now + 3_600_000)
+        .create_session(&sid.hash(), "bench", user.id, now, now + 3_600_000)
         .await?;
     let cookie = format!(
         "{}={}",
@@ -320,6 +320,9 @@ async fn main() -> Result<()> {
                 "--relay-url",
                 &format!("http://127.0.0.1:{internal_port}"),
                 "--cookie-insecure",
+                // Discovery is lazy and the bench brings its own session.
+                "--oidc-issuer",
+                "http://127.0.0.1:9",
             ])
             .envs(env)
             .stdout(Stdio::null())

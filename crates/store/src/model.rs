@@ -17,6 +17,7 @@ pub struct User {
 /// A server-side user session (only the hash of its id is stored).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
+    pub public_id: String,
     pub user_id: UserId,
     pub created_at: i64,
     pub last_seen_at: i64,

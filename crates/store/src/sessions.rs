@@ -5,19 +5,22 @@ use edge_core::UserId;
 use sqlx::Row;
 
 impl Store {
-    /// Store a new session for `user` under `id_hash`.
+    /// Store a new session for `user` under `id_hash`; `public_id` names it
+    /// in listings (it grants nothing).
     pub async fn create_session(
         &self,
         id_hash: &str,
+        public_id: &str,
         user: UserId,
         now: i64,
         expires_at: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO user_sessions (id_hash, user_id, created_at, last_seen_at, expires_at)
-             VALUES ($1, $2, $3, $3, $4)",
+            "INSERT INTO user_sessions (id_hash, public_id, user_id, created_at, last_seen_at, expires_at)
+             VALUES ($1, $2, $3, $4, $4, $5)",
         )
         .bind(id_hash)
+        .bind(public_id)
         .bind(user.to_string())
         .bind(now)
         .bind(expires_at)
@@ -36,6 +39,7 @@ impl Store {
             return Ok(None);
         };
         Ok(Some(SessionRecord {
+            public_id: row.try_get("public_id")?,
             user_id: parse_id(&row, "user_id")?,
             created_at: row.try_get("created_at")?,
             last_seen_at: row.try_get("last_seen_at")?,
@@ -57,6 +61,47 @@ impl Store {
     pub async fn delete_session(&self, id_hash: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM user_sessions WHERE id_hash = $1")
             .bind(id_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The caller's live sessions, newest first.
+    pub async fn sessions_of(
+        &self,
+        user: UserId,
+        now: i64,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM user_sessions WHERE user_id = $1 AND expires_at > $2 ORDER BY created_at DESC",
+        )
+        .bind(user.to_string())
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SessionRecord {
+                    public_id: row.try_get("public_id")?,
+                    user_id: parse_id(row, "user_id")?,
+                    created_at: row.try_get("created_at")?,
+                    last_seen_at: row.try_get("last_seen_at")?,
+                    expires_at: row.try_get("expires_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// End one of the caller's sessions by its public id; false when the
+    /// caller has no such session.
+    pub async fn delete_session_of(
+        &self,
+        user: UserId,
+        public_id: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM user_sessions WHERE user_id = $1 AND public_id = $2")
+            .bind(user.to_string())
+            .bind(public_id)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)

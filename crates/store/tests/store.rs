@@ -152,10 +152,28 @@ async fn sessions_are_found_by_hash_and_deleted() {
             .upsert_user("iss", "s", None, None)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
+        let other = store.upsert_user("iss", "other", None, None).await.unwrap();
         store
-            .create_session("hash-1", user.id, 1_000, 9_000)
+            .create_session("hash-1", "pub-1", user.id, 1_000, 9_000)
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
+        store
+            .create_session("hash-2", "pub-2", user.id, 1_500, 9_000)
+            .await
+            .unwrap();
+        let listed = store.sessions_of(user.id, 2_000).await.unwrap();
+        let ids: Vec<_> = listed.iter().map(|s| s.public_id.as_str()).collect();
+        assert_eq!(ids, ["pub-2", "pub-1"], "{:?}", store.backend());
+        assert!(
+            store.sessions_of(user.id, 9_000).await.unwrap().is_empty(),
+            "expired ones are not listed"
+        );
+        assert!(
+            !store.delete_session_of(other.id, "pub-2").await.unwrap(),
+            "not the owner"
+        );
+        assert!(store.delete_session_of(user.id, "pub-2").await.unwrap());
+        assert!(store.session("hash-2").await.unwrap().is_none());
         let rec = store.session("hash-1").await.ok().flatten();
         assert_eq!(
             rec.as_ref()

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod browser;
 pub mod checks;
 pub mod go_device;
 
@@ -119,11 +120,29 @@ impl AgentHandle {
     }
 }
 
+/// Which OpenID Provider the stack's api-server trusts.
+pub enum Idp {
+    /// The in-process development provider; `confidential` registers the
+    /// api-server as a confidential client (with a secret).
+    Dev { confidential: bool },
+    /// An outside provider (e.g. npm's oidc-provider) with the api-server's
+    /// listener bound in advance, so its callback URL could be registered.
+    External {
+        api_listener: TcpListener,
+        issuer: String,
+        client_id: String,
+        client_secret: Option<Secret>,
+    },
+}
+
+/// Client id the api-server uses with the development provider.
+pub const DEV_CLIENT_ID: &str = "edge-console";
+
 /// Knobs for [`Stack::start_with`].
-#[derive(Clone, Debug)]
 pub struct StackOptions {
     pub limits: Limits,
     pub settings_hook: fn(&mut Settings),
+    pub idp: Idp,
 }
 
 impl Default for StackOptions {
@@ -134,6 +153,9 @@ impl Default for StackOptions {
                 ..Limits::default()
             },
             settings_hook: |_| {},
+            idp: Idp::Dev {
+                confidential: false,
+            },
         }
     }
 }
@@ -146,6 +168,8 @@ pub struct Stack {
     pub sim_addr: SocketAddr,
     pub state: AppState,
     pub http: reqwest::Client,
+    /// The development provider, when the stack uses it.
+    pub dev_idp: Option<dev_idp::DevIdp>,
     secret: Secret,
     limits: Limits,
     tunnel_addr: SocketAddr,
@@ -184,10 +208,45 @@ impl Stack {
         let sim_addr = sim.local_addr().unwrap();
         tokio::spawn(sim_box::serve(sim, "sim-box".into(), shutdown.clone()));
 
-        let mut settings = Settings::new("http://localhost:3721", false).unwrap();
+        let (api, issuer, client_id, client_secret, dev) = match opts.idp {
+            Idp::External {
+                api_listener,
+                issuer,
+                client_id,
+                client_secret,
+            } => (api_listener, issuer, client_id, client_secret, None),
+            Idp::Dev { confidential } => {
+                let api = bind().await;
+                let callback = format!("http://{}/api/auth/callback", api.local_addr().unwrap());
+                let idp_listener = bind().await;
+                let issuer = format!("http://{}", idp_listener.local_addr().unwrap());
+                let secret = confidential.then(|| Secret::random(24));
+                let client = dev_idp::Client {
+                    id: DEV_CLIENT_ID.into(),
+                    secret: secret.as_ref().map(|s| s.expose().to_owned()),
+                    redirect_uris: vec![callback],
+                };
+                let idp = dev_idp::DevIdp::new(issuer.clone(), vec![client]);
+                tokio::spawn(dev_idp::serve(idp_listener, idp.clone(), shutdown.clone()));
+                (api, issuer, DEV_CLIENT_ID.to_owned(), secret, Some(idp))
+            }
+        };
+        let api_addr = api.local_addr().unwrap();
+        let origin = format!("http://{api_addr}");
+        let mut settings = Settings::new(&origin, false).unwrap();
         settings.proxy_connect_timeout = Duration::from_secs(5);
         settings.proxy_first_byte_timeout = Duration::from_secs(10);
         (opts.settings_hook)(&mut settings);
+        let oidc = auth::oidc::OidcClient::new(auth::oidc::OidcSettings {
+            issuer,
+            client_id,
+            client_secret,
+            redirect_url: format!("{origin}/api/auth/callback"),
+            scopes: vec!["openid".into(), "email".into(), "profile".into()],
+            clock_skew: Duration::from_secs(60),
+            jwks_refresh_interval: Duration::from_secs(60),
+        })
+        .unwrap();
         let directory = RelayDirectory::new(
             Arc::new(StaticNode(NodeId(format!("http://{internal_addr}")))),
             secret.clone(),
@@ -198,10 +257,9 @@ impl Stack {
             store: store.clone(),
             directory: Arc::new(directory),
             cookies: CookieKeys::new(CookieKey::new(Secret::random(32)).unwrap(), vec![]),
+            oidc: Arc::new(oidc),
             settings: Arc::new(settings),
         };
-        let api = bind().await;
-        let api_addr = api.local_addr().unwrap();
         tokio::spawn(edge_core::serve::serve(
             api,
             api_server::build_app(state.clone()),
@@ -216,6 +274,7 @@ impl Stack {
             sim_addr,
             state,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            dev_idp: dev,
             secret,
             limits: opts.limits,
             tunnel_addr,
@@ -249,6 +308,11 @@ impl Stack {
 
     pub fn relay(&self) -> &Arc<Relay> {
         &self.relay.as_ref().expect("relay is stopped").relay
+    }
+
+    /// A new scripted browser for this stack.
+    pub fn browser(&self) -> browser::Browser {
+        browser::Browser::new()
     }
 
     /// A user with a fresh session, created the way a login creates one.

@@ -300,7 +300,10 @@ async fn reconnecting_too_fast_gets_429_with_retry_after() {
     let _first = stack.dial_raw(&dev.token).await.unwrap();
     let _second = stack.dial_raw(&dev.token).await.unwrap();
     match stack.dial_raw(&dev.token).await {
-        Err(DialError::Refused { status: 429, retry_after }) => {
+        Err(DialError::Refused {
+            status: 429,
+            retry_after,
+        }) => {
             assert!(retry_after.is_some_and(|s| s >= 1), "{retry_after:?}")
         }
         other => panic!("expected 429, got {:?}", other.map(|_| "upgrade")),

@@ -12,6 +12,7 @@ CREATE TABLE users (
 
 CREATE TABLE user_sessions (
     id_hash      TEXT PRIMARY KEY,
+    public_id    TEXT NOT NULL UNIQUE,
     user_id      TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
     created_at   BIGINT NOT NULL,
     last_seen_at BIGINT NOT NULL,

@@ -1,0 +1,223 @@
+//! Login and session endpoints of the backend-for-frontend:
+//! `GET /api/auth/login`, `GET /api/auth/callback` (public), and, for a
+//! signed-in caller, `GET /api/auth/me`, `POST /api/auth/logout`,
+//! `GET /api/auth/sessions`, `DELETE /api/auth/sessions/{id}`.
+//! Tokens never reach the browser; only the session cookie does.
+
+use crate::error::ApiError;
+use crate::session::{
+    self, pending_cookie_name, presented_session_hash, read_cookie, set_cookie, start_session,
+    CurrentUser, PENDING_LOGIN_SECS,
+};
+use crate::state::AppState;
+use auth::pending::{is_local_path, PendingLogin, PENDING_PURPOSE};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use edge_core::time::now_ms;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use serde::{Deserialize, Serialize};
+
+#[derive(Deserialize)]
+pub struct LoginQuery {
+    return_to: Option<String>,
+}
+
+fn redirect(location: &str, cookies: &[String]) -> Result<Response, ApiError> {
+    let mut res = StatusCode::FOUND.into_response();
+    res.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(location).map_err(|_| ApiError::Internal)?,
+    );
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for c in cookies {
+        res.headers_mut().append(
+            header::SET_COOKIE,
+            HeaderValue::from_str(c).map_err(|_| ApiError::Internal)?,
+        );
+    }
+    Ok(res)
+}
+
+/// Start a login: 302 to the provider with PKCE, state and nonce; the
+/// in-flight values ride in the signed pending-login cookie.
+pub async fn login(
+    State(state): State<AppState>,
+    Query(q): Query<LoginQuery>,
+) -> Result<Response, ApiError> {
+    let return_to = q.return_to.unwrap_or_else(|| "/".into());
+    if !is_local_path(&return_to) {
+        return Err(ApiError::BadRequest(
+            "return_to must be a local path".into(),
+        ));
+    }
+    let start = state.oidc.start_login(return_to).await?;
+    let secure = state.settings.cookie_secure;
+    let name = pending_cookie_name(secure);
+    let expires = now_ms() + PENDING_LOGIN_SECS * 1000;
+    let value = state
+        .cookies
+        .sign(name, PENDING_PURPOSE, &start.pending.encode(), expires);
+    redirect(
+        &start.authorize_url,
+        &[set_cookie(secure, name, &value, PENDING_LOGIN_SECS)],
+    )
+}
+
+#[derive(Deserialize)]
+pub struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+/// Finish a login: check state, exchange the code, verify the ID token,
+/// upsert the user, end any session the browser held, start a new one.
+pub async fn callback(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<CallbackQuery>,
+) -> Result<Response, ApiError> {
+    let secure = state.settings.cookie_secure;
+    let pending_name = pending_cookie_name(secure);
+    if let Some(err) = q.error {
+        let code: String = err
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
+        return Err(ApiError::LoginFailed(format!(
+            "the provider refused the login ({code})"
+        )));
+    }
+    let pending = read_cookie(&headers, pending_name)
+        .and_then(|raw| {
+            state
+                .cookies
+                .verify(pending_name, PENDING_PURPOSE, raw, now_ms())
+                .ok()
+        })
+        .and_then(|v| PendingLogin::decode(&v))
+        .ok_or_else(|| {
+            ApiError::LoginFailed("no login in progress (missing or expired login cookie)".into())
+        })?;
+    let (Some(code), Some(returned_state)) = (q.code, q.state) else {
+        return Err(ApiError::LoginFailed(
+            "the provider's answer lacks code or state".into(),
+        ));
+    };
+    if !pending.state_matches(&returned_state) {
+        return Err(ApiError::LoginFailed("state mismatch".into()));
+    }
+    let identity = state.oidc.finish_login(&code, &pending).await?;
+    let user = state
+        .store
+        .upsert_user(
+            &identity.issuer,
+            &identity.subject,
+            identity.email.as_deref(),
+            identity.name.as_deref(),
+        )
+        .await?;
+    // Session fixation defence: whatever session the browser held is dead.
+    if let Some(old) = presented_session_hash(&state, &headers) {
+        state.store.delete_session(&old).await?;
+    }
+    let session_cookie = start_session(&state, user.id).await?;
+    tracing::info!(user = %user.id, "user logged in");
+    let return_to = if is_local_path(&pending.return_to) {
+        pending.return_to
+    } else {
+        "/".into()
+    };
+    redirect(
+        &return_to,
+        &[session_cookie, set_cookie(secure, pending_name, "", 0)],
+    )
+}
+
+#[derive(Serialize)]
+pub struct Me {
+    id: String,
+    email: Option<String>,
+    name: Option<String>,
+}
+
+pub async fn me(user: CurrentUser, State(state): State<AppState>) -> Result<Json<Me>, ApiError> {
+    let u = state
+        .store
+        .user(user.id)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    Ok(Json(Me {
+        id: u.id.to_string(),
+        email: u.email,
+        name: u.name,
+    }))
+}
+
+/// End the caller's session; returns the provider's end-session URL when it
+/// advertises one.
+pub async fn logout(
+    user: CurrentUser,
+    State(state): State<AppState>,
+) -> Result<Response, ApiError> {
+    state.store.delete_session(&user.session_hash).await?;
+    let secure = state.settings.cookie_secure;
+    let end_session_url = state.oidc.end_session_url().await;
+    let mut res = Json(serde_json::json!({ "end_session_url": end_session_url })).into_response();
+    res.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&set_cookie(secure, session::cookie_name(secure), "", 0))
+            .map_err(|_| ApiError::Internal)?,
+    );
+    Ok(res)
+}
+
+#[derive(Serialize)]
+pub struct SessionView {
+    id: String,
+    created_at: i64,
+    last_seen_at: i64,
+    expires_at: i64,
+    current: bool,
+}
+
+/// The caller's live sessions.
+pub async fn list_sessions(
+    user: CurrentUser,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<SessionView>>, ApiError> {
+    let current = state
+        .store
+        .session(&user.session_hash)
+        .await?
+        .map(|s| s.public_id);
+    let sessions = state.store.sessions_of(user.id, now_ms()).await?;
+    Ok(Json(
+        sessions
+            .into_iter()
+            .map(|s| SessionView {
+                current: current.as_deref() == Some(s.public_id.as_str()),
+                id: s.public_id,
+                created_at: s.created_at,
+                last_seen_at: s.last_seen_at,
+                expires_at: s.expires_at,
+            })
+            .collect(),
+    ))
+}
+
+/// End one of the caller's sessions (404 for anyone else's).
+pub async fn end_session(
+    user: CurrentUser,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state.store.delete_session_of(user.id, &id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound)
+    }
+}

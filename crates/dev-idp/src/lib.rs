@@ -1,0 +1,431 @@
+//! DEVELOPMENT-ONLY OpenID Provider: discovery, a JWKS with one P-256 key,
+//! an authorize page where you pick a demo user, a token endpoint that
+//! enforces PKCE S256 and single-use codes, and end-session. Tests can make
+//! the next ID token faulty ([`Fault`]) through the in-process handle; no
+//! HTTP route can. It is a test peer, not an auth path of the product.
+
+mod jwt;
+
+use axum::extract::{Form, Query, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use http::{header, HeaderMap, StatusCode};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Codes live this long (seconds).
+const CODE_TTL_SECS: i64 = 60;
+/// ID tokens live this long (seconds).
+const TOKEN_TTL_SECS: i64 = 300;
+
+/// Demo users: (subject, name, email).
+pub const DEMO_USERS: &[(&str, &str, &str)] = &[
+    ("alice", "Alice Example", "alice@example.test"),
+    ("bob", "Bob Example", "bob@example.test"),
+    ("carol", "Carol Example", "carol@example.test"),
+];
+
+/// A registered client.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub id: String,
+    /// `None`: public client (PKCE only).
+    pub secret: Option<String>,
+    pub redirect_uris: Vec<String>,
+}
+
+impl Client {
+    pub fn public(id: impl Into<String>, redirect: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            secret: None,
+            redirect_uris: vec![redirect.into()],
+        }
+    }
+}
+
+/// A deliberate defect in the next ID token, for negative tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    UnknownKey,
+    AlgNone,
+    WrongAudience,
+    WrongIssuer,
+    Expired,
+    WrongNonce,
+}
+
+struct Grant {
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    nonce: Option<String>,
+    user: usize,
+    expires: i64,
+}
+
+struct Inner {
+    issuer: String,
+    key: jwt::Key,
+    clients: Vec<Client>,
+    codes: Mutex<HashMap<String, Grant>>,
+    fault: Mutex<Option<Fault>>,
+}
+
+/// Handle to a provider instance.
+#[derive(Clone)]
+pub struct DevIdp(Arc<Inner>);
+
+impl DevIdp {
+    pub fn new(issuer: String, clients: Vec<Client>) -> Self {
+        Self(Arc::new(Inner {
+            issuer,
+            key: jwt::Key::generate(),
+            clients,
+            codes: Mutex::new(HashMap::new()),
+            fault: Mutex::new(None),
+        }))
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.0.issuer
+    }
+
+    /// Make the next issued ID token faulty.
+    pub fn set_fault(&self, fault: Fault) {
+        *self.0.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(fault);
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/.well-known/openid-configuration", get(discovery))
+            .route("/jwks", get(jwks))
+            .route("/authorize", get(authorize_page).post(authorize_select))
+            .route("/token", axum::routing::post(token))
+            .route("/end-session", get(end_session))
+            .with_state(self.clone())
+    }
+
+    fn client(&self, id: &str) -> Option<&Client> {
+        self.0.clients.iter().find(|c| c.id == id)
+    }
+}
+
+/// Serve the provider until `shutdown`.
+pub async fn serve(listener: TcpListener, idp: DevIdp, shutdown: CancellationToken) {
+    edge_core::serve::serve(listener, idp.router(), Default::default(), shutdown).await;
+}
+
+fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "error": code, "error_description": description })),
+    )
+        .into_response()
+}
+
+async fn discovery(State(idp): State<DevIdp>) -> Json<serde_json::Value> {
+    let i = &idp.0.issuer;
+    Json(serde_json::json!({
+        "issuer": i,
+        "authorization_endpoint": format!("{i}/authorize"),
+        "token_endpoint": format!("{i}/token"),
+        "jwks_uri": format!("{i}/jwks"),
+        "end_session_endpoint": format!("{i}/end-session"),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256"],
+        "scopes_supported": ["openid", "email", "profile"],
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nonce", "email", "name"],
+        "grant_types_supported": ["authorization_code"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
+    }))
+}
+
+async fn jwks(State(idp): State<DevIdp>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "keys": [idp.0.key.jwk()] }))
+}
+
+#[derive(Deserialize)]
+struct AuthorizeParams {
+    response_type: Option<String>,
+    client_id: String,
+    redirect_uri: String,
+    state: Option<String>,
+    nonce: Option<String>,
+    scope: Option<String>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SelectParams {
+    #[serde(flatten)]
+    params: AuthorizeParams,
+    user: String,
+}
+
+/// Validate an authorization request; the error response is final.
+fn check_authorize(idp: &DevIdp, p: &AuthorizeParams) -> Result<String, Response> {
+    let client = idp
+        .client(&p.client_id)
+        .ok_or_else(|| (StatusCode::BAD_REQUEST, "unknown client_id").into_response())?;
+    if !client.redirect_uris.iter().any(|r| r == &p.redirect_uri) {
+        return Err((StatusCode::BAD_REQUEST, "redirect_uri is not registered").into_response());
+    }
+    if p.response_type.as_deref() != Some("code") {
+        return Err((StatusCode::BAD_REQUEST, "response_type must be code").into_response());
+    }
+    if !p
+        .scope
+        .as_deref()
+        .unwrap_or_default()
+        .split(' ')
+        .any(|s| s == "openid")
+    {
+        return Err((StatusCode::BAD_REQUEST, "scope must include openid").into_response());
+    }
+    match (&p.code_challenge, p.code_challenge_method.as_deref()) {
+        (Some(c), Some("S256")) if !c.is_empty() => Ok(c.clone()),
+        _ => Err((StatusCode::BAD_REQUEST, "PKCE with S256 is required").into_response()),
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+async fn authorize_page(State(idp): State<DevIdp>, Query(p): Query<AuthorizeParams>) -> Response {
+    if let Err(resp) = check_authorize(&idp, &p) {
+        return resp;
+    }
+    let hidden = [
+        ("response_type", p.response_type.as_deref()),
+        ("client_id", Some(p.client_id.as_str())),
+        ("redirect_uri", Some(p.redirect_uri.as_str())),
+        ("state", p.state.as_deref()),
+        ("nonce", p.nonce.as_deref()),
+        ("scope", p.scope.as_deref()),
+        ("code_challenge", p.code_challenge.as_deref()),
+        ("code_challenge_method", p.code_challenge_method.as_deref()),
+    ]
+    .iter()
+    .filter_map(|(k, v)| {
+        v.map(|v| {
+            format!(
+                r#"<input type="hidden" name="{k}" value="{}">"#,
+                html_escape(v)
+            )
+        })
+    })
+    .collect::<String>();
+    let buttons = DEMO_USERS
+        .iter()
+        .map(|(sub, name, email)| {
+            format!(r#"<li><button type="submit" name="user" value="{sub}">Sign in as {} &lt;{}&gt;</button></li>"#, html_escape(name), html_escape(email))
+        })
+        .collect::<String>();
+    Html(format!(
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Development sign-in</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2rem;color:#1b1b1b}}button{{margin:.3rem 0;padding:.5rem 1rem;font-size:1rem}}</style></head>
+<body><h1>Development OpenID Provider</h1><p><strong>For local development only.</strong> Choose a demo user:</p>
+<form method="post" action="authorize">{hidden}<ul>{buttons}</ul></form></body></html>"#
+    ))
+    .into_response()
+}
+
+async fn authorize_select(State(idp): State<DevIdp>, Form(sel): Form<SelectParams>) -> Response {
+    let challenge = match check_authorize(&idp, &sel.params) {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let Some(user) = DEMO_USERS.iter().position(|(sub, _, _)| *sub == sel.user) else {
+        return (StatusCode::BAD_REQUEST, "unknown demo user").into_response();
+    };
+    let code = edge_core::Secret::random(24).expose().to_owned();
+    idp.0
+        .codes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            code.clone(),
+            Grant {
+                client_id: sel.params.client_id.clone(),
+                redirect_uri: sel.params.redirect_uri.clone(),
+                challenge,
+                nonce: sel.params.nonce.clone(),
+                user,
+                expires: jwt::now() + CODE_TTL_SECS,
+            },
+        );
+    let Ok(mut url) = url::Url::parse(&sel.params.redirect_uri) else {
+        return (StatusCode::BAD_REQUEST, "bad redirect_uri").into_response();
+    };
+    url.query_pairs_mut().append_pair("code", &code);
+    if let Some(state) = &sel.params.state {
+        url.query_pairs_mut().append_pair("state", state);
+    }
+    Redirect::to(url.as_str()).into_response()
+}
+
+#[derive(Deserialize)]
+struct TokenForm {
+    grant_type: String,
+    code: String,
+    redirect_uri: String,
+    code_verifier: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+/// Client credentials from HTTP Basic (RFC 6749 §2.3.1, form-urlencoded parts).
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    use base64::Engine;
+    let v = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Basic ")?;
+    let decoded =
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v).ok()?).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    let dec = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+    };
+    Some((dec(id)?, dec(secret)?))
+}
+
+async fn token(
+    State(idp): State<DevIdp>,
+    headers: HeaderMap,
+    Form(f): Form<TokenForm>,
+) -> Response {
+    if f.grant_type != "authorization_code" {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only authorization_code",
+        );
+    }
+    let (client_id, presented_secret) = match basic_credentials(&headers) {
+        Some((id, secret)) => (id, Some(secret)),
+        None => match &f.client_id {
+            Some(id) => (id.clone(), f.client_secret.clone()),
+            None => {
+                return oauth_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "no client authentication",
+                )
+            }
+        },
+    };
+    let Some(client) = idp.client(&client_id) else {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "unknown client");
+    };
+    if let Some(expected) = &client.secret {
+        use subtle::ConstantTimeEq;
+        let ok =
+            presented_secret.is_some_and(|s| bool::from(s.as_bytes().ct_eq(expected.as_bytes())));
+        if !ok {
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed",
+            );
+        }
+    }
+    // Single use: the code is gone once presented, whatever happens next.
+    let grant = idp
+        .0
+        .codes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&f.code);
+    let Some(grant) = grant else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "unknown or used code",
+        );
+    };
+    if grant.expires < jwt::now()
+        || grant.client_id != client_id
+        || grant.redirect_uri != f.redirect_uri
+    {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "code does not match",
+        );
+    }
+    let Some(verifier) = f.code_verifier else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "code_verifier required",
+        );
+    };
+    if !jwt::pkce_s256_matches(&verifier, &grant.challenge) {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "PKCE verification failed",
+        );
+    }
+    let fault = idp.0.fault.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let (sub, name, email) = DEMO_USERS[grant.user];
+    let now = jwt::now();
+    let mut claims = serde_json::json!({
+        "iss": idp.0.issuer,
+        "sub": sub,
+        "aud": client_id,
+        "iat": now,
+        "exp": now + TOKEN_TTL_SECS,
+        "email": email,
+        "name": name,
+    });
+    if let Some(nonce) = grant.nonce {
+        claims["nonce"] = serde_json::Value::String(nonce);
+    }
+    match fault {
+        Some(Fault::WrongAudience) => claims["aud"] = "someone-else".into(),
+        Some(Fault::WrongIssuer) => claims["iss"] = "https://evil.example".into(),
+        Some(Fault::Expired) => {
+            claims["iat"] = (now - 7200).into();
+            claims["exp"] = (now - 3600).into();
+        }
+        Some(Fault::WrongNonce) => claims["nonce"] = "not-the-nonce".into(),
+        _ => {}
+    }
+    let id_token = match fault {
+        Some(Fault::UnknownKey) => jwt::Key::generate().sign(&claims),
+        Some(Fault::AlgNone) => jwt::unsigned(&claims),
+        _ => idp.0.key.sign(&claims),
+    };
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(serde_json::json!({
+            "access_token": edge_core::Secret::random(24).expose(),
+            "token_type": "Bearer",
+            "expires_in": TOKEN_TTL_SECS,
+            "id_token": id_token,
+        })),
+    )
+        .into_response()
+}
+
+async fn end_session() -> Html<&'static str> {
+    Html("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Signed out</title></head><body><h1>Signed out</h1><p>You are signed out of the development provider.</p></body></html>")
+}
