@@ -170,29 +170,23 @@ struct SelectParams {
     user: String,
 }
 
-/// Validate an authorization request; the error response is final.
-fn check_authorize(idp: &DevIdp, p: &AuthorizeParams) -> Result<String, Response> {
-    let client = idp
-        .client(&p.client_id)
-        .ok_or_else(|| (StatusCode::BAD_REQUEST, "unknown client_id").into_response())?;
+/// Validate an authorization request; returns the PKCE challenge, or why
+/// the request is refused (shown to the user, never redirected).
+fn check_authorize(idp: &DevIdp, p: &AuthorizeParams) -> Result<String, &'static str> {
+    let client = idp.client(&p.client_id).ok_or("unknown client_id")?;
     if !client.redirect_uris.iter().any(|r| r == &p.redirect_uri) {
-        return Err((StatusCode::BAD_REQUEST, "redirect_uri is not registered").into_response());
+        return Err("redirect_uri is not registered");
     }
     if p.response_type.as_deref() != Some("code") {
-        return Err((StatusCode::BAD_REQUEST, "response_type must be code").into_response());
+        return Err("response_type must be code");
     }
-    if !p
-        .scope
-        .as_deref()
-        .unwrap_or_default()
-        .split(' ')
-        .any(|s| s == "openid")
-    {
-        return Err((StatusCode::BAD_REQUEST, "scope must include openid").into_response());
+    let scope = p.scope.as_deref().unwrap_or_default();
+    if !scope.split(' ').any(|s| s == "openid") {
+        return Err("scope must include openid");
     }
     match (&p.code_challenge, p.code_challenge_method.as_deref()) {
         (Some(c), Some("S256")) if !c.is_empty() => Ok(c.clone()),
-        _ => Err((StatusCode::BAD_REQUEST, "PKCE with S256 is required").into_response()),
+        _ => Err("PKCE with S256 is required"),
     }
 }
 
@@ -205,8 +199,8 @@ fn html_escape(s: &str) -> String {
 }
 
 async fn authorize_page(State(idp): State<DevIdp>, Query(p): Query<AuthorizeParams>) -> Response {
-    if let Err(resp) = check_authorize(&idp, &p) {
-        return resp;
+    if let Err(why) = check_authorize(&idp, &p) {
+        return (StatusCode::BAD_REQUEST, why).into_response();
     }
     let hidden = [
         ("response_type", p.response_type.as_deref()),
@@ -246,7 +240,7 @@ async fn authorize_page(State(idp): State<DevIdp>, Query(p): Query<AuthorizePara
 async fn authorize_select(State(idp): State<DevIdp>, Form(sel): Form<SelectParams>) -> Response {
     let challenge = match check_authorize(&idp, &sel.params) {
         Ok(c) => c,
-        Err(resp) => return resp,
+        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
     };
     let Some(user) = DEMO_USERS.iter().position(|(sub, _, _)| *sub == sel.user) else {
         return (StatusCode::BAD_REQUEST, "unknown demo user").into_response();

@@ -430,3 +430,35 @@ impl Drop for Stack {
         self.shutdown.cancel();
     }
 }
+
+impl Stack {
+    /// A session cookie (`name=value`) for `user` whose server-side record
+    /// was created at `created_ms` and ends at `expires_ms`, signed to stay
+    /// valid as a cookie for an hour: for testing the server's own expiry.
+    pub async fn session_cookie_at(
+        &self,
+        user: UserId,
+        created_ms: i64,
+        expires_ms: i64,
+    ) -> String {
+        let id = auth::SessionId::generate();
+        self.store
+            .create_session(
+                &id.hash(),
+                &Secret::random(8).expose().to_owned(),
+                user,
+                created_ms,
+                expires_ms,
+            )
+            .await
+            .unwrap();
+        let name = api_server::session::cookie_name(false);
+        let exp = edge_core::time::now_ms() + 3_600_000;
+        format!(
+            "{name}={}",
+            self.state
+                .cookies
+                .sign(name, api_server::session::SESSION_PURPOSE, id.expose(), exp)
+        )
+    }
+}

@@ -1,0 +1,406 @@
+//! Login through the development OpenID Provider, end to end over HTTP:
+//! the happy path, every rejection case on its own, session fixation, CSRF
+//! and session management.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use dev_idp::Fault;
+use edge_core::time::now_ms;
+use testkit::browser::Browser;
+use testkit::{Idp, Stack, StackOptions};
+
+const SESSION: &str = "edge_session";
+const PENDING: &str = "edge_login";
+
+async fn json(res: reqwest::Response) -> serde_json::Value {
+    res.json().await.unwrap()
+}
+
+/// Assert a failed callback: 400 `login_failed`, and no session cookie.
+async fn assert_login_failed(b: &Browser, res: reqwest::Response) {
+    assert_eq!(res.status(), 400);
+    let body = json(res).await;
+    assert_eq!(body["error"]["code"], "login_failed", "{body}");
+    assert!(!b.jar.contains_key(SESSION));
+}
+
+async fn me_status(stack: &Stack, b: &mut Browser) -> u16 {
+    b.get(&stack.api("/api/auth/me")).await.status().as_u16()
+}
+
+#[tokio::test]
+async fn full_login_me_logout_cycle() {
+    let stack = Stack::start().await;
+    let mut b = stack.browser();
+    assert_eq!(me_status(&stack, &mut b).await, 401);
+
+    let callback = stack
+        .dev_login_until_callback(&mut b, "alice", "/devices?tab=1")
+        .await;
+    assert!(b.jar.contains_key(PENDING));
+    let res = b.get(&callback).await;
+    assert_eq!(res.status(), 302);
+    assert_eq!(res.headers()["location"], "/devices?tab=1");
+    assert!(b.jar.contains_key(SESSION));
+    assert!(
+        !b.jar.contains_key(PENDING),
+        "pending-login cookie is cleared"
+    );
+    let cookie = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with(SESSION))
+        .unwrap();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Path=/"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains("Domain"), "{cookie}");
+
+    let me = b.get(&stack.api("/api/auth/me")).await;
+    assert_eq!(me.status(), 200);
+    let me = json(me).await;
+    assert_eq!(me["email"], "alice@example.test");
+    assert_eq!(me["name"], "Alice Example");
+
+    let out = b.post(&stack.api("/api/auth/logout")).await;
+    assert_eq!(out.status(), 200);
+    let out = json(out).await;
+    let end = out["end_session_url"].as_str().unwrap();
+    assert!(
+        end.starts_with(stack.dev_idp.as_ref().unwrap().issuer())
+            && end.contains("/end-session")
+            && end.contains("client_id=edge-console"),
+        "{end}"
+    );
+    assert!(!b.jar.contains_key(SESSION));
+    assert_eq!(me_status(&stack, &mut b).await, 401);
+}
+
+#[tokio::test]
+async fn confidential_client_logs_in_too() {
+    let stack = Stack::start_with(StackOptions {
+        idp: Idp::Dev { confidential: true },
+        ..StackOptions::default()
+    })
+    .await;
+    let mut b = stack.browser();
+    assert_eq!(stack.dev_login(&mut b, "bob").await.status(), 302);
+    assert_eq!(
+        json(b.get(&stack.api("/api/auth/me")).await).await["email"],
+        "bob@example.test"
+    );
+}
+
+#[tokio::test]
+async fn state_mismatch_is_rejected() {
+    let stack = Stack::start().await;
+    let mut b = stack.browser();
+    let callback = stack.dev_login_until_callback(&mut b, "alice", "/").await;
+    let mut url = url::Url::parse(&callback).unwrap();
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "state" { "forged".into() } else { v.into_owned() };
+            (k.into_owned(), v)
+        })
+        .collect();
+    url.query_pairs_mut().clear().extend_pairs(pairs);
+    let res = b.get(url.as_str()).await;
+    assert_login_failed(&b, res).await;
+}
+
+#[tokio::test]
+async fn missing_pending_login_cookie_is_rejected() {
+    let stack = Stack::start().await;
+    let mut b = stack.browser();
+    let callback = stack.dev_login_until_callback(&mut b, "alice", "/").await;
+    b.jar.remove(PENDING);
+    let res = b.get(&callback).await;
+    assert_login_failed(&b, res).await;
+}
+
+#[tokio::test]
+async fn replayed_callback_is_rejected() {
+    let stack = Stack::start().await;
+    let mut b = stack.browser();
+    let callback = stack.dev_login_until_callback(&mut b, "alice", "/").await;
+    let pending = b.jar[PENDING].clone();
+    assert_eq!(b.get(&callback).await.status(), 302);
+    // An attacker replays the same callback with the same login cookie.
+    let mut attacker = stack.browser();
+    attacker.jar.insert(PENDING.into(), pending);
+    let res = attacker.get(&callback).await;
+    assert_login_failed(&attacker, res).await;
+}
+
+async fn login_with_fault(fault: Fault) {
+    let stack = Stack::start().await;
+    stack.dev_idp.as_ref().unwrap().set_fault(fault);
+    let mut b = stack.browser();
+    let res = stack.dev_login(&mut b, "alice").await;
+    assert_login_failed(&b, res).await;
+    // The provider itself is fine: the next, clean login works.
+    let mut b = stack.browser();
+    assert_eq!(
+        stack.dev_login(&mut b, "alice").await.status(),
+        302,
+        "after {fault:?}"
+    );
+}
+
+#[tokio::test]
+async fn nonce_mismatch_is_rejected() {
+    login_with_fault(Fault::WrongNonce).await;
+}
+
+#[tokio::test]
+async fn id_token_signed_by_an_unknown_key_is_rejected() {
+    login_with_fault(Fault::UnknownKey).await;
+}
+
+#[tokio::test]
+async fn alg_none_is_rejected() {
+    login_with_fault(Fault::AlgNone).await;
+}
+
+#[tokio::test]
+async fn wrong_audience_is_rejected() {
+    login_with_fault(Fault::WrongAudience).await;
+}
+
+#[tokio::test]
+async fn wrong_issuer_is_rejected() {
+    login_with_fault(Fault::WrongIssuer).await;
+}
+
+#[tokio::test]
+async fn expired_id_token_is_rejected() {
+    login_with_fault(Fault::Expired).await;
+}
+
+#[tokio::test]
+async fn provider_error_is_a_clear_json_error() {
+    let stack = Stack::start().await;
+    let mut b = stack.browser();
+    let _ = stack.dev_login_until_callback(&mut b, "alice", "/").await;
+    let res = b
+        .get(&stack.api("/api/auth/callback?error=access_denied&error_description=nope&state=x"))
+        .await;
+    assert_eq!(res.status(), 400);
+    let body = json(res).await;
+    assert_eq!(body["error"]["code"], "login_failed");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("access_denied"));
+}
+
+async fn logged_in(stack: &Stack, user: &str) -> Browser {
+    let mut b = stack.browser();
+    assert_eq!(stack.dev_login(&mut b, user).await.status(), 302);
+    b
+}
+
+#[tokio::test]
+async fn tampered_session_cookie_is_rejected() {
+    let stack = Stack::start().await;
+    let mut b = logged_in(&stack, "alice").await;
+    let cookie = b.jar.get_mut(SESSION).unwrap();
+    let mut bytes = cookie.value.clone().into_bytes();
+    bytes[3] = if bytes[3] == b'a' { b'b' } else { b'a' };
+    cookie.value = String::from_utf8(bytes).unwrap();
+    assert_eq!(me_status(&stack, &mut b).await, 401);
+}
+
+#[tokio::test]
+async fn pending_login_cookie_presented_as_session_cookie_is_rejected() {
+    let stack = Stack::start().await;
+    let mut b = stack.browser();
+    let _ = stack.dev_login_until_callback(&mut b, "alice", "/").await;
+    let pending = b.jar.remove(PENDING).unwrap();
+    b.jar.insert(SESSION.into(), pending);
+    assert_eq!(me_status(&stack, &mut b).await, 401);
+}
+
+#[tokio::test]
+async fn cookie_signed_with_a_retired_key_is_rejected() {
+    let stack = Stack::start().await;
+    let user = stack.user("alice").await;
+    // A real session id, but signed with a key this server no longer has.
+    let id = auth::SessionId::generate();
+    stack
+        .store
+        .create_session(&id.hash(), "p", user.id, now_ms(), now_ms() + 3_600_000)
+        .await
+        .unwrap();
+    let retired = auth::CookieKeys::new(
+        auth::CookieKey::new(edge_core::Secret::random(32)).unwrap(),
+        vec![],
+    );
+    let value = retired.sign(
+        SESSION,
+        api_server::session::SESSION_PURPOSE,
+        id.expose(),
+        now_ms() + 3_600_000,
+    );
+    let res = stack
+        .http
+        .get(stack.api("/api/auth/me"))
+        .header("cookie", format!("{SESSION}={value}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+}
+
+#[tokio::test]
+async fn return_to_must_be_a_local_path() {
+    let stack = Stack::start().await;
+    let mut b = stack.browser();
+    for evil in [
+        "https://evil.example/",
+        "//evil.example/x",
+        "/\\evil.example",
+    ] {
+        let res = b
+            .get(&stack.api(&format!(
+                "/api/auth/login?return_to={}",
+                testkit::browser::urlencode(evil)
+            )))
+            .await;
+        assert_eq!(res.status(), 400, "{evil}");
+        assert!(res.headers().get("location").is_none());
+        assert!(!b.jar.contains_key(PENDING));
+    }
+}
+
+#[tokio::test]
+async fn logged_out_cookie_cannot_be_reused() {
+    let stack = Stack::start().await;
+    let mut b = logged_in(&stack, "alice").await;
+    let old = b.jar[SESSION].clone();
+    assert_eq!(b.post(&stack.api("/api/auth/logout")).await.status(), 200);
+    b.jar.insert(SESSION.into(), old);
+    assert_eq!(me_status(&stack, &mut b).await, 401);
+}
+
+#[tokio::test]
+async fn session_past_its_idle_timeout_is_rejected() {
+    let stack = Stack::start().await;
+    let user = stack.user("alice").await;
+    let idle = stack.state.settings.session_idle.as_millis() as i64;
+    let now = now_ms();
+    let stale = stack
+        .session_cookie_at(user.id, now - idle - 1_000, now + 3_600_000)
+        .await;
+    let fresh = stack
+        .session_cookie_at(user.id, now - idle + 60_000, now + 3_600_000)
+        .await;
+    let get = |c: String| {
+        stack
+            .http
+            .get(stack.api("/api/auth/me"))
+            .header("cookie", c)
+            .send()
+    };
+    assert_eq!(get(fresh).await.unwrap().status(), 200);
+    assert_eq!(get(stale).await.unwrap().status(), 401);
+}
+
+#[tokio::test]
+async fn session_past_its_absolute_lifetime_is_rejected() {
+    let stack = Stack::start().await;
+    let user = stack.user("alice").await;
+    let now = now_ms();
+    // Used a second ago, but its lifetime ended a millisecond ago.
+    let ended = stack.session_cookie_at(user.id, now - 1_000, now - 1).await;
+    let res = stack
+        .http
+        .get(stack.api("/api/auth/me"))
+        .header("cookie", ended)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+}
+
+#[tokio::test]
+async fn login_replaces_any_session_the_browser_held() {
+    let stack = Stack::start().await;
+    // A session cookie planted in the browser before login.
+    let planted = logged_in(&stack, "bob").await.jar[SESSION].clone();
+    let mut b = stack.browser();
+    b.jar.insert(SESSION.into(), planted.clone());
+    assert_eq!(stack.dev_login(&mut b, "alice").await.status(), 302);
+    let after = b.jar[SESSION].clone();
+    assert_ne!(after.value, planted.value);
+    assert_eq!(
+        json(b.get(&stack.api("/api/auth/me")).await).await["email"],
+        "alice@example.test"
+    );
+    let mut old = stack.browser();
+    old.jar.insert(SESSION.into(), planted);
+    assert_eq!(
+        me_status(&stack, &mut old).await,
+        401,
+        "the pre-login session is dead"
+    );
+}
+
+#[tokio::test]
+async fn state_changing_requests_need_the_csrf_header_and_our_origin() {
+    let stack = Stack::start().await;
+    let mut b = logged_in(&stack, "alice").await;
+    let url = stack.api("/api/auth/logout");
+    let plain = b.client().post(&url);
+    let res = b.send(plain, &url).await;
+    assert_eq!(res.status(), 403);
+    assert_eq!(json(res).await["error"]["code"], "forbidden");
+    let foreign = b
+        .client()
+        .post(&url)
+        .header("x-csrf", "1")
+        .header("origin", "https://evil.example");
+    assert_eq!(b.send(foreign, &url).await.status(), 403);
+    assert_eq!(me_status(&stack, &mut b).await, 200, "still logged in");
+    let ours = b
+        .client()
+        .post(&url)
+        .header("x-csrf", "1")
+        .header("origin", stack.state.settings.public_origin.clone());
+    assert_eq!(b.send(ours, &url).await.status(), 200);
+}
+
+#[tokio::test]
+async fn users_list_and_end_their_own_sessions_only() {
+    let stack = Stack::start().await;
+    let mut laptop = logged_in(&stack, "alice").await;
+    let mut phone = logged_in(&stack, "alice").await;
+    let mut bob = logged_in(&stack, "bob").await;
+
+    let list = json(laptop.get(&stack.api("/api/auth/sessions")).await).await;
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list.iter().filter(|s| s["current"] == true).count(), 1);
+    let other = list.iter().find(|s| s["current"] == false).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let bobs = json(bob.get(&stack.api("/api/auth/sessions")).await).await;
+    let bobs_id = bobs[0]["id"].as_str().unwrap().to_owned();
+    let url = stack.api(&format!("/api/auth/sessions/{bobs_id}"));
+    let req = laptop.client().delete(&url).header("x-csrf", "1");
+    let res = laptop.send(req, &url).await;
+    assert_eq!(res.status(), 404, "another user's session is not found");
+    assert_eq!(me_status(&stack, &mut bob).await, 200);
+
+    let url = stack.api(&format!("/api/auth/sessions/{other}"));
+    let req = laptop.client().delete(&url).header("x-csrf", "1");
+    assert_eq!(laptop.send(req, &url).await.status(), 204);
+    assert_eq!(me_status(&stack, &mut phone).await, 401);
+    assert_eq!(me_status(&stack, &mut laptop).await, 200);
+}
