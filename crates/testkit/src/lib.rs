@@ -445,7 +445,7 @@ impl Stack {
         self.store
             .create_session(
                 &id.hash(),
-                &Secret::random(8).expose().to_owned(),
+                Secret::random(8).expose(),
                 user,
                 created_ms,
                 expires_ms,
