@@ -9,6 +9,7 @@
 pub mod browser;
 pub mod checks;
 pub mod go_device;
+pub mod oidc_provider;
 
 use api_server::config::Settings;
 use api_server::AppState;

@@ -103,7 +103,11 @@ async fn state_mismatch_is_rejected() {
     let pairs: Vec<(String, String)> = url
         .query_pairs()
         .map(|(k, v)| {
-            let v = if k == "state" { "forged".into() } else { v.into_owned() };
+            let v = if k == "state" {
+                "forged".into()
+            } else {
+                v.into_owned()
+            };
             (k.into_owned(), v)
         })
         .collect();

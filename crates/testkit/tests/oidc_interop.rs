@@ -1,0 +1,116 @@
+//! Interop with a certified OpenID Provider: the api-server's full login,
+//! scripted over HTTP, against npm's `oidc-provider` (pinned) with its
+//! devInteractions login and consent pages, once as a public PKCE-only
+//! client and once as a confidential client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use edge_core::Secret;
+use testkit::browser::Browser;
+use testkit::{oidc_provider, Idp, Stack, StackOptions};
+
+/// The `action` of the first form in an HTML page and its hidden `prompt`.
+fn form_of(html: &str) -> (String, String) {
+    let action = html
+        .split("action=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap();
+    let prompt = html
+        .split("name=\"prompt\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap();
+    (action.replace("&amp;", "&"), prompt.to_owned())
+}
+
+async fn login_through_provider(client_id: &str, confidential: bool) {
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let callback = format!("http://{}/api/auth/callback", api.local_addr().unwrap());
+    let secret = Secret::random(24);
+    let provider = oidc_provider::start(&callback, secret.expose()).await;
+    let stack = Stack::start_with(StackOptions {
+        idp: Idp::External {
+            api_listener: api,
+            issuer: provider.issuer.clone(),
+            client_id: client_id.into(),
+            client_secret: confidential.then_some(secret),
+        },
+        ..StackOptions::default()
+    })
+    .await;
+
+    let mut b = Browser::new();
+    let start = b
+        .get(&stack.api("/api/auth/login?return_to=/welcome"))
+        .await;
+    let mut next = Browser::location(&start);
+    assert!(next.starts_with(&provider.issuer), "{next}");
+    assert!(
+        next.contains("code_challenge_method=S256")
+            && next.contains("nonce=")
+            && next.contains("state=")
+    );
+    let mut prompts = Vec::new();
+    // Walk the provider's redirects and pages until it sends us back.
+    for _ in 0..12 {
+        if next.starts_with(&callback) {
+            break;
+        }
+        let res = b.get(&next).await;
+        if res.status().is_redirection() {
+            next = Browser::location(&res);
+            continue;
+        }
+        assert_eq!(res.status(), 200, "unexpected page at {next}");
+        let base = res.url().clone();
+        let (action, prompt) = form_of(&res.text().await.unwrap());
+        let action = base.join(&action).unwrap().to_string();
+        let mut form = vec![("prompt".to_owned(), prompt.clone())];
+        if prompt == "login" {
+            form.push(("login".into(), "alice".into()));
+            form.push(("password".into(), "anything".into()));
+        }
+        prompts.push(prompt);
+        let posted = b.post_form(&action, &form).await;
+        next = Browser::location(&posted);
+    }
+    assert!(next.starts_with(&callback), "never came back: {next}");
+    assert_eq!(prompts, ["login", "consent"]);
+
+    let done = b.get(&next).await;
+    assert_eq!(done.status(), 302, "{:?}", done.text().await);
+    assert_eq!(done.headers()["location"], "/welcome");
+    let me = b.get(&stack.api("/api/auth/me")).await;
+    assert_eq!(me.status(), 200);
+    let user = stack
+        .store
+        .upsert_user(&provider.issuer, "alice", None, None)
+        .await
+        .unwrap();
+    let me: serde_json::Value = me.json().await.unwrap();
+    assert_eq!(
+        me["id"],
+        user.id.to_string(),
+        "user keyed by the provider's issuer and subject"
+    );
+
+    assert_eq!(b.post(&stack.api("/api/auth/logout")).await.status(), 200);
+    assert_eq!(b.get(&stack.api("/api/auth/me")).await.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_pkce_only_client_logs_in_against_oidc_provider() {
+    if oidc_provider::available().is_none() {
+        return;
+    }
+    login_through_provider("public-client", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confidential_client_logs_in_against_oidc_provider() {
+    if oidc_provider::available().is_none() {
+        return;
+    }
+    login_through_provider("confidential-client", true).await;
+}
