@@ -255,3 +255,66 @@ impl Config {
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("edge.db").display()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn service_client_needs_both_id_and_secret_or_neither() {
+        let dir = std::env::temp_dir().join(format!("svc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let none = Config::parse_from(["api-server"]);
+        assert!(none.service_client().unwrap().is_none());
+        let id_only = Config::parse_from(["api-server", "--service-client-id", "svc"]);
+        assert!(id_only.service_client().is_err());
+        let secret_arg = secret.to_str().unwrap();
+        let secret_only =
+            Config::parse_from(["api-server", "--service-client-secret-file", secret_arg]);
+        assert!(secret_only.service_client().is_err());
+        let both = Config::parse_from([
+            "api-server",
+            "--service-client-id",
+            "svc",
+            "--service-client-secret-file",
+            secret_arg,
+            "--service-client-scopes",
+            "a,b",
+        ]);
+        let svc = both.service_client().unwrap().unwrap();
+        assert_eq!(
+            (
+                svc.client_id.as_str(),
+                svc.client_secret.expose(),
+                svc.scopes.len()
+            ),
+            ("svc", "s3cret", 2)
+        );
+        assert!(!format!("{svc:?}").contains("s3cret"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn oidc_needs_an_issuer_and_always_asks_for_openid() {
+        let cfg = Config::parse_from(["api-server"]);
+        let settings = cfg.settings().unwrap();
+        assert!(cfg.oidc(&settings).is_err());
+        let cfg = Config::parse_from([
+            "api-server",
+            "--oidc-issuer",
+            "https://idp.example",
+            "--oidc-scopes",
+            "email",
+        ]);
+        let oidc = cfg.oidc(&settings).unwrap();
+        assert_eq!(oidc.scopes, ["openid", "email"]);
+        assert_eq!(oidc.redirect_url, "http://localhost:3721/api/auth/callback");
+        assert!(
+            oidc.client_secret.is_none(),
+            "no secret: public PKCE-only client"
+        );
+    }
+}

@@ -149,3 +149,26 @@ impl FromRequestParts<AppState> for CurrentUser {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secure_cookies_get_the_host_prefix_and_secure_attribute() {
+        let c = set_cookie(true, cookie_name(true), "v", 60);
+        assert!(c.starts_with("__Host-edge_session=v;"));
+        for attr in [
+            "; Path=/",
+            "; HttpOnly",
+            "; SameSite=Lax",
+            "; Max-Age=60",
+            "; Secure",
+        ] {
+            assert!(c.contains(attr), "{c} lacks {attr}");
+        }
+        assert!(!c.contains("Domain"));
+        let dev = set_cookie(false, pending_cookie_name(false), "v", 600);
+        assert!(dev.starts_with("edge_login=v;") && !dev.contains("Secure"));
+    }
+}

@@ -70,7 +70,8 @@ struct Grant {
 
 struct Inner {
     issuer: String,
-    key: jwt::Key,
+    key: Mutex<jwt::Key>,
+    jwks_fetches: std::sync::atomic::AtomicU64,
     clients: Vec<Client>,
     codes: Mutex<HashMap<String, Grant>>,
     fault: Mutex<Option<Fault>>,
@@ -84,7 +85,8 @@ impl DevIdp {
     pub fn new(issuer: String, clients: Vec<Client>) -> Self {
         Self(Arc::new(Inner {
             issuer,
-            key: jwt::Key::generate(),
+            key: Mutex::new(jwt::Key::generate()),
+            jwks_fetches: std::sync::atomic::AtomicU64::new(0),
             clients,
             codes: Mutex::new(HashMap::new()),
             fault: Mutex::new(None),
@@ -100,6 +102,18 @@ impl DevIdp {
         *self.0.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(fault);
     }
 
+    /// Replace the signing key (new key id), as a provider rotating keys.
+    pub fn rotate_key(&self) {
+        *self.0.key.lock().unwrap_or_else(|p| p.into_inner()) = jwt::Key::generate();
+    }
+
+    /// How many times the JWKS has been served.
+    pub fn jwks_fetches(&self) -> u64 {
+        self.0
+            .jwks_fetches
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn router(&self) -> Router {
         Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -112,6 +126,17 @@ impl DevIdp {
 
     fn client(&self, id: &str) -> Option<&Client> {
         self.0.clients.iter().find(|c| c.id == id)
+    }
+}
+
+/// The development provider listens on loopback only.
+pub fn check_listen(addr: std::net::SocketAddr) -> Result<(), String> {
+    if addr.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(format!(
+            "refusing to bind {addr}: the development provider listens on loopback only"
+        ))
     }
 }
 
@@ -148,7 +173,11 @@ async fn discovery(State(idp): State<DevIdp>) -> Json<serde_json::Value> {
 }
 
 async fn jwks(State(idp): State<DevIdp>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "keys": [idp.0.key.jwk()] }))
+    idp.0
+        .jwks_fetches
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let jwk = idp.0.key.lock().unwrap_or_else(|p| p.into_inner()).jwk();
+    Json(serde_json::json!({ "keys": [jwk] }))
 }
 
 #[derive(Deserialize)]
@@ -269,6 +298,19 @@ async fn authorize_select(State(idp): State<DevIdp>, Form(sel): Form<SelectParam
         url.query_pairs_mut().append_pair("state", state);
     }
     Redirect::to(url.as_str()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_addresses_are_accepted() {
+        assert!(check_listen("127.0.0.1:3790".parse().unwrap()).is_ok());
+        assert!(check_listen("[::1]:3790".parse().unwrap()).is_ok());
+        assert!(check_listen("0.0.0.0:3790".parse().unwrap()).is_err());
+        assert!(check_listen("192.0.2.10:3790".parse().unwrap()).is_err());
+    }
 }
 
 #[derive(Deserialize)]
@@ -406,7 +448,12 @@ async fn token(
     let id_token = match fault {
         Some(Fault::UnknownKey) => jwt::Key::generate().sign(&claims),
         Some(Fault::AlgNone) => jwt::unsigned(&claims),
-        _ => idp.0.key.sign(&claims),
+        _ => idp
+            .0
+            .key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sign(&claims),
     };
     (
         [(header::CACHE_CONTROL, "no-store")],

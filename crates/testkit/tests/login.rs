@@ -408,3 +408,49 @@ async fn users_list_and_end_their_own_sessions_only() {
     assert_eq!(me_status(&stack, &mut phone).await, 401);
     assert_eq!(me_status(&stack, &mut laptop).await, 200);
 }
+
+#[tokio::test]
+async fn provider_key_rotation_is_picked_up_by_refetching_the_jwks_at_most_once_per_interval() {
+    let stack = Stack::start().await;
+    let idp = stack.dev_idp.clone().unwrap();
+    let mut b = stack.browser();
+    assert_eq!(stack.dev_login(&mut b, "alice").await.status(), 302);
+    let after_discovery = idp.jwks_fetches();
+
+    // The provider rotates its key: the next token names an unknown kid,
+    // the client refetches the JWKS once and accepts it.
+    idp.rotate_key();
+    let mut b = stack.browser();
+    assert_eq!(stack.dev_login(&mut b, "bob").await.status(), 302);
+    assert_eq!(idp.jwks_fetches(), after_discovery + 1);
+
+    // A token from a key nobody publishes, right after: no second refetch.
+    idp.set_fault(Fault::UnknownKey);
+    let mut b = stack.browser();
+    let res = stack.dev_login(&mut b, "carol").await;
+    assert_login_failed(&b, res).await;
+    assert_eq!(
+        idp.jwks_fetches(),
+        after_discovery + 1,
+        "refetch is rate-limited"
+    );
+}
+
+#[tokio::test]
+async fn the_issuer_must_match_exactly() {
+    let stack = Stack::start().await;
+    let issuer = stack.dev_idp.as_ref().unwrap().issuer().to_owned();
+    let mut settings = stack.state.oidc.settings().clone();
+    settings.issuer = format!("{issuer}/");
+    let client = auth::oidc::OidcClient::new(settings.clone()).unwrap();
+    assert!(
+        client.warm_up().await.is_err(),
+        "a trailing slash is another issuer"
+    );
+    settings.issuer = issuer;
+    assert!(auth::oidc::OidcClient::new(settings)
+        .unwrap()
+        .warm_up()
+        .await
+        .is_ok());
+}
