@@ -25,6 +25,15 @@ async fn read_until_close(ws: &mut tunnel::dial::DialedWs) -> (Option<CloseCode>
     }
 }
 
+/// A raw device, connected and registered, to send bad input from.
+async fn raw_device(stack: &Stack) -> (testkit::TestDevice, tunnel::dial::DialedWs) {
+    let owner = stack.user("owner").await;
+    let dev = stack.device(owner.id).await;
+    let ws = stack.dial_raw(&dev.token).await.unwrap();
+    stack.wait_online(dev.id).await;
+    (dev, ws)
+}
+
 /// A healthy device, used to show that other sessions keep working.
 async fn healthy_neighbour(
     stack: &Stack,
@@ -108,10 +117,7 @@ async fn bad_credentials_get_one_401_body_before_the_upgrade() {
 async fn text_message_closes_1003_and_ends_only_that_session() {
     let stack = Stack::start().await;
     let (user, good, _agent) = healthy_neighbour(&stack).await;
-    let owner = stack.user("owner").await;
-    let bad = stack.device(owner.id).await;
-    let mut ws = stack.dial_raw(&bad.token).await.unwrap();
-    stack.wait_online(bad.id).await;
+    let (bad, mut ws) = raw_device(&stack).await;
 
     ws.send(Message::Text("hello".into())).await.unwrap();
     let (code, _) = read_until_close(&mut ws).await;
@@ -124,10 +130,7 @@ async fn text_message_closes_1003_and_ends_only_that_session() {
 async fn garbage_yamux_header_gets_goaway_protocol_error_and_ends_only_that_session() {
     let stack = Stack::start().await;
     let (user, good, _agent) = healthy_neighbour(&stack).await;
-    let owner = stack.user("owner").await;
-    let bad = stack.device(owner.id).await;
-    let mut ws = stack.dial_raw(&bad.token).await.unwrap();
-    stack.wait_online(bad.id).await;
+    let (bad, mut ws) = raw_device(&stack).await;
 
     ws.send(Message::Binary(vec![0xEE; 12].into()))
         .await
@@ -146,10 +149,7 @@ async fn garbage_yamux_header_gets_goaway_protocol_error_and_ends_only_that_sess
 async fn oversized_message_closes_1009_and_ends_only_that_session() {
     let stack = Stack::start().await;
     let (user, good, _agent) = healthy_neighbour(&stack).await;
-    let owner = stack.user("owner").await;
-    let bad = stack.device(owner.id).await;
-    let mut ws = stack.dial_raw(&bad.token).await.unwrap();
-    stack.wait_online(bad.id).await;
+    let (bad, mut ws) = raw_device(&stack).await;
 
     let big = vec![0u8; tunnel::contract::MAX_MESSAGE_SIZE + 1];
     // The relay may close mid-send; only its close code matters.
@@ -211,12 +211,8 @@ async fn second_connection_wins_and_the_first_gets_goaway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_sends_goaway_then_close_1000() {
     let mut stack = Stack::start().await;
-    let owner = stack.user("owner").await;
-    let dev = stack.device(owner.id).await;
-    let mut ws = stack.dial_raw(&dev.token).await.unwrap();
-    stack.wait_online(dev.id).await;
-    let (stopped, (code, bytes)) = tokio::join!(stack.stop_relay(), read_until_close(&mut ws));
-    let () = stopped;
+    let (_dev, mut ws) = raw_device(&stack).await;
+    let ((), (code, bytes)) = tokio::join!(stack.stop_relay(), read_until_close(&mut ws));
     assert_eq!(code, Some(CloseCode::Normal));
     assert!(
         bytes.ends_with(&[0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
@@ -259,10 +255,7 @@ async fn internal_port_requires_the_shared_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_a_session_through_the_view_disconnects_the_device() {
     let stack = Stack::start().await;
-    let owner = stack.user("owner").await;
-    let dev = stack.device(owner.id).await;
-    let mut ws = stack.dial_raw(&dev.token).await.unwrap();
-    stack.wait_online(dev.id).await;
+    let (dev, mut ws) = raw_device(&stack).await;
     assert!(stack
         .state
         .directory
