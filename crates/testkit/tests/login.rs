@@ -454,3 +454,40 @@ async fn the_issuer_must_match_exactly() {
         .await
         .is_ok());
 }
+
+#[tokio::test]
+async fn development_provider_enforces_pkce_and_single_use_codes() {
+    let stack = Stack::start().await;
+    let mut b = stack.browser();
+    let callback = stack.dev_login_until_callback(&mut b, "alice", "/").await;
+    let code = url::Url::parse(&callback)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    let token_url = format!("{}/token", stack.dev_idp.as_ref().unwrap().issuer());
+    let redirect = stack.api("/api/auth/callback");
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", redirect.as_str()),
+        ("client_id", testkit::DEV_CLIENT_ID),
+        (
+            "code_verifier",
+            "not-the-verifier-not-the-verifier-not-the-verifier",
+        ),
+    ];
+    let res = stack
+        .http
+        .post(&token_url)
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(json(res).await["error"], "invalid_grant");
+    // The code was burnt by that attempt: the real callback fails too.
+    let res = b.get(&callback).await;
+    assert_login_failed(&b, res).await;
+}
