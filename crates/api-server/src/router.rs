@@ -1,10 +1,13 @@
-//! Every route of the api-server, in one place. Handlers that need a caller
-//! take [`CurrentUser`](crate::session::CurrentUser) in their signature.
+//! Every route of the api-server, in one table. `build_app` builds the
+//! router from [`route_table`], and the auth test walks the same table, so a
+//! route cannot exist without being checked. Handlers that need a caller take
+//! [`CurrentUser`](crate::session::CurrentUser) in their signature.
 
 use crate::state::AppState;
 use crate::{auth_routes, proxy, system};
-use axum::routing::{any, delete, get, post};
+use axum::routing::{any, delete, get, post, MethodRouter};
 use axum::Router;
+use http::Method;
 
 /// Routes reachable without a session: health, readiness, and the two
 /// halves of the login (the callback's credential is the pending-login
@@ -16,19 +19,72 @@ pub const PUBLIC_ROUTES: &[&str] = &[
     "/api/auth/callback",
 ];
 
-/// Build the application router.
+/// Methods `any(...)` routes are checked with.
+pub const ANY_METHODS: &[Method] = &[
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+];
+
+/// One route: its path, the methods it answers, and its handlers.
+pub struct RouteDef {
+    pub path: &'static str,
+    pub methods: &'static [Method],
+    pub handler: MethodRouter<AppState>,
+}
+
+fn route(
+    path: &'static str,
+    methods: &'static [Method],
+    handler: MethodRouter<AppState>,
+) -> RouteDef {
+    RouteDef {
+        path,
+        methods,
+        handler,
+    }
+}
+
+/// The route table.
+pub fn route_table() -> Vec<RouteDef> {
+    use Method as M;
+    vec![
+        route("/api/health", &[M::GET], get(system::health)),
+        route("/api/ready", &[M::GET], get(system::ready)),
+        route("/api/auth/login", &[M::GET], get(auth_routes::login)),
+        route("/api/auth/callback", &[M::GET], get(auth_routes::callback)),
+        route("/api/auth/me", &[M::GET], get(auth_routes::me)),
+        route("/api/auth/logout", &[M::POST], post(auth_routes::logout)),
+        route(
+            "/api/auth/sessions",
+            &[M::GET],
+            get(auth_routes::list_sessions),
+        ),
+        route(
+            "/api/auth/sessions/{id}",
+            &[M::DELETE],
+            delete(auth_routes::end_session),
+        ),
+        route(
+            "/api/devices/{id}/proxy/",
+            ANY_METHODS,
+            any(proxy::forward_root),
+        ),
+        route(
+            "/api/devices/{id}/proxy/{*path}",
+            ANY_METHODS,
+            any(proxy::forward_path),
+        ),
+    ]
+}
+
+/// Build the application router from the route table.
 pub fn build_app(state: AppState) -> Router {
-    Router::new()
-        .route("/api/health", get(system::health))
-        .route("/api/ready", get(system::ready))
-        .route("/api/auth/login", get(auth_routes::login))
-        .route("/api/auth/callback", get(auth_routes::callback))
-        .route("/api/auth/me", get(auth_routes::me))
-        .route("/api/auth/logout", post(auth_routes::logout))
-        .route("/api/auth/sessions", get(auth_routes::list_sessions))
-        .route("/api/auth/sessions/{id}", delete(auth_routes::end_session))
-        .route("/api/devices/{id}/proxy/", any(proxy::forward_root))
-        .route("/api/devices/{id}/proxy/{*path}", any(proxy::forward_path))
+    route_table()
+        .into_iter()
+        .fold(Router::new(), |r, def| r.route(def.path, def.handler))
         .fallback(system::not_found)
         .with_state(state)
 }
