@@ -150,6 +150,29 @@ pub fn load_or_create_file(path: &std::path::Path) -> std::io::Result<Secret> {
     }
 }
 
+/// Write `secret` to `path` atomically (a 0600 temporary file renamed over
+/// the target), creating the directory when missing.
+pub fn write_file_atomic(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut file = opts.open(&tmp)?;
+    file.write_all(secret.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Read a secret from an existing file (surrounding whitespace trimmed).
 pub fn read_file(path: &std::path::Path) -> std::io::Result<Secret> {
     non_empty(std::fs::read_to_string(path)?, path)
@@ -186,6 +209,34 @@ mod file_tests {
                 .ok();
             assert_eq!(mode, Some(0o600));
         }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn atomic_write_replaces_with_a_private_file() {
+        let dir = std::env::temp_dir().join(format!("edge-secret-{}", uuid::Uuid::new_v4()));
+        let path = dir.join("nested/credential");
+        write_file_atomic(&path, "one").unwrap_or_else(|e| panic!("{e}"));
+        write_file_atomic(&path, "two").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            read_file(&path).ok().map(|s| s.expose().to_owned()),
+            Some("two".into())
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path)
+                .map(|m| m.permissions().mode() & 0o777)
+                .ok();
+            assert_eq!(mode, Some(0o600));
+        }
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap_or(&dir))
+                .map(|d| d.count())
+                .ok(),
+            Some(1),
+            "no temp file left"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }

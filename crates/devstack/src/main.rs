@@ -62,24 +62,9 @@ async fn write_credential(
     device: edge_core::DeviceId,
     credential: &Path,
 ) -> Result<()> {
-    use std::io::Write;
     let token = DeviceToken::generate();
     store.add_credential(device, &token.hash()).await?;
-    if let Some(dir) = credential.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = credential.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp)?;
-    f.write_all(token.expose().as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, credential)?;
+    edge_core::secret::write_file_atomic(credential, token.expose())?;
     Ok(())
 }
 
