@@ -121,6 +121,9 @@ pub struct Config {
     /// RESERVED (not used yet): scopes of the service client (comma-separated).
     #[arg(long, env = "API_SERVER_SERVICE_CLIENT_SCOPES", value_delimiter = ',')]
     pub service_client_scopes: Vec<String>,
+    /// Lifetime of a pairing code, in seconds.
+    #[arg(long, env = "API_SERVER_PAIRING_CODE_SECS", default_value_t = 600)]
+    pub pairing_code_secs: u64,
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(long, env = "EDGE_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
     pub drain_timeout_secs: u64,
@@ -139,6 +142,7 @@ pub struct Settings {
     pub session_lifetime: Duration,
     pub proxy_connect_timeout: Duration,
     pub proxy_first_byte_timeout: Duration,
+    pub pairing_code_lifetime: Duration,
 }
 
 impl Settings {
@@ -160,6 +164,7 @@ impl Settings {
             session_lifetime: Duration::from_secs(43_200),
             proxy_connect_timeout: Duration::from_secs(5),
             proxy_first_byte_timeout: Duration::from_secs(30),
+            pairing_code_lifetime: Duration::from_secs(600),
         })
     }
 }
@@ -246,6 +251,7 @@ impl Config {
         s.session_lifetime = Duration::from_secs(self.session_lifetime_secs.max(1));
         s.proxy_connect_timeout = Duration::from_secs(self.proxy_connect_timeout_secs.max(1));
         s.proxy_first_byte_timeout = Duration::from_secs(self.proxy_first_byte_timeout_secs.max(1));
+        s.pairing_code_lifetime = Duration::from_secs(self.pairing_code_secs.clamp(60, 86_400));
         Ok(s)
     }
 

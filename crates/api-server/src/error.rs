@@ -28,6 +28,10 @@ pub enum ApiError {
     LoginFailed(String),
     #[error("the identity provider is unavailable")]
     IdpUnavailable,
+    #[error("invalid, expired or already used pairing code")]
+    InvalidPairingCode,
+    #[error("too many failed attempts; retry later")]
+    RateLimited(u64),
     #[error("internal error")]
     Internal,
     #[error("configuration: {0}")]
@@ -47,6 +51,8 @@ impl ApiError {
             Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             Self::LoginFailed(_) => (StatusCode::BAD_REQUEST, "login_failed"),
             Self::IdpUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "idp_unavailable"),
+            Self::InvalidPairingCode => (StatusCode::BAD_REQUEST, "invalid_pairing_code"),
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Internal | Self::Config(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -55,7 +61,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        error_response(status, code, self.to_string())
+        let mut res = error_response(status, code, self.to_string());
+        if let Self::RateLimited(secs) = self {
+            res.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(secs.max(1)),
+            );
+        }
+        res
     }
 }
 

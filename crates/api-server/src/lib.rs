@@ -5,7 +5,9 @@
 
 pub mod auth_routes;
 pub mod config;
+pub mod devices;
 pub mod error;
+pub mod pairing;
 pub mod proxy;
 pub mod router;
 pub mod session;
@@ -79,6 +81,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ApiE
         cookies: CookieKeys::new(signing, retired),
         oidc: Arc::new(oidc),
         settings: Arc::new(settings),
+        pairing_limits: Arc::default(),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -152,7 +152,7 @@ async fn forward(
     }
 
     let mut outbound = http::Request::builder()
-        .method(parts.method)
+        .method(parts.method.clone())
         .uri(target)
         .version(Version::HTTP_11)
         .body(if upgrade.is_some() {
@@ -170,6 +170,24 @@ async fn forward(
     .await
     .map_err(|_| ApiError::RelayUnavailable)??;
 
+    state
+        .store
+        .audit(
+            user.id,
+            "remote_access_opened",
+            Some(&device.to_string()),
+            serde_json::json!({ "method": parts.method.as_str() }),
+        )
+        .await?;
+    let stream = Audited {
+        inner: stream,
+        to_device: 0,
+        from_device: 0,
+        started: std::time::Instant::now(),
+        store: state.store.clone(),
+        user: user.id,
+        device,
+    };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|_| ApiError::DeviceUnreachable)?;
@@ -216,6 +234,78 @@ async fn forward(
     *res.status_mut() = parts.status;
     *res.headers_mut() = end_to_end(&parts.headers, &[]);
     Ok(res)
+}
+
+/// The byte pipe of one remote-access session: counts bytes each way and
+/// records `remote_access_closed` when the session ends.
+struct Audited {
+    inner: directory::BoxStream,
+    to_device: u64,
+    from_device: u64,
+    started: std::time::Instant,
+    store: store::Store,
+    user: edge_core::UserId,
+    device: DeviceId,
+}
+
+impl tokio::io::AsyncRead for Audited {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.from_device += (buf.filled().len() - before) as u64;
+        res
+    }
+}
+
+impl tokio::io::AsyncWrite for Audited {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let res = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &res {
+            self.to_device += *n as u64;
+        }
+        res
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Drop for Audited {
+    fn drop(&mut self) {
+        let store = self.store.clone();
+        let (user, device) = (self.user, self.device.to_string());
+        let detail = serde_json::json!({
+            "bytes_to_device": self.to_device,
+            "bytes_from_device": self.from_device,
+            "duration_ms": self.started.elapsed().as_millis() as u64,
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(err) = store.audit(user, "remote_access_closed", Some(&device), detail).await {
+                    tracing::warn!(error = %err, "could not record the end of a remote-access session");
+                }
+            });
+        }
+    }
 }
 
 #[cfg(test)]

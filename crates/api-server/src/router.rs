@@ -4,19 +4,21 @@
 //! [`CurrentUser`](crate::session::CurrentUser) in their signature.
 
 use crate::state::AppState;
-use crate::{auth_routes, proxy, system};
+use crate::{auth_routes, devices, pairing, proxy, system};
 use axum::routing::{any, delete, get, post, MethodRouter};
 use axum::Router;
 use http::Method;
 
-/// Routes reachable without a session: health, readiness, and the two
-/// halves of the login (the callback's credential is the pending-login
-/// cookie plus the provider's code).
+/// Routes reachable without a session: health, readiness, the two halves
+/// of the login (the callback's credential is the pending-login cookie plus
+/// the provider's code), and the pairing exchange (the code is its
+/// credential).
 pub const PUBLIC_ROUTES: &[&str] = &[
     "/api/health",
     "/api/ready",
     "/api/auth/login",
     "/api/auth/callback",
+    "/api/pairing/exchange",
 ];
 
 /// Methods `any(...)` routes are checked with.
@@ -67,6 +69,36 @@ pub fn route_table() -> Vec<RouteDef> {
             &[M::DELETE],
             delete(auth_routes::end_session),
         ),
+        route(
+            "/api/pairing/codes",
+            &[M::GET, M::POST],
+            get(pairing::list_codes).post(pairing::create_code),
+        ),
+        route(
+            "/api/pairing/codes/{id}",
+            &[M::DELETE],
+            delete(pairing::cancel_code),
+        ),
+        route("/api/pairing/exchange", &[M::POST], post(pairing::exchange)),
+        route("/api/devices", &[M::GET], get(devices::list)),
+        route(
+            "/api/devices/{id}",
+            &[M::GET, M::PATCH, M::DELETE],
+            get(devices::get)
+                .patch(devices::update)
+                .delete(devices::delete),
+        ),
+        route(
+            "/api/devices/{id}/credential",
+            &[M::POST],
+            post(devices::rotate),
+        ),
+        route(
+            "/api/devices/{id}/disconnect",
+            &[M::POST],
+            post(devices::disconnect),
+        ),
+        route("/api/audit", &[M::GET], get(devices::audit)),
         route(
             "/api/devices/{id}/proxy/",
             ANY_METHODS,

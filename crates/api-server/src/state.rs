@@ -8,6 +8,23 @@ use directory::SessionView;
 use std::sync::Arc;
 use store::Store;
 
+/// Limits on failed pairing exchanges.
+pub struct PairingLimits {
+    pub per_address: edge_core::ratelimit::KeyedLimiter<std::net::IpAddr>,
+    pub global: edge_core::ratelimit::KeyedLimiter<()>,
+}
+
+impl Default for PairingLimits {
+    /// 10 failures per address, refilled one a minute; 100 overall,
+    /// refilled one a second.
+    fn default() -> Self {
+        Self {
+            per_address: edge_core::ratelimit::KeyedLimiter::new(10, 1.0 / 60.0),
+            global: edge_core::ratelimit::KeyedLimiter::new(100, 1.0),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
@@ -17,4 +34,5 @@ pub struct AppState {
     /// The OpenID Connect relying party: the only way users authenticate.
     pub oidc: Arc<OidcClient>,
     pub settings: Arc<Settings>,
+    pub pairing_limits: Arc<PairingLimits>,
 }

@@ -3,6 +3,7 @@
 
 pub mod error_body;
 pub mod ids;
+pub mod ratelimit;
 pub mod secret;
 pub mod serve;
 pub mod shutdown;

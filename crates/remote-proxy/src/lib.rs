@@ -6,7 +6,6 @@
 pub mod config;
 pub mod error;
 pub mod internal;
-pub mod limiter;
 pub mod registry;
 pub mod tunnel_listener;
 
@@ -30,7 +29,8 @@ pub struct Relay {
     pub directory: Arc<LocalDirectory>,
     pub limits: Limits,
     internal_secret: Secret,
-    limiter: limiter::ReconnectLimiter,
+    /// Per-device reconnect attempts: a burst, then one per second.
+    limiter: edge_core::ratelimit::KeyedLimiter<edge_core::DeviceId>,
     tunnel_slots: Arc<Semaphore>,
     tunnels: TaskTracker,
     shutdown: CancellationToken,
@@ -44,7 +44,7 @@ impl Relay {
             directory: Arc::new(LocalDirectory::new(node, limits.open_stream_timeout)),
             limits,
             internal_secret,
-            limiter: limiter::ReconnectLimiter::new(limits.reconnect_burst),
+            limiter: edge_core::ratelimit::KeyedLimiter::new(limits.reconnect_burst, 1.0),
             tunnel_slots: Arc::new(Semaphore::new(limits.max_tunnels)),
             tunnels: TaskTracker::new(),
             shutdown: CancellationToken::new(),

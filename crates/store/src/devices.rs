@@ -120,4 +120,99 @@ impl Store {
         .await?;
         Ok(done.rows_affected())
     }
+
+    /// A page of the caller's live devices, oldest first.
+    pub async fn devices_page(
+        &self,
+        owner: UserId,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Device>, StoreError> {
+        sqlx::query(
+            "SELECT * FROM devices WHERE owner_id = $1 AND revoked_at IS NULL ORDER BY created_at, id LIMIT $2 OFFSET $3",
+        )
+        .bind(owner.to_string())
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(device_from_row)
+        .collect()
+    }
+
+    /// Rename and/or relabel the caller's device; `None` when not theirs.
+    pub async fn update_device(
+        &self,
+        owner: UserId,
+        id: DeviceId,
+        name: Option<&str>,
+        labels: Option<&[String]>,
+    ) -> Result<Option<Device>, StoreError> {
+        let Some(current) = self.device(owner, id).await? else {
+            return Ok(None);
+        };
+        let labels = serde_json::to_string(labels.unwrap_or(&current.labels))
+            .map_err(|_| StoreError::Corrupt("labels".into()))?;
+        sqlx::query("UPDATE devices SET name = $1, labels = $2 WHERE id = $3 AND owner_id = $4 AND revoked_at IS NULL")
+            .bind(name.unwrap_or(&current.name))
+            .bind(labels)
+            .bind(id.to_string())
+            .bind(owner.to_string())
+            .execute(&self.pool)
+            .await?;
+        self.device(owner, id).await
+    }
+
+    /// Delete the caller's device: it is marked revoked together with all
+    /// its credentials. False when it is not theirs.
+    pub async fn delete_device(&self, owner: UserId, id: DeviceId) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("UPDATE devices SET revoked_at = $1 WHERE id = $2 AND owner_id = $3 AND revoked_at IS NULL")
+            .bind(now)
+            .bind(id.to_string())
+            .bind(owner.to_string())
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query("UPDATE device_credentials SET revoked_at = $1 WHERE device_id = $2 AND revoked_at IS NULL")
+            .bind(now)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Replace the caller's device credential: every old one is revoked and
+    /// `token_hash` becomes the only live one. False when not theirs.
+    pub async fn rotate_credential(
+        &self,
+        owner: UserId,
+        id: DeviceId,
+        token_hash: &str,
+    ) -> Result<bool, StoreError> {
+        if self.device(owner, id).await?.is_none() {
+            return Ok(false);
+        }
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE device_credentials SET revoked_at = $1 WHERE device_id = $2 AND revoked_at IS NULL")
+            .bind(now)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO device_credentials (token_hash, device_id, created_at) VALUES ($1, $2, $3)")
+            .bind(token_hash)
+            .bind(id.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
 }

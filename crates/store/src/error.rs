@@ -15,4 +15,6 @@ pub enum StoreError {
     Corrupt(String),
     #[error("not found")]
     NotFound,
+    #[error("injected fault")]
+    Injected,
 }

@@ -4,14 +4,18 @@
 //! migration set, embedded in the binary and applied on connect. Every query
 //! that reads a user-owned row takes the owner's `UserId`.
 
+mod audit;
 mod devices;
 mod error;
 mod model;
+mod pairing;
 mod sessions;
 mod users;
 
+pub use audit::AuditEvent;
 pub use error::StoreError;
 pub use model::{Device, DeviceAuth, NewDevice, SessionRecord, User};
+pub use pairing::{ExchangeError, PairingCode};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::AnyPool;
@@ -24,11 +28,22 @@ pub enum Backend {
     Postgres,
 }
 
+/// Faults a test can switch on through [`Store::faults`]; nothing outside
+/// the process (no configuration, no route) reaches them.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Make the exchange's "mark code used" step fail.
+    pub fail_mark_used: std::sync::atomic::AtomicBool,
+}
+
 /// Handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    faults: std::sync::Arc<Faults>,
+    /// Tie-breaker for audit events within one millisecond (per process).
+    audit_seq: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -84,7 +99,19 @@ impl Store {
         };
         migrator.run(&pool).await?;
         tracing::debug!(?backend, "store ready");
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            faults: Default::default(),
+            audit_seq: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(
+                edge_core::time::now_ms() * 1000,
+            )),
+        })
+    }
+
+    /// Fault switches for tests.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     pub fn backend(&self) -> Backend {

@@ -260,6 +260,7 @@ impl Stack {
             cookies: CookieKeys::new(CookieKey::new(Secret::random(32)).unwrap(), vec![]),
             oidc: Arc::new(oidc),
             settings: Arc::new(settings),
+            pairing_limits: Arc::default(),
         };
         tokio::spawn(edge_core::serve::serve(
             api,

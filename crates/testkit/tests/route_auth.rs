@@ -41,7 +41,8 @@ async fn the_public_list_is_exactly_what_it_should_be() {
             "/api/health",
             "/api/ready",
             "/api/auth/login",
-            "/api/auth/callback"
+            "/api/auth/callback",
+            "/api/pairing/exchange"
         ]
     );
     let paths: Vec<_> = route_table().iter().map(|r| r.path).collect();

@@ -1,0 +1,276 @@
+//! The caller's devices: list (with live status from the session directory,
+//! paginated), get, rename and relabel, delete (credential revoked, live
+//! tunnel closed), rotate the credential, disconnect the live session.
+//! Every store call is scoped by the caller's id; another user's device is
+//! a 404 byte-identical to a missing one.
+//!
+//! Rotation returns the new credential once and closes the live tunnel (the
+//! old credential is revoked at once). The owner installs the new credential
+//! on the box (the agent reads it from its credential file) or re-pairs.
+
+use crate::error::ApiError;
+use crate::session::CurrentUser;
+use crate::state::AppState;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use directory::SessionSummary;
+use edge_core::{DeviceId, DeviceToken};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use store::Device;
+
+/// `?limit=&offset=` on list routes (limit 1..=200, default 50).
+#[derive(Deserialize)]
+pub struct Page {
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+impl Page {
+    pub fn bounds(&self) -> (i64, i64) {
+        (
+            self.limit.unwrap_or(50).clamp(1, 200),
+            self.offset.unwrap_or(0).max(0),
+        )
+    }
+}
+
+#[derive(Serialize)]
+pub struct DeviceView {
+    id: String,
+    name: String,
+    labels: Vec<String>,
+    model: Option<String>,
+    serial: Option<String>,
+    agent_version: Option<String>,
+    created_at: i64,
+    /// `online`, `offline`, or `unknown` when the relay cannot be asked.
+    status: &'static str,
+    connected_since: Option<i64>,
+    last_heard_from: Option<i64>,
+}
+
+fn view(d: Device, live: Option<Option<&SessionSummary>>) -> DeviceView {
+    let (status, since, heard) = match live {
+        None => ("unknown", None, None),
+        Some(None) => ("offline", None, None),
+        Some(Some(s)) => ("online", Some(s.connected_since), Some(s.last_heard_from)),
+    };
+    DeviceView {
+        id: d.id.to_string(),
+        name: d.name,
+        labels: d.labels,
+        model: d.model,
+        serial: d.serial,
+        agent_version: d.agent_version,
+        created_at: d.created_at,
+        status,
+        connected_since: since,
+        last_heard_from: heard,
+    }
+}
+
+fn parse(id: &str) -> Result<DeviceId, ApiError> {
+    id.parse().map_err(|_| ApiError::NotFound)
+}
+
+async fn owned(state: &AppState, user: &CurrentUser, id: &str) -> Result<Device, ApiError> {
+    state
+        .store
+        .device(user.id, parse(id)?)
+        .await?
+        .ok_or(ApiError::NotFound)
+}
+
+pub async fn list(
+    user: CurrentUser,
+    State(state): State<AppState>,
+    Query(page): Query<Page>,
+) -> Result<Json<Vec<DeviceView>>, ApiError> {
+    let (limit, offset) = page.bounds();
+    let devices = state.store.devices_page(user.id, limit, offset).await?;
+    let live: Option<HashMap<DeviceId, SessionSummary>> = match state.directory.list().await {
+        Ok(all) => Some(
+            all.into_iter()
+                .filter(|s| s.owner_id == user.id)
+                .map(|s| (s.device_id, s))
+                .collect(),
+        ),
+        Err(err) => {
+            tracing::warn!(error = %err, "device status unavailable");
+            None
+        }
+    };
+    Ok(Json(
+        devices
+            .into_iter()
+            .map(|d| {
+                let status = live.as_ref().map(|m| m.get(&d.id));
+                view(d, status)
+            })
+            .collect(),
+    ))
+}
+
+pub async fn get(
+    user: CurrentUser,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceView>, ApiError> {
+    let device = owned(&state, &user, &id).await?;
+    let live = state.directory.lookup(device.id).await.ok();
+    let live_ref = live.as_ref().map(|o| o.as_ref());
+    Ok(Json(view(device, live_ref)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePatch {
+    name: Option<String>,
+    labels: Option<Vec<String>>,
+}
+
+pub async fn update(
+    user: CurrentUser,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(patch): Json<DevicePatch>,
+) -> Result<Json<DeviceView>, ApiError> {
+    let before = owned(&state, &user, &id).await?;
+    let name = patch.name.as_deref().map(str::trim);
+    if name.is_some_and(|n| n.is_empty() || n.chars().count() > 100) {
+        return Err(ApiError::BadRequest(
+            "name must be 1 to 100 characters".into(),
+        ));
+    }
+    if let Some(labels) = &patch.labels {
+        if labels.len() > 20
+            || labels
+                .iter()
+                .any(|l| l.trim().is_empty() || l.chars().count() > 40)
+        {
+            return Err(ApiError::BadRequest(
+                "up to 20 labels of 1 to 40 characters".into(),
+            ));
+        }
+    }
+    let after = state
+        .store
+        .update_device(user.id, before.id, name, patch.labels.as_deref())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let target = after.id.to_string();
+    if after.name != before.name {
+        state
+            .store
+            .audit(
+                user.id,
+                "device_renamed",
+                Some(&target),
+                serde_json::json!({ "from": before.name, "to": after.name }),
+            )
+            .await?;
+    }
+    if after.labels != before.labels {
+        state
+            .store
+            .audit(
+                user.id,
+                "device_labels_changed",
+                Some(&target),
+                serde_json::json!({ "labels": after.labels }),
+            )
+            .await?;
+    }
+    let live = state.directory.lookup(after.id).await.ok();
+    let live_ref = live.as_ref().map(|o| o.as_ref());
+    Ok(Json(view(after, live_ref)))
+}
+
+/// Close the device's live tunnel, if any; the relay being down is logged
+/// (its sessions are gone with it).
+async fn close_tunnel(state: &AppState, device: DeviceId) -> bool {
+    match state.directory.close(device).await {
+        Ok(closed) => closed,
+        Err(err) => {
+            tracing::warn!(%device, error = %err, "could not close the live tunnel");
+            false
+        }
+    }
+}
+
+pub async fn delete(
+    user: CurrentUser,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let device = parse(&id)?;
+    if !state.store.delete_device(user.id, device).await? {
+        return Err(ApiError::NotFound);
+    }
+    close_tunnel(&state, device).await;
+    state
+        .store
+        .audit(user.id, "device_deleted", Some(&id), serde_json::json!({}))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+pub struct Rotated {
+    device_id: String,
+    /// The new credential, shown once.
+    credential: String,
+}
+
+pub async fn rotate(
+    user: CurrentUser,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Rotated>, ApiError> {
+    let device = parse(&id)?;
+    let token = DeviceToken::generate();
+    if !state
+        .store
+        .rotate_credential(user.id, device, &token.hash())
+        .await?
+    {
+        return Err(ApiError::NotFound);
+    }
+    close_tunnel(&state, device).await;
+    state
+        .store
+        .audit(
+            user.id,
+            "credential_rotated",
+            Some(&id),
+            serde_json::json!({}),
+        )
+        .await?;
+    Ok(Json(Rotated {
+        device_id: id,
+        credential: token.expose().to_owned(),
+    }))
+}
+
+pub async fn disconnect(
+    user: CurrentUser,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let device = owned(&state, &user, &id).await?;
+    let closed = state.directory.close(device.id).await?;
+    Ok(Json(serde_json::json!({ "disconnected": closed })))
+}
+
+pub async fn audit(
+    user: CurrentUser,
+    State(state): State<AppState>,
+    Query(page): Query<Page>,
+) -> Result<Json<Vec<store::AuditEvent>>, ApiError> {
+    let (limit, offset) = page.bounds();
+    Ok(Json(
+        state.store.audit_events(user.id, limit, offset).await?,
+    ))
+}

@@ -1,0 +1,75 @@
+//! The append-only audit log. Events are only ever inserted; reads are by
+//! owner, newest first, paginated.
+
+use crate::{Store, StoreError};
+use edge_core::{time::now_ms, UserId};
+use serde::Serialize;
+use sqlx::Row;
+
+/// One audit event as its user sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEvent {
+    pub id: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub detail: serde_json::Value,
+    pub created_at: i64,
+}
+
+impl Store {
+    /// Append an event for `user`.
+    pub async fn audit(
+        &self,
+        user: UserId,
+        action: &str,
+        target: Option<&str>,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let seq = self
+            .audit_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        sqlx::query(
+            "INSERT INTO audit_events (id, seq, user_id, action, target, detail, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(uuid::Uuid::new_v4().simple().to_string())
+        .bind(seq)
+        .bind(user.to_string())
+        .bind(action)
+        .bind(target)
+        .bind(detail.to_string())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The user's events, newest first.
+    pub async fn audit_events(
+        &self,
+        user: UserId,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM audit_events WHERE user_id = $1 ORDER BY created_at DESC, seq DESC LIMIT $2 OFFSET $3",
+        )
+        .bind(user.to_string())
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let detail: String = r.try_get("detail")?;
+                Ok(AuditEvent {
+                    id: r.try_get("id")?,
+                    action: r.try_get("action")?,
+                    target: r.try_get("target")?,
+                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+}

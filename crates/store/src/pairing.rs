@@ -1,0 +1,187 @@
+//! Pairing codes and the pairing exchange. A code is stored as a hash, bound
+//! to its creator, single use. The exchange creates the device, stores its
+//! credential and marks the code used with one conditional update, all in
+//! one transaction: if marking fails for any reason nothing is kept.
+
+use crate::{parse_id, Device, NewDevice, Store, StoreError};
+use edge_core::{time::now_ms, DeviceId, UserId};
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use std::sync::atomic::Ordering;
+
+/// A pending pairing code as its owner sees it (never the code itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PairingCode {
+    pub id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+fn code_from_row(row: &AnyRow) -> Result<PairingCode, StoreError> {
+    Ok(PairingCode {
+        id: row.try_get("id")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+/// Why an exchange failed. Callers show one error for all but `Store`.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("no live pairing code matches")]
+    InvalidCode,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Store {
+    /// Store a new code (by hash) for `owner`.
+    pub async fn create_pairing_code(
+        &self,
+        owner: UserId,
+        code_hash: &str,
+        expires_at: i64,
+    ) -> Result<PairingCode, StoreError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO pairing_codes (id, code_hash, owner_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&id)
+        .bind(code_hash)
+        .bind(owner.to_string())
+        .bind(now)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(PairingCode {
+            id,
+            created_at: now,
+            expires_at,
+        })
+    }
+
+    /// The owner's codes that can still be used, newest first.
+    pub async fn pending_pairing_codes(
+        &self,
+        owner: UserId,
+        now: i64,
+    ) -> Result<Vec<PairingCode>, StoreError> {
+        sqlx::query(
+            "SELECT * FROM pairing_codes WHERE owner_id = $1 AND used_at IS NULL AND cancelled_at IS NULL
+             AND expires_at > $2 ORDER BY created_at DESC, id",
+        )
+        .bind(owner.to_string())
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(code_from_row)
+        .collect()
+    }
+
+    /// Cancel one of the owner's pending codes; false when there is none.
+    pub async fn cancel_pairing_code(&self, owner: UserId, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE pairing_codes SET cancelled_at = $1
+             WHERE id = $2 AND owner_id = $3 AND used_at IS NULL AND cancelled_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .bind(owner.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Exchange a live code for a new device owned by the code's creator,
+    /// with `token_hash` as its credential. One transaction: the device and
+    /// credential exist only if the conditional "mark used" succeeded.
+    pub async fn exchange_pairing_code(
+        &self,
+        code_hash: &str,
+        new: &NewDevice,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<(Device, String), ExchangeError> {
+        let row = sqlx::query(
+            "SELECT id, owner_id FROM pairing_codes WHERE code_hash = $1 AND used_at IS NULL
+             AND cancelled_at IS NULL AND expires_at > $2",
+        )
+        .bind(code_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from)?
+        .ok_or(ExchangeError::InvalidCode)?;
+        let code_id: String = row.try_get("id").map_err(StoreError::from)?;
+        let owner: UserId = parse_id(&row, "owner_id")?;
+        let device = DeviceId::new();
+
+        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        sqlx::query(
+            "INSERT INTO devices (id, owner_id, name, labels, model, serial, agent_version, created_at)
+             VALUES ($1, $2, $3, '[]', $4, $5, $6, $7)",
+        )
+        .bind(device.to_string())
+        .bind(owner.to_string())
+        .bind(&new.name)
+        .bind(new.model.as_deref())
+        .bind(new.serial.as_deref())
+        .bind(new.agent_version.as_deref())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        sqlx::query("INSERT INTO device_credentials (token_hash, device_id, created_at) VALUES ($1, $2, $3)")
+            .bind(token_hash)
+            .bind(device.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        let marked = if self.faults.fail_mark_used.load(Ordering::SeqCst) {
+            Err(StoreError::Injected)
+        } else {
+            sqlx::query(
+                "UPDATE pairing_codes SET used_at = $1, device_id = $2
+                 WHERE id = $3 AND used_at IS NULL AND cancelled_at IS NULL AND expires_at > $1",
+            )
+            .bind(now)
+            .bind(device.to_string())
+            .bind(&code_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)
+            .map(|d| d.rows_affected())
+        };
+        match marked {
+            Ok(1) => {
+                tx.commit().await.map_err(StoreError::from)?;
+            }
+            Ok(_) => {
+                tx.rollback().await.map_err(StoreError::from)?;
+                return Err(ExchangeError::InvalidCode);
+            }
+            Err(err) => {
+                // Roll back; should the connection be gone, the transaction
+                // dies with it. Revoke by hash too, in case anything stuck.
+                let _ = tx.rollback().await;
+                let _ = sqlx::query(
+                    "UPDATE device_credentials SET revoked_at = $1 WHERE token_hash = $2",
+                )
+                .bind(now)
+                .bind(token_hash)
+                .execute(&self.pool)
+                .await;
+                return Err(err.into());
+            }
+        }
+        let dev = self
+            .device(owner, device)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Ok((dev, code_id))
+    }
+}
