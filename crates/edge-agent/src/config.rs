@@ -20,6 +20,37 @@ pub struct Cli {
 pub enum Command {
     /// Connect to the relay and serve streams until stopped.
     Run(RunArgs),
+    /// Pair this box with a user's account using a one-time pairing code.
+    Pair(PairArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PairArgs {
+    /// The api-server's base URL (e.g. https://cloud.example.com).
+    #[arg(long, env = "EDGE_AGENT_SERVER")]
+    pub server: String,
+    /// The pairing code shown in the console (XXXXX-XXXXX).
+    #[arg(long)]
+    pub code: String,
+    /// Name this box reports (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Model this box reports.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Serial number this box reports.
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// Where to write the credential (mode 0600).
+    #[arg(
+        long,
+        env = "EDGE_AGENT_CREDENTIAL_FILE",
+        default_value = "data/agent/credential"
+    )]
+    pub credential_file: PathBuf,
+    /// Replace an existing credential file.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod pair;
 
 use backoff::Backoff;
 use config::{AgentSettings, Cli, Command};
@@ -24,6 +25,8 @@ pub enum AgentError {
     Config(String),
     #[error("credential: {0}")]
     Credential(String),
+    #[error("pairing failed: {0}")]
+    Pairing(String),
 }
 
 /// Dispatch a parsed command line.
@@ -33,6 +36,14 @@ pub async fn main_command(cli: Cli, shutdown: CancellationToken) -> Result<(), A
             let settings = args.settings()?;
             let token = load_credential(&args.credential_file)?;
             run(settings, token, shutdown).await;
+            Ok(())
+        }
+        Command::Pair(args) => {
+            let device = pair::pair(&args).await?;
+            println!(
+                "paired: this box is device {device}; credential saved to {}",
+                args.credential_file.display()
+            );
             Ok(())
         }
     }

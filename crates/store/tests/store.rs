@@ -213,3 +213,82 @@ async fn reconnecting_keeps_data_and_migrations_are_idempotent() {
     assert_eq!(s2.user(u.id).await.ok().flatten().map(|x| x.id), Some(u.id));
     assert!(Store::connect("mysql://nope").await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_exchanges_of_one_code_make_one_device_and_faults_keep_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for store in backends(dir.path()).await {
+        let owner = store
+            .upsert_user("iss", "pairer", None, None)
+            .await
+            .unwrap();
+        let now = edge_core::time::now_ms();
+        store
+            .create_pairing_code(owner.id, "code-hash", now + 600_000)
+            .await
+            .unwrap();
+        let new = NewDevice {
+            name: "box".into(),
+            ..Default::default()
+        };
+        let attempts = (0..50).map(|i| {
+            let store = store.clone();
+            let new = new.clone();
+            async move {
+                store
+                    .exchange_pairing_code("code-hash", &new, &format!("token-{i}"), now)
+                    .await
+            }
+        });
+        let results = futures_util::future::join_all(attempts).await;
+        let ok: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(
+            ok.len(),
+            1,
+            "{:?}: {:?}",
+            store.backend(),
+            results
+                .iter()
+                .filter_map(|r| r.as_ref().err())
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Ok(_) | Err(store::ExchangeError::InvalidCode))),
+            "{:?}",
+            store.backend()
+        );
+        assert_eq!(store.devices(owner.id).await.unwrap().len(), 1);
+
+        // A fault while marking the code used keeps neither device nor credential.
+        store
+            .create_pairing_code(owner.id, "code-2", now + 600_000)
+            .await
+            .unwrap();
+        store
+            .faults()
+            .fail_mark_used
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(store
+            .exchange_pairing_code("code-2", &new, "faulty-token", now)
+            .await
+            .is_err());
+        store
+            .faults()
+            .fail_mark_used
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            store.devices(owner.id).await.unwrap().len(),
+            1,
+            "{:?}",
+            store.backend()
+        );
+        assert!(store
+            .authenticate_device("faulty-token")
+            .await
+            .unwrap()
+            .is_none());
+    }
+}

@@ -1,0 +1,306 @@
+//! The devices API with live status, and strict tenant isolation: for every
+//! route in the route table that takes an object id, another user's object
+//! is a 404 byte-identical to a missing one, and the object is unchanged.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use api_server::router::{route_table, PUBLIC_ROUTES};
+use testkit::{within, Stack, TestUser};
+
+fn req(
+    stack: &Stack,
+    user: &TestUser,
+    method: reqwest::Method,
+    path: &str,
+) -> reqwest::RequestBuilder {
+    stack
+        .http
+        .request(method, stack.api(path))
+        .header("cookie", &user.cookie)
+        .header("x-csrf", "1")
+}
+
+async fn body(res: reqwest::Response) -> serde_json::Value {
+    res.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_shows_live_status_and_edits_stick() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let on = stack.device(alice.id).await;
+    let off = stack.device(alice.id).await;
+    let _agent = stack.agent(&on);
+    stack.wait_online(on.id).await;
+
+    let list = body(
+        req(&stack, &alice, reqwest::Method::GET, "/api/devices")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let status = |id: edge_core::DeviceId| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id.to_string())
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(status(on.id), "online");
+    assert_eq!(status(off.id), "offline");
+    let page = body(
+        req(
+            &stack,
+            &alice,
+            reqwest::Method::GET,
+            "/api/devices?limit=1&offset=1",
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(page.as_array().map(Vec::len), Some(1));
+
+    let path = format!("/api/devices/{}", on.id);
+    let patched = req(&stack, &alice, reqwest::Method::PATCH, &path)
+        .json(&serde_json::json!({ "name": "front door", "labels": ["site-a", "door"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    let got = body(
+        req(&stack, &alice, reqwest::Method::GET, &path)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (
+            got["name"].clone(),
+            got["labels"].clone(),
+            got["status"].clone()
+        ),
+        (
+            "front door".into(),
+            serde_json::json!(["site-a", "door"]),
+            "online".into()
+        )
+    );
+    let bad = req(&stack, &alice, reqwest::Method::PATCH, &path)
+        .json(&serde_json::json!({ "name": "" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_closes_the_tunnel_within_a_second_and_refuses_the_credential() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let dev = stack.device(alice.id).await;
+    let mut ws = stack.dial_raw(&dev.token).await.unwrap();
+    stack.wait_online(dev.id).await;
+    let started = std::time::Instant::now();
+    let res = req(
+        &stack,
+        &alice,
+        reqwest::Method::DELETE,
+        &format!("/api/devices/{}", dev.id),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 204);
+    stack.wait_offline(dev.id).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    use futures_util::StreamExt;
+    loop {
+        match within("tunnel closed", ws.next()).await {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) | None | Some(Err(_)) => {
+                break
+            }
+            _ => {}
+        }
+    }
+    assert!(matches!(
+        stack.dial_raw(&dev.token).await,
+        Err(tunnel::dial::DialError::Refused { status: 401, .. })
+    ));
+    let list = body(
+        req(&stack, &alice, reqwest::Method::GET, "/api/devices")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(list.as_array().map(Vec::len), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_revokes_the_old_credential_and_the_new_one_works() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let dev = stack.device(alice.id).await;
+    let _ws = stack.dial_raw(&dev.token).await.unwrap();
+    stack.wait_online(dev.id).await;
+    let res = req(
+        &stack,
+        &alice,
+        reqwest::Method::POST,
+        &format!("/api/devices/{}/credential", dev.id),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    let new = edge_core::DeviceToken::from_secret(edge_core::Secret::new(
+        body(res).await["credential"].as_str().unwrap(),
+    ));
+    stack.wait_offline(dev.id).await;
+    assert!(matches!(
+        stack.dial_raw(&dev.token).await,
+        Err(tunnel::dial::DialError::Refused { status: 401, .. })
+    ));
+    let _ws2 = stack.dial_raw(&new).await.unwrap();
+    stack.wait_online(dev.id).await;
+    let res = req(
+        &stack,
+        &alice,
+        reqwest::Method::POST,
+        &format!("/api/devices/{}/disconnect", dev.id),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(body(res).await["disconnected"], true);
+    stack.wait_offline(dev.id).await;
+}
+
+/// Concrete URL for `pattern`, with `{id}` replaced and `{*path}` filled.
+fn fill(pattern: &str, id: &str) -> String {
+    pattern.replace("{id}", id).replace("{*path}", "api/info")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_objects_are_indistinguishable_from_missing_ones() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let bob = stack.user("bob").await;
+    let dev = stack.device(alice.id).await;
+    let _agent = stack.agent(&dev);
+    stack.wait_online(dev.id).await;
+    let code = body(
+        req(&stack, &alice, reqwest::Method::POST, "/api/pairing/codes")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let code_id = code["id"].as_str().unwrap().to_owned();
+    let sessions = body(
+        req(&stack, &alice, reqwest::Method::GET, "/api/auth/sessions")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let session_id = sessions[0]["id"].as_str().unwrap().to_owned();
+
+    // Which of alice's objects each id-taking route names.
+    let object_for = |path: &str| -> (String, String) {
+        if path.starts_with("/api/devices/") {
+            (dev.id.to_string(), edge_core::DeviceId::new().to_string())
+        } else if path.starts_with("/api/pairing/codes/") {
+            (code_id.clone(), "0123456789abcdef0123456789abcdef".into())
+        } else if path.starts_with("/api/auth/sessions/") {
+            (session_id.clone(), "0123456789abcdef01234567".into())
+        } else {
+            panic!("route {path} takes an id but the matrix does not know its object: add it");
+        }
+    };
+
+    let mut checked = 0;
+    for route in route_table() {
+        if !route.path.contains("{id}") || PUBLIC_ROUTES.contains(&route.path) {
+            continue;
+        }
+        let (theirs, missing) = object_for(route.path);
+        for method in route.methods {
+            let send = |id: &str| {
+                req(&stack, &bob, method.clone(), &fill(route.path, id))
+                    .json(&serde_json::json!({ "name": "pwned", "labels": ["x"] }))
+                    .send()
+            };
+            let a = send(&theirs).await.unwrap();
+            let b = send(&missing).await.unwrap();
+            assert_eq!(a.status(), 404, "{method} {} on alice's object", route.path);
+            assert_eq!(
+                b.status(),
+                404,
+                "{method} {} on a missing object",
+                route.path
+            );
+            assert_eq!(
+                a.bytes().await.unwrap(),
+                b.bytes().await.unwrap(),
+                "{method} {}",
+                route.path
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "only {checked} route/method pairs checked");
+
+    // Alice's objects are unchanged.
+    let d = stack.store.device(alice.id, dev.id).await.unwrap().unwrap();
+    assert_eq!((d.name.as_str(), d.labels.len()), ("box", 0));
+    assert!(
+        stack.relay().directory.connection_of(dev.id).is_some(),
+        "still connected"
+    );
+    let pending = body(
+        req(&stack, &alice, reqwest::Method::GET, "/api/pairing/codes")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(pending.as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        req(&stack, &alice, reqwest::Method::GET, "/api/auth/me")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let alice_audit = body(
+        req(&stack, &alice, reqwest::Method::GET, "/api/audit")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(alice_audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["action"] != "device_renamed"));
+    let bob_audit = body(
+        req(&stack, &bob, reqwest::Method::GET, "/api/audit")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(bob_audit.as_array().unwrap().is_empty(), "{bob_audit}");
+}
