@@ -125,6 +125,15 @@ pub async fn callback(
         state.store.delete_session(&old).await?;
     }
     let session_cookie = start_session(&state, user.id).await?;
+    state
+        .store
+        .audit(
+            user.id,
+            "login",
+            None,
+            serde_json::json!({ "issuer": identity.issuer }),
+        )
+        .await?;
     tracing::info!(user = %user.id, "user logged in");
     let return_to = if is_local_path(&pending.return_to) {
         pending.return_to
@@ -164,6 +173,10 @@ pub async fn logout(
     State(state): State<AppState>,
 ) -> Result<Response, ApiError> {
     state.store.delete_session(&user.session_hash).await?;
+    state
+        .store
+        .audit(user.id, "logout", None, serde_json::json!({}))
+        .await?;
     let secure = state.settings.cookie_secure;
     let end_session_url = state.oidc.end_session_url().await;
     let mut res = Json(serde_json::json!({ "end_session_url": end_session_url })).into_response();
