@@ -370,6 +370,14 @@ impl Stack {
         AgentHandle { cancel, task }
     }
 
+    /// A device owned by `owner` with an in-process agent, online.
+    pub async fn online_device(&self, owner: UserId) -> (TestDevice, AgentHandle) {
+        let dev = self.device(owner).await;
+        let agent = self.agent(&dev);
+        self.wait_online(dev.id).await;
+        (dev, agent)
+    }
+
     /// Wait until `device` has a session on the relay.
     pub async fn wait_online(&self, device: DeviceId) {
         let dir = self.relay().directory.clone();

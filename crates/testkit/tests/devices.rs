@@ -195,9 +195,7 @@ async fn another_tenants_objects_are_indistinguishable_from_missing_ones() {
     let stack = Stack::start().await;
     let alice = stack.user("alice").await;
     let bob = stack.user("bob").await;
-    let dev = stack.device(alice.id).await;
-    let _agent = stack.agent(&dev);
-    stack.wait_online(dev.id).await;
+    let (dev, _agent) = stack.online_device(alice.id).await;
     let code = body(
         req(&stack, &alice, reqwest::Method::POST, "/api/pairing/codes")
             .send()

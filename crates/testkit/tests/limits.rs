@@ -60,9 +60,7 @@ async fn a_client_that_never_sends_its_request_is_disconnected() {
 async fn a_session_carries_at_most_its_stream_limit() {
     let stack = Stack::start_with(tight()).await;
     let owner = stack.user("owner").await;
-    let dev = stack.device(owner.id).await;
-    let _agent = stack.agent(&dev);
-    stack.wait_online(dev.id).await;
+    let (dev, _agent) = stack.online_device(owner.id).await;
     let dir = stack.relay().directory.clone();
     let a = dir.open_stream(dev.id).await.unwrap();
     let b = dir.open_stream(dev.id).await.unwrap();

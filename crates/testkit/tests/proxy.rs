@@ -10,9 +10,7 @@ const MIB64: u64 = 64 << 20;
 async fn requests_reach_the_box_and_come_back() {
     let stack = Stack::start().await;
     let alice = stack.user("alice").await;
-    let dev = stack.device(alice.id).await;
-    let agent = stack.agent(&dev);
-    stack.wait_online(dev.id).await;
+    let (dev, agent) = stack.online_device(alice.id).await;
 
     let info = checks::info(&stack, &alice, dev.id).await;
     assert_eq!(info["model"], "SIM-1");
@@ -32,9 +30,7 @@ async fn requests_reach_the_box_and_come_back() {
 async fn large_download_and_upload_keep_their_sha256() {
     let stack = Stack::start().await;
     let alice = stack.user("alice").await;
-    let dev = stack.device(alice.id).await;
-    let _agent = stack.agent(&dev);
-    stack.wait_online(dev.id).await;
+    let (dev, _agent) = stack.online_device(alice.id).await;
     let expected = sim_box::pattern_sha256(MIB64);
 
     assert_eq!(
@@ -51,9 +47,7 @@ async fn large_download_and_upload_keep_their_sha256() {
 async fn websocket_echo_passes_through() {
     let stack = Stack::start().await;
     let alice = stack.user("alice").await;
-    let dev = stack.device(alice.id).await;
-    let _agent = stack.agent(&dev);
-    stack.wait_online(dev.id).await;
+    let (dev, _agent) = stack.online_device(alice.id).await;
     checks::ws_echo(&stack, &alice, dev.id).await;
 }
 
@@ -61,9 +55,7 @@ async fn websocket_echo_passes_through() {
 async fn hundred_concurrent_requests_all_succeed() {
     let stack = Stack::start().await;
     let alice = stack.user("alice").await;
-    let dev = stack.device(alice.id).await;
-    let _agent = stack.agent(&dev);
-    stack.wait_online(dev.id).await;
+    let (dev, _agent) = stack.online_device(alice.id).await;
     assert_eq!(checks::concurrent(&stack, &alice, dev.id, 100).await, 100);
 }
 
@@ -71,9 +63,7 @@ async fn hundred_concurrent_requests_all_succeed() {
 async fn caller_credentials_never_reach_the_box() {
     let stack = Stack::start().await;
     let alice = stack.user("alice").await;
-    let dev = stack.device(alice.id).await;
-    let _agent = stack.agent(&dev);
-    stack.wait_online(dev.id).await;
+    let (dev, _agent) = stack.online_device(alice.id).await;
 
     let res = stack
         .http
@@ -111,9 +101,7 @@ async fn proxy_needs_a_session_and_hides_other_tenants_devices() {
     let stack = Stack::start().await;
     let alice = stack.user("alice").await;
     let bob = stack.user("bob").await;
-    let dev = stack.device(alice.id).await;
-    let _agent = stack.agent(&dev);
-    stack.wait_online(dev.id).await;
+    let (dev, _agent) = stack.online_device(alice.id).await;
     let url = stack.proxy_url(dev.id, "/api/info");
 
     let anon = stack.http.get(&url).send().await.unwrap();
@@ -190,9 +178,7 @@ async fn offline_device_is_503_and_dead_relay_is_502_promptly() {
 async fn shutdown_lets_in_flight_requests_finish() {
     let stack = Stack::start().await;
     let alice = stack.user("alice").await;
-    let dev = stack.device(alice.id).await;
-    let _agent = stack.agent(&dev);
-    stack.wait_online(dev.id).await;
+    let (dev, _agent) = stack.online_device(alice.id).await;
 
     // A second api-server instance on its own port, so only it shuts down.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -39,9 +39,7 @@ async fn healthy_neighbour(
     stack: &Stack,
 ) -> (testkit::TestUser, testkit::TestDevice, testkit::AgentHandle) {
     let user = stack.user("neighbour").await;
-    let dev = stack.device(user.id).await;
-    let agent = stack.agent(&dev);
-    stack.wait_online(dev.id).await;
+    let (dev, agent) = stack.online_device(user.id).await;
     (user, dev, agent)
 }
 
