@@ -156,6 +156,7 @@ async fn upload(client: &reqwest::Client, url: &str, cookie: &str, n: u64) -> Re
     let res = client
         .post(url)
         .header("cookie", cookie)
+        .header("x-csrf", "1")
         .body(reqwest::Body::wrap_stream(body))
         .send()
         .await?;
