@@ -255,6 +255,12 @@ impl Config {
         Ok(s)
     }
 
+    pub fn internal_secret_path(&self) -> PathBuf {
+        self.internal_secret_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("internal-secret"))
+    }
+
     pub fn database_url(&self) -> String {
         self.database_url
             .clone()

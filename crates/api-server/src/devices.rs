@@ -71,6 +71,12 @@ fn view(d: Device, live: Option<Option<&SessionSummary>>) -> DeviceView {
     }
 }
 
+/// One device's view with its status asked of the directory.
+async fn view_live(state: &AppState, d: Device) -> DeviceView {
+    let live = state.directory.lookup(d.id).await.ok();
+    view(d, live.as_ref().map(|o| o.as_ref()))
+}
+
 fn parse(id: &str) -> Result<DeviceId, ApiError> {
     id.parse().map_err(|_| ApiError::NotFound)
 }
@@ -119,9 +125,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<DeviceView>, ApiError> {
     let device = owned(&state, &user, &id).await?;
-    let live = state.directory.lookup(device.id).await.ok();
-    let live_ref = live.as_ref().map(|o| o.as_ref());
-    Ok(Json(view(device, live_ref)))
+    Ok(Json(view_live(&state, device).await))
 }
 
 #[derive(Deserialize)]
@@ -183,9 +187,7 @@ pub async fn update(
             )
             .await?;
     }
-    let live = state.directory.lookup(after.id).await.ok();
-    let live_ref = live.as_ref().map(|o| o.as_ref());
-    Ok(Json(view(after, live_ref)))
+    Ok(Json(view_live(&state, after).await))
 }
 
 /// Close the device's live tunnel, if any; the relay being down is logged

@@ -21,7 +21,6 @@ use auth::{CookieKey, CookieKeys};
 use config::Config;
 use directory::{NodeId, RelayDirectory, StaticNode};
 use edge_core::serve::{serve, ServeOptions};
-use edge_core::Secret;
 use error::ApiError;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,17 +33,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ApiE
     let store = Store::connect(&config.database_url())
         .await
         .map_err(|e| ApiError::Config(format!("database: {e}")))?;
-    let internal_secret = match std::env::var("EDGE_INTERNAL_SECRET") {
-        Ok(s) if !s.is_empty() => Secret::new(s),
-        _ => {
-            let path = config
-                .internal_secret_file
-                .clone()
-                .unwrap_or_else(|| config.data_dir.join("internal-secret"));
-            edge_core::secret::load_or_create_file(&path)
-                .map_err(|e| ApiError::Config(format!("internal secret: {e}")))?
-        }
-    };
+    let internal_secret = edge_core::secret::internal_secret(&config.internal_secret_path())
+        .map_err(|e| ApiError::Config(format!("internal secret: {e}")))?;
     let key_path = config
         .session_key_file
         .clone()

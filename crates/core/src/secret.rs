@@ -117,6 +117,16 @@ mod tests {
     }
 }
 
+/// The relay's internal-API secret: `EDGE_INTERNAL_SECRET` when set,
+/// otherwise the file at `path` (created on first use), so an api-server and
+/// a relay sharing a data directory agree with no configuration.
+pub fn internal_secret(path: &std::path::Path) -> std::io::Result<Secret> {
+    match std::env::var("EDGE_INTERNAL_SECRET") {
+        Ok(s) if !s.is_empty() => Ok(Secret::new(s)),
+        _ => load_or_create_file(path),
+    }
+}
+
 /// Read a secret from `path`, creating it (mode 0600, 256 random bits) when
 /// it does not exist yet. Two processes racing to create it read one value.
 pub fn load_or_create_file(path: &std::path::Path) -> std::io::Result<Secret> {

@@ -116,11 +116,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     let store = Store::connect(&config.database_url())
         .await
         .map_err(|e| RelayError::Startup(e.to_string()))?;
-    let secret = match std::env::var("EDGE_INTERNAL_SECRET") {
-        Ok(s) if !s.is_empty() => Secret::new(s),
-        _ => edge_core::secret::load_or_create_file(&config.internal_secret_path())
-            .map_err(|e| RelayError::Startup(format!("internal secret: {e}")))?,
-    };
+    let secret = edge_core::secret::internal_secret(&config.internal_secret_path())
+        .map_err(|e| RelayError::Startup(format!("internal secret: {e}")))?;
     let tunnel = TcpListener::bind(config.tunnel_listen)
         .await
         .map_err(|e| RelayError::Startup(format!("bind {}: {e}", config.tunnel_listen)))?;
