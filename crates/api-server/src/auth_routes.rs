@@ -153,16 +153,44 @@ pub struct Me {
     name: Option<String>,
 }
 
-pub async fn me(user: CurrentUser, State(state): State<AppState>) -> Result<Json<Me>, ApiError> {
+async fn me_of(state: &AppState, user: &CurrentUser) -> Result<Me, ApiError> {
     let u = state
         .store
         .user(user.id)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
-    Ok(Json(Me {
+    Ok(Me {
         id: u.id.to_string(),
         email: u.email,
         name: u.name,
+    })
+}
+
+pub async fn me(user: CurrentUser, State(state): State<AppState>) -> Result<Json<Me>, ApiError> {
+    Ok(Json(me_of(&state, &user).await?))
+}
+
+#[derive(Serialize)]
+pub struct Status {
+    signed_in: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<Me>,
+}
+
+/// `GET /api/auth/status` (public): whether the caller is signed in, and as
+/// whom. The console asks this on load, so a signed-out visitor does not
+/// provoke a 401 (which the browser would log as an error).
+pub async fn status(
+    user: Option<CurrentUser>,
+    State(state): State<AppState>,
+) -> Result<Json<Status>, ApiError> {
+    let user = match user {
+        Some(u) => Some(me_of(&state, &u).await?),
+        None => None,
+    };
+    Ok(Json(Status {
+        signed_in: user.is_some(),
+        user,
     }))
 }
 

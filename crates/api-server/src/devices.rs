@@ -49,6 +49,9 @@ pub struct DeviceView {
     status: &'static str,
     connected_since: Option<i64>,
     last_heard_from: Option<i64>,
+    /// Last time the device was heard from: `last_heard_from` while online,
+    /// else when its tunnel last opened or closed (`None`: never connected).
+    last_seen_at: Option<i64>,
 }
 
 fn view(d: Device, live: Option<Option<&SessionSummary>>) -> DeviceView {
@@ -68,6 +71,7 @@ fn view(d: Device, live: Option<Option<&SessionSummary>>) -> DeviceView {
         status,
         connected_since: since,
         last_heard_from: heard,
+        last_seen_at: heard.or(d.last_seen_at),
     }
 }
 

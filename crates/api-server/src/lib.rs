@@ -5,6 +5,7 @@
 
 pub mod auth_routes;
 pub mod config;
+pub mod console;
 pub mod devices;
 pub mod error;
 pub mod pairing;
@@ -29,6 +30,19 @@ use tokio_util::sync::CancellationToken;
 
 /// Start the api-server from configuration and run it until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ApiError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ApiError::Config(format!("bind {}: {e}", config.listen)))?;
+    run_on(config, listener, shutdown).await
+}
+
+/// [`run`] on a listener the caller already bound (`config.listen` is not
+/// used), for launchers that pick ephemeral ports.
+pub async fn run_on(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ApiError> {
     let settings = config.settings()?;
     let store = Store::connect(&config.database_url())
         .await
@@ -73,10 +87,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ApiE
         settings: Arc::new(settings),
         pairing_limits: Arc::default(),
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| ApiError::Config(format!("bind {}: {e}", config.listen)))?;
-    tracing::info!(listen = %config.listen, relay = %config.relay_url, "api-server listening");
+    let listen = listener
+        .local_addr()
+        .map_err(|e| ApiError::Config(format!("listener: {e}")))?;
+    tracing::info!(%listen, relay = %config.relay_url, "api-server listening");
     let opts = ServeOptions {
         drain_timeout: Duration::from_secs(config.drain_timeout_secs),
         ..ServeOptions::default()

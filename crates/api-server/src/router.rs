@@ -4,18 +4,24 @@
 //! [`CurrentUser`](crate::session::CurrentUser) in their signature.
 
 use crate::state::AppState;
-use crate::{auth_routes, devices, pairing, proxy, system};
+use crate::{auth_routes, console, devices, pairing, proxy, system};
 use axum::routing::{any, delete, get, post, MethodRouter};
 use axum::Router;
 use http::Method;
 
-/// Routes reachable without a session: health, readiness, the two halves
-/// of the login (the callback's credential is the pending-login cookie plus
-/// the provider's code), and the pairing exchange (the code is its
-/// credential).
+/// Routes reachable without a session: the console's static files (they
+/// hold no data; the page asks the API, which checks the session), health,
+/// readiness, the two halves of the login (the callback's credential is the
+/// pending-login cookie plus the provider's code), and the pairing exchange
+/// (the code is its credential). `/api/auth/status` reads the session but
+/// answers `signed_in: false` instead of 401 and returns nothing else.
 pub const PUBLIC_ROUTES: &[&str] = &[
+    "/",
+    "/console/{file}",
+    "/favicon.ico",
     "/api/health",
     "/api/ready",
+    "/api/auth/status",
     "/api/auth/login",
     "/api/auth/callback",
     "/api/pairing/exchange",
@@ -53,8 +59,12 @@ fn route(
 pub fn route_table() -> Vec<RouteDef> {
     use Method as M;
     vec![
+        route("/", &[M::GET], get(console::index)),
+        route("/console/{file}", &[M::GET], get(console::asset)),
+        route("/favicon.ico", &[M::GET], get(console::favicon)),
         route("/api/health", &[M::GET], get(system::health)),
         route("/api/ready", &[M::GET], get(system::ready)),
+        route("/api/auth/status", &[M::GET], get(auth_routes::status)),
         route("/api/auth/login", &[M::GET], get(auth_routes::login)),
         route("/api/auth/callback", &[M::GET], get(auth_routes::callback)),
         route("/api/auth/me", &[M::GET], get(auth_routes::me)),

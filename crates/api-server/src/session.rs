@@ -14,7 +14,7 @@
 use crate::error::ApiError;
 use crate::state::AppState;
 use auth::SessionId;
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use edge_core::time::now_ms;
 use edge_core::UserId;
 use http::request::Parts;
@@ -147,6 +147,24 @@ impl FromRequestParts<AppState> for CurrentUser {
             id: record.user_id,
             session_hash: hash,
         })
+    }
+}
+
+/// `Option<CurrentUser>`: `None` when the request carries no live session
+/// (for the one public route that tells the console whether it is signed
+/// in); store errors and CSRF failures are still errors.
+impl OptionalFromRequestParts<AppState> for CurrentUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Option<Self>, ApiError> {
+        match <Self as FromRequestParts<AppState>>::from_request_parts(parts, state).await {
+            Ok(user) => Ok(Some(user)),
+            Err(ApiError::Unauthenticated) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 }
 

@@ -258,7 +258,7 @@ async fn authorize_page(State(idp): State<DevIdp>, Query(p): Query<AuthorizePara
         })
         .collect::<String>();
     Html(format!(
-        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Development sign-in</title>
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>Development sign-in</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2rem;color:#1b1b1b}}button{{margin:.3rem 0;padding:.5rem 1rem;font-size:1rem}}</style></head>
 <body><h1>Development OpenID Provider</h1><p><strong>For local development only.</strong> Choose a demo user:</p>
 <form method="post" action="authorize">{hidden}<ul>{buttons}</ul></form></body></html>"#
@@ -468,5 +468,5 @@ async fn token(
 }
 
 async fn end_session() -> Html<&'static str> {
-    Html("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Signed out</title></head><body><h1>Signed out</h1><p>You are signed out of the development provider.</p></body></html>")
+    Html("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><link rel=\"icon\" href=\"data:,\"><title>Signed out</title></head><body><h1>Signed out</h1><p>You are signed out of the development provider.</p></body></html>")
 }

@@ -1,71 +1,60 @@
 //! `devstack` (development only): one command that runs the development
-//! OpenID Provider, remote-proxy, api-server, a simulated edge box and an
-//! edge-agent on loopback with embedded defaults (SQLite and secrets under
-//! `data/`), and stops them all on Ctrl-C. On first start it registers a
-//! demo device for the simulated box, owned by the provider's demo user
-//! `alice`, and keeps its credential in `data/agent/credential` (0600);
-//! later starts reuse both.
+//! OpenID Provider, remote-proxy, api-server (with the web console), and a
+//! simulated edge box on loopback with embedded defaults (SQLite and
+//! secrets under `data/`), and stops them all on Ctrl-C.
+//!
+//! The simulated box is paired the way a real one is: its agent waits for a
+//! credential file (`data/agent/credential`, `edge-agent pair`'s default),
+//! which the owner creates by running the `edge-agent pair` command the
+//! console shows. When the file appears, or is replaced by a new pairing,
+//! the box's agent (re)connects with it. A later run reuses the data, so a
+//! paired box comes back online by itself.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
-use edge_core::DeviceToken;
-use std::path::Path;
-use store::{NewDevice, Store};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// devstack: the whole edge platform on this machine, for development.
 #[derive(Debug, Parser)]
 #[command(name = "devstack", version)]
 struct Cli {
-    /// Directory for all local state.
+    /// Directory for all local state (SQLite database, secrets, the
+    /// simulated box's credential).
     #[arg(long, env = "EDGE_DATA_DIR", default_value = "data")]
-    data_dir: std::path::PathBuf,
+    data_dir: PathBuf,
+    /// api-server and web console (loopback only; port 0 picks one).
+    #[arg(long, default_value = "127.0.0.1:3721")]
+    api_listen: SocketAddr,
+    /// remote-proxy tunnel port for devices.
+    #[arg(long, default_value = "127.0.0.1:3800")]
+    tunnel_listen: SocketAddr,
+    /// remote-proxy internal port for the api-server.
+    #[arg(long, default_value = "127.0.0.1:3801")]
+    internal_listen: SocketAddr,
+    /// Development OpenID Provider.
+    #[arg(long, default_value = "127.0.0.1:3790")]
+    idp_listen: SocketAddr,
 }
 
-const IDP: &str = "127.0.0.1:3790";
-const API: &str = "127.0.0.1:3721";
-const ORIGIN: &str = "http://localhost:3721";
+const CLIENT_ID: &str = "edge-console";
+/// How often the simulated box looks for a new credential file.
+const CREDENTIAL_POLL: Duration = Duration::from_millis(500);
 
-async fn demo_device(
-    store: &Store,
-    issuer: &str,
-    credential: &Path,
-) -> Result<edge_core::DeviceId> {
-    let (sub, name, email) = dev_idp::DEMO_USERS[0];
-    let user = store
-        .upsert_user(issuer, sub, Some(email), Some(name))
-        .await?;
-    if let Some(dev) = store.devices(user.id).await?.into_iter().next() {
-        if credential.is_file() {
-            return Ok(dev.id);
-        }
-        store.revoke_credentials(dev.id).await?;
-        return write_credential(store, dev.id, credential)
-            .await
-            .map(|()| dev.id);
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    if !addr.ip().is_loopback() {
+        bail!("{what}: devstack listens on loopback addresses only, not {addr}");
     }
-    let dev = store
-        .create_device(
-            user.id,
-            &NewDevice {
-                name: "simulated box".into(),
-                model: Some("SIM-1".into()),
-                ..Default::default()
-            },
-        )
-        .await?;
-    write_credential(store, dev.id, credential).await?;
-    Ok(dev.id)
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{what}: cannot listen on {addr} (is another devstack running?)"))
 }
 
-async fn write_credential(
-    store: &Store,
-    device: edge_core::DeviceId,
-    credential: &Path,
-) -> Result<()> {
-    let token = DeviceToken::generate();
-    store.add_credential(device, &token.hash()).await?;
-    edge_core::secret::write_file_atomic(credential, token.expose())?;
-    Ok(())
+fn port(l: &TcpListener) -> Result<u16> {
+    Ok(l.local_addr()?.port())
 }
 
 #[tokio::main]
@@ -78,84 +67,159 @@ async fn main() -> Result<()> {
         .to_str()
         .context("data dir must be UTF-8")?
         .to_owned();
-    let store = Store::connect(&format!("sqlite://{data}/edge.db")).await?;
-    let issuer = format!("http://{IDP}");
-    let credential = cli.data_dir.join("agent/credential");
-    let device = demo_device(&store, &issuer, &credential).await?;
 
-    let idp_listener = tokio::net::TcpListener::bind(IDP)
-        .await
-        .context("bind dev-idp")?;
+    let idp_listener = bind(cli.idp_listen, "development provider").await?;
+    let api_listener = bind(cli.api_listen, "api-server").await?;
+    let tunnel_listener = bind(cli.tunnel_listen, "relay tunnel port").await?;
+    let internal_listener = bind(cli.internal_listen, "relay internal port").await?;
+    let issuer = format!("http://127.0.0.1:{}", port(&idp_listener)?);
+    let origin = format!("http://localhost:{}", port(&api_listener)?);
+    let relay_tunnel = format!("ws://127.0.0.1:{}/tunnel", port(&tunnel_listener)?);
+    let relay_internal = format!("http://127.0.0.1:{}", port(&internal_listener)?);
+
     let idp = dev_idp::DevIdp::new(
         issuer.clone(),
         vec![dev_idp::Client::public(
-            "edge-console",
-            format!("{ORIGIN}/api/auth/callback"),
+            CLIENT_ID,
+            format!("{origin}/api/auth/callback"),
         )],
     );
-    let relay_cfg = remote_proxy::config::Config::parse_from([
-        "remote-proxy",
-        "--data-dir",
-        &data,
-        "--tunnel-listen",
-        "127.0.0.1:3800",
-        "--internal-listen",
-        "127.0.0.1:3801",
-    ]);
+    let relay_cfg = remote_proxy::config::Config::parse_from(["remote-proxy", "--data-dir", &data]);
     let api_cfg = api_server::config::Config::parse_from([
         "api-server",
         "--data-dir",
         &data,
-        "--listen",
-        API,
+        "--relay-url",
+        &relay_internal,
         "--public-origin",
-        ORIGIN,
+        &origin,
         "--cookie-insecure",
         "--oidc-issuer",
         &issuer,
         "--oidc-client-id",
-        "edge-console",
+        CLIENT_ID,
     ]);
-    let sim = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    // Apply the schema once before both servers open the database, so they
+    // do not race to migrate a fresh SQLite file.
+    store::Store::connect(&format!("sqlite://{data}/edge.db"))
+        .await
+        .context("open the database")?;
+    let sim = TcpListener::bind("127.0.0.1:0").await?;
+    let (s1, s2, s3, s4) = (
+        shutdown.clone(),
+        shutdown.clone(),
+        shutdown.clone(),
+        shutdown.clone(),
+    );
     let sim_addr = sim.local_addr()?;
+    let credential = cli.data_dir.join("agent/credential");
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(dev_idp::serve(idp_listener, idp, shutdown.clone()));
-    tasks.spawn({
-        let s = shutdown.clone();
-        async move {
-            if let Err(e) = remote_proxy::run(relay_cfg, s.clone()).await {
-                eprintln!("remote-proxy failed: {e}");
-                s.cancel();
-            }
-        }
+    tasks.spawn(async move {
+        dev_idp::serve(idp_listener, idp, s1).await;
+        Ok(())
     });
-    tasks.spawn({
-        let s = shutdown.clone();
-        async move {
-            if let Err(e) = api_server::run(api_cfg, s.clone()).await {
-                eprintln!("api-server failed: {e}");
-                s.cancel();
-            }
-        }
+    tasks.spawn(async move {
+        remote_proxy::run_on(relay_cfg, tunnel_listener, internal_listener, s2)
+            .await
+            .context("remote-proxy")
     });
-    tasks.spawn(sim_box::serve(
-        sim,
-        "simulated box".into(),
-        shutdown.clone(),
-    ));
-    let token = edge_agent::load_credential(&credential)?;
-    let settings =
-        edge_agent::config::AgentSettings::new("ws://127.0.0.1:3800/tunnel", sim_addr.to_string());
-    tasks.spawn(edge_agent::run(settings, token, shutdown.clone()));
+    tasks.spawn(async move {
+        api_server::run_on(api_cfg, api_listener, s3)
+            .await
+            .context("api-server")
+    });
+    tasks.spawn(async move {
+        sim_box::serve(sim, "simulated box".into(), s4).await;
+        Ok(())
+    });
 
-    println!("\n  edge platform (development) on loopback; Ctrl-C stops everything");
-    println!("    sign in:   {ORIGIN}/api/auth/login?return_to=/api/auth/me   (demo users: alice, bob, carol)");
-    println!("    box UI:    {ORIGIN}/api/devices/{device}/proxy/   (alice's simulated box, after signing in as alice)");
+    let pair_hint = if credential == Path::new("data/agent/credential") {
+        String::new()
+    } else {
+        format!(" --credential-file {}", credential.display())
+    };
+    println!("\n  Edge platform (development) is running on loopback. Ctrl-C stops everything.\n");
+    println!("    console:   {origin}/");
+    println!("    sign in as a demo user of the development provider: alice, bob or carol\n");
+    if credential.is_file() {
+        println!(
+            "    simulated box: paired earlier (credential in {}); connecting",
+            credential.display()
+        );
+    } else {
+        println!(
+            "    simulated box: waiting to be paired. In the console choose \"Pair a device\","
+        );
+        println!("    then run, from this directory, the command the console shows:");
+        println!(
+            "      cargo run -p edge-agent -- pair --server {origin}{pair_hint} --code XXXXX-XXXXX"
+        );
+    }
+    println!("\n    relay:     {relay_tunnel} (devices), {relay_internal} (internal)");
+    println!("    provider:  {issuer} (development OpenID Provider)");
     println!(
-        "    relay:     ws://127.0.0.1:3800/tunnel (devices), http://127.0.0.1:3801 (internal)"
+        "    data:      {} (kept for the next run)\n",
+        cli.data_dir.display()
     );
-    println!("    provider:  {issuer} (development OpenID Provider)\n");
-    while tasks.join_next().await.is_some() {}
+
+    let settings = edge_agent::config::AgentSettings::new(relay_tunnel, sim_addr.to_string());
+    tasks.spawn(simulated_box_agent(credential, settings, shutdown.clone()));
+    let mut failure = None;
+    while let Some(done) = tasks.join_next().await {
+        let result = done.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(err) = result {
+            eprintln!("devstack: {err:#}; stopping everything");
+            shutdown.cancel();
+            failure.get_or_insert(err);
+        }
+    }
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+/// The simulated box's agent: runs with the credential in `path` and
+/// restarts whenever a new pairing replaces it.
+async fn simulated_box_agent(
+    path: PathBuf,
+    settings: edge_agent::config::AgentSettings,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let mut running: Option<(String, CancellationToken, tokio::task::JoinHandle<()>)> = None;
+    let mut poll = tokio::time::interval(CREDENTIAL_POLL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = poll.tick() => {}
+        }
+        if !path.is_file() {
+            continue;
+        }
+        let Ok(token) = edge_agent::load_credential(&path) else {
+            continue;
+        };
+        let fingerprint = token.hash();
+        if running.as_ref().is_some_and(|(f, _, _)| *f == fingerprint) {
+            continue;
+        }
+        if let Some((_, stop, task)) = running.take() {
+            stop.cancel();
+            let _ = task.await;
+            println!("  simulated box: new credential; reconnecting");
+        } else {
+            println!(
+                "  simulated box: credential found in {}; connecting",
+                path.display()
+            );
+        }
+        let stop = shutdown.child_token();
+        let task = tokio::spawn(edge_agent::run(settings.clone(), token, stop.clone()));
+        running = Some((fingerprint, stop, task));
+    }
+    if let Some((_, _, task)) = running {
+        let _ = task.await;
+    }
     Ok(())
 }

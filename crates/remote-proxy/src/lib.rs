@@ -113,24 +113,40 @@ impl Relay {
 
 /// Start a relay from configuration and run it until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RelayError> {
-    let store = Store::connect(&config.database_url())
-        .await
-        .map_err(|e| RelayError::Startup(e.to_string()))?;
-    let secret = edge_core::secret::internal_secret(&config.internal_secret_path())
-        .map_err(|e| RelayError::Startup(format!("internal secret: {e}")))?;
     let tunnel = TcpListener::bind(config.tunnel_listen)
         .await
         .map_err(|e| RelayError::Startup(format!("bind {}: {e}", config.tunnel_listen)))?;
     let internal = TcpListener::bind(config.internal_listen)
         .await
         .map_err(|e| RelayError::Startup(format!("bind {}: {e}", config.internal_listen)))?;
+    run_on(config, tunnel, internal, shutdown).await
+}
+
+/// [`run`] on listeners the caller already bound (the two `*_listen`
+/// settings are not used), for launchers that pick ephemeral ports.
+pub async fn run_on(
+    config: Config,
+    tunnel: TcpListener,
+    internal: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RelayError> {
+    let store = Store::connect(&config.database_url())
+        .await
+        .map_err(|e| RelayError::Startup(e.to_string()))?;
+    let secret = edge_core::secret::internal_secret(&config.internal_secret_path())
+        .map_err(|e| RelayError::Startup(format!("internal secret: {e}")))?;
+    let addr = |l: &TcpListener| {
+        l.local_addr()
+            .map_err(|e| RelayError::Startup(format!("listener: {e}")))
+    };
+    let (tunnel_addr, internal_addr) = (addr(&tunnel)?, addr(&internal)?);
     let node = NodeId(
         config
             .node_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}", config.internal_listen)),
+            .unwrap_or_else(|| format!("http://{internal_addr}")),
     );
-    tracing::info!(tunnel = %config.tunnel_listen, internal = %config.internal_listen, node = %node.0, "remote-proxy listening");
+    tracing::info!(tunnel = %tunnel_addr, internal = %internal_addr, node = %node.0, "remote-proxy listening");
     Relay::new(store, node, secret, config.limits())
         .serve(tunnel, internal, shutdown)
         .await;

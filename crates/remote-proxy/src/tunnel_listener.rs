@@ -12,7 +12,7 @@ use axum::routing::get;
 use axum::Router;
 use directory::{SessionRegistry, SessionSummary};
 use edge_core::time::now_ms;
-use edge_core::{DeviceToken, Secret};
+use edge_core::{DeviceId, DeviceToken, Secret};
 use http::header;
 use hyper::upgrade::OnUpgrade;
 use std::net::SocketAddr;
@@ -170,6 +170,7 @@ async fn run_tunnel(
     };
     let conn = relay.directory.register(summary, live).await;
     tracing::info!(%device, %remote, "tunnel up");
+    mark_seen(&relay, device).await;
 
     let mut heartbeat = tokio::time::interval(limits.idle_timeout / 4);
     tokio::pin!(driver);
@@ -180,10 +181,19 @@ async fn run_tunnel(
         }
     };
     relay.directory.cleanup(device, conn).await;
+    mark_seen(&relay, device).await;
     cancel.cancel();
     let transport_end = match pump_task.await {
         Ok(end) => end.to_string(),
         Err(err) => format!("pump task failed: {err}"),
     };
     tracing::info!(%device, %remote, session = %session_end, transport = %transport_end, "tunnel closed");
+}
+
+/// Keep the device's last-seen time in the store (shown for offline
+/// devices); a store error is logged, never fatal to the tunnel.
+async fn mark_seen(relay: &Relay, device: DeviceId) {
+    if let Err(err) = relay.store.mark_device_seen(device, now_ms()).await {
+        tracing::warn!(%device, error = %err, "could not record last-seen time");
+    }
 }

@@ -17,6 +17,7 @@ fn device_from_row(row: &AnyRow) -> Result<Device, StoreError> {
         serial: row.try_get("serial")?,
         agent_version: row.try_get("agent_version")?,
         created_at: row.try_get("created_at")?,
+        last_seen_at: row.try_get("last_seen_at")?,
     })
 }
 
@@ -67,6 +68,17 @@ impl Store {
         .iter()
         .map(device_from_row)
         .collect()
+    }
+
+    /// Record that the relay saw the device's tunnel at `at` (ms); no owner
+    /// scope, as the relay acts for the device, not for a user.
+    pub async fn mark_device_seen(&self, device: DeviceId, at: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE devices SET last_seen_at = $1 WHERE id = $2")
+            .bind(at)
+            .bind(device.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Store a credential (by hash) for a device.

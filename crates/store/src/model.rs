@@ -35,6 +35,8 @@ pub struct Device {
     pub serial: Option<String>,
     pub agent_version: Option<String>,
     pub created_at: i64,
+    /// When the relay last saw this device's tunnel open or close (ms).
+    pub last_seen_at: Option<i64>,
 }
 
 /// What a box says about itself when it is created.

@@ -122,34 +122,45 @@ impl Browser {
     }
 }
 
+/// Steps 1–2 of a login with the development provider against the
+/// api-server at `api_base`: start it and pick `user` on the provider's
+/// page. Returns the callback URL the provider redirects to (not yet
+/// visited).
+pub async fn dev_login_until_callback_at(
+    api_base: &str,
+    b: &mut Browser,
+    user: &str,
+    return_to: &str,
+) -> String {
+    let start = b
+        .get(&format!(
+            "{api_base}/api/auth/login?return_to={}",
+            urlencode(return_to)
+        ))
+        .await;
+    let authorize = Browser::location(&start);
+    let page = b.get(&authorize).await;
+    assert_eq!(page.status(), 200, "authorize page");
+    let mut form: Vec<(String, String)> = url::Url::parse(&authorize)
+        .unwrap()
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    form.push(("user".into(), user.into()));
+    let action = authorize.split('?').next().unwrap().to_owned();
+    let chosen = b.post_form(&action, &form).await;
+    Browser::location(&chosen)
+}
+
 impl crate::Stack {
-    /// Steps 1–2 of a login with the development provider: start it at the
-    /// api-server and pick `user` on the provider's page. Returns the
-    /// callback URL the provider redirects to (not yet visited).
+    /// [`dev_login_until_callback_at`] this stack's api-server.
     pub async fn dev_login_until_callback(
         &self,
         b: &mut Browser,
         user: &str,
         return_to: &str,
     ) -> String {
-        let start = b
-            .get(&self.api(&format!(
-                "/api/auth/login?return_to={}",
-                urlencode(return_to)
-            )))
-            .await;
-        let authorize = Browser::location(&start);
-        let page = b.get(&authorize).await;
-        assert_eq!(page.status(), 200, "authorize page");
-        let mut form: Vec<(String, String)> = url::Url::parse(&authorize)
-            .unwrap()
-            .query_pairs()
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        form.push(("user".into(), user.into()));
-        let action = authorize.split('?').next().unwrap().to_owned();
-        let chosen = b.post_form(&action, &form).await;
-        Browser::location(&chosen)
+        dev_login_until_callback_at(&self.api(""), b, user, return_to).await
     }
 
     /// A complete login with the development provider; returns the

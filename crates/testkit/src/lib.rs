@@ -8,6 +8,8 @@
 
 pub mod browser;
 pub mod checks;
+pub mod chromium;
+pub mod devstack;
 pub mod go_device;
 pub mod oidc_provider;
 

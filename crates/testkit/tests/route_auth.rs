@@ -38,8 +38,12 @@ async fn the_public_list_is_exactly_what_it_should_be() {
     assert_eq!(
         PUBLIC_ROUTES,
         [
+            "/",
+            "/console/{file}",
+            "/favicon.ico",
             "/api/health",
             "/api/ready",
+            "/api/auth/status",
             "/api/auth/login",
             "/api/auth/callback",
             "/api/pairing/exchange"

@@ -1,0 +1,133 @@
+//! The `devstack` binary (what the README's run command starts) as a child
+//! process in its own working directory, on ephemeral loopback ports.
+//! [`Devstack::interrupt`] sends SIGINT, as Ctrl-C does, and returns how the
+//! process ended.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A running devstack.
+pub struct Devstack {
+    /// The console URL it printed, e.g. `http://localhost:41234/`.
+    pub console: String,
+    /// The development provider's address it printed (`127.0.0.1:port`).
+    pub idp_addr: String,
+    /// Its working directory (its data lives in `data/` below it).
+    pub dir: PathBuf,
+    child: Child,
+    output: Arc<Mutex<String>>,
+}
+
+/// A binary built next to `bin` (same target directory), e.g. the
+/// `edge-agent` next to `devstack`; panics with a hint when missing.
+pub fn sibling_binary(bin: &Path, name: &str) -> PathBuf {
+    let path = bin.with_file_name(name);
+    assert!(
+        path.is_file(),
+        "{} is not built; `cargo nextest run --workspace` builds every binary",
+        path.display()
+    );
+    path
+}
+
+impl Devstack {
+    /// Start `bin` in `dir` (created if missing) with `data/` as its data
+    /// directory and every port ephemeral; returns once it printed its
+    /// banner.
+    pub async fn start(bin: &Path, dir: &Path) -> Self {
+        Self::start_with_idp(bin, dir, "127.0.0.1:0").await
+    }
+
+    /// [`start`](Self::start) with the development provider on `idp_addr`
+    /// (a second run must keep the provider's address: it is the issuer
+    /// that users are stored under).
+    pub async fn start_with_idp(bin: &Path, dir: &Path, idp_addr: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let any = "127.0.0.1:0";
+        let mut child = Command::new(bin)
+            .args([
+                "--data-dir",
+                "data",
+                "--api-listen",
+                any,
+                "--tunnel-listen",
+                any,
+            ])
+            .args(["--internal-listen", any, "--idp-listen", idp_addr])
+            .current_dir(dir)
+            .env_remove("EDGE_DATA_DIR")
+            .env_remove("EDGE_AGENT_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let output = Arc::new(Mutex::new(String::new()));
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (banner_done, banner) = tokio::sync::oneshot::channel();
+        let sink = Arc::clone(&output);
+        tokio::spawn(async move {
+            let mut banner_done = Some(banner_done);
+            while let Ok(Some(line)) = lines.next_line().await {
+                println!("devstack| {line}");
+                let last_banner_line = line.trim().starts_with("data:");
+                {
+                    let mut out = sink.lock().unwrap();
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+                if last_banner_line {
+                    if let Some(tx) = banner_done.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        });
+        crate::within("devstack prints its banner", banner)
+            .await
+            .expect("devstack exited before printing its banner");
+        let text = output.lock().unwrap().clone();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_else(|| panic!("no `{name}` line in the banner:\n{text}"))
+                .to_owned()
+        };
+        let console = field("console:");
+        let idp_addr = field("provider:").trim_start_matches("http://").to_owned();
+        Self {
+            console,
+            idp_addr,
+            dir: dir.to_owned(),
+            child,
+            output,
+        }
+    }
+
+    /// `path` on the api-server, e.g. `api("/api/devices")`.
+    pub fn api(&self, path: &str) -> String {
+        format!("{}{path}", self.console.trim_end_matches('/'))
+    }
+
+    /// Everything it printed on stdout so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Send SIGINT (Ctrl-C) and wait for it to exit.
+    pub async fn interrupt(mut self) -> ExitStatus {
+        let pid = self.child.id().expect("devstack already exited");
+        let sent = std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -INT {pid} failed");
+        crate::within("devstack stops after Ctrl-C", self.child.wait())
+            .await
+            .unwrap()
+    }
+}

@@ -1,0 +1,173 @@
+// Browser test of the web console: Playwright (playwright-core) drives
+// Debian's Chromium against a running devstack. It signs in through the
+// development provider, pairs the simulated box by running the exact
+// `edge-agent pair` command the page shows, watches the box turn online
+// without a reload, opens its UI through the proxy, renames it, deletes it
+// and signs out; then checks that a lost session offers sign-in again.
+// Fails on any console error or any request that leaves the stack.
+//
+// Environment: CONSOLE_URL (devstack's console), EDGE_AGENT_BIN (the
+// edge-agent binary), PAIR_CWD (directory to run the pair command in, the
+// devstack's working directory), ARTIFACTS_DIR (screenshots), CHROMIUM
+// (default /usr/bin/chromium).
+import { chromium } from "playwright-core";
+import { spawnSync } from "node:child_process";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import assert from "node:assert/strict";
+
+const consoleUrl = process.env.CONSOLE_URL;
+const agentBin = process.env.EDGE_AGENT_BIN;
+const pairCwd = process.env.PAIR_CWD;
+const artifacts = process.env.ARTIFACTS_DIR;
+assert.ok(consoleUrl && agentBin && pairCwd && artifacts, "CONSOLE_URL, EDGE_AGENT_BIN, PAIR_CWD and ARTIFACTS_DIR are required");
+const origin = new URL(consoleUrl).origin;
+const STEP = 20_000;
+
+function step(name) {
+  console.log(`· ${name}`);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+  // launch() gives every run a new, empty profile directory of its own.
+});
+
+const problems = [];
+let watchConsole = true;
+try {
+  const context = await browser.newContext();
+  context.setDefaultTimeout(STEP);
+  // Every request must stay on loopback: the console and its API, and the
+  // development provider's sign-in page. Nothing from fonts, CDNs, etc.
+  context.on("request", (req) => {
+    const url = new URL(req.url());
+    if (!["localhost", "127.0.0.1"].includes(url.hostname) && url.protocol !== "data:") {
+      problems.push(`external request: ${req.url()}`);
+    }
+  });
+  const watch = (page) => {
+    page.on("console", (msg) => {
+      if (watchConsole && msg.type() === "error") problems.push(`console error on ${page.url()}: ${msg.text()}`);
+    });
+    page.on("pageerror", (err) => problems.push(`page error on ${page.url()}: ${err.message}`));
+  };
+  context.on("page", watch);
+  const page = await context.newPage();
+
+  step("signed out: the console offers sign-in");
+  await page.goto(consoleUrl);
+  const signIn = page.getByRole("link", { name: "Sign in with Member Center" });
+  await signIn.waitFor();
+
+  step("sign in as alice through the development provider");
+  await signIn.click();
+  await page.getByRole("button", { name: /alice/i }).click();
+  await page.waitForURL((u) => u.origin === origin);
+  await page.getByRole("heading", { name: "My devices" }).waitFor();
+  await page.getByText("No devices yet.").waitFor();
+  assert.match(await page.locator("#user-name").textContent(), /alice/i);
+
+  step("pair: the page shows a code, its countdown and the command");
+  await page.getByRole("link", { name: "Pair a device" }).click();
+  await page.getByRole("button", { name: "Create pairing code" }).click();
+  const code = (await page.locator("#pairing-code").textContent()).trim();
+  assert.match(code, /^[0-9A-HJKMNP-TV-Z]{5}-[0-9A-HJKMNP-TV-Z]{5}$/);
+  assert.match(await page.locator("#code-expiry").textContent(), /^Expires in (10:00|9:[0-5]\d)$/);
+  const command = (await page.locator("#pair-command").textContent()).trim();
+  assert.equal(command, `edge-agent pair --server ${origin} --code ${code}`);
+
+  step("devices list, then run the page's command on the box");
+  await page.getByRole("link", { name: "Devices", exact: true }).click();
+  await page.getByText("No devices yet.").waitFor();
+  await page.evaluate(() => { window.noReloadMarker = true; });
+  const [program, ...args] = command.split(" ");
+  assert.equal(program, "edge-agent");
+  const paired = spawnSync(agentBin, args, { cwd: pairCwd, encoding: "utf8", timeout: STEP });
+  assert.equal(paired.status, 0, `edge-agent pair failed: ${paired.stderr}${paired.stdout}`);
+
+  step("the box appears and turns online without a reload");
+  const row = page.locator("#devices tbody tr").first();
+  await row.locator('[data-status="online"]').waitFor({ timeout: 30_000 });
+  assert.equal(await page.evaluate(() => window.noReloadMarker), true, "the page was reloaded");
+  const deviceId = await row.getAttribute("data-device");
+  mkdirSync(artifacts, { recursive: true });
+  const shot = join(artifacts, "console-devices.png");
+  await page.screenshot({ path: shot, fullPage: true });
+  console.log(`screenshot of the device list: ${shot}`);
+
+  step("open the device UI through the proxy in a new tab");
+  const [popup] = await Promise.all([context.waitForEvent("page"), row.getByRole("link", { name: "Open device UI" }).click()]);
+  await popup.waitForLoadState();
+  assert.equal(new URL(popup.url()).pathname, `/api/devices/${deviceId}/proxy/`);
+  await popup.getByRole("heading", { name: "Simulated edge box" }).waitFor();
+  await popup.locator("#info").filter({ hasText: "firmware" }).waitFor();
+  await popup.close();
+
+  step("device detail: labelled inputs, rename");
+  await row.getByRole("link").first().click();
+  await page.locator("#rename-form").waitFor();
+  const unlabelled = await page.$$eval("main input", (inputs) =>
+    inputs.filter((i) => !(i.labels && i.labels.length) && !i.getAttribute("aria-label")).map((i) => i.id || i.name));
+  assert.deepEqual(unlabelled, [], "inputs without a label");
+  await page.getByLabel("Name", { exact: true }).fill("Lab box 7");
+  await page.getByRole("button", { name: "Rename" }).click();
+  await page.getByRole("heading", { name: "Lab box 7" }).waitFor();
+  await page.getByRole("status").filter({ hasText: "Renamed" }).waitFor();
+
+  step("delete with confirmation");
+  await page.getByRole("button", { name: "Delete", exact: true }).click();
+  const dialog = page.getByRole("dialog");
+  await dialog.waitFor();
+  await dialog.getByRole("button", { name: "Delete device" }).click();
+  await page.getByRole("heading", { name: "My devices" }).waitFor();
+  await page.getByText("No devices yet.").waitFor();
+  await page.getByRole("status").filter({ hasText: "Deleted “Lab box 7”" }).waitFor();
+
+  step("keyboard: Tab reaches the skip link, then the navigation");
+  await page.reload();
+  await page.getByRole("heading", { name: "My devices" }).waitFor();
+  await page.keyboard.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement.textContent), "Skip to content");
+  await page.keyboard.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement.textContent.trim()), "Devices");
+
+  step("audit log lists what happened");
+  await page.getByRole("link", { name: "Audit log" }).click();
+  for (const action of ["login", "pairing code created", "device paired", "device renamed", "device deleted"]) {
+    await page.locator("#audit td", { hasText: new RegExp(`^${action}$`) }).first().waitFor();
+  }
+
+  step("sign out");
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByText("You are signed out.").waitFor();
+  const status = await page.evaluate(() => fetch("/api/auth/status").then((r) => r.json()));
+  assert.equal(status.signed_in, false);
+
+  // From here on a 401 is expected, and the browser logs it as an error.
+  watchConsole = false;
+  step("a session ended elsewhere turns the page into a sign-in prompt");
+  await page.getByRole("link", { name: "Sign in with Member Center" }).click();
+  await page.getByRole("button", { name: /alice/i }).click();
+  // Sign-in returns to the view it was started from (the audit log).
+  await page.getByRole("heading", { name: "My audit log" }).waitFor();
+  await context.clearCookies();
+  await page.evaluate(() => { location.hash = "#/sessions"; });
+  await page.getByText("Your session has ended. Sign in to continue.").waitFor();
+  await page.getByRole("link", { name: "Sign in with Member Center" }).waitFor();
+
+  assert.deepEqual(problems, [], "console errors or external requests");
+  console.log("console browser test passed");
+} finally {
+  await browser.close();
+}
