@@ -3,7 +3,8 @@
 // development provider, pairs the simulated box by running the exact
 // `edge-agent pair` command the page shows, watches the box turn online
 // without a reload, opens its UI through the proxy, renames it, deletes it
-// and signs out; then checks that a lost session offers sign-in again.
+// and signs out; then checks that API errors are shown and that a lost
+// session offers sign-in again.
 // Fails on any console error or any request that leaves the stack.
 //
 // Environment: CONSOLE_URL (devstack's console), EDGE_AGENT_BIN (the
@@ -156,11 +157,15 @@ try {
 
   // From here on a 401 is expected, and the browser logs it as an error.
   watchConsole = false;
-  step("a session ended elsewhere turns the page into a sign-in prompt");
+  step("sign in again");
   await page.getByRole("link", { name: "Sign in with Member Center" }).click();
   await page.getByRole("button", { name: /alice/i }).click();
   // Sign-in returns to the view it was started from (the audit log).
   await page.getByRole("heading", { name: "My audit log" }).waitFor();
+  step("an API error is shown with the server's message");
+  await page.evaluate((id) => { location.hash = `#/devices/${id}`; }, deviceId);
+  await page.getByRole("alert").filter({ hasText: "(not_found)" }).waitFor();
+  step("a session ended elsewhere turns the page into a sign-in prompt");
   await context.clearCookies();
   await page.evaluate(() => { location.hash = "#/sessions"; });
   await page.getByText("Your session has ended. Sign in to continue.").waitFor();

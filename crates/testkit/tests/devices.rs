@@ -98,6 +98,40 @@ async fn list_shows_live_status_and_edits_stick() {
     assert_eq!(bad.status(), 400);
 }
 
+#[tokio::test]
+async fn an_offline_device_shows_when_it_was_last_seen() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let dev = stack.device(alice.id).await;
+    let path = format!("/api/devices/{}", dev.id);
+    let get = || async {
+        body(
+            req(&stack, &alice, reqwest::Method::GET, &path)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    };
+    let never = get().await;
+    assert_eq!(
+        (never["status"].clone(), never["last_seen_at"].clone()),
+        ("offline".into(), serde_json::Value::Null),
+        "never connected"
+    );
+    let before = edge_core::time::now_ms();
+    let agent = stack.agent(&dev);
+    stack.wait_online(dev.id).await;
+    let online = get().await;
+    assert_eq!(online["last_seen_at"], online["last_heard_from"]);
+    agent.stop().await;
+    stack.wait_offline(dev.id).await;
+    let offline = get().await;
+    assert_eq!(offline["status"], "offline");
+    let seen = offline["last_seen_at"].as_i64().expect("last_seen_at set");
+    assert!(seen >= before, "{seen} < {before}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_closes_the_tunnel_within_a_second_and_refuses_the_credential() {
     let stack = Stack::start().await;

@@ -28,11 +28,22 @@ async fn me_status(stack: &Stack, b: &mut Browser) -> u16 {
     b.get(&stack.api("/api/auth/me")).await.status().as_u16()
 }
 
+/// `GET /api/auth/status` (public, never 401): the console's first call.
+async fn signed_in(stack: &Stack, b: &mut Browser) -> serde_json::Value {
+    let res = b.get(&stack.api("/api/auth/status")).await;
+    assert_eq!(res.status(), 200);
+    json(res).await
+}
+
 #[tokio::test]
 async fn full_login_me_logout_cycle() {
     let stack = Stack::start().await;
     let mut b = stack.browser();
     assert_eq!(me_status(&stack, &mut b).await, 401);
+    assert_eq!(
+        signed_in(&stack, &mut b).await,
+        serde_json::json!({ "signed_in": false })
+    );
 
     let callback = stack
         .dev_login_until_callback(&mut b, "alice", "/devices?tab=1")
@@ -64,6 +75,11 @@ async fn full_login_me_logout_cycle() {
     let me = json(me).await;
     assert_eq!(me["email"], "alice@example.test");
     assert_eq!(me["name"], "Alice Example");
+    let status = signed_in(&stack, &mut b).await;
+    assert_eq!(
+        (status["signed_in"].clone(), status["user"].clone()),
+        (true.into(), me)
+    );
 
     let out = b.post(&stack.api("/api/auth/logout")).await;
     assert_eq!(out.status(), 200);
@@ -77,6 +93,7 @@ async fn full_login_me_logout_cycle() {
     );
     assert!(!b.jar.contains_key(SESSION));
     assert_eq!(me_status(&stack, &mut b).await, 401);
+    assert_eq!(signed_in(&stack, &mut b).await["signed_in"], false);
 }
 
 #[tokio::test]
