@@ -157,7 +157,7 @@ function confirmAction(title, text, okLabel) {
 // ---- signed-out view ---------------------------------------------------
 
 function signInHref() {
-  const back = location.pathname + (location.hash && location.hash !== "#/signed-out" ? location.hash : "");
+  const back = location.pathname + location.hash;
   return "/api/auth/login?return_to=" + encodeURIComponent(back);
 }
 
@@ -295,6 +295,7 @@ async function viewPair(token) {
   const pendingTable = h("table", { id: "pending-codes" },
     h("thead", {}, h("tr", {}, ["Created", "Expires", ""].map((t) => h("th", { scope: "col" }, t)))), pending);
   let shown = null; // { id, expires_at }
+  let countdownTimer = null;
 
   async function refreshPending() {
     const codes = await api("GET", "/api/pairing/codes");
@@ -327,7 +328,9 @@ async function viewPair(token) {
         : "Expired; create a new code.";
     };
     tick();
-    every(1000, tick);
+    clearInterval(countdownTimer);
+    countdownTimer = setInterval(tick, 1000);
+    viewTimers.push(countdownTimer);
     const command = "edge-agent pair --server " + location.origin + " --code " + c.code;
     out.replaceChildren(h("div", { class: "card" },
       h("h2", {}, "Pairing code"),

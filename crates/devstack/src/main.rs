@@ -99,11 +99,6 @@ async fn main() -> Result<()> {
         "--oidc-client-id",
         CLIENT_ID,
     ]);
-    // Apply the schema once before both servers open the database, so they
-    // do not race to migrate a fresh SQLite file.
-    store::Store::connect(&format!("sqlite://{data}/edge.db"))
-        .await
-        .context("open the database")?;
     let sim = TcpListener::bind("127.0.0.1:0").await?;
     let (s1, s2, s3, s4) = (
         shutdown.clone(),
@@ -181,12 +176,14 @@ async fn main() -> Result<()> {
 }
 
 /// The simulated box's agent: runs with the credential in `path` and
-/// restarts whenever a new pairing replaces it.
+/// restarts whenever a new pairing replaces it (the file is read again only
+/// when its modification time or size changes).
 async fn simulated_box_agent(
     path: PathBuf,
     settings: edge_agent::config::AgentSettings,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let mut seen_file = None;
     let mut running: Option<(String, CancellationToken, tokio::task::JoinHandle<()>)> = None;
     let mut poll = tokio::time::interval(CREDENTIAL_POLL);
     loop {
@@ -194,11 +191,20 @@ async fn simulated_box_agent(
             _ = shutdown.cancelled() => break,
             _ = poll.tick() => {}
         }
-        if !path.is_file() {
+        let stamp = std::fs::metadata(&path)
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| (m.modified().ok(), m.len()));
+        if stamp.is_none() || stamp == seen_file {
             continue;
         }
-        let Ok(token) = edge_agent::load_credential(&path) else {
-            continue;
+        seen_file = stamp;
+        let token = match edge_agent::load_credential(&path) {
+            Ok(token) => token,
+            Err(err) => {
+                eprintln!("  simulated box: {err}");
+                continue;
+            }
         };
         let fingerprint = token.hash();
         if running.as_ref().is_some_and(|(f, _, _)| *f == fingerprint) {

@@ -49,12 +49,27 @@ pub struct Store {
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// Hold an exclusive lock on `<db>.migrate-lock` (released on drop).
+async fn migration_lock(db: &str) -> Result<std::fs::File, StoreError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(format!("{db}.migrate-lock"))
+        .map_err(StoreError::Io)?;
+    tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+        .map_err(StoreError::Io)
+}
+
 impl Store {
     /// Connect to `url` (`sqlite://path`, `sqlite::memory:`, `postgres://...`)
     /// and apply pending migrations. A SQLite file and its directory are
     /// created when missing.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
+        let mut sqlite_file = None;
         let (backend, url, max_conns) = if let Some(rest) = url.strip_prefix("sqlite:") {
             let path = rest.trim_start_matches("//");
             let path = path.split('?').next().unwrap_or_default();
@@ -64,6 +79,7 @@ impl Store {
                         std::fs::create_dir_all(dir).map_err(StoreError::Io)?;
                     }
                 }
+                sqlite_file = Some(path.to_owned());
             }
             let url = if url.contains('?') {
                 url.to_owned()
@@ -97,7 +113,15 @@ impl Store {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
+        // PostgreSQL serialises concurrent migrators with an advisory lock;
+        // for a SQLite file (the relay and the api-server may start together
+        // on one data directory) a lock file next to it does the same.
+        let lock = match sqlite_file {
+            Some(path) => Some(migration_lock(&path).await?),
+            None => None,
+        };
         migrator.run(&pool).await?;
+        drop(lock);
         tracing::debug!(?backend, "store ready");
         Ok(Self {
             pool,

@@ -292,3 +292,22 @@ async fn concurrent_exchanges_of_one_code_make_one_device_and_faults_keep_nothin
             .is_none());
     }
 }
+
+/// The relay and the api-server may open a fresh SQLite file at the same
+/// moment; both must come up with the schema applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_connects_migrate_a_fresh_sqlite_file_once() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("edge.db").display());
+        let (a, b, c) = tokio::join!(
+            Store::connect(&url),
+            Store::connect(&url),
+            Store::connect(&url)
+        );
+        for (name, s) in [("a", a), ("b", b), ("c", c)] {
+            let s = s.unwrap_or_else(|e| panic!("round {round}, connect {name}: {e}"));
+            s.ping().await.unwrap();
+        }
+    }
+}
