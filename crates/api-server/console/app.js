@@ -136,8 +136,14 @@ function proxyUrl(id) {
   return "/api/devices/" + encodeURIComponent(id) + "/proxy/";
 }
 
+/** The box's own UI through the proxy route, in a new tab (online only). */
 function openUiLink(d) {
+  if (d.status !== "online") return h("span", { class: "muted" }, "UI available when online");
   return h("a", { href: proxyUrl(d.id), target: "_blank", rel: "noopener", class: "open-ui" }, "Open device UI");
+}
+
+function tableHead(...titles) {
+  return h("thead", {}, h("tr", {}, titles.map((t) => h("th", { scope: "col" }, t))));
 }
 
 /** Ask for confirmation in the page's modal dialog. */
@@ -186,7 +192,7 @@ async function viewDevices(token) {
   const body = h("tbody");
   const table = h("table", { id: "devices" },
     h("caption", { class: "muted" }, "Your devices; status refreshes every few seconds"),
-    h("thead", {}, h("tr", {}, ["Name", "Status", "Last seen", "Labels", ""].map((t) => h("th", { scope: "col" }, t)))),
+    tableHead("Name", "Status", "Last seen", "Labels", ""),
     body);
   const empty = h("div", { class: "card", hidden: true },
     h("p", {}, "No devices yet."),
@@ -216,8 +222,10 @@ async function viewDevice(token, id) {
   if (token !== viewToken) return;
   const title = h("h1", {}, d.name);
   const facts = h("dl");
+  const uiSlot = h("span");
   function renderFacts(d) {
     title.textContent = d.name;
+    uiSlot.replaceChildren(openUiLink(d));
     facts.replaceChildren(
       h("dt", {}, "Status"), h("dd", {}, statusBadge(d)),
       h("dt", {}, "Last seen"), h("dd", {}, lastSeen(d)),
@@ -257,7 +265,7 @@ async function viewDevice(token, id) {
 
   const rotated = h("div", { "aria-live": "polite" });
   const actions = h("div", { class: "actions" },
-    openUiLink(d),
+    uiSlot,
     h("button", { type: "button", class: "secondary", id: "disconnect", onclick: () => attempt(async () => {
       const r = await api("POST", "/api/devices/" + encodeURIComponent(id) + "/disconnect");
       notice(r.disconnected ? "Disconnected; the box will reconnect by itself." : "The device was not connected.");
@@ -293,7 +301,7 @@ async function viewPair(token) {
   const out = h("div", { "aria-live": "polite" });
   const pending = h("tbody");
   const pendingTable = h("table", { id: "pending-codes" },
-    h("thead", {}, h("tr", {}, ["Created", "Expires", ""].map((t) => h("th", { scope: "col" }, t)))), pending);
+    tableHead("Created", "Expires", ""), pending);
   let shown = null; // { id, expires_at }
   let countdownTimer = null;
 
@@ -370,7 +378,7 @@ async function viewSessions(token) {
   }
   show(h("h1", {}, "My sessions"),
     h("table", { id: "sessions" },
-      h("thead", {}, h("tr", {}, ["Signed in", "Last active", "Expires", ""].map((t) => h("th", { scope: "col" }, t)))), body));
+      tableHead("Signed in", "Last active", "Expires", ""), body));
   await refresh();
 }
 
@@ -392,7 +400,7 @@ async function viewAudit(token, offset) {
     events.length === limit ? h("a", { href: "#/audit/" + (offset + limit) }, "Older →") : null);
   show(h("h1", {}, "My audit log"),
     h("table", { id: "audit" },
-      h("thead", {}, h("tr", {}, ["When", "Event", "Target", "Details"].map((t) => h("th", { scope: "col" }, t)))),
+      tableHead("When", "Event", "Target", "Details"),
       h("tbody", {}, events.map((e) => h("tr", {},
         h("td", {}, when(e.created_at)),
         h("td", {}, e.action.replace(/_/g, " ")),

@@ -100,15 +100,15 @@ async fn main() -> Result<()> {
         CLIENT_ID,
     ]);
     let sim = TcpListener::bind("127.0.0.1:0").await?;
+    let sim_addr = sim.local_addr()?;
+    let credential = cli.data_dir.join("agent/credential");
+
     let (s1, s2, s3, s4) = (
         shutdown.clone(),
         shutdown.clone(),
         shutdown.clone(),
         shutdown.clone(),
     );
-    let sim_addr = sim.local_addr()?;
-    let credential = cli.data_dir.join("agent/credential");
-
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(async move {
         dev_idp::serve(idp_listener, idp, s1).await;
