@@ -391,6 +391,13 @@ function describe(e) {
   return parts.join(" · ");
 }
 
+/** Device events link to the device; pairing-code events show the code's id. */
+function auditTarget(e) {
+  if (!e.target) return "—";
+  const short = h("code", { title: e.target }, e.target.slice(0, 8));
+  return e.action.startsWith("pairing_code_") ? short : h("a", { href: "#/devices/" + e.target }, short);
+}
+
 async function viewAudit(token, offset) {
   const limit = 50;
   const events = await api("GET", "/api/audit?limit=" + limit + "&offset=" + offset);
@@ -404,7 +411,7 @@ async function viewAudit(token, offset) {
       h("tbody", {}, events.map((e) => h("tr", {},
         h("td", {}, when(e.created_at)),
         h("td", {}, e.action.replace(/_/g, " ")),
-        h("td", {}, e.target ? h("a", { href: "#/devices/" + e.target }, h("code", {}, e.target.slice(0, 8))) : "—"),
+        h("td", {}, auditTarget(e)),
         h("td", {}, describe(e)))))),
     events.length === 0 ? h("p", {}, "No events yet.") : null, nav);
 }
