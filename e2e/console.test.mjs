@@ -29,6 +29,18 @@ function step(name) {
   console.log(`· ${name}`);
 }
 
+/** The page shows no leaked placeholders (null, undefined, NaN, objects). */
+async function assertClean(page) {
+  const text = await page.locator("main").innerText();
+  assert.doesNotMatch(text, /\bnull\b|\bundefined\b|\bNaN\b|\[object Object\]/, `odd text on ${page.url()}:\n${text}`);
+}
+
+async function signInAs(page, user) {
+  await page.getByRole("link", { name: "Sign in with Member Center" }).click();
+  await page.getByRole("button", { name: new RegExp(user, "i") }).click();
+  await page.locator("#user-name").waitFor();
+}
+
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   headless: true,
@@ -72,9 +84,8 @@ try {
   await signIn.waitFor();
 
   step("sign in as alice through the development provider");
-  await signIn.click();
-  await page.getByRole("button", { name: /alice/i }).click();
-  await page.waitForURL((u) => u.origin === origin);
+  await signInAs(page, "alice");
+  assert.equal(new URL(page.url()).origin, origin);
   await page.getByRole("heading", { name: "My devices" }).waitFor();
   await page.getByText("No devices yet.").waitFor();
   assert.match(await page.locator("#user-name").textContent(), /alice/i);
@@ -112,6 +123,7 @@ try {
   const row = page.locator("#devices tbody tr").first();
   await row.locator('[data-status="online"]').waitFor();
   const deviceId = await row.getAttribute("data-device");
+  await assertClean(page);
   mkdirSync(artifacts, { recursive: true });
   const shot = join(artifacts, "console-devices.png");
   await page.screenshot({ path: shot, fullPage: true });
@@ -135,6 +147,7 @@ try {
   await page.getByRole("button", { name: "Rename" }).click();
   await page.getByRole("heading", { name: "Lab box 7" }).waitFor();
   await page.getByRole("status").filter({ hasText: "Renamed" }).waitFor();
+  await assertClean(page);
 
   step("delete with confirmation");
   await page.getByRole("button", { name: "Delete", exact: true }).click();
@@ -158,6 +171,24 @@ try {
   for (const action of ["login", "pairing code created", "device paired", "device renamed", "device deleted"]) {
     await page.locator("#audit td", { hasText: new RegExp(`^${action}$`) }).first().waitFor();
   }
+  await assertClean(page);
+
+  step("my sessions: end another browser's session");
+  const other = await browser.newContext();
+  const otherPage = await other.newPage();
+  await otherPage.goto(consoleUrl);
+  await signInAs(otherPage, "alice");
+  await page.getByRole("link", { name: "Sessions" }).click();
+  const sessionRows = page.locator("#sessions tbody tr");
+  await sessionRows.nth(1).waitFor();
+  assert.equal(await sessionRows.count(), 2);
+  await assertClean(page);
+  await page.getByRole("button", { name: "End session", exact: true }).click();
+  await page.getByRole("status").filter({ hasText: "Session ended." }).waitFor();
+  await sessionRows.nth(1).waitFor({ state: "detached" });
+  const otherStatus = await otherPage.evaluate(() => fetch("/api/auth/status").then((r) => r.json()));
+  assert.equal(otherStatus.signed_in, false, "the ended session still works");
+  await other.close();
 
   step("sign out");
   await page.getByRole("button", { name: "Sign out" }).click();
@@ -168,10 +199,9 @@ try {
   // From here on a 401 is expected, and the browser logs it as an error.
   watchConsole = false;
   step("sign in again");
-  await page.getByRole("link", { name: "Sign in with Member Center" }).click();
-  await page.getByRole("button", { name: /alice/i }).click();
-  // Sign-in returns to the view it was started from (the audit log).
-  await page.getByRole("heading", { name: "My audit log" }).waitFor();
+  await signInAs(page, "alice");
+  // Sign-in returns to the view it was started from.
+  await page.getByRole("heading", { name: "My sessions" }).waitFor();
   step("an API error is shown with the server's message");
   await page.evaluate((id) => { location.hash = `#/devices/${id}`; }, deviceId);
   await page.getByRole("alert").filter({ hasText: "(not_found)" }).waitFor();

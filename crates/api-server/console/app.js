@@ -107,7 +107,7 @@ function stopTimers() {
 }
 
 function show(...nodes) {
-  main.replaceChildren(...nodes);
+  main.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined && n !== false));
 }
 
 function when(ms) {
@@ -346,7 +346,7 @@ async function viewPair(token) {
       h("p", {}, countdown),
       h("p", {}, "On the box, run:"),
       h("pre", { id: "pair-command" }, command),
-      h("p", { class: "hint" }, "The code works once. The box keeps its credential in the agent's credential file and connects with `edge-agent run`.")));
+      h("p", { class: "hint" }, "The code works once. The box keeps its credential in the agent's credential file and connects with ", h("code", {}, "edge-agent run"), ".")));
     await refreshPending();
   }) }, "Create pairing code");
 
@@ -386,7 +386,11 @@ function describe(e) {
   const d = e.detail || {};
   const parts = [];
   for (const [k, v] of Object.entries(d)) {
-    parts.push(k.replace(/_/g, " ") + ": " + (typeof v === "object" ? JSON.stringify(v) : v));
+    if (v === null || v === undefined) continue;
+    const value = k.endsWith("_at") && typeof v === "number" ? when(v)
+      : Array.isArray(v) ? v.join(", ")
+      : typeof v === "object" ? JSON.stringify(v) : v;
+    parts.push(k.replace(/_/g, " ") + ": " + value);
   }
   return parts.join(" · ");
 }
