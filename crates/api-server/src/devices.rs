@@ -100,18 +100,14 @@ pub async fn list(
 ) -> Result<Json<Vec<DeviceView>>, ApiError> {
     let (limit, offset) = page.bounds();
     let devices = state.store.devices_page(user.id, limit, offset).await?;
-    let live: Option<HashMap<DeviceId, SessionSummary>> = match state.directory.list().await {
-        Ok(all) => Some(
-            all.into_iter()
-                .filter(|s| s.owner_id == user.id)
-                .map(|s| (s.device_id, s))
-                .collect(),
-        ),
-        Err(err) => {
-            tracing::warn!(error = %err, "device status unavailable");
-            None
-        }
-    };
+    let live: Option<HashMap<DeviceId, SessionSummary>> =
+        match state.directory.list_owned(user.id).await {
+            Ok(owned) => Some(owned.into_iter().map(|s| (s.device_id, s)).collect()),
+            Err(err) => {
+                tracing::warn!(error = %err, "device status unavailable");
+                None
+            }
+        };
     Ok(Json(
         devices
             .into_iter()

@@ -8,7 +8,7 @@ use crate::{BoxStream, DirectoryError, NodeId, NodeLocator, SessionSummary, Sess
 use async_trait::async_trait;
 use bytes::Bytes;
 use edge_core::error_body::ErrorBody;
-use edge_core::{DeviceId, Secret};
+use edge_core::{DeviceId, Secret, UserId};
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
@@ -123,6 +123,22 @@ impl RelayDirectory {
         }
     }
 
+    /// `GET path` (a session list) on every node, concatenated.
+    async fn list_at(&self, path: &str) -> Result<Vec<SessionSummary>, DirectoryError> {
+        let mut all = Vec::new();
+        for node in self.locator.nodes().await? {
+            let res = self.send(&node, Method::GET, path, false).await?;
+            if res.status() != StatusCode::OK {
+                return Err(self.error_from(res).await);
+            }
+            let body = self.body(res).await?;
+            let mut sessions: Vec<SessionSummary> = serde_json::from_slice(&body)
+                .map_err(|e| DirectoryError::Relay(format!("bad session list JSON: {e}")))?;
+            all.append(&mut sessions);
+        }
+        Ok(all)
+    }
+
     async fn node_for(&self, device: DeviceId) -> Result<NodeId, DirectoryError> {
         self.locator
             .locate(device)
@@ -159,20 +175,12 @@ impl SessionView for RelayDirectory {
     }
 
     async fn list(&self) -> Result<Vec<SessionSummary>, DirectoryError> {
-        let mut all = Vec::new();
-        for node in self.locator.nodes().await? {
-            let res = self
-                .send(&node, Method::GET, internal_api::SESSIONS, false)
-                .await?;
-            if res.status() != StatusCode::OK {
-                return Err(self.error_from(res).await);
-            }
-            let body = self.body(res).await?;
-            let mut sessions: Vec<SessionSummary> = serde_json::from_slice(&body)
-                .map_err(|e| DirectoryError::Relay(format!("bad session list JSON: {e}")))?;
-            all.append(&mut sessions);
-        }
-        Ok(all)
+        self.list_at(internal_api::SESSIONS).await
+    }
+
+    async fn list_owned(&self, owner: UserId) -> Result<Vec<SessionSummary>, DirectoryError> {
+        self.list_at(&internal_api::owned_sessions_path(owner))
+            .await
     }
 
     async fn close(&self, device: DeviceId) -> Result<bool, DirectoryError> {

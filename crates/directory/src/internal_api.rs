@@ -2,9 +2,9 @@
 //! paths, the upgrade token of the raw-stream endpoint, and error codes.
 //! Every request carries `Authorization: Bearer <internal secret>`.
 
-use edge_core::DeviceId;
+use edge_core::{DeviceId, UserId};
 
-/// `GET` lists sessions.
+/// `GET` lists sessions; `?owner=<user id>` only that owner's.
 pub const SESSIONS: &str = "/internal/v1/sessions";
 /// Upgrade protocol token of the raw-stream endpoint.
 pub const STREAM_PROTOCOL: &str = "edge-stream";
@@ -19,4 +19,9 @@ pub fn session_path(device: DeviceId) -> String {
 /// `GET` with `Upgrade: edge-stream` opens a raw stream to the device.
 pub fn stream_path(device: DeviceId) -> String {
     format!("{SESSIONS}/{device}/stream")
+}
+
+/// `GET` the sessions of `owner`'s devices.
+pub fn owned_sessions_path(owner: UserId) -> String {
+    format!("{SESSIONS}?owner={owner}")
 }

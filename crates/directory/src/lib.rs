@@ -65,6 +65,8 @@ pub enum DirectoryError {
 pub trait SessionView: Send + Sync {
     async fn lookup(&self, device: DeviceId) -> Result<Option<SessionSummary>, DirectoryError>;
     async fn list(&self) -> Result<Vec<SessionSummary>, DirectoryError>;
+    /// The live sessions of one owner's devices (the console polls this).
+    async fn list_owned(&self, owner: UserId) -> Result<Vec<SessionSummary>, DirectoryError>;
     /// Close a device's live session with GoAway; true when one existed.
     async fn close(&self, device: DeviceId) -> Result<bool, DirectoryError>;
     /// Open a fresh yamux stream to the device.

@@ -1,18 +1,19 @@
-//! The internal API (`:3801`) the api-server calls: list sessions, get one,
+//! The internal API (`:3801`) the api-server calls: list sessions (all or
+//! one owner's), get one,
 //! close one, and open a raw stream (an HTTP upgrade that becomes a byte pipe
 //! to a fresh yamux stream on the device). Every route needs the shared
 //! secret as a bearer token.
 
 use crate::error::RelayError;
 use crate::Relay;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use directory::internal_api::{SESSIONS, STREAM_PROTOCOL};
 use directory::{DirectoryError, SessionView};
-use edge_core::DeviceId;
+use edge_core::{DeviceId, UserId};
 use http::{header, HeaderValue, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -57,8 +58,25 @@ impl From<DirectoryError> for RelayError {
     }
 }
 
-async fn list(State(relay): State<Arc<Relay>>) -> Result<Response, RelayError> {
-    Ok(Json(relay.directory.list().await?).into_response())
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    owner: Option<String>,
+}
+
+async fn list(
+    State(relay): State<Arc<Relay>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, RelayError> {
+    let sessions = match q.owner {
+        Some(owner) => {
+            let owner: UserId = owner
+                .parse()
+                .map_err(|_| RelayError::BadRequest("malformed owner id".into()))?;
+            relay.directory.list_owned(owner).await?
+        }
+        None => relay.directory.list().await?,
+    };
+    Ok(Json(sessions).into_response())
 }
 
 async fn lookup(

@@ -1,14 +1,15 @@
 //! The relay's in-memory session directory: device id → live session. It is
 //! the only [`SessionRegistry`]; it also serves the [`SessionView`] that the
 //! internal API exposes. Newest connection wins: registering a device that
-//! already has a session closes the old one with GoAway(0).
+//! already has a session closes the old one with GoAway(0). An index by
+//! owner answers "this user's sessions" without scanning every tunnel.
 
 use async_trait::async_trait;
 use directory::{
     BoxStream, ConnectionId, DirectoryError, NodeId, SessionRegistry, SessionSummary, SessionView,
 };
-use edge_core::DeviceId;
-use std::collections::HashMap;
+use edge_core::{DeviceId, UserId};
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,10 +37,44 @@ struct Entry {
     live: LiveSession,
 }
 
+/// The sessions by device, and the devices with a session by owner.
+#[derive(Default)]
+struct Sessions {
+    by_device: HashMap<DeviceId, Entry>,
+    by_owner: HashMap<UserId, HashSet<DeviceId>>,
+}
+
+impl Sessions {
+    fn insert(&mut self, entry: Entry) -> Option<Entry> {
+        let (device, owner) = (entry.summary.device_id, entry.summary.owner_id);
+        let old = self.by_device.insert(device, entry);
+        if let Some(old) = &old {
+            self.unindex(old.summary.owner_id, device);
+        }
+        self.by_owner.entry(owner).or_default().insert(device);
+        old
+    }
+
+    fn remove(&mut self, device: DeviceId) -> Option<Entry> {
+        let entry = self.by_device.remove(&device)?;
+        self.unindex(entry.summary.owner_id, device);
+        Some(entry)
+    }
+
+    fn unindex(&mut self, owner: UserId, device: DeviceId) {
+        if let Some(devices) = self.by_owner.get_mut(&owner) {
+            devices.remove(&device);
+            if devices.is_empty() {
+                self.by_owner.remove(&owner);
+            }
+        }
+    }
+}
+
 /// In-memory directory of this node's tunnels.
 pub struct LocalDirectory {
     node: NodeId,
-    entries: Mutex<HashMap<DeviceId, Entry>>,
+    entries: Mutex<Sessions>,
     next_conn: AtomicU64,
     changes: tokio::sync::watch::Sender<u64>,
     open_timeout: Duration,
@@ -49,7 +84,7 @@ impl LocalDirectory {
     pub fn new(node: NodeId, open_timeout: Duration) -> Self {
         Self {
             node,
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Sessions::default()),
             next_conn: AtomicU64::new(1),
             changes: tokio::sync::watch::channel(0).0,
             open_timeout,
@@ -60,9 +95,10 @@ impl LocalDirectory {
         &self.node
     }
 
-    fn entries(&self) -> MutexGuard<'_, HashMap<DeviceId, Entry>> {
-        // A panic while holding this lock cannot leave the map inconsistent
-        // (every mutation is a single insert/remove), so poisoning is ignored.
+    fn entries(&self) -> MutexGuard<'_, Sessions> {
+        // A panic while holding this lock cannot leave the maps inconsistent
+        // (no code that can panic runs between their updates), so poisoning
+        // is ignored.
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -72,11 +108,16 @@ impl LocalDirectory {
 
     /// Number of live sessions.
     pub fn len(&self) -> usize {
-        self.entries().len()
+        self.entries().by_device.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Number of owners in the owner index (zero when no session is live).
+    pub fn indexed_owners(&self) -> usize {
+        self.entries().by_owner.len()
     }
 
     /// Wait until `pred` holds for the directory (re-checked on each change).
@@ -94,12 +135,12 @@ impl LocalDirectory {
 
     /// The connection id of a device's session, if connected.
     pub fn connection_of(&self, device: DeviceId) -> Option<ConnectionId> {
-        self.entries().get(&device).map(|e| e.conn)
+        self.entries().by_device.get(&device).map(|e| e.conn)
     }
 
     /// Close every session (shutdown).
     pub fn close_all(&self) {
-        for entry in self.entries().values() {
+        for entry in self.entries().by_device.values() {
             entry.live.cancel.cancel();
         }
     }
@@ -120,14 +161,11 @@ impl SessionRegistry for LocalDirectory {
     async fn register(&self, summary: SessionSummary, live: LiveSession) -> ConnectionId {
         let conn = ConnectionId(self.next_conn.fetch_add(1, Ordering::Relaxed));
         let device = summary.device_id;
-        let old = self.entries().insert(
-            device,
-            Entry {
-                conn,
-                summary,
-                live,
-            },
-        );
+        let old = self.entries().insert(Entry {
+            conn,
+            summary,
+            live,
+        });
         if let Some(old) = old {
             tracing::info!(%device, "newer connection replaces the existing session");
             old.live.cancel.cancel();
@@ -144,8 +182,8 @@ impl SessionRegistry for LocalDirectory {
     async fn cleanup(&self, device: DeviceId, conn: ConnectionId) {
         let removed = {
             let mut entries = self.entries();
-            match entries.get(&device) {
-                Some(e) if e.conn == conn => entries.remove(&device),
+            match entries.by_device.get(&device) {
+                Some(e) if e.conn == conn => entries.remove(device),
                 _ => None,
             }
         };
@@ -159,17 +197,40 @@ impl SessionRegistry for LocalDirectory {
 #[async_trait]
 impl SessionView for LocalDirectory {
     async fn lookup(&self, device: DeviceId) -> Result<Option<SessionSummary>, DirectoryError> {
-        Ok(self.entries().get(&device).map(Self::snapshot))
+        Ok(self.entries().by_device.get(&device).map(Self::snapshot))
     }
 
     async fn list(&self) -> Result<Vec<SessionSummary>, DirectoryError> {
-        let mut all: Vec<_> = self.entries().values().map(Self::snapshot).collect();
+        let mut all: Vec<_> = self
+            .entries()
+            .by_device
+            .values()
+            .map(Self::snapshot)
+            .collect();
         all.sort_by_key(|s| s.connected_since);
         Ok(all)
     }
 
+    async fn list_owned(&self, owner: UserId) -> Result<Vec<SessionSummary>, DirectoryError> {
+        let entries = self.entries();
+        let mut owned: Vec<_> = entries
+            .by_owner
+            .get(&owner)
+            .into_iter()
+            .flatten()
+            .filter_map(|d| entries.by_device.get(d))
+            .map(Self::snapshot)
+            .collect();
+        owned.sort_by_key(|s| s.connected_since);
+        Ok(owned)
+    }
+
     async fn close(&self, device: DeviceId) -> Result<bool, DirectoryError> {
-        let found = self.entries().get(&device).map(|e| e.live.cancel.clone());
+        let found = self
+            .entries()
+            .by_device
+            .get(&device)
+            .map(|e| e.live.cancel.clone());
         Ok(match found {
             Some(cancel) => {
                 cancel.cancel();
@@ -182,7 +243,10 @@ impl SessionView for LocalDirectory {
     async fn open_stream(&self, device: DeviceId) -> Result<BoxStream, DirectoryError> {
         let (mut control, streams) = {
             let entries = self.entries();
-            let entry = entries.get(&device).ok_or(DirectoryError::Offline)?;
+            let entry = entries
+                .by_device
+                .get(&device)
+                .ok_or(DirectoryError::Offline)?;
             (entry.live.control.clone(), entry.live.streams.clone())
         };
         let permit = streams

@@ -199,11 +199,66 @@ async fn second_connection_wins_and_the_first_gets_goaway() {
     assert_eq!(sessions.as_array().map(Vec::len), Some(1));
     assert_eq!(sessions[0]["device_id"], dev.id.to_string());
     assert_eq!(sessions[0]["owner_id"], owner.id.to_string());
+    assert_eq!(owned_ids(&stack, owner.id).await, vec![dev.id.to_string()]);
     assert!(sessions[0]["agent_version"]
         .as_str()
         .unwrap()
         .starts_with("edge-agent/"));
     assert_eq!(checks::info(&stack, &owner, dev.id).await["model"], "SIM-1");
+}
+
+/// `GET /internal/v1/sessions?owner=` on the internal port.
+async fn owned_sessions(stack: &Stack, owner: &str) -> reqwest::Response {
+    stack
+        .http
+        .get(stack.internal_url(&format!("/internal/v1/sessions?owner={owner}")))
+        .bearer_auth(stack.internal_secret().expose())
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn owned_ids(stack: &Stack, owner: edge_core::UserId) -> Vec<String> {
+    let res = owned_sessions(stack, &owner.to_string()).await;
+    assert_eq!(res.status(), 200);
+    let list: Vec<serde_json::Value> = res.json().await.unwrap();
+    let mut ids: Vec<String> = list
+        .iter()
+        .map(|s| {
+            assert_eq!(s["owner_id"], owner.to_string());
+            s["device_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_listed_per_owner_and_leave_the_list_on_disconnect() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let bob = stack.user("bob").await;
+    let (a1, agent_a1) = stack.online_device(alice.id).await;
+    let (a2, agent_a2) = stack.online_device(alice.id).await;
+    let (b1, agent_b1) = stack.online_device(bob.id).await;
+    assert_eq!(stack.relay().directory.indexed_owners(), 2);
+    let mut alices = vec![a1.id.to_string(), a2.id.to_string()];
+    alices.sort();
+    assert_eq!(owned_ids(&stack, alice.id).await, alices);
+    assert_eq!(owned_ids(&stack, bob.id).await, vec![b1.id.to_string()]);
+    let nobody = edge_core::UserId::new();
+    assert!(owned_ids(&stack, nobody).await.is_empty());
+    assert_eq!(owned_sessions(&stack, "not-a-uuid").await.status(), 400);
+
+    agent_a1.stop().await;
+    stack.wait_offline(a1.id).await;
+    assert_eq!(owned_ids(&stack, alice.id).await, vec![a2.id.to_string()]);
+    agent_a2.stop().await;
+    agent_b1.stop().await;
+    stack.wait_offline(a2.id).await;
+    stack.wait_offline(b1.id).await;
+    assert!(owned_ids(&stack, bob.id).await.is_empty());
+    assert_eq!(stack.relay().directory.indexed_owners(), 0, "index emptied");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
