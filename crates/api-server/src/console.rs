@@ -1,8 +1,8 @@
 //! The web console: static files compiled into the binary (`console/`) and
-//! served at `/`, `/console/{file}` and `/favicon.ico`. Every response carries a strict
-//! Content-Security-Policy (scripts, styles, images and API calls from this
-//! origin only, nothing inline, no framing), so the page cannot load
-//! anything from another site even by mistake.
+//! served at `/`, `/console/{file}` and `/favicon.ico`. Every response
+//! carries a strict Content-Security-Policy (scripts, styles, images and API
+//! calls from this origin only, nothing inline, no framing), so the page
+//! cannot load anything from another site even by mistake.
 
 use crate::error::ApiError;
 use axum::extract::Path;

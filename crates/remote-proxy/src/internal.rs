@@ -1,8 +1,7 @@
-//! The internal API (`:3801`) the api-server calls: list sessions (all or
-//! one owner's), get one,
-//! close one, and open a raw stream (an HTTP upgrade that becomes a byte pipe
-//! to a fresh yamux stream on the device). Every route needs the shared
-//! secret as a bearer token.
+//! The internal API (`:3801`) the api-server calls: list sessions (all, or
+//! one owner's), get one, close one, and open a raw stream (an HTTP upgrade
+//! that becomes a byte pipe to a fresh yamux stream on the device). Every
+//! route needs the shared secret as a bearer token.
 
 use crate::error::RelayError;
 use crate::Relay;
