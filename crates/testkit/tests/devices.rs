@@ -24,6 +24,17 @@ async fn body(res: reqwest::Response) -> serde_json::Value {
     res.json().await.unwrap()
 }
 
+/// `GET path` as `user`, parsed as JSON.
+async fn get_json(stack: &Stack, user: &TestUser, path: &str) -> serde_json::Value {
+    body(
+        req(stack, user, reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_shows_live_status_and_edits_stick() {
     let stack = Stack::start().await;
@@ -33,13 +44,7 @@ async fn list_shows_live_status_and_edits_stick() {
     let _agent = stack.agent(&on);
     stack.wait_online(on.id).await;
 
-    let list = body(
-        req(&stack, &alice, reqwest::Method::GET, "/api/devices")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let list = get_json(&stack, &alice, "/api/devices").await;
     let status = |id: edge_core::DeviceId| {
         list.as_array()
             .unwrap()
@@ -50,18 +55,7 @@ async fn list_shows_live_status_and_edits_stick() {
     };
     assert_eq!(status(on.id), "online");
     assert_eq!(status(off.id), "offline");
-    let page = body(
-        req(
-            &stack,
-            &alice,
-            reqwest::Method::GET,
-            "/api/devices?limit=1&offset=1",
-        )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+    let page = get_json(&stack, &alice, "/api/devices?limit=1&offset=1").await;
     assert_eq!(page.as_array().map(Vec::len), Some(1));
 
     let path = format!("/api/devices/{}", on.id);
@@ -71,13 +65,7 @@ async fn list_shows_live_status_and_edits_stick() {
         .await
         .unwrap();
     assert_eq!(patched.status(), 200);
-    let got = body(
-        req(&stack, &alice, reqwest::Method::GET, &path)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let got = get_json(&stack, &alice, &path).await;
     assert_eq!(
         (
             got["name"].clone(),
@@ -104,15 +92,7 @@ async fn an_offline_device_shows_when_it_was_last_seen() {
     let alice = stack.user("alice").await;
     let dev = stack.device(alice.id).await;
     let path = format!("/api/devices/{}", dev.id);
-    let get = || async {
-        body(
-            req(&stack, &alice, reqwest::Method::GET, &path)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
-    };
+    let get = || get_json(&stack, &alice, &path);
     let never = get().await;
     assert_eq!(
         (never["status"].clone(), never["last_seen_at"].clone()),
@@ -169,13 +149,7 @@ async fn delete_closes_the_tunnel_within_a_second_and_refuses_the_credential() {
         stack.dial_raw(&dev.token).await,
         Err(tunnel::dial::DialError::Refused { status: 401, .. })
     ));
-    let list = body(
-        req(&stack, &alice, reqwest::Method::GET, "/api/devices")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let list = get_json(&stack, &alice, "/api/devices").await;
     assert_eq!(list.as_array().map(Vec::len), Some(0));
 }
 
@@ -238,13 +212,7 @@ async fn another_tenants_objects_are_indistinguishable_from_missing_ones() {
     )
     .await;
     let code_id = code["id"].as_str().unwrap().to_owned();
-    let sessions = body(
-        req(&stack, &alice, reqwest::Method::GET, "/api/auth/sessions")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let sessions = get_json(&stack, &alice, "/api/auth/sessions").await;
     let session_id = sessions[0]["id"].as_str().unwrap().to_owned();
 
     // Which of alice's objects each id-taking route names.
@@ -299,13 +267,7 @@ async fn another_tenants_objects_are_indistinguishable_from_missing_ones() {
         stack.relay().directory.connection_of(dev.id).is_some(),
         "still connected"
     );
-    let pending = body(
-        req(&stack, &alice, reqwest::Method::GET, "/api/pairing/codes")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let pending = get_json(&stack, &alice, "/api/pairing/codes").await;
     assert_eq!(pending.as_array().map(Vec::len), Some(1));
     assert_eq!(
         req(&stack, &alice, reqwest::Method::GET, "/api/auth/me")
@@ -315,24 +277,12 @@ async fn another_tenants_objects_are_indistinguishable_from_missing_ones() {
             .status(),
         200
     );
-    let alice_audit = body(
-        req(&stack, &alice, reqwest::Method::GET, "/api/audit")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let alice_audit = get_json(&stack, &alice, "/api/audit").await;
     assert!(alice_audit
         .as_array()
         .unwrap()
         .iter()
         .all(|e| e["action"] != "device_renamed"));
-    let bob_audit = body(
-        req(&stack, &bob, reqwest::Method::GET, "/api/audit")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let bob_audit = get_json(&stack, &bob, "/api/audit").await;
     assert!(bob_audit.as_array().unwrap().is_empty(), "{bob_audit}");
 }
