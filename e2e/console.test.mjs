@@ -160,12 +160,15 @@ try {
   await page.screenshot({ path: shot, fullPage: true });
   console.log(`screenshot of the device list: ${shot}`);
 
-  step("open the device UI through the proxy in a new tab");
-  const [popup] = await Promise.all([context.waitForEvent("page"), row.getByRole("link", { name: "Open device UI" }).click()]);
-  await popup.waitForLoadState();
-  assert.equal(new URL(popup.url()).pathname, `/api/devices/${deviceId}/proxy/`);
+  step("open the device UI on the device's own origin in a new tab");
+  const [popup] = await Promise.all([context.waitForEvent("page"), row.getByRole("button", { name: "Open device UI" }).click()]);
   await popup.getByRole("heading", { name: "Simulated edge box" }).waitFor();
+  const deviceOrigin = new URL(popup.url());
+  assert.equal(deviceOrigin.host, `${deviceId}.localhost:${new URL(consoleUrl).port}`);
+  assert.equal(deviceOrigin.pathname, "/");
+  assert.doesNotMatch(popup.url(), /ticket/i, "the ticket must not be in a URL");
   await popup.locator("#info").filter({ hasText: "firmware" }).waitFor();
+  assert.equal(await popup.evaluate(() => window.opener), null, "the device page can reach the console window");
   await popup.close();
 
   step("device detail: labelled inputs, rename");

@@ -132,14 +132,23 @@ function lastSeen(d) {
   return h("span", { title: when(d.last_seen_at) }, ago(d.last_seen_at));
 }
 
-function proxyUrl(id) {
-  return "/api/devices/" + encodeURIComponent(id) + "/proxy/";
+/** Open the box's own UI on its own origin, in a new tab: ask the API for a
+ * single-use ticket and post it there in a form (never in a URL). The new
+ * tab has no reference back to this window (noopener, and the console's
+ * Cross-Origin-Opener-Policy). */
+async function openDeviceUi(d) {
+  const t = await api("POST", "/api/devices/" + encodeURIComponent(d.id) + "/ui-ticket");
+  const form = h("form", { method: "POST", action: t.action, target: "_blank", rel: "noopener", hidden: true },
+    h("input", { type: "hidden", name: "ticket", value: t.ticket }));
+  document.body.append(form);
+  form.submit();
+  form.remove();
 }
 
-/** The box's own UI through the proxy route, in a new tab (online only). */
+/** The box's own UI button (online only). */
 function openUiLink(d) {
   if (d.status !== "online") return h("span", { class: "muted" }, "UI available when online");
-  return h("a", { href: proxyUrl(d.id), target: "_blank", rel: "noopener", class: "open-ui" }, "Open device UI");
+  return h("button", { type: "button", class: "secondary open-ui", onclick: () => attempt(() => openDeviceUi(d)) }, "Open device UI");
 }
 
 function tableHead(...titles) {

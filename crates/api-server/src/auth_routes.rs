@@ -1,13 +1,14 @@
 //! Login and session endpoints of the backend-for-frontend:
-//! `GET /api/auth/login`, `GET /api/auth/callback` (public), and, for a
-//! signed-in caller, `GET /api/auth/me`, `POST /api/auth/logout`,
+//! `GET /api/auth/login`, `GET /api/auth/callback`,
+//! `POST /api/auth/backchannel-logout` (public; the provider's signed
+//! logout token is its credential), and, for a signed-in caller, `GET /api/auth/me`, `POST /api/auth/logout`,
 //! `GET /api/auth/sessions`, `DELETE /api/auth/sessions/{id}`.
 //! Tokens never reach the browser; only the session cookie does.
 
 use crate::error::ApiError;
 use crate::session::{
-    self, pending_cookie_name, presented_session_hash, read_cookie, set_cookie, start_session,
-    CurrentUser, PENDING_LOGIN_SECS,
+    self, pending_cookie_name, presented_session_hash, read_cookie, set_cookie, CurrentUser,
+    PENDING_LOGIN_SECS,
 };
 use crate::state::AppState;
 use auth::pending::{is_local_path, PendingLogin, PENDING_PURPOSE};
@@ -111,20 +112,27 @@ pub async fn callback(
         return Err(ApiError::LoginFailed("state mismatch".into()));
     }
     let identity = state.oidc.finish_login(&code, &pending).await?;
+    let clean = |s: &Option<String>, max| {
+        s.as_deref()
+            .map(|v| edge_core::text::display_safe_bounded(v, max))
+            .filter(|v| !v.is_empty())
+    };
     let user = state
         .store
-        .upsert_user(
-            &identity.issuer,
-            &identity.subject,
-            identity.email.as_deref(),
-            identity.name.as_deref(),
-        )
+        .upsert_user_claims(&store::UserClaims {
+            issuer: identity.issuer.clone(),
+            subject: identity.subject.clone(),
+            email: clean(&identity.email, 320),
+            email_verified: identity.email_verified,
+            name: clean(&identity.name, 200),
+        })
         .await?;
     // Session fixation defence: whatever session the browser held is dead.
     if let Some(old) = presented_session_hash(&state, &headers) {
         state.store.delete_session(&old).await?;
     }
-    let session_cookie = start_session(&state, user.id).await?;
+    let session_cookie =
+        session::start_login_session(&state, user.id, identity.sid.as_deref()).await?;
     state
         .store
         .audit(
@@ -150,6 +158,8 @@ pub async fn callback(
 pub struct Me {
     id: String,
     email: Option<String>,
+    /// Whether the provider verified the email (`null`: it did not say).
+    email_verified: Option<bool>,
     name: Option<String>,
 }
 
@@ -162,6 +172,7 @@ async fn me_of(state: &AppState, user: &CurrentUser) -> Result<Me, ApiError> {
     Ok(Me {
         id: u.id.to_string(),
         email: u.email,
+        email_verified: u.email_verified,
         name: u.name,
     })
 }
@@ -261,4 +272,58 @@ pub async fn end_session(
     } else {
         Err(ApiError::NotFound)
     }
+}
+
+#[derive(Deserialize)]
+pub struct LogoutTokenForm {
+    logout_token: String,
+}
+
+/// `POST /api/auth/backchannel-logout` (OIDC Back-Channel Logout 1.0): the
+/// provider ends a user's sessions server-side. The logout token is
+/// verified (signature, iss, aud, iat window, events, no nonce, sid or sub)
+/// and its `jti` is accepted once across all replicas; then the sessions it
+/// names are deleted, which also ends their device access (every device
+/// origin request and open WebSocket re-checks the session).
+pub async fn backchannel_logout(
+    State(state): State<AppState>,
+    axum::Form(form): axum::Form<LogoutTokenForm>,
+) -> Result<Response, ApiError> {
+    let request = state
+        .oidc
+        .verify_logout_token(form.logout_token.trim())
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "back-channel logout refused");
+            ApiError::InvalidLogoutToken("the logout token was not acceptable".into())
+        })?;
+    let jti_hash =
+        edge_core::secret::sha256_hex(format!("{}\n{}", request.issuer, request.jti).as_bytes());
+    if !state
+        .store
+        .remember_logout_token(
+            &jti_hash,
+            now_ms(),
+            request.accept_until.saturating_mul(1000),
+        )
+        .await?
+    {
+        tracing::warn!("back-channel logout refused: logout token replayed");
+        return Err(ApiError::InvalidLogoutToken(
+            "the logout token was already used".into(),
+        ));
+    }
+    let ended = state
+        .store
+        .delete_idp_sessions(
+            &request.issuer,
+            request.subject.as_deref(),
+            request.sid.as_deref(),
+        )
+        .await?;
+    tracing::info!(sessions = ended, "back-channel logout ended sessions");
+    let mut res = StatusCode::OK.into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
 }

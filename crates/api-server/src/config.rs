@@ -1,6 +1,7 @@
 //! Command-line and environment configuration of the api-server, with the
 //! documented defaults, checked once into [`Settings`].
 
+use crate::device_host::DeviceOrigins;
 use crate::error::ApiError;
 use clap::Parser;
 use edge_core::telemetry::LogFormat;
@@ -22,6 +23,12 @@ pub struct Config {
         default_value = "http://localhost:3721"
     )]
     pub public_origin: String,
+    /// Origin template for box content, one origin per device, e.g.
+    /// `https://{device}.devices.example.net` (use a registrable domain of
+    /// its own, with a wildcard DNS record and certificate). Default, for a
+    /// loopback public origin only: `http://{device}.localhost:<port>`.
+    #[arg(long, env = "API_SERVER_DEVICE_ORIGIN_TEMPLATE")]
+    pub device_origin_template: Option<String>,
     /// Directory for embedded-default state (SQLite file, keys, secrets).
     #[arg(long, env = "EDGE_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -143,11 +150,38 @@ pub struct Settings {
     pub proxy_connect_timeout: Duration,
     pub proxy_first_byte_timeout: Duration,
     pub pairing_code_lifetime: Duration,
+    /// Where box content is served: one origin per device.
+    pub device_origins: DeviceOrigins,
+    /// Lifetime of a device-origin entry ticket.
+    pub device_ticket_lifetime: Duration,
+    /// How often an open connection on a device origin (a WebSocket, say)
+    /// re-checks the user's session and ownership.
+    pub device_access_recheck: Duration,
+    /// Attempts to close a revoked device's live tunnel before failing.
+    pub tunnel_close_attempts: u32,
 }
 
 impl Settings {
-    /// Settings with the documented defaults for `public_origin`.
+    /// Settings with the documented defaults for `public_origin`, which
+    /// must be loopback here: device origins default to
+    /// `{device}.localhost` (see [`Settings::with_device_origins`]).
     pub fn new(public_origin: &str, cookie_secure: bool) -> Result<Self, ApiError> {
+        let device_origins =
+            DeviceOrigins::for_loopback_console(public_origin).ok_or_else(|| {
+                ApiError::Config(
+                    "--device-origin-template is required when the public origin is not loopback"
+                        .into(),
+                )
+            })?;
+        Self::with_device_origins(public_origin, cookie_secure, device_origins)
+    }
+
+    /// Settings with the documented defaults and the operator's device origins.
+    pub fn with_device_origins(
+        public_origin: &str,
+        cookie_secure: bool,
+        device_origins: DeviceOrigins,
+    ) -> Result<Self, ApiError> {
         let (scheme, rest) = public_origin
             .split_once("://")
             .ok_or_else(|| ApiError::Config("public origin must be scheme://host".into()))?;
@@ -156,7 +190,21 @@ impl Settings {
                 "public origin must be http(s)://host[:port] with no path".into(),
             ));
         }
+        if device_origins.device_of_host(rest).is_some() {
+            return Err(ApiError::Config(
+                "the console's origin cannot be a device origin".into(),
+            ));
+        }
+        if cookie_secure && !device_origins.is_https() {
+            tracing::warn!(
+                "secure cookies with http device origins: browsers will drop the device cookie"
+            );
+        }
         Ok(Self {
+            device_origins,
+            device_ticket_lifetime: Duration::from_secs(30),
+            device_access_recheck: Duration::from_millis(500),
+            tunnel_close_attempts: 3,
             public_origin: public_origin.to_owned(),
             public_scheme: scheme.to_owned(),
             cookie_secure,
@@ -243,7 +291,14 @@ impl Config {
     }
 
     pub fn settings(&self) -> Result<Settings, ApiError> {
-        let mut s = Settings::new(&self.public_origin, !self.cookie_insecure)?;
+        let mut s = match &self.device_origin_template {
+            Some(t) => Settings::with_device_origins(
+                &self.public_origin,
+                !self.cookie_insecure,
+                DeviceOrigins::parse(t).map_err(ApiError::Config)?,
+            )?,
+            None => Settings::new(&self.public_origin, !self.cookie_insecure)?,
+        };
         if s.cookie_secure && s.public_scheme != "https" {
             tracing::warn!("secure cookies with an http public origin: browsers will drop them; use --cookie-insecure for local development");
         }

@@ -1,11 +1,15 @@
 //! The web console: static files compiled into the binary (`console/`) and
 //! served at `/`, `/console/{file}` and `/favicon.ico`. Every response
 //! carries a strict Content-Security-Policy (scripts, styles, images and API
-//! calls from this origin only, nothing inline, no framing), so the page
-//! cannot load anything from another site even by mistake.
+//! calls from this origin only, nothing inline, no framing, forms posted
+//! only here and to device origins), so the page cannot load anything from
+//! another site even by mistake, and `Cross-Origin-Opener-Policy:
+//! same-origin`, so a device's page opened from it never holds a reference
+//! to the console's window.
 
 use crate::error::ApiError;
-use axum::extract::Path;
+use crate::state::AppState;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
@@ -33,12 +37,18 @@ const FILES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The policy sent with every console file.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-     style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; \
-     form-action 'self'; frame-ancestors 'none'";
+/// The policy sent with every console file; forms may also go to
+/// `device_origins` (a CSP source such as `https://*.devices.example.net`),
+/// which is how "Open device UI" carries its ticket.
+pub fn content_security_policy(device_origins: &str) -> String {
+    format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+         connect-src 'self'; base-uri 'none'; form-action 'self' {device_origins}; \
+         frame-ancestors 'none'"
+    )
+}
 
-fn file(name: &str) -> Result<Response, ApiError> {
+fn file(name: &str, csp: &str) -> Result<Response, ApiError> {
     let (_, content_type, body) = FILES
         .iter()
         .find(|(n, _, _)| *n == name)
@@ -49,37 +59,50 @@ fn file(name: &str) -> Result<Response, ApiError> {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        HeaderValue::from_str(csp).map_err(|_| ApiError::Internal)?,
+    );
+    h.insert(
+        http::HeaderName::from_static("cross-origin-opener-policy"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // Cross-origin requests carry the console's origin only (never a
+    // path); `same-origin` would send `Origin: null` with the form that
+    // enters a device origin, which then could not tell it from a forgery.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
+        HeaderValue::from_static("strict-origin-when-cross-origin"),
     );
     Ok(res)
 }
 
-/// `GET /`: the console's single page.
-pub async fn index() -> Result<Response, ApiError> {
-    file("index.html")
+fn csp_of(state: &AppState) -> String {
+    content_security_policy(&state.settings.device_origins.csp_source())
 }
 
-/// `GET /favicon.ico`: the console's icon, also for box UIs opened
-/// through the proxy route (browsers ask the origin for it).
-pub async fn favicon() -> Result<Response, ApiError> {
-    file("icon.svg")
+/// `GET /`: the console's single page.
+pub async fn index(State(state): State<AppState>) -> Result<Response, ApiError> {
+    file("index.html", &csp_of(&state))
+}
+
+/// `GET /favicon.ico`: the console's icon.
+pub async fn favicon(State(state): State<AppState>) -> Result<Response, ApiError> {
+    file("icon.svg", &csp_of(&state))
 }
 
 /// `GET /console/{file}`: its script, style sheet and icon.
-pub async fn asset(Path(name): Path<String>) -> Result<Response, ApiError> {
+pub async fn asset(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     if name == "index.html" {
         return Err(ApiError::NotFound);
     }
-    file(&name)
+    file(&name, &csp_of(&state))
 }
 
 #[cfg(test)]
@@ -88,16 +111,16 @@ mod tests {
 
     #[test]
     fn every_file_is_served_with_the_policy_and_unknown_names_are_404() {
+        let csp = content_security_policy("https://*.devices.example.net");
+        assert!(csp.contains("form-action 'self' https://*.devices.example.net;"));
         for (name, ty, _) in FILES {
-            let res = file(name).unwrap_or_else(|_| panic!("{name} missing"));
+            let res = file(name, &csp).unwrap_or_else(|_| panic!("{name} missing"));
             assert_eq!(res.headers()[header::CONTENT_TYPE], *ty);
-            assert_eq!(
-                res.headers()[header::CONTENT_SECURITY_POLICY],
-                CONTENT_SECURITY_POLICY
-            );
+            assert_eq!(res.headers()[header::CONTENT_SECURITY_POLICY], csp.as_str());
+            assert_eq!(res.headers()["cross-origin-opener-policy"], "same-origin");
         }
-        assert!(file("../Cargo.toml").is_err());
-        assert!(file("").is_err());
+        assert!(file("../Cargo.toml", &csp).is_err());
+        assert!(file("", &csp).is_err());
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //! Rotation returns the new credential once and closes the live tunnel (the
 //! old credential is revoked at once). The owner installs the new credential
 //! on the box (the agent reads it from its credential file) or re-pairs.
+//! Delete and rotate fail loudly (`502 tunnel_not_closed`, after retrying)
+//! when the relay cannot close the live tunnel; the relay's own periodic
+//! credential check closes it within its interval (30 s by default).
 
 use crate::error::ApiError;
 use crate::session::CurrentUser;
@@ -142,13 +145,19 @@ pub async fn update(
     Json(patch): Json<DevicePatch>,
 ) -> Result<Json<DeviceView>, ApiError> {
     let before = owned(&state, &user, &id).await?;
-    let name = patch.name.as_deref().map(str::trim);
+    let name = patch.name.as_deref().map(edge_core::text::display_safe);
+    let name = name.as_deref();
     if name.is_some_and(|n| n.is_empty() || n.chars().count() > 100) {
         return Err(ApiError::BadRequest(
             "name must be 1 to 100 characters".into(),
         ));
     }
-    if let Some(labels) = &patch.labels {
+    let labels: Option<Vec<String>> = patch.labels.map(|ls| {
+        ls.iter()
+            .map(|l| edge_core::text::display_safe(l))
+            .collect()
+    });
+    if let Some(labels) = &labels {
         if labels.len() > 20
             || labels
                 .iter()
@@ -161,7 +170,7 @@ pub async fn update(
     }
     let after = state
         .store
-        .update_device(user.id, before.id, name, patch.labels.as_deref())
+        .update_device(user.id, before.id, name, labels.as_deref())
         .await?
         .ok_or(ApiError::NotFound)?;
     let target = after.id.to_string();
@@ -190,16 +199,25 @@ pub async fn update(
     Ok(Json(view_live(&state, after).await))
 }
 
-/// Close the device's live tunnel, if any; the relay being down is logged
-/// (its sessions are gone with it).
-async fn close_tunnel(state: &AppState, device: DeviceId) -> bool {
-    match state.directory.close(device).await {
-        Ok(closed) => closed,
-        Err(err) => {
-            tracing::warn!(%device, error = %err, "could not close the live tunnel");
-            false
+/// Close the device's live tunnel after its credential was revoked,
+/// retrying with a short backoff; an error once every attempt failed.
+async fn close_tunnel(state: &AppState, device: DeviceId) -> Result<(), ApiError> {
+    let mut delay = std::time::Duration::from_millis(100);
+    for attempt in 1..=state.settings.tunnel_close_attempts.max(1) {
+        match state.directory.close(device).await {
+            Ok(_) => return Ok(()),
+            Err(err) => {
+                tracing::warn!(%device, attempt, error = %err, "could not close the live tunnel");
+            }
+        }
+        if attempt < state.settings.tunnel_close_attempts {
+            tokio::time::sleep(delay).await;
+            delay *= 3;
         }
     }
+    Err(ApiError::TunnelNotClosed(
+        directory::DEFAULT_CREDENTIAL_RECHECK_SECS,
+    ))
 }
 
 pub async fn delete(
@@ -211,11 +229,11 @@ pub async fn delete(
     if !state.store.delete_device(user.id, device).await? {
         return Err(ApiError::NotFound);
     }
-    close_tunnel(&state, device).await;
     state
         .store
         .audit(user.id, "device_deleted", Some(&id), serde_json::json!({}))
         .await?;
+    close_tunnel(&state, device).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -240,7 +258,6 @@ pub async fn rotate(
     {
         return Err(ApiError::NotFound);
     }
-    close_tunnel(&state, device).await;
     state
         .store
         .audit(
@@ -250,6 +267,7 @@ pub async fn rotate(
             serde_json::json!({}),
         )
         .await?;
+    close_tunnel(&state, device).await?;
     Ok(Json(Rotated {
         device_id: id,
         credential: token.expose().to_owned(),

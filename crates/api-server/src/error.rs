@@ -32,6 +32,22 @@ pub enum ApiError {
     InvalidPairingCode,
     #[error("too many failed attempts; retry later")]
     RateLimited(u64),
+    #[error("cross-site requests are not accepted here")]
+    CrossSite,
+    #[error("box content is served on the device's own origin; open it from the console")]
+    UseDeviceOrigin,
+    #[error("open this device from the console to use it")]
+    DeviceAccessRequired,
+    #[error(
+        "the link to this device has expired or was already used; open it again from the console"
+    )]
+    InvalidTicket,
+    #[error("service workers are not allowed on device origins")]
+    ServiceWorkerRefused,
+    #[error("the change is saved and the credential revoked, but the relay could not close the live tunnel; it will be closed within {0} s")]
+    TunnelNotClosed(u64),
+    #[error("invalid logout token: {0}")]
+    InvalidLogoutToken(String),
     #[error("internal error")]
     Internal,
     #[error("configuration: {0}")]
@@ -53,6 +69,13 @@ impl ApiError {
             Self::IdpUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "idp_unavailable"),
             Self::InvalidPairingCode => (StatusCode::BAD_REQUEST, "invalid_pairing_code"),
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::CrossSite => (StatusCode::FORBIDDEN, "cross_site"),
+            Self::UseDeviceOrigin => (StatusCode::FORBIDDEN, "use_device_origin"),
+            Self::DeviceAccessRequired => (StatusCode::UNAUTHORIZED, "device_access_required"),
+            Self::InvalidTicket => (StatusCode::FORBIDDEN, "invalid_ticket"),
+            Self::ServiceWorkerRefused => (StatusCode::FORBIDDEN, "service_worker_refused"),
+            Self::TunnelNotClosed(_) => (StatusCode::BAD_GATEWAY, "tunnel_not_closed"),
+            Self::InvalidLogoutToken(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             Self::Internal | Self::Config(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -6,8 +6,11 @@
 pub mod auth_routes;
 pub mod config;
 pub mod console;
+pub mod device_host;
+pub mod device_origin;
 pub mod devices;
 pub mod error;
+pub mod hygiene;
 pub mod pairing;
 pub mod proxy;
 pub mod router;

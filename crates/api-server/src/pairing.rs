@@ -139,8 +139,10 @@ pub struct ExchangeResponse {
     credential: String,
 }
 
+/// A box-supplied string made display-safe and bounded; empty is none.
 fn bounded(s: Option<String>, max: usize) -> Option<String> {
-    s.map(|v| v.chars().take(max).collect())
+    s.map(|v| edge_core::text::display_safe_bounded(&v, max))
+        .filter(|v| !v.is_empty())
 }
 
 /// The box's side of pairing.
@@ -167,7 +169,8 @@ pub async fn exchange(
     let Some(normalized) = normalize(&req.code) else {
         return Err(failed(&state));
     };
-    let name = req.name.trim();
+    let name = edge_core::text::display_safe(&req.name);
+    let name = name.as_str();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(ApiError::BadRequest(
             "name must be 1 to 100 characters".into(),
@@ -185,34 +188,14 @@ pub async fn exchange(
         .exchange_pairing_code(&code_hash(&normalized), &new, &token.hash(), now_ms())
         .await
     {
-        Ok((device, code_id)) => {
-            let dev = device.id.to_string();
-            state
-                .store
-                .audit(
-                    device.owner_id,
-                    "pairing_code_used",
-                    Some(&code_id),
-                    serde_json::json!({ "device_id": dev }),
-                )
-                .await?;
-            state
-                .store
-                .audit(
-                    device.owner_id,
-                    "device_paired",
-                    Some(&dev),
-                    serde_json::json!({ "name": device.name, "model": device.model }),
-                )
-                .await?;
-            Ok((
-                StatusCode::CREATED,
-                Json(ExchangeResponse {
-                    device_id: dev,
-                    credential: token.expose().to_owned(),
-                }),
-            ))
-        }
+        // The store wrote the audit events in the exchange's transaction.
+        Ok((device, _code_id)) => Ok((
+            StatusCode::CREATED,
+            Json(ExchangeResponse {
+                device_id: device.id.to_string(),
+                credential: token.expose().to_owned(),
+            }),
+        )),
         Err(ExchangeError::InvalidCode) => Err(failed(&state)),
         Err(ExchangeError::Store(e)) => {
             tracing::error!(error = %e, "pairing exchange failed in the store; nothing was kept");

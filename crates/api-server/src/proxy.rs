@@ -1,17 +1,20 @@
-//! `ANY /api/devices/{id}/proxy/{*path}`: reverse-proxies the caller's request
-//! to their device through a raw relay stream. Bodies stream both ways (no
-//! buffering), WebSocket upgrades pass through, hop-by-hop headers are
-//! dropped, `X-Forwarded-*` is set, and the caller's `Cookie` and
-//! `Authorization` never reach the box. Getting the stream and the device's
-//! first byte are both bounded in time.
+//! Reverse-proxying a caller's request to their device through a raw relay
+//! stream, for both doors: a device's own origin (where browsers get box
+//! content, see `device_origin`) and `ANY /api/devices/{id}/proxy/{*path}`
+//! on the console origin (for programs only: browsers are refused there and
+//! every answer is inert if rendered). Bodies stream both ways, WebSocket
+//! upgrades pass through and are cut when the caller's access ends,
+//! hop-by-hop headers are dropped, `X-Forwarded-*` is set, our cookies and
+//! the caller's `Authorization` never reach the box, and box headers that
+//! could act beyond the device's origin never reach the browser.
 
 use crate::error::ApiError;
-use crate::session::CurrentUser;
+use crate::session::{live_session, CurrentUser};
 use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::response::Response;
-use edge_core::DeviceId;
+use edge_core::{DeviceId, UserId};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
@@ -31,7 +34,8 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Caller credentials and headers the proxy sets itself.
+/// Caller credentials and headers the proxy sets itself. `cookie` is
+/// rebuilt (without ours) on device origins and dropped on the console.
 const NOT_FORWARDED: &[&str] = &[
     "cookie",
     "authorization",
@@ -44,6 +48,39 @@ const NOT_FORWARDED: &[&str] = &[
     "x-csrf",
 ];
 
+/// Box response headers that act beyond the device's origin or outlive the
+/// user's access: wiping or planting site-wide state, widening a service
+/// worker's scope, pinning transport policy for the host, moving the origin
+/// to another server, persistent reporting, login status, and credentialed
+/// CORS (which would let another device's origin read this one).
+const BOX_HEADERS_DROPPED: &[&str] = &[
+    "clear-site-data",
+    "service-worker-allowed",
+    "strict-transport-security",
+    "alt-svc",
+    "nel",
+    "report-to",
+    "set-login",
+    "access-control-allow-credentials",
+];
+
+/// Which door a request came through.
+#[derive(Debug, Clone)]
+pub enum Door {
+    /// `/api/devices/{id}/proxy/...` on the console origin.
+    ConsoleApi { prefix: String },
+    /// The device's own origin; `host` is what the browser asked for.
+    DeviceOrigin { host: Option<HeaderValue> },
+}
+
+/// Who may reach which device, re-checked for as long as a connection lives.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub user: UserId,
+    pub session_hash: String,
+    pub device: DeviceId,
+}
+
 pub async fn forward_root(
     user: CurrentUser,
     State(state): State<AppState>,
@@ -51,7 +88,7 @@ pub async fn forward_root(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    forward(user, state, id, remote, req).await
+    console_forward(user, state, id, remote, req).await
 }
 
 pub async fn forward_path(
@@ -61,7 +98,49 @@ pub async fn forward_path(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    forward(user, state, id, remote, req).await
+    console_forward(user, state, id, remote, req).await
+}
+
+/// Whether a browser sent the request (fetch metadata, RFC-draft
+/// `Sec-Fetch-*`, sent by every current browser on every request).
+pub fn from_browser(headers: &HeaderMap) -> bool {
+    ["sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest"]
+        .iter()
+        .any(|h| headers.contains_key(*h))
+}
+
+/// The console-origin door: programs only, never browsers.
+async fn console_forward(
+    user: CurrentUser,
+    state: AppState,
+    raw_id: String,
+    remote: SocketAddr,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let device = authorize(&state, user.id, &raw_id).await?;
+    if from_browser(req.headers()) {
+        return Err(ApiError::UseDeviceOrigin);
+    }
+    let access = Access {
+        user: user.id,
+        session_hash: user.session_hash,
+        device,
+    };
+    let door = Door::ConsoleApi {
+        prefix: format!("/api/devices/{raw_id}/proxy"),
+    };
+    forward(&state, access, remote, req, door).await
+}
+
+/// The device `raw_id` when the caller owns it; 404 otherwise.
+pub async fn authorize(state: &AppState, user: UserId, raw_id: &str) -> Result<DeviceId, ApiError> {
+    let device: DeviceId = raw_id.parse().map_err(|_| ApiError::NotFound)?;
+    state
+        .store
+        .device(user, device)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(device)
 }
 
 /// The `Upgrade` value when the request asks for a protocol upgrade.
@@ -98,59 +177,144 @@ fn end_to_end(src: &HeaderMap, extra: &[&str]) -> HeaderMap {
     out
 }
 
-async fn forward(
-    user: CurrentUser,
-    state: AppState,
-    raw_id: String,
-    remote: SocketAddr,
-    mut req: Request,
-) -> Result<Response, ApiError> {
-    let device: DeviceId = raw_id.parse().map_err(|_| ApiError::NotFound)?;
-    state
-        .store
-        .device(user.id, device)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+/// Cookie names that are ours (or could pass for ours): the platform's
+/// `edge_` names, with or without a `__Host-`/`__Secure-` prefix, and any
+/// prefixed name at all. Compared without regard to case.
+fn is_our_cookie_name(name: &str) -> bool {
+    let n = name.trim().to_ascii_lowercase();
+    n.starts_with("edge_") || n.starts_with("__host-") || n.starts_with("__secure-")
+}
 
-    // The raw (still percent-encoded) path below the proxy prefix.
-    let prefix = format!("/api/devices/{raw_id}/proxy");
-    let rest = req
-        .uri()
-        .path()
-        .strip_prefix(&prefix)
-        .ok_or(ApiError::NotFound)?;
-    let target = match req.uri().query() {
+/// The request's cookies without ours: what a box on its own origin may see.
+fn box_cookies(headers: &HeaderMap) -> Option<HeaderValue> {
+    let kept: Vec<&str> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|kv| !kv.is_empty())
+        .filter(|kv| !is_our_cookie_name(kv.split('=').next().unwrap_or(kv)))
+        .collect();
+    (!kept.is_empty())
+        .then(|| HeaderValue::from_str(&kept.join("; ")).ok())
+        .flatten()
+}
+
+/// Whether a box's `Set-Cookie` may reach the browser on its own origin:
+/// never one of our names or a prefixed name, never one with a `Domain`
+/// (which would reach beyond this device's host).
+fn box_cookie_allowed(set_cookie: &HeaderValue) -> bool {
+    let Ok(v) = set_cookie.to_str() else {
+        return false;
+    };
+    let mut parts = v.split(';');
+    let Some((name, _)) = parts.next().and_then(|kv| kv.split_once('=')) else {
+        return false;
+    };
+    !is_our_cookie_name(name)
+        && !parts.any(|attr| {
+            attr.split('=')
+                .next()
+                .is_some_and(|a| a.trim().eq_ignore_ascii_case("domain"))
+        })
+}
+
+/// The box's response headers as the browser may see them.
+pub fn box_response_headers(src: &HeaderMap, door: &Door) -> HeaderMap {
+    let mut out = end_to_end(src, BOX_HEADERS_DROPPED);
+    let cookies: Vec<HeaderValue> = out.get_all(header::SET_COOKIE).iter().cloned().collect();
+    out.remove(header::SET_COOKIE);
+    if matches!(door, Door::DeviceOrigin { .. }) {
+        for c in cookies.into_iter().filter(box_cookie_allowed) {
+            out.append(header::SET_COOKIE, c);
+        }
+    }
+    if !out.contains_key(header::X_CONTENT_TYPE_OPTIONS) {
+        out.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+    }
+    if !out.contains_key(header::CACHE_CONTROL) {
+        out.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    }
+    if matches!(door, Door::ConsoleApi { .. }) {
+        // Rendered by mistake, it would run on the console's origin: make
+        // it an opaque, script-less document and a download.
+        out.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("sandbox; default-src 'none'"),
+        );
+        out.insert(
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_static("attachment"),
+        );
+    }
+    out
+}
+
+/// The path and query the box sees.
+fn target_path(req: &Request, door: &Door) -> Result<String, ApiError> {
+    let path = req.uri().path();
+    let rest = match door {
+        Door::ConsoleApi { prefix } => path
+            .strip_prefix(prefix.as_str())
+            .ok_or(ApiError::NotFound)?,
+        Door::DeviceOrigin { .. } => path,
+    };
+    Ok(match req.uri().query() {
         Some(q) => format!("{rest}?{q}"),
         None => rest.to_owned(),
-    };
+    })
+}
 
-    let upgrade = requested_upgrade(req.headers());
-    let client_upgrade = if upgrade.is_some() {
-        req.extensions_mut().remove::<OnUpgrade>()
-    } else {
-        None
-    };
-    let (parts, body) = req.into_parts();
-
+/// The request as the box receives it.
+fn outbound_request(
+    state: &AppState,
+    parts: &http::request::Parts,
+    body: Body,
+    target: String,
+    remote: SocketAddr,
+    door: &Door,
+    upgrade: Option<&HeaderValue>,
+) -> Result<http::Request<Body>, ApiError> {
     let mut headers = end_to_end(&parts.headers, NOT_FORWARDED);
     headers.insert(header::HOST, HeaderValue::from_static("localhost"));
     if let Ok(v) = HeaderValue::from_str(&remote.ip().to_string()) {
         headers.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
-    if let Ok(v) = HeaderValue::from_str(&state.settings.public_scheme) {
-        headers.insert(HeaderName::from_static("x-forwarded-proto"), v);
+    let scheme = match door {
+        Door::ConsoleApi { .. } => state.settings.public_scheme.as_str(),
+        Door::DeviceOrigin { .. } if state.settings.device_origins.is_https() => "https",
+        Door::DeviceOrigin { .. } => "http",
+    };
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
+    );
+    match door {
+        Door::ConsoleApi { prefix } => {
+            if let Some(host) = parts.headers.get(header::HOST) {
+                headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+            }
+            if let Ok(v) = HeaderValue::from_str(prefix) {
+                headers.insert(HeaderName::from_static("x-forwarded-prefix"), v);
+            }
+        }
+        Door::DeviceOrigin { host } => {
+            if let Some(host) = host {
+                headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+            }
+            if let Some(cookies) = box_cookies(&parts.headers) {
+                headers.insert(header::COOKIE, cookies);
+            }
+        }
     }
-    if let Some(host) = parts.headers.get(header::HOST) {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
-    }
-    if let Ok(v) = HeaderValue::from_str(&prefix) {
-        headers.insert(HeaderName::from_static("x-forwarded-prefix"), v);
-    }
-    if let Some(proto) = &upgrade {
+    if let Some(proto) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto.clone());
     }
-
     let mut outbound = http::Request::builder()
         .method(parts.method.clone())
         .uri(target)
@@ -162,32 +326,59 @@ async fn forward(
         })
         .map_err(|_| ApiError::BadRequest("cannot forward this request".into()))?;
     *outbound.headers_mut() = headers;
+    Ok(outbound)
+}
 
+/// A fresh stream to the device, audited as one remote-access session.
+async fn open_stream(
+    state: &AppState,
+    access: &Access,
+    method: &http::Method,
+) -> Result<Audited, ApiError> {
     let stream = tokio::time::timeout(
         state.settings.proxy_connect_timeout,
-        state.directory.open_stream(device),
+        state.directory.open_stream(access.device),
     )
     .await
     .map_err(|_| ApiError::RelayUnavailable)??;
-
     state
         .store
         .audit(
-            user.id,
+            access.user,
             "remote_access_opened",
-            Some(&device.to_string()),
-            serde_json::json!({ "method": parts.method.as_str() }),
+            Some(&access.device.to_string()),
+            serde_json::json!({ "method": method.as_str() }),
         )
         .await?;
-    let stream = Audited {
+    Ok(Audited {
         inner: stream,
         to_device: 0,
         from_device: 0,
         started: std::time::Instant::now(),
         store: state.store.clone(),
-        user: user.id,
-        device,
+        user: access.user,
+        device: access.device,
+    })
+}
+
+/// Forward one request through `door` for `access`.
+pub async fn forward(
+    state: &AppState,
+    access: Access,
+    remote: SocketAddr,
+    mut req: Request,
+    door: Door,
+) -> Result<Response, ApiError> {
+    let target = target_path(&req, &door)?;
+    let upgrade = requested_upgrade(req.headers());
+    let client_upgrade = if upgrade.is_some() {
+        req.extensions_mut().remove::<OnUpgrade>()
+    } else {
+        None
     };
+    let (parts, body) = req.into_parts();
+    let outbound = outbound_request(state, &parts, body, target, remote, &door, upgrade.as_ref())?;
+    let stream = open_stream(state, &access, &parts.method).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|_| ApiError::DeviceUnreachable)?;
@@ -196,44 +387,103 @@ async fn forward(
             tracing::debug!(error = %err, "device connection ended with error");
         }
     });
-
-    let mut response = tokio::time::timeout(
+    let response = tokio::time::timeout(
         state.settings.proxy_first_byte_timeout,
         sender.send_request(outbound),
     )
     .await
     .map_err(|_| ApiError::DeviceTimeout)?
     .map_err(|err| {
-        tracing::debug!(%device, error = %err, "device request failed");
+        tracing::debug!(device = %access.device, error = %err, "device request failed");
         ApiError::DeviceUnreachable
     })?;
-
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client_upgrade) = client_upgrade else {
-            return Err(ApiError::DeviceUnreachable);
-        };
-        let device_upgrade = hyper::upgrade::on(&mut response);
-        tokio::spawn(async move {
-            match tokio::try_join!(client_upgrade, device_upgrade) {
-                Ok((client, device_io)) => {
-                    let mut client = TokioIo::new(client);
-                    let mut device_io = TokioIo::new(device_io);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut device_io).await;
-                }
-                Err(err) => tracing::debug!(error = %err, "upgrade through proxy failed"),
-            }
-        });
-        let mut res = Response::new(Body::empty());
-        *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        *res.headers_mut() = response.headers().clone();
-        return Ok(res);
+        let client_upgrade = client_upgrade.ok_or(ApiError::DeviceUnreachable)?;
+        return Ok(relay_upgrade(
+            state,
+            access,
+            client_upgrade,
+            response,
+            &door,
+        ));
     }
-
     let (parts, body) = response.into_parts();
     let mut res = Response::new(Body::new(body));
     *res.status_mut() = parts.status;
-    *res.headers_mut() = end_to_end(&parts.headers, &[]);
+    *res.headers_mut() = box_response_headers(&parts.headers, &door);
     Ok(res)
+}
+
+/// Answer 101 and splice the two upgraded connections, until either side
+/// ends or the caller's access does (checked every
+/// `device_access_recheck`).
+fn relay_upgrade(
+    state: &AppState,
+    access: Access,
+    client_upgrade: OnUpgrade,
+    mut response: http::Response<hyper::body::Incoming>,
+    door: &Door,
+) -> Response {
+    let device_upgrade = hyper::upgrade::on(&mut response);
+    let guard_state = state.clone();
+    tokio::spawn(async move {
+        let (client, device_io) = match tokio::try_join!(client_upgrade, device_upgrade) {
+            Ok(pair) => pair,
+            Err(err) => {
+                tracing::debug!(error = %err, "upgrade through proxy failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut device_io = TokioIo::new(device_io);
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut client, &mut device_io) => {}
+            () = access_ends(&guard_state, &access) => {
+                tracing::info!(device = %access.device, "access ended; closing the upgraded connection");
+            }
+        }
+    });
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let mut headers = response.headers().clone();
+    for name in BOX_HEADERS_DROPPED {
+        headers.remove(*name);
+    }
+    if matches!(door, Door::ConsoleApi { .. }) {
+        headers.remove(header::SET_COOKIE);
+    }
+    *res.headers_mut() = headers;
+    res
+}
+
+/// Resolves when `access` no longer holds: the user's session ended (logout,
+/// "end this session", back-channel logout, idle or absolute expiry) or the
+/// device is no longer theirs. A store that cannot answer is not an answer:
+/// the connection stays until the store says no.
+pub async fn access_ends(state: &AppState, access: &Access) {
+    let mut tick = tokio::time::interval(state.settings.device_access_recheck);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match still_allowed(state, access).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(err) => tracing::warn!(error = %err, "cannot re-check device access"),
+        }
+    }
+}
+
+async fn still_allowed(state: &AppState, access: &Access) -> Result<bool, ApiError> {
+    match live_session(state, &access.session_hash).await {
+        Ok(user) if user == access.user => {}
+        Ok(_) | Err(ApiError::Unauthenticated) => return Ok(false),
+        Err(err) => return Err(err),
+    }
+    Ok(state
+        .store
+        .device(access.user, access.device)
+        .await?
+        .is_some())
 }
 
 /// The byte pipe of one remote-access session: counts bytes each way and
@@ -244,7 +494,7 @@ struct Audited {
     from_device: u64,
     started: std::time::Instant,
     store: store::Store,
-    user: edge_core::UserId,
+    user: UserId,
     device: DeviceId,
 }
 
@@ -344,5 +594,96 @@ mod tests {
             requested_upgrade(&h),
             Some(HeaderValue::from_static("websocket"))
         );
+    }
+
+    fn device_door() -> Door {
+        Door::DeviceOrigin { host: None }
+    }
+
+    #[test]
+    fn box_cookies_that_could_shadow_ours_or_reach_beyond_the_host_are_dropped() {
+        let mut h = HeaderMap::new();
+        for c in [
+            "theme=dark; Path=/",
+            "__Host-edge_session=evil; Path=/; Secure",
+            "edge_session=evil; Path=/",
+            "EDGE_DEVICE=evil",
+            "__Secure-x=1; Secure",
+            "wide=1; Path=/; domain=localhost",
+            "wide2=1; Domain =.example.net",
+            "box_session=abc; HttpOnly; SameSite=Lax",
+        ] {
+            h.append(header::SET_COOKIE, HeaderValue::from_static(c));
+        }
+        let out = box_response_headers(&h, &device_door());
+        let kept: Vec<_> = out
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().split('=').next().unwrap().to_owned())
+            .collect();
+        assert_eq!(kept, ["theme", "box_session"]);
+        let console = box_response_headers(
+            &h,
+            &Door::ConsoleApi {
+                prefix: "/p".into(),
+            },
+        );
+        assert!(!console.contains_key(header::SET_COOKIE));
+    }
+
+    #[test]
+    fn site_wide_headers_are_dropped_and_safe_defaults_added() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("clear-site-data", "\"*\""),
+            ("service-worker-allowed", "/"),
+            ("strict-transport-security", "max-age=1"),
+            ("alt-svc", "h2=\":443\""),
+            ("nel", "{}"),
+            ("report-to", "{}"),
+            ("access-control-allow-credentials", "true"),
+            ("content-type", "text/html"),
+        ] {
+            h.insert(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        let out = box_response_headers(&h, &device_door());
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["content-type", "x-content-type-options", "cache-control"]
+        );
+        assert_eq!(out[header::CACHE_CONTROL], "private");
+        // The box's own choices are kept.
+        let mut own = HeaderMap::new();
+        own.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        assert_eq!(
+            box_response_headers(&own, &device_door())[header::CACHE_CONTROL],
+            "no-store"
+        );
+        let console = box_response_headers(
+            &own,
+            &Door::ConsoleApi {
+                prefix: "/p".into(),
+            },
+        );
+        assert_eq!(
+            console[header::CONTENT_SECURITY_POLICY],
+            "sandbox; default-src 'none'"
+        );
+        assert_eq!(console[header::CONTENT_DISPOSITION], "attachment");
+    }
+
+    #[test]
+    fn the_box_sees_its_own_cookies_but_never_ours() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("theme=dark; edge_device=sig; __Host-edge_device=x"),
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("box=1"));
+        assert_eq!(box_cookies(&h).unwrap(), "theme=dark; box=1");
+        let mut only_ours = HeaderMap::new();
+        only_ours.insert(header::COOKIE, HeaderValue::from_static("edge_device=sig"));
+        assert!(box_cookies(&only_ours).is_none());
     }
 }

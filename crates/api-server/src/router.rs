@@ -4,7 +4,7 @@
 //! [`CurrentUser`](crate::session::CurrentUser) in their signature.
 
 use crate::state::AppState;
-use crate::{auth_routes, console, devices, pairing, proxy, system};
+use crate::{auth_routes, console, device_origin, devices, hygiene, pairing, proxy, system};
 use axum::routing::{any, delete, get, post, MethodRouter};
 use axum::Router;
 use http::Method;
@@ -12,8 +12,10 @@ use http::Method;
 /// Routes reachable without a session: the console's static files (they
 /// hold no data; the page asks the API, which checks the session), health,
 /// readiness, the two halves of the login (the callback's credential is the
-/// pending-login cookie plus the provider's code), and the pairing exchange
-/// (the code is its credential). `/api/auth/status` reads the session but
+/// pending-login cookie plus the provider's code), the provider's
+/// back-channel logout (its credential is the signed logout token), and the
+/// pairing exchange (the code is its credential). Device origins have a
+/// router of their own (`device_origin`), entered only with a ticket. `/api/auth/status` reads the session but
 /// answers `signed_in: false` instead of 401 and returns nothing else.
 pub const PUBLIC_ROUTES: &[&str] = &[
     "/",
@@ -24,6 +26,7 @@ pub const PUBLIC_ROUTES: &[&str] = &[
     "/api/auth/status",
     "/api/auth/login",
     "/api/auth/callback",
+    "/api/auth/backchannel-logout",
     "/api/pairing/exchange",
 ];
 
@@ -67,6 +70,11 @@ pub fn route_table() -> Vec<RouteDef> {
         route("/api/auth/status", &[M::GET], get(auth_routes::status)),
         route("/api/auth/login", &[M::GET], get(auth_routes::login)),
         route("/api/auth/callback", &[M::GET], get(auth_routes::callback)),
+        route(
+            "/api/auth/backchannel-logout",
+            &[M::POST],
+            post(auth_routes::backchannel_logout),
+        ),
         route("/api/auth/me", &[M::GET], get(auth_routes::me)),
         route("/api/auth/logout", &[M::POST], post(auth_routes::logout)),
         route(
@@ -108,6 +116,11 @@ pub fn route_table() -> Vec<RouteDef> {
             &[M::POST],
             post(devices::disconnect),
         ),
+        route(
+            "/api/devices/{id}/ui-ticket",
+            &[M::POST],
+            post(device_origin::create_ticket),
+        ),
         route("/api/audit", &[M::GET], get(devices::audit)),
         route(
             "/api/devices/{id}/proxy/",
@@ -122,11 +135,14 @@ pub fn route_table() -> Vec<RouteDef> {
     ]
 }
 
-/// Build the application router from the route table.
+/// Build the application: the console origin's router from the route
+/// table, the device origins' router, and the host dispatch between them.
 pub fn build_app(state: AppState) -> Router {
-    route_table()
+    let console = route_table()
         .into_iter()
         .fold(Router::new(), |r, def| r.route(def.path, def.handler))
         .fallback(system::not_found)
-        .with_state(state)
+        .with_state(state.clone());
+    let devices = device_origin::router(state.clone());
+    hygiene::dispatch(state, console, devices)
 }

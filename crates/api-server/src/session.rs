@@ -47,6 +47,20 @@ pub fn pending_cookie_name(secure: bool) -> &'static str {
     }
 }
 
+/// Device-origin cookie name (host-only on one device's origin).
+pub fn device_cookie_name(secure: bool) -> &'static str {
+    if secure {
+        "__Host-edge_device"
+    } else {
+        "edge_device"
+    }
+}
+
+/// Purpose bound into a device cookie's MAC: valid for one device only.
+pub fn device_cookie_purpose(device: edge_core::DeviceId) -> String {
+    format!("device-ui:{device}")
+}
+
 /// A `Set-Cookie` value with this platform's attributes.
 pub fn set_cookie(secure: bool, name: &str, value: &str, max_age_secs: i64) -> String {
     let secure = if secure { "; Secure" } else { "" };
@@ -63,6 +77,16 @@ pub struct CurrentUser {
 
 /// Start a new session for `user`; returns the `Set-Cookie` header value.
 pub async fn start_session(state: &AppState, user: UserId) -> Result<String, ApiError> {
+    start_login_session(state, user, None).await
+}
+
+/// [`start_session`] remembering the provider's session id (`sid`) for
+/// back-channel logout.
+pub async fn start_login_session(
+    state: &AppState,
+    user: UserId,
+    idp_sid: Option<&str>,
+) -> Result<String, ApiError> {
     let id = SessionId::generate();
     let public_id = edge_core::Secret::random(12).expose().to_owned();
     let now = now_ms();
@@ -70,7 +94,7 @@ pub async fn start_session(state: &AppState, user: UserId) -> Result<String, Api
     let expires = now.saturating_add(lifetime);
     state
         .store
-        .create_session(&id.hash(), &public_id, user, now, expires)
+        .create_login_session(&id.hash(), &public_id, user, now, expires, idp_sid)
         .await?;
     let secure = state.settings.cookie_secure;
     let name = cookie_name(secure);
@@ -104,22 +128,41 @@ pub fn presented_session_hash(state: &AppState, headers: &http::HeaderMap) -> Op
     SessionId::from_cookie_value(&value).map(|id| id.hash())
 }
 
-/// State-changing requests need `X-CSRF: 1`; any request that sends an
-/// `Origin` must send ours (this also covers WebSocket upgrades).
+/// Every method but GET, HEAD and OPTIONS needs `X-CSRF: 1`; any request
+/// that sends an `Origin` must send ours (this also covers WebSocket
+/// upgrades).
 fn check_csrf(parts: &Parts, public_origin: &str) -> Result<(), ApiError> {
     if let Some(origin) = parts.headers.get(header::ORIGIN) {
         if origin.as_bytes() != public_origin.as_bytes() {
             return Err(ApiError::Forbidden);
         }
     }
-    let changes_state = matches!(
-        parts.method,
-        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-    );
+    let changes_state = !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
     if changes_state && parts.headers.get(CSRF_HEADER).map(|v| v.as_bytes()) != Some(b"1") {
         return Err(ApiError::Forbidden);
     }
     Ok(())
+}
+
+/// The live session stored under `hash`: it exists, is within its idle and
+/// absolute limits (an expired one is deleted), and is touched at most once
+/// a minute. The console's cookie and a device origin's cookie both end here.
+pub async fn live_session(state: &AppState, hash: &str) -> Result<UserId, ApiError> {
+    let record = state
+        .store
+        .session(hash)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    let now = now_ms();
+    let idle = i64::try_from(state.settings.session_idle.as_millis()).unwrap_or(i64::MAX);
+    if now >= record.expires_at || now.saturating_sub(record.last_seen_at) >= idle {
+        state.store.delete_session(hash).await?;
+        return Err(ApiError::Unauthenticated);
+    }
+    if now - record.last_seen_at >= TOUCH_EVERY_MS {
+        state.store.touch_session(hash, now).await?;
+    }
+    Ok(record.user_id)
 }
 
 impl FromRequestParts<AppState> for CurrentUser {
@@ -128,23 +171,10 @@ impl FromRequestParts<AppState> for CurrentUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let hash =
             presented_session_hash(state, &parts.headers).ok_or(ApiError::Unauthenticated)?;
-        let record = state
-            .store
-            .session(&hash)
-            .await?
-            .ok_or(ApiError::Unauthenticated)?;
-        let now = now_ms();
-        let idle = i64::try_from(state.settings.session_idle.as_millis()).unwrap_or(i64::MAX);
-        if now >= record.expires_at || now.saturating_sub(record.last_seen_at) >= idle {
-            state.store.delete_session(&hash).await?;
-            return Err(ApiError::Unauthenticated);
-        }
+        let id = live_session(state, &hash).await?;
         check_csrf(parts, &state.settings.public_origin)?;
-        if now - record.last_seen_at >= TOUCH_EVERY_MS {
-            state.store.touch_session(&hash, now).await?;
-        }
         Ok(Self {
-            id: record.user_id,
+            id,
             session_hash: hash,
         })
     }

@@ -8,6 +8,7 @@ pub mod secret;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
+pub mod text;
 pub mod time;
 
 pub use ids::{DeviceId, UserId};

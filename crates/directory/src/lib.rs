@@ -16,6 +16,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub use client::RelayDirectory;
 pub use locator::{NodeLocator, StaticNode};
 
+/// How often (seconds, by default) a relay re-checks each live tunnel's
+/// credential against the store, so a revocation it was not told about
+/// (its internal port was unreachable) still closes the tunnel. At most 60.
+pub const DEFAULT_CREDENTIAL_RECHECK_SECS: u64 = 30;
+
 /// Name of a relay node (its internal base URL identifies it for routing).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]

@@ -59,6 +59,12 @@ pub struct Config {
     /// Most tunnel connections held at once.
     #[arg(long, env = "REMOTE_PROXY_MAX_TUNNELS", default_value_t = 50_000)]
     pub max_tunnels: usize,
+    /// How often each live tunnel's credential is checked again in the
+    /// store, in seconds (1 to 60): a device revoked while this relay could
+    /// not be told is closed within this time. Costs one indexed query per
+    /// tunnel per interval.
+    #[arg(long, env = "REMOTE_PROXY_CREDENTIAL_RECHECK_SECS", default_value_t = directory::DEFAULT_CREDENTIAL_RECHECK_SECS)]
+    pub credential_recheck_secs: u64,
     /// Seconds in-flight work gets to finish on shutdown.
     #[arg(long, env = "EDGE_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
     pub drain_timeout_secs: u64,
@@ -77,6 +83,7 @@ pub struct Limits {
     pub max_tunnels: usize,
     pub drain_timeout: Duration,
     pub open_stream_timeout: Duration,
+    pub credential_recheck: Duration,
 }
 
 impl Config {
@@ -89,6 +96,7 @@ impl Config {
             max_tunnels: self.max_tunnels.max(1),
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
             open_stream_timeout: Duration::from_secs(5),
+            credential_recheck: Duration::from_secs(self.credential_recheck_secs.clamp(1, 60)),
         }
     }
 
@@ -115,6 +123,7 @@ impl Default for Limits {
             max_tunnels: 50_000,
             drain_timeout: Duration::from_secs(10),
             open_stream_timeout: Duration::from_secs(5),
+            credential_recheck: Duration::from_secs(directory::DEFAULT_CREDENTIAL_RECHECK_SECS),
         }
     }
 }

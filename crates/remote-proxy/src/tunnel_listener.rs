@@ -56,6 +56,7 @@ async fn accept_tunnel(
     } else {
         bearer(&req)
     };
+    let token_hash = token.as_ref().map(DeviceToken::hash).unwrap_or_default();
     match admit(&relay, token).await {
         Ok((auth, permit)) => {
             let accept = match upgrade::accept_key(req.headers()) {
@@ -69,7 +70,13 @@ async fn accept_tunnel(
             let agent = agent_version(&req);
             let task_relay = relay.clone();
             relay.tunnels.spawn(async move {
-                run_tunnel(task_relay, on_upgrade, auth, remote, agent, permit).await;
+                let admitted = Admitted {
+                    auth,
+                    token_hash,
+                    remote,
+                    agent_version: agent,
+                };
+                run_tunnel(task_relay, on_upgrade, admitted, permit).await;
             });
             upgrade::switching_protocols(&accept)
         }
@@ -109,14 +116,27 @@ async fn admit(
     Ok((auth, permit))
 }
 
+/// A connection that passed the credential check.
+struct Admitted {
+    auth: DeviceAuth,
+    /// Hash of the credential it presented, checked again periodically.
+    token_hash: String,
+    remote: SocketAddr,
+    agent_version: Option<String>,
+}
+
 async fn run_tunnel(
     relay: Arc<Relay>,
     on_upgrade: OnUpgrade,
-    auth: DeviceAuth,
-    remote: SocketAddr,
-    agent_version: Option<String>,
+    admitted: Admitted,
     _permit: OwnedSemaphorePermit,
 ) {
+    let Admitted {
+        auth,
+        token_hash,
+        remote,
+        agent_version,
+    } = admitted;
     let device = auth.device_id;
     let limits = relay.limits;
     let ws = match tokio::time::timeout(
@@ -173,11 +193,21 @@ async fn run_tunnel(
     mark_seen(&relay, device).await;
 
     let mut heartbeat = tokio::time::interval(limits.idle_timeout / 4);
+    let mut recheck = tokio::time::interval_at(
+        tokio::time::Instant::now() + limits.credential_recheck,
+        limits.credential_recheck,
+    );
     tokio::pin!(driver);
     let session_end = loop {
         tokio::select! {
             end = &mut driver => break end,
             _ = heartbeat.tick() => relay.directory.heartbeat(device, conn).await,
+            _ = recheck.tick() => {
+                if credential_revoked(&relay, &token_hash).await {
+                    tracing::info!(%device, %remote, "credential revoked; closing the tunnel");
+                    cancel.cancel();
+                }
+            }
         }
     };
     relay.directory.cleanup(device, conn).await;
@@ -188,6 +218,18 @@ async fn run_tunnel(
         Err(err) => format!("pump task failed: {err}"),
     };
     tracing::info!(%device, %remote, session = %session_end, transport = %transport_end, "tunnel closed");
+}
+
+/// Whether the store now says no to this credential (a store that cannot
+/// answer keeps the tunnel: devices already authorized keep relaying).
+async fn credential_revoked(relay: &Relay, token_hash: &str) -> bool {
+    match relay.store.authenticate_device(token_hash).await {
+        Ok(found) => found.is_none(),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot re-check a tunnel's credential");
+            false
+        }
+    }
 }
 
 /// Keep the device's last-seen time in the store (shown for offline

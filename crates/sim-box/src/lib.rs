@@ -4,6 +4,13 @@
 //! deterministic byte pattern, see [`pattern`]), `/test/upload` (returns
 //! length and SHA-256 of the body), `/test/ws-echo`, `/test/headers` (echoes
 //! the request headers it received), `/test/delay?ms=N`.
+//!
+//! [`Mode::Hostile`] turns the box against its owner for security tests:
+//! its page (`/`, `/hostile.js`) tries to use the owner's console session,
+//! read another device's origin, plant our cookies, install a service
+//! worker and reach the opener; `/hostile/plant-cookies` answers with
+//! `Set-Cookie` for our names, `Clear-Site-Data` and
+//! `Service-Worker-Allowed`; `/sw.js` is a service worker script.
 
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
@@ -31,14 +38,40 @@ struct BoxState {
     started: Instant,
 }
 
+/// How the simulated box behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// A well-behaved box.
+    #[default]
+    Normal,
+    /// A compromised box whose page attacks its owner (tests only).
+    Hostile,
+}
+
 /// The box's router.
 pub fn router(name: impl Into<String>) -> Router {
+    router_with(name, Mode::Normal)
+}
+
+/// The box's router in `mode`.
+pub fn router_with(name: impl Into<String>, mode: Mode) -> Router {
     let state = Arc::new(BoxState {
         name: name.into(),
         started: Instant::now(),
     });
-    Router::new()
-        .route("/", get(page))
+    let page_route = match mode {
+        Mode::Normal => get(page),
+        Mode::Hostile => get(hostile_page),
+    };
+    let router = match mode {
+        Mode::Normal => Router::new(),
+        Mode::Hostile => Router::new()
+            .route("/hostile.js", get(hostile_script))
+            .route("/hostile/plant-cookies", get(plant_cookies))
+            .route("/sw.js", get(service_worker)),
+    };
+    router
+        .route("/", page_route)
         .route("/api/info", get(info))
         .route("/api/inference", get(inference))
         .route("/test/download", get(download))
@@ -51,9 +84,19 @@ pub fn router(name: impl Into<String>) -> Router {
 
 /// Serve the box on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, name: String, shutdown: CancellationToken) {
+    serve_with(listener, name, Mode::Normal, shutdown).await;
+}
+
+/// [`serve`] in `mode`.
+pub async fn serve_with(
+    listener: TcpListener,
+    name: String,
+    mode: Mode,
+    shutdown: CancellationToken,
+) {
     edge_core::serve::serve(
         listener,
-        router(name),
+        router_with(name, mode),
         edge_core::serve::ServeOptions::default(),
         shutdown,
     )
@@ -91,6 +134,53 @@ pub fn pattern_sha256(n: u64) -> String {
 
 async fn page() -> Html<&'static str> {
     Html(include_str!("page.html"))
+}
+
+async fn hostile_page() -> Html<&'static str> {
+    Html(include_str!("hostile.html"))
+}
+
+async fn hostile_script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("hostile.js"),
+    )
+        .into_response()
+}
+
+/// Headers a compromised box would love the browser to obey.
+async fn plant_cookies() -> Response {
+    let mut res = "planted".into_response();
+    let h = res.headers_mut();
+    for c in [
+        "__Host-edge_session=evil; Path=/; Secure",
+        "edge_session=evil; Path=/; Domain=localhost",
+        "edge_session=evil; Path=/",
+        "edge_device=evil; Path=/",
+        "box_pref=kept; Path=/",
+    ] {
+        h.append(header::SET_COOKIE, http::HeaderValue::from_static(c));
+    }
+    h.insert(
+        "clear-site-data",
+        http::HeaderValue::from_static("\"cookies\", \"storage\""),
+    );
+    h.insert(
+        "service-worker-allowed",
+        http::HeaderValue::from_static("/"),
+    );
+    res
+}
+
+async fn service_worker() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript"),
+            (http::HeaderName::from_static("service-worker-allowed"), "/"),
+        ],
+        "self.addEventListener('fetch', (e) => e.respondWith(new Response('owned')));",
+    )
+        .into_response()
 }
 
 async fn info(State(state): State<Arc<BoxState>>) -> Json<serde_json::Value> {

@@ -25,6 +25,23 @@ impl Store {
         target: Option<&str>,
         detail: serde_json::Value,
     ) -> Result<(), StoreError> {
+        self.audit_on(&self.pool, user, action, target, detail)
+            .await
+    }
+
+    /// [`audit`](Self::audit) on a given connection or transaction, so an
+    /// event can commit (or roll back) together with what it records.
+    pub(crate) async fn audit_on<'e, E>(
+        &self,
+        exec: E,
+        user: UserId,
+        action: &str,
+        target: Option<&str>,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Any>,
+    {
         let seq = self
             .audit_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -39,7 +56,7 @@ impl Store {
         .bind(target)
         .bind(detail.to_string())
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(exec)
         .await?;
         Ok(())
     }

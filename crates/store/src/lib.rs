@@ -10,11 +10,12 @@ mod error;
 mod model;
 mod pairing;
 mod sessions;
+mod tickets;
 mod users;
 
 pub use audit::AuditEvent;
 pub use error::StoreError;
-pub use model::{Device, DeviceAuth, NewDevice, SessionRecord, User};
+pub use model::{Device, DeviceAuth, NewDevice, RedeemedTicket, SessionRecord, User, UserClaims};
 pub use pairing::{ExchangeError, PairingCode};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -34,6 +35,8 @@ pub enum Backend {
 pub struct Faults {
     /// Make the exchange's "mark code used" step fail.
     pub fail_mark_used: std::sync::atomic::AtomicBool,
+    /// Make the exchange's audit rows fail (inside its transaction).
+    pub fail_exchange_audit: std::sync::atomic::AtomicBool,
 }
 
 /// Handle to the database; cheap to clone.

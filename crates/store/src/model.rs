@@ -10,8 +10,20 @@ pub struct User {
     pub issuer: String,
     pub subject: String,
     pub email: Option<String>,
+    /// The provider's `email_verified` claim (`None`: not said).
+    pub email_verified: Option<bool>,
     pub name: Option<String>,
     pub created_at: i64,
+}
+
+/// What a login tells the store about the user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserClaims {
+    pub issuer: String,
+    pub subject: String,
+    pub email: Option<String>,
+    pub email_verified: Option<bool>,
+    pub name: Option<String>,
 }
 
 /// A server-side user session (only the hash of its id is stored).
@@ -53,4 +65,12 @@ pub struct NewDevice {
 pub struct DeviceAuth {
     pub device_id: DeviceId,
     pub owner_id: UserId,
+}
+
+/// A device-origin entry ticket that was just redeemed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedeemedTicket {
+    pub user_id: UserId,
+    /// Hash of the user session the ticket was issued to.
+    pub session_hash: String,
 }

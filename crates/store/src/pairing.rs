@@ -96,8 +96,10 @@ impl Store {
     }
 
     /// Exchange a live code for a new device owned by the code's creator,
-    /// with `token_hash` as its credential. One transaction: the device and
-    /// credential exist only if the conditional "mark used" succeeded.
+    /// with `token_hash` as its credential. One transaction: the device, its
+    /// credential and the audit events (`pairing_code_used`,
+    /// `device_paired`) exist only if the conditional "mark used" and the
+    /// audit inserts all succeeded.
     pub async fn exchange_pairing_code(
         &self,
         code_hash: &str,
@@ -156,6 +158,13 @@ impl Store {
             .map_err(StoreError::from)
             .map(|d| d.rows_affected())
         };
+        let marked = match marked {
+            Ok(1) => self
+                .audit_exchange(&mut tx, owner, device, &code_id, new)
+                .await
+                .map(|()| 1),
+            other => other,
+        };
         match marked {
             Ok(1) => {
                 tx.commit().await.map_err(StoreError::from)?;
@@ -183,5 +192,38 @@ impl Store {
             .await?
             .ok_or(StoreError::NotFound)?;
         Ok((dev, code_id))
+    }
+}
+
+impl Store {
+    /// The exchange's two audit events, inside its transaction.
+    async fn audit_exchange(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        owner: UserId,
+        device: DeviceId,
+        code_id: &str,
+        new: &NewDevice,
+    ) -> Result<(), StoreError> {
+        if self.faults.fail_exchange_audit.load(Ordering::SeqCst) {
+            return Err(StoreError::Injected);
+        }
+        let dev = device.to_string();
+        self.audit_on(
+            &mut **tx,
+            owner,
+            "pairing_code_used",
+            Some(code_id),
+            serde_json::json!({ "device_id": dev }),
+        )
+        .await?;
+        self.audit_on(
+            &mut **tx,
+            owner,
+            "device_paired",
+            Some(&dev),
+            serde_json::json!({ "name": new.name, "model": new.model }),
+        )
+        .await
     }
 }

@@ -15,18 +15,92 @@ impl Store {
         now: i64,
         expires_at: i64,
     ) -> Result<(), StoreError> {
+        self.create_login_session(id_hash, public_id, user, now, expires_at, None)
+            .await
+    }
+
+    /// [`create_session`](Self::create_session) for a login whose provider
+    /// named its own session (`sid`), so back-channel logout can end it.
+    pub async fn create_login_session(
+        &self,
+        id_hash: &str,
+        public_id: &str,
+        user: UserId,
+        now: i64,
+        expires_at: i64,
+        idp_sid: Option<&str>,
+    ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO user_sessions (id_hash, public_id, user_id, created_at, last_seen_at, expires_at)
-             VALUES ($1, $2, $3, $4, $4, $5)",
+            "INSERT INTO user_sessions (id_hash, public_id, user_id, created_at, last_seen_at, expires_at, idp_sid)
+             VALUES ($1, $2, $3, $4, $4, $5, $6)",
         )
         .bind(id_hash)
         .bind(public_id)
         .bind(user.to_string())
         .bind(now)
         .bind(expires_at)
+        .bind(idp_sid)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Back-channel logout: delete the sessions the provider names, by its
+    /// session id (`sid`, within the user when `subject` is given too) or
+    /// else every session of the user `(issuer, subject)`. Returns how many.
+    pub async fn delete_idp_sessions(
+        &self,
+        issuer: &str,
+        subject: Option<&str>,
+        sid: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let done = match (subject, sid) {
+            (_, Some(sid)) => {
+                sqlx::query(
+                    "DELETE FROM user_sessions WHERE idp_sid = $1 AND user_id IN
+                     (SELECT id FROM users WHERE issuer = $2 AND ($3 IS NULL OR subject = $3))",
+                )
+                .bind(sid)
+                .bind(issuer)
+                .bind(subject)
+                .execute(&self.pool)
+                .await?
+            }
+            (Some(subject), None) => {
+                sqlx::query(
+                    "DELETE FROM user_sessions WHERE user_id IN
+                     (SELECT id FROM users WHERE issuer = $1 AND subject = $2)",
+                )
+                .bind(issuer)
+                .bind(subject)
+                .execute(&self.pool)
+                .await?
+            }
+            (None, None) => return Ok(0),
+        };
+        Ok(done.rows_affected())
+    }
+
+    /// Remember a logout token's `jti` (already hashed with its issuer)
+    /// until `expires_at`; false when it was seen before (a replay).
+    pub async fn remember_logout_token(
+        &self,
+        jti_hash: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<bool, StoreError> {
+        sqlx::query("DELETE FROM logout_tokens_seen WHERE expires_at < $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        let done = sqlx::query(
+            "INSERT INTO logout_tokens_seen (jti_hash, expires_at) VALUES ($1, $2) ON CONFLICT (jti_hash) DO NOTHING",
+        )
+        .bind(jti_hash)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// The session stored under `id_hash`, if any (expiry is the caller's call).

@@ -146,6 +146,10 @@ pub struct StackOptions {
     pub limits: Limits,
     pub settings_hook: fn(&mut Settings),
     pub idp: Idp,
+    /// Host name in the console's origin (`127.0.0.1` by default;
+    /// `localhost` for browser tests, whose device origins are then
+    /// `{device}.localhost`).
+    pub console_host: &'static str,
 }
 
 impl Default for StackOptions {
@@ -159,6 +163,7 @@ impl Default for StackOptions {
             idp: Idp::Dev {
                 confidential: false,
             },
+            console_host: "127.0.0.1",
         }
     }
 }
@@ -220,7 +225,11 @@ impl Stack {
             } => (api_listener, issuer, client_id, client_secret, None),
             Idp::Dev { confidential } => {
                 let api = bind().await;
-                let callback = format!("http://{}/api/auth/callback", api.local_addr().unwrap());
+                let callback = format!(
+                    "http://{}:{}/api/auth/callback",
+                    opts.console_host,
+                    api.local_addr().unwrap().port()
+                );
                 let idp_listener = bind().await;
                 let issuer = format!("http://{}", idp_listener.local_addr().unwrap());
                 let secret = confidential.then(|| Secret::random(24));
@@ -235,7 +244,7 @@ impl Stack {
             }
         };
         let api_addr = api.local_addr().unwrap();
-        let origin = format!("http://{api_addr}");
+        let origin = format!("http://{}:{}", opts.console_host, api_addr.port());
         let mut settings = Settings::new(&origin, false).unwrap();
         settings.proxy_connect_timeout = Duration::from_secs(5);
         settings.proxy_first_byte_timeout = Duration::from_secs(10);
@@ -359,8 +368,13 @@ impl Stack {
 
     /// Start an in-process agent for `device`, piping to the sim box.
     pub fn agent(&self, device: &TestDevice) -> AgentHandle {
+        self.agent_to(device, self.sim_addr)
+    }
+
+    /// Start an in-process agent for `device`, piping to the box at `target`.
+    pub fn agent_to(&self, device: &TestDevice, target: SocketAddr) -> AgentHandle {
         let mut settings =
-            edge_agent::config::AgentSettings::new(self.tunnel_url(), self.sim_addr.to_string());
+            edge_agent::config::AgentSettings::new(self.tunnel_url(), target.to_string());
         settings.backoff_min = Duration::from_millis(50);
         settings.backoff_max = Duration::from_millis(500);
         let cancel = CancellationToken::new();
@@ -370,6 +384,24 @@ impl Stack {
             cancel.clone(),
         ));
         AgentHandle { cancel, task }
+    }
+
+    /// Start another simulated box (in `mode`) on an ephemeral port.
+    pub async fn extra_box(&self, mode: sim_box::Mode) -> SocketAddr {
+        let listener = bind().await;
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(sim_box::serve_with(
+            listener,
+            "extra-box".into(),
+            mode,
+            self.shutdown.clone(),
+        ));
+        addr
+    }
+
+    /// The origin of `device`'s content (its own origin).
+    pub fn device_origin(&self, device: DeviceId) -> String {
+        self.state.settings.device_origins.origin_of(device)
     }
 
     /// A device owned by `owner` with an in-process agent, online.

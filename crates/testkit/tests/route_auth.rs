@@ -46,6 +46,7 @@ async fn the_public_list_is_exactly_what_it_should_be() {
             "/api/auth/status",
             "/api/auth/login",
             "/api/auth/callback",
+            "/api/auth/backchannel-logout",
             "/api/pairing/exchange"
         ]
     );

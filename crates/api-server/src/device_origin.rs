@@ -1,0 +1,319 @@
+//! Box content on the device's own origin. The console asks for a ticket
+//! (`POST /api/devices/{id}/ui-ticket`: single use, bound to the user, the
+//! user's session and the device, 30 s) and posts it in a form to
+//! `<device origin>/__edge/enter`, which trades it for a host-only cookie
+//! valid on that one origin. Every request there re-checks that cookie, the
+//! user's session behind it and ownership, and is then forwarded to the box;
+//! upgraded connections are re-checked for as long as they live. Service
+//! workers and cross-site subrequests are refused. Nothing here is reachable
+//! on the console's origin, and no secret ever appears in a URL.
+
+use crate::error::ApiError;
+use crate::proxy::{self, Access, Door};
+use crate::session::{
+    device_cookie_name, device_cookie_purpose, live_session, read_cookie, set_cookie, CurrentUser,
+};
+use crate::state::AppState;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{any, post};
+use axum::{Form, Json, Router};
+use edge_core::time::now_ms;
+use edge_core::{DeviceId, Secret};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// Where a device origin takes its ticket (reserved on every device origin).
+pub const ENTER_PATH: &str = "/__edge/enter";
+
+/// The device origins' router. Each request carries the [`DeviceId`] its
+/// `Host` names as an extension (set by the host dispatch in `router`).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(ENTER_PATH, post(enter))
+        .route("/", any(forward))
+        .route("/{*path}", any(forward))
+        .with_state(state)
+}
+
+#[derive(Serialize)]
+pub struct Ticket {
+    /// The device origin's entry URL: post `ticket` there in a form.
+    action: String,
+    /// Single use, valid for `expires_at`; never put it in a URL.
+    ticket: String,
+    expires_at: i64,
+}
+
+/// `POST /api/devices/{id}/ui-ticket`: a ticket to enter the device's origin.
+pub async fn create_ticket(
+    user: CurrentUser,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Ticket>, ApiError> {
+    let device = proxy::authorize(&state, user.id, &id).await?;
+    let ticket = Secret::random(32);
+    let now = now_ms();
+    let lifetime =
+        i64::try_from(state.settings.device_ticket_lifetime.as_millis()).unwrap_or(30_000);
+    state
+        .store
+        .create_device_ticket(
+            &edge_core::secret::sha256_hex(ticket.expose().as_bytes()),
+            user.id,
+            &user.session_hash,
+            device,
+            now,
+            now + lifetime,
+        )
+        .await?;
+    Ok(Json(Ticket {
+        action: format!(
+            "{}{ENTER_PATH}",
+            state.settings.device_origins.origin_of(device)
+        ),
+        ticket: ticket.expose().to_owned(),
+        expires_at: now + lifetime,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct EnterForm {
+    ticket: String,
+}
+
+/// A small page for a person who arrived without (or lost) access.
+fn access_page(status: StatusCode, state: &AppState, message: &str) -> Response {
+    let console = html_escape(&state.settings.public_origin);
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><link rel=\"icon\" href=\"data:,\">\
+         <title>Device access</title></head><body><h1>Device access</h1><p>{}</p>\
+         <p><a href=\"{console}/\">Go to the console</a></p></body></html>",
+        html_escape(message)
+    );
+    let mut res = (status, Html(body)).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    res
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// `POST /__edge/enter` on a device origin, from the console's form: trade
+/// the ticket for this origin's cookie and go to the box's start page.
+async fn enter(
+    State(state): State<AppState>,
+    axum::Extension(device): axum::Extension<DeviceId>,
+    headers: HeaderMap,
+    Form(form): Form<EnterForm>,
+) -> Result<Response, ApiError> {
+    // Only the console's own page may post here.
+    let origin_ok = headers
+        .get(header::ORIGIN)
+        .is_some_and(|o| o.as_bytes() == state.settings.public_origin.as_bytes());
+    if !origin_ok {
+        tracing::info!(%device, origin = ?headers.get(header::ORIGIN), "device entry refused: not posted by the console");
+        return Err(ApiError::Forbidden);
+    }
+    let now = now_ms();
+    let hash = edge_core::secret::sha256_hex(form.ticket.trim().as_bytes());
+    let Some(redeemed) = state.store.redeem_device_ticket(&hash, device, now).await? else {
+        return Ok(access_page(
+            StatusCode::FORBIDDEN,
+            &state,
+            &ApiError::InvalidTicket.to_string(),
+        ));
+    };
+    let allowed = match live_session(&state, &redeemed.session_hash).await {
+        Ok(user) => user == redeemed.user_id,
+        Err(ApiError::Unauthenticated) => false,
+        Err(err) => return Err(err),
+    } && state
+        .store
+        .device(redeemed.user_id, device)
+        .await?
+        .is_some();
+    if !allowed {
+        return Ok(access_page(
+            StatusCode::FORBIDDEN,
+            &state,
+            &ApiError::InvalidTicket.to_string(),
+        ));
+    }
+    let secure = state.settings.cookie_secure;
+    let name = device_cookie_name(secure);
+    let lifetime = i64::try_from(state.settings.session_lifetime.as_millis()).unwrap_or(i64::MAX);
+    let value = state.cookies.sign(
+        name,
+        &device_cookie_purpose(device),
+        &redeemed.session_hash,
+        now.saturating_add(lifetime),
+    );
+    state
+        .store
+        .audit(
+            redeemed.user_id,
+            "device_ui_opened",
+            Some(&device.to_string()),
+            serde_json::json!({}),
+        )
+        .await?;
+    let mut res = StatusCode::SEE_OTHER.into_response();
+    let h = res.headers_mut();
+    h.insert(header::LOCATION, HeaderValue::from_static("/"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&set_cookie(secure, name, &value, lifetime / 1000))
+            .map_err(|_| ApiError::Internal)?,
+    );
+    Ok(res)
+}
+
+/// The caller's access to this device origin, from its cookie.
+async fn access_of(
+    state: &AppState,
+    device: DeviceId,
+    headers: &HeaderMap,
+) -> Result<Access, ApiError> {
+    let name = device_cookie_name(state.settings.cookie_secure);
+    let session_hash = read_cookie(headers, name)
+        .and_then(|raw| {
+            state
+                .cookies
+                .verify(name, &device_cookie_purpose(device), raw, now_ms())
+                .ok()
+        })
+        .ok_or(ApiError::DeviceAccessRequired)?;
+    let user = match live_session(state, &session_hash).await {
+        Ok(user) => user,
+        Err(ApiError::Unauthenticated) => return Err(ApiError::DeviceAccessRequired),
+        Err(err) => return Err(err),
+    };
+    if state.store.device(user, device).await?.is_none() {
+        return Err(ApiError::DeviceAccessRequired);
+    }
+    Ok(Access {
+        user,
+        session_hash,
+        device,
+    })
+}
+
+/// Fetch-metadata rule for a device origin: same-origin requests and
+/// user-typed navigations pass; from another site (another device's origin
+/// included) only top-level GET/HEAD navigations do, so no other page can
+/// send credentialed subrequests or posts to this box.
+fn fetch_allowed(method: &Method, headers: &HeaderMap) -> bool {
+    let site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none");
+    match site {
+        "same-origin" | "none" => true,
+        _ => {
+            let navigate = headers
+                .get("sec-fetch-mode")
+                .is_some_and(|v| v.as_bytes() == b"navigate");
+            navigate && matches!(*method, Method::GET | Method::HEAD)
+        }
+    }
+}
+
+/// Everything on a device origin but the entry: checked, then forwarded.
+async fn forward(
+    State(state): State<AppState>,
+    axum::Extension(device): axum::Extension<DeviceId>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    // Device origins have no service workers (ADR 011): one would outlive
+    // the user's access and answer for the box offline.
+    if req
+        .headers()
+        .get("service-worker")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"script"))
+    {
+        return Err(ApiError::ServiceWorkerRefused);
+    }
+    if !fetch_allowed(req.method(), req.headers()) {
+        return Err(ApiError::CrossSite);
+    }
+    let access = match access_of(&state, device, req.headers()).await {
+        Ok(a) => a,
+        Err(ApiError::DeviceAccessRequired) if wants_page(req.headers()) => {
+            return Ok(access_page(
+                StatusCode::UNAUTHORIZED,
+                &state,
+                "Open this device from the console to use it here.",
+            ));
+        }
+        Err(err) => return Err(err),
+    };
+    let host = req.headers().get(header::HOST).cloned();
+    proxy::forward(&state, access, remote, req, Door::DeviceOrigin { host }).await
+}
+
+/// A top-level navigation by a person (rather than a script's request).
+fn wants_page(headers: &HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-mode")
+        .is_some_and(|v| v.as_bytes() == b"navigate")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.insert(*k, HeaderValue::from_static(v));
+        }
+        m
+    }
+
+    #[test]
+    fn only_same_origin_or_top_level_navigations_pass() {
+        assert!(fetch_allowed(
+            &Method::POST,
+            &h(&[("sec-fetch-site", "same-origin")])
+        ));
+        assert!(fetch_allowed(&Method::POST, &h(&[])), "non-browser clients");
+        assert!(fetch_allowed(
+            &Method::GET,
+            &h(&[
+                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-mode", "navigate")
+            ])
+        ));
+        assert!(!fetch_allowed(
+            &Method::POST,
+            &h(&[
+                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-mode", "navigate")
+            ])
+        ));
+        assert!(!fetch_allowed(
+            &Method::GET,
+            &h(&[("sec-fetch-site", "same-site"), ("sec-fetch-mode", "cors")])
+        ));
+        assert!(!fetch_allowed(
+            &Method::GET,
+            &h(&[
+                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-mode", "no-cors")
+            ])
+        ));
+    }
+}

@@ -1,0 +1,148 @@
+//! What every response of the api-server carries and which requests it
+//! refuses before any handler runs: the host dispatch between the console's
+//! origin and device origins, the fetch-metadata rule against cross-site
+//! requests on the console origin, `no-store` on API answers (they carry
+//! credentials, codes and personal data), HSTS whenever cookies are Secure,
+//! and resource/opener isolation for the console.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use http::{header, HeaderValue, Method};
+use std::convert::Infallible;
+use tower::ServiceExt;
+
+/// HSTS value sent when cookies are Secure (one year).
+pub const HSTS: &str = "max-age=31536000";
+
+/// Console paths a cross-site top-level navigation may open: the console's
+/// pages, and both halves of the login (the provider sends the browser back
+/// to the callback from its own site).
+fn navigable_cross_site(path: &str) -> bool {
+    path == "/"
+        || path == "/favicon.ico"
+        || path.starts_with("/console/")
+        || path == "/api/auth/login"
+        || path == "/api/auth/callback"
+}
+
+/// The fetch-metadata rule on the console origin: a request a browser marks
+/// `Sec-Fetch-Site: cross-site` is refused unless it is a GET/HEAD
+/// top-level navigation to a page that may be linked to. Requests without
+/// fetch metadata (programs, agents, the provider's back-channel) pass;
+/// they carry no ambient browser credentials.
+pub fn cross_site_refused(method: &Method, path: &str, headers: &http::HeaderMap) -> bool {
+    let cross = headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site");
+    if !cross {
+        return false;
+    }
+    let navigate = headers
+        .get("sec-fetch-mode")
+        .is_some_and(|v| v.as_bytes() == b"navigate");
+    !(navigate && matches!(*method, Method::GET | Method::HEAD) && navigable_cross_site(path))
+}
+
+/// Wrap the console router and the device-origin router in one service:
+/// requests whose `Host` names a device origin go to `devices` (with the
+/// device id as an extension), all others to `console` after the
+/// cross-site rule; both get the headers above.
+pub fn dispatch(state: AppState, console: Router, devices: Router) -> Router {
+    let service = tower::service_fn(move |mut req: Request| {
+        let (state, console, devices) = (state.clone(), console.clone(), devices.clone());
+        async move {
+            let secure = state.settings.cookie_secure;
+            let device = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| state.settings.device_origins.device_of_host(h));
+            let mut res = match device {
+                Some(device) => {
+                    req.extensions_mut().insert(device);
+                    devices.oneshot(req).await?
+                }
+                None => {
+                    let path = req.uri().path().to_owned();
+                    let mut res = if cross_site_refused(req.method(), &path, req.headers()) {
+                        ApiError::CrossSite.into_response()
+                    } else {
+                        console.oneshot(req).await?
+                    };
+                    console_headers(&mut res, &path);
+                    res
+                }
+            };
+            if secure {
+                res.headers_mut().insert(
+                    header::STRICT_TRANSPORT_SECURITY,
+                    HeaderValue::from_static(HSTS),
+                );
+            }
+            Ok::<Response, Infallible>(res)
+        }
+    });
+    Router::new().fallback_service(service)
+}
+
+/// Headers on the console origin: API answers are `no-store` (unless the
+/// box's own answer through the proxy route says otherwise) and not
+/// readable by other sites' pages.
+fn console_headers(res: &mut Response, path: &str) {
+    let h = res.headers_mut();
+    let proxied = path.starts_with("/api/devices/") && path.contains("/proxy");
+    if path.starts_with("/api/") && !proxied {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    h.entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    h.insert(
+        http::HeaderName::from_static("cross-origin-resource-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(site: &'static str, mode: &'static str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert("sec-fetch-site", HeaderValue::from_static(site));
+        h.insert("sec-fetch-mode", HeaderValue::from_static(mode));
+        h
+    }
+
+    #[test]
+    fn cross_site_requests_are_refused_except_navigations_to_pages() {
+        let nav = headers("cross-site", "navigate");
+        assert!(!cross_site_refused(&Method::GET, "/", &nav));
+        assert!(!cross_site_refused(
+            &Method::GET,
+            "/api/auth/callback",
+            &nav
+        ));
+        assert!(cross_site_refused(&Method::GET, "/api/devices", &nav));
+        assert!(cross_site_refused(
+            &Method::POST,
+            "/api/auth/callback",
+            &nav
+        ));
+        let cors = headers("cross-site", "cors");
+        assert!(cross_site_refused(&Method::GET, "/api/devices", &cors));
+        assert!(cross_site_refused(&Method::GET, "/", &cors));
+        assert!(!cross_site_refused(
+            &Method::POST,
+            "/api/pairing/codes",
+            &headers("same-origin", "cors")
+        ));
+        assert!(!cross_site_refused(
+            &Method::POST,
+            "/api/pairing/exchange",
+            &http::HeaderMap::new()
+        ));
+    }
+}
