@@ -92,11 +92,13 @@ let watchConsole = true;
 try {
   const context = await browser.newContext();
   context.setDefaultTimeout(STEP);
-  // Every request must stay on loopback: the console and its API, and the
-  // development provider's sign-in page. Nothing from fonts, CDNs, etc.
+  // Every request must stay on loopback: the console and its API, the
+  // development provider's sign-in page, and device origins
+  // (`<device>.localhost`). Nothing from fonts, CDNs, etc.
   context.on("request", (req) => {
     const url = new URL(req.url());
-    if (!["localhost", "127.0.0.1"].includes(url.hostname) && url.protocol !== "data:") {
+    const loopback = ["localhost", "127.0.0.1"].includes(url.hostname) || url.hostname.endsWith(".localhost");
+    if (!loopback && url.protocol !== "data:") {
       problems.push(`external request: ${req.url()}`);
     }
   });

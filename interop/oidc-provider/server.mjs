@@ -1,7 +1,9 @@
 // Interop peer: npm's certified oidc-provider (pinned in package.json) with
 // devInteractions login and consent, a public PKCE-only client and a
-// confidential client. Listens on a free loopback port and prints
-// "READY <issuer>" once it accepts requests. Test use only.
+// confidential client, its default claims behaviour (in the code flow the
+// ID token carries no profile claims: email and name come from UserInfo),
+// and Back-Channel Logout to BACKCHANNEL_URI. Listens on a free loopback
+// port and prints "READY <issuer>" once it accepts requests. Test use only.
 import net from 'node:net';
 import Provider from 'oidc-provider';
 
@@ -11,8 +13,9 @@ process.stderr.on('error', () => {});
 
 const redirect = process.env.REDIRECT_URI;
 const secret = process.env.CONFIDENTIAL_SECRET;
-if (!redirect || !secret) {
-  console.error('REDIRECT_URI and CONFIDENTIAL_SECRET are required');
+const backchannel = process.env.BACKCHANNEL_URI;
+if (!redirect || !secret || !backchannel) {
+  console.error('REDIRECT_URI, CONFIDENTIAL_SECRET and BACKCHANNEL_URI are required');
   process.exit(2);
 }
 
@@ -30,6 +33,8 @@ const common = {
   redirect_uris: [redirect],
   grant_types: ['authorization_code'],
   response_types: ['code'],
+  backchannel_logout_uri: backchannel,
+  backchannel_logout_session_required: true,
 };
 
 const provider = new Provider(issuer, {
@@ -52,10 +57,11 @@ const provider = new Provider(issuer, {
       },
     };
   },
-  features: { devInteractions: { enabled: true } },
+  features: { devInteractions: { enabled: true }, backchannelLogout: { enabled: true } },
   cookies: { keys: ['edge-interop-test-only-cookie-key'] },
 });
 
+provider.on('backchannel.error', (err, client) => console.error(`backchannel to ${client.clientId} failed: ${err}`));
 const server = provider.listen(port, '127.0.0.1', () => {
   console.log(`READY ${issuer}`);
 });

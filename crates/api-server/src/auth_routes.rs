@@ -212,6 +212,7 @@ pub async fn logout(
     State(state): State<AppState>,
 ) -> Result<Response, ApiError> {
     state.store.delete_session(&user.session_hash).await?;
+    state.access_changes.notify();
     state
         .store
         .audit(user.id, "logout", None, serde_json::json!({}))
@@ -268,6 +269,7 @@ pub async fn end_session(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if state.store.delete_session_of(user.id, &id).await? {
+        state.access_changes.notify();
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound)
@@ -321,6 +323,7 @@ pub async fn backchannel_logout(
             request.sid.as_deref(),
         )
         .await?;
+    state.access_changes.notify();
     tracing::info!(sessions = ended, "back-channel logout ended sessions");
     let mut res = StatusCode::OK.into_response();
     res.headers_mut()

@@ -89,6 +89,7 @@ pub async fn run_on(
         oidc: Arc::new(oidc),
         settings: Arc::new(settings),
         pairing_limits: Arc::default(),
+        access_changes: Arc::default(),
     };
     let listen = listener
         .local_addr()

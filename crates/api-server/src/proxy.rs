@@ -458,13 +458,18 @@ fn relay_upgrade(
 
 /// Resolves when `access` no longer holds: the user's session ended (logout,
 /// "end this session", back-channel logout, idle or absolute expiry) or the
-/// device is no longer theirs. A store that cannot answer is not an answer:
+/// device is no longer theirs. Checked every `device_access_recheck` and at
+/// once when this replica ends a session. A store that cannot answer is not an answer:
 /// the connection stays until the store says no.
 pub async fn access_ends(state: &AppState, access: &Access) {
     let mut tick = tokio::time::interval(state.settings.device_access_recheck);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut changes = state.access_changes.subscribe();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            Ok(()) = changes.changed() => {}
+        }
         match still_allowed(state, access).await {
             Ok(true) => {}
             Ok(false) => return,

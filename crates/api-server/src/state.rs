@@ -25,6 +25,23 @@ impl Default for PairingLimits {
     }
 }
 
+/// Wakes every open device-origin connection of this replica to re-check
+/// its access at once (logout, "end this session", back-channel logout);
+/// other replicas notice on their next periodic re-check.
+#[derive(Debug, Default)]
+pub struct AccessChanges(tokio::sync::watch::Sender<u64>);
+
+impl AccessChanges {
+    /// Something that may end access happened.
+    pub fn notify(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
@@ -35,4 +52,5 @@ pub struct AppState {
     pub oidc: Arc<OidcClient>,
     pub settings: Arc<Settings>,
     pub pairing_limits: Arc<PairingLimits>,
+    pub access_changes: Arc<AccessChanges>,
 }

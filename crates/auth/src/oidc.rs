@@ -396,8 +396,12 @@ impl OidcClient {
                 }
                 other => OidcError::Unavailable(format!("UserInfo: {other}")),
             })?;
+        let info_email = info.email().map(|e| e.as_str().to_owned());
         if identity.email.is_none() {
-            identity.email = info.email().map(|e| e.as_str().to_owned());
+            identity.email = info_email;
+            identity.email_verified = info.email_verified();
+        } else if identity.email_verified.is_none() && identity.email == info_email {
+            // Same address: UserInfo may say what the ID token did not.
             identity.email_verified = info.email_verified();
         }
         if identity.name.is_none() {
@@ -674,7 +678,8 @@ mod tests {
             (Some("s1"), Some("alice"))
         );
         assert!(ok.accept_until >= now + LOGOUT_TOKEN_MAX_AGE_SECS);
-        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        type Spoil = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Spoil)> = vec![
             ("iss", Box::new(|c| c["iss"] = json!("https://evil"))),
             ("aud", Box::new(|c| c["aud"] = json!("other"))),
             ("old iat", Box::new(move |c| c["iat"] = json!(now - 3600))),

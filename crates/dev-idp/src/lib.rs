@@ -57,6 +57,8 @@ pub enum Fault {
     WrongIssuer,
     Expired,
     WrongNonce,
+    /// The UserInfo endpoint answers for another subject.
+    UserInfoWrongSubject,
 }
 
 struct Grant {
@@ -74,6 +76,10 @@ struct Inner {
     jwks_fetches: std::sync::atomic::AtomicU64,
     clients: Vec<Client>,
     codes: Mutex<HashMap<String, Grant>>,
+    /// Access token → (demo user index, fault for its UserInfo answer).
+    access_tokens: Mutex<HashMap<String, (usize, Option<Fault>)>>,
+    /// The `sid` of the latest login of each subject.
+    sids: Mutex<HashMap<String, String>>,
     fault: Mutex<Option<Fault>>,
 }
 
@@ -89,6 +95,8 @@ impl DevIdp {
             jwks_fetches: std::sync::atomic::AtomicU64::new(0),
             clients,
             codes: Mutex::new(HashMap::new()),
+            access_tokens: Mutex::new(HashMap::new()),
+            sids: Mutex::new(HashMap::new()),
             fault: Mutex::new(None),
         }))
     }
@@ -100,6 +108,31 @@ impl DevIdp {
     /// Make the next issued ID token faulty.
     pub fn set_fault(&self, fault: Fault) {
         *self.0.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(fault);
+    }
+
+    /// The provider session id (`sid`) of `subject`'s latest login.
+    pub fn sid_of(&self, subject: &str) -> Option<String> {
+        self.0
+            .sids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(subject)
+            .cloned()
+    }
+
+    /// Sign `claims` as a JWT with the provider's current key (for tests
+    /// that send back-channel logout tokens).
+    pub fn sign(&self, claims: &serde_json::Value) -> String {
+        self.0
+            .key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sign(claims)
+    }
+
+    /// Sign `claims` with a key the provider never published.
+    pub fn sign_with_unknown_key(claims: &serde_json::Value) -> String {
+        jwt::Key::generate().sign(claims)
     }
 
     /// Replace the signing key (new key id), as a provider rotating keys.
@@ -120,6 +153,7 @@ impl DevIdp {
             .route("/jwks", get(jwks))
             .route("/authorize", get(authorize_page).post(authorize_select))
             .route("/token", axum::routing::post(token))
+            .route("/userinfo", get(userinfo))
             .route("/end-session", get(end_session))
             .with_state(self.clone())
     }
@@ -161,11 +195,14 @@ async fn discovery(State(idp): State<DevIdp>) -> Json<serde_json::Value> {
         "token_endpoint": format!("{i}/token"),
         "jwks_uri": format!("{i}/jwks"),
         "end_session_endpoint": format!("{i}/end-session"),
+        "userinfo_endpoint": format!("{i}/userinfo"),
+        "backchannel_logout_supported": true,
+        "backchannel_logout_session_supported": true,
         "response_types_supported": ["code"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["ES256"],
         "scopes_supported": ["openid", "email", "profile"],
-        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nonce", "email", "name"],
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nonce", "sid", "email", "email_verified", "name"],
         "grant_types_supported": ["authorization_code"],
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
@@ -423,12 +460,19 @@ async fn token(
     let fault = idp.0.fault.lock().unwrap_or_else(|p| p.into_inner()).take();
     let (sub, name, email) = DEMO_USERS[grant.user];
     let now = jwt::now();
+    let sid = edge_core::Secret::random(12).expose().to_owned();
+    idp.0
+        .sids
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(sub.to_owned(), sid.clone());
     let mut claims = serde_json::json!({
         "iss": idp.0.issuer,
         "sub": sub,
         "aud": client_id,
         "iat": now,
         "exp": now + TOKEN_TTL_SECS,
+        "sid": sid,
         "email": email,
         "name": name,
     });
@@ -455,16 +499,56 @@ async fn token(
             .unwrap_or_else(|p| p.into_inner())
             .sign(&claims),
     };
+    let access_token = edge_core::Secret::random(24).expose().to_owned();
+    let info_fault = fault.filter(|f| *f == Fault::UserInfoWrongSubject);
+    idp.0
+        .access_tokens
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(access_token.clone(), (grant.user, info_fault));
     (
         [(header::CACHE_CONTROL, "no-store")],
         Json(serde_json::json!({
-            "access_token": edge_core::Secret::random(24).expose(),
+            "access_token": access_token,
             "token_type": "Bearer",
             "expires_in": TOKEN_TTL_SECS,
             "id_token": id_token,
         })),
     )
         .into_response()
+}
+
+/// `GET /userinfo` with `Authorization: Bearer <access token>`.
+async fn userinfo(State(idp): State<DevIdp>, headers: http::HeaderMap) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let found = idp
+        .0
+        .access_tokens
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(token)
+        .copied();
+    let Some((user, fault)) = found else {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "unknown access token",
+        );
+    };
+    let (sub, name, email) = DEMO_USERS[user];
+    let sub = if fault == Some(Fault::UserInfoWrongSubject) {
+        "someone-else"
+    } else {
+        sub
+    };
+    Json(serde_json::json!({
+        "sub": sub, "email": email, "email_verified": true, "name": name,
+    }))
+    .into_response()
 }
 
 async fn end_session() -> Html<&'static str> {

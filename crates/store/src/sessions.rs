@@ -45,9 +45,10 @@ impl Store {
         Ok(())
     }
 
-    /// Back-channel logout: delete the sessions the provider names, by its
-    /// session id (`sid`, within the user when `subject` is given too) or
-    /// else every session of the user `(issuer, subject)`. Returns how many.
+    /// Back-channel logout: delete the sessions the provider names: by its
+    /// session id (`sid`; with `subject` too, also that user's sessions
+    /// whose login named no sid), or else every session of the user
+    /// `(issuer, subject)`. Returns how many.
     pub async fn delete_idp_sessions(
         &self,
         issuer: &str,
@@ -55,14 +56,26 @@ impl Store {
         sid: Option<&str>,
     ) -> Result<u64, StoreError> {
         let done = match (subject, sid) {
-            (_, Some(sid)) => {
+            (Some(subject), Some(sid)) => {
+                // A session whose login named no sid can only be matched by
+                // its user.
                 sqlx::query(
-                    "DELETE FROM user_sessions WHERE idp_sid = $1 AND user_id IN
-                     (SELECT id FROM users WHERE issuer = $2 AND ($3 IS NULL OR subject = $3))",
+                    "DELETE FROM user_sessions WHERE (idp_sid = $1 OR idp_sid IS NULL) AND user_id IN
+                     (SELECT id FROM users WHERE issuer = $2 AND subject = $3)",
                 )
                 .bind(sid)
                 .bind(issuer)
                 .bind(subject)
+                .execute(&self.pool)
+                .await?
+            }
+            (None, Some(sid)) => {
+                sqlx::query(
+                    "DELETE FROM user_sessions WHERE idp_sid = $1 AND user_id IN
+                     (SELECT id FROM users WHERE issuer = $2)",
+                )
+                .bind(sid)
+                .bind(issuer)
                 .execute(&self.pool)
                 .await?
             }

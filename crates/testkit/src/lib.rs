@@ -272,6 +272,7 @@ impl Stack {
             oidc: Arc::new(oidc),
             settings: Arc::new(settings),
             pairing_limits: Arc::default(),
+            access_changes: Arc::default(),
         };
         tokio::spawn(edge_core::serve::serve(
             api,
@@ -402,6 +403,84 @@ impl Stack {
     /// The origin of `device`'s content (its own origin).
     pub fn device_origin(&self, device: DeviceId) -> String {
         self.state.settings.device_origins.origin_of(device)
+    }
+
+    /// `path` on `device`'s origin.
+    pub fn device_url(&self, device: DeviceId, path: &str) -> String {
+        format!("{}{path}", self.device_origin(device))
+    }
+
+    /// A client that reaches `device`'s origin (`{device}.localhost`
+    /// resolves to the api-server, as browsers do) and follows no redirect.
+    pub fn device_client(&self, device: DeviceId) -> reqwest::Client {
+        reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .resolve(&format!("{device}.localhost"), self.api_addr)
+            .build()
+            .unwrap()
+    }
+
+    /// A fresh device-origin ticket for `user` on `device`: `(action, ticket)`.
+    pub async fn device_ticket(&self, user: &TestUser, device: DeviceId) -> (String, String) {
+        let res = self
+            .http
+            .post(self.api(&format!("/api/devices/{device}/ui-ticket")))
+            .header("cookie", &user.cookie)
+            .header("x-csrf", "1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "ticket for {device}");
+        let t: serde_json::Value = res.json().await.unwrap();
+        (
+            t["action"].as_str().unwrap().to_owned(),
+            t["ticket"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Post `ticket` to `action` as the console's form does.
+    pub async fn post_ticket(
+        &self,
+        device: DeviceId,
+        action: &str,
+        ticket: &str,
+    ) -> reqwest::Response {
+        self.device_client(device)
+            .post(action)
+            .header("origin", &self.state.settings.public_origin)
+            .form(&[("ticket", ticket)])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Enter `device`'s origin as `user` (ticket, then the form post);
+    /// returns the device cookie as `name=value`.
+    pub async fn enter_device(&self, user: &TestUser, device: DeviceId) -> String {
+        let (action, ticket) = self.device_ticket(user, device).await;
+        let res = self.post_ticket(device, &action, &ticket).await;
+        assert_eq!(res.status(), 303, "entering {device}");
+        let set = res.headers()["set-cookie"].to_str().unwrap();
+        set.split(';').next().unwrap().to_owned()
+    }
+
+    /// Open a WebSocket to `path` on `device`'s origin with `cookie`.
+    pub async fn device_ws(
+        &self,
+        device: DeviceId,
+        cookie: &str,
+        path: &str,
+    ) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = self.device_url(device, path).replacen("http", "ws", 1);
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut()
+            .insert("cookie", http::HeaderValue::from_str(cookie).unwrap());
+        let tcp = tokio::net::TcpStream::connect(self.api_addr).await.unwrap();
+        let (ws, res) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+        assert_eq!(res.status(), 101);
+        ws
     }
 
     /// A device owned by `owner` with an in-process agent, online.

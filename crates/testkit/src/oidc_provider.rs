@@ -38,15 +38,18 @@ pub struct Provider {
     _child: Child,
 }
 
-/// Start the provider with `redirect_uri` registered for both clients.
+/// Start the provider with `redirect_uri` registered for both clients, and
+/// back-channel logout sent to the api-server beside it.
 pub async fn start(redirect_uri: &str, confidential_secret: &str) -> Provider {
+    let backchannel = redirect_uri.replace("/api/auth/callback", "/api/auth/backchannel-logout");
     let mut child = Command::new("node")
         .arg("server.mjs")
         .current_dir(dir())
         .env("REDIRECT_URI", redirect_uri)
         .env("CONFIDENTIAL_SECRET", confidential_secret)
+        .env("BACKCHANNEL_URI", backchannel)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start node: {e}"));

@@ -1,7 +1,10 @@
 //! Interop with a certified OpenID Provider: the api-server's full login,
 //! scripted over HTTP, against npm's `oidc-provider` (pinned) with its
 //! devInteractions login and consent pages, once as a public PKCE-only
-//! client and once as a confidential client.
+//! client and once as a confidential client. The provider keeps its default
+//! claims behaviour (no profile claims in the ID token of the code flow), so
+//! the user's email and name can only come from UserInfo; the session then
+//! ends through the provider's Back-Channel Logout.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -94,9 +97,45 @@ async fn login_through_provider(client_id: &str, confidential: bool) {
         user.id.to_string(),
         "user keyed by the provider's issuer and subject"
     );
+    assert_eq!(me["email"], "alice@example.test", "email from UserInfo");
+    assert_eq!(me["email_verified"], true);
+    assert_eq!(me["name"], "User alice", "name from UserInfo");
 
-    assert_eq!(b.post(&stack.api("/api/auth/logout")).await.status(), 200);
-    assert_eq!(b.get(&stack.api("/api/auth/me")).await.status(), 401);
+    // The user signs out at the provider; it tells us over the back channel.
+    let end = format!("{}/session/end?client_id={client_id}", provider.issuer);
+    let page = b.get(&end).await;
+    assert_eq!(page.status(), 200);
+    let base = page.url().clone();
+    let html = page.text().await.unwrap();
+    let action = html
+        .split("action=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap();
+    let xsrf = html
+        .split("name=\"xsrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap();
+    let confirm = base.join(action).unwrap().to_string();
+    let form = [
+        ("xsrf".to_owned(), xsrf.to_owned()),
+        ("logout".to_owned(), "yes".to_owned()),
+    ];
+    let done = b.post_form(&confirm, &form).await;
+    assert!(done.status().is_redirection() || done.status().is_success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let status = b.get(&stack.api("/api/auth/me")).await.status();
+        if status == 401 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "session alive 1 s after the provider's logout"
+        );
+        tokio::task::yield_now().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

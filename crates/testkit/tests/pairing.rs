@@ -105,6 +105,47 @@ async fn a_failed_mark_used_leaves_no_device_and_no_working_credential() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_failure_in_the_exchange_keeps_nothing_and_the_code_stays_live() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let (_, code) = create_code(&stack, &alice).await;
+    let audit_before = stack.store.audit_events(alice.id, 100, 0).await.unwrap();
+    let faults = stack.store.faults();
+    faults
+        .fail_exchange_audit
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let res = exchange(&stack, &code).await;
+    assert_eq!(res.status(), 500);
+    let body = res.text().await.unwrap();
+    assert!(!body.contains("edt_"), "no credential in the error body");
+    assert!(
+        stack.store.devices(alice.id).await.unwrap().is_empty(),
+        "no device without its audit events"
+    );
+    assert_eq!(
+        stack.store.audit_events(alice.id, 100, 0).await.unwrap(),
+        audit_before,
+        "no audit event for a pairing that did not happen"
+    );
+    faults
+        .fail_exchange_audit
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    // The code was not used up: it pairs once, with both events recorded.
+    assert_eq!(exchange(&stack, &code).await.status(), 201);
+    let devices = stack.store.devices(alice.id).await.unwrap();
+    assert_eq!(devices.len(), 1);
+    let actions: Vec<String> = stack
+        .store
+        .audit_events(alice.id, 100, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(actions[..2], ["device_paired", "pairing_code_used"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_expired_used_and_cancelled_codes_fail_identically() {
     let stack = Stack::start().await;
     let alice = stack.user("alice").await;
