@@ -94,7 +94,7 @@ pub async fn start_login_session(
     let expires = now.saturating_add(lifetime);
     state
         .store
-        .create_login_session(&id.hash(), &public_id, user, now, expires, idp_sid)
+        .create_session(&id.hash(), &public_id, user, now, expires, idp_sid)
         .await?;
     let secure = state.settings.cookie_secure;
     let name = cookie_name(secure);

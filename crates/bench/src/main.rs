@@ -270,7 +270,7 @@ async fn main() -> Result<()> {
     let sid = SessionId::generate();
     let now = edge_core::time::now_ms();
     store
-        .create_session(&sid.hash(), "bench", user.id, now, now + 3_600_000)
+        .create_session(&sid.hash(), "bench", user.id, now, now + 3_600_000, None)
         .await?;
     let cookie = format!(
         "{}={}",

@@ -6,22 +6,9 @@ use sqlx::Row;
 
 impl Store {
     /// Store a new session for `user` under `id_hash`; `public_id` names it
-    /// in listings (it grants nothing).
+    /// in listings (it grants nothing). `idp_sid` is the provider's own
+    /// session id from the login (`sid`), so back-channel logout can end it.
     pub async fn create_session(
-        &self,
-        id_hash: &str,
-        public_id: &str,
-        user: UserId,
-        now: i64,
-        expires_at: i64,
-    ) -> Result<(), StoreError> {
-        self.create_login_session(id_hash, public_id, user, now, expires_at, None)
-            .await
-    }
-
-    /// [`create_session`](Self::create_session) for a login whose provider
-    /// named its own session (`sid`), so back-channel logout can end it.
-    pub async fn create_login_session(
         &self,
         id_hash: &str,
         public_id: &str,

@@ -154,11 +154,11 @@ async fn sessions_are_found_by_hash_and_deleted() {
             .unwrap_or_else(|e| panic!("{e}"));
         let other = store.upsert_user("iss", "other", None, None).await.unwrap();
         store
-            .create_session("hash-1", "pub-1", user.id, 1_000, 9_000)
+            .create_session("hash-1", "pub-1", user.id, 1_000, 9_000, None)
             .await
             .unwrap();
         store
-            .create_session("hash-2", "pub-2", user.id, 1_500, 9_000)
+            .create_session("hash-2", "pub-2", user.id, 1_500, 9_000, Some("idp-sid"))
             .await
             .unwrap();
         let listed = store.sessions_of(user.id, 2_000).await.unwrap();
@@ -309,5 +309,168 @@ async fn concurrent_connects_migrate_a_fresh_sqlite_file_once() {
             let s = s.unwrap_or_else(|e| panic!("round {round}, connect {name}: {e}"));
             s.ping().await.unwrap();
         }
+    }
+}
+
+#[tokio::test]
+async fn device_tickets_redeem_once_for_their_device_before_expiry() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for store in backends(dir.path()).await {
+        let b = store.backend();
+        let user = store.upsert_user("iss", "t", None, None).await.unwrap();
+        let dev = store
+            .create_device(user.id, &NewDevice::default())
+            .await
+            .unwrap();
+        let other = edge_core::DeviceId::new();
+        store
+            .create_device_ticket("h1", user.id, "sess", dev.id, 1_000, 31_000)
+            .await
+            .unwrap();
+        store
+            .create_device_ticket("h2", user.id, "sess", dev.id, 1_000, 2_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .redeem_device_ticket("h1", other, 1_500)
+                .await
+                .unwrap(),
+            None,
+            "{b:?}: another device"
+        );
+        let redeemed = store
+            .redeem_device_ticket("h1", dev.id, 1_500)
+            .await
+            .unwrap();
+        assert_eq!(
+            redeemed,
+            Some(store::RedeemedTicket {
+                user_id: user.id,
+                session_hash: "sess".into()
+            })
+        );
+        assert_eq!(
+            store
+                .redeem_device_ticket("h1", dev.id, 1_600)
+                .await
+                .unwrap(),
+            None,
+            "{b:?}: used"
+        );
+        assert_eq!(
+            store
+                .redeem_device_ticket("h2", dev.id, 2_000)
+                .await
+                .unwrap(),
+            None,
+            "{b:?}: expired"
+        );
+        assert_eq!(
+            store
+                .redeem_device_ticket("nope", dev.id, 1_500)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+}
+
+#[tokio::test]
+async fn provider_sessions_end_by_sid_or_by_subject_and_logout_tokens_count_once() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for store in backends(dir.path()).await {
+        let b = store.backend();
+        let alice = store.upsert_user("iss", "alice", None, None).await.unwrap();
+        let bob = store.upsert_user("iss", "bob", None, None).await.unwrap();
+        for (hash, user, sid) in [
+            ("a1", alice.id, Some("s1")),
+            ("a2", alice.id, Some("s2")),
+            ("a3", alice.id, None),
+            ("b1", bob.id, Some("s1")),
+        ] {
+            store
+                .create_session(hash, hash, user, 1, i64::MAX, sid)
+                .await
+                .unwrap();
+        }
+        let alive = |hash: &'static str| {
+            let store = store.clone();
+            async move { store.session(hash).await.unwrap().is_some() }
+        };
+        // sid alone: only that provider session, of that issuer's users.
+        assert_eq!(
+            store
+                .delete_idp_sessions("other-iss", None, Some("s2"))
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store
+                .delete_idp_sessions("iss", None, Some("s2"))
+                .await
+                .unwrap(),
+            1,
+            "{b:?}"
+        );
+        assert!(!alive("a2").await && alive("a1").await && alive("b1").await);
+        // sid and sub: that session, and the user's sessions without a sid.
+        assert_eq!(
+            store
+                .delete_idp_sessions("iss", Some("alice"), Some("s1"))
+                .await
+                .unwrap(),
+            2,
+            "{b:?}"
+        );
+        assert!(!alive("a1").await && !alive("a3").await && alive("b1").await);
+        // sub alone: every session of the user.
+        assert_eq!(
+            store
+                .delete_idp_sessions("iss", Some("bob"), None)
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(!alive("b1").await);
+        assert_eq!(
+            store.delete_idp_sessions("iss", None, None).await.unwrap(),
+            0
+        );
+
+        assert!(store.remember_logout_token("j1", 100, 1_000).await.unwrap());
+        assert!(
+            !store.remember_logout_token("j1", 200, 1_000).await.unwrap(),
+            "{b:?}: replay"
+        );
+        // Once past its acceptance window it is forgotten.
+        assert!(store
+            .remember_logout_token("j1", 2_000, 3_000)
+            .await
+            .unwrap());
+    }
+}
+
+#[tokio::test]
+async fn email_verified_is_kept_as_the_provider_says() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for store in backends(dir.path()).await {
+        let claims = |verified| store::UserClaims {
+            issuer: "iss".into(),
+            subject: "v".into(),
+            email: Some("v@x".into()),
+            email_verified: verified,
+            name: None,
+        };
+        let u = store.upsert_user_claims(&claims(Some(true))).await.unwrap();
+        assert_eq!(u.email_verified, Some(true), "{:?}", store.backend());
+        let u = store
+            .upsert_user_claims(&claims(Some(false)))
+            .await
+            .unwrap();
+        assert_eq!(u.email_verified, Some(false));
+        let u = store.upsert_user_claims(&claims(None)).await.unwrap();
+        assert_eq!(u.email_verified, None);
     }
 }

@@ -424,10 +424,11 @@ impl Stack {
     /// A fresh device-origin ticket for `user` on `device`: `(action, ticket)`.
     pub async fn device_ticket(&self, user: &TestUser, device: DeviceId) -> (String, String) {
         let res = self
-            .http
-            .post(self.api(&format!("/api/devices/{device}/ui-ticket")))
-            .header("cookie", &user.cookie)
-            .header("x-csrf", "1")
+            .send_as(
+                http::Method::POST,
+                user,
+                &format!("/api/devices/{device}/ui-ticket"),
+            )
             .send()
             .await
             .unwrap();
@@ -534,6 +535,30 @@ impl Stack {
         );
     }
 
+    /// A state-changing call through the API as `user` (cookie and `X-CSRF`).
+    pub fn send_as(
+        &self,
+        method: http::Method,
+        user: &TestUser,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.api(path))
+            .header("cookie", &user.cookie)
+            .header("x-csrf", "1")
+    }
+
+    /// The actions in `user`'s audit log, newest first.
+    pub async fn audit_actions(&self, user: UserId) -> Vec<String> {
+        self.store
+            .audit_events(user, 200, 0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.action)
+            .collect()
+    }
+
     /// A GET through the API with `user`'s cookie.
     pub fn get(&self, user: &TestUser, url: &str) -> reqwest::RequestBuilder {
         self.http.get(url).header("cookie", &user.cookie)
@@ -572,6 +597,7 @@ impl Stack {
                 user,
                 created_ms,
                 expires_ms,
+                None,
             )
             .await
             .unwrap();

@@ -223,10 +223,11 @@ async fn names_from_users_and_boxes_lose_control_and_bidi_characters() {
     let alice = stack.user("alice").await;
     let dev = stack.device(alice.id).await;
     let res = stack
-        .http
-        .patch(stack.api(&format!("/api/devices/{}", dev.id)))
-        .header("cookie", &alice.cookie)
-        .header("x-csrf", "1")
+        .send_as(
+            http::Method::PATCH,
+            &alice,
+            &format!("/api/devices/{}", dev.id),
+        )
         .json(&json!({ "name": "Lab\u{202E}exe.txt\u{0007}", "labels": ["a\u{2066}b"] }))
         .send()
         .await

@@ -20,10 +20,11 @@ async fn a_ticket_enters_one_device_origin_once_and_becomes_a_host_only_cookie()
     let (dev, _agent) = stack.online_device(alice.id).await;
 
     let ticket_res = stack
-        .http
-        .post(stack.api(&format!("/api/devices/{}/ui-ticket", dev.id)))
-        .header("cookie", &alice.cookie)
-        .header("x-csrf", "1")
+        .send_as(
+            http::Method::POST,
+            &alice,
+            &format!("/api/devices/{}/ui-ticket", dev.id),
+        )
         .send()
         .await
         .unwrap();
@@ -107,14 +108,7 @@ async fn a_ticket_enters_one_device_origin_once_and_becomes_a_host_only_cookie()
     assert_eq!(json(info).await["model"], "SIM-1");
 
     // The audit log says who opened which device UI.
-    let actions: Vec<String> = stack
-        .store
-        .audit_events(alice.id, 50, 0)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.action)
-        .collect();
+    let actions: Vec<String> = stack.audit_actions(alice.id).await;
     assert!(
         actions.iter().any(|a| a == "device_ui_opened"),
         "{actions:?}"
@@ -182,10 +176,11 @@ async fn a_device_origin_refuses_everyone_without_its_own_cookie() {
 
     // Another user cannot get a ticket for alice's device: 404 as missing.
     let theirs = stack
-        .http
-        .post(stack.api(&format!("/api/devices/{}/ui-ticket", a.id)))
-        .header("cookie", &bob.cookie)
-        .header("x-csrf", "1")
+        .send_as(
+            http::Method::POST,
+            &bob,
+            &format!("/api/devices/{}/ui-ticket", a.id),
+        )
         .send()
         .await
         .unwrap();
@@ -214,10 +209,7 @@ async fn a_ticket_dies_with_the_session_it_was_issued_to() {
     let dev = stack.device(alice.id).await;
     let (action, ticket) = stack.device_ticket(&alice, dev.id).await;
     let out = stack
-        .http
-        .post(stack.api("/api/auth/logout"))
-        .header("cookie", &alice.cookie)
-        .header("x-csrf", "1")
+        .send_as(http::Method::POST, &alice, "/api/auth/logout")
         .send()
         .await
         .unwrap();
@@ -381,13 +373,7 @@ async fn api_answers_are_not_stored_and_the_console_is_isolated() {
     let stack = Stack::start().await;
     let alice = stack.user("alice").await;
     let dev = stack.device(alice.id).await;
-    let post = |path: String| {
-        stack
-            .http
-            .post(stack.api(&path))
-            .header("cookie", &alice.cookie)
-            .header("x-csrf", "1")
-    };
+    let post = |path: String| stack.send_as(http::Method::POST, &alice, &path);
     for res in [
         post("/api/pairing/codes".into()).send().await.unwrap(),
         post(format!("/api/devices/{}/credential", dev.id))

@@ -48,14 +48,7 @@ async fn a_hostile_box_page_cannot_act_as_its_owner() {
     )
     .await;
 
-    let actions: Vec<String> = stack
-        .store
-        .audit_events(alice.id, 200, 0)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.action)
-        .collect();
+    let actions: Vec<String> = stack.audit_actions(alice.id).await;
     for forbidden in [
         "credential_rotated",
         "pairing_code_created",

@@ -254,7 +254,14 @@ async fn cookie_signed_with_a_retired_key_is_rejected() {
     let id = auth::SessionId::generate();
     stack
         .store
-        .create_session(&id.hash(), "p", user.id, now_ms(), now_ms() + 3_600_000)
+        .create_session(
+            &id.hash(),
+            "p",
+            user.id,
+            now_ms(),
+            now_ms() + 3_600_000,
+            None,
+        )
         .await
         .unwrap();
     let retired = auth::CookieKeys::new(

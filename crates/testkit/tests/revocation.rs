@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use futures_util::{SinkExt, StreamExt};
+use http::Method;
 use std::time::{Duration, Instant};
 use testkit::{within, Stack, StackOptions, TestDevice, TestUser};
 use tokio_tungstenite::tungstenite::Message;
@@ -67,11 +68,22 @@ async fn entered(stack: &Stack, user: &TestUser) -> (TestDevice, testkit::AgentH
 }
 
 fn post(stack: &Stack, user: &TestUser, path: &str) -> reqwest::RequestBuilder {
-    stack
-        .http
-        .post(stack.api(path))
-        .header("cookie", &user.cookie)
-        .header("x-csrf", "1")
+    stack.send_as(Method::POST, user, path)
+}
+
+/// Right after the revoking call answered: plain requests are refused
+/// (`status`) and the open WebSocket ends within `BOUND`.
+async fn assert_access_ends(
+    stack: &Stack,
+    dev: &TestDevice,
+    cookie: &str,
+    ws: Ws,
+    status: u16,
+    what: &str,
+) {
+    let at = Instant::now();
+    assert_eq!(info_status(stack, dev, cookie).await, status, "{what}");
+    assert_ends(ws, at, what).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,9 +96,7 @@ async fn logout_ends_device_access_within_a_second() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    let at = Instant::now();
-    assert_eq!(info_status(&stack, &dev, &cookie).await, 401);
-    assert_ends(ws, at, "logout").await;
+    assert_access_ends(&stack, &dev, &cookie, ws, 401, "logout").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,17 +123,16 @@ async fn ending_the_session_elsewhere_ends_device_access_within_a_second() {
         .unwrap()
         .to_owned();
     let res = stack
-        .http
-        .delete(stack.api(&format!("/api/auth/sessions/{other}")))
-        .header("cookie", &laptop.cookie)
-        .header("x-csrf", "1")
+        .send_as(
+            Method::DELETE,
+            &laptop,
+            &format!("/api/auth/sessions/{other}"),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 204);
-    let at = Instant::now();
-    assert_eq!(info_status(&stack, &dev, &cookie).await, 401);
-    assert_ends(ws, at, "end this session").await;
+    assert_access_ends(&stack, &dev, &cookie, ws, 401, "end this session").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,25 +169,18 @@ async fn deleting_or_rotating_the_device_ends_access_within_a_second() {
     .await
     .unwrap();
     assert_eq!(res.status(), 200);
-    let at = Instant::now();
-    assert_ends(ws, at, "credential rotated").await;
     // The device is still alice's, but its tunnel is gone with the old
     // credential: requests answer 503 until the box has the new one.
-    assert_eq!(info_status(&stack, &dev, &cookie).await, 503);
+    assert_access_ends(&stack, &dev, &cookie, ws, 503, "credential rotated").await;
 
     let (dev, _agent, cookie, ws) = entered(&stack, &alice).await;
     let res = stack
-        .http
-        .delete(stack.api(&format!("/api/devices/{}", dev.id)))
-        .header("cookie", &alice.cookie)
-        .header("x-csrf", "1")
+        .send_as(Method::DELETE, &alice, &format!("/api/devices/{}", dev.id))
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 204);
-    let at = Instant::now();
-    assert_ends(ws, at, "device deleted").await;
-    assert_eq!(info_status(&stack, &dev, &cookie).await, 401);
+    assert_access_ends(&stack, &dev, &cookie, ws, 401, "device deleted").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,10 +207,11 @@ async fn rotate_and_delete_fail_loudly_when_the_relay_cannot_close_the_tunnel() 
         "no credential in an error"
     );
     let res = stack
-        .http
-        .delete(stack.api(&format!("/api/devices/{}", deleted.id)))
-        .header("cookie", &alice.cookie)
-        .header("x-csrf", "1")
+        .send_as(
+            Method::DELETE,
+            &alice,
+            &format!("/api/devices/{}", deleted.id),
+        )
         .send()
         .await
         .unwrap();
@@ -222,14 +225,7 @@ async fn rotate_and_delete_fail_loudly_when_the_relay_cannot_close_the_tunnel() 
             .unwrap()
             .is_none());
     }
-    let actions: Vec<String> = stack
-        .store
-        .audit_events(alice.id, 10, 0)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.action)
-        .collect();
+    let actions: Vec<String> = stack.audit_actions(alice.id).await;
     assert_eq!(actions[..2], ["device_deleted", "credential_rotated"]);
 }
 
