@@ -10,6 +10,8 @@ package main
 
 import (
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"flag"
@@ -148,7 +150,8 @@ func mux() *http.ServeMux {
 }
 
 func main() {
-	relay := flag.String("relay", "ws://127.0.0.1:3800/tunnel", "relay tunnel URL")
+	relay := flag.String("relay", "ws://127.0.0.1:3800/tunnel", "relay tunnel URL (ws:// or wss://)")
+	caFile := flag.String("ca", "", "PEM file of a private CA to trust for wss:// (besides the system roots)")
 	flag.Parse()
 	token := os.Getenv("EDGE_DEVICE_TOKEN")
 	if token == "" {
@@ -157,7 +160,22 @@ func main() {
 	hdr := http.Header{}
 	hdr.Set("Authorization", "Bearer "+token)
 	hdr.Set("User-Agent", "go-poc-device/0.9")
-	ws, resp, err := websocket.DefaultDialer.Dial(*relay, hdr)
+	dialer := *websocket.DefaultDialer
+	if *caFile != "" {
+		pem, err := os.ReadFile(*caFile)
+		if err != nil {
+			log.Fatalf("ca: %v", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			log.Fatalf("ca: no certificate in %s", *caFile)
+		}
+		dialer.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	ws, resp, err := dialer.Dial(*relay, hdr)
 	if err != nil {
 		status := 0
 		if resp != nil {

@@ -42,6 +42,10 @@ pub struct Config {
         default_value = "http://127.0.0.1:3801"
     )]
     pub relay_url: String,
+    /// PEM file with a private CA for https:// relay node URLs (besides the
+    /// web PKI roots).
+    #[arg(long, env = "API_SERVER_RELAY_CA_FILE")]
+    pub relay_ca_file: Option<PathBuf>,
     /// File holding the relay's internal-API secret; created (0600) if
     /// missing. Default: <data-dir>/internal-secret. EDGE_INTERNAL_SECRET
     /// overrides it.
@@ -114,6 +118,10 @@ pub struct Config {
     /// <public-origin>/api/auth/callback).
     #[arg(long, env = "API_SERVER_OIDC_REDIRECT_URL")]
     pub oidc_redirect_url: Option<String>,
+    /// PEM file with a private CA to trust for the OpenID Provider (besides
+    /// the web PKI roots).
+    #[arg(long, env = "API_SERVER_OIDC_CA_FILE")]
+    pub oidc_ca_file: Option<PathBuf>,
     /// Clock skew tolerated on ID-token expiry, in seconds.
     #[arg(long, env = "API_SERVER_OIDC_CLOCK_SKEW_SECS", default_value_t = 60)]
     pub oidc_clock_skew_secs: u64,
@@ -268,6 +276,7 @@ impl Config {
             scopes,
             clock_skew: Duration::from_secs(self.oidc_clock_skew_secs.min(600)),
             jwks_refresh_interval: Duration::from_secs(60),
+            ca_file: self.oidc_ca_file.clone(),
         })
     }
 

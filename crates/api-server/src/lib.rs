@@ -68,12 +68,15 @@ pub async fn run_on(
             .ok_or_else(|| ApiError::Config(format!("retired key {} unusable", path.display())))?;
         retired.push(key);
     }
+    let relay_tls = edge_tls::client_config(config.relay_ca_file.as_deref())
+        .map_err(|e| ApiError::Config(format!("relay CA: {e}")))?;
     let directory = RelayDirectory::new(
         Arc::new(StaticNode(NodeId(config.relay_url.clone()))),
         internal_secret,
         settings.proxy_connect_timeout,
         settings.proxy_connect_timeout,
-    );
+    )
+    .with_tls(relay_tls);
     let oidc = auth::oidc::OidcClient::new(config.oidc(&settings)?)
         .map_err(|e| ApiError::Config(e.to_string()))?;
     if let Some(service) = config.service_client()? {

@@ -92,6 +92,9 @@ pub struct OidcSettings {
     pub scopes: Vec<String>,
     pub clock_skew: Duration,
     pub jwks_refresh_interval: Duration,
+    /// PEM file with a private CA to trust for the provider, besides the
+    /// web PKI roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for OidcSettings {
@@ -194,10 +197,13 @@ impl OidcClient {
         if settings.client_id.is_empty() {
             return Err(OidcError::Config("client id is empty".into()));
         }
+        let tls = edge_tls::client_config(settings.ca_file.as_deref())
+            .map_err(|e| OidcError::Config(e.to_string()))?;
         let http = reqwest::Client::builder()
             // Never follow redirects from the provider's endpoints (SSRF).
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
+            .tls_backend_preconfigured((*tls).clone())
             .build()
             .map_err(|e| OidcError::Config(e.to_string()))?;
         Ok(Self {
@@ -232,7 +238,7 @@ impl OidcClient {
                     .body(body)
                     .send()
                     .await
-                    .map_err(|e| HttpError(e.without_url().to_string()))?;
+                    .map_err(|e| HttpError(error_chain(&e.without_url())))?;
                 let mut out = http::Response::builder().status(res.status());
                 for (k, v) in res.headers() {
                     out = out.header(k, v);
@@ -265,9 +271,9 @@ impl OidcClient {
         let issuer = IssuerUrl::new(self.settings.issuer.clone())
             .map_err(|e| OidcError::Config(e.to_string()))?;
         let http = self.http_fn();
-        let m = Metadata::discover_async(issuer, &http)
-            .await
-            .map_err(|e| OidcError::Unavailable(format!("discovery failed: {e}")))?;
+        let m = Metadata::discover_async(issuer, &http).await.map_err(|e| {
+            OidcError::Unavailable(format!("discovery failed: {}", error_chain(&e)))
+        })?;
         *slot = Some(m.clone());
         Ok(m)
     }
@@ -461,7 +467,9 @@ impl OidcClient {
         let http = self.http_fn();
         let jwks = CoreJsonWebKeySet::fetch_async(m.jwks_uri(), &http)
             .await
-            .map_err(|e| OidcError::Unavailable(format!("JWKS fetch failed: {e}")))?;
+            .map_err(|e| {
+                OidcError::Unavailable(format!("JWKS fetch failed: {}", error_chain(&e)))
+            })?;
         m = m.set_jwks(jwks);
         *self.metadata.write().await = Some(m.clone());
         tracing::info!("refetched the provider's JWKS for an unknown key id");
@@ -516,6 +524,22 @@ fn token_error<RE: std::error::Error + 'static>(
         openidconnect::RequestTokenError::Parse(e, _) => format!("unreadable response: {e}"),
         openidconnect::RequestTokenError::Other(e) => e.clone(),
     }
+}
+
+/// An error with every cause behind it ("error sending request: … :
+/// invalid peer certificate: UnknownIssuer"), so a TLS failure says why.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Part `index` (0 header, 1 claims) of a compact JWS, decoded as JSON.

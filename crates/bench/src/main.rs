@@ -228,7 +228,7 @@ async fn idle_tunnels(
     cancel: CancellationToken,
 ) -> Result<()> {
     for t in tokens {
-        let ws = tunnel::dial::dial(relay_url, t, "bench-idle/1", Default::default())
+        let ws = tunnel::dial::dial(relay_url, t, "bench-idle/1", Default::default(), None)
             .await
             .map_err(|e| anyhow::anyhow!("idle tunnel: {e}"))?;
         let cancel = cancel.clone();
@@ -353,6 +353,7 @@ async fn main() -> Result<()> {
             .stdout(Stdio::null())
             .spawn()?,
     );
+    edge_tls::install_default_provider();
     let client = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(cli.concurrency)

@@ -121,11 +121,21 @@ mod tests {
 /// otherwise the file at `path` (created on first use), so an api-server and
 /// a relay sharing a data directory agree with no configuration.
 pub fn internal_secret(path: &std::path::Path) -> std::io::Result<Secret> {
-    match std::env::var("EDGE_INTERNAL_SECRET") {
-        Ok(s) if !s.is_empty() => Ok(Secret::new(s)),
-        _ => load_or_create_file(path),
+    let secret = match std::env::var("EDGE_INTERNAL_SECRET") {
+        Ok(s) if !s.is_empty() => Secret::new(s),
+        _ => load_or_create_file(path)?,
+    };
+    if secret.expose().len() < MIN_INTERNAL_SECRET_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the internal secret must be at least {MIN_INTERNAL_SECRET_BYTES} bytes"),
+        ));
     }
+    Ok(secret)
 }
+
+/// Shortest internal-port secret either server accepts.
+pub const MIN_INTERNAL_SECRET_BYTES: usize = 32;
 
 /// Read a secret from `path`, creating it (mode 0600, 256 random bits) when
 /// it does not exist yet. Two processes racing to create it read one value.
@@ -202,6 +212,32 @@ fn non_empty(text: String, path: &std::path::Path) -> std::io::Result<Secret> {
 #[cfg(test)]
 mod file_tests {
     use super::*;
+
+    #[test]
+    fn an_internal_secret_shorter_than_32_bytes_is_refused() {
+        let dir = std::env::temp_dir().join(format!("edge-secret-{}", uuid::Uuid::new_v4()));
+        let _ = std::fs::create_dir_all(&dir);
+        let short = dir.join("short");
+        let _ = std::fs::write(&short, "only-31-bytes-of-secret-here-xx");
+        let err = internal_secret(&short).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("at least 32 bytes")),
+            "{err:?}"
+        );
+        let long = dir.join("long");
+        let _ = std::fs::write(&long, "a-secret-of-exactly-32-bytes-xyz");
+        assert_eq!(
+            internal_secret(&long).ok().map(|s| s.expose().len()),
+            Some(32)
+        );
+        let made = internal_secret(&dir.join("made")).ok();
+        assert!(
+            made.is_some_and(|s| s.expose().len() >= 32),
+            "generated secrets pass"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn creates_once_then_reads_the_same_value() {

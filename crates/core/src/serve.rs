@@ -1,6 +1,8 @@
 //! The HTTP/1.1 accept loop every listener of the platform uses: a connection
-//! limit, a header-read (handshake) timeout, upgrades, and a graceful drain
-//! when the shutdown token fires. Nothing slow runs on the accept path.
+//! limit, optional TLS, a header-read (handshake) timeout, upgrades, and a
+//! graceful drain when the shutdown token fires. Nothing slow runs on the
+//! accept path: the TLS handshake runs in the connection's own task, under
+//! the same timeout as reading the request head.
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -8,6 +10,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +47,17 @@ pub async fn serve(
     opts: ServeOptions,
     shutdown: CancellationToken,
 ) {
+    serve_tls(listener, app, opts, None, shutdown).await;
+}
+
+/// [`serve`], over TLS when `tls` is given (HTTP/1.1 inside).
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    opts: ServeOptions,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     let limit = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let tracker = TaskTracker::new();
     loop {
@@ -66,26 +80,23 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
-            let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(remote));
-                app.clone().oneshot(req.map(axum::body::Body::new))
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(opts.header_read_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                res = conn.as_mut() => res,
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            match tls {
+                None => serve_connection(stream, remote, app, opts, shutdown).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(opts.header_read_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, remote, app, opts, shutdown).await;
+                        }
+                        Ok(Err(err)) => {
+                            tracing::debug!(error = %err, %remote, "TLS handshake failed");
+                        }
+                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                    }
                 }
-            };
-            if let Err(err) = result {
-                tracing::debug!(error = %err, %remote, "connection ended with error");
             }
             drop(permit);
         });
@@ -97,5 +108,37 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("drain timeout elapsed with connections still open");
+    }
+}
+
+/// One HTTP/1.1 connection on `io`, until it ends or the drain is over.
+async fn serve_connection<I>(
+    io: I,
+    remote: std::net::SocketAddr,
+    app: Router,
+    opts: ServeOptions,
+    shutdown: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(remote));
+        app.clone().oneshot(req.map(axum::body::Body::new))
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        res = conn.as_mut() => res,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(error = %err, %remote, "connection ended with error");
     }
 }

@@ -1,7 +1,9 @@
 //! The api-server's [`SessionView`]: asks the relay node that holds a device,
 //! over the node's internal port, with the shared secret. Every call is
 //! bounded by a connect timeout and a response timeout, so a dead relay
-//! surfaces as an error, never as a hang.
+//! surfaces as an error, never as a hang. Node URLs may be `http://` or
+//! `https://` (then the node's certificate is checked against the web PKI
+//! roots plus the configured private CA).
 
 use crate::internal_api::{self, CODE_OFFLINE};
 use crate::{BoxStream, DirectoryError, NodeId, NodeLocator, SessionSummary, SessionView};
@@ -24,7 +26,12 @@ pub struct RelayDirectory {
     secret: Secret,
     connect_timeout: Duration,
     response_timeout: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
+
+/// The byte stream under one internal-API connection.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
 impl std::fmt::Debug for RelayDirectory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,7 +54,60 @@ impl RelayDirectory {
             secret,
             connect_timeout,
             response_timeout,
+            tls: None,
         }
+    }
+
+    /// Trust `tls` (roots plus a private CA) for `https://` nodes.
+    pub fn with_tls(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// A connection to `node`'s internal port (TLS for `https://`); returns
+    /// it with the authority to send as `Host`.
+    async fn connect(&self, node: &NodeId) -> Result<(Box<dyn Io>, String), DirectoryError> {
+        let (tls, rest) = if let Some(rest) = node.0.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = node.0.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(DirectoryError::Relay(format!(
+                "unsupported node URL {}",
+                node.0
+            )));
+        };
+        let authority = rest.trim_end_matches('/').to_owned();
+        let connecting = async {
+            let tcp = TcpStream::connect(&authority)
+                .await
+                .map_err(|e| DirectoryError::Unreachable(e.to_string()))?;
+            let _ = tcp.set_nodelay(true);
+            if !tls {
+                return Ok(Box::new(tcp) as Box<dyn Io>);
+            }
+            let host = authority
+                .rsplit_once(':')
+                .map_or(authority.as_str(), |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| DirectoryError::Relay(format!("node name {host:?}: {e}")))?;
+            let config = match &self.tls {
+                Some(c) => c.clone(),
+                None => edge_tls::client_config(None)
+                    .map_err(|e| DirectoryError::Relay(e.to_string()))?,
+            };
+            let stream = edge_tls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| DirectoryError::Unreachable(format!("TLS with {authority}: {e}")))?;
+            Ok(Box::new(stream) as Box<dyn Io>)
+        };
+        let io = tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| DirectoryError::Timeout)??;
+        Ok((io, authority))
     }
 
     async fn send(
@@ -57,17 +117,8 @@ impl RelayDirectory {
         path: &str,
         upgrade: bool,
     ) -> Result<Response<Incoming>, DirectoryError> {
-        let authority = node
-            .0
-            .strip_prefix("http://")
-            .map(|s| s.trim_end_matches('/'))
-            .ok_or_else(|| DirectoryError::Relay(format!("unsupported node URL {}", node.0)))?;
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(authority))
-            .await
-            .map_err(|_| DirectoryError::Timeout)?
-            .map_err(|e| DirectoryError::Unreachable(e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        let (io, authority) = self.connect(node).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| DirectoryError::Unreachable(e.to_string()))?;
         tokio::spawn(async move {
@@ -78,7 +129,7 @@ impl RelayDirectory {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header(header::HOST, authority)
+            .header(header::HOST, authority.as_str())
             .header(
                 header::AUTHORIZATION,
                 format!("Bearer {}", self.secret.expose()),

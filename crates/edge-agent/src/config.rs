@@ -3,6 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use edge_core::telemetry::LogFormat;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// edge-agent: keeps this box's tunnel to the cloud relay open.
@@ -22,6 +23,60 @@ pub enum Command {
     Run(RunArgs),
     /// Pair this box with a user's account using a one-time pairing code.
     Pair(PairArgs),
+}
+
+/// How the agent reaches the cloud (both subcommands).
+#[derive(Debug, Clone, Args)]
+pub struct TransportArgs {
+    /// PEM file with extra CA certificates to trust (a private CA), besides
+    /// the built-in web PKI roots.
+    #[arg(long, env = "EDGE_AGENT_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Allow ws:// and http:// to addresses other than loopback. The
+    /// credential and all traffic then cross the network in clear text; a
+    /// warning is logged on every connect.
+    #[arg(long, env = "EDGE_AGENT_INSECURE_PLAINTEXT", default_value_t = false)]
+    pub insecure_plaintext: bool,
+}
+
+impl TransportArgs {
+    /// The TLS client config for wss:// and https://.
+    pub fn tls(&self) -> Result<Arc<rustls::ClientConfig>, crate::AgentError> {
+        edge_tls::client_config(self.ca_file.as_deref())
+            .map_err(|e| crate::AgentError::Config(e.to_string()))
+    }
+
+    /// Refuse a plaintext `url` to a non-loopback host unless allowed.
+    pub fn check(&self, url: &str) -> Result<(), crate::AgentError> {
+        check_transport(url, self.insecure_plaintext)
+    }
+}
+
+/// Whether `url` may be used: TLS (`wss`, `https`) always; plaintext (`ws`,
+/// `http`) to a loopback host, or anywhere with `insecure_plaintext`.
+pub fn check_transport(url: &str, insecure_plaintext: bool) -> Result<(), crate::AgentError> {
+    let parsed = url::Url::parse(url)
+        .map_err(|e| crate::AgentError::Config(format!("invalid URL {url:?}: {e}")))?;
+    match parsed.scheme() {
+        "wss" | "https" => Ok(()),
+        "ws" | "http" if insecure_plaintext || is_loopback(&parsed) => Ok(()),
+        "ws" | "http" => Err(crate::AgentError::Config(format!(
+            "{url} is plaintext to a non-loopback address: use wss:// or https:// (or --insecure-plaintext)"
+        ))),
+        other => Err(crate::AgentError::Config(format!(
+            "unsupported URL scheme {other:?}"
+        ))),
+    }
+}
+
+/// Whether `url`'s host is loopback (`localhost`, 127.0.0.0/8, ::1).
+pub fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +106,8 @@ pub struct PairArgs {
     /// Replace an existing credential file.
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub transport: TransportArgs,
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +136,8 @@ pub struct RunArgs {
     /// Largest reconnect delay, in milliseconds.
     #[arg(long, env = "EDGE_AGENT_BACKOFF_MAX_MS", default_value_t = 15_000)]
     pub backoff_max_ms: u64,
+    #[command(flatten)]
+    pub transport: TransportArgs,
 }
 
 /// Checked settings of `edge-agent run`.
@@ -92,6 +151,11 @@ pub struct AgentSettings {
     pub idle_timeout: Duration,
     /// A session that lasted this long resets the backoff.
     pub stable_after: Duration,
+    /// TLS for wss:// (`None`: web PKI roots only).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The operator allowed plaintext to a non-loopback relay: warn on
+    /// every connect.
+    pub insecure_plaintext: bool,
 }
 
 impl AgentSettings {
@@ -103,6 +167,8 @@ impl AgentSettings {
             backoff_max: Duration::from_secs(15),
             idle_timeout: tunnel::contract::IDLE_TIMEOUT + Duration::from_secs(5),
             stable_after: Duration::from_secs(30),
+            tls: None,
+            insecure_plaintext: false,
         }
     }
 }
@@ -114,9 +180,38 @@ impl RunArgs {
                 "backoff bounds must satisfy 0 < min <= max".into(),
             ));
         }
+        self.transport.check(&self.relay)?;
         let mut s = AgentSettings::new(&self.relay, &self.target);
         s.backoff_min = Duration::from_millis(self.backoff_min_ms);
         s.backoff_max = Duration::from_millis(self.backoff_max_ms);
+        s.tls = Some(self.transport.tls()?);
+        s.insecure_plaintext = self.transport.insecure_plaintext;
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_only_to_loopback_unless_allowed() {
+        for ok in [
+            "wss://relay.example.com/tunnel",
+            "https://cloud.example.com",
+            "ws://127.0.0.1:3800/tunnel",
+            "ws://localhost:3800/tunnel",
+            "http://[::1]:3721",
+        ] {
+            assert!(check_transport(ok, false).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ws://relay.example.com/tunnel",
+            "http://10.0.0.5:3721",
+            "ftp://x",
+        ] {
+            assert!(check_transport(bad, false).is_err(), "{bad}");
+        }
+        assert!(check_transport("ws://relay.example.com/tunnel", true).is_ok());
     }
 }

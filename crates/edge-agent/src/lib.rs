@@ -89,11 +89,14 @@ pub async fn run(settings: AgentSettings, token: DeviceToken, shutdown: Cancella
     let agent = user_agent();
     tracing::info!(relay = %settings.relay, target = %settings.target, "edge-agent starting");
     while !shutdown.is_cancelled() {
+        if settings.insecure_plaintext && settings.relay.starts_with("ws://") {
+            tracing::warn!(relay = %settings.relay, "connecting without TLS (--insecure-plaintext): the credential crosses the network in clear text");
+        }
         let started = Instant::now();
         let mut floor = Duration::ZERO;
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = dial(&settings.relay, &token, &agent, WebSocketConfig::default()) => r,
+            r = dial(&settings.relay, &token, &agent, WebSocketConfig::default(), settings.tls.clone()) => r,
         };
         match attempt {
             Ok(ws) => {

@@ -36,8 +36,14 @@ pub async fn pair(args: &PairArgs) -> Result<String, AgentError> {
         "serial": args.serial,
         "agent_version": format!("{}/{}", tunnel::contract::AGENT_NAME, env!("CARGO_PKG_VERSION")),
     });
+    args.transport.check(&url)?;
+    if args.transport.insecure_plaintext && url.starts_with("http://") {
+        tracing::warn!(server = %args.server, "pairing over plaintext HTTP (--insecure-plaintext)");
+    }
+    let tls = args.transport.tls()?;
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(20))
+        .tls_backend_preconfigured((*tls).clone())
         .build()
         .map_err(|e| AgentError::Pairing(e.to_string()))?;
     let res = client.post(&url).json(&body).send().await.map_err(|e| {

@@ -65,6 +65,29 @@ pub struct Config {
     /// tunnel per interval.
     #[arg(long, env = "REMOTE_PROXY_CREDENTIAL_RECHECK_SECS", default_value_t = directory::DEFAULT_CREDENTIAL_RECHECK_SECS)]
     pub credential_recheck_secs: u64,
+    /// PEM certificate chain for the tunnel port: with --tls-key, the relay
+    /// terminates TLS itself (devices dial wss://). Reloaded on SIGHUP or
+    /// when the file changes, without dropping tunnels.
+    #[arg(long, env = "REMOTE_PROXY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "REMOTE_PROXY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificate chain for the internal port (api-servers then use
+    /// https:// node URLs); reloaded like --tls-cert.
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_INTERNAL_TLS_CERT",
+        requires = "internal_tls_key"
+    )]
+    pub internal_tls_cert: Option<PathBuf>,
+    /// PEM private key for --internal-tls-cert.
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_INTERNAL_TLS_KEY",
+        requires = "internal_tls_cert"
+    )]
+    pub internal_tls_key: Option<PathBuf>,
     /// Seconds in-flight work gets to finish on shutdown.
     #[arg(long, env = "EDGE_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
     pub drain_timeout_secs: u64,

@@ -11,12 +11,13 @@ pub mod tunnel_listener;
 
 use config::{Config, Limits};
 use directory::NodeId;
-use edge_core::serve::{serve, ServeOptions};
+use edge_core::serve::{serve_tls, ServeOptions};
 use edge_core::Secret;
 use error::RelayError;
 use registry::LocalDirectory;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -56,12 +57,25 @@ impl Relay {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// Serve both listeners until `shutdown`; then refuse new tunnels (503),
-    /// close every session with GoAway(0) and wait for them to end.
+    /// Serve both listeners in plain TCP; see [`Relay::serve_tls`].
     pub async fn serve(
         self: Arc<Self>,
         tunnel: TcpListener,
         internal: TcpListener,
+        shutdown: CancellationToken,
+    ) {
+        self.serve_tls(tunnel, internal, RelayTls::default(), shutdown)
+            .await;
+    }
+
+    /// Serve both listeners (each over TLS when `tls` says so) until
+    /// `shutdown`; then refuse new tunnels (503), close every session with
+    /// GoAway(0) and wait for them to end.
+    pub async fn serve_tls(
+        self: Arc<Self>,
+        tunnel: TcpListener,
+        internal: TcpListener,
+        tls: RelayTls,
         shutdown: CancellationToken,
     ) {
         let tunnel_opts = ServeOptions {
@@ -87,16 +101,18 @@ impl Relay {
             }
         };
         tokio::join!(
-            serve(
+            serve_tls(
                 tunnel,
                 tunnel_listener::router(self.clone()),
                 tunnel_opts,
+                tls.tunnel,
                 shutdown.clone()
             ),
-            serve(
+            serve_tls(
                 internal,
                 internal::router(self.clone()),
                 internal_opts,
+                tls.internal,
                 shutdown.clone()
             ),
             closer,
@@ -108,6 +124,51 @@ impl Relay {
         {
             tracing::warn!("tunnels still open after the drain timeout");
         }
+    }
+}
+
+/// TLS for the relay's two listeners (`None`: plain TCP, e.g. behind a
+/// TLS-terminating proxy).
+#[derive(Clone, Default)]
+pub struct RelayTls {
+    pub tunnel: Option<edge_tls::TlsAcceptor>,
+    pub internal: Option<edge_tls::TlsAcceptor>,
+}
+
+/// How often certificate files are checked for changes.
+const CERT_WATCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A reloading acceptor for `cert`/`key` when both are set; its watcher
+/// runs until `shutdown`.
+fn acceptor(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+    shutdown: &CancellationToken,
+) -> Result<Option<edge_tls::TlsAcceptor>, RelayError> {
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    let reloading =
+        edge_tls::ReloadingCert::load(cert, key).map_err(|e| RelayError::Startup(e.to_string()))?;
+    let acceptor = reloading
+        .acceptor()
+        .map_err(|e| RelayError::Startup(e.to_string()))?;
+    tokio::spawn(reloading.watch(CERT_WATCH_INTERVAL, shutdown.clone()));
+    Ok(Some(acceptor))
+}
+
+impl Config {
+    /// The TLS acceptors this configuration asks for (their certificate
+    /// watchers stop with `shutdown`).
+    pub fn tls(&self, shutdown: &CancellationToken) -> Result<RelayTls, RelayError> {
+        Ok(RelayTls {
+            tunnel: acceptor(self.tls_cert.as_deref(), self.tls_key.as_deref(), shutdown)?,
+            internal: acceptor(
+                self.internal_tls_cert.as_deref(),
+                self.internal_tls_key.as_deref(),
+                shutdown,
+            )?,
+        })
     }
 }
 
@@ -140,15 +201,22 @@ pub async fn run_on(
             .map_err(|e| RelayError::Startup(format!("listener: {e}")))
     };
     let (tunnel_addr, internal_addr) = (addr(&tunnel)?, addr(&internal)?);
+    let tls = config.tls(&shutdown)?;
+    let internal_scheme = if tls.internal.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let node = NodeId(
         config
             .node_url
             .clone()
-            .unwrap_or_else(|| format!("http://{internal_addr}")),
+            .unwrap_or_else(|| format!("{internal_scheme}://{internal_addr}")),
     );
-    tracing::info!(tunnel = %tunnel_addr, internal = %internal_addr, node = %node.0, "remote-proxy listening");
+    tracing::info!(tunnel = %tunnel_addr, internal = %internal_addr, node = %node.0,
+        tunnel_tls = tls.tunnel.is_some(), internal_tls = tls.internal.is_some(), "remote-proxy listening");
     Relay::new(store, node, secret, config.limits())
-        .serve(tunnel, internal, shutdown)
+        .serve_tls(tunnel, internal, tls, shutdown)
         .await;
     tracing::info!("remote-proxy stopped");
     Ok(())

@@ -25,10 +25,19 @@ impl Default for Browser {
 
 impl Browser {
     pub fn new() -> Self {
+        Self::trusting(None)
+    }
+
+    /// A browser that also trusts the CA in `ca_file` (PEM), for pages
+    /// served with test certificates.
+    pub fn trusting(ca_file: Option<&std::path::Path>) -> Self {
+        edge_tls::install_default_provider();
+        let tls = edge_tls::client_config(ca_file).unwrap();
         Self {
             http: reqwest::Client::builder()
                 .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())
+                .tls_backend_preconfigured((*tls).clone())
                 .build()
                 .unwrap(),
             jar: BTreeMap::new(),

@@ -74,8 +74,21 @@ pub fn binary() -> Option<PathBuf> {
 /// Start the Go device against `relay_url` with `token` (in its environment,
 /// never on the command line).
 pub fn spawn(bin: &Path, relay_url: &str, token: &edge_core::DeviceToken) -> Child {
-    Command::new(bin)
-        .arg("-relay")
+    spawn_trusting(bin, relay_url, token, None)
+}
+
+/// [`spawn`], trusting the CA in `ca_file` for `wss://` (Go's crypto/tls).
+pub fn spawn_trusting(
+    bin: &Path,
+    relay_url: &str,
+    token: &edge_core::DeviceToken,
+    ca_file: Option<&Path>,
+) -> Child {
+    let mut cmd = Command::new(bin);
+    if let Some(ca) = ca_file {
+        cmd.arg("-ca").arg(ca);
+    }
+    cmd.arg("-relay")
         .arg(relay_url)
         .env("EDGE_DEVICE_TOKEN", token.expose())
         .stdout(Stdio::null())

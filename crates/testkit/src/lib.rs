@@ -12,6 +12,7 @@ pub mod chromium;
 pub mod devstack;
 pub mod go_device;
 pub mod oidc_provider;
+pub mod tls;
 
 use api_server::config::Settings;
 use api_server::AppState;
@@ -19,7 +20,7 @@ use auth::{CookieKey, CookieKeys};
 use directory::{NodeId, RelayDirectory, StaticNode};
 use edge_core::{DeviceId, DeviceToken, Secret, UserId};
 use remote_proxy::config::Limits;
-use remote_proxy::Relay;
+use remote_proxy::{Relay, RelayTls};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,8 +41,10 @@ pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
     }
 }
 
-/// Route test logs to the test's output (RUST_LOG controls the level).
+/// Route test logs to the test's output (RUST_LOG controls the level), and
+/// make rustls' `ring` provider the default for plain HTTP clients.
 pub fn init_logs() {
+    edge_tls::install_default_provider();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -70,15 +73,20 @@ impl RelayNode {
         store: Store,
         secret: Secret,
         limits: Limits,
+        tls: RelayTls,
         tunnel: TcpListener,
         internal: TcpListener,
     ) -> Self {
         let tunnel_addr = tunnel.local_addr().unwrap();
         let internal_addr = internal.local_addr().unwrap();
-        let node = NodeId(format!("http://{internal_addr}"));
+        let node = NodeId(node_url(&tls, internal_addr));
         let relay = Relay::new(store, node, secret, limits);
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(relay.clone().serve(tunnel, internal, shutdown.clone()));
+        let task = tokio::spawn(
+            relay
+                .clone()
+                .serve_tls(tunnel, internal, tls, shutdown.clone()),
+        );
         Self {
             relay,
             tunnel_addr,
@@ -92,6 +100,15 @@ impl RelayNode {
     pub async fn stop(self) {
         self.shutdown.cancel();
         within("relay shutdown", self.task).await.unwrap();
+    }
+}
+
+/// The internal URL of a relay node: `https://localhost:<port>` when its
+/// internal port speaks TLS (test certificates name `localhost`).
+fn node_url(tls: &RelayTls, internal: SocketAddr) -> String {
+    match tls.internal {
+        Some(_) => format!("https://localhost:{}", internal.port()),
+        None => format!("http://{internal}"),
     }
 }
 
@@ -136,6 +153,12 @@ pub enum Idp {
         client_id: String,
         client_secret: Option<Secret>,
     },
+    /// The development provider served over TLS with `cert` (whose CA the
+    /// api-server trusts through `ca_file`), issuer `https://localhost:<port>`.
+    DevTls {
+        cert: edge_tls::TlsAcceptor,
+        ca_file: std::path::PathBuf,
+    },
 }
 
 /// Client id the api-server uses with the development provider.
@@ -150,6 +173,12 @@ pub struct StackOptions {
     /// `localhost` for browser tests, whose device origins are then
     /// `{device}.localhost`).
     pub console_host: &'static str,
+    /// TLS on the relay's listeners (tunnel: devices dial
+    /// `wss://localhost`; internal: the api-server uses `https://localhost`).
+    pub relay_tls: RelayTls,
+    /// What the api-server (for `https://` relay nodes) and agents (for
+    /// `wss://`) trust.
+    pub client_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for StackOptions {
@@ -164,6 +193,8 @@ impl Default for StackOptions {
                 confidential: false,
             },
             console_host: "127.0.0.1",
+            relay_tls: RelayTls::default(),
+            client_tls: None,
         }
     }
 }
@@ -180,6 +211,8 @@ pub struct Stack {
     pub dev_idp: Option<dev_idp::DevIdp>,
     secret: Secret,
     limits: Limits,
+    relay_tls: RelayTls,
+    client_tls: Option<Arc<rustls::ClientConfig>>,
     tunnel_addr: SocketAddr,
     internal_addr: SocketAddr,
     shutdown: CancellationToken,
@@ -206,6 +239,7 @@ impl Stack {
             store.clone(),
             secret.clone(),
             opts.limits,
+            opts.relay_tls.clone(),
             bind().await,
             bind().await,
         )
@@ -216,6 +250,7 @@ impl Stack {
         let sim_addr = sim.local_addr().unwrap();
         tokio::spawn(sim_box::serve(sim, "sim-box".into(), shutdown.clone()));
 
+        let mut oidc_ca = None;
         let (api, issuer, client_id, client_secret, dev) = match opts.idp {
             Idp::External {
                 api_listener,
@@ -223,6 +258,32 @@ impl Stack {
                 client_id,
                 client_secret,
             } => (api_listener, issuer, client_id, client_secret, None),
+            Idp::DevTls { cert, ca_file } => {
+                let api = bind().await;
+                let callback = format!(
+                    "http://{}:{}/api/auth/callback",
+                    opts.console_host,
+                    api.local_addr().unwrap().port()
+                );
+                let idp_listener = bind().await;
+                let issuer = format!(
+                    "https://localhost:{}",
+                    idp_listener.local_addr().unwrap().port()
+                );
+                let idp = dev_idp::DevIdp::new(
+                    issuer.clone(),
+                    vec![dev_idp::Client::public(DEV_CLIENT_ID, callback)],
+                );
+                tokio::spawn(edge_core::serve::serve_tls(
+                    idp_listener,
+                    idp.router(),
+                    Default::default(),
+                    Some(cert),
+                    shutdown.clone(),
+                ));
+                oidc_ca = Some(ca_file);
+                (api, issuer, DEV_CLIENT_ID.to_owned(), None, Some(idp))
+            }
             Idp::Dev { confidential } => {
                 let api = bind().await;
                 let callback = format!(
@@ -257,14 +318,18 @@ impl Stack {
             scopes: vec!["openid".into(), "email".into(), "profile".into()],
             clock_skew: Duration::from_secs(60),
             jwks_refresh_interval: Duration::from_secs(60),
+            ca_file: oidc_ca,
         })
         .unwrap();
-        let directory = RelayDirectory::new(
-            Arc::new(StaticNode(NodeId(format!("http://{internal_addr}")))),
+        let mut directory = RelayDirectory::new(
+            Arc::new(StaticNode(NodeId(node_url(&opts.relay_tls, internal_addr)))),
             secret.clone(),
             settings.proxy_connect_timeout,
             settings.proxy_connect_timeout,
         );
+        if let Some(tls) = opts.client_tls.clone() {
+            directory = directory.with_tls(tls);
+        }
         let state = AppState {
             store: store.clone(),
             directory: Arc::new(directory),
@@ -291,6 +356,8 @@ impl Stack {
             dev_idp: dev,
             secret,
             limits: opts.limits,
+            relay_tls: opts.relay_tls,
+            client_tls: opts.client_tls,
             tunnel_addr,
             internal_addr,
             shutdown,
@@ -299,7 +366,10 @@ impl Stack {
     }
 
     pub fn tunnel_url(&self) -> String {
-        format!("ws://{}/tunnel", self.tunnel_addr)
+        match self.relay_tls.tunnel {
+            Some(_) => format!("wss://localhost:{}/tunnel", self.tunnel_addr.port()),
+            None => format!("ws://{}/tunnel", self.tunnel_addr),
+        }
     }
 
     pub fn internal_url(&self, path: &str) -> String {
@@ -378,6 +448,7 @@ impl Stack {
             edge_agent::config::AgentSettings::new(self.tunnel_url(), target.to_string());
         settings.backoff_min = Duration::from_millis(50);
         settings.backoff_max = Duration::from_millis(500);
+        settings.tls = self.client_tls.clone();
         let cancel = CancellationToken::new();
         let task = tokio::spawn(edge_agent::run(
             settings,
@@ -528,6 +599,7 @@ impl Stack {
                 self.store.clone(),
                 self.secret.clone(),
                 self.limits,
+                self.relay_tls.clone(),
                 tunnel,
                 internal,
             )
@@ -569,7 +641,14 @@ impl Stack {
         &self,
         token: &DeviceToken,
     ) -> Result<tunnel::dial::DialedWs, tunnel::dial::DialError> {
-        tunnel::dial::dial(&self.tunnel_url(), token, "raw-test/1", Default::default()).await
+        tunnel::dial::dial(
+            &self.tunnel_url(),
+            token,
+            "raw-test/1",
+            Default::default(),
+            self.client_tls.clone(),
+        )
+        .await
     }
 }
 

@@ -26,12 +26,14 @@ pub enum DialError {
     Network(String),
 }
 
-/// Dial `url` (ws://host:port/tunnel) presenting `token`.
+/// Dial `url` (`ws://` or `wss://host:port/tunnel`) presenting `token`;
+/// `tls` is the client config for `wss://` (`None`: web PKI roots only).
 pub async fn dial(
     url: &str,
     token: &DeviceToken,
     user_agent: &str,
     config: crate::WebSocketConfig,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 ) -> Result<DialedWs, DialError> {
     let mut req = url
         .into_client_request()
@@ -47,7 +49,10 @@ pub async fn dial(
     if let Ok(ua) = HeaderValue::from_str(user_agent) {
         req.headers_mut().insert(header::USER_AGENT, ua);
     }
-    match tokio_tungstenite::connect_async_with_config(req, Some(config), true).await {
+    let tls = tls.or_else(|| edge_tls::client_config(None).ok());
+    let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+    match tokio_tungstenite::connect_async_tls_with_config(req, Some(config), true, connector).await
+    {
         Ok((ws, _resp)) => Ok(ws),
         Err(WsError::Http(resp)) => Err(DialError::Refused {
             status: resp.status().as_u16(),
