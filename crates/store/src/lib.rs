@@ -151,6 +151,19 @@ impl Store {
         Ok(())
     }
 
+    /// Whether this store's database connection is encrypted (PostgreSQL's
+    /// own view of the session; SQLite has no connection to encrypt).
+    pub async fn uses_tls(&self) -> Result<bool, StoreError> {
+        if self.backend == Backend::Sqlite {
+            return Ok(false);
+        }
+        use sqlx::Row;
+        let row = sqlx::query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<bool, _>("ssl")?)
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

@@ -12,6 +12,7 @@ pub mod chromium;
 pub mod devstack;
 pub mod go_device;
 pub mod oidc_provider;
+pub mod pg_tls;
 pub mod tls;
 
 use api_server::config::Settings;

@@ -59,8 +59,7 @@ async fn a_wrong_ca_or_a_wrong_name_is_refused_with_the_reason() {
         Some(untrusted),
     )
     .await
-    .err()
-    .expect("an untrusted relay certificate was accepted");
+    .expect_err("an untrusted relay certificate was accepted");
     let text = err.to_string();
     assert!(text.contains("UnknownIssuer"), "{text}");
 
@@ -75,8 +74,7 @@ async fn a_wrong_ca_or_a_wrong_name_is_refused_with_the_reason() {
         Some(trusted),
     )
     .await
-    .err()
-    .expect("a certificate for another name was accepted");
+    .expect_err("a certificate for another name was accepted");
     assert!(err.to_string().contains("not valid for name"), "{err}");
 
     // The same for the api-server's view of an https relay.
@@ -95,8 +93,7 @@ async fn a_wrong_ca_or_a_wrong_name_is_refused_with_the_reason() {
     .with_tls(edge_tls::client_config(Some(&other_ca.cert_path)).unwrap());
     let err = directory::SessionView::lookup(&directory, dev.id)
         .await
-        .err()
-        .expect("an untrusted relay was asked");
+        .expect_err("an untrusted relay was asked");
     assert!(err.to_string().contains("UnknownIssuer"), "{err}");
 }
 
@@ -216,8 +213,7 @@ async fn a_provider_with_an_untrusted_or_misnamed_certificate_is_refused_with_th
     let err = untrusted
         .warm_up()
         .await
-        .err()
-        .expect("untrusted provider accepted");
+        .expect_err("untrusted provider accepted");
     assert!(err.to_string().contains("UnknownIssuer"), "{err}");
 
     // The certificate names localhost; an issuer on 127.0.0.1 does not match.
@@ -227,8 +223,7 @@ async fn a_provider_with_an_untrusted_or_misnamed_certificate_is_refused_with_th
     let err = misnamed
         .warm_up()
         .await
-        .err()
-        .expect("misnamed provider accepted");
+        .expect_err("misnamed provider accepted");
     assert!(err.to_string().contains("not valid for name"), "{err}");
     stop.cancel();
 }
@@ -256,4 +251,49 @@ async fn a_go_device_from_the_field_connects_over_wss() {
         (n, sim_box::pattern_sha256(n))
     );
     checks::ws_echo(&stack, &alice, dev.id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_reaches_postgresql_over_verified_tls_and_refuses_a_wrong_name() {
+    let Some(bin) = testkit::pg_tls::available() else {
+        return;
+    };
+    let ca = TestCa::new("postgres");
+    let pg = tokio::task::block_in_place(|| testkit::pg_tls::PgTls::start(bin, &ca));
+    let root = ca.cert_path.display();
+    let verified = pg.url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={root}"),
+    );
+    let store = store::Store::connect(&verified).await.unwrap();
+    store.ping().await.unwrap();
+    assert!(
+        store.uses_tls().await.unwrap(),
+        "the session is not encrypted"
+    );
+
+    // The certificate names localhost: 127.0.0.1 is a name mismatch.
+    let mismatch = pg.url(
+        "127.0.0.1",
+        &format!("sslmode=verify-full&sslrootcert={root}"),
+    );
+    let err = store::Store::connect(&mismatch)
+        .await
+        .expect_err("name mismatch accepted");
+    assert!(err.to_string().contains("not valid for name"), "{err}");
+    // Another CA is refused too.
+    let other = TestCa::new("other");
+    let untrusted = pg.url(
+        "localhost",
+        &format!(
+            "sslmode=verify-full&sslrootcert={}",
+            other.cert_path.display()
+        ),
+    );
+    assert!(store::Store::connect(&untrusted).await.is_err());
+    // sslmode=disable is honoured: plaintext is possible when asked for.
+    let plain = store::Store::connect(&pg.url("localhost", "sslmode=disable"))
+        .await
+        .unwrap();
+    assert!(!plain.uses_tls().await.unwrap());
 }
