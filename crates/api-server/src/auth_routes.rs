@@ -289,7 +289,7 @@ pub struct LogoutTokenForm {
 /// origin request and open WebSocket re-checks the session).
 pub async fn backchannel_logout(
     State(state): State<AppState>,
-    axum::Form(form): axum::Form<LogoutTokenForm>,
+    crate::extract::ApiForm(form): crate::extract::ApiForm<LogoutTokenForm>,
 ) -> Result<Response, ApiError> {
     let request = state
         .oidc

@@ -14,136 +14,293 @@ use std::time::Duration;
 #[command(name = "api-server", version)]
 pub struct Config {
     /// Address to listen on.
-    #[arg(long, env = "API_SERVER_LISTEN", default_value = "0.0.0.0:3721")]
+    #[arg(
+        long,
+        env = "API_SERVER_LISTEN",
+        default_value = "0.0.0.0:3721",
+        hide_env_values = true
+    )]
     pub listen: SocketAddr,
     /// Origin browsers use to reach this server (scheme://host[:port]).
     #[arg(
         long,
         env = "API_SERVER_PUBLIC_ORIGIN",
-        default_value = "http://localhost:3721"
+        default_value = "http://localhost:3721",
+        hide_env_values = true
     )]
     pub public_origin: String,
     /// Origin template for box content, one origin per device, e.g.
     /// `https://{device}.devices.example.net` (use a registrable domain of
     /// its own, with a wildcard DNS record and certificate). Default, for a
     /// loopback public origin only: `http://{device}.localhost:<port>`.
-    #[arg(long, env = "API_SERVER_DEVICE_ORIGIN_TEMPLATE")]
+    #[arg(
+        long,
+        env = "API_SERVER_DEVICE_ORIGIN_TEMPLATE",
+        hide_env_values = true
+    )]
     pub device_origin_template: Option<String>,
     /// Directory for embedded-default state (SQLite file, keys, secrets).
-    #[arg(long, env = "EDGE_DATA_DIR", default_value = "data")]
+    #[arg(
+        long,
+        env = "EDGE_DATA_DIR",
+        default_value = "data",
+        hide_env_values = true
+    )]
     pub data_dir: PathBuf,
     /// Database URL (sqlite:// or postgres://); default: SQLite in the data dir.
-    #[arg(long, env = "EDGE_DATABASE_URL")]
+    #[arg(long, env = "EDGE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Internal URL of the relay node (one node; multi-node lookup comes later).
     #[arg(
         long,
         env = "API_SERVER_RELAY_URL",
-        default_value = "http://127.0.0.1:3801"
+        default_value = "http://127.0.0.1:3801",
+        hide_env_values = true
     )]
     pub relay_url: String,
     /// PEM file with a private CA for https:// relay node URLs (besides the
     /// web PKI roots).
-    #[arg(long, env = "API_SERVER_RELAY_CA_FILE")]
+    #[arg(long, env = "API_SERVER_RELAY_CA_FILE", hide_env_values = true)]
     pub relay_ca_file: Option<PathBuf>,
     /// File holding the relay's internal-API secret; created (0600) if
     /// missing. Default: <data-dir>/internal-secret. EDGE_INTERNAL_SECRET
     /// overrides it.
-    #[arg(long, env = "EDGE_INTERNAL_SECRET_FILE")]
+    #[arg(long, env = "EDGE_INTERNAL_SECRET_FILE", hide_env_values = true)]
     pub internal_secret_file: Option<PathBuf>,
     /// File with the cookie signing key (≥ 32 bytes); created if missing.
     /// Default: <data-dir>/session-key.
-    #[arg(long, env = "API_SERVER_SESSION_KEY_FILE")]
+    #[arg(long, env = "API_SERVER_SESSION_KEY_FILE", hide_env_values = true)]
     pub session_key_file: Option<PathBuf>,
     /// Files with retired keys that still verify cookies (comma-separated).
     #[arg(
         long,
         env = "API_SERVER_RETIRED_SESSION_KEY_FILES",
-        value_delimiter = ','
+        value_delimiter = ',',
+        hide_env_values = true
     )]
     pub retired_session_key_files: Vec<PathBuf>,
     /// Drop `Secure` (and the `__Host-` prefix) from cookies: plain-http
     /// local development only.
-    #[arg(long, env = "API_SERVER_COOKIE_INSECURE", default_value_t = false)]
+    #[arg(
+        long,
+        env = "API_SERVER_COOKIE_INSECURE",
+        default_value_t = false,
+        hide_env_values = true
+    )]
     pub cookie_insecure: bool,
     /// A session unused for this long ends, in seconds.
-    #[arg(long, env = "API_SERVER_SESSION_IDLE_SECS", default_value_t = 1800)]
+    #[arg(
+        long,
+        env = "API_SERVER_SESSION_IDLE_SECS",
+        default_value_t = 1800,
+        hide_env_values = true
+    )]
     pub session_idle_secs: u64,
     /// A session ends this long after login whatever its use, in seconds.
     #[arg(
         long,
         env = "API_SERVER_SESSION_LIFETIME_SECS",
-        default_value_t = 43_200
+        default_value_t = 43_200,
+        hide_env_values = true
     )]
     pub session_lifetime_secs: u64,
     /// Time to get a stream to the device through the relay, in seconds.
     #[arg(
         long,
         env = "API_SERVER_PROXY_CONNECT_TIMEOUT_SECS",
-        default_value_t = 5
+        default_value_t = 5,
+        hide_env_values = true
     )]
     pub proxy_connect_timeout_secs: u64,
     /// Time the device has to start answering a forwarded request, in seconds.
     #[arg(
         long,
         env = "API_SERVER_PROXY_FIRST_BYTE_TIMEOUT_SECS",
-        default_value_t = 30
+        default_value_t = 30,
+        hide_env_values = true
     )]
     pub proxy_first_byte_timeout_secs: u64,
     /// OpenID Provider (Member Center) issuer URL; exact string match with
     /// the discovered `issuer`. Required.
-    #[arg(long, env = "API_SERVER_OIDC_ISSUER")]
+    #[arg(long, env = "API_SERVER_OIDC_ISSUER", hide_env_values = true)]
     pub oidc_issuer: Option<String>,
     /// OIDC client id of this backend.
     #[arg(
         long,
         env = "API_SERVER_OIDC_CLIENT_ID",
-        default_value = "edge-console"
+        default_value = "edge-console",
+        hide_env_values = true
     )]
     pub oidc_client_id: String,
     /// File with the OIDC client secret. Without a secret (this flag and
     /// API_SERVER_OIDC_CLIENT_SECRET both unset) the backend is a public
     /// PKCE-only client.
-    #[arg(long, env = "API_SERVER_OIDC_CLIENT_SECRET_FILE")]
+    #[arg(
+        long,
+        env = "API_SERVER_OIDC_CLIENT_SECRET_FILE",
+        hide_env_values = true
+    )]
     pub oidc_client_secret_file: Option<PathBuf>,
     /// Scopes requested at login (comma-separated; openid is always sent).
     #[arg(
         long,
         env = "API_SERVER_OIDC_SCOPES",
         value_delimiter = ',',
-        default_value = "openid,email,profile"
+        default_value = "openid,email,profile",
+        hide_env_values = true
     )]
     pub oidc_scopes: Vec<String>,
     /// Redirect URI registered with the provider (default:
     /// <public-origin>/api/auth/callback).
-    #[arg(long, env = "API_SERVER_OIDC_REDIRECT_URL")]
+    #[arg(long, env = "API_SERVER_OIDC_REDIRECT_URL", hide_env_values = true)]
     pub oidc_redirect_url: Option<String>,
     /// PEM file with a private CA to trust for the OpenID Provider (besides
     /// the web PKI roots).
-    #[arg(long, env = "API_SERVER_OIDC_CA_FILE")]
+    #[arg(long, env = "API_SERVER_OIDC_CA_FILE", hide_env_values = true)]
     pub oidc_ca_file: Option<PathBuf>,
     /// Clock skew tolerated on ID-token expiry, in seconds.
-    #[arg(long, env = "API_SERVER_OIDC_CLOCK_SKEW_SECS", default_value_t = 60)]
+    #[arg(
+        long,
+        env = "API_SERVER_OIDC_CLOCK_SKEW_SECS",
+        default_value_t = 60,
+        hide_env_values = true
+    )]
     pub oidc_clock_skew_secs: u64,
     /// RESERVED (not used yet): client id for a future service-to-service
     /// client (client_credentials grant). Needs a secret when set.
-    #[arg(long, env = "API_SERVER_SERVICE_CLIENT_ID")]
+    #[arg(long, env = "API_SERVER_SERVICE_CLIENT_ID", hide_env_values = true)]
     pub service_client_id: Option<String>,
     /// RESERVED (not used yet): file with the service client's secret
     /// (API_SERVER_SERVICE_CLIENT_SECRET also works).
-    #[arg(long, env = "API_SERVER_SERVICE_CLIENT_SECRET_FILE")]
+    #[arg(
+        long,
+        env = "API_SERVER_SERVICE_CLIENT_SECRET_FILE",
+        hide_env_values = true
+    )]
     pub service_client_secret_file: Option<PathBuf>,
     /// RESERVED (not used yet): scopes of the service client (comma-separated).
-    #[arg(long, env = "API_SERVER_SERVICE_CLIENT_SCOPES", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "API_SERVER_SERVICE_CLIENT_SCOPES",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub service_client_scopes: Vec<String>,
     /// Lifetime of a pairing code, in seconds.
-    #[arg(long, env = "API_SERVER_PAIRING_CODE_SECS", default_value_t = 600)]
+    #[arg(
+        long,
+        env = "API_SERVER_PAIRING_CODE_SECS",
+        default_value_t = 600,
+        hide_env_values = true
+    )]
     pub pairing_code_secs: u64,
+    /// Load balancers (CIDRs, comma-separated) whose X-Forwarded-For names
+    /// the client; without them the TCP peer is the client.
+    #[arg(
+        long,
+        env = "API_SERVER_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub trusted_proxies: Vec<String>,
+    /// Connections one client address (IPv6: one /64) may hold at once
+    /// (429 beyond); 0: no cap. Trusted proxies are exempt.
+    #[arg(
+        long,
+        env = "API_SERVER_MAX_CONNECTIONS_PER_CLIENT",
+        default_value_t = 256,
+        hide_env_values = true
+    )]
+    pub max_connections_per_client: usize,
+    /// Largest request head (request line and headers), in bytes (431 beyond).
+    #[arg(
+        long,
+        env = "API_SERVER_MAX_HEADER_BYTES",
+        default_value_t = 16_384,
+        hide_env_values = true
+    )]
+    pub max_header_bytes: usize,
+    /// Largest JSON or form body of an API route, in bytes (413 beyond).
+    /// The pairing exchange takes at most 4 KiB; the proxy route streams
+    /// without a limit.
+    #[arg(
+        long,
+        env = "API_SERVER_MAX_BODY_BYTES",
+        default_value_t = 65_536,
+        hide_env_values = true
+    )]
+    pub max_body_bytes: usize,
+    /// A request body that sends nothing for this long fails with 408, in
+    /// seconds (the proxy route included).
+    #[arg(
+        long,
+        env = "API_SERVER_BODY_IDLE_TIMEOUT_SECS",
+        default_value_t = 30,
+        hide_env_values = true
+    )]
+    pub body_idle_timeout_secs: u64,
+    /// Time a client has to send a request head, in seconds (also bounds
+    /// idle keep-alive connections).
+    #[arg(
+        long,
+        env = "API_SERVER_HEADER_TIMEOUT_SECS",
+        default_value_t = 10,
+        hide_env_values = true
+    )]
+    pub header_timeout_secs: u64,
+    /// Unused pairing codes one user may hold at once (409 beyond).
+    #[arg(
+        long,
+        env = "API_SERVER_MAX_PENDING_CODES_PER_USER",
+        default_value_t = 10,
+        hide_env_values = true
+    )]
+    pub max_pending_codes_per_user: u32,
+    /// Devices one user may own (a pairing beyond it fails with 409).
+    #[arg(
+        long,
+        env = "API_SERVER_MAX_DEVICES_PER_USER",
+        default_value_t = 500,
+        hide_env_values = true
+    )]
+    pub max_devices_per_user: u32,
+    /// Audit events older than this many days are deleted (in batches).
+    #[arg(
+        long,
+        env = "API_SERVER_AUDIT_RETENTION_DAYS",
+        default_value_t = 400,
+        hide_env_values = true
+    )]
+    pub audit_retention_days: u32,
+    /// How often expired sessions, codes, tickets and old audit events are
+    /// deleted, in seconds.
+    #[arg(
+        long,
+        env = "API_SERVER_HOUSEKEEPING_INTERVAL_SECS",
+        default_value_t = 600,
+        hide_env_values = true
+    )]
+    pub housekeeping_interval_secs: u64,
+    /// File with the key that pairing codes are hashed with (HMAC-SHA256,
+    /// ≥ 32 bytes, the same on every replica); created if missing.
+    /// Default: <data-dir>/pairing-key.
+    #[arg(long, env = "API_SERVER_PAIRING_KEY_FILE", hide_env_values = true)]
+    pub pairing_key_file: Option<PathBuf>,
     /// Seconds in-flight requests get to finish on shutdown.
-    #[arg(long, env = "EDGE_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "EDGE_DRAIN_TIMEOUT_SECS",
+        default_value_t = 10,
+        hide_env_values = true
+    )]
     pub drain_timeout_secs: u64,
     /// Log format: human or json.
-    #[arg(long, env = "EDGE_LOG_FORMAT", default_value = "human")]
+    #[arg(
+        long,
+        env = "EDGE_LOG_FORMAT",
+        default_value = "human",
+        hide_env_values = true
+    )]
     pub log_format: LogFormat,
 }
 
@@ -167,6 +324,14 @@ pub struct Settings {
     pub device_access_recheck: Duration,
     /// Attempts to close a revoked device's live tunnel before failing.
     pub tunnel_close_attempts: u32,
+    /// Largest JSON/form body of an API route.
+    pub max_body_bytes: usize,
+    /// A request body idle this long fails with 408.
+    pub body_idle_timeout: Duration,
+    pub max_pending_codes_per_user: u32,
+    pub max_devices_per_user: u32,
+    pub audit_retention: Duration,
+    pub housekeeping_interval: Duration,
 }
 
 impl Settings {
@@ -213,6 +378,12 @@ impl Settings {
             device_ticket_lifetime: Duration::from_secs(30),
             device_access_recheck: Duration::from_millis(500),
             tunnel_close_attempts: 3,
+            max_body_bytes: 65_536,
+            body_idle_timeout: Duration::from_secs(30),
+            max_pending_codes_per_user: 10,
+            max_devices_per_user: 500,
+            audit_retention: Duration::from_secs(400 * 86_400),
+            housekeeping_interval: Duration::from_secs(600),
             public_origin: public_origin.to_owned(),
             public_scheme: scheme.to_owned(),
             cookie_secure,
@@ -316,6 +487,13 @@ impl Config {
         s.proxy_connect_timeout = Duration::from_secs(self.proxy_connect_timeout_secs.max(1));
         s.proxy_first_byte_timeout = Duration::from_secs(self.proxy_first_byte_timeout_secs.max(1));
         s.pairing_code_lifetime = Duration::from_secs(self.pairing_code_secs.clamp(60, 86_400));
+        s.max_body_bytes = self.max_body_bytes.max(1024);
+        s.body_idle_timeout = Duration::from_secs(self.body_idle_timeout_secs.max(1));
+        s.max_pending_codes_per_user = self.max_pending_codes_per_user.max(1);
+        s.max_devices_per_user = self.max_devices_per_user.max(1);
+        s.audit_retention =
+            Duration::from_secs(u64::from(self.audit_retention_days.max(1)) * 86_400);
+        s.housekeeping_interval = Duration::from_secs(self.housekeeping_interval_secs.max(10));
         Ok(s)
     }
 

@@ -9,6 +9,7 @@
 //! on the console's origin, and no secret ever appears in a URL.
 
 use crate::error::ApiError;
+use crate::extract::ApiForm;
 use crate::proxy::{self, Access, Door};
 use crate::session::{
     device_cookie_name, device_cookie_purpose, live_session, read_cookie, set_cookie, CurrentUser,
@@ -17,7 +18,7 @@ use crate::state::AppState;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{any, post};
-use axum::{Form, Json, Router};
+use axum::{Json, Router};
 use edge_core::time::now_ms;
 use edge_core::{DeviceId, Secret};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -115,7 +116,7 @@ async fn enter(
     State(state): State<AppState>,
     axum::Extension(device): axum::Extension<DeviceId>,
     headers: HeaderMap,
-    Form(form): Form<EnterForm>,
+    ApiForm(form): ApiForm<EnterForm>,
 ) -> Result<Response, ApiError> {
     // Only the console's own page may post here.
     let origin_ok = headers

@@ -12,6 +12,7 @@
 //! credential check closes it within its interval (30 s by default).
 
 use crate::error::ApiError;
+use crate::extract::ApiJson;
 use crate::session::CurrentUser;
 use crate::state::AppState;
 use axum::extract::{Path, Query, State};
@@ -142,7 +143,7 @@ pub async fn update(
     user: CurrentUser,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Json(patch): Json<DevicePatch>,
+    ApiJson(patch): ApiJson<DevicePatch>,
 ) -> Result<Json<DeviceView>, ApiError> {
     let before = owned(&state, &user, &id).await?;
     let name = patch.name.as_deref().map(edge_core::text::display_safe);

@@ -48,6 +48,14 @@ pub enum ApiError {
     TunnelNotClosed(u64),
     #[error("invalid logout token: {0}")]
     InvalidLogoutToken(String),
+    #[error("the request body is larger than this route accepts")]
+    PayloadTooLarge,
+    #[error("the request body stalled; send it without long pauses")]
+    RequestTimeout,
+    #[error("unsupported content type for this route")]
+    UnsupportedMediaType,
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error("internal error")]
     Internal,
     #[error("configuration: {0}")]
@@ -76,6 +84,12 @@ impl ApiError {
             Self::ServiceWorkerRefused => (StatusCode::FORBIDDEN, "service_worker_refused"),
             Self::TunnelNotClosed(_) => (StatusCode::BAD_GATEWAY, "tunnel_not_closed"),
             Self::InvalidLogoutToken(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Self::QuotaExceeded(_) => (StatusCode::CONFLICT, "quota_exceeded"),
             Self::Internal | Self::Config(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

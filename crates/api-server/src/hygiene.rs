@@ -1,12 +1,14 @@
 //! What every response of the api-server carries and which requests it
 //! refuses before any handler runs: the host dispatch between the console's
 //! origin and device origins, the fetch-metadata rule against cross-site
-//! requests on the console origin, `no-store` on API answers (they carry
+//! requests on the console origin, the idle timeout on every request body,
+//! `no-store` on API answers (they carry
 //! credentials, codes and personal data), HSTS whenever cookies are Secure,
 //! and resource/opener isolation for the console.
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -51,10 +53,13 @@ pub fn cross_site_refused(method: &Method, path: &str, headers: &http::HeaderMap
 /// device id as an extension), all others to `console` after the
 /// cross-site rule; both get the headers above.
 pub fn dispatch(state: AppState, console: Router, devices: Router) -> Router {
-    let service = tower::service_fn(move |mut req: Request| {
+    let service = tower::service_fn(move |req: Request| {
         let (state, console, devices) = (state.clone(), console.clone(), devices.clone());
         async move {
             let secure = state.settings.cookie_secure;
+            let idle = state.settings.body_idle_timeout;
+            let mut req =
+                req.map(|body| Body::new(tower_http::timeout::TimeoutBody::new(idle, body)));
             let device = req
                 .headers()
                 .get(header::HOST)

@@ -10,6 +10,8 @@ pub mod device_host;
 pub mod device_origin;
 pub mod devices;
 pub mod error;
+pub mod extract;
+pub mod housekeeping;
 pub mod hygiene;
 pub mod pairing;
 pub mod proxy;
@@ -60,6 +62,14 @@ pub async fn run_on(
         .ok()
         .and_then(CookieKey::new)
         .ok_or_else(|| ApiError::Config("session key missing or shorter than 32 bytes".into()))?;
+    let pairing_key_path = config
+        .pairing_key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("pairing-key"));
+    let pairing_key = edge_core::secret::load_or_create_file(&pairing_key_path)
+        .ok()
+        .filter(|k| k.expose().len() >= 32)
+        .ok_or_else(|| ApiError::Config("pairing key missing or shorter than 32 bytes".into()))?;
     let mut retired = Vec::new();
     for path in &config.retired_session_key_files {
         let key = edge_core::secret::read_file(path)
@@ -93,6 +103,7 @@ pub async fn run_on(
         settings: Arc::new(settings),
         pairing_limits: Arc::default(),
         access_changes: Arc::default(),
+        pairing_key,
     };
     let listen = listener
         .local_addr()
@@ -100,9 +111,16 @@ pub async fn run_on(
     tracing::info!(%listen, relay = %config.relay_url, "api-server listening");
     let opts = ServeOptions {
         drain_timeout: Duration::from_secs(config.drain_timeout_secs),
+        max_connections_per_client: config.max_connections_per_client,
+        max_header_bytes: config.max_header_bytes,
+        header_read_timeout: Duration::from_secs(config.header_timeout_secs.max(1)),
+        trusted_proxies: edge_core::client_addr::TrustedProxies::parse(&config.trusted_proxies)
+            .map_err(|e| ApiError::Config(format!("--trusted-proxies: {e}")))?,
         ..ServeOptions::default()
     };
+    let sweeper = tokio::spawn(housekeeping::run(state.clone(), shutdown.clone()));
     serve(listener, build_app(state), opts, shutdown).await;
+    let _ = sweeper.await;
     tracing::info!("api-server stopped");
     Ok(())
 }

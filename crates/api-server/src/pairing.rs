@@ -4,20 +4,25 @@
 //! a box exchanges a code for a device credential (public route, the code is
 //! its credential). Wrong, expired, used and cancelled codes get one error.
 //! Failed exchanges are rate-limited per client address and globally.
+//! Codes are stored as HMAC-SHA256 under the server's pairing key.
 
 use crate::error::ApiError;
+use crate::extract::ApiJson;
 use crate::session::CurrentUser;
 use crate::state::AppState;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use edge_core::secret::sha256_hex;
+use edge_core::client_addr::ClientIp;
 use edge_core::time::now_ms;
 use edge_core::DeviceToken;
+use edge_core::Secret;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use std::net::{IpAddr, SocketAddr};
 use store::{ExchangeError, NewDevice};
+
+/// Largest exchange request body (a code, a name and a few short fields).
+pub const EXCHANGE_BODY_LIMIT: usize = 4096;
 
 /// Crockford base32 alphabet (no I, L, O, U).
 const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
@@ -49,9 +54,17 @@ pub fn normalize(input: &str) -> Option<String> {
     (out.len() == CODE_LEN).then_some(out)
 }
 
-/// What the store keeps for a code.
-pub fn code_hash(normalized: &str) -> String {
-    sha256_hex(normalized.as_bytes())
+/// What the store keeps for a code: HMAC-SHA256 under the server's
+/// pairing key, so a copy of the table alone does not reveal codes (50 bits
+/// are quickly brute-forced from a plain hash).
+pub fn code_hash(key: &Secret, normalized: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(key.expose().as_bytes()) else {
+        return String::new();
+    };
+    mac.update(b"pairing-code\n");
+    mac.update(normalized.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
 }
 
 #[derive(Serialize)]
@@ -66,13 +79,26 @@ pub async fn create_code(
     user: CurrentUser,
     State(state): State<AppState>,
 ) -> Result<(StatusCode, Json<CreatedCode>), ApiError> {
+    let pending = state
+        .store
+        .pending_pairing_code_count(user.id, now_ms())
+        .await?;
+    if pending >= i64::from(state.settings.max_pending_codes_per_user) {
+        return Err(ApiError::QuotaExceeded(format!(
+            "you have {pending} unused pairing codes, the most allowed; cancel one or let it expire"
+        )));
+    }
     let code = new_code();
     let normalized = normalize(&code).ok_or(ApiError::Internal)?;
     let lifetime =
         i64::try_from(state.settings.pairing_code_lifetime.as_millis()).unwrap_or(600_000);
     let created = state
         .store
-        .create_pairing_code(user.id, &code_hash(&normalized), now_ms() + lifetime)
+        .create_pairing_code(
+            user.id,
+            &code_hash(&state.pairing_key, &normalized),
+            now_ms() + lifetime,
+        )
         .await?;
     state
         .store
@@ -145,39 +171,52 @@ fn bounded(s: Option<String>, max: usize) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// The box's side of pairing.
+/// The box's side of pairing. Rate limits are taken before anything else,
+/// per client address (IPv6: per /64) first and then globally, so that one
+/// source spends only its own allowance and can never drain the global one
+/// that protects the store; attempts that turn out not to be a wrong code
+/// are refunded, so only failures count.
 pub async fn exchange(
     State(state): State<AppState>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    Json(req): Json<ExchangeRequest>,
+    Extension(client): Extension<ClientIp>,
+    ApiJson(req): ApiJson<ExchangeRequest>,
 ) -> Result<(StatusCode, Json<ExchangeResponse>), ApiError> {
-    let ip: IpAddr = remote.ip();
+    let key = client.rate_key();
     let limits = &state.pairing_limits;
-    if let Some(secs) = limits
+    limits
         .per_address
-        .retry_after(&ip)
-        .or_else(|| limits.global.retry_after(&()))
-    {
+        .check(key)
+        .map_err(ApiError::RateLimited)?;
+    if let Err(secs) = limits.global.check(()) {
+        limits.per_address.refund(&key);
         return Err(ApiError::RateLimited(secs));
     }
-    let failed = |state: &AppState| {
-        let a = state.pairing_limits.per_address.check(ip).err();
-        let g = state.pairing_limits.global.check(()).err();
-        tracing::info!(%ip, limited = a.is_some() || g.is_some(), "pairing exchange failed");
-        ApiError::InvalidPairingCode
-    };
-    let Some(normalized) = normalize(&req.code) else {
-        return Err(failed(&state));
-    };
+    let outcome = exchange_code(&state, req).await;
+    match &outcome {
+        Err(ApiError::InvalidPairingCode) => {
+            tracing::info!(client = %client.0, "pairing exchange failed: invalid code");
+        }
+        _ => {
+            limits.per_address.refund(&key);
+            limits.global.refund(&());
+        }
+    }
+    outcome
+}
+
+async fn exchange_code(
+    state: &AppState,
+    req: ExchangeRequest,
+) -> Result<(StatusCode, Json<ExchangeResponse>), ApiError> {
+    let normalized = normalize(&req.code).ok_or(ApiError::InvalidPairingCode)?;
     let name = edge_core::text::display_safe(&req.name);
-    let name = name.as_str();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(ApiError::BadRequest(
             "name must be 1 to 100 characters".into(),
         ));
     }
     let new = NewDevice {
-        name: name.to_owned(),
+        name,
         model: bounded(req.model, 100),
         serial: bounded(req.serial, 100),
         agent_version: bounded(req.agent_version, 64),
@@ -185,7 +224,13 @@ pub async fn exchange(
     let token = DeviceToken::generate();
     match state
         .store
-        .exchange_pairing_code(&code_hash(&normalized), &new, &token.hash(), now_ms())
+        .exchange_pairing_code(
+            &code_hash(&state.pairing_key, &normalized),
+            &new,
+            &token.hash(),
+            now_ms(),
+            i64::from(state.settings.max_devices_per_user),
+        )
         .await
     {
         // The store wrote the audit events in the exchange's transaction.
@@ -196,7 +241,10 @@ pub async fn exchange(
                 credential: token.expose().to_owned(),
             }),
         )),
-        Err(ExchangeError::InvalidCode) => Err(failed(&state)),
+        Err(ExchangeError::InvalidCode) => Err(ApiError::InvalidPairingCode),
+        Err(ExchangeError::DeviceQuota(n)) => Err(ApiError::QuotaExceeded(format!(
+            "the account that made this code already has {n} devices, the most allowed; delete one and pair again"
+        ))),
         Err(ExchangeError::Store(e)) => {
             tracing::error!(error = %e, "pairing exchange failed in the store; nothing was kept");
             Err(ApiError::Internal)
@@ -224,5 +272,22 @@ mod tests {
         assert_eq!(normalize("ABCDEFGHJ"), None, "too short");
         assert_eq!(normalize("ABCDE-FGHJKU"), None, "U is not in the alphabet");
         assert_eq!(normalize("ÄBCDE-FGHJK"), None);
+    }
+}
+
+#[cfg(test)]
+mod hash_tests {
+    use super::*;
+
+    #[test]
+    fn code_hashes_are_keyed() {
+        let (a, b) = (Secret::random(32), Secret::random(32));
+        assert_eq!(code_hash(&a, "ABCDEFGHJK"), code_hash(&a, "ABCDEFGHJK"));
+        assert_ne!(code_hash(&a, "ABCDEFGHJK"), code_hash(&b, "ABCDEFGHJK"));
+        assert_ne!(
+            code_hash(&a, "ABCDEFGHJK"),
+            edge_core::secret::sha256_hex(b"ABCDEFGHJK")
+        );
+        assert_eq!(code_hash(&a, "ABCDEFGHJK").len(), 64);
     }
 }

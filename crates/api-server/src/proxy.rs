@@ -281,7 +281,11 @@ fn outbound_request(
 ) -> Result<http::Request<Body>, ApiError> {
     let mut headers = end_to_end(&parts.headers, NOT_FORWARDED);
     headers.insert(header::HOST, HeaderValue::from_static("localhost"));
-    if let Ok(v) = HeaderValue::from_str(&remote.ip().to_string()) {
+    let client = parts
+        .extensions
+        .get::<edge_core::client_addr::ClientIp>()
+        .map_or(remote.ip(), |c| c.0);
+    if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
         headers.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
     let scheme = match door {
@@ -395,7 +399,11 @@ pub async fn forward(
     .map_err(|_| ApiError::DeviceTimeout)?
     .map_err(|err| {
         tracing::debug!(device = %access.device, error = %err, "device request failed");
-        ApiError::DeviceUnreachable
+        if crate::extract::is_body_timeout(&err) {
+            ApiError::RequestTimeout
+        } else {
+            ApiError::DeviceUnreachable
+        }
     })?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let client_upgrade = client_upgrade.ok_or(ApiError::DeviceUnreachable)?;

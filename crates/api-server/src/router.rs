@@ -5,6 +5,7 @@
 
 use crate::state::AppState;
 use crate::{auth_routes, console, device_origin, devices, hygiene, pairing, proxy, system};
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, delete, get, post, MethodRouter};
 use axum::Router;
 use http::Method;
@@ -97,7 +98,11 @@ pub fn route_table() -> Vec<RouteDef> {
             &[M::DELETE],
             delete(pairing::cancel_code),
         ),
-        route("/api/pairing/exchange", &[M::POST], post(pairing::exchange)),
+        route(
+            "/api/pairing/exchange",
+            &[M::POST],
+            post(pairing::exchange).layer(DefaultBodyLimit::max(pairing::EXCHANGE_BODY_LIMIT)),
+        ),
         route("/api/devices", &[M::GET], get(devices::list)),
         route(
             "/api/devices/{id}",
@@ -142,7 +147,9 @@ pub fn build_app(state: AppState) -> Router {
         .into_iter()
         .fold(Router::new(), |r, def| r.route(def.path, def.handler))
         .fallback(system::not_found)
+        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .with_state(state.clone());
-    let devices = device_origin::router(state.clone());
+    let devices = device_origin::router(state.clone())
+        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes));
     hygiene::dispatch(state, console, devices)
 }

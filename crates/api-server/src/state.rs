@@ -8,7 +8,8 @@ use directory::SessionView;
 use std::sync::Arc;
 use store::Store;
 
-/// Limits on failed pairing exchanges.
+/// Limits on failed pairing exchanges (keys are client addresses, IPv6 by
+/// /64).
 pub struct PairingLimits {
     pub per_address: edge_core::ratelimit::KeyedLimiter<std::net::IpAddr>,
     pub global: edge_core::ratelimit::KeyedLimiter<()>,
@@ -53,4 +54,6 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub pairing_limits: Arc<PairingLimits>,
     pub access_changes: Arc<AccessChanges>,
+    /// Key of the pairing-code HMAC (the same on every replica).
+    pub pairing_key: edge_core::Secret,
 }

@@ -1,6 +1,7 @@
 //! Shared vocabulary of the platform: domain ids, secret wrappers, the JSON
 //! error body, telemetry set-up, shutdown signalling and the HTTP serve loop.
 
+pub mod client_addr;
 pub mod error_body;
 pub mod ids;
 pub mod ratelimit;

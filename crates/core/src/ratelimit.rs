@@ -58,6 +58,17 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     }
 }
 
+impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
+    /// Give back an attempt taken with [`check`](Self::check) that turned
+    /// out not to count (never above the burst).
+    pub fn refund(&self, key: &K) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((tokens, _)) = buckets.get_mut(key) {
+            *tokens = (*tokens + 1.0).min(self.burst);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +81,8 @@ mod tests {
         assert_eq!(limiter.retry_after(&"a"), Some(1));
         assert!(limiter.check("b").is_ok(), "other keys are unaffected");
         assert_eq!(limiter.retry_after(&"c"), None);
+        limiter.refund(&"a");
+        assert!(limiter.check("a").is_ok(), "a refunded attempt can be used");
+        assert!(limiter.check("a").is_err());
     }
 }

@@ -1,6 +1,8 @@
 //! The HTTP/1.1 accept loop every listener of the platform uses: a connection
-//! limit, optional TLS, a header-read (handshake) timeout, upgrades, and a
-//! graceful drain when the shutdown token fires. Nothing slow runs on the
+//! limit overall and per client address (429 JSON beyond it), optional TLS,
+//! a header-read (handshake) timeout and size bound, the client address of
+//! each request ([`ClientIp`]), upgrades, and a graceful drain when the
+//! shutdown token fires. Nothing slow runs on the
 //! accept path: the TLS handshake runs in the connection's own task, under
 //! the same timeout as reading the request head.
 
@@ -17,25 +19,97 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::client_addr::{rate_key, ClientIp, TrustedProxies};
+
 /// Limits of one listener.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// Connections served at once; further accepts wait.
     pub max_connections: usize,
-    /// Time a client has to send its request head.
+    /// Connections one client address (IPv6: one /64) may hold at once;
+    /// 0 means no cap. Trusted proxies are exempt.
+    pub max_connections_per_client: usize,
+    /// Largest request head (request line and headers), in bytes; a larger
+    /// one is answered 431 and the connection closed.
+    pub max_header_bytes: usize,
+    /// Time a client has to send its request head (and, on TLS listeners,
+    /// to finish the handshake).
     pub header_read_timeout: Duration,
     /// Time in-flight requests get to finish after shutdown starts.
     pub drain_timeout: Duration,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_connections_per_client: 0,
+            max_header_bytes: 16 * 1024,
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            trusted_proxies: TrustedProxies::default(),
         }
     }
+}
+
+/// Open connections per client address.
+#[derive(Default)]
+struct PerClient(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One connection's place in [`PerClient`], released on drop.
+struct ClientSlot {
+    table: Arc<PerClient>,
+    key: std::net::IpAddr,
+}
+
+impl PerClient {
+    /// Take a slot for `key` unless it already holds `cap`.
+    fn take(self: &Arc<Self>, key: std::net::IpAddr, cap: usize) -> Option<ClientSlot> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            table: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut map = self.table.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What a client over its connection cap gets on every request.
+fn over_cap_app() -> Router {
+    Router::new().fallback(|| async {
+        let mut res = crate::error_body::error_response(
+            http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            "too many connections from this address",
+        );
+        res.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+        res.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        res
+    })
 }
 
 /// Serve `app` on `listener` until `shutdown` is cancelled, then stop
@@ -59,6 +133,8 @@ pub async fn serve_tls(
     shutdown: CancellationToken,
 ) {
     let limit = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    let per_client = Arc::new(PerClient::default());
+    let over_cap = over_cap_app();
     let tracker = TaskTracker::new();
     loop {
         let permit = tokio::select! {
@@ -78,10 +154,22 @@ pub async fn serve_tls(
             },
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
+        let capped =
+            opts.max_connections_per_client > 0 && !opts.trusted_proxies.contains(remote.ip());
+        let slot =
+            capped.then(|| per_client.take(rate_key(remote.ip()), opts.max_connections_per_client));
+        let app = match slot {
+            Some(None) => {
+                tracing::info!(%remote, "connection over the per-client cap");
+                over_cap.clone()
+            }
+            _ => app.clone(),
+        };
         let shutdown = shutdown.clone();
         let tls = tls.clone();
+        let opts = opts.clone();
         tracker.spawn(async move {
+            let _slot = slot;
             match tls {
                 None => serve_connection(stream, remote, app, opts, shutdown).await,
                 Some(acceptor) => {
@@ -121,12 +209,16 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let trusted = opts.trusted_proxies.clone();
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        let client = ClientIp(trusted.client_ip(remote.ip(), req.headers()));
         req.extensions_mut().insert(ConnectInfo(remote));
+        req.extensions_mut().insert(client);
         app.clone().oneshot(req.map(axum::body::Body::new))
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
+        .max_buf_size(opts.max_header_bytes.max(8192))
         .header_read_timeout(opts.header_read_timeout)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();

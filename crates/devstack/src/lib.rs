@@ -24,7 +24,12 @@ use tokio_util::sync::CancellationToken;
 pub struct Cli {
     /// Directory for all local state (SQLite database, secrets, the
     /// simulated box's credential).
-    #[arg(long, env = "EDGE_DATA_DIR", default_value = "data")]
+    #[arg(
+        long,
+        env = "EDGE_DATA_DIR",
+        default_value = "data",
+        hide_env_values = true
+    )]
     pub data_dir: PathBuf,
     /// api-server and web console (loopback only; port 0 picks one).
     #[arg(long, default_value = "127.0.0.1:3721")]

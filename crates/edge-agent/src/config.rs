@@ -13,7 +13,13 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Log format: human or json.
-    #[arg(long, global = true, env = "EDGE_LOG_FORMAT", default_value = "human")]
+    #[arg(
+        long,
+        global = true,
+        env = "EDGE_LOG_FORMAT",
+        default_value = "human",
+        hide_env_values = true
+    )]
     pub log_format: LogFormat,
 }
 
@@ -30,12 +36,17 @@ pub enum Command {
 pub struct TransportArgs {
     /// PEM file with extra CA certificates to trust (a private CA), besides
     /// the built-in web PKI roots.
-    #[arg(long, env = "EDGE_AGENT_CA_FILE")]
+    #[arg(long, env = "EDGE_AGENT_CA_FILE", hide_env_values = true)]
     pub ca_file: Option<PathBuf>,
     /// Allow ws:// and http:// to addresses other than loopback. The
     /// credential and all traffic then cross the network in clear text; a
     /// warning is logged on every connect.
-    #[arg(long, env = "EDGE_AGENT_INSECURE_PLAINTEXT", default_value_t = false)]
+    #[arg(
+        long,
+        env = "EDGE_AGENT_INSECURE_PLAINTEXT",
+        default_value_t = false,
+        hide_env_values = true
+    )]
     pub insecure_plaintext: bool,
 }
 
@@ -82,7 +93,7 @@ pub fn is_loopback(url: &url::Url) -> bool {
 #[derive(Debug, Args)]
 pub struct PairArgs {
     /// The api-server's base URL (e.g. https://cloud.example.com).
-    #[arg(long, env = "EDGE_AGENT_SERVER")]
+    #[arg(long, env = "EDGE_AGENT_SERVER", hide_env_values = true)]
     pub server: String,
     /// The pairing code shown in the console (XXXXX-XXXXX).
     #[arg(long)]
@@ -100,7 +111,8 @@ pub struct PairArgs {
     #[arg(
         long,
         env = "EDGE_AGENT_CREDENTIAL_FILE",
-        default_value = "data/agent/credential"
+        default_value = "data/agent/credential",
+        hide_env_values = true
     )]
     pub credential_file: PathBuf,
     /// Replace an existing credential file.
@@ -116,25 +128,42 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "EDGE_AGENT_RELAY",
-        default_value = "ws://127.0.0.1:3800/tunnel"
+        default_value = "ws://127.0.0.1:3800/tunnel",
+        hide_env_values = true
     )]
     pub relay: String,
     /// Local service each stream is piped to (host:port).
-    #[arg(long, env = "EDGE_AGENT_TARGET", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "EDGE_AGENT_TARGET",
+        default_value = "127.0.0.1:8080",
+        hide_env_values = true
+    )]
     pub target: String,
     /// File holding the device credential (mode 0600). EDGE_AGENT_TOKEN, when
     /// set, is used instead.
     #[arg(
         long,
         env = "EDGE_AGENT_CREDENTIAL_FILE",
-        default_value = "data/agent/credential"
+        default_value = "data/agent/credential",
+        hide_env_values = true
     )]
     pub credential_file: PathBuf,
     /// First reconnect delay, in milliseconds.
-    #[arg(long, env = "EDGE_AGENT_BACKOFF_MIN_MS", default_value_t = 100)]
+    #[arg(
+        long,
+        env = "EDGE_AGENT_BACKOFF_MIN_MS",
+        default_value_t = 100,
+        hide_env_values = true
+    )]
     pub backoff_min_ms: u64,
     /// Largest reconnect delay, in milliseconds.
-    #[arg(long, env = "EDGE_AGENT_BACKOFF_MAX_MS", default_value_t = 15_000)]
+    #[arg(
+        long,
+        env = "EDGE_AGENT_BACKOFF_MAX_MS",
+        default_value_t = 15_000,
+        hide_env_values = true
+    )]
     pub backoff_max_ms: u64,
     #[command(flatten)]
     pub transport: TransportArgs,

@@ -16,89 +16,170 @@ pub struct Config {
     #[arg(
         long,
         env = "REMOTE_PROXY_TUNNEL_LISTEN",
-        default_value = "0.0.0.0:3800"
+        default_value = "0.0.0.0:3800",
+        hide_env_values = true
     )]
     pub tunnel_listen: SocketAddr,
     /// Address of the internal API (keep it on loopback or a private network).
     #[arg(
         long,
         env = "REMOTE_PROXY_INTERNAL_LISTEN",
-        default_value = "127.0.0.1:3801"
+        default_value = "127.0.0.1:3801",
+        hide_env_values = true
     )]
     pub internal_listen: SocketAddr,
     /// URL under which api-servers reach this node's internal API
     /// (default: http://<internal-listen>).
-    #[arg(long, env = "REMOTE_PROXY_NODE_URL")]
+    #[arg(long, env = "REMOTE_PROXY_NODE_URL", hide_env_values = true)]
     pub node_url: Option<String>,
     /// Directory for embedded-default state (SQLite file, internal secret).
-    #[arg(long, env = "EDGE_DATA_DIR", default_value = "data")]
+    #[arg(
+        long,
+        env = "EDGE_DATA_DIR",
+        default_value = "data",
+        hide_env_values = true
+    )]
     pub data_dir: PathBuf,
     /// Database URL (sqlite:// or postgres://); default: SQLite in the data dir.
-    #[arg(long, env = "EDGE_DATABASE_URL")]
+    #[arg(long, env = "EDGE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// File holding the internal-API shared secret; created (0600) if missing.
     /// Default: <data-dir>/internal-secret. EDGE_INTERNAL_SECRET overrides it.
-    #[arg(long, env = "EDGE_INTERNAL_SECRET_FILE")]
+    #[arg(long, env = "EDGE_INTERNAL_SECRET_FILE", hide_env_values = true)]
     pub internal_secret_file: Option<PathBuf>,
     /// Most concurrent streams one device session may carry.
-    #[arg(long, env = "REMOTE_PROXY_MAX_STREAMS", default_value_t = 256)]
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_MAX_STREAMS",
+        default_value_t = 256,
+        hide_env_values = true
+    )]
     pub max_streams_per_session: usize,
     /// Time a device has to complete the HTTP upgrade, in seconds.
     #[arg(
         long,
         env = "REMOTE_PROXY_HANDSHAKE_TIMEOUT_SECS",
-        default_value_t = 10
+        default_value_t = 10,
+        hide_env_values = true
     )]
     pub handshake_timeout_secs: u64,
     /// A tunnel with no inbound bytes for this long is dead, in seconds.
-    #[arg(long, env = "REMOTE_PROXY_IDLE_TIMEOUT_SECS", default_value_t = 40)]
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_IDLE_TIMEOUT_SECS",
+        default_value_t = 40,
+        hide_env_values = true
+    )]
     pub idle_timeout_secs: u64,
     /// Connection attempts one device may make in a burst before 429.
-    #[arg(long, env = "REMOTE_PROXY_RECONNECT_BURST", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_RECONNECT_BURST",
+        default_value_t = 10,
+        hide_env_values = true
+    )]
     pub reconnect_burst: u32,
     /// Most tunnel connections held at once.
-    #[arg(long, env = "REMOTE_PROXY_MAX_TUNNELS", default_value_t = 50_000)]
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_MAX_TUNNELS",
+        default_value_t = 50_000,
+        hide_env_values = true
+    )]
     pub max_tunnels: usize,
     /// How often each live tunnel's credential is checked again in the
     /// store, in seconds (1 to 60): a device revoked while this relay could
     /// not be told is closed within this time. Costs one indexed query per
     /// tunnel per interval.
-    #[arg(long, env = "REMOTE_PROXY_CREDENTIAL_RECHECK_SECS", default_value_t = directory::DEFAULT_CREDENTIAL_RECHECK_SECS)]
+    #[arg(long, env = "REMOTE_PROXY_CREDENTIAL_RECHECK_SECS", default_value_t = directory::DEFAULT_CREDENTIAL_RECHECK_SECS, hide_env_values = true)]
     pub credential_recheck_secs: u64,
     /// PEM certificate chain for the tunnel port: with --tls-key, the relay
     /// terminates TLS itself (devices dial wss://). Reloaded on SIGHUP or
     /// when the file changes, without dropping tunnels.
-    #[arg(long, env = "REMOTE_PROXY_TLS_CERT", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_TLS_CERT",
+        requires = "tls_key",
+        hide_env_values = true
+    )]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert.
-    #[arg(long, env = "REMOTE_PROXY_TLS_KEY", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_TLS_KEY",
+        requires = "tls_cert",
+        hide_env_values = true
+    )]
     pub tls_key: Option<PathBuf>,
     /// PEM certificate chain for the internal port (api-servers then use
     /// https:// node URLs); reloaded like --tls-cert.
     #[arg(
         long,
         env = "REMOTE_PROXY_INTERNAL_TLS_CERT",
-        requires = "internal_tls_key"
+        requires = "internal_tls_key",
+        hide_env_values = true
     )]
     pub internal_tls_cert: Option<PathBuf>,
     /// PEM private key for --internal-tls-cert.
     #[arg(
         long,
         env = "REMOTE_PROXY_INTERNAL_TLS_KEY",
-        requires = "internal_tls_cert"
+        requires = "internal_tls_cert",
+        hide_env_values = true
     )]
     pub internal_tls_key: Option<PathBuf>,
+    /// Tunnel connections one client address (IPv6: one /64) may hold at
+    /// once; a site's boxes share its address, so keep it generous. 0: no
+    /// cap. Trusted proxies are exempt.
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_MAX_CONNECTIONS_PER_CLIENT",
+        default_value_t = 1024,
+        hide_env_values = true
+    )]
+    pub max_connections_per_client: usize,
+    /// Tunnels one owner's devices may hold on this relay at once; beyond
+    /// it a connect gets 429.
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_MAX_TUNNELS_PER_OWNER",
+        default_value_t = 1000,
+        hide_env_values = true
+    )]
+    pub max_tunnels_per_owner: usize,
+    /// Load balancers (CIDRs, comma-separated) whose X-Forwarded-For names
+    /// the device's address.
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub trusted_proxies: Vec<String>,
     /// Seconds in-flight work gets to finish on shutdown.
-    #[arg(long, env = "EDGE_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "EDGE_DRAIN_TIMEOUT_SECS",
+        default_value_t = 10,
+        hide_env_values = true
+    )]
     pub drain_timeout_secs: u64,
     /// Log format: human or json.
-    #[arg(long, env = "EDGE_LOG_FORMAT", default_value = "human")]
+    #[arg(
+        long,
+        env = "EDGE_LOG_FORMAT",
+        default_value = "human",
+        hide_env_values = true
+    )]
     pub log_format: LogFormat,
 }
 
 /// Relay limits derived from the configuration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
+    pub max_connections_per_client: usize,
+    pub max_tunnels_per_owner: usize,
+    pub trusted_proxies: edge_core::client_addr::TrustedProxies,
     pub max_streams_per_session: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
@@ -110,8 +191,12 @@ pub struct Limits {
 }
 
 impl Config {
-    pub fn limits(&self) -> Limits {
-        Limits {
+    pub fn limits(&self) -> Result<Limits, String> {
+        Ok(Limits {
+            max_connections_per_client: self.max_connections_per_client,
+            max_tunnels_per_owner: self.max_tunnels_per_owner.max(1),
+            trusted_proxies: edge_core::client_addr::TrustedProxies::parse(&self.trusted_proxies)
+                .map_err(|e| format!("--trusted-proxies: {e}"))?,
             max_streams_per_session: self.max_streams_per_session.max(1),
             handshake_timeout: Duration::from_secs(self.handshake_timeout_secs.max(1)),
             idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
@@ -120,7 +205,7 @@ impl Config {
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
             open_stream_timeout: Duration::from_secs(5),
             credential_recheck: Duration::from_secs(self.credential_recheck_secs.clamp(1, 60)),
-        }
+        })
     }
 
     pub fn database_url(&self) -> String {
@@ -139,6 +224,9 @@ impl Config {
 impl Default for Limits {
     fn default() -> Self {
         Self {
+            max_connections_per_client: 1024,
+            max_tunnels_per_owner: 1000,
+            trusted_proxies: edge_core::client_addr::TrustedProxies::default(),
             max_streams_per_session: 256,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: tunnel::contract::IDLE_TIMEOUT,

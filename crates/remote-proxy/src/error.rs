@@ -16,6 +16,8 @@ pub enum RelayError {
     Draining,
     #[error("relay is at its tunnel capacity")]
     AtCapacity,
+    #[error("this account's devices hold as many tunnels on this relay as allowed")]
+    OwnerQuota,
     #[error("{0}")]
     BadRequest(String),
     #[error("device is not connected")]
@@ -35,17 +37,21 @@ impl IntoResponse for RelayError {
             Self::TooFast { .. } => (StatusCode::TOO_MANY_REQUESTS, "reconnecting_too_fast"),
             Self::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             Self::AtCapacity => (StatusCode::SERVICE_UNAVAILABLE, "at_capacity"),
+            Self::OwnerQuota => (StatusCode::TOO_MANY_REQUESTS, "tunnel_quota"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::Offline => (StatusCode::NOT_FOUND, directory::internal_api::CODE_OFFLINE),
             Self::Stream(_) => (StatusCode::BAD_GATEWAY, "stream_failed"),
             Self::Internal | Self::Startup(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let mut res = error_response(status, code, self.to_string());
-        if let Self::TooFast { retry_after_secs } = self {
-            res.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after_secs.max(1)),
-            );
+        let retry_after = match self {
+            Self::TooFast { retry_after_secs } => Some(retry_after_secs.max(1)),
+            Self::OwnerQuota => Some(60),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }

@@ -43,10 +43,10 @@ impl Relay {
         Arc::new(Self {
             store,
             directory: Arc::new(LocalDirectory::new(node, limits.open_stream_timeout)),
-            limits,
-            internal_secret,
             limiter: edge_core::ratelimit::KeyedLimiter::new(limits.reconnect_burst, 1.0),
             tunnel_slots: Arc::new(Semaphore::new(limits.max_tunnels)),
+            limits,
+            internal_secret,
             tunnels: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             draining: AtomicBool::new(false),
@@ -80,8 +80,11 @@ impl Relay {
     ) {
         let tunnel_opts = ServeOptions {
             max_connections: self.limits.max_tunnels.saturating_add(1024),
+            max_connections_per_client: self.limits.max_connections_per_client,
             header_read_timeout: self.limits.handshake_timeout,
             drain_timeout: self.limits.drain_timeout,
+            trusted_proxies: self.limits.trusted_proxies.clone(),
+            ..ServeOptions::default()
         };
         let internal_opts = ServeOptions {
             drain_timeout: self.limits.drain_timeout,
@@ -215,7 +218,8 @@ pub async fn run_on(
     );
     tracing::info!(tunnel = %tunnel_addr, internal = %internal_addr, node = %node.0,
         tunnel_tls = tls.tunnel.is_some(), internal_tls = tls.internal.is_some(), "remote-proxy listening");
-    Relay::new(store, node, secret, config.limits())
+    let limits = config.limits().map_err(RelayError::Startup)?;
+    Relay::new(store, node, secret, limits)
         .serve_tls(tunnel, internal, tls, shutdown)
         .await;
     tracing::info!("remote-proxy stopped");

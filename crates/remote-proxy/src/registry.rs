@@ -133,6 +133,14 @@ impl LocalDirectory {
         }
     }
 
+    /// Whether `device` may hold a tunnel while its owner's devices already
+    /// hold `max`: yes when it has one already (a reconnect replaces it).
+    pub fn owner_has_room(&self, owner: UserId, device: DeviceId, max: usize) -> bool {
+        let entries = self.entries();
+        let held = entries.by_owner.get(&owner);
+        held.is_none_or(|d| d.contains(&device) || d.len() < max)
+    }
+
     /// The connection id of a device's session, if connected.
     pub fn connection_of(&self, device: DeviceId) -> Option<ConnectionId> {
         self.entries().by_device.get(&device).map(|e| e.conn)

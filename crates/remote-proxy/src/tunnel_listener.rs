@@ -110,6 +110,13 @@ async fn admit(
         .limiter
         .check(auth.device_id)
         .map_err(|retry_after_secs| RelayError::TooFast { retry_after_secs })?;
+    if !relay.directory.owner_has_room(
+        auth.owner_id,
+        auth.device_id,
+        relay.limits.max_tunnels_per_owner,
+    ) {
+        return Err(RelayError::OwnerQuota);
+    }
     let permit = Arc::clone(&relay.tunnel_slots)
         .try_acquire_owned()
         .map_err(|_| RelayError::AtCapacity)?;
@@ -138,7 +145,7 @@ async fn run_tunnel(
         agent_version,
     } = admitted;
     let device = auth.device_id;
-    let limits = relay.limits;
+    let limits = &relay.limits;
     let ws = match tokio::time::timeout(
         limits.handshake_timeout,
         upgrade::websocket(on_upgrade, upgrade::relay_ws_config()),

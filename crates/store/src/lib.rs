@@ -7,6 +7,7 @@
 mod audit;
 mod devices;
 mod error;
+mod housekeeping;
 mod model;
 mod pairing;
 mod sessions;
@@ -15,6 +16,7 @@ mod users;
 
 pub use audit::AuditEvent;
 pub use error::StoreError;
+pub use housekeeping::Swept;
 pub use model::{Device, DeviceAuth, NewDevice, RedeemedTicket, SessionRecord, User, UserClaims};
 pub use pairing::{ExchangeError, PairingCode};
 
@@ -184,6 +186,20 @@ pub mod testing {
     /// Environment variable naming a PostgreSQL server (an admin database URL)
     /// that tests may create their own databases on.
     pub const POSTGRES_ENV: &str = "TEST_POSTGRES_URL";
+
+    /// Move all of `user`'s audit events to `at` (ms), to test retention.
+    pub async fn backdate_audit(
+        store: &Store,
+        user: edge_core::UserId,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE audit_events SET created_at = $1 WHERE user_id = $2")
+            .bind(at)
+            .bind(user.to_string())
+            .execute(&store.pool)
+            .await?;
+        Ok(())
+    }
 
     /// A fresh SQLite store in `dir`.
     pub async fn sqlite_in(dir: &std::path::Path) -> Result<Store, StoreError> {

@@ -31,6 +31,8 @@ fn code_from_row(row: &AnyRow) -> Result<PairingCode, StoreError> {
 pub enum ExchangeError {
     #[error("no live pairing code matches")]
     InvalidCode,
+    #[error("the code's owner has {0} devices, the most allowed")]
+    DeviceQuota(i64),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -60,6 +62,23 @@ impl Store {
             created_at: now,
             expires_at,
         })
+    }
+
+    /// How many of the owner's codes can still be used.
+    pub async fn pending_pairing_code_count(
+        &self,
+        owner: UserId,
+        now: i64,
+    ) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM pairing_codes WHERE owner_id = $1 AND used_at IS NULL
+             AND cancelled_at IS NULL AND expires_at > $2",
+        )
+        .bind(owner.to_string())
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("n")?)
     }
 
     /// The owner's codes that can still be used, newest first.
@@ -106,6 +125,7 @@ impl Store {
         new: &NewDevice,
         token_hash: &str,
         now: i64,
+        max_devices: i64,
     ) -> Result<(Device, String), ExchangeError> {
         let row = sqlx::query(
             "SELECT id, owner_id FROM pairing_codes WHERE code_hash = $1 AND used_at IS NULL
@@ -136,6 +156,21 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from)?;
+        // Counted after the insert, so the transaction begins with a write
+        // (SQLite cannot upgrade a read under contention) and the quota is
+        // exact even for concurrent exchanges.
+        let owned: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM devices WHERE owner_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(owner.to_string())
+        .fetch_one(&mut *tx)
+        .await
+        .and_then(|r| r.try_get("n"))
+        .map_err(StoreError::from)?;
+        if owned > max_devices {
+            let _ = tx.rollback().await;
+            return Err(ExchangeError::DeviceQuota(owned - 1));
+        }
         sqlx::query("INSERT INTO device_credentials (token_hash, device_id, created_at) VALUES ($1, $2, $3)")
             .bind(token_hash)
             .bind(device.to_string())

@@ -236,7 +236,7 @@ async fn concurrent_exchanges_of_one_code_make_one_device_and_faults_keep_nothin
             let new = new.clone();
             async move {
                 store
-                    .exchange_pairing_code("code-hash", &new, &format!("token-{i}"), now)
+                    .exchange_pairing_code("code-hash", &new, &format!("token-{i}"), now, 100)
                     .await
             }
         });
@@ -272,7 +272,7 @@ async fn concurrent_exchanges_of_one_code_make_one_device_and_faults_keep_nothin
             .fail_mark_used
             .store(true, std::sync::atomic::Ordering::SeqCst);
         assert!(store
-            .exchange_pairing_code("code-2", &new, "faulty-token", now)
+            .exchange_pairing_code("code-2", &new, "faulty-token", now, 100)
             .await
             .is_err());
         store
@@ -472,5 +472,89 @@ async fn email_verified_is_kept_as_the_provider_says() {
         assert_eq!(u.email_verified, Some(false));
         let u = store.upsert_user_claims(&claims(None)).await.unwrap();
         assert_eq!(u.email_verified, None);
+    }
+}
+
+#[tokio::test]
+async fn sweeping_deletes_only_what_expired_and_old_audit_in_batches() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for store in backends(dir.path()).await {
+        let b = store.backend();
+        let old = store.upsert_user("iss", "old", None, None).await.unwrap();
+        let new = store.upsert_user("iss", "new", None, None).await.unwrap();
+        let now = 10_000_000_000;
+        let idle = 1_800_000;
+        for (hash, last_seen, expires) in [
+            ("expired", now - 10, now - 1),
+            ("idle", now - idle - 1, now + 1_000_000),
+            ("live", now - 10, now + 1_000_000),
+        ] {
+            store
+                .create_session(hash, hash, new.id, last_seen, expires, None)
+                .await
+                .unwrap();
+            store.touch_session(hash, last_seen).await.unwrap();
+        }
+        store
+            .create_pairing_code(new.id, "stale", now - 86_400_001)
+            .await
+            .unwrap();
+        store
+            .create_pairing_code(new.id, "recent", now - 1)
+            .await
+            .unwrap();
+        let dev = store
+            .create_device(new.id, &NewDevice::default())
+            .await
+            .unwrap();
+        store
+            .create_device_ticket("t-old", new.id, "live", dev.id, 1, now - 1)
+            .await
+            .unwrap();
+        store
+            .create_device_ticket("t-new", new.id, "live", dev.id, 1, now + 30_000)
+            .await
+            .unwrap();
+        for i in 0..7 {
+            store
+                .audit(
+                    old.id,
+                    "old_event",
+                    Some(&i.to_string()),
+                    serde_json::json!({}),
+                )
+                .await
+                .unwrap();
+        }
+        testing::backdate_audit(&store, old.id, now - 401 * 86_400_000)
+            .await
+            .unwrap();
+        store
+            .audit(new.id, "recent_event", None, serde_json::json!({}))
+            .await
+            .unwrap();
+
+        let swept = store
+            .sweep(now, idle, now - 400 * 86_400_000, 3)
+            .await
+            .unwrap();
+        assert_eq!(
+            swept,
+            store::Swept {
+                sessions: 2,
+                pairing_codes: 1,
+                tickets: 1,
+                logout_tokens: 0,
+                audit_events: 7,
+            },
+            "{b:?}"
+        );
+        assert!(store.session("live").await.unwrap().is_some());
+        assert!(store.audit_events(old.id, 10, 0).await.unwrap().is_empty());
+        assert_eq!(store.audit_events(new.id, 10, 0).await.unwrap().len(), 1);
+        assert_eq!(
+            store.sweep(now, idle, 0, 3).await.unwrap(),
+            store::Swept::default()
+        );
     }
 }

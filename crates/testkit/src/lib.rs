@@ -180,6 +180,9 @@ pub struct StackOptions {
     /// What the api-server (for `https://` relay nodes) and agents (for
     /// `wss://`) trust.
     pub client_tls: Option<Arc<rustls::ClientConfig>>,
+    /// The api-server listener's limits (per-client cap, trusted proxies,
+    /// header timeout and size).
+    pub api_serve: edge_core::serve::ServeOptions,
 }
 
 impl Default for StackOptions {
@@ -196,6 +199,7 @@ impl Default for StackOptions {
             console_host: "127.0.0.1",
             relay_tls: RelayTls::default(),
             client_tls: None,
+            api_serve: edge_core::serve::ServeOptions::default(),
         }
     }
 }
@@ -239,7 +243,7 @@ impl Stack {
         let relay = RelayNode::start(
             store.clone(),
             secret.clone(),
-            opts.limits,
+            opts.limits.clone(),
             opts.relay_tls.clone(),
             bind().await,
             bind().await,
@@ -339,11 +343,12 @@ impl Stack {
             settings: Arc::new(settings),
             pairing_limits: Arc::default(),
             access_changes: Arc::default(),
+            pairing_key: Secret::random(32),
         };
         tokio::spawn(edge_core::serve::serve(
             api,
             api_server::build_app(state.clone()),
-            Default::default(),
+            opts.api_serve.clone(),
             shutdown.clone(),
         ));
 
@@ -599,7 +604,7 @@ impl Stack {
             RelayNode::start(
                 self.store.clone(),
                 self.secret.clone(),
-                self.limits,
+                self.limits.clone(),
                 self.relay_tls.clone(),
                 tunnel,
                 internal,
