@@ -394,3 +394,28 @@ fn help_never_prints_values_from_the_environment() {
         .to_string();
     assert!(help.contains("REMOTE_PROXY_TLS_KEY"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn housekeeping_ends_expired_sessions_with_the_servers_settings() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let now = edge_core::time::now_ms();
+    let expired = TestUser {
+        id: alice.id,
+        cookie: stack
+            .session_cookie_at(alice.id, now - 10_000, now - 1)
+            .await,
+    };
+    let _ = expired;
+    let swept = api_server::housekeeping::sweep_once(&stack.state)
+        .await
+        .unwrap();
+    assert_eq!(swept.sessions, 1, "{swept:?}");
+    // The live session is untouched.
+    let me = stack
+        .get(&alice, &stack.api("/api/auth/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+}
