@@ -419,3 +419,29 @@ async fn housekeeping_ends_expired_sessions_with_the_servers_settings() {
         .unwrap();
     assert_eq!(me.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    let stack = Stack::start_with(StackOptions {
+        api_serve: ServeOptions {
+            header_read_timeout: Duration::from_millis(300),
+            ..ServeOptions::default()
+        },
+        ..StackOptions::default()
+    })
+    .await;
+    let mut c = TcpStream::connect(stack.api_addr).await.unwrap();
+    c.write_all(b"GET /api/health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut c).await.starts_with("HTTP/1.1 200"));
+    // Then silence: the server closes the idle connection by itself.
+    let mut rest = Vec::new();
+    let started = std::time::Instant::now();
+    let _ = within("idle connection closed", c.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    println!(
+        "idle keep-alive connection closed after {:?}",
+        started.elapsed()
+    );
+}
