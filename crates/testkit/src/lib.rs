@@ -55,6 +55,23 @@ pub fn init_logs() {
         .try_init();
 }
 
+/// Environment variable that puts every [`Stack`] on a fresh PostgreSQL
+/// database (on the server `TEST_POSTGRES_URL` names) instead of SQLite;
+/// CI runs the HTTP-level suites once this way.
+pub const STACK_ON_POSTGRES_ENV: &str = "TEST_STACK_ON_POSTGRES";
+
+/// The store a stack runs on: SQLite in `dir`, or PostgreSQL when
+/// [`STACK_ON_POSTGRES_ENV`] is `1`.
+async fn test_store(dir: &std::path::Path) -> Store {
+    if std::env::var(STACK_ON_POSTGRES_ENV).as_deref() != Ok("1") {
+        return store::testing::sqlite_in(dir).await.unwrap();
+    }
+    let url = store::testing::postgres_admin_url()
+        .unwrap()
+        .unwrap_or_else(|| panic!("{STACK_ON_POSTGRES_ENV}=1 needs TEST_POSTGRES_URL"));
+    store::testing::fresh_postgres(&url).await.unwrap()
+}
+
 /// Whether interop peers are mandatory (CI sets `REQUIRE_INTEROP=1`).
 pub fn interop_required() -> bool {
     std::env::var("REQUIRE_INTEROP").as_deref() == Ok("1")
@@ -236,7 +253,7 @@ impl Stack {
     pub async fn start_with(opts: StackOptions) -> Self {
         init_logs();
         let dir = tempfile::tempdir().unwrap();
-        let store = store::testing::sqlite_in(dir.path()).await.unwrap();
+        let store = test_store(dir.path()).await;
         let secret = Secret::random(32);
         let shutdown = CancellationToken::new();
 
