@@ -5,7 +5,8 @@
 // It exposes the same test endpoints as the Rust sim-box.
 //
 // Build in GOPATH mode against Debian's packages:
-//   GO111MODULE=off GOPATH=/usr/share/gocode go build -o edge-go-device ./go/device
+//
+//	GO111MODULE=off GOPATH=/usr/share/gocode go build -o edge-go-device ./go/device
 package main
 
 import (
@@ -35,6 +36,51 @@ type wsConn struct {
 	ws     *websocket.Conn
 	reader io.Reader
 	wmu    sync.Mutex
+	scan   frameScanner
+}
+
+// frameScanner follows the yamux frames in the inbound byte stream and
+// reports the control frames the relay sends ("event: ping", "event: goaway
+// <code>") on stdout, so tests can see what this device received.
+type frameScanner struct {
+	header []byte
+	skip   uint32
+}
+
+func (f *frameScanner) feed(p []byte) {
+	for len(p) > 0 {
+		if f.skip > 0 {
+			n := uint32(len(p))
+			if n > f.skip {
+				n = f.skip
+			}
+			f.skip -= n
+			p = p[n:]
+			continue
+		}
+		need := 12 - len(f.header)
+		if need > len(p) {
+			need = len(p)
+		}
+		f.header = append(f.header, p[:need]...)
+		p = p[need:]
+		if len(f.header) < 12 {
+			return
+		}
+		typ, flags := f.header[1], uint16(f.header[2])<<8|uint16(f.header[3])
+		length := uint32(f.header[8])<<24 | uint32(f.header[9])<<16 | uint32(f.header[10])<<8 | uint32(f.header[11])
+		f.header = f.header[:0]
+		switch typ {
+		case 0:
+			f.skip = length
+		case 2:
+			if flags&2 == 0 {
+				fmt.Println("event: ping")
+			}
+		case 3:
+			fmt.Printf("event: goaway %d\n", length)
+		}
+	}
 }
 
 func (c *wsConn) Read(p []byte) (int, error) {
@@ -50,6 +96,7 @@ func (c *wsConn) Read(p []byte) (int, error) {
 			c.reader = r
 		}
 		n, err := c.reader.Read(p)
+		c.scan.feed(p[:n])
 		if err == io.EOF {
 			c.reader = nil
 			if n > 0 {
@@ -152,6 +199,7 @@ func mux() *http.ServeMux {
 func main() {
 	relay := flag.String("relay", "ws://127.0.0.1:3800/tunnel", "relay tunnel URL (ws:// or wss://)")
 	caFile := flag.String("ca", "", "PEM file of a private CA to trust for wss:// (besides the system roots)")
+	reconnect := flag.Bool("reconnect", false, "dial again (with backoff) whenever the session ends")
 	flag.Parse()
 	token := os.Getenv("EDGE_DEVICE_TOKEN")
 	if token == "" {
@@ -175,21 +223,36 @@ func main() {
 		}
 		dialer.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
-	ws, resp, err := dialer.Dial(*relay, hdr)
+	backoff := 100 * time.Millisecond
+	for {
+		err := runOnce(dialer, *relay, hdr)
+		if !*reconnect {
+			log.Fatalf("session ended: %v", err)
+		}
+		log.Printf("session ended: %v; reconnecting in %v", err, backoff)
+		time.Sleep(backoff)
+		if backoff < 2*time.Second {
+			backoff *= 2
+		}
+	}
+}
+
+// runOnce dials the relay and serves HTTP on its streams until the session ends.
+func runOnce(dialer websocket.Dialer, relay string, hdr http.Header) error {
+	ws, resp, err := dialer.Dial(relay, hdr)
 	if err != nil {
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
 		}
-		log.Fatalf("dial failed (status %d): %v", status, err)
+		return fmt.Errorf("dial failed (status %d): %v", status, err)
 	}
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = os.Stderr
 	session, err := yamux.Server(&wsConn{ws: ws}, cfg)
 	if err != nil {
-		log.Fatalf("yamux: %v", err)
+		return fmt.Errorf("yamux: %v", err)
 	}
 	fmt.Println("connected")
-	err = http.Serve(session, mux())
-	log.Printf("session ended: %v", err)
+	return http.Serve(session, mux())
 }

@@ -28,6 +28,10 @@ fn artifacts_dir() -> PathBuf {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(any(has_chromium, require_interop)),
+    ignore = "needs Chromium: apt-get install chromium"
+)]
 async fn the_web_console_works_in_chromium_against_the_devstack() {
     let Some(chromium) = chromium::available() else {
         return;

@@ -233,15 +233,15 @@ impl SessionView for LocalDirectory {
         Ok(owned)
     }
 
+    /// The session leaves the directory at once (no new streams, status
+    /// offline) and winds down with GoAway(0) in the background; its own
+    /// later cleanup then finds nothing of its own to remove.
     async fn close(&self, device: DeviceId) -> Result<bool, DirectoryError> {
-        let found = self
-            .entries()
-            .by_device
-            .get(&device)
-            .map(|e| e.live.cancel.clone());
-        Ok(match found {
-            Some(cancel) => {
-                cancel.cancel();
+        let removed = self.entries().remove(device);
+        Ok(match removed {
+            Some(entry) => {
+                entry.live.cancel.cancel();
+                self.changed();
                 true
             }
             None => false,

@@ -173,7 +173,11 @@ async fn run_tunnel(
     let cancel = relay.shutdown.child_token();
     let (control, driver) = session::client(
         io,
-        session::relay_config(limits.max_streams_per_session),
+        session::relay_config(
+            limits.max_streams_per_session,
+            limits.ping_interval,
+            limits.ping_timeout,
+        ),
         cancel.clone(),
         activity.clone(),
     );

@@ -45,7 +45,7 @@ async fn users_upsert_by_issuer_and_subject() {
             store.user(a.id).await.ok().flatten().map(|u| u.subject),
             Some("sub-1".into())
         );
-        assert!(store.user(UserId::new()).await.ok().flatten().is_none());
+        assert!(matches!(store.user(UserId::new()).await, Ok(None)));
     }
 }
 
@@ -83,7 +83,7 @@ async fn devices_are_scoped_to_their_owner() {
             Some("cam-1".into())
         );
         assert!(
-            store.device(bob.id, dev.id).await.ok().flatten().is_none(),
+            matches!(store.device(bob.id, dev.id).await, Ok(None)),
             "{:?}",
             store.backend()
         );
@@ -124,20 +124,15 @@ async fn credentials_authenticate_until_revoked() {
             auth.map(|a| (a.device_id, a.owner_id)),
             Some((dev.id, owner.id))
         );
-        assert!(store
-            .authenticate_device(&DeviceToken::generate().hash())
-            .await
-            .ok()
-            .flatten()
-            .is_none());
+        assert!(matches!(
+            store
+                .authenticate_device(&DeviceToken::generate().hash())
+                .await,
+            Ok(None)
+        ));
         assert_eq!(store.revoke_credentials(dev.id).await.ok(), Some(1));
         assert!(
-            store
-                .authenticate_device(&token.hash())
-                .await
-                .ok()
-                .flatten()
-                .is_none(),
+            matches!(store.authenticate_device(&token.hash()).await, Ok(None)),
             "{:?}",
             store.backend()
         );
@@ -194,7 +189,7 @@ async fn sessions_are_found_by_hash_and_deleted() {
             Some(2_000)
         );
         assert_eq!(store.delete_session("hash-1").await.ok(), Some(true));
-        assert!(store.session("hash-1").await.ok().flatten().is_none());
+        assert!(matches!(store.session("hash-1").await, Ok(None)));
         assert_eq!(store.delete_session("hash-1").await.ok(), Some(false));
     }
 }

@@ -84,16 +84,80 @@ pub fn spawn_trusting(
     token: &edge_core::DeviceToken,
     ca_file: Option<&Path>,
 ) -> Child {
+    command(bin, relay_url, token, ca_file, false)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start Go device: {e}"))
+}
+
+/// A Go device whose stdout events (`connected`, `event: ping`,
+/// `event: goaway <code>`) the test can await.
+pub struct ObservedGoDevice {
+    pub child: Child,
+    events: tokio::sync::watch::Receiver<Vec<String>>,
+}
+
+impl ObservedGoDevice {
+    /// Wait (bounded by the test step) until the events seen so far satisfy `pred`.
+    pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&[String]) -> bool) {
+        let events = &mut self.events;
+        crate::within(what, async {
+            loop {
+                if pred(&events.borrow_and_update()) {
+                    return;
+                }
+                if events.changed().await.is_err() {
+                    panic!("Go device output ended before: {what}");
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Start a Go device that reports what it receives; with `reconnect` it
+/// dials again whenever its session ends.
+pub fn spawn_observed(
+    bin: &Path,
+    relay_url: &str,
+    token: &edge_core::DeviceToken,
+    ca_file: Option<&Path>,
+    reconnect: bool,
+) -> ObservedGoDevice {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = command(bin, relay_url, token, ca_file, reconnect)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start Go device: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tx.send_modify(|v| v.push(line));
+        }
+    });
+    ObservedGoDevice { child, events: rx }
+}
+
+fn command(
+    bin: &Path,
+    relay_url: &str,
+    token: &edge_core::DeviceToken,
+    ca_file: Option<&Path>,
+    reconnect: bool,
+) -> Command {
     let mut cmd = Command::new(bin);
     if let Some(ca) = ca_file {
         cmd.arg("-ca").arg(ca);
     }
+    if reconnect {
+        cmd.arg("-reconnect");
+    }
     cmd.arg("-relay")
         .arg(relay_url)
         .env("EDGE_DEVICE_TOKEN", token.expose())
-        .stdout(Stdio::null())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start Go device: {e}"))
+        .kill_on_drop(true);
+    cmd
 }

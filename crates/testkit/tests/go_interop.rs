@@ -1,14 +1,22 @@
 //! Interop with the devices in the field: a Go device built on Debian's
 //! hashicorp/yamux and gorilla/websocket (serving HTTP on accepted streams,
 //! as the proof of concept does) connects to the relay, and the same request
-//! battery succeeds through the api-server. Skips without Go unless
+//! battery succeeds through the api-server; the Go device reports the
+//! GoAway and pings it receives, answers the relay's pings, and reconnects
+//! after a relay restart. Reported as skipped without Go unless
 //! `REQUIRE_INTEROP=1`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use testkit::{checks, go_device, Stack};
+use remote_proxy::config::Limits;
+use std::time::Duration;
+use testkit::{checks, go_device, Stack, StackOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(any(has_go, require_interop)),
+    ignore = "needs Go: apt-get install golang-go golang-github-hashicorp-yamux-dev golang-github-gorilla-websocket-dev"
+)]
 async fn go_device_serves_requests_through_the_full_path() {
     let Some(bin) = go_device::binary() else {
         return;
@@ -40,6 +48,10 @@ async fn go_device_serves_requests_through_the_full_path() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(any(has_go, require_interop)),
+    ignore = "needs Go: apt-get install golang-go golang-github-hashicorp-yamux-dev golang-github-gorilla-websocket-dev"
+)]
 async fn go_device_is_replaced_by_a_newer_connection_and_sees_goaway() {
     let Some(bin) = go_device::binary() else {
         return;
@@ -47,7 +59,7 @@ async fn go_device_is_replaced_by_a_newer_connection_and_sees_goaway() {
     let stack = Stack::start().await;
     let alice = stack.user("alice").await;
     let dev = stack.device(alice.id).await;
-    let mut first = go_device::spawn(&bin, &stack.tunnel_url(), &dev.token);
+    let mut first = go_device::spawn_observed(&bin, &stack.tunnel_url(), &dev.token, None, false);
     stack.wait_online(dev.id).await;
     let first_conn = stack.relay().directory.connection_of(dev.id);
     let _second = go_device::spawn(&bin, &stack.tunnel_url(), &dev.token);
@@ -60,11 +72,69 @@ async fn go_device_is_replaced_by_a_newer_connection_and_sees_goaway() {
         }),
     )
     .await;
-    // The replaced Go session ends: its process exits after GoAway + close.
-    let status = testkit::within("first Go device exits", first.wait())
+    // The replaced Go session received GoAway with the normal code (0),
+    // then ended.
+    first
+        .wait_for("GoAway(0) at the first device", |e| {
+            e.iter().any(|l| l == "event: goaway 0")
+        })
+        .await;
+    let status = testkit::within("first Go device exits", first.child.wait())
         .await
         .unwrap();
     assert!(status.code().is_some());
     assert_eq!(stack.relay().directory.len(), 1);
+    assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "GO-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(any(has_go, require_interop)),
+    ignore = "needs Go: apt-get install golang-go golang-github-hashicorp-yamux-dev golang-github-gorilla-websocket-dev"
+)]
+async fn go_device_answers_the_relays_pings_and_reconnects_after_a_relay_restart() {
+    let Some(bin) = go_device::binary() else {
+        return;
+    };
+    // The relay pings every 100 ms and drops a tunnel silent for 600 ms:
+    // only a device that answers pings stays connected.
+    let mut stack = Stack::start_with(StackOptions {
+        limits: Limits {
+            ping_interval: Duration::from_millis(100),
+            idle_timeout: Duration::from_millis(600),
+            drain_timeout: Duration::from_secs(2),
+            ..Limits::default()
+        },
+        ..StackOptions::default()
+    })
+    .await;
+    let alice = stack.user("alice").await;
+    let dev = stack.device(alice.id).await;
+    let mut go = go_device::spawn_observed(&bin, &stack.tunnel_url(), &dev.token, None, true);
+    stack.wait_online(dev.id).await;
+    let conn = stack.relay().directory.connection_of(dev.id);
+    go.wait_for("ten pings", |e| {
+        e.iter().filter(|l| *l == "event: ping").count() >= 10
+    })
+    .await;
+    assert_eq!(
+        stack.relay().directory.connection_of(dev.id),
+        conn,
+        "the session survived ten ping intervals on pongs alone"
+    );
+    assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "GO-1");
+
+    // The relay restarts: the device sees GoAway and comes back by itself.
+    stack.stop_relay().await;
+    go.wait_for("GoAway on relay shutdown", |e| {
+        e.iter().any(|l| l == "event: goaway 0")
+    })
+    .await;
+    stack.restart_relay().await;
+    stack.wait_online(dev.id).await;
+    go.wait_for("the second connect", |e| {
+        e.iter().filter(|l| *l == "connected").count() == 2
+    })
+    .await;
     assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "GO-1");
 }

@@ -11,6 +11,10 @@
 use testkit::{chromium, Stack, StackOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(any(has_chromium, require_interop)),
+    ignore = "needs Chromium: apt-get install chromium"
+)]
 async fn a_hostile_box_page_cannot_act_as_its_owner() {
     let Some(chromium_bin) = chromium::available() else {
         return;

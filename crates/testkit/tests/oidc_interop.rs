@@ -139,6 +139,10 @@ async fn login_through_provider(client_id: &str, confidential: bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(any(has_oidc_provider, require_interop)),
+    ignore = "needs oidc-provider: npm ci --prefix interop/oidc-provider"
+)]
 async fn public_pkce_only_client_logs_in_against_oidc_provider() {
     if oidc_provider::available().is_none() {
         return;
@@ -147,6 +151,10 @@ async fn public_pkce_only_client_logs_in_against_oidc_provider() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(any(has_oidc_provider, require_interop)),
+    ignore = "needs oidc-provider: npm ci --prefix interop/oidc-provider"
+)]
 async fn confidential_client_logs_in_against_oidc_provider() {
     if oidc_provider::available().is_none() {
         return;

@@ -161,8 +161,10 @@ async fn offline_device_is_503_and_dead_relay_is_502_promptly() {
     assert_eq!(down.status(), 502);
     let body: serde_json::Value = down.json().await.unwrap();
     assert_eq!(body["error"]["code"], "relay_unavailable");
+    // Within the connect timeout, never a hang (a refused connection is
+    // usually answered in milliseconds).
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(2),
+        started.elapsed() < stack.state.settings.proxy_connect_timeout,
         "took {:?}",
         started.elapsed()
     );

@@ -229,6 +229,10 @@ async fn a_provider_with_an_untrusted_or_misnamed_certificate_is_refused_with_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(any(has_go, require_interop)),
+    ignore = "needs Go: apt-get install golang-go golang-github-hashicorp-yamux-dev golang-github-gorilla-websocket-dev"
+)]
 async fn a_go_device_from_the_field_connects_over_wss() {
     let Some(bin) = testkit::go_device::binary() else {
         return;
@@ -254,6 +258,10 @@ async fn a_go_device_from_the_field_connects_over_wss() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(any(has_initdb, require_interop)),
+    ignore = "needs PostgreSQL server binaries (initdb, pg_ctl)"
+)]
 async fn the_store_reaches_postgresql_over_verified_tls_and_refuses_a_wrong_name() {
     let Some(bin) = testkit::pg_tls::available() else {
         return;

@@ -15,13 +15,14 @@ use tokio_yamux::{Config, Control, Session, StreamHandle};
 /// How long a closing session may take to flush its GoAway.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// yamux settings for the relay: keepalive per the contract and a cap on
-/// concurrently open streams.
-pub fn relay_config(max_streams: usize) -> Config {
+/// yamux settings for the relay: a ping every `ping_interval` (the
+/// contract's default is 30 s; devices answer whatever the interval), writes
+/// bounded by `ping_timeout`, and a cap on concurrently open streams.
+pub fn relay_config(max_streams: usize, ping_interval: Duration, ping_timeout: Duration) -> Config {
     Config {
         enable_keepalive: true,
-        keepalive_interval: crate::contract::PING_INTERVAL,
-        connection_write_timeout: crate::contract::PING_TIMEOUT,
+        keepalive_interval: ping_interval,
+        connection_write_timeout: ping_timeout,
         max_stream_count: max_streams.max(1),
         max_stream_window_size: crate::contract::INITIAL_STREAM_WINDOW,
         ..Config::default()

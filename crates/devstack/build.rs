@@ -1,0 +1,7 @@
+//! Interop-peer probes for this crate's tests (see `testkit/probe.rs`).
+include!("../testkit/probe.rs");
+
+fn main() {
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+    probe(&Path::new(&manifest).join("../.."));
+}
