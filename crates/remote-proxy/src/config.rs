@@ -63,21 +63,24 @@ pub struct Config {
         hide_env_values = true
     )]
     pub handshake_timeout_secs: u64,
-    /// A tunnel with no inbound bytes for this long is dead, in seconds.
+    /// A tunnel with no inbound bytes for this long is dead, in seconds: the
+    /// device shows offline and requests to it get 503 `device_offline`.
+    /// Keep it a few ping intervals long.
     #[arg(
         long,
         env = "REMOTE_PROXY_IDLE_TIMEOUT_SECS",
-        default_value_t = 40,
+        default_value_t = 15,
         hide_env_values = true
     )]
     pub idle_timeout_secs: u64,
-    /// The relay pings each device this often, in seconds (the contract's
-    /// 30 by default; devices answer whatever the interval). Shorter finds
-    /// frozen devices sooner at 12 bytes each way per tunnel per ping.
+    /// The relay pings each device this often, in seconds (devices answer
+    /// whatever the interval; the contract's 30 s is the slowest a relay
+    /// may use). The cost: 12 bytes each way per tunnel per ping; shorter
+    /// finds frozen devices sooner.
     #[arg(
         long,
         env = "REMOTE_PROXY_PING_INTERVAL_SECS",
-        default_value_t = 30,
+        default_value_t = 5,
         hide_env_values = true
     )]
     pub ping_interval_secs: u64,
@@ -246,14 +249,14 @@ impl Config {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            ping_interval: tunnel::contract::PING_INTERVAL,
+            ping_interval: tunnel::contract::RELAY_PING_INTERVAL,
             ping_timeout: tunnel::contract::PING_TIMEOUT,
             max_connections_per_client: 1024,
             max_tunnels_per_owner: 1000,
             trusted_proxies: edge_core::client_addr::TrustedProxies::default(),
             max_streams_per_session: 256,
             handshake_timeout: Duration::from_secs(10),
-            idle_timeout: tunnel::contract::IDLE_TIMEOUT,
+            idle_timeout: tunnel::contract::RELAY_IDLE_TIMEOUT,
             reconnect_burst: 10,
             max_tunnels: 50_000,
             drain_timeout: Duration::from_secs(10),

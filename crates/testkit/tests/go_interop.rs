@@ -138,3 +138,58 @@ async fn go_device_answers_the_relays_pings_and_reconnects_after_a_relay_restart
     .await;
     assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "GO-1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(any(has_go, require_interop)),
+    ignore = "needs Go: apt-get install golang-go golang-github-hashicorp-yamux-dev golang-github-gorilla-websocket-dev"
+)]
+async fn a_frozen_go_device_is_offline_within_fifteen_seconds_by_default() {
+    let Some(bin) = go_device::binary() else {
+        return;
+    };
+    // Default relay limits: ping every 5 s, dead after 15 s of silence.
+    let stack = Stack::start_with(StackOptions {
+        limits: Limits {
+            drain_timeout: Duration::from_secs(2),
+            ..Limits::default()
+        },
+        ..StackOptions::default()
+    })
+    .await;
+    assert_eq!(stack.relay().limits.idle_timeout, Duration::from_secs(15));
+    let alice = stack.user("alice").await;
+    let dev = stack.device(alice.id).await;
+    let mut go = go_device::spawn(&bin, &stack.tunnel_url(), &dev.token);
+    stack.wait_online(dev.id).await;
+    assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "GO-1");
+
+    // Freeze the process: no FIN, no answer, as a box whose power dips or
+    // whose network vanishes.
+    let pid = go.id().unwrap().to_string();
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let frozen = std::time::Instant::now();
+    stack.wait_offline(dev.id).await;
+    let took = frozen.elapsed();
+    println!("frozen Go device offline after {took:?}");
+    assert!(
+        took <= Duration::from_millis(15_500),
+        "offline only after {took:?}"
+    );
+    let res = stack
+        .get(&alice, &stack.proxy_url(dev.id, "/api/info"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "device_offline");
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    let _ = go.kill().await;
+}

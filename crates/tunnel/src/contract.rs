@@ -14,6 +14,12 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// No inbound bytes for this long marks the session dead.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(40);
+/// The relay's own default ping interval: tighter than the contract's 30 s
+/// (devices answer pings whatever their own settings), so that with
+/// [`RELAY_IDLE_TIMEOUT`] a frozen device is found within 15 s.
+pub const RELAY_PING_INTERVAL: Duration = Duration::from_secs(5);
+/// The relay's default silence limit: three missed ping answers.
+pub const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Agent-name prefix sent by this project's agent as `User-Agent`.
 pub const AGENT_NAME: &str = "edge-agent";
 /// A complete yamux GoAway frame with code 1 (protocol error).
