@@ -2,9 +2,9 @@
 //! refuses before any handler runs: the host dispatch between the console's
 //! origin and device origins, the fetch-metadata rule against cross-site
 //! requests on the console origin, the idle timeout on every request body,
-//! `no-store` on API answers (they carry
-//! credentials, codes and personal data), HSTS whenever cookies are Secure,
-//! and resource/opener isolation for the console.
+//! `no-store` on API answers (they carry credentials, codes and personal
+//! data), HSTS whenever cookies are Secure, and resource isolation for the
+//! console.
 
 use crate::error::ApiError;
 use crate::state::AppState;
