@@ -32,7 +32,9 @@ pub enum Backend {
 }
 
 /// Faults a test can switch on through [`Store::faults`]; nothing outside
-/// the process (no configuration, no route) reaches them.
+/// the process (no configuration, no route) reaches them, and only builds
+/// with the `testing` feature (the test helpers) have them at all.
+#[cfg(feature = "testing")]
 #[derive(Debug, Default)]
 pub struct Faults {
     /// Make the exchange's "mark code used" step fail.
@@ -46,6 +48,7 @@ pub struct Faults {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    #[cfg(feature = "testing")]
     faults: std::sync::Arc<Faults>,
     /// Tie-breaker for audit events within one millisecond (per process).
     audit_seq: std::sync::Arc<std::sync::atomic::AtomicI64>,
@@ -131,6 +134,7 @@ impl Store {
         Ok(Self {
             pool,
             backend,
+            #[cfg(feature = "testing")]
             faults: Default::default(),
             audit_seq: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(
                 edge_core::time::now_ms() * 1000,
@@ -139,6 +143,7 @@ impl Store {
     }
 
     /// Fault switches for tests.
+    #[cfg(feature = "testing")]
     pub fn faults(&self) -> &Faults {
         &self.faults
     }

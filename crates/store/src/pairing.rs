@@ -8,7 +8,6 @@ use edge_core::{time::now_ms, DeviceId, UserId};
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
-use std::sync::atomic::Ordering;
 
 /// A pending pairing code as its owner sees it (never the code itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -178,7 +177,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
-        let marked = if self.faults.fail_mark_used.load(Ordering::SeqCst) {
+        let marked = if self.fault_mark_used() {
             Err(StoreError::Injected)
         } else {
             sqlx::query(
@@ -240,7 +239,7 @@ impl Store {
         code_id: &str,
         new: &NewDevice,
     ) -> Result<(), StoreError> {
-        if self.faults.fail_exchange_audit.load(Ordering::SeqCst) {
+        if self.fault_exchange_audit() {
             return Err(StoreError::Injected);
         }
         let dev = device.to_string();
@@ -260,5 +259,31 @@ impl Store {
             serde_json::json!({ "name": new.name, "model": new.model }),
         )
         .await
+    }
+}
+
+impl Store {
+    #[cfg(feature = "testing")]
+    fn fault_mark_used(&self) -> bool {
+        self.faults
+            .fail_mark_used
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[cfg(not(feature = "testing"))]
+    fn fault_mark_used(&self) -> bool {
+        false
+    }
+
+    #[cfg(feature = "testing")]
+    fn fault_exchange_audit(&self) -> bool {
+        self.faults
+            .fail_exchange_audit
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[cfg(not(feature = "testing"))]
+    fn fault_exchange_audit(&self) -> bool {
+        false
     }
 }
