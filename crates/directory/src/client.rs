@@ -3,9 +3,13 @@
 //! bounded by a connect timeout and a response timeout, so a dead relay
 //! surfaces as an error, never as a hang. Node URLs may be `http://` or
 //! `https://` (then the node's certificate is checked against the web PKI
-//! roots plus the configured private CA).
+//! roots plus the configured private CA). Streams to devices travel on one
+//! multiplexed channel per node (`crate::mux`), opened on first use and
+//! again whenever it ends; session lookups and control calls are plain
+//! requests.
 
 use crate::internal_api::{self, CODE_OFFLINE};
+use crate::mux;
 use crate::{BoxStream, DirectoryError, NodeId, NodeLocator, SessionSummary, SessionView};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -15,9 +19,12 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 /// Client of the relay's internal API.
 #[derive(Clone)]
@@ -27,6 +34,18 @@ pub struct RelayDirectory {
     connect_timeout: Duration,
     response_timeout: Duration,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The open channel to each node.
+    channels: Arc<tokio::sync::Mutex<HashMap<NodeId, Channel>>>,
+    /// TCP connections made to relay nodes so far.
+    connections: Arc<AtomicU64>,
+}
+
+/// A live channel to one node: the control that opens streams, and the
+/// token that says the session ended.
+#[derive(Clone)]
+struct Channel {
+    control: tunnel::Control,
+    ended: CancellationToken,
 }
 
 /// The byte stream under one internal-API connection.
@@ -55,7 +74,69 @@ impl RelayDirectory {
             connect_timeout,
             response_timeout,
             tls: None,
+            channels: Arc::default(),
+            connections: Arc::default(),
         }
+    }
+
+    /// How many TCP connections this client has made to relay nodes (a
+    /// proxied request on a warm channel makes none).
+    pub fn connections_opened(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// The channel to `node`, opened now if there is none (or it ended).
+    async fn channel(&self, node: &NodeId) -> Result<Channel, DirectoryError> {
+        let mut channels = self.channels.lock().await;
+        if let Some(ch) = channels.get(node) {
+            if !ch.ended.is_cancelled() {
+                return Ok(ch.clone());
+            }
+        }
+        let res = self
+            .send(node, Method::GET, mux::MUX_PATH, Some(mux::MUX_PROTOCOL))
+            .await?;
+        if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(self.error_from(res).await);
+        }
+        let upgraded = hyper::upgrade::on(res)
+            .await
+            .map_err(|e| DirectoryError::Unreachable(format!("channel upgrade: {e}")))?;
+        let ended = CancellationToken::new();
+        let (control, driver) = tunnel::session::client(
+            TokioIo::new(upgraded),
+            mux::config(),
+            ended.clone(),
+            tunnel::pump::Activity::new(),
+        );
+        let marker = ended.clone();
+        let name = node.0.clone();
+        tokio::spawn(async move {
+            let end = driver.await;
+            marker.cancel();
+            tracing::debug!(node = %name, %end, "relay channel ended");
+        });
+        let ch = Channel { control, ended };
+        channels.insert(node.clone(), ch.clone());
+        Ok(ch)
+    }
+
+    /// A fresh channel stream to `node`; a channel found dead is replaced
+    /// once.
+    async fn channel_stream(&self, node: &NodeId) -> Result<tunnel::StreamHandle, DirectoryError> {
+        for _ in 0..2 {
+            let mut ch = self.channel(node).await?;
+            match ch.control.open_stream().await {
+                Ok(stream) => return Ok(stream),
+                Err(err) => {
+                    tracing::debug!(node = %node.0, error = %err, "relay channel unusable; reopening");
+                    ch.ended.cancel();
+                }
+            }
+        }
+        Err(DirectoryError::Unreachable(
+            "relay channel keeps failing".into(),
+        ))
     }
 
     /// Trust `tls` (roots plus a private CA) for `https://` nodes.
@@ -82,6 +163,7 @@ impl RelayDirectory {
             let tcp = TcpStream::connect(&authority)
                 .await
                 .map_err(|e| DirectoryError::Unreachable(e.to_string()))?;
+            self.connections.fetch_add(1, Ordering::Relaxed);
             let _ = tcp.set_nodelay(true);
             if !tls {
                 return Ok(Box::new(tcp) as Box<dyn Io>);
@@ -115,7 +197,7 @@ impl RelayDirectory {
         node: &NodeId,
         method: Method,
         path: &str,
-        upgrade: bool,
+        upgrade: Option<&'static str>,
     ) -> Result<Response<Incoming>, DirectoryError> {
         let (io, authority) = self.connect(node).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
@@ -134,10 +216,10 @@ impl RelayDirectory {
                 header::AUTHORIZATION,
                 format!("Bearer {}", self.secret.expose()),
             );
-        if upgrade {
+        if let Some(protocol) = upgrade {
             req = req
                 .header(header::CONNECTION, "upgrade")
-                .header(header::UPGRADE, internal_api::STREAM_PROTOCOL);
+                .header(header::UPGRADE, protocol);
         }
         let req = req
             .body(Empty::<Bytes>::new())
@@ -178,7 +260,7 @@ impl RelayDirectory {
     async fn list_at(&self, path: &str) -> Result<Vec<SessionSummary>, DirectoryError> {
         let mut all = Vec::new();
         for node in self.locator.nodes().await? {
-            let res = self.send(&node, Method::GET, path, false).await?;
+            let res = self.send(&node, Method::GET, path, None).await?;
             if res.status() != StatusCode::OK {
                 return Err(self.error_from(res).await);
             }
@@ -210,7 +292,7 @@ impl SessionView for RelayDirectory {
                 &node,
                 Method::GET,
                 &internal_api::session_path(device),
-                false,
+                None,
             )
             .await?;
         if res.status() != StatusCode::OK {
@@ -241,7 +323,7 @@ impl SessionView for RelayDirectory {
                 &node,
                 Method::DELETE,
                 &internal_api::session_path(device),
-                false,
+                None,
             )
             .await?;
         match res.status() {
@@ -255,15 +337,24 @@ impl SessionView for RelayDirectory {
 
     async fn open_stream(&self, device: DeviceId) -> Result<BoxStream, DirectoryError> {
         let node = self.node_for(device).await?;
-        let res = self
-            .send(&node, Method::GET, &internal_api::stream_path(device), true)
-            .await?;
-        if res.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return Err(self.error_from(res).await);
-        }
-        let upgraded = hyper::upgrade::on(res)
+        let mut stream = self.channel_stream(&node).await?;
+        let asked = async {
+            mux::write_request(&mut stream, device).await?;
+            mux::read_status(&mut stream).await
+        };
+        let status = tokio::time::timeout(self.response_timeout, asked)
             .await
-            .map_err(|e| DirectoryError::Stream(e.to_string()))?;
-        Ok(Box::new(TokioIo::new(upgraded)))
+            .map_err(|_| DirectoryError::Timeout)?
+            .map_err(|e| DirectoryError::Unreachable(format!("relay channel: {e}")))?;
+        match status {
+            mux::STATUS_OK => Ok(Box::new(stream)),
+            mux::STATUS_OFFLINE => Err(DirectoryError::Offline),
+            mux::STATUS_REFUSED => Err(DirectoryError::Stream(
+                "the device's session refused the stream".into(),
+            )),
+            other => Err(DirectoryError::Relay(format!(
+                "relay answered status {other} on the channel"
+            ))),
+        }
     }
 }

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod internal_api;
 pub mod locator;
+pub mod mux;
 
 use async_trait::async_trait;
 use edge_core::{DeviceId, UserId};

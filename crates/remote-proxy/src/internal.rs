@@ -1,7 +1,8 @@
 //! The internal API (`:3801`) the api-server calls: list sessions (all, or
-//! one owner's), get one, close one, and open a raw stream (an HTTP upgrade
-//! that becomes a byte pipe to a fresh yamux stream on the device). Every
-//! route needs the shared secret as a bearer token.
+//! one owner's), get one, close one, open a raw stream (an HTTP upgrade
+//! that becomes a byte pipe to a fresh yamux stream on the device), and the
+//! multiplexed channel (`directory::mux`): one upgrade, then a stream per
+//! request. Every route needs the shared secret as a bearer token.
 
 use crate::error::RelayError;
 use crate::Relay;
@@ -11,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use directory::internal_api::{SESSIONS, STREAM_PROTOCOL};
+use directory::mux;
 use directory::{DirectoryError, SessionView};
 use edge_core::{DeviceId, UserId};
 use http::{header, HeaderValue, StatusCode};
@@ -24,6 +26,7 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .route(SESSIONS, get(list))
         .route(&format!("{SESSIONS}/{{device}}"), get(lookup).delete(close))
         .route(&format!("{SESSIONS}/{{device}}/stream"), get(open_stream))
+        .route(mux::MUX_PATH, get(open_channel))
         .route_layer(middleware::from_fn_with_state(
             relay.clone(),
             require_secret,
@@ -139,4 +142,92 @@ async fn open_stream(
     res.headers_mut()
         .insert(header::UPGRADE, HeaderValue::from_static(STREAM_PROTOCOL));
     Ok(res)
+}
+
+/// Time a channel stream has to name its device.
+const MUX_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `GET /internal/v1/mux` with `Upgrade: edge-mux`: the connection becomes a
+/// yamux session (this relay the server) whose streams each ask for a
+/// device; the session ends with the relay's shutdown or the caller.
+async fn open_channel(
+    State(relay): State<Arc<Relay>>,
+    mut req: Request,
+) -> Result<Response, RelayError> {
+    let wants = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(mux::MUX_PROTOCOL));
+    if !wants {
+        return Err(RelayError::BadRequest(format!(
+            "expected Upgrade: {}",
+            mux::MUX_PROTOCOL
+        )));
+    }
+    let on_upgrade = req
+        .extensions_mut()
+        .remove::<OnUpgrade>()
+        .ok_or_else(|| RelayError::BadRequest("connection cannot be upgraded".into()))?;
+    let cancel = relay.shutdown.child_token();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(err) => {
+                tracing::debug!(error = %err, "channel upgrade failed");
+                return;
+            }
+        };
+        let end = tunnel::session::serve(
+            TokioIo::new(upgraded),
+            mux::config(),
+            cancel,
+            tunnel::pump::Activity::new(),
+            |stream| {
+                tokio::spawn(serve_channel_stream(relay.clone(), stream));
+            },
+        )
+        .await;
+        tracing::debug!(%end, "api-server channel ended");
+    });
+    let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    res.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    res.headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static(mux::MUX_PROTOCOL));
+    Ok(res)
+}
+
+/// One channel stream: read the device it asks for, answer, then pipe.
+async fn serve_channel_stream(relay: Arc<Relay>, mut caller: tunnel::StreamHandle) {
+    let device =
+        match tokio::time::timeout(MUX_REQUEST_TIMEOUT, mux::read_request(&mut caller)).await {
+            Ok(Ok(Some(device))) => device,
+            Ok(Ok(None)) => {
+                let _ = mux::write_status(&mut caller, mux::STATUS_BAD_REQUEST).await;
+                return;
+            }
+            Ok(Err(_)) | Err(_) => return,
+        };
+    let mut stream = match relay.directory.open_stream(device).await {
+        Ok(s) => s,
+        Err(err) => {
+            let status = match err {
+                DirectoryError::Offline => mux::STATUS_OFFLINE,
+                _ => mux::STATUS_REFUSED,
+            };
+            tracing::debug!(%device, error = %err, "channel stream refused");
+            let _ = mux::write_status(&mut caller, status).await;
+            return;
+        }
+    };
+    if mux::write_status(&mut caller, mux::STATUS_OK)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    if let Err(err) = tokio::io::copy_bidirectional(&mut caller, &mut stream).await {
+        tracing::debug!(%device, error = %err, "channel stream ended with error");
+    }
 }

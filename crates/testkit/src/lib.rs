@@ -228,6 +228,9 @@ pub struct Stack {
     pub api_addr: SocketAddr,
     pub sim_addr: SocketAddr,
     pub state: AppState,
+    /// The api-server's client of the relay (its counters are shared with
+    /// the one in `state`).
+    pub relay_client: RelayDirectory,
     pub http: reqwest::Client,
     /// The development provider, when the stack uses it.
     pub dev_idp: Option<dev_idp::DevIdp>,
@@ -352,6 +355,7 @@ impl Stack {
         if let Some(tls) = opts.client_tls.clone() {
             directory = directory.with_tls(tls);
         }
+        let relay_client = directory.clone();
         let state = AppState {
             store: store.clone(),
             directory: Arc::new(directory),
@@ -375,6 +379,7 @@ impl Stack {
             api_addr,
             sim_addr,
             state,
+            relay_client,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
             dev_idp: dev,
             secret,

@@ -225,3 +225,43 @@ async fn shutdown_lets_in_flight_requests_finish() {
         "listener closed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_warm_up_proxied_requests_open_no_connection_to_the_relay() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let (dev, _agent) = stack.online_device(alice.id).await;
+    assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "SIM-1");
+    let warm = stack.relay_client.connections_opened();
+    assert!(warm >= 1, "the warm-up opened the channel");
+    for _ in 0..20 {
+        assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "SIM-1");
+    }
+    assert_eq!(checks::concurrent(&stack, &alice, dev.id, 50).await, 50);
+    checks::ws_echo(&stack, &alice, dev.id).await;
+    assert_eq!(
+        stack.relay_client.connections_opened(),
+        warm,
+        "proxied requests opened TCP connections to the relay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_channel_is_reopened_after_the_relay_restarts() {
+    let mut stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let (dev, _agent) = stack.online_device(alice.id).await;
+    assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "SIM-1");
+    let before = stack.relay_client.connections_opened();
+    stack.stop_relay().await;
+    stack.restart_relay().await;
+    stack.wait_online(dev.id).await;
+    assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "SIM-1");
+    assert_eq!(
+        stack.relay_client.connections_opened(),
+        before + 1,
+        "one new channel, then reuse"
+    );
+    assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "SIM-1");
+    assert_eq!(stack.relay_client.connections_opened(), before + 1);
+}
