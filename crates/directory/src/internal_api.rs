@@ -1,24 +1,17 @@
 //! The relay's internal HTTP API (port 3801), shared by server and client:
-//! paths, the upgrade token of the raw-stream endpoint, and error codes.
+//! paths and error codes (the channel's are in `mux`).
 //! Every request carries `Authorization: Bearer <internal secret>`.
 
 use edge_core::{DeviceId, UserId};
 
 /// `GET` lists sessions; `?owner=<user id>` only that owner's.
 pub const SESSIONS: &str = "/internal/v1/sessions";
-/// Upgrade protocol token of the raw-stream endpoint.
-pub const STREAM_PROTOCOL: &str = "edge-stream";
 /// Error code the relay answers when the device has no live session.
 pub const CODE_OFFLINE: &str = "device_offline";
 
 /// `GET` one session, `DELETE` closes it.
 pub fn session_path(device: DeviceId) -> String {
     format!("{SESSIONS}/{device}")
-}
-
-/// `GET` with `Upgrade: edge-stream` opens a raw stream to the device.
-pub fn stream_path(device: DeviceId) -> String {
-    format!("{SESSIONS}/{device}/stream")
 }
 
 /// `GET` the sessions of `owner`'s devices.

@@ -1,8 +1,7 @@
 //! The internal API (`:3801`) the api-server calls: list sessions (all, or
-//! one owner's), get one, close one, open a raw stream (an HTTP upgrade
-//! that becomes a byte pipe to a fresh yamux stream on the device), and the
-//! multiplexed channel (`directory::mux`): one upgrade, then a stream per
-//! request. Every route needs the shared secret as a bearer token.
+//! one owner's), get one, close one, and the multiplexed channel
+//! (`directory::mux`): one upgrade, then a stream per request to a device.
+//! Every route needs the shared secret as a bearer token.
 
 use crate::error::RelayError;
 use crate::Relay;
@@ -11,7 +10,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use directory::internal_api::{SESSIONS, STREAM_PROTOCOL};
+use directory::internal_api::SESSIONS;
 use directory::mux;
 use directory::{DirectoryError, SessionView};
 use edge_core::{DeviceId, UserId};
@@ -25,7 +24,6 @@ pub fn router(relay: Arc<Relay>) -> Router {
     Router::new()
         .route(SESSIONS, get(list))
         .route(&format!("{SESSIONS}/{{device}}"), get(lookup).delete(close))
-        .route(&format!("{SESSIONS}/{{device}}/stream"), get(open_stream))
         .route(mux::MUX_PATH, get(open_channel))
         .route_layer(middleware::from_fn_with_state(
             relay.clone(),
@@ -102,46 +100,6 @@ async fn close(
     } else {
         Err(RelayError::Offline)
     }
-}
-
-async fn open_stream(
-    State(relay): State<Arc<Relay>>,
-    Path(device): Path<String>,
-    mut req: Request,
-) -> Result<Response, RelayError> {
-    let device = device_id(&device)?;
-    let wants_stream = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case(STREAM_PROTOCOL));
-    if !wants_stream {
-        return Err(RelayError::BadRequest(format!(
-            "expected Upgrade: {STREAM_PROTOCOL}"
-        )));
-    }
-    let on_upgrade = req
-        .extensions_mut()
-        .remove::<OnUpgrade>()
-        .ok_or_else(|| RelayError::BadRequest("connection cannot be upgraded".into()))?;
-    let mut stream = relay.directory.open_stream(device).await?;
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let mut caller = TokioIo::new(upgraded);
-                if let Err(err) = tokio::io::copy_bidirectional(&mut caller, &mut stream).await {
-                    tracing::debug!(%device, error = %err, "raw stream ended with error");
-                }
-            }
-            Err(err) => tracing::debug!(%device, error = %err, "raw stream upgrade failed"),
-        }
-    });
-    let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    res.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    res.headers_mut()
-        .insert(header::UPGRADE, HeaderValue::from_static(STREAM_PROTOCOL));
-    Ok(res)
 }
 
 /// Time a channel stream has to name its device.

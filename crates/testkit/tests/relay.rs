@@ -281,7 +281,7 @@ async fn internal_port_requires_the_shared_secret() {
     let paths = [
         "/internal/v1/sessions".to_owned(),
         format!("/internal/v1/sessions/{}", dev.id),
-        format!("/internal/v1/sessions/{}/stream", dev.id),
+        directory::mux::MUX_PATH.to_owned(),
     ];
     for path in &paths {
         for auth in [None, Some("wrong")] {
