@@ -3,6 +3,7 @@
 //! forwards requests to devices through the relay's internal port. `run` is
 //! what the binary calls; tests build the same router with [`build_app`].
 
+pub mod audit_writer;
 pub mod auth_routes;
 pub mod config;
 pub mod console;
@@ -32,6 +33,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use store::Store;
 use tokio_util::sync::CancellationToken;
+
+/// Remote-access audit events that may queue before writes go inline.
+const AUDIT_QUEUE: usize = 8192;
 
 /// Start the api-server from configuration and run it until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ApiError> {
@@ -95,7 +99,9 @@ pub async fn run_on(
     if let Err(err) = oidc.warm_up().await {
         tracing::warn!(error = %err, "OpenID Provider discovery failed; retrying on first login");
     }
+    let (audit, audit_task) = audit_writer::AuditWriter::start(store.clone(), AUDIT_QUEUE);
     let state = AppState {
+        audit,
         store,
         directory: Arc::new(directory),
         cookies: CookieKeys::new(signing, retired),
@@ -121,6 +127,16 @@ pub async fn run_on(
     let sweeper = tokio::spawn(housekeeping::run(state.clone(), shutdown.clone()));
     serve(listener, build_app(state), opts, shutdown).await;
     let _ = sweeper.await;
+    // Every handle is gone with the router: the writer drains and ends.
+    if tokio::time::timeout(
+        Duration::from_secs(config.drain_timeout_secs.max(1)),
+        audit_task,
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("audit events still queued after the drain timeout");
+    }
     tracing::info!("api-server stopped");
     Ok(())
 }

@@ -345,21 +345,18 @@ async fn open_stream(
     )
     .await
     .map_err(|_| ApiError::RelayUnavailable)??;
-    state
-        .store
-        .audit(
-            access.user,
-            "remote_access_opened",
-            Some(&access.device.to_string()),
-            serde_json::json!({ "method": method.as_str() }),
-        )
-        .await?;
+    state.audit.record(
+        access.user,
+        "remote_access_opened",
+        Some(access.device.to_string()),
+        serde_json::json!({ "method": method.as_str() }),
+    );
     Ok(Audited {
         inner: stream,
         to_device: 0,
         from_device: 0,
         started: std::time::Instant::now(),
-        store: state.store.clone(),
+        audit: state.audit.clone(),
         user: access.user,
         device: access.device,
     })
@@ -506,7 +503,7 @@ struct Audited {
     to_device: u64,
     from_device: u64,
     started: std::time::Instant,
-    store: store::Store,
+    audit: crate::audit_writer::AuditWriter,
     user: UserId,
     device: DeviceId,
 }
@@ -554,20 +551,16 @@ impl tokio::io::AsyncWrite for Audited {
 
 impl Drop for Audited {
     fn drop(&mut self) {
-        let store = self.store.clone();
-        let (user, device) = (self.user, self.device.to_string());
-        let detail = serde_json::json!({
-            "bytes_to_device": self.to_device,
-            "bytes_from_device": self.from_device,
-            "duration_ms": self.started.elapsed().as_millis() as u64,
-        });
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Err(err) = store.audit(user, "remote_access_closed", Some(&device), detail).await {
-                    tracing::warn!(error = %err, "could not record the end of a remote-access session");
-                }
-            });
-        }
+        self.audit.record(
+            self.user,
+            "remote_access_closed",
+            Some(self.device.to_string()),
+            serde_json::json!({
+                "bytes_to_device": self.to_device,
+                "bytes_from_device": self.from_device,
+                "duration_ms": self.started.elapsed().as_millis() as u64,
+            }),
+        );
     }
 }
 

@@ -45,6 +45,8 @@ impl AccessChanges {
 
 #[derive(Clone)]
 pub struct AppState {
+    /// The remote-access audit trail, written off the request path.
+    pub audit: crate::audit_writer::AuditWriter,
     pub store: Store,
     /// Read-and-control view only: the api-server cannot register sessions.
     pub directory: Arc<dyn SessionView>,

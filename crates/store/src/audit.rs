@@ -6,6 +6,17 @@ use edge_core::{time::now_ms, UserId};
 use serde::Serialize;
 use sqlx::Row;
 
+/// An event to append (the batch writer's unit).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAuditEvent {
+    pub user: UserId,
+    pub action: &'static str,
+    pub target: Option<String>,
+    pub detail: serde_json::Value,
+    /// Unix ms when it happened.
+    pub at: i64,
+}
+
 /// One audit event as its user sees it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditEvent {
@@ -25,8 +36,26 @@ impl Store {
         target: Option<&str>,
         detail: serde_json::Value,
     ) -> Result<(), StoreError> {
-        self.audit_on(&self.pool, user, action, target, detail)
+        self.audit_on(&self.pool, user, action, target, detail, now_ms())
             .await
+    }
+
+    /// Append `events` in one transaction (all or none).
+    pub async fn audit_batch(&self, events: &[NewAuditEvent]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for e in events {
+            self.audit_on(
+                &mut *tx,
+                e.user,
+                e.action,
+                e.target.as_deref(),
+                e.detail.clone(),
+                e.at,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// [`audit`](Self::audit) on a given connection or transaction, so an
@@ -38,6 +67,7 @@ impl Store {
         action: &str,
         target: Option<&str>,
         detail: serde_json::Value,
+        at: i64,
     ) -> Result<(), StoreError>
     where
         E: sqlx::Executor<'e, Database = sqlx::Any>,
@@ -55,7 +85,7 @@ impl Store {
         .bind(action)
         .bind(target)
         .bind(detail.to_string())
-        .bind(now_ms())
+        .bind(at)
         .execute(exec)
         .await?;
         Ok(())

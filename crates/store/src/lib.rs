@@ -14,7 +14,7 @@ mod sessions;
 mod tickets;
 mod users;
 
-pub use audit::AuditEvent;
+pub use audit::{AuditEvent, NewAuditEvent};
 pub use error::StoreError;
 pub use housekeeping::Swept;
 pub use model::{Device, DeviceAuth, NewDevice, RedeemedTicket, SessionRecord, User, UserClaims};

@@ -249,6 +249,7 @@ impl Store {
             "pairing_code_used",
             Some(code_id),
             serde_json::json!({ "device_id": dev }),
+            edge_core::time::now_ms(),
         )
         .await?;
         self.audit_on(
@@ -257,6 +258,7 @@ impl Store {
             "device_paired",
             Some(&dev),
             serde_json::json!({ "name": new.name, "model": new.model }),
+            edge_core::time::now_ms(),
         )
         .await
     }

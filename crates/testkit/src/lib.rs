@@ -356,7 +356,10 @@ impl Stack {
             directory = directory.with_tls(tls);
         }
         let relay_client = directory.clone();
+        let (audit, _audit_task) =
+            api_server::audit_writer::AuditWriter::start(store.clone(), 8192);
         let state = AppState {
+            audit,
             store: store.clone(),
             directory: Arc::new(directory),
             cookies: CookieKeys::new(CookieKey::new(Secret::random(32)).unwrap(), vec![]),
