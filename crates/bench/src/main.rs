@@ -307,6 +307,12 @@ async fn main() -> Result<()> {
                 "--internal-listen",
                 &format!("127.0.0.1:{internal_port}"),
             ])
+            // Every simulated device is one owner's and dials from loopback.
+            .args([
+                "--max-tunnels-per-owner",
+                &(cli.idle_tunnels + 16).to_string(),
+            ])
+            .args(["--max-connections-per-client", "0"])
             .envs(env)
             .stdout(Stdio::null())
             .spawn()?,
