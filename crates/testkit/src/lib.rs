@@ -248,6 +248,13 @@ async fn bind() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").await.unwrap()
 }
 
+/// The api-server's listener and its login callback URL on `host`.
+async fn api_with_callback(host: &str) -> (TcpListener, String) {
+    let api = bind().await;
+    let port = api.local_addr().unwrap().port();
+    (api, format!("http://{host}:{port}/api/auth/callback"))
+}
+
 impl Stack {
     pub async fn start() -> Self {
         Self::start_with(StackOptions::default()).await
@@ -284,12 +291,7 @@ impl Stack {
                 client_secret,
             } => (api_listener, issuer, client_id, client_secret, None),
             Idp::DevTls { cert, ca_file } => {
-                let api = bind().await;
-                let callback = format!(
-                    "http://{}:{}/api/auth/callback",
-                    opts.console_host,
-                    api.local_addr().unwrap().port()
-                );
+                let (api, callback) = api_with_callback(opts.console_host).await;
                 let idp_listener = bind().await;
                 let issuer = format!(
                     "https://localhost:{}",
@@ -310,12 +312,7 @@ impl Stack {
                 (api, issuer, DEV_CLIENT_ID.to_owned(), None, Some(idp))
             }
             Idp::Dev { confidential } => {
-                let api = bind().await;
-                let callback = format!(
-                    "http://{}:{}/api/auth/callback",
-                    opts.console_host,
-                    api.local_addr().unwrap().port()
-                );
+                let (api, callback) = api_with_callback(opts.console_host).await;
                 let idp_listener = bind().await;
                 let issuer = format!("http://{}", idp_listener.local_addr().unwrap());
                 let secret = confidential.then(|| Secret::random(24));
