@@ -10,15 +10,17 @@
 
 use crate::error::ApiError;
 use crate::extract::ApiForm;
+use crate::hygiene;
 use crate::proxy::{self, Access, Door};
 use crate::session::{
-    device_cookie_name, device_cookie_purpose, live_session, read_cookie, set_cookie, CurrentUser,
+    device_cookie_name, device_cookie_purpose, read_cookie, set_cookie, CurrentUser,
 };
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{any, post};
 use axum::{Json, Router};
+use edge_core::text::html_escape;
 use edge_core::time::now_ms;
 use edge_core::{DeviceId, Secret};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -103,13 +105,6 @@ fn access_page(status: StatusCode, state: &AppState, message: &str) -> Response 
     res
 }
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 /// `POST /__edge/enter` on a device origin, from the console's form: trade
 /// the ticket for this origin's cookie and go to the box's start page.
 async fn enter(
@@ -135,15 +130,8 @@ async fn enter(
             &ApiError::InvalidTicket.to_string(),
         ));
     };
-    let allowed = match live_session(&state, &redeemed.session_hash).await {
-        Ok(user) => user == redeemed.user_id,
-        Err(ApiError::Unauthenticated) => false,
-        Err(err) => return Err(err),
-    } && state
-        .store
-        .device(redeemed.user_id, device)
-        .await?
-        .is_some();
+    let allowed = proxy::owner_behind(&state, &redeemed.session_hash, device).await?
+        == Some(redeemed.user_id);
     if !allowed {
         return Ok(access_page(
             StatusCode::FORBIDDEN,
@@ -196,14 +184,9 @@ async fn access_of(
                 .ok()
         })
         .ok_or(ApiError::DeviceAccessRequired)?;
-    let user = match live_session(state, &session_hash).await {
-        Ok(user) => user,
-        Err(ApiError::Unauthenticated) => return Err(ApiError::DeviceAccessRequired),
-        Err(err) => return Err(err),
-    };
-    if state.store.device(user, device).await?.is_none() {
-        return Err(ApiError::DeviceAccessRequired);
-    }
+    let user = proxy::owner_behind(state, &session_hash, device)
+        .await?
+        .ok_or(ApiError::DeviceAccessRequired)?;
     Ok(Access {
         user,
         session_hash,
@@ -216,18 +199,9 @@ async fn access_of(
 /// included) only top-level GET/HEAD navigations do, so no other page can
 /// send credentialed subrequests or posts to this box.
 fn fetch_allowed(method: &Method, headers: &HeaderMap) -> bool {
-    let site = headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("none");
-    match site {
+    match hygiene::fetch_site(headers).unwrap_or("none") {
         "same-origin" | "none" => true,
-        _ => {
-            let navigate = headers
-                .get("sec-fetch-mode")
-                .is_some_and(|v| v.as_bytes() == b"navigate");
-            navigate && matches!(*method, Method::GET | Method::HEAD)
-        }
+        _ => hygiene::is_navigation(headers) && matches!(*method, Method::GET | Method::HEAD),
     }
 }
 
@@ -252,7 +226,7 @@ async fn forward(
     }
     let access = match access_of(&state, device, req.headers()).await {
         Ok(a) => a,
-        Err(ApiError::DeviceAccessRequired) if wants_page(req.headers()) => {
+        Err(ApiError::DeviceAccessRequired) if hygiene::is_navigation(req.headers()) => {
             return Ok(access_page(
                 StatusCode::UNAUTHORIZED,
                 &state,
@@ -263,13 +237,6 @@ async fn forward(
     };
     let host = req.headers().get(header::HOST).cloned();
     proxy::forward(&state, access, remote, req, Door::DeviceOrigin { host }).await
-}
-
-/// A top-level navigation by a person (rather than a script's request).
-fn wants_page(headers: &HeaderMap) -> bool {
-    headers
-        .get("sec-fetch-mode")
-        .is_some_and(|v| v.as_bytes() == b"navigate")
 }
 
 #[cfg(test)]

@@ -30,22 +30,38 @@ fn navigable_cross_site(path: &str) -> bool {
         || path == "/api/auth/callback"
 }
 
+/// The `Sec-Fetch-Site` a browser sent (`None` from programs).
+pub fn fetch_site(headers: &http::HeaderMap) -> Option<&str> {
+    headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+}
+
+/// Whether a browser marked the request a top-level navigation.
+pub fn is_navigation(headers: &http::HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-mode")
+        .is_some_and(|v| v.as_bytes() == b"navigate")
+}
+
+/// Whether a browser sent the request: every current browser sends fetch
+/// metadata (`Sec-Fetch-*`) with every request; programs do not.
+pub fn from_browser(headers: &http::HeaderMap) -> bool {
+    ["sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest"]
+        .iter()
+        .any(|h| headers.contains_key(*h))
+}
+
 /// The fetch-metadata rule on the console origin: a request a browser marks
 /// `Sec-Fetch-Site: cross-site` is refused unless it is a GET/HEAD
 /// top-level navigation to a page that may be linked to. Requests without
 /// fetch metadata (programs, agents, the provider's back-channel) pass;
 /// they carry no ambient browser credentials.
 pub fn cross_site_refused(method: &Method, path: &str, headers: &http::HeaderMap) -> bool {
-    let cross = headers
-        .get("sec-fetch-site")
-        .is_some_and(|v| v.as_bytes() == b"cross-site");
-    if !cross {
+    if fetch_site(headers) != Some("cross-site") {
         return false;
     }
-    let navigate = headers
-        .get("sec-fetch-mode")
-        .is_some_and(|v| v.as_bytes() == b"navigate");
-    !(navigate && matches!(*method, Method::GET | Method::HEAD) && navigable_cross_site(path))
+    !(is_navigation(headers)
+        && matches!(*method, Method::GET | Method::HEAD)
+        && navigable_cross_site(path))
 }
 
 /// Wrap the console router and the device-origin router in one service:

@@ -34,6 +34,25 @@ use std::time::Duration;
 use store::Store;
 use tokio_util::sync::CancellationToken;
 
+/// A server key from `explicit`, else `<data_dir>/<name>` (created, 256
+/// random bits, 0600, when missing); at least 32 bytes.
+fn key_file(
+    explicit: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+    name: &str,
+) -> Result<edge_core::Secret, ApiError> {
+    let path = explicit.map_or_else(|| data_dir.join(name), std::path::Path::to_path_buf);
+    edge_core::secret::load_or_create_file(&path)
+        .ok()
+        .filter(|k| k.expose().len() >= 32)
+        .ok_or_else(|| {
+            ApiError::Config(format!(
+                "{} missing, unreadable or shorter than 32 bytes",
+                path.display()
+            ))
+        })
+}
+
 /// Remote-access audit events that may queue before writes go inline.
 const AUDIT_QUEUE: usize = 8192;
 
@@ -58,22 +77,17 @@ pub async fn run_on(
         .map_err(|e| ApiError::Config(format!("database: {e}")))?;
     let internal_secret = edge_core::secret::internal_secret(&config.internal_secret_path())
         .map_err(|e| ApiError::Config(format!("internal secret: {e}")))?;
-    let key_path = config
-        .session_key_file
-        .clone()
-        .unwrap_or_else(|| config.data_dir.join("session-key"));
-    let signing = edge_core::secret::load_or_create_file(&key_path)
-        .ok()
-        .and_then(CookieKey::new)
-        .ok_or_else(|| ApiError::Config("session key missing or shorter than 32 bytes".into()))?;
-    let pairing_key_path = config
-        .pairing_key_file
-        .clone()
-        .unwrap_or_else(|| config.data_dir.join("pairing-key"));
-    let pairing_key = edge_core::secret::load_or_create_file(&pairing_key_path)
-        .ok()
-        .filter(|k| k.expose().len() >= 32)
-        .ok_or_else(|| ApiError::Config("pairing key missing or shorter than 32 bytes".into()))?;
+    let signing = CookieKey::new(key_file(
+        config.session_key_file.as_deref(),
+        &config.data_dir,
+        "session-key",
+    )?)
+    .ok_or_else(|| ApiError::Config("session key shorter than 32 bytes".into()))?;
+    let pairing_key = key_file(
+        config.pairing_key_file.as_deref(),
+        &config.data_dir,
+        "pairing-key",
+    )?;
     let mut retired = Vec::new();
     for path in &config.retired_session_key_files {
         let key = edge_core::secret::read_file(path)

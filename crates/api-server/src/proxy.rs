@@ -101,14 +101,6 @@ pub async fn forward_path(
     console_forward(user, state, id, remote, req).await
 }
 
-/// Whether a browser sent the request (fetch metadata, RFC-draft
-/// `Sec-Fetch-*`, sent by every current browser on every request).
-pub fn from_browser(headers: &HeaderMap) -> bool {
-    ["sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest"]
-        .iter()
-        .any(|h| headers.contains_key(*h))
-}
-
 /// The console-origin door: programs only, never browsers.
 async fn console_forward(
     user: CurrentUser,
@@ -118,7 +110,7 @@ async fn console_forward(
     req: Request,
 ) -> Result<Response, ApiError> {
     let device = authorize(&state, user.id, &raw_id).await?;
-    if from_browser(req.headers()) {
+    if crate::hygiene::from_browser(req.headers()) {
         return Err(ApiError::UseDeviceOrigin);
     }
     let access = Access {
@@ -484,16 +476,25 @@ pub async fn access_ends(state: &AppState, access: &Access) {
 }
 
 async fn still_allowed(state: &AppState, access: &Access) -> Result<bool, ApiError> {
-    match live_session(state, &access.session_hash).await {
-        Ok(user) if user == access.user => {}
-        Ok(_) | Err(ApiError::Unauthenticated) => return Ok(false),
+    Ok(owner_behind(state, &access.session_hash, access.device).await? == Some(access.user))
+}
+
+/// The user behind the session stored under `session_hash`, when that
+/// session is live and the user owns `device`; `None` when either is not
+/// so. Store failures are errors, not answers. The one check behind
+/// entering a device origin, every request there, and every open
+/// connection's re-check.
+pub async fn owner_behind(
+    state: &AppState,
+    session_hash: &str,
+    device: DeviceId,
+) -> Result<Option<UserId>, ApiError> {
+    let user = match live_session(state, session_hash).await {
+        Ok(user) => user,
+        Err(ApiError::Unauthenticated) => return Ok(None),
         Err(err) => return Err(err),
-    }
-    Ok(state
-        .store
-        .device(access.user, access.device)
-        .await?
-        .is_some())
+    };
+    Ok(state.store.device(user, device).await?.map(|_| user))
 }
 
 /// The byte pipe of one remote-access session: counts bytes each way and

@@ -1,7 +1,8 @@
 //! Display-safe text: strings that users and boxes supply (names, labels,
 //! models, a provider's `name` claim) lose control characters and Unicode
 //! bidirectional overrides before they are stored, so a crafted name cannot
-//! reorder or hide what the console shows around it.
+//! reorder or hide what the console shows around it; and escaping for the
+//! few pages the servers render themselves.
 
 /// Bidirectional formatting characters (Trojan Source, CVE-2021-42574):
 /// ALM, LRM, RLM, the embeddings and overrides, and the isolates.
@@ -27,6 +28,15 @@ pub fn display_safe_bounded(s: &str, max: usize) -> String {
     display_safe(s).chars().take(max).collect()
 }
 
+/// `s` escaped for HTML text and quoted attribute values.
+pub fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,5 +50,13 @@ mod tests {
         assert_eq!(display_safe("a\u{200F}b\u{061C}c\u{009B}d\u{007F}"), "abcd");
         assert_eq!(display_safe("Zoë 東京 🙂"), "Zoë 東京 🙂");
         assert_eq!(display_safe_bounded("abcdef", 3), "abc");
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            html_escape(r#"<a href="x" title='y'>&</a>"#),
+            "&lt;a href=&quot;x&quot; title=&#39;y&#39;&gt;&amp;&lt;/a&gt;"
+        );
     }
 }

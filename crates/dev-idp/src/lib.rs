@@ -10,6 +10,7 @@ use axum::extract::{Form, Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use edge_core::text::html_escape;
 use http::{header, HeaderMap, StatusCode};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -254,14 +255,6 @@ fn check_authorize(idp: &DevIdp, p: &AuthorizeParams) -> Result<String, &'static
         (Some(c), Some("S256")) if !c.is_empty() => Ok(c.clone()),
         _ => Err("PKCE with S256 is required"),
     }
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
 }
 
 async fn authorize_page(State(idp): State<DevIdp>, Query(p): Query<AuthorizeParams>) -> Response {

@@ -149,7 +149,7 @@ async fn wrong_expired_used_and_cancelled_codes_fail_identically() {
         .store
         .create_pairing_code(
             alice.id,
-            &api_server::pairing::code_hash(&stack.state.pairing_key, &norm),
+            &api_server::pairing::code_hash(&stack.state.pairing_key, &norm).unwrap(),
             edge_core::time::now_ms() - 1,
         )
         .await
