@@ -648,6 +648,13 @@ impl Stack {
             .header("x-csrf", "1")
     }
 
+    /// `GET path` as `user`, answered 200 and parsed as JSON.
+    pub async fn get_json(&self, user: &TestUser, path: &str) -> serde_json::Value {
+        let res = self.get(user, &self.api(path)).send().await.unwrap();
+        assert_eq!(res.status(), 200, "GET {path}");
+        res.json().await.unwrap()
+    }
+
     /// The actions in `user`'s audit log, newest first.
     pub async fn audit_actions(&self, user: UserId) -> Vec<String> {
         self.store

@@ -5,34 +5,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use api_server::router::{route_table, PUBLIC_ROUTES};
-use testkit::{Stack, TestUser};
-
-fn req(
-    stack: &Stack,
-    user: &TestUser,
-    method: reqwest::Method,
-    path: &str,
-) -> reqwest::RequestBuilder {
-    stack
-        .http
-        .request(method, stack.api(path))
-        .header("cookie", &user.cookie)
-        .header("x-csrf", "1")
-}
+use testkit::Stack;
 
 async fn body(res: reqwest::Response) -> serde_json::Value {
     res.json().await.unwrap()
-}
-
-/// `GET path` as `user`, parsed as JSON.
-async fn get_json(stack: &Stack, user: &TestUser, path: &str) -> serde_json::Value {
-    body(
-        req(stack, user, reqwest::Method::GET, path)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,7 +20,7 @@ async fn list_shows_live_status_and_edits_stick() {
     let _agent = stack.agent(&on);
     stack.wait_online(on.id).await;
 
-    let list = get_json(&stack, &alice, "/api/devices").await;
+    let list = stack.get_json(&alice, "/api/devices").await;
     let status = |id: edge_core::DeviceId| {
         list.as_array()
             .unwrap()
@@ -55,17 +31,20 @@ async fn list_shows_live_status_and_edits_stick() {
     };
     assert_eq!(status(on.id), "online");
     assert_eq!(status(off.id), "offline");
-    let page = get_json(&stack, &alice, "/api/devices?limit=1&offset=1").await;
+    let page = stack
+        .get_json(&alice, "/api/devices?limit=1&offset=1")
+        .await;
     assert_eq!(page.as_array().map(Vec::len), Some(1));
 
     let path = format!("/api/devices/{}", on.id);
-    let patched = req(&stack, &alice, reqwest::Method::PATCH, &path)
+    let patched = stack
+        .send_as(reqwest::Method::PATCH, &alice, &path)
         .json(&serde_json::json!({ "name": "front door", "labels": ["site-a", "door"] }))
         .send()
         .await
         .unwrap();
     assert_eq!(patched.status(), 200);
-    let got = get_json(&stack, &alice, &path).await;
+    let got = stack.get_json(&alice, &path).await;
     assert_eq!(
         (
             got["name"].clone(),
@@ -78,7 +57,8 @@ async fn list_shows_live_status_and_edits_stick() {
             "online".into()
         )
     );
-    let bad = req(&stack, &alice, reqwest::Method::PATCH, &path)
+    let bad = stack
+        .send_as(reqwest::Method::PATCH, &alice, &path)
         .json(&serde_json::json!({ "name": "" }))
         .send()
         .await
@@ -92,7 +72,7 @@ async fn an_offline_device_shows_when_it_was_last_seen() {
     let alice = stack.user("alice").await;
     let dev = stack.device(alice.id).await;
     let path = format!("/api/devices/{}", dev.id);
-    let get = || get_json(&stack, &alice, &path);
+    let get = || stack.get_json(&alice, &path);
     let never = get().await;
     assert_eq!(
         (never["status"].clone(), never["last_seen_at"].clone()),
@@ -119,15 +99,15 @@ async fn delete_closes_the_tunnel_within_a_second_and_refuses_the_credential() {
     let dev = stack.device(alice.id).await;
     let mut ws = stack.dial_raw(&dev.token).await.unwrap();
     stack.wait_online(dev.id).await;
-    let res = req(
-        &stack,
-        &alice,
-        reqwest::Method::DELETE,
-        &format!("/api/devices/{}", dev.id),
-    )
-    .send()
-    .await
-    .unwrap();
+    let res = stack
+        .send_as(
+            reqwest::Method::DELETE,
+            &alice,
+            &format!("/api/devices/{}", dev.id),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 204);
     // The API answers only once the relay has dropped the session.
     assert!(stack.relay().directory.connection_of(dev.id).is_none());
@@ -154,7 +134,7 @@ async fn delete_closes_the_tunnel_within_a_second_and_refuses_the_credential() {
         stack.dial_raw(&dev.token).await,
         Err(tunnel::dial::DialError::Refused { status: 401, .. })
     ));
-    let list = get_json(&stack, &alice, "/api/devices").await;
+    let list = stack.get_json(&alice, "/api/devices").await;
     assert_eq!(list.as_array().map(Vec::len), Some(0));
 }
 
@@ -165,15 +145,15 @@ async fn rotation_revokes_the_old_credential_and_the_new_one_works() {
     let dev = stack.device(alice.id).await;
     let _ws = stack.dial_raw(&dev.token).await.unwrap();
     stack.wait_online(dev.id).await;
-    let res = req(
-        &stack,
-        &alice,
-        reqwest::Method::POST,
-        &format!("/api/devices/{}/credential", dev.id),
-    )
-    .send()
-    .await
-    .unwrap();
+    let res = stack
+        .send_as(
+            reqwest::Method::POST,
+            &alice,
+            &format!("/api/devices/{}/credential", dev.id),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let new = edge_core::DeviceToken::from_secret(edge_core::Secret::new(
         body(res).await["credential"].as_str().unwrap(),
@@ -185,15 +165,15 @@ async fn rotation_revokes_the_old_credential_and_the_new_one_works() {
     ));
     let _ws2 = stack.dial_raw(&new).await.unwrap();
     stack.wait_online(dev.id).await;
-    let res = req(
-        &stack,
-        &alice,
-        reqwest::Method::POST,
-        &format!("/api/devices/{}/disconnect", dev.id),
-    )
-    .send()
-    .await
-    .unwrap();
+    let res = stack
+        .send_as(
+            reqwest::Method::POST,
+            &alice,
+            &format!("/api/devices/{}/disconnect", dev.id),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(body(res).await["disconnected"], true);
     stack.wait_offline(dev.id).await;
 }
@@ -210,14 +190,15 @@ async fn another_tenants_objects_are_indistinguishable_from_missing_ones() {
     let bob = stack.user("bob").await;
     let (dev, _agent) = stack.online_device(alice.id).await;
     let code = body(
-        req(&stack, &alice, reqwest::Method::POST, "/api/pairing/codes")
+        stack
+            .send_as(reqwest::Method::POST, &alice, "/api/pairing/codes")
             .send()
             .await
             .unwrap(),
     )
     .await;
     let code_id = code["id"].as_str().unwrap().to_owned();
-    let sessions = get_json(&stack, &alice, "/api/auth/sessions").await;
+    let sessions = stack.get_json(&alice, "/api/auth/sessions").await;
     let session_id = sessions[0]["id"].as_str().unwrap().to_owned();
 
     // Which of alice's objects each id-taking route names.
@@ -241,7 +222,8 @@ async fn another_tenants_objects_are_indistinguishable_from_missing_ones() {
         let (theirs, missing) = object_for(route.path);
         for method in route.methods {
             let send = |id: &str| {
-                req(&stack, &bob, method.clone(), &fill(route.path, id))
+                stack
+                    .send_as(method.clone(), &bob, &fill(route.path, id))
                     .json(&serde_json::json!({ "name": "pwned", "labels": ["x"] }))
                     .send()
             };
@@ -272,22 +254,23 @@ async fn another_tenants_objects_are_indistinguishable_from_missing_ones() {
         stack.relay().directory.connection_of(dev.id).is_some(),
         "still connected"
     );
-    let pending = get_json(&stack, &alice, "/api/pairing/codes").await;
+    let pending = stack.get_json(&alice, "/api/pairing/codes").await;
     assert_eq!(pending.as_array().map(Vec::len), Some(1));
     assert_eq!(
-        req(&stack, &alice, reqwest::Method::GET, "/api/auth/me")
+        stack
+            .send_as(reqwest::Method::GET, &alice, "/api/auth/me")
             .send()
             .await
             .unwrap()
             .status(),
         200
     );
-    let alice_audit = get_json(&stack, &alice, "/api/audit").await;
+    let alice_audit = stack.get_json(&alice, "/api/audit").await;
     assert!(alice_audit
         .as_array()
         .unwrap()
         .iter()
         .all(|e| e["action"] != "device_renamed"));
-    let bob_audit = get_json(&stack, &bob, "/api/audit").await;
+    let bob_audit = stack.get_json(&bob, "/api/audit").await;
     assert!(bob_audit.as_array().unwrap().is_empty(), "{bob_audit}");
 }

@@ -60,6 +60,18 @@ fn behind_proxy() -> StackOptions {
     }
 }
 
+/// A pairing exchange with a raw `body` of `content_type`.
+async fn post_exchange(stack: &Stack, content_type: &str, body: String) -> reqwest::Response {
+    stack
+        .http
+        .post(stack.api("/api/pairing/exchange"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_get_413_json() {
     let stack = Stack::start().await;
@@ -76,35 +88,16 @@ async fn oversized_bodies_get_413_json() {
     assert_eq!(json(res).await["error"]["code"], "payload_too_large");
 
     // The public exchange takes a few KiB at most.
-    let res = stack
-        .http
-        .post(stack.api("/api/pairing/exchange"))
-        .json(&serde_json::json!({ "code": "ABCDE-FGHJK", "name": "x".repeat(5000) }))
-        .send()
-        .await
-        .unwrap();
+    let too_big = serde_json::json!({ "code": "ABCDE-FGHJK", "name": "x".repeat(5000) });
+    let res = post_exchange(&stack, "application/json", too_big.to_string()).await;
     assert_eq!(res.status(), 413);
     assert_eq!(json(res).await["error"]["code"], "payload_too_large");
 
     // Not JSON at all, or the wrong content type: JSON errors too.
-    let res = stack
-        .http
-        .post(stack.api("/api/pairing/exchange"))
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let res = post_exchange(&stack, "application/json", "{not json".into()).await;
     assert_eq!(res.status(), 400);
     assert_eq!(json(res).await["error"]["code"], "bad_request");
-    let res = stack
-        .http
-        .post(stack.api("/api/pairing/exchange"))
-        .header("content-type", "text/plain")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let res = post_exchange(&stack, "text/plain", "{}".into()).await;
     assert_eq!(res.status(), 415);
 }
 

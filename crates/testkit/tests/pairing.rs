@@ -177,14 +177,7 @@ async fn wrong_expired_used_and_cancelled_codes_fail_identically() {
     assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:?}");
     assert!(bodies[0].contains("invalid_pairing_code"));
     // Pending list shows none of them.
-    let pending: serde_json::Value = stack
-        .get(&alice, &stack.api("/api/pairing/codes"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pending: serde_json::Value = stack.get_json(&alice, "/api/pairing/codes").await;
     assert_eq!(pending.as_array().map(Vec::len), Some(0));
 }
 

@@ -105,14 +105,7 @@ async fn ending_the_session_elsewhere_ends_device_access_within_a_second() {
     let alice = stack.user("alice").await;
     let laptop = stack.user("alice").await;
     let (dev, _agent, cookie, ws) = entered(&stack, &alice).await;
-    let sessions: serde_json::Value = stack
-        .get(&laptop, &stack.api("/api/auth/sessions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sessions: serde_json::Value = stack.get_json(&laptop, "/api/auth/sessions").await;
     let other = sessions
         .as_array()
         .unwrap()
