@@ -120,6 +120,16 @@ pub struct Config {
         hide_env_values = true
     )]
     pub proxy_first_byte_timeout_secs: u64,
+    /// How long an idle keep-alive connection to a box is kept for reuse,
+    /// in seconds (0: one connection per request). Keep it below the box
+    /// server's own keep-alive timeout (5 s for Node.js).
+    #[arg(
+        long,
+        env = "API_SERVER_BOX_IDLE_SECS",
+        default_value_t = 4,
+        hide_env_values = true
+    )]
+    pub box_idle_secs: u64,
     /// OpenID Provider (Member Center) issuer URL; exact string match with
     /// the discovered `issuer`. Required.
     #[arg(long, env = "API_SERVER_OIDC_ISSUER", hide_env_values = true)]
@@ -314,6 +324,8 @@ pub struct Settings {
     pub session_lifetime: Duration,
     pub proxy_connect_timeout: Duration,
     pub proxy_first_byte_timeout: Duration,
+    /// Idle keep-alive connections to boxes live this long (zero: none kept).
+    pub box_idle: Duration,
     pub pairing_code_lifetime: Duration,
     /// Where box content is served: one origin per device.
     pub device_origins: DeviceOrigins,
@@ -322,6 +334,10 @@ pub struct Settings {
     /// How often an open connection on a device origin (a WebSocket, say)
     /// re-checks the user's session and ownership.
     pub device_access_recheck: Duration,
+    /// How long a granted session-and-device check is reused (zero: never).
+    /// Under a second, so access ended on another replica ends here within
+    /// a second too.
+    pub access_cache_ttl: Duration,
     /// Attempts to close a revoked device's live tunnel before failing.
     pub tunnel_close_attempts: u32,
     /// Largest JSON/form body of an API route.
@@ -377,6 +393,7 @@ impl Settings {
             device_origins,
             device_ticket_lifetime: Duration::from_secs(30),
             device_access_recheck: Duration::from_millis(500),
+            access_cache_ttl: Duration::from_millis(500),
             tunnel_close_attempts: 3,
             max_body_bytes: 65_536,
             body_idle_timeout: Duration::from_secs(30),
@@ -391,6 +408,7 @@ impl Settings {
             session_lifetime: Duration::from_secs(43_200),
             proxy_connect_timeout: Duration::from_secs(5),
             proxy_first_byte_timeout: Duration::from_secs(30),
+            box_idle: Duration::from_secs(4),
             pairing_code_lifetime: Duration::from_secs(600),
         })
     }
@@ -486,6 +504,7 @@ impl Config {
         s.session_lifetime = Duration::from_secs(self.session_lifetime_secs.max(1));
         s.proxy_connect_timeout = Duration::from_secs(self.proxy_connect_timeout_secs.max(1));
         s.proxy_first_byte_timeout = Duration::from_secs(self.proxy_first_byte_timeout_secs.max(1));
+        s.box_idle = Duration::from_secs(self.box_idle_secs.min(300));
         s.pairing_code_lifetime = Duration::from_secs(self.pairing_code_secs.clamp(60, 86_400));
         s.max_body_bytes = self.max_body_bytes.max(1024);
         s.body_idle_timeout = Duration::from_secs(self.body_idle_timeout_secs.max(1));

@@ -230,6 +230,7 @@ pub async fn delete(
     if !state.store.delete_device(user.id, device).await? {
         return Err(ApiError::NotFound);
     }
+    state.access_changes.notify();
     state
         .store
         .audit(user.id, "device_deleted", Some(&id), serde_json::json!({}))

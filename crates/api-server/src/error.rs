@@ -118,6 +118,13 @@ impl From<store::StoreError> for ApiError {
 
 impl From<DirectoryError> for ApiError {
     fn from(err: DirectoryError) -> Self {
+        Self::from_directory(&err)
+    }
+}
+
+impl ApiError {
+    /// What a directory failure means to the caller.
+    pub fn from_directory(err: &DirectoryError) -> Self {
         match err {
             DirectoryError::Offline => Self::DeviceOffline,
             DirectoryError::Unreachable(e) => {

@@ -5,6 +5,7 @@
 
 pub mod audit_writer;
 pub mod auth_routes;
+pub mod box_client;
 pub mod config;
 pub mod console;
 pub mod device_host;
@@ -114,10 +115,18 @@ pub async fn run_on(
         tracing::warn!(error = %err, "OpenID Provider discovery failed; retrying on first login");
     }
     let (audit, audit_task) = audit_writer::AuditWriter::start(store.clone(), AUDIT_QUEUE);
+    let directory: Arc<dyn directory::SessionView> = Arc::new(directory);
+    let boxes = box_client::BoxClient::new(
+        directory.clone(),
+        audit.clone(),
+        settings.proxy_connect_timeout,
+        settings.box_idle,
+    );
     let state = AppState {
         audit,
         store,
-        directory: Arc::new(directory),
+        directory,
+        boxes,
         cookies: CookieKeys::new(signing, retired),
         oidc: Arc::new(oidc),
         settings: Arc::new(settings),

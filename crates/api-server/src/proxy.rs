@@ -9,7 +9,7 @@
 //! could act beyond the device's origin never reach the browser.
 
 use crate::error::ApiError;
-use crate::session::{live_session, CurrentUser};
+use crate::session::{check_csrf, live_session, presented_session_hash, session_and_device};
 use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
@@ -82,40 +82,46 @@ pub struct Access {
 }
 
 pub async fn forward_root(
-    user: CurrentUser,
     State(state): State<AppState>,
     Path(id): Path<String>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    console_forward(user, state, id, remote, req).await
+    console_forward(state, id, remote, req).await
 }
 
 pub async fn forward_path(
-    user: CurrentUser,
     State(state): State<AppState>,
     Path((id, _path)): Path<(String, String)>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    console_forward(user, state, id, remote, req).await
+    console_forward(state, id, remote, req).await
 }
 
-/// The console-origin door: programs only, never browsers.
+/// The console-origin door: programs only, never browsers. The session,
+/// the CSRF rule and ownership are checked here with one store read (not
+/// through `CurrentUser`, which would cost a second).
 async fn console_forward(
-    user: CurrentUser,
     state: AppState,
     raw_id: String,
     remote: SocketAddr,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let device = authorize(&state, user.id, &raw_id).await?;
+    let hash = presented_session_hash(&state, req.headers()).ok_or(ApiError::Unauthenticated)?;
+    let device: Option<DeviceId> = raw_id.parse().ok();
+    let (user, owns) = match device {
+        Some(device) => session_and_device(&state, &hash, device).await?,
+        None => (live_session(&state, &hash).await?, false),
+    };
+    check_csrf(req.method(), req.headers(), &state.settings.public_origin)?;
+    let device = device.filter(|_| owns).ok_or(ApiError::NotFound)?;
     if crate::hygiene::from_browser(req.headers()) {
         return Err(ApiError::UseDeviceOrigin);
     }
     let access = Access {
-        user: user.id,
-        session_hash: user.session_hash,
+        user,
+        session_hash: hash,
         device,
     };
     let door = Door::ConsoleApi {
@@ -325,35 +331,6 @@ fn outbound_request(
     Ok(outbound)
 }
 
-/// A fresh stream to the device, audited as one remote-access session.
-async fn open_stream(
-    state: &AppState,
-    access: &Access,
-    method: &http::Method,
-) -> Result<Audited, ApiError> {
-    let stream = tokio::time::timeout(
-        state.settings.proxy_connect_timeout,
-        state.directory.open_stream(access.device),
-    )
-    .await
-    .map_err(|_| ApiError::RelayUnavailable)??;
-    state.audit.record(
-        access.user,
-        "remote_access_opened",
-        Some(access.device.to_string()),
-        serde_json::json!({ "method": method.as_str() }),
-    );
-    Ok(Audited {
-        inner: stream,
-        to_device: 0,
-        from_device: 0,
-        started: std::time::Instant::now(),
-        audit: state.audit.clone(),
-        user: access.user,
-        device: access.device,
-    })
-}
-
 /// Forward one request through `door` for `access`.
 pub async fn forward(
     state: &AppState,
@@ -371,29 +348,12 @@ pub async fn forward(
     };
     let (parts, body) = req.into_parts();
     let outbound = outbound_request(state, &parts, body, target, remote, &door, upgrade.as_ref())?;
-    let stream = open_stream(state, &access, &parts.method).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|_| ApiError::DeviceUnreachable)?;
-    tokio::spawn(async move {
-        if let Err(err) = conn.with_upgrades().await {
-            tracing::debug!(error = %err, "device connection ended with error");
-        }
-    });
     let response = tokio::time::timeout(
         state.settings.proxy_first_byte_timeout,
-        sender.send_request(outbound),
+        state.boxes.send(access.user, access.device, outbound),
     )
     .await
-    .map_err(|_| ApiError::DeviceTimeout)?
-    .map_err(|err| {
-        tracing::debug!(device = %access.device, error = %err, "device request failed");
-        if crate::extract::is_body_timeout(&err) {
-            ApiError::RequestTimeout
-        } else {
-            ApiError::DeviceUnreachable
-        }
-    })?;
+    .map_err(|_| ApiError::DeviceTimeout)??;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let client_upgrade = client_upgrade.ok_or(ApiError::DeviceUnreachable)?;
         return Ok(relay_upgrade(
@@ -489,79 +449,10 @@ pub async fn owner_behind(
     session_hash: &str,
     device: DeviceId,
 ) -> Result<Option<UserId>, ApiError> {
-    let user = match live_session(state, session_hash).await {
-        Ok(user) => user,
-        Err(ApiError::Unauthenticated) => return Ok(None),
-        Err(err) => return Err(err),
-    };
-    Ok(state.store.device(user, device).await?.map(|_| user))
-}
-
-/// The byte pipe of one remote-access session: counts bytes each way and
-/// records `remote_access_closed` when the session ends.
-struct Audited {
-    inner: directory::BoxStream,
-    to_device: u64,
-    from_device: u64,
-    started: std::time::Instant,
-    audit: crate::audit_writer::AuditWriter,
-    user: UserId,
-    device: DeviceId,
-}
-
-impl tokio::io::AsyncRead for Audited {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let res = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.from_device += (buf.filled().len() - before) as u64;
-        res
-    }
-}
-
-impl tokio::io::AsyncWrite for Audited {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let res = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let std::task::Poll::Ready(Ok(n)) = &res {
-            self.to_device += *n as u64;
-        }
-        res
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl Drop for Audited {
-    fn drop(&mut self) {
-        self.audit.record(
-            self.user,
-            "remote_access_closed",
-            Some(self.device.to_string()),
-            serde_json::json!({
-                "bytes_to_device": self.to_device,
-                "bytes_from_device": self.from_device,
-                "duration_ms": self.started.elapsed().as_millis() as u64,
-            }),
-        );
+    match session_and_device(state, session_hash, device).await {
+        Ok((user, owns)) => Ok(owns.then_some(user)),
+        Err(ApiError::Unauthenticated) => Ok(None),
+        Err(err) => Err(err),
     }
 }
 

@@ -16,7 +16,7 @@ use crate::state::AppState;
 use auth::SessionId;
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use edge_core::time::now_ms;
-use edge_core::UserId;
+use edge_core::{DeviceId, UserId};
 use http::request::Parts;
 use http::{header, Method};
 
@@ -131,14 +131,18 @@ pub fn presented_session_hash(state: &AppState, headers: &http::HeaderMap) -> Op
 /// Every method but GET, HEAD and OPTIONS needs `X-CSRF: 1`; any request
 /// that sends an `Origin` must send ours (this also covers WebSocket
 /// upgrades).
-fn check_csrf(parts: &Parts, public_origin: &str) -> Result<(), ApiError> {
-    if let Some(origin) = parts.headers.get(header::ORIGIN) {
+pub fn check_csrf(
+    method: &Method,
+    headers: &http::HeaderMap,
+    public_origin: &str,
+) -> Result<(), ApiError> {
+    if let Some(origin) = headers.get(header::ORIGIN) {
         if origin.as_bytes() != public_origin.as_bytes() {
             return Err(ApiError::Forbidden);
         }
     }
-    let changes_state = !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-    if changes_state && parts.headers.get(CSRF_HEADER).map(|v| v.as_bytes()) != Some(b"1") {
+    let changes_state = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if changes_state && headers.get(CSRF_HEADER).map(|v| v.as_bytes()) != Some(b"1") {
         return Err(ApiError::Forbidden);
     }
     Ok(())
@@ -153,6 +157,43 @@ pub async fn live_session(state: &AppState, hash: &str) -> Result<UserId, ApiErr
         .session(hash)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
+    still_live(state, hash, &record).await
+}
+
+/// The user behind the session under `hash` (as [`live_session`]) and
+/// whether they own `device`, read in one statement: the check behind
+/// every proxied request and every open connection's re-check.
+/// A grant is remembered for `access_cache_ttl` (under a second; emptied
+/// at once when this replica ends a session or deletes a device).
+pub async fn session_and_device(
+    state: &AppState,
+    hash: &str,
+    device: DeviceId,
+) -> Result<(UserId, bool), ApiError> {
+    let ttl = state.settings.access_cache_ttl;
+    if let Some(user) = state.access_changes.granted(hash, device, ttl) {
+        return Ok((user, true));
+    }
+    let generation = state.access_changes.generation();
+    let (record, owns) = state
+        .store
+        .session_access(hash, device)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    let user = still_live(state, hash, &record).await?;
+    if owns && !ttl.is_zero() {
+        state.access_changes.grant(hash, device, user, generation);
+    }
+    Ok((user, owns))
+}
+
+/// `record`'s user when the session is within its limits; an expired
+/// session is deleted. Writes only when expired or once a minute.
+async fn still_live(
+    state: &AppState,
+    hash: &str,
+    record: &store::SessionRecord,
+) -> Result<UserId, ApiError> {
     let now = now_ms();
     let idle = i64::try_from(state.settings.session_idle.as_millis()).unwrap_or(i64::MAX);
     if now >= record.expires_at || now.saturating_sub(record.last_seen_at) >= idle {
@@ -172,7 +213,7 @@ impl FromRequestParts<AppState> for CurrentUser {
         let hash =
             presented_session_hash(state, &parts.headers).ok_or(ApiError::Unauthenticated)?;
         let id = live_session(state, &hash).await?;
-        check_csrf(parts, &state.settings.public_origin)?;
+        check_csrf(&parts.method, &parts.headers, &state.settings.public_origin)?;
         Ok(Self {
             id,
             session_hash: hash,

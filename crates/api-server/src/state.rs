@@ -27,19 +27,84 @@ impl Default for PairingLimits {
 }
 
 /// Wakes every open device-origin connection of this replica to re-check
-/// its access at once (logout, "end this session", back-channel logout);
-/// other replicas notice on their next periodic re-check.
+/// its access at once (logout, "end this session", back-channel logout,
+/// a device deleted), and keeps the short-lived cache of granted access
+/// checks that such a change empties. Other replicas notice on their next
+/// periodic re-check, and their cached grants are at most
+/// `access_cache_ttl` old (under a second), so access ends everywhere
+/// within a second.
 #[derive(Debug, Default)]
-pub struct AccessChanges(tokio::sync::watch::Sender<u64>);
+pub struct AccessChanges {
+    wake: tokio::sync::watch::Sender<u64>,
+    granted: std::sync::Mutex<GrantCache>,
+}
+
+/// Granted (session hash, device) checks and when they were made.
+#[derive(Debug, Default)]
+struct GrantCache {
+    /// Bumped by every change, so a check that raced one is not cached.
+    generation: u64,
+    entries: std::collections::HashMap<
+        (String, edge_core::DeviceId),
+        (edge_core::UserId, std::time::Instant),
+    >,
+}
+
+/// Entries the grant cache holds at most (emptied when full).
+const MAX_GRANTS: usize = 16_384;
 
 impl AccessChanges {
     /// Something that may end access happened.
     pub fn notify(&self) {
-        self.0.send_modify(|n| *n = n.wrapping_add(1));
+        if let Ok(mut cache) = self.granted.lock() {
+            cache.generation = cache.generation.wrapping_add(1);
+            cache.entries.clear();
+        }
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.0.subscribe()
+        self.wake.subscribe()
+    }
+
+    /// The user granted `device` under `session_hash` within `ttl`.
+    pub fn granted(
+        &self,
+        session_hash: &str,
+        device: edge_core::DeviceId,
+        ttl: std::time::Duration,
+    ) -> Option<edge_core::UserId> {
+        let cache = self.granted.lock().ok()?;
+        let (user, at) = cache.entries.get(&(session_hash.to_owned(), device))?;
+        (at.elapsed() < ttl).then_some(*user)
+    }
+
+    /// The change generation now; pass it to [`Self::grant`] after the
+    /// store said yes.
+    pub fn generation(&self) -> u64 {
+        self.granted.lock().map(|c| c.generation).unwrap_or(0)
+    }
+
+    /// Remember a grant checked at `generation`, unless a change came since.
+    pub fn grant(
+        &self,
+        session_hash: &str,
+        device: edge_core::DeviceId,
+        user: edge_core::UserId,
+        generation: u64,
+    ) {
+        if let Ok(mut cache) = self.granted.lock() {
+            if cache.generation != generation {
+                return;
+            }
+            if cache.entries.len() >= MAX_GRANTS {
+                cache.entries.clear();
+            }
+            cache.entries.insert(
+                (session_hash.to_owned(), device),
+                (user, std::time::Instant::now()),
+            );
+        }
     }
 }
 
@@ -50,6 +115,8 @@ pub struct AppState {
     pub store: Store,
     /// Read-and-control view only: the api-server cannot register sessions.
     pub directory: Arc<dyn SessionView>,
+    /// Pooled keep-alive connections to boxes, over the directory's streams.
+    pub boxes: crate::box_client::BoxClient,
     pub cookies: CookieKeys,
     /// The OpenID Connect relying party: the only way users authenticate.
     pub oidc: Arc<OidcClient>,
@@ -58,4 +125,44 @@ pub struct AppState {
     pub access_changes: Arc<AccessChanges>,
     /// Key of the pairing-code HMAC (the same on every replica).
     pub pairing_key: edge_core::Secret,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edge_core::{DeviceId, UserId};
+    use std::time::Duration;
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_grant_is_reused_until_a_change_empties_the_cache() {
+        let changes = AccessChanges::default();
+        let (device, user) = (DeviceId::new(), UserId::new());
+        assert_eq!(changes.granted("s", device, TTL), None);
+        changes.grant("s", device, user, changes.generation());
+        assert_eq!(changes.granted("s", device, TTL), Some(user));
+        assert_eq!(changes.granted("other", device, TTL), None);
+        assert_eq!(changes.granted("s", DeviceId::new(), TTL), None);
+        changes.notify();
+        assert_eq!(changes.granted("s", device, TTL), None);
+    }
+
+    #[test]
+    fn a_check_that_raced_a_change_is_not_cached() {
+        let changes = AccessChanges::default();
+        let (device, user) = (DeviceId::new(), UserId::new());
+        let before = changes.generation();
+        changes.notify();
+        changes.grant("s", device, user, before);
+        assert_eq!(changes.granted("s", device, TTL), None);
+    }
+
+    #[test]
+    fn a_grant_older_than_the_ttl_is_not_used() {
+        let changes = AccessChanges::default();
+        let (device, user) = (DeviceId::new(), UserId::new());
+        changes.grant("s", device, user, changes.generation());
+        assert_eq!(changes.granted("s", device, Duration::ZERO), None);
+    }
 }

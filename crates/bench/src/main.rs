@@ -1,256 +1,122 @@
 //! `edge-bench`: starts the release binaries (remote-proxy, api-server,
-//! sim-box, edge-agent) as separate processes on loopback, then prints:
-//! bulk throughput through the full path against a direct loopback TCP copy
-//! (and a direct HTTP download from the box), requests per second with p50 /
-//! p99 latency for small requests at a given concurrency, and the resident
-//! memory of remote-proxy with N idle tunnels. Stops by itself.
+//! sim-box, edge-agent) as separate processes on loopback and, when rathole
+//! is found (`--rathole PATH` or on `PATH`; `cargo install rathole`),
+//! rathole 0.5 with its tcp and websocket transports forwarding to the same
+//! box, in the same run. It prints, for each path, bulk throughput and
+//! small-request rate with p50/p99, our ratios to rathole, CPU per 1,000
+//! proxied requests, and how fast and how cheaply the relay holds N idle
+//! tunnels. Stops by itself (well under 3 minutes on 2 cores).
 //!
 //! Run: `cargo build --release --bins && target/release/edge-bench`
 
-use anyhow::{bail, Context, Result};
+mod load;
+mod procs;
+mod rathole;
+mod tunnels;
+
+use anyhow::{Context, Result};
 use auth::{CookieKey, CookieKeys, SessionId};
 use clap::Parser;
+use directory::SessionView;
 use edge_core::{DeviceToken, Secret};
-use futures_util::StreamExt;
-use std::path::{Path, PathBuf};
+use load::Latency;
+use procs::{bin, cpu_ms, free_port, rss_kib, wait_port, Procs};
+use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::{NewDevice, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "edge-bench",
-    about = "Throughput, latency and memory of the edge platform's full path"
+    about = "Throughput, latency, CPU and memory of the edge platform's full path, beside rathole"
 )]
 struct Cli {
     /// MiB moved in each bulk transfer.
     #[arg(long, default_value_t = 512)]
     bulk_mib: u64,
-    /// Small requests in the latency run.
+    /// Small requests per path in the latency runs.
     #[arg(long, default_value_t = 20_000)]
     requests: usize,
-    /// Concurrent connections in the latency run.
+    /// Concurrent connections in the latency runs.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Idle tunnels held open for the memory figure.
-    #[arg(long, default_value_t = 1000)]
+    /// Idle tunnels held open for the connect-rate and memory figures.
+    #[arg(long, default_value_t = 10_000)]
     idle_tunnels: usize,
+    /// The rathole binary (default: `rathole` on PATH).
+    #[arg(long)]
+    rathole: Option<PathBuf>,
 }
 
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.start_kill();
-        }
-    }
+/// What one path measured.
+struct Row {
+    name: &'static str,
+    bulk: f64,
+    small: Latency,
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
-fn bin(dir: &Path, name: &str) -> Result<PathBuf> {
-    let p = dir.join(name);
-    if !p.is_file() {
-        bail!(
-            "{} not found: run `cargo build --release --bins` first",
-            p.display()
-        );
-    }
-    Ok(p)
+fn ratio(ours: f64, theirs: Option<f64>) -> String {
+    theirs.map_or_else(
+        || "(skipped: no rathole)".into(),
+        |t| format!("{:.2}×", ours / t),
+    )
 }
 
-async fn wait_port(port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("port {port} did not open")
-}
-
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS")
-}
-
-fn mib_per_s(bytes: u64, d: Duration) -> f64 {
-    bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
-}
-
-/// Baseline: copy `n` bytes over one loopback TCP connection.
-async fn direct_tcp(n: u64) -> Result<Duration> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let writer = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await?;
-        let buf = vec![7u8; 64 * 1024];
-        let mut left = n;
-        while left > 0 {
-            let k = left.min(buf.len() as u64) as usize;
-            s.write_all(&buf[..k]).await?;
-            left -= k as u64;
-        }
-        anyhow::Ok(())
-    });
+/// Download `n` bytes from the box through the relay alone: a raw stream
+/// on the api-server's channel to the relay, HTTP/1 written by hand.
+async fn relay_only_download(
+    directory: &directory::RelayDirectory,
+    device: edge_core::DeviceId,
+    n: u64,
+) -> Result<f64> {
     let start = Instant::now();
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut got = 0u64;
-    while got < n {
+    let mut s = directory.open_stream(device).await?;
+    s.write_all(
+        format!(
+            "GET /test/download?bytes={n} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    let mut head = Vec::new();
+    let mut header_len = None;
+    loop {
         let k = s.read(&mut buf).await?;
         if k == 0 {
             break;
         }
-        got += k as u64;
-    }
-    let d = start.elapsed();
-    writer.await??;
-    Ok(d)
-}
-
-async fn download(client: &reqwest::Client, url: &str, cookie: &str) -> Result<(u64, Duration)> {
-    let start = Instant::now();
-    let res = client.get(url).header("cookie", cookie).send().await?;
-    if !res.status().is_success() {
-        bail!("download got {}", res.status());
-    }
-    let mut body = res.bytes_stream();
-    let mut n = 0u64;
-    while let Some(c) = body.next().await {
-        n += c?.len() as u64;
-    }
-    Ok((n, start.elapsed()))
-}
-
-async fn upload(client: &reqwest::Client, url: &str, cookie: &str, n: u64) -> Result<Duration> {
-    let chunk = bytes::Bytes::from(vec![5u8; 256 * 1024]);
-    let body = futures_util::stream::unfold(0u64, move |off| {
-        let chunk = chunk.clone();
-        async move {
-            if off >= n {
-                return None;
-            }
-            let k = (n - off).min(chunk.len() as u64);
-            Some((Ok::<_, std::io::Error>(chunk.slice(..k as usize)), off + k))
+        total += k as u64;
+        if header_len.is_none() {
+            head.extend_from_slice(&buf[..k.min(4096)]);
+            header_len = head
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|p| p as u64 + 4);
         }
-    });
-    let start = Instant::now();
-    let res = client
-        .post(url)
-        .header("cookie", cookie)
-        .header("x-csrf", "1")
-        .body(reqwest::Body::wrap_stream(body))
-        .send()
-        .await?;
-    let v: serde_json::Value = res.json().await?;
-    if v["bytes"].as_u64() != Some(n) {
-        bail!("upload lost bytes: {v}");
     }
-    Ok(start.elapsed())
-}
-
-async fn latency_run(
-    client: &reqwest::Client,
-    url: &str,
-    cookie: &str,
-    total: usize,
-    conc: usize,
-) -> Result<(f64, Duration, Duration, usize)> {
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let start = Instant::now();
-    let workers = (0..conc).map(|_| {
-        let client = client.clone();
-        let next = next.clone();
-        let url = url.to_owned();
-        let cookie = cookie.to_owned();
-        tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut errors = 0usize;
-            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
-                let t = Instant::now();
-                let ok = match client.get(&url).header("cookie", &cookie).send().await {
-                    Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
-                    _ => false,
-                };
-                if ok {
-                    lat.push(t.elapsed());
-                } else {
-                    errors += 1;
-                }
-            }
-            (lat, errors)
-        })
-    });
-    let mut all = Vec::with_capacity(total);
-    let mut errors = 0;
-    for w in futures_util::future::join_all(workers).await {
-        let (lat, e) = w?;
-        all.extend(lat);
-        errors += e;
+    let body = total - header_len.context("no response header")?;
+    if body < n {
+        anyhow::bail!("relay-only download lost bytes: {body} of {n}");
     }
-    let elapsed = start.elapsed();
-    all.sort();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    Ok((
-        all.len() as f64 / elapsed.as_secs_f64(),
-        pct(0.50),
-        pct(0.99),
-        errors,
-    ))
-}
-
-/// Hold `n` idle tunnels, each its own device, answering pings only.
-async fn idle_tunnels(
-    tokens: &[DeviceToken],
-    relay_url: &str,
-    cancel: CancellationToken,
-) -> Result<()> {
-    for t in tokens {
-        let ws = tunnel::dial::dial(relay_url, t, "bench-idle/1", Default::default(), None)
-            .await
-            .map_err(|e| anyhow::anyhow!("idle tunnel: {e}"))?;
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            let activity = tunnel::pump::Activity::new();
-            let (io, _pump) = tunnel::pump::spawn(
-                ws,
-                tunnel::pump::PumpConfig {
-                    idle_timeout: Duration::from_secs(3600),
-                },
-                activity.clone(),
-            );
-            tunnel::session::serve(io, tunnel::session::device_config(), cancel, activity, drop)
-                .await;
-        });
-    }
-    Ok(())
+    Ok(load::mib_per_s(n, start.elapsed()))
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    edge_tls::install_default_provider();
+    let nofile = procs::raise_nofile();
     let bindir = std::env::current_exe()?
         .parent()
         .context("no exe dir")?
@@ -272,11 +138,11 @@ async fn main() -> Result<()> {
     store
         .create_session(&sid.hash(), "bench", user.id, now, now + 3_600_000, None)
         .await?;
+    let cookie_name = api_server::session::cookie_name(false);
     let cookie = format!(
-        "{}={}",
-        api_server::session::cookie_name(false),
+        "{cookie_name}={}",
         cookies.sign(
-            api_server::session::cookie_name(false),
+            cookie_name,
             api_server::session::SESSION_PURPOSE,
             sid.expose(),
             now + 3_600_000
@@ -298,8 +164,8 @@ async fn main() -> Result<()> {
         ("EDGE_DATA_DIR", data.path().to_str().context("path")?),
         ("RUST_LOG", "warn"),
     ];
-    let mut procs = Procs(Vec::new());
-    procs.0.push(
+    let mut procs = Procs::default();
+    let relay_pid = procs.keep(
         Command::new(bin(&bindir, "remote-proxy")?)
             .args([
                 "--tunnel-listen",
@@ -316,10 +182,9 @@ async fn main() -> Result<()> {
             .envs(env)
             .stdout(Stdio::null())
             .spawn()?,
-    );
-    let relay_pid = procs.0[0].id().context("relay pid")?;
+    )?;
     wait_port(internal_port).await?;
-    procs.0.push(
+    let api_pid = procs.keep(
         Command::new(bin(&bindir, "api-server")?)
             .args([
                 "--listen",
@@ -334,18 +199,18 @@ async fn main() -> Result<()> {
             .envs(env)
             .stdout(Stdio::null())
             .spawn()?,
-    );
-    procs.0.push(
+    )?;
+    procs.keep(
         Command::new(bin(&bindir, "sim-box")?)
             .args(["--listen", &format!("127.0.0.1:{box_port}")])
             .envs(env)
             .stdout(Stdio::null())
             .spawn()?,
-    );
+    )?;
     wait_port(api_port).await?;
     wait_port(box_port).await?;
     let rss_empty = rss_kib(relay_pid)?;
-    procs.0.push(
+    let agent_pid = procs.keep(
         Command::new(bin(&bindir, "edge-agent")?)
             .args([
                 "run",
@@ -358,97 +223,152 @@ async fn main() -> Result<()> {
             .envs(env)
             .stdout(Stdio::null())
             .spawn()?,
-    );
-    edge_tls::install_default_provider();
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(cli.concurrency)
-        .build()?;
-    let proxy = |path: &str| {
-        format!(
-            "http://127.0.0.1:{api_port}/api/devices/{}/proxy{path}",
-            dev.id
-        )
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = client
-            .get(proxy("/api/info"))
-            .header("cookie", &cookie)
-            .send()
-            .await;
-        if r.as_ref().is_ok_and(|r| r.status().is_success()) {
-            break;
+    )?;
+    let rathole_bin = rathole::find(cli.rathole.as_deref());
+    let mut rathole_ports = Vec::new();
+    if let Some(rh) = &rathole_bin {
+        for transport in ["tcp", "websocket"] {
+            let port = rathole::start(rh, transport, box_port, data.path(), &mut procs).await?;
+            rathole_ports.push((transport, port));
         }
-        if Instant::now() > deadline {
-            bail!("device never came online");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let n = cli.bulk_mib << 20;
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let ours = format!("http://127.0.0.1:{api_port}/api/devices/{}/proxy", dev.id);
+    let direct = format!("http://127.0.0.1:{box_port}");
+    // Every path answers before anything is measured.
+    let mut paths: Vec<(&'static str, String, Option<&str>)> =
+        vec![("direct to the box", direct, None)];
+    for (transport, port) in &rathole_ports {
+        let name = if *transport == "tcp" {
+            "rathole 0.5, tcp"
+        } else {
+            "rathole 0.5, websocket"
+        };
+        paths.push((name, format!("http://127.0.0.1:{port}"), None));
+    }
+    paths.push(("ours, full path", ours.clone(), Some(cookie.as_str())));
+    for (name, base, cookie) in &paths {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut req = client.get(format!("{base}/api/info"));
+            if let Some(c) = cookie {
+                req = req.header("cookie", *c);
+            }
+            if req.send().await.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("{name} never answered");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     println!(
-        "edge-bench on {} cores; figures from one run, loopback only",
+        "edge-bench on {} cores, open-file limit {nofile}; one run, loopback only",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
     );
-    println!();
-    println!("bulk transfer, {} MiB each", cli.bulk_mib);
-    let tcp = direct_tcp(n).await?;
-    println!(
-        "  direct loopback TCP copy        {:>9.1} MiB/s",
-        mib_per_s(n, tcp)
-    );
-    let (got, d) = download(
-        &client,
-        &format!("http://127.0.0.1:{box_port}/test/download?bytes={n}"),
-        "",
-    )
-    .await?;
-    println!(
-        "  direct HTTP from sim-box        {:>9.1} MiB/s",
-        mib_per_s(got, d)
-    );
-    let (got, d) = download(
-        &client,
-        &proxy(&format!("/test/download?bytes={n}")),
-        &cookie,
-    )
-    .await?;
-    if got != n {
-        bail!("full-path download lost bytes: {got} of {n}");
+    match &rathole_bin {
+        Some(p) => println!("rathole: {}", p.display()),
+        None => println!(
+            "rathole: not found (`cargo install rathole` or --rathole PATH); ratios skipped"
+        ),
     }
-    println!(
-        "  full path download (api→relay→agent→box) {:>9.1} MiB/s",
-        mib_per_s(got, d)
+    let n = cli.bulk_mib << 20;
+    let mut rows = Vec::new();
+    let mut cpu = None;
+    for (name, base, cookie) in &paths {
+        let bulk = load::download(
+            &client,
+            &format!("{base}/test/download?bytes={n}"),
+            *cookie,
+            n,
+        )
+        .await?;
+        let before = (cpu_ms(api_pid)?, cpu_ms(relay_pid)?, cpu_ms(agent_pid)?);
+        let small = load::small_requests(
+            &format!("{base}/api/info"),
+            *cookie,
+            cli.requests,
+            cli.concurrency,
+        )
+        .await?;
+        if cookie.is_some() {
+            let after = (cpu_ms(api_pid)?, cpu_ms(relay_pid)?, cpu_ms(agent_pid)?);
+            cpu = Some((after.0 - before.0, after.1 - before.1, after.2 - before.2));
+        }
+        rows.push(Row { name, bulk, small });
+    }
+    let upload = load::upload(&client, &format!("{ours}/test/upload"), &cookie, n).await?;
+    let secret = Secret::new(std::fs::read_to_string(data.path().join("internal-secret"))?.trim());
+    let relay_client = directory::RelayDirectory::new(
+        Arc::new(directory::StaticNode(directory::NodeId(format!(
+            "http://127.0.0.1:{internal_port}"
+        )))),
+        secret.clone(),
+        Duration::from_secs(5),
+        Duration::from_secs(5),
     );
-    let d = upload(&client, &proxy("/test/upload"), &cookie, n).await?;
+    let relay_only = relay_only_download(&relay_client, dev.id, n).await?;
+
+    let find = |name: &str| rows.iter().find(|r| r.name == name);
+    let rh_tcp = find("rathole 0.5, tcp");
+    let rh_ws = find("rathole 0.5, websocket");
+    let full = find("ours, full path").context("no full-path row")?;
+    println!();
     println!(
-        "  full path upload                {:>9.1} MiB/s",
-        mib_per_s(n, d)
+        "small requests: GET /api/info, {} requests, {} connections; bulk: one {} MiB download",
+        cli.requests, cli.concurrency, cli.bulk_mib
     );
+    println!(
+        "  {:<26} {:>10} {:>9} {:>9} {:>7} {:>11}",
+        "path", "req/s", "p50 ms", "p99 ms", "errors", "bulk MiB/s"
+    );
+    for r in &rows {
+        println!(
+            "  {:<26} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>11.1}",
+            r.name,
+            r.small.rps,
+            ms(r.small.p50),
+            ms(r.small.p99),
+            r.small.errors,
+            r.bulk
+        );
+    }
+    println!("  {:<26} {:>60.1}", "ours, relay alone", relay_only);
+    println!("  {:<26} {:>60.1}", "ours, full path upload", upload);
+    println!();
+    println!("against rathole (targets in issue 11):");
+    println!(
+        "  small requests, full path / rathole-tcp  {}  (target ≥ 0.5×; p99 {:.2} ms, target ≤ 10 ms)",
+        ratio(full.small.rps, rh_tcp.map(|r| r.small.rps)),
+        ms(full.small.p99)
+    );
+    println!(
+        "  bulk, full path / rathole-websocket      {}  (target ≥ 0.8×)",
+        ratio(full.bulk, rh_ws.map(|r| r.bulk))
+    );
+    println!(
+        "  bulk, relay alone / rathole-websocket    {}  (target ≥ 1.0×)",
+        ratio(relay_only, rh_ws.map(|r| r.bulk))
+    );
+    if let Some((api, relay, agent)) = cpu {
+        let per_k = |ms: u64| ms as f64 * 1000.0 / cli.requests as f64;
+        println!();
+        println!(
+            "CPU per 1,000 proxied small requests (user + system): api-server {:.0} ms, remote-proxy {:.0} ms, edge-agent {:.0} ms",
+            per_k(api),
+            per_k(relay),
+            per_k(agent)
+        );
+    }
 
     println!();
-    println!("small requests: GET /api/info through the full path, {} requests, {} concurrent connections", cli.requests, cli.concurrency);
-    let (rps, p50, p99, errors) = latency_run(
-        &client,
-        &proxy("/api/info"),
-        &cookie,
-        cli.requests,
-        cli.concurrency,
-    )
-    .await?;
-    println!(
-        "  {:.0} req/s   p50 {:.2} ms   p99 {:.2} ms   errors {}",
-        rps,
-        p50.as_secs_f64() * 1e3,
-        p99.as_secs_f64() * 1e3,
-        errors
-    );
-
-    println!();
-    println!("remote-proxy resident memory");
+    println!("remote-proxy with {} idle tunnels", cli.idle_tunnels);
+    let made = Instant::now();
     let mut tokens = Vec::with_capacity(cli.idle_tunnels);
     for i in 0..cli.idle_tunnels {
         let d = store
@@ -464,38 +384,34 @@ async fn main() -> Result<()> {
         store.add_credential(d.id, &t.hash()).await?;
         tokens.push(t);
     }
+    let made = made.elapsed();
     let rss_one = rss_kib(relay_pid)?;
     let cancel = CancellationToken::new();
-    idle_tunnels(&tokens, &relay_url, cancel.clone()).await?;
-    // Let the relay finish registering and settle its allocator.
     let internal = format!("http://127.0.0.1:{internal_port}/internal/v1/sessions");
-    let secret = Secret::new(std::fs::read_to_string(data.path().join("internal-secret"))?.trim());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let list: serde_json::Value = client
-            .get(&internal)
-            .bearer_auth(secret.expose())
-            .send()
-            .await?
-            .json()
-            .await?;
-        if list.as_array().map(Vec::len) == Some(cli.idle_tunnels + 1) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("idle tunnels did not all register");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let start = Instant::now();
+    let dialled = tunnels::connect_all(tokens, &relay_url, cancel.clone()).await?;
+    let registered =
+        tunnels::wait_registered(&client, &internal, secret.expose(), cli.idle_tunnels + 1).await?;
+    let connect_all = registered - start;
+    // Let the relay's allocator settle before reading its memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_many = rss_kib(relay_pid)?;
-    println!("  at start (no tunnels)           {:>7} KiB", rss_empty);
-    println!("  after the runs above (1 tunnel) {:>7} KiB", rss_one);
     println!(
-        "  with {} idle tunnels          {:>7} KiB  (+{:.1} KiB per tunnel)",
-        cli.idle_tunnels,
+        "  devices paired for it             {:>9.1} s (store writes, not measured below)",
+        made.as_secs_f64()
+    );
+    println!(
+        "  all connected and registered      {:>9.2} s  ({:.0} tunnels/s; dials done in {:.2} s; target ≤ 5 s for 10,000)",
+        connect_all.as_secs_f64(),
+        cli.idle_tunnels as f64 / connect_all.as_secs_f64(),
+        dialled.as_secs_f64()
+    );
+    println!("  RSS at start (no tunnels)         {:>9} KiB", rss_empty);
+    println!("  RSS after the runs (1 tunnel)     {:>9} KiB", rss_one);
+    println!(
+        "  RSS with the idle tunnels         {:>9} KiB  (+{:.1} KiB per tunnel; target ≤ 16 KiB)",
         rss_many,
-        (rss_many.saturating_sub(rss_one)) as f64 / cli.idle_tunnels.max(1) as f64
+        rss_many.saturating_sub(rss_one) as f64 / cli.idle_tunnels.max(1) as f64
     );
     cancel.cancel();
     drop(procs);

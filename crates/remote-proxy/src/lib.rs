@@ -177,6 +177,12 @@ impl Config {
 
 /// Start a relay from configuration and run it until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RelayError> {
+    // Each tunnel is one descriptor; a default soft limit of 1,024 would
+    // cap the relay far below what it can hold.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open-file limit"),
+        Err(err) => tracing::warn!(error = %err, "cannot raise the open-file limit"),
+    }
     let tunnel = TcpListener::bind(config.tunnel_listen)
         .await
         .map_err(|e| RelayError::Startup(format!("bind {}: {e}", config.tunnel_listen)))?;

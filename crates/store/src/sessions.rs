@@ -1,7 +1,8 @@
 //! Server-side user sessions, looked up by the hash of the session id.
 
 use crate::{parse_id, SessionRecord, Store, StoreError};
-use edge_core::UserId;
+use edge_core::{DeviceId, UserId};
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
 impl Store {
@@ -105,20 +106,36 @@ impl Store {
 
     /// The session stored under `id_hash`, if any (expiry is the caller's call).
     pub async fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let Some(row) = sqlx::query("SELECT * FROM user_sessions WHERE id_hash = $1")
+        sqlx::query("SELECT * FROM user_sessions WHERE id_hash = $1")
             .bind(id_hash)
             .fetch_optional(&self.pool)
             .await?
+            .as_ref()
+            .map(session_from_row)
+            .transpose()
+    }
+
+    /// The session stored under `id_hash` and whether its user owns the live
+    /// device `device`, in one statement (the proxied path's only read).
+    /// Expiry is the caller's call.
+    pub async fn session_access(
+        &self,
+        id_hash: &str,
+        device: DeviceId,
+    ) -> Result<Option<(SessionRecord, bool)>, StoreError> {
+        let Some(row) = sqlx::query(
+            "SELECT s.*, (SELECT COUNT(*) FROM devices d WHERE d.id = $2 AND d.owner_id = s.user_id AND d.revoked_at IS NULL) AS owns \
+             FROM user_sessions s WHERE s.id_hash = $1",
+        )
+        .bind(id_hash)
+        .bind(device.to_string())
+        .fetch_optional(&self.pool)
+        .await?
         else {
             return Ok(None);
         };
-        Ok(Some(SessionRecord {
-            public_id: row.try_get("public_id")?,
-            user_id: parse_id(&row, "user_id")?,
-            created_at: row.try_get("created_at")?,
-            last_seen_at: row.try_get("last_seen_at")?,
-            expires_at: row.try_get("expires_at")?,
-        }))
+        let owns: i64 = row.try_get("owns")?;
+        Ok(Some((session_from_row(&row)?, owns > 0)))
     }
 
     /// Record activity on a session.
@@ -153,17 +170,7 @@ impl Store {
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(SessionRecord {
-                    public_id: row.try_get("public_id")?,
-                    user_id: parse_id(row, "user_id")?,
-                    created_at: row.try_get("created_at")?,
-                    last_seen_at: row.try_get("last_seen_at")?,
-                    expires_at: row.try_get("expires_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(session_from_row).collect()
     }
 
     /// End one of the caller's sessions by its public id; false when the
@@ -180,4 +187,14 @@ impl Store {
             .await?;
         Ok(done.rows_affected() > 0)
     }
+}
+
+fn session_from_row(row: &AnyRow) -> Result<SessionRecord, StoreError> {
+    Ok(SessionRecord {
+        public_id: row.try_get("public_id")?,
+        user_id: parse_id(row, "user_id")?,
+        created_at: row.try_get("created_at")?,
+        last_seen_at: row.try_get("last_seen_at")?,
+        expires_at: row.try_get("expires_at")?,
+    })
 }

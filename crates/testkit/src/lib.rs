@@ -13,6 +13,7 @@ pub mod devstack;
 pub mod go_device;
 pub mod oidc_provider;
 pub mod pg_tls;
+pub mod statements;
 pub mod tls;
 
 use api_server::config::Settings;
@@ -42,16 +43,23 @@ pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
     }
 }
 
-/// Route test logs to the test's output (RUST_LOG controls the level), and
-/// make rustls' `ring` provider the default for plain HTTP clients.
+/// Route test logs to the test's output (RUST_LOG controls the level),
+/// record every store statement ([`statements`]), and make rustls' `ring`
+/// provider the default for plain HTTP clients.
 pub fn init_logs() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     edge_tls::install_default_provider();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
+    let logs = tracing_subscriber::fmt::layer()
+        .with_test_writer()
+        .with_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
+        );
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(statements::layer())
         .try_init();
 }
 
@@ -355,10 +363,18 @@ impl Stack {
         let relay_client = directory.clone();
         let (audit, _audit_task) =
             api_server::audit_writer::AuditWriter::start(store.clone(), 8192);
+        let directory: Arc<dyn directory::SessionView> = Arc::new(directory);
+        let boxes = api_server::box_client::BoxClient::new(
+            directory.clone(),
+            audit.clone(),
+            settings.proxy_connect_timeout,
+            settings.box_idle,
+        );
         let state = AppState {
             audit,
             store: store.clone(),
-            directory: Arc::new(directory),
+            directory,
+            boxes,
             cookies: CookieKeys::new(CookieKey::new(Secret::random(32)).unwrap(), vec![]),
             oidc: Arc::new(oidc),
             settings: Arc::new(settings),

@@ -226,17 +226,59 @@ async fn shutdown_lets_in_flight_requests_finish() {
     );
 }
 
+/// The hot path's design budget: after warm-up, a proxied request costs at
+/// most one store statement (session and ownership together; none while a
+/// recent grant is reused), no TCP connection to
+/// the relay, and no new stream to the box (its keep-alive connection is
+/// reused). Counted, not timed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_warm_up_proxied_requests_open_no_connection_to_the_relay() {
+async fn after_warm_up_a_proxied_request_costs_one_statement_and_no_new_connection() {
     let stack = Stack::start().await;
     let alice = stack.user("alice").await;
     let (dev, _agent) = stack.online_device(alice.id).await;
+    let cold = testkit::statements::mark();
     assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "SIM-1");
+    let first = testkit::statements::since(cold);
+    assert!(
+        first.iter().any(|s| s.contains("FROM user_sessions")),
+        "the first request checked the store, and the log saw it: {first:#?}"
+    );
     let warm = stack.relay_client.connections_opened();
     assert!(warm >= 1, "the warm-up opened the channel");
-    for _ in 0..20 {
+    let streams = stack.state.boxes.streams_opened();
+    assert_eq!(streams, 1, "the warm-up opened one stream to the box");
+    // The warm-up's audit row is written off the request path; let it land.
+    within("audit row of the warm-up", async {
+        loop {
+            let events = stack.store.audit_events(alice.id, 10, 0).await.unwrap();
+            if events.iter().any(|e| e.action == "remote_access_opened") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    let mark = testkit::statements::mark();
+    const N: usize = 20;
+    for _ in 0..N {
         assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "SIM-1");
     }
+    let ran = testkit::statements::since(mark);
+    assert!(
+        ran.len() <= N,
+        "at most one statement per request (a grant is reused for under a second): {ran:#?}"
+    );
+    assert!(
+        ran.iter().all(|s| s.contains("FROM user_sessions")),
+        "{ran:#?}"
+    );
+    assert_eq!(
+        stack.state.boxes.streams_opened(),
+        streams,
+        "sequential requests reuse the box connection"
+    );
+
     assert_eq!(checks::concurrent(&stack, &alice, dev.id, 50).await, 50);
     checks::ws_echo(&stack, &alice, dev.id).await;
     assert_eq!(

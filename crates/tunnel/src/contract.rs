@@ -6,8 +6,12 @@ use std::time::Duration;
 pub const TUNNEL_PATH: &str = "/tunnel";
 /// Largest WebSocket message the relay accepts (close 1009 beyond it).
 pub const MAX_MESSAGE_SIZE: usize = 1 << 20;
-/// yamux initial (and, here, maximum) stream receive window.
+/// yamux initial stream receive window.
 pub const INITIAL_STREAM_WINDOW: u32 = 256 * 1024;
+/// How far our receivers (relay and agent) let a stream's receive window
+/// grow through window updates (the contract allows any delta). Bounds the
+/// bytes buffered per stream when its reader is slow.
+pub const MAX_RECEIVE_WINDOW: u32 = 1 << 20;
 /// The relay sends a yamux ping this often.
 pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// A ping unanswered this long marks the session dead.

@@ -1,27 +1,33 @@
 //! Turns a WebSocket into one continuous byte stream per direction (contract
-//! §2). Binary payloads are bytes of the stream, message boundaries mean
-//! nothing; a text message closes with 1003, an oversized one with 1009,
-//! Ping/Pong/Close never reach yamux. The byte stream is handed out as the
-//! near end of an in-memory duplex pipe; the pump task moves bytes between
-//! the pipe's far end and the socket and records inbound activity.
+//! §2), read and written by yamux directly: [`WsIo`] is an
+//! `AsyncRead + AsyncWrite` over the message stream, with no task, pipe or
+//! buffer of its own between the two. Binary payloads are bytes of the
+//! stream, message boundaries mean nothing; a text message closes with
+//! 1003, an oversized one with 1009, silence past the idle timeout with
+//! 1001, Ping/Pong/Close never reach yamux. When yamux drops the stream,
+//! the close frame goes out (after GoAway(1) when yamux found a protocol
+//! error) and the reason the tunnel ended is reported.
 
 use edge_core::time::now_ms;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, Stream};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
-use tokio::task::JoinHandle;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-/// Size of the in-memory pipe between the pump and yamux, each direction.
-const PIPE_BYTES: usize = 256 * 1024;
-/// Largest binary message the pump writes.
+/// Largest binary message written.
 const WRITE_CHUNK: usize = 64 * 1024;
+/// How long the closing handshake may take once the tunnel ended.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Liveness and traffic counters of one tunnel, shared with its owner.
 #[derive(Debug)]
@@ -109,92 +115,183 @@ pub struct PumpConfig {
     pub idle_timeout: Duration,
 }
 
-/// Start pumping `ws`. Returns the byte stream for yamux and the pump task,
-/// which yields why the tunnel ended.
+/// Resolves to why the tunnel ended, once its [`WsIo`] is dropped and the
+/// close frame is out.
+pub type Ended = oneshot::Receiver<PumpEnd>;
+
+/// Wrap `ws` as the byte stream yamux reads and writes.
 pub fn spawn<S>(
     ws: WebSocketStream<S>,
     cfg: PumpConfig,
     activity: Arc<Activity>,
-) -> (DuplexStream, JoinHandle<PumpEnd>)
+) -> (WsIo<S>, Ended)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (near, far) = tokio::io::duplex(PIPE_BYTES);
-    let task = tokio::spawn(run(ws, far, cfg, activity));
-    (near, task)
+    let (report, ended) = oneshot::channel();
+    let io = WsIo {
+        ws: Some(ws),
+        pending: bytes::Bytes::new(),
+        idle_timeout: cfg.idle_timeout,
+        idle: Box::pin(tokio::time::sleep(cfg.idle_timeout)),
+        activity,
+        end: None,
+        report: Some(report),
+    };
+    (io, ended)
 }
 
-async fn run<S>(
-    ws: WebSocketStream<S>,
-    far: DuplexStream,
-    cfg: PumpConfig,
+/// A WebSocket as one byte stream each way.
+pub struct WsIo<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
+    ws: Option<WebSocketStream<S>>,
+    /// The unread rest of the last binary message.
+    pending: bytes::Bytes,
+    idle_timeout: Duration,
+    idle: Pin<Box<tokio::time::Sleep>>,
     activity: Arc<Activity>,
-) -> PumpEnd
+    /// Why reading ended, once it did.
+    end: Option<PumpEnd>,
+    report: Option<oneshot::Sender<PumpEnd>>,
+}
+
+fn gone() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "tunnel closed")
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsIo<S> {
+    /// Whether the idle timer has fired with nothing heard since it was
+    /// armed; re-arms it for the remaining time otherwise.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.idle.as_mut().poll(cx).is_ready() {
+            let silent_ms = now_ms().saturating_sub(self.activity.last_inbound_ms());
+            let silent = Duration::from_millis(u64::try_from(silent_ms).unwrap_or(0));
+            if silent >= self.idle_timeout {
+                return true;
+            }
+            let deadline = tokio::time::Instant::now() + (self.idle_timeout - silent);
+            self.idle.as_mut().reset(deadline);
+        }
+        false
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for WsIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.pending.is_empty() {
+                let n = this.pending.len().min(buf.remaining());
+                buf.put_slice(&this.pending.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            if this.end.is_some() {
+                return Poll::Ready(Ok(()));
+            }
+            if this.idle_expired(cx) {
+                this.end = Some(PumpEnd::IdleTimeout);
+                continue;
+            }
+            let Some(ws) = this.ws.as_mut() else {
+                return Poll::Ready(Err(gone()));
+            };
+            let next = match ready!(Pin::new(ws).poll_next(cx)) {
+                None => Err(PumpEnd::PeerClosed(None)),
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                    Err(PumpEnd::MessageTooBig)
+                }
+                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
+                    Err(PumpEnd::PeerClosed(None))
+                }
+                Some(Err(err)) => Err(PumpEnd::Error(err.to_string())),
+                Some(Ok(msg)) => Ok(msg),
+            };
+            match next {
+                Err(end) => this.end = Some(end),
+                Ok(Message::Binary(bytes)) => {
+                    this.activity.touch(bytes.len());
+                    this.pending = bytes;
+                }
+                Ok(Message::Text(_)) => this.end = Some(PumpEnd::TextMessage),
+                Ok(Message::Ping(_) | Message::Pong(_)) => this.activity.touch(0),
+                Ok(Message::Close(frame)) => {
+                    this.end = Some(PumpEnd::PeerClosed(frame.map(|f| u16::from(f.code))));
+                }
+                Ok(Message::Frame(_)) => {}
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for WsIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if this.end.is_some() {
+            return Poll::Ready(Err(gone()));
+        }
+        let Some(ws) = this.ws.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
+        let mut ws = Pin::new(ws);
+        ready!(ws.as_mut().poll_ready(cx)).map_err(std::io::Error::other)?;
+        let n = buf.len().min(WRITE_CHUNK);
+        ws.start_send(Message::Binary(bytes::Bytes::copy_from_slice(&buf[..n])))
+            .map_err(std::io::Error::other)?;
+        this.activity
+            .bytes_out
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.ws.as_mut() {
+            Some(ws) => Pin::new(ws).poll_flush(cx).map_err(std::io::Error::other),
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for WsIo<S> {
+    /// Send the close frame the ending calls for (bounded by
+    /// [`CLOSE_GRACE`]) and report why the tunnel ended.
+    fn drop(&mut self) {
+        let end = self.end.take().unwrap_or(PumpEnd::LocalClosed);
+        let (Some(ws), Some(report)) = (self.ws.take(), self.report.take()) else {
+            return;
+        };
+        let protocol_error = self.activity.protocol_error();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            let _ = report.send(end);
+            return;
+        };
+        runtime.spawn(async move {
+            close(ws, &end, protocol_error).await;
+            let _ = report.send(end);
+        });
+    }
+}
+
+async fn close<S>(mut ws: WebSocketStream<S>, end: &PumpEnd, protocol_error: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut sink, mut stream) = ws.split();
-    let (mut pipe_rd, mut pipe_wr) = tokio::io::split(far);
-
-    let inbound = async {
-        loop {
-            let next = match tokio::time::timeout(cfg.idle_timeout, stream.next()).await {
-                Err(_) => return PumpEnd::IdleTimeout,
-                Ok(None) => return PumpEnd::PeerClosed(None),
-                Ok(Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))) => {
-                    return PumpEnd::MessageTooBig
-                }
-                Ok(Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed))) => {
-                    return PumpEnd::PeerClosed(None)
-                }
-                Ok(Some(Err(err))) => return PumpEnd::Error(err.to_string()),
-                Ok(Some(Ok(msg))) => msg,
-            };
-            match next {
-                Message::Binary(bytes) => {
-                    activity.touch(bytes.len());
-                    if pipe_wr.write_all(&bytes).await.is_err() {
-                        return PumpEnd::LocalClosed;
-                    }
-                }
-                Message::Text(_) => return PumpEnd::TextMessage,
-                Message::Ping(_) | Message::Pong(_) => activity.touch(0),
-                Message::Close(frame) => {
-                    return PumpEnd::PeerClosed(frame.map(|f| u16::from(f.code)))
-                }
-                Message::Frame(_) => {}
-            }
-        }
-    };
-
-    let outbound = async {
-        let mut buf = vec![0u8; WRITE_CHUNK];
-        loop {
-            let n = match pipe_rd.read(&mut buf).await {
-                Ok(0) | Err(_) => return PumpEnd::LocalClosed,
-                Ok(n) => n,
-            };
-            let msg = Message::Binary(bytes::Bytes::copy_from_slice(&buf[..n]));
-            if let Err(err) = sink.send(msg).await {
-                return match err {
-                    WsError::ConnectionClosed | WsError::AlreadyClosed => PumpEnd::PeerClosed(None),
-                    other => PumpEnd::Error(other.to_string()),
-                };
-            }
-            activity.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-        }
-    };
-
-    let end = tokio::select! {
-        end = inbound => end,
-        end = outbound => end,
-    };
-
-    let close = match &end {
-        PumpEnd::LocalClosed if activity.protocol_error() => {
+    use futures_util::SinkExt;
+    let close = match end {
+        PumpEnd::LocalClosed if protocol_error => {
             let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                sink.send(Message::Binary(bytes::Bytes::from_static(
+                CLOSE_GRACE,
+                ws.send(Message::Binary(bytes::Bytes::from_static(
                     &crate::contract::GO_AWAY_PROTOCOL_ERROR,
                 ))),
             )
@@ -212,11 +309,10 @@ where
             code,
             reason: reason.into(),
         };
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            let _ = sink.send(Message::Close(Some(frame))).await;
-            let _ = sink.close().await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            let _ = ws.send(Message::Close(Some(frame))).await;
+            let _ = ws.close(None).await;
         })
         .await;
     }
-    end
 }

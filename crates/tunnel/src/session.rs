@@ -24,7 +24,7 @@ pub fn relay_config(max_streams: usize, ping_interval: Duration, ping_timeout: D
         keepalive_interval: ping_interval,
         connection_write_timeout: ping_timeout,
         max_stream_count: max_streams.max(1),
-        max_stream_window_size: crate::contract::INITIAL_STREAM_WINDOW,
+        max_stream_window_size: crate::contract::MAX_RECEIVE_WINDOW,
         ..Config::default()
     }
 }
@@ -34,7 +34,7 @@ pub fn device_config() -> Config {
     Config {
         enable_keepalive: false,
         connection_write_timeout: crate::contract::PING_TIMEOUT,
-        max_stream_window_size: crate::contract::INITIAL_STREAM_WINDOW,
+        max_stream_window_size: crate::contract::MAX_RECEIVE_WINDOW,
         ..Config::default()
     }
 }

@@ -78,7 +78,7 @@ pub async fn websocket(
 /// message cap and small eager buffers so idle tunnels stay cheap.
 pub fn relay_ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
+        .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_message_size(Some(crate::contract::MAX_MESSAGE_SIZE))
         .max_frame_size(Some(crate::contract::MAX_MESSAGE_SIZE))

@@ -1,0 +1,249 @@
+//! Connections to boxes: HTTP/1 over relay streams, kept alive and reused
+//! across requests (hyper-util's pooled client with our own connector).
+//! A pooled connection belongs to one user and one device (the pool key is
+//! the authority `<device>.<user>.box.invalid`), so one connection never
+//! carries two users' requests, and each connection is one audited
+//! remote-access session: `remote_access_opened` when the stream to the
+//! box opens, `remote_access_closed` with bytes each way and duration when
+//! it closes (the box or the tunnel ends it, or it stays idle for
+//! `box_idle`). Access is not the pool's business: every request is
+//! authorized before it is handed here.
+
+use crate::audit_writer::AuditWriter;
+use crate::error::ApiError;
+use axum::body::Body;
+use directory::{BoxStream, DirectoryError, SessionView};
+use edge_core::{DeviceId, UserId};
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// Host suffix of pool keys; `.invalid` never resolves (RFC 6761).
+const KEY_SUFFIX: &str = ".box.invalid";
+/// Idle connections kept per user and device.
+const MAX_IDLE_PER_KEY: usize = 64;
+
+/// The pooled client of every box.
+#[derive(Clone)]
+pub struct BoxClient {
+    client: Client<Connector, Body>,
+    opened: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for BoxClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoxClient").finish_non_exhaustive()
+    }
+}
+
+impl BoxClient {
+    /// A client that opens streams through `directory` (each within
+    /// `connect_timeout`) and keeps idle connections for `idle`.
+    pub fn new(
+        directory: Arc<dyn SessionView>,
+        audit: AuditWriter,
+        connect_timeout: Duration,
+        idle: Duration,
+    ) -> Self {
+        let opened = Arc::new(AtomicU64::new(0));
+        let connector = Connector {
+            directory,
+            audit,
+            connect_timeout,
+            opened: opened.clone(),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(idle)
+            .pool_max_idle_per_host(if idle.is_zero() { 0 } else { MAX_IDLE_PER_KEY })
+            .set_host(false)
+            .build(connector);
+        Self { client, opened }
+    }
+
+    /// Streams opened to boxes so far (a request on a warm connection
+    /// opens none).
+    pub fn streams_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// Send `req` (origin-form path in its URI) to `device` for `user`.
+    pub async fn send(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        mut req: http::Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ApiError> {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        *req.uri_mut() = format!("http://{device}.{user}{KEY_SUFFIX}{path}")
+            .parse()
+            .map_err(|_| ApiError::BadRequest("cannot forward this request path".into()))?;
+        self.client.request(req).await.map_err(|err| {
+            tracing::debug!(%device, error = %err, "box request failed");
+            failure(&err)
+        })
+    }
+}
+
+/// What a failed box request means to the caller.
+fn failure(err: &hyper_util::client::legacy::Error) -> ApiError {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(dir) = e.downcast_ref::<DirectoryError>() {
+            return ApiError::from_directory(dir);
+        }
+        cur = e.source();
+    }
+    if crate::extract::is_body_timeout(err) {
+        ApiError::RequestTimeout
+    } else {
+        ApiError::DeviceUnreachable
+    }
+}
+
+/// Opens one relay stream per new pooled connection.
+#[derive(Clone)]
+struct Connector {
+    directory: Arc<dyn SessionView>,
+    audit: AuditWriter,
+    connect_timeout: Duration,
+    opened: Arc<AtomicU64>,
+}
+
+/// The device and user a pool key names.
+fn parse_key(uri: &http::Uri) -> Option<(DeviceId, UserId)> {
+    let host = uri.host()?.strip_suffix(KEY_SUFFIX)?;
+    let (device, user) = host.split_once('.')?;
+    Some((device.parse().ok()?, user.parse().ok()?))
+}
+
+impl tower::Service<http::Uri> for Connector {
+    type Response = TokioIo<Audited>;
+    type Error = DirectoryError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let (device, user) = parse_key(&uri)
+                .ok_or_else(|| DirectoryError::Relay("malformed box pool key".into()))?;
+            let stream =
+                tokio::time::timeout(this.connect_timeout, this.directory.open_stream(device))
+                    .await
+                    .map_err(|_| DirectoryError::Timeout)??;
+            this.opened.fetch_add(1, Ordering::Relaxed);
+            this.audit.record(
+                user,
+                "remote_access_opened",
+                Some(device.to_string()),
+                serde_json::json!({}),
+            );
+            Ok(TokioIo::new(Audited {
+                inner: stream,
+                to_device: 0,
+                from_device: 0,
+                started: Instant::now(),
+                audit: this.audit,
+                user,
+                device,
+            }))
+        })
+    }
+}
+
+/// The byte pipe of one remote-access session: counts bytes each way and
+/// records `remote_access_closed` when the session ends.
+pub struct Audited {
+    inner: BoxStream,
+    to_device: u64,
+    from_device: u64,
+    started: Instant,
+    audit: AuditWriter,
+    user: UserId,
+    device: DeviceId,
+}
+
+impl Connection for Audited {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl tokio::io::AsyncRead for Audited {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.from_device += (buf.filled().len() - before) as u64;
+        res
+    }
+}
+
+impl tokio::io::AsyncWrite for Audited {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &res {
+            self.to_device += *n as u64;
+        }
+        res
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Drop for Audited {
+    fn drop(&mut self) {
+        self.audit.record(
+            self.user,
+            "remote_access_closed",
+            Some(self.device.to_string()),
+            serde_json::json!({
+                "bytes_to_device": self.to_device,
+                "bytes_from_device": self.from_device,
+                "duration_ms": self.started.elapsed().as_millis() as u64,
+            }),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_keys_name_one_device_and_one_user() {
+        let (d, u) = (DeviceId::new(), UserId::new());
+        let uri: http::Uri = format!("http://{d}.{u}{KEY_SUFFIX}/x?y").parse().unwrap();
+        assert_eq!(parse_key(&uri), Some((d, u)));
+        let other: http::Uri = format!("http://{d}.{u}.example.net/").parse().unwrap();
+        assert_eq!(parse_key(&other), None);
+    }
+}

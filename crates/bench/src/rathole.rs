@@ -1,0 +1,70 @@
+//! rathole, run beside us on the same box service: a server and a client
+//! per transport (tcp, websocket), on loopback, with a bench-only token.
+
+use crate::procs::{free_port, wait_port, Procs};
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use tokio::process::Command;
+
+/// The rathole binary: `--rathole PATH`, else `rathole` on `PATH`.
+pub fn find(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return p.is_file().then(|| p.to_owned());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("rathole"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Start rathole with `transport` (`tcp` or `websocket`) forwarding to
+/// `box_port`; returns the port that reaches the box through it.
+pub async fn start(
+    rathole: &Path,
+    transport: &str,
+    box_port: u16,
+    dir: &Path,
+    procs: &mut Procs,
+) -> Result<u16> {
+    let (control, exposed) = (free_port()?, free_port()?);
+    let transport_block = |side: &str| {
+        if transport == "websocket" {
+            format!("[{side}.transport]\ntype = \"websocket\"\n[{side}.transport.websocket]\ntls = false\n")
+        } else {
+            String::new()
+        }
+    };
+    let server = dir.join(format!("rathole-{transport}-server.toml"));
+    std::fs::write(
+        &server,
+        format!(
+            "[server]\nbind_addr = \"127.0.0.1:{control}\"\n{}[server.services.box]\ntoken = \"bench-only\"\nbind_addr = \"127.0.0.1:{exposed}\"\n",
+            transport_block("server")
+        ),
+    )?;
+    let client = dir.join(format!("rathole-{transport}-client.toml"));
+    std::fs::write(
+        &client,
+        format!(
+            "[client]\nremote_addr = \"127.0.0.1:{control}\"\n{}[client.services.box]\ntoken = \"bench-only\"\nlocal_addr = \"127.0.0.1:{box_port}\"\n",
+            transport_block("client")
+        ),
+    )?;
+    for (mode, file) in [("--server", &server), ("--client", &client)] {
+        procs.keep(
+            Command::new(rathole)
+                .arg(mode)
+                .arg(file)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        )?;
+        if mode == "--server" {
+            wait_port(control).await?;
+        }
+    }
+    wait_port(exposed).await?;
+    Ok(exposed)
+}

@@ -1,0 +1,76 @@
+//! Many idle tunnels at once: how fast the relay accepts them (upgrade,
+//! credential check, yamux) and what each costs it in resident memory.
+//! Every simulated device is a real paired device with its own credential;
+//! each holds its tunnel open and answers the relay's pings, nothing more.
+
+use anyhow::{bail, Result};
+use edge_core::DeviceToken;
+use futures_util::StreamExt;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Dials in flight at once.
+const DIALS_IN_FLIGHT: usize = 256;
+
+/// Connect one tunnel per token (with `DIALS_IN_FLIGHT` at once) and keep
+/// them open until `cancel`; returns how long connecting all took.
+pub async fn connect_all(
+    tokens: Vec<DeviceToken>,
+    relay_url: &str,
+    cancel: CancellationToken,
+) -> Result<Duration> {
+    let start = Instant::now();
+    let url = relay_url.to_owned();
+    let mut dials = futures_util::stream::iter(tokens.into_iter().map(|t| {
+        let url = url.clone();
+        async move {
+            tunnel::dial::dial(&url, &t, "bench-idle/1", Default::default(), None)
+                .await
+                .map_err(|e| anyhow::anyhow!("idle tunnel: {e}"))
+        }
+    }))
+    .buffer_unordered(DIALS_IN_FLIGHT);
+    while let Some(ws) = dials.next().await {
+        let ws = ws?;
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let activity = tunnel::pump::Activity::new();
+            let (io, _pump) = tunnel::pump::spawn(
+                ws,
+                tunnel::pump::PumpConfig {
+                    idle_timeout: Duration::from_secs(3600),
+                },
+                activity.clone(),
+            );
+            tunnel::session::serve(io, tunnel::session::device_config(), cancel, activity, drop)
+                .await;
+        });
+    }
+    Ok(start.elapsed())
+}
+
+/// Wait until the relay lists `want` sessions; returns when it did.
+pub async fn wait_registered(
+    client: &reqwest::Client,
+    internal_url: &str,
+    secret: &str,
+    want: usize,
+) -> Result<Instant> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let list: serde_json::Value = client
+            .get(internal_url)
+            .bearer_auth(secret)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if list.as_array().map(Vec::len) >= Some(want) {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("the relay never listed {want} sessions");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
