@@ -48,6 +48,9 @@ struct Cli {
     /// Idle tunnels held open for the connect-rate and memory figures.
     #[arg(long, default_value_t = 10_000)]
     idle_tunnels: usize,
+    /// Rounds over all paths; each figure is the median of its rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// The rathole binary (default: `rathole` on PATH).
     #[arg(long)]
     rathole: Option<PathBuf>,
@@ -58,6 +61,18 @@ struct Row {
     name: &'static str,
     bulk: f64,
     small: Latency,
+}
+
+/// The median of `v` (sorted in place).
+fn median_f(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+/// The round with the median request rate.
+fn median_latency(v: &mut [Latency]) -> Latency {
+    v.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    v[v.len() / 2]
 }
 
 fn ms(d: Duration) -> f64 {
@@ -278,31 +293,6 @@ async fn main() -> Result<()> {
         ),
     }
     let n = cli.bulk_mib << 20;
-    let mut rows = Vec::new();
-    let mut cpu = None;
-    for (name, base, cookie) in &paths {
-        let bulk = load::download(
-            &client,
-            &format!("{base}/test/download?bytes={n}"),
-            *cookie,
-            n,
-        )
-        .await?;
-        let before = (cpu_ms(api_pid)?, cpu_ms(relay_pid)?, cpu_ms(agent_pid)?);
-        let small = load::small_requests(
-            &format!("{base}/api/info"),
-            *cookie,
-            cli.requests,
-            cli.concurrency,
-        )
-        .await?;
-        if cookie.is_some() {
-            let after = (cpu_ms(api_pid)?, cpu_ms(relay_pid)?, cpu_ms(agent_pid)?);
-            cpu = Some((after.0 - before.0, after.1 - before.1, after.2 - before.2));
-        }
-        rows.push(Row { name, bulk, small });
-    }
-    let upload = load::upload(&client, &format!("{ours}/test/upload"), &cookie, n).await?;
     let secret = Secret::new(std::fs::read_to_string(data.path().join("internal-secret"))?.trim());
     let relay_client = directory::RelayDirectory::new(
         Arc::new(directory::StaticNode(directory::NodeId(format!(
@@ -312,7 +302,49 @@ async fn main() -> Result<()> {
         Duration::from_secs(5),
         Duration::from_secs(5),
     );
-    let relay_only = relay_only_download(&relay_client, dev.id, n).await?;
+    // Rounds go through every path in turn, so a slow minute on the
+    // machine hits all of them; each figure is the median of its rounds.
+    let mut bulk: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    let mut small: Vec<Vec<Latency>> = vec![Vec::new(); paths.len()];
+    let (mut relay_only, mut upload) = (Vec::new(), Vec::new());
+    let mut cpu = (0u64, 0u64, 0u64);
+    for _ in 0..cli.rounds.max(1) {
+        for (i, (_, base, cookie)) in paths.iter().enumerate() {
+            let url = format!("{base}/test/download?bytes={n}");
+            bulk[i].push(load::download(&client, &url, *cookie, n).await?);
+            let before = (cpu_ms(api_pid)?, cpu_ms(relay_pid)?, cpu_ms(agent_pid)?);
+            small[i].push(
+                load::small_requests(
+                    &format!("{base}/api/info"),
+                    *cookie,
+                    cli.requests,
+                    cli.concurrency,
+                )
+                .await?,
+            );
+            if cookie.is_some() {
+                let after = (cpu_ms(api_pid)?, cpu_ms(relay_pid)?, cpu_ms(agent_pid)?);
+                cpu.0 += after.0 - before.0;
+                cpu.1 += after.1 - before.1;
+                cpu.2 += after.2 - before.2;
+            }
+        }
+        relay_only.push(relay_only_download(&relay_client, dev.id, n).await?);
+        upload.push(load::upload(&client, &format!("{ours}/test/upload"), &cookie, n).await?);
+    }
+    let rows: Vec<Row> = paths
+        .iter()
+        .zip(bulk.iter_mut().zip(small.iter_mut()))
+        .map(|((name, _, _), (b, s))| Row {
+            name,
+            bulk: median_f(b),
+            small: median_latency(s),
+        })
+        .collect();
+    let relay_only = median_f(&mut relay_only);
+    let upload = median_f(&mut upload);
+    let proxied = cli.requests as f64 * cli.rounds.max(1) as f64;
+    let cpu = Some((cpu.0, cpu.1, cpu.2));
 
     let find = |name: &str| rows.iter().find(|r| r.name == name);
     let rh_tcp = find("rathole 0.5, tcp");
@@ -320,8 +352,8 @@ async fn main() -> Result<()> {
     let full = find("ours, full path").context("no full-path row")?;
     println!();
     println!(
-        "small requests: GET /api/info, {} requests, {} connections; bulk: one {} MiB download",
-        cli.requests, cli.concurrency, cli.bulk_mib
+        "small requests: GET /api/info, {} requests, {} connections; bulk: one {} MiB download; median of {} rounds",
+        cli.requests, cli.concurrency, cli.bulk_mib, cli.rounds.max(1)
     );
     println!(
         "  {:<26} {:>10} {:>9} {:>9} {:>7} {:>11}",
@@ -356,7 +388,7 @@ async fn main() -> Result<()> {
         ratio(relay_only, rh_ws.map(|r| r.bulk))
     );
     if let Some((api, relay, agent)) = cpu {
-        let per_k = |ms: u64| ms as f64 * 1000.0 / cli.requests as f64;
+        let per_k = |ms: u64| ms as f64 * 1000.0 / proxied;
         println!();
         println!(
             "CPU per 1,000 proxied small requests (user + system): api-server {:.0} ms, remote-proxy {:.0} ms, edge-agent {:.0} ms",

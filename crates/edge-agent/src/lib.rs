@@ -183,7 +183,14 @@ async fn pipe(mut stream: StreamHandle, target: String) {
         }
     };
     let _ = local.set_nodelay(true);
-    if let Err(err) = tokio::io::copy_bidirectional(&mut stream, &mut local).await {
+    if let Err(err) = tokio::io::copy_bidirectional_with_sizes(
+        &mut stream,
+        &mut local,
+        tunnel::PIPE_BUFFER,
+        tunnel::PIPE_BUFFER,
+    )
+    .await
+    {
         tracing::debug!(error = %err, "stream ended with error");
     }
 }

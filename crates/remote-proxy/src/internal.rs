@@ -185,7 +185,14 @@ async fn serve_channel_stream(relay: Arc<Relay>, mut caller: tunnel::StreamHandl
     {
         return;
     }
-    if let Err(err) = tokio::io::copy_bidirectional(&mut caller, &mut stream).await {
+    if let Err(err) = tokio::io::copy_bidirectional_with_sizes(
+        &mut caller,
+        &mut stream,
+        tunnel::PIPE_BUFFER,
+        tunnel::PIPE_BUFFER,
+    )
+    .await
+    {
         tracing::debug!(%device, error = %err, "channel stream ended with error");
     }
 }

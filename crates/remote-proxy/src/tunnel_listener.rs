@@ -146,9 +146,11 @@ async fn run_tunnel(
     } = admitted;
     let device = auth.device_id;
     let limits = &relay.limits;
+    // Boxed: the handshake's state is freed once it is done instead of
+    // sizing every idle tunnel's task for it.
     let ws = match tokio::time::timeout(
         limits.handshake_timeout,
-        upgrade::websocket(on_upgrade, upgrade::relay_ws_config()),
+        Box::pin(upgrade::websocket(on_upgrade, upgrade::relay_ws_config())),
     )
     .await
     {

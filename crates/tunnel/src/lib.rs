@@ -9,5 +9,10 @@ pub mod pump;
 pub mod session;
 pub mod upgrade;
 
+/// Buffer each way when a relay or agent pipes one stream into another:
+/// large enough that bulk transfers move in few, large yamux frames and
+/// WebSocket messages.
+pub const PIPE_BUFFER: usize = 64 * 1024;
+
 pub use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 pub use tokio_yamux::{Control, StreamHandle};
