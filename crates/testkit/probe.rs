@@ -1,6 +1,6 @@
 // Included by the build scripts of `testkit` and `devstack`: finds which
 // interop peers this machine has and sets a cfg for each (`has_go`,
-// `has_chromium`, `has_oidc_provider`, `has_initdb`), plus
+// `has_chromium`, `has_oidc_provider`, `has_initdb`, `has_redis`), plus
 // `require_interop` when REQUIRE_INTEROP=1. Tests that need a peer carry
 // `#[cfg_attr(not(any(has_x, require_interop)), ignore = "needs …")]`, so a
 // run without the peer reports them as skipped rather than passed, and a
@@ -26,7 +26,14 @@ fn probe(repo_root: &Path) {
     for env in ["REQUIRE_INTEROP", "CHROMIUM", "PATH"] {
         println!("cargo:rerun-if-env-changed={env}");
     }
-    for cfg in ["has_go", "has_chromium", "has_oidc_provider", "has_initdb", "require_interop"] {
+    for cfg in [
+        "has_go",
+        "has_chromium",
+        "has_oidc_provider",
+        "has_initdb",
+        "has_redis",
+        "require_interop",
+    ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
     }
     if std::env::var("REQUIRE_INTEROP").as_deref() == Ok("1") {
@@ -57,6 +64,9 @@ fn probe(repo_root: &Path) {
         .any(|e| e.path().join("bin/initdb").is_file());
     if initdb {
         println!("cargo:rustc-cfg=has_initdb");
+    }
+    if on_path("redis-server").is_some() {
+        println!("cargo:rustc-cfg=has_redis");
     }
     for p in [
         chromium,

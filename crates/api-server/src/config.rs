@@ -58,6 +58,19 @@ pub struct Config {
         hide_env_values = true
     )]
     pub relay_url: String,
+    /// Redis URL: find each device's relay node from its lease there
+    /// (multi-node mode); `--relay-url` is then not used.
+    #[arg(long, env = "API_SERVER_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Bound on each Redis call, in milliseconds; past it a lookup answers
+    /// 503 `directory_unavailable`.
+    #[arg(
+        long,
+        env = "API_SERVER_REDIS_TIMEOUT_MS",
+        default_value_t = 1000,
+        hide_env_values = true
+    )]
+    pub redis_timeout_ms: u64,
     /// PEM file with a private CA for https:// relay node URLs (besides the
     /// web PKI roots).
     #[arg(long, env = "API_SERVER_RELAY_CA_FILE", hide_env_values = true)]

@@ -16,6 +16,8 @@ pub enum ApiError {
     DeviceOffline,
     #[error("the relay is unreachable")]
     RelayUnavailable,
+    #[error("the device directory is unavailable; try again shortly")]
+    DirectoryUnavailable,
     #[error("the device could not be reached")]
     DeviceUnreachable,
     #[error("the device did not answer in time")]
@@ -69,6 +71,9 @@ impl ApiError {
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::DeviceOffline => (StatusCode::SERVICE_UNAVAILABLE, "device_offline"),
             Self::RelayUnavailable => (StatusCode::BAD_GATEWAY, "relay_unavailable"),
+            Self::DirectoryUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "directory_unavailable")
+            }
             Self::DeviceUnreachable => (StatusCode::BAD_GATEWAY, "device_unreachable"),
             Self::DeviceTimeout => (StatusCode::GATEWAY_TIMEOUT, "device_timeout"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
@@ -132,6 +137,10 @@ impl ApiError {
                 Self::RelayUnavailable
             }
             DirectoryError::Timeout => Self::RelayUnavailable,
+            DirectoryError::Unavailable(e) => {
+                tracing::warn!(error = %e, "device directory unavailable");
+                Self::DirectoryUnavailable
+            }
             DirectoryError::Relay(e) | DirectoryError::Stream(e) => {
                 tracing::warn!(error = %e, "relay could not open a stream");
                 Self::DeviceUnreachable

@@ -99,8 +99,19 @@ pub async fn run_on(
     }
     let relay_tls = edge_tls::client_config(config.relay_ca_file.as_deref())
         .map_err(|e| ApiError::Config(format!("relay CA: {e}")))?;
+    let locator: Arc<dyn directory::NodeLocator> = match &config.redis_url {
+        Some(url) => Arc::new(
+            directory::leases::RedisLocator::connect(
+                url,
+                Duration::from_millis(config.redis_timeout_ms.clamp(50, 30_000)),
+            )
+            .await
+            .map_err(|e| ApiError::Config(format!("redis: {e}")))?,
+        ),
+        None => Arc::new(StaticNode(NodeId(config.relay_url.clone()))),
+    };
     let directory = RelayDirectory::new(
-        Arc::new(StaticNode(NodeId(config.relay_url.clone()))),
+        locator,
         internal_secret,
         settings.proxy_connect_timeout,
         settings.proxy_connect_timeout,

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod internal_api;
+pub mod leases;
 pub mod locator;
 pub mod mux;
 
@@ -63,6 +64,9 @@ pub enum DirectoryError {
     Relay(String),
     #[error("device session refused the stream: {0}")]
     Stream(String),
+    /// The shared directory (Redis) cannot answer now.
+    #[error("directory unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Read-and-control view of the directory. Both the relay and the

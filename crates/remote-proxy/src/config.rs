@@ -32,6 +32,28 @@ pub struct Config {
     /// (default: http://<internal-listen>).
     #[arg(long, env = "REMOTE_PROXY_NODE_URL", hide_env_values = true)]
     pub node_url: Option<String>,
+    /// Redis URL: turns on multi-node mode (a lease per tunnel, node
+    /// announcements, newest connection wins across nodes). Unset: this
+    /// node alone holds every tunnel.
+    #[arg(long, env = "REMOTE_PROXY_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Lifetime of a tunnel's lease in Redis, in seconds (refreshed every
+    /// 5 s; a node that dies loses its leases within it).
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_LEASE_TTL_SECS",
+        default_value_t = 15,
+        hide_env_values = true
+    )]
+    pub lease_ttl_secs: u64,
+    /// Bound on each Redis call, in milliseconds.
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_REDIS_TIMEOUT_MS",
+        default_value_t = 1000,
+        hide_env_values = true
+    )]
+    pub redis_timeout_ms: u64,
     /// Directory for embedded-default state (SQLite file, internal secret).
     #[arg(
         long,

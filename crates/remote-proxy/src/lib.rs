@@ -6,6 +6,7 @@
 pub mod config;
 pub mod error;
 pub mod internal;
+pub mod leases;
 pub mod registry;
 pub mod tunnel_listener;
 
@@ -36,6 +37,11 @@ pub struct Relay {
     tunnels: TaskTracker,
     shutdown: CancellationToken,
     draining: AtomicBool,
+    /// Multi-node mode: this node's leases in Redis (ADR 017).
+    leases: std::sync::OnceLock<directory::leases::RelayLeases>,
+    /// Tells this process's connections apart from other processes' in
+    /// lease values.
+    instance: String,
 }
 
 impl Relay {
@@ -50,7 +56,28 @@ impl Relay {
             tunnels: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             draining: AtomicBool::new(false),
+            leases: std::sync::OnceLock::new(),
+            instance: Secret::random(6).expose().to_owned(),
         })
+    }
+
+    /// Turn on multi-node mode: keep a lease in Redis for every tunnel.
+    /// Call before serving.
+    pub fn use_leases(&self, leases: directory::leases::RelayLeases) {
+        let _ = self.leases.set(leases);
+    }
+
+    pub fn leases(&self) -> Option<&directory::leases::RelayLeases> {
+        self.leases.get()
+    }
+
+    /// The lease value of connection `conn` that connected at `since`.
+    pub fn lease(&self, conn: directory::ConnectionId, since: i64) -> directory::leases::Lease {
+        directory::leases::Lease {
+            node: self.directory.node().clone(),
+            holder: format!("{}-{}", self.instance, conn.0),
+            connected_since: since,
+        }
     }
 
     pub fn is_draining(&self) -> bool {
@@ -103,6 +130,10 @@ impl Relay {
                 relay.shutdown.cancel();
             }
         };
+        if let Some(leases) = self.leases.get() {
+            tokio::spawn(leases::keep(self.clone(), leases.clone()));
+            tokio::spawn(leases::hear_takeovers(self.clone(), leases.clone()));
+        }
         tokio::join!(
             serve_tls(
                 tunnel,
@@ -225,9 +256,20 @@ pub async fn run_on(
     tracing::info!(tunnel = %tunnel_addr, internal = %internal_addr, node = %node.0,
         tunnel_tls = tls.tunnel.is_some(), internal_tls = tls.internal.is_some(), "remote-proxy listening");
     let limits = config.limits().map_err(RelayError::Startup)?;
-    Relay::new(store, node, secret, limits)
-        .serve_tls(tunnel, internal, tls, shutdown)
-        .await;
+    let relay = Relay::new(store, node.clone(), secret, limits);
+    if let Some(url) = &config.redis_url {
+        let leases = directory::leases::RelayLeases::connect(
+            url,
+            node,
+            Duration::from_secs(config.lease_ttl_secs.clamp(6, 300)),
+            Duration::from_millis(config.redis_timeout_ms.clamp(50, 30_000)),
+        )
+        .await
+        .map_err(|e| RelayError::Startup(format!("redis: {e}")))?;
+        relay.use_leases(leases);
+        tracing::info!("multi-node mode: tunnel leases in Redis");
+    }
+    relay.serve_tls(tunnel, internal, tls, shutdown).await;
     tracing::info!("remote-proxy stopped");
     Ok(())
 }

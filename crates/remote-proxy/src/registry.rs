@@ -146,6 +146,26 @@ impl LocalDirectory {
         self.entries().by_device.get(&device).map(|e| e.conn)
     }
 
+    /// Every live session: device, connection and when it connected (ms).
+    pub fn live(&self) -> Vec<(DeviceId, ConnectionId, i64)> {
+        self.entries()
+            .by_device
+            .iter()
+            .map(|(d, e)| (*d, e.conn, e.summary.connected_since))
+            .collect()
+    }
+
+    /// Close `device`'s session with GoAway(0) if it is still `conn`.
+    pub fn close_conn(&self, device: DeviceId, conn: ConnectionId) -> bool {
+        match self.entries().by_device.get(&device) {
+            Some(entry) if entry.conn == conn => {
+                entry.live.cancel.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Close every session (shutdown).
     pub fn close_all(&self) {
         for entry in self.entries().by_device.values() {

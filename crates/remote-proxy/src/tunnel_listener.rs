@@ -202,6 +202,14 @@ async fn run_tunnel(
         streams: Arc::new(Semaphore::new(limits.max_streams_per_session)),
     };
     let conn = relay.directory.register(summary, live).await;
+    let lease = relay.lease(conn, now);
+    if let Some(leases) = relay.leases() {
+        // Redis down: the tunnel works on this node; the lease keeper
+        // writes the lease when Redis answers again.
+        if let Err(err) = leases.acquire(device, &lease).await {
+            tracing::warn!(%device, error = %err, "cannot take the device's lease");
+        }
+    }
     tracing::info!(%device, %remote, "tunnel up");
     mark_seen(&relay, device).await;
 
@@ -224,6 +232,11 @@ async fn run_tunnel(
         }
     };
     relay.directory.cleanup(device, conn).await;
+    if let Some(leases) = relay.leases() {
+        if let Err(err) = leases.release(device, &lease).await {
+            tracing::warn!(%device, error = %err, "cannot release the device's lease");
+        }
+    }
     mark_seen(&relay, device).await;
     cancel.cancel();
     let transport_end = match pump_task.await {

@@ -13,6 +13,7 @@ pub mod devstack;
 pub mod go_device;
 pub mod oidc_provider;
 pub mod pg_tls;
+pub mod redis;
 pub mod statements;
 pub mod tls;
 
@@ -31,6 +32,9 @@ use store::{NewDevice, Store};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// Bound on each Redis call in multi-node stacks.
+pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Upper bound for any single awaited step in a test.
 pub const STEP: Duration = Duration::from_secs(30);
@@ -100,13 +104,25 @@ impl RelayNode {
         secret: Secret,
         limits: Limits,
         tls: RelayTls,
-        tunnel: TcpListener,
-        internal: TcpListener,
+        (tunnel, internal): (TcpListener, TcpListener),
+        redis_url: Option<&str>,
     ) -> Self {
         let tunnel_addr = tunnel.local_addr().unwrap();
         let internal_addr = internal.local_addr().unwrap();
         let node = NodeId(node_url(&tls, internal_addr));
-        let relay = Relay::new(store, node, secret, limits);
+        let relay = Relay::new(store, node.clone(), secret, limits);
+        if let Some(url) = redis_url {
+            relay.use_leases(
+                directory::leases::RelayLeases::connect(
+                    url,
+                    node,
+                    directory::leases::DEFAULT_LEASE_TTL,
+                    REDIS_TIMEOUT,
+                )
+                .await
+                .unwrap(),
+            );
+        }
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(
             relay
@@ -120,6 +136,16 @@ impl RelayNode {
             shutdown,
             task,
         }
+    }
+
+    /// The URL devices dial (plain `ws://`).
+    pub fn tunnel_url(&self) -> String {
+        format!("ws://{}/tunnel", self.tunnel_addr)
+    }
+
+    /// The node id it announces (its internal URL).
+    pub fn node(&self) -> NodeId {
+        self.relay.directory.node().clone()
     }
 
     /// Graceful stop: GoAway to every device, listeners closed.
@@ -208,6 +234,9 @@ pub struct StackOptions {
     /// The api-server listener's limits (per-client cap, trusted proxies,
     /// header timeout and size).
     pub api_serve: edge_core::serve::ServeOptions,
+    /// Multi-node mode: relays keep leases in this Redis and the
+    /// api-server finds devices there.
+    pub redis_url: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -225,6 +254,7 @@ impl Default for StackOptions {
             relay_tls: RelayTls::default(),
             client_tls: None,
             api_serve: edge_core::serve::ServeOptions::default(),
+            redis_url: None,
         }
     }
 }
@@ -246,6 +276,7 @@ pub struct Stack {
     limits: Limits,
     relay_tls: RelayTls,
     client_tls: Option<Arc<rustls::ClientConfig>>,
+    redis_url: Option<String>,
     tunnel_addr: SocketAddr,
     internal_addr: SocketAddr,
     shutdown: CancellationToken,
@@ -280,8 +311,8 @@ impl Stack {
             secret.clone(),
             opts.limits.clone(),
             opts.relay_tls.clone(),
-            bind().await,
-            bind().await,
+            (bind().await, bind().await),
+            opts.redis_url.as_deref(),
         )
         .await;
         let (tunnel_addr, internal_addr) = (relay.tunnel_addr, relay.internal_addr);
@@ -351,8 +382,16 @@ impl Stack {
             ca_file: oidc_ca,
         })
         .unwrap();
+        let locator: Arc<dyn directory::NodeLocator> = match &opts.redis_url {
+            Some(url) => Arc::new(
+                directory::leases::RedisLocator::connect(url, REDIS_TIMEOUT)
+                    .await
+                    .unwrap(),
+            ),
+            None => Arc::new(StaticNode(NodeId(node_url(&opts.relay_tls, internal_addr)))),
+        };
         let mut directory = RelayDirectory::new(
-            Arc::new(StaticNode(NodeId(node_url(&opts.relay_tls, internal_addr)))),
+            locator,
             secret.clone(),
             settings.proxy_connect_timeout,
             settings.proxy_connect_timeout,
@@ -402,6 +441,7 @@ impl Stack {
             limits: opts.limits,
             relay_tls: opts.relay_tls,
             client_tls: opts.client_tls,
+            redis_url: opts.redis_url,
             tunnel_addr,
             internal_addr,
             shutdown,
@@ -644,11 +684,39 @@ impl Stack {
                 self.secret.clone(),
                 self.limits.clone(),
                 self.relay_tls.clone(),
-                tunnel,
-                internal,
+                (tunnel, internal),
+                self.redis_url.as_deref(),
             )
             .await,
         );
+    }
+
+    /// Another relay node on the stack's store and Redis (multi-node mode).
+    pub async fn extra_relay(&self) -> RelayNode {
+        RelayNode::start(
+            self.store.clone(),
+            self.secret.clone(),
+            self.limits.clone(),
+            RelayTls::default(),
+            (bind().await, bind().await),
+            self.redis_url.as_deref(),
+        )
+        .await
+    }
+
+    /// Start an in-process agent for `device` that dials `relay_url`.
+    pub fn agent_via(&self, device: &TestDevice, relay_url: &str) -> AgentHandle {
+        let mut settings =
+            edge_agent::config::AgentSettings::new(relay_url.to_owned(), self.sim_addr.to_string());
+        settings.backoff_min = Duration::from_millis(50);
+        settings.backoff_max = Duration::from_millis(500);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(edge_agent::run(
+            settings,
+            device.token.clone(),
+            cancel.clone(),
+        ));
+        AgentHandle { cancel, task }
     }
 
     /// A state-changing call through the API as `user` (cookie and `X-CSRF`).

@@ -1,0 +1,212 @@
+//! Multi-node mode on a real Redis (Debian's `redis-server`, started on a
+//! free port per test): relays keep a lease per tunnel, the api-server
+//! routes each device to the node that holds it, the newest connection
+//! wins across nodes, a stopped relay leaves no lease behind, and Redis
+//! going away costs lookups (503 `directory_unavailable`), never tunnels.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use directory::leases::lease_key;
+use std::time::{Duration, Instant};
+use testkit::redis::RedisServer;
+use testkit::{checks, within, Stack, StackOptions};
+
+async fn stack_on(redis: &RedisServer) -> Stack {
+    Stack::start_with(StackOptions {
+        redis_url: Some(redis.url()),
+        ..Default::default()
+    })
+    .await
+}
+
+/// The node named in `device`'s lease, if any.
+async fn lease_node(redis: &RedisServer, device: edge_core::DeviceId) -> Option<String> {
+    let mut c = redis.conn().await;
+    let v: Option<String> = redis::cmd("GET")
+        .arg(lease_key(device))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    v.and_then(|v| v.split(' ').next().map(str::to_owned))
+}
+
+async fn wait_lease(redis: &RedisServer, device: edge_core::DeviceId, want: Option<&str>) {
+    within("lease as expected", async {
+        while lease_node(redis, device).await.as_deref() != want {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[cfg_attr(
+    not(any(has_redis, require_interop)),
+    ignore = "needs redis-server (Debian's redis-server package)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_moves_relays_is_routed_there_and_its_old_session_closes_within_a_second() {
+    let redis = RedisServer::start().await;
+    let stack = stack_on(&redis).await;
+    let relay_b = stack.extra_relay().await;
+    let alice = stack.user("alice").await;
+    let dev = stack.device(alice.id).await;
+    let node_a = stack.relay().directory.node().0.clone();
+
+    // First connection: on relay A, a bare tunnel that never reconnects.
+    let ws = stack.dial_raw(&dev.token).await.unwrap();
+    tokio::spawn(async move {
+        let activity = tunnel::pump::Activity::new();
+        let (io, _ended) = tunnel::pump::spawn(
+            ws,
+            tunnel::pump::PumpConfig {
+                idle_timeout: Duration::from_secs(60),
+            },
+            activity.clone(),
+        );
+        tunnel::session::serve(
+            io,
+            tunnel::session::device_config(),
+            Default::default(),
+            activity,
+            drop,
+        )
+        .await
+    });
+    stack.wait_online(dev.id).await;
+    wait_lease(&redis, dev.id, Some(&node_a)).await;
+
+    // Second connection: a real agent on relay B takes the device over.
+    let _agent = stack.agent_via(&dev, &relay_b.tunnel_url());
+    let b_dir = relay_b.relay.directory.clone();
+    within(
+        "device on relay B",
+        b_dir.wait_until(|d| d.connection_of(dev.id).is_some()),
+    )
+    .await;
+    let on_b = Instant::now();
+    stack.wait_offline(dev.id).await;
+    let closed_after = on_b.elapsed();
+    println!(
+        "relay A closed its older session {closed_after:?} after relay B registered the device"
+    );
+    assert!(
+        closed_after < Duration::from_secs(1),
+        "A's session lived {closed_after:?} after B took the device"
+    );
+    assert_eq!(lease_node(&redis, dev.id).await, Some(relay_b.node().0));
+    assert!(
+        b_dir.connection_of(dev.id).is_some(),
+        "exactly one session, on B"
+    );
+    // The api-server finds the device on B.
+    assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "SIM-1");
+}
+
+#[cfg_attr(
+    not(any(has_redis, require_interop)),
+    ignore = "needs redis-server (Debian's redis-server package)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_relay_leaves_no_lease_and_leaves_the_node_set() {
+    let redis = RedisServer::start().await;
+    let stack = stack_on(&redis).await;
+    let relay_b = stack.extra_relay().await;
+    let node_b = relay_b.node().0;
+    let alice = stack.user("alice").await;
+    let dev = stack.device(alice.id).await;
+    let agent = stack.agent_via(&dev, &relay_b.tunnel_url());
+    wait_lease(&redis, dev.id, Some(&node_b)).await;
+    assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "SIM-1");
+    let mut c = redis.conn().await;
+    within("relay B announced", async {
+        loop {
+            let score: Option<i64> = redis::cmd("ZSCORE")
+                .arg(directory::leases::NODES_KEY)
+                .arg(&node_b)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            if score.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    agent.stop().await;
+    relay_b.stop().await;
+    wait_lease(&redis, dev.id, None).await;
+    let score: Option<i64> = redis::cmd("ZSCORE")
+        .arg(directory::leases::NODES_KEY)
+        .arg(&node_b)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(score, None, "a stopped relay withdraws from the node set");
+    let res = stack
+        .get(&alice, &stack.proxy_url(dev.id, "/api/info"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+}
+
+#[cfg_attr(
+    not(any(has_redis, require_interop)),
+    ignore = "needs redis-server (Debian's redis-server package)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_costs_lookups_not_tunnels_and_everything_recovers_by_itself() {
+    let mut redis = RedisServer::start().await;
+    let stack = stack_on(&redis).await;
+    let alice = stack.user("alice").await;
+    let (dev, _agent) = stack.online_device(alice.id).await;
+    let (cold, _cold_agent) = stack.online_device(alice.id).await;
+    let node_a = stack.relay().directory.node().0.clone();
+    wait_lease(&redis, dev.id, Some(&node_a)).await;
+    wait_lease(&redis, cold.id, Some(&node_a)).await;
+    assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "SIM-1");
+
+    redis.kill().await;
+    // A box connection already open keeps relaying without a lookup.
+    assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "SIM-1");
+    // A device that needs a lookup gets a clear, bounded refusal.
+    let asked = Instant::now();
+    let res = stack
+        .get(&alice, &stack.proxy_url(cold.id, "/api/info"))
+        .send()
+        .await
+        .unwrap();
+    let took = asked.elapsed();
+    assert_eq!(res.status(), 503);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "directory_unavailable", "{body}");
+    println!("lookup with Redis down answered in {took:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "bounded by the Redis timeout: {took:?}"
+    );
+    assert!(
+        stack.relay().directory.connection_of(cold.id).is_some(),
+        "the tunnel stays up while Redis is down"
+    );
+
+    // Redis returns empty; the relay writes the lease again by itself.
+    redis.restart().await;
+    within("device reachable again", async {
+        loop {
+            let res = stack
+                .get(&alice, &stack.proxy_url(cold.id, "/api/info"))
+                .send()
+                .await
+                .unwrap();
+            if res.status() == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(lease_node(&redis, cold.id).await, Some(node_a));
+}
