@@ -110,6 +110,17 @@ pub async fn run_on(
         ),
         None => Arc::new(StaticNode(NodeId(config.relay_url.clone()))),
     };
+    let pairing_limits = Arc::new(state::PairingLimits::default());
+    if let Some(url) = &config.redis_url {
+        let shared = directory::shared_limits::SharedBuckets::connect(
+            url,
+            Duration::from_millis(config.redis_timeout_ms.clamp(50, 30_000)),
+        )
+        .await
+        .map_err(|e| ApiError::Config(format!("redis: {e}")))?;
+        pairing_limits.per_address.share(shared.clone());
+        pairing_limits.global.share(shared);
+    }
     let directory = RelayDirectory::new(
         locator,
         internal_secret,
@@ -141,7 +152,7 @@ pub async fn run_on(
         cookies: CookieKeys::new(signing, retired),
         oidc: Arc::new(oidc),
         settings: Arc::new(settings),
-        pairing_limits: Arc::default(),
+        pairing_limits,
         access_changes: Arc::default(),
         pairing_key,
     };

@@ -187,9 +187,10 @@ pub async fn exchange(
     limits
         .per_address
         .check(key)
+        .await
         .map_err(ApiError::RateLimited)?;
-    if let Err(secs) = limits.global.check(()) {
-        limits.per_address.refund(&key);
+    if let Err(secs) = limits.global.check(crate::state::ALL).await {
+        limits.per_address.refund(&key).await;
         return Err(ApiError::RateLimited(secs));
     }
     let outcome = exchange_code(&state, req).await;
@@ -198,8 +199,8 @@ pub async fn exchange(
             tracing::info!(client = %client.0, "pairing exchange failed: invalid code");
         }
         _ => {
-            limits.per_address.refund(&key);
-            limits.global.refund(&());
+            limits.per_address.refund(&key).await;
+            limits.global.refund(&crate::state::ALL).await;
         }
     }
     outcome

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use store::Store;
 
 /// Limits on failed pairing exchanges (keys are client addresses, IPv6 by
-/// /64).
+/// /64), counted across replicas when Redis is configured.
 pub struct PairingLimits {
-    pub per_address: edge_core::ratelimit::KeyedLimiter<std::net::IpAddr>,
-    pub global: edge_core::ratelimit::KeyedLimiter<()>,
+    pub per_address: directory::shared_limits::Bucket<std::net::IpAddr>,
+    pub global: directory::shared_limits::Bucket<&'static str>,
 }
 
 impl Default for PairingLimits {
@@ -20,11 +20,14 @@ impl Default for PairingLimits {
     /// refilled one a second.
     fn default() -> Self {
         Self {
-            per_address: edge_core::ratelimit::KeyedLimiter::new(10, 1.0 / 60.0),
-            global: edge_core::ratelimit::KeyedLimiter::new(100, 1.0),
+            per_address: directory::shared_limits::Bucket::new("pair-addr", 10, 1.0 / 60.0),
+            global: directory::shared_limits::Bucket::new("pair-all", 100, 1.0),
         }
     }
 }
+
+/// The key of the global pairing bucket.
+pub const ALL: &str = "all";
 
 /// Wakes every open device-origin connection of this replica to re-check
 /// its access at once (logout, "end this session", back-channel logout,

@@ -70,13 +70,13 @@ impl Lease {
 
 /// A connection to Redis with a bound on every call.
 #[derive(Clone)]
-struct Redis {
+pub(crate) struct Redis {
     conn: ConnectionManager,
     timeout: Duration,
 }
 
 impl Redis {
-    async fn connect(
+    pub(crate) async fn connect(
         url: &str,
         timeout: Duration,
     ) -> Result<(Self, redis::Client), DirectoryError> {
@@ -103,7 +103,7 @@ impl Redis {
             .map_err(unavailable)
     }
 
-    async fn script<T: redis::FromRedisValue>(
+    pub(crate) async fn script<T: redis::FromRedisValue>(
         &self,
         script: &redis::Script,
         keys: &[&str],
@@ -124,7 +124,7 @@ impl Redis {
     }
 }
 
-fn unavailable(err: redis::RedisError) -> DirectoryError {
+pub(crate) fn unavailable(err: redis::RedisError) -> DirectoryError {
     DirectoryError::Unavailable(err.to_string())
 }
 

@@ -9,6 +9,7 @@ pub mod internal_api;
 pub mod leases;
 pub mod locator;
 pub mod mux;
+pub mod shared_limits;
 
 use async_trait::async_trait;
 use edge_core::{DeviceId, UserId};

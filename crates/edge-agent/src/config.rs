@@ -124,14 +124,17 @@ pub struct PairArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Relay tunnel URL.
+    /// Relay tunnel URL; repeat it (or give a comma-separated list) for
+    /// several relay nodes: the agent starts at a random one and moves to
+    /// the next when a connect fails or a draining node refuses it.
     #[arg(
         long,
         env = "EDGE_AGENT_RELAY",
         default_value = "ws://127.0.0.1:3800/tunnel",
+        value_delimiter = ',',
         hide_env_values = true
     )]
-    pub relay: String,
+    pub relay: Vec<String>,
     /// Local service each stream is piped to (host:port).
     #[arg(
         long,
@@ -172,7 +175,8 @@ pub struct RunArgs {
 /// Checked settings of `edge-agent run`.
 #[derive(Debug, Clone)]
 pub struct AgentSettings {
-    pub relay: String,
+    /// Relay tunnel URLs, at least one.
+    pub relays: Vec<String>,
     pub target: String,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -190,7 +194,7 @@ pub struct AgentSettings {
 impl AgentSettings {
     pub fn new(relay: impl Into<String>, target: impl Into<String>) -> Self {
         Self {
-            relay: relay.into(),
+            relays: vec![relay.into()],
             target: target.into(),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(15),
@@ -209,8 +213,22 @@ impl RunArgs {
                 "backoff bounds must satisfy 0 < min <= max".into(),
             ));
         }
-        self.transport.check(&self.relay)?;
-        let mut s = AgentSettings::new(&self.relay, &self.target);
+        let relays: Vec<String> = self
+            .relay
+            .iter()
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty())
+            .collect();
+        if relays.is_empty() {
+            return Err(crate::AgentError::Config(
+                "at least one --relay is needed".into(),
+            ));
+        }
+        for relay in &relays {
+            self.transport.check(relay)?;
+        }
+        let mut s = AgentSettings::new(relays[0].clone(), &self.target);
+        s.relays = relays;
         s.backoff_min = Duration::from_millis(self.backoff_min_ms);
         s.backoff_max = Duration::from_millis(self.backoff_max_ms);
         s.tls = Some(self.transport.tls()?);
@@ -222,6 +240,40 @@ impl RunArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_relays_by_repetition_or_comma_list() {
+        let cli = Cli::try_parse_from([
+            "edge-agent",
+            "run",
+            "--relay",
+            "ws://127.0.0.1:1/tunnel,ws://127.0.0.1:2/tunnel",
+            "--relay",
+            "ws://127.0.0.1:3/tunnel",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let s = args.settings().unwrap();
+        assert_eq!(
+            s.relays,
+            [
+                "ws://127.0.0.1:1/tunnel",
+                "ws://127.0.0.1:2/tunnel",
+                "ws://127.0.0.1:3/tunnel"
+            ]
+        );
+        let plain =
+            Cli::try_parse_from(["edge-agent", "run", "--relay", "ws://10.0.0.9/tunnel"]).unwrap();
+        let Command::Run(args) = plain.command else {
+            panic!("not run")
+        };
+        assert!(
+            args.settings().is_err(),
+            "each relay's transport is checked"
+        );
+    }
 
     #[test]
     fn plaintext_only_to_loopback_unless_allowed() {

@@ -83,24 +83,38 @@ fn user_agent() -> String {
     )
 }
 
-/// Keep the tunnel up until `shutdown`.
+/// Keep the tunnel up until `shutdown`. With several relays the agent
+/// starts at a random one (spreading a fleet over the nodes), stays with a
+/// relay while it accepts the tunnel, and moves to the next after a failed
+/// connect (unreachable, refused, draining), with jittered backoff.
 pub async fn run(settings: AgentSettings, token: DeviceToken, shutdown: CancellationToken) {
     let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
     let agent = user_agent();
-    tracing::info!(relay = %settings.relay, target = %settings.target, "edge-agent starting");
+    let relays = &settings.relays;
+    let mut at = if relays.len() > 1 {
+        rand::Rng::gen_range(&mut rand::thread_rng(), 0..relays.len())
+    } else {
+        0
+    };
+    tracing::info!(relays = ?relays, target = %settings.target, "edge-agent starting");
     while !shutdown.is_cancelled() {
-        if settings.insecure_plaintext && settings.relay.starts_with("ws://") {
-            tracing::warn!(relay = %settings.relay, "connecting without TLS (--insecure-plaintext): the credential crosses the network in clear text");
+        let Some(relay) = relays.get(at % relays.len().max(1)) else {
+            tracing::error!("no relay configured");
+            break;
+        };
+        if settings.insecure_plaintext && relay.starts_with("ws://") {
+            tracing::warn!(%relay, "connecting without TLS (--insecure-plaintext): the credential crosses the network in clear text");
         }
         let started = Instant::now();
         let mut floor = Duration::ZERO;
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = dial(&settings.relay, &token, &agent, WebSocketConfig::default(), settings.tls.clone()) => r,
+            r = dial(relay, &token, &agent, WebSocketConfig::default(), settings.tls.clone()) => r,
         };
+        let connected = attempt.is_ok();
         match attempt {
             Ok(ws) => {
-                tracing::info!(relay = %settings.relay, "tunnel connected");
+                tracing::info!(%relay, "tunnel connected");
                 let reason = serve_tunnel(ws, &settings, shutdown.clone()).await;
                 tracing::info!(%reason, "tunnel connection ended");
                 if started.elapsed() >= settings.stable_after {
@@ -115,9 +129,12 @@ pub async fn run(settings: AgentSettings, token: DeviceToken, shutdown: Cancella
                 retry_after,
             }) => {
                 floor = Duration::from_secs(retry_after.unwrap_or(0));
-                tracing::warn!(status, "relay refused the tunnel");
+                tracing::warn!(%relay, status, "relay refused the tunnel");
             }
-            Err(err) => tracing::warn!(error = %err, "cannot connect to relay"),
+            Err(err) => tracing::warn!(%relay, error = %err, "cannot connect to relay"),
+        }
+        if !connected {
+            at = at.wrapping_add(1);
         }
         if shutdown.is_cancelled() {
             break;

@@ -32,7 +32,8 @@ pub struct Relay {
     pub limits: Limits,
     internal_secret: Secret,
     /// Per-device reconnect attempts: a burst, then one per second.
-    limiter: edge_core::ratelimit::KeyedLimiter<edge_core::DeviceId>,
+    /// (Counted across relays once [`Relay::use_leases`] shares it.)
+    limiter: directory::shared_limits::Bucket<edge_core::DeviceId>,
     tunnel_slots: Arc<Semaphore>,
     tunnels: TaskTracker,
     shutdown: CancellationToken,
@@ -49,7 +50,11 @@ impl Relay {
         Arc::new(Self {
             store,
             directory: Arc::new(LocalDirectory::new(node, limits.open_stream_timeout)),
-            limiter: edge_core::ratelimit::KeyedLimiter::new(limits.reconnect_burst, 1.0),
+            limiter: directory::shared_limits::Bucket::new(
+                "reconnect",
+                limits.reconnect_burst,
+                1.0,
+            ),
             tunnel_slots: Arc::new(Semaphore::new(limits.max_tunnels)),
             limits,
             internal_secret,
@@ -61,10 +66,16 @@ impl Relay {
         })
     }
 
-    /// Turn on multi-node mode: keep a lease in Redis for every tunnel.
+    /// Turn on multi-node mode: keep a lease in Redis for every tunnel and
+    /// count device reconnects together with the other relays.
     /// Call before serving.
-    pub fn use_leases(&self, leases: directory::leases::RelayLeases) {
+    pub fn use_leases(
+        &self,
+        leases: directory::leases::RelayLeases,
+        shared: directory::shared_limits::SharedBuckets,
+    ) {
         let _ = self.leases.set(leases);
+        self.limiter.share(shared);
     }
 
     pub fn leases(&self) -> Option<&directory::leases::RelayLeases> {
@@ -266,7 +277,13 @@ pub async fn run_on(
         )
         .await
         .map_err(|e| RelayError::Startup(format!("redis: {e}")))?;
-        relay.use_leases(leases);
+        let shared = directory::shared_limits::SharedBuckets::connect(
+            url,
+            Duration::from_millis(config.redis_timeout_ms.clamp(50, 30_000)),
+        )
+        .await
+        .map_err(|e| RelayError::Startup(format!("redis: {e}")))?;
+        relay.use_leases(leases, shared);
         tracing::info!("multi-node mode: tunnel leases in Redis");
     }
     relay.serve_tls(tunnel, internal, tls, shutdown).await;

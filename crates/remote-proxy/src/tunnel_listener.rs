@@ -109,6 +109,7 @@ async fn admit(
     relay
         .limiter
         .check(auth.device_id)
+        .await
         .map_err(|retry_after_secs| RelayError::TooFast { retry_after_secs })?;
     if !relay.directory.owner_has_room(
         auth.owner_id,

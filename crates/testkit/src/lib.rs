@@ -121,6 +121,9 @@ impl RelayNode {
                 )
                 .await
                 .unwrap(),
+                directory::shared_limits::SharedBuckets::connect(url, REDIS_TIMEOUT)
+                    .await
+                    .unwrap(),
             );
         }
         let shutdown = CancellationToken::new();
@@ -409,6 +412,14 @@ impl Stack {
             settings.proxy_connect_timeout,
             settings.box_idle,
         );
+        let pairing_limits = Arc::new(api_server::state::PairingLimits::default());
+        if let Some(url) = &opts.redis_url {
+            let shared = directory::shared_limits::SharedBuckets::connect(url, REDIS_TIMEOUT)
+                .await
+                .unwrap();
+            pairing_limits.per_address.share(shared.clone());
+            pairing_limits.global.share(shared);
+        }
         let state = AppState {
             audit,
             store: store.clone(),
@@ -417,7 +428,7 @@ impl Stack {
             cookies: CookieKeys::new(CookieKey::new(Secret::random(32)).unwrap(), vec![]),
             oidc: Arc::new(oidc),
             settings: Arc::new(settings),
-            pairing_limits: Arc::default(),
+            pairing_limits,
             access_changes: Arc::default(),
             pairing_key: Secret::random(32),
         };
@@ -706,8 +717,14 @@ impl Stack {
 
     /// Start an in-process agent for `device` that dials `relay_url`.
     pub fn agent_via(&self, device: &TestDevice, relay_url: &str) -> AgentHandle {
+        self.agent_via_any(device, vec![relay_url.to_owned()])
+    }
+
+    /// Start an in-process agent for `device` that knows several relays.
+    pub fn agent_via_any(&self, device: &TestDevice, relays: Vec<String>) -> AgentHandle {
         let mut settings =
-            edge_agent::config::AgentSettings::new(relay_url.to_owned(), self.sim_addr.to_string());
+            edge_agent::config::AgentSettings::new(relays[0].clone(), self.sim_addr.to_string());
+        settings.relays = relays;
         settings.backoff_min = Duration::from_millis(50);
         settings.backoff_max = Duration::from_millis(500);
         let cancel = CancellationToken::new();

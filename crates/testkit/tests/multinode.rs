@@ -210,3 +210,104 @@ async fn redis_down_costs_lookups_not_tunnels_and_everything_recovers_by_itself(
     .await;
     assert_eq!(lease_node(&redis, cold.id).await, Some(node_a));
 }
+
+#[cfg_attr(
+    not(any(has_redis, require_interop)),
+    ignore = "needs redis-server (Debian's redis-server package)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_several_relays_moves_on_when_its_relay_drains() {
+    let redis = RedisServer::start().await;
+    let mut stack = stack_on(&redis).await;
+    let relay_b = stack.extra_relay().await;
+    let alice = stack.user("alice").await;
+    let dev = stack.device(alice.id).await;
+    let relays = vec![stack.tunnel_url(), relay_b.tunnel_url()];
+    let _agent = stack.agent_via_any(&dev, relays);
+    let a_dir = stack.relay().directory.clone();
+    let b_dir = relay_b.relay.directory.clone();
+    within("device on a relay", async {
+        while a_dir.connection_of(dev.id).is_none() && b_dir.connection_of(dev.id).is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "SIM-1");
+
+    // Drain whichever node holds it: the agent must land on the other.
+    let drained = Instant::now();
+    let survivor = if a_dir.connection_of(dev.id).is_some() {
+        stack.stop_relay().await;
+        b_dir.clone()
+    } else {
+        relay_b.stop().await;
+        a_dir.clone()
+    };
+    within(
+        "device on the other relay",
+        survivor.wait_until(|d| d.connection_of(dev.id).is_some()),
+    )
+    .await;
+    println!(
+        "moved to the other relay {:?} after the drain began",
+        drained.elapsed()
+    );
+    within("reachable through the other relay", async {
+        loop {
+            let res = stack
+                .get(&alice, &stack.proxy_url(dev.id, "/api/info"))
+                .send()
+                .await
+                .unwrap();
+            if res.status() == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+#[cfg_attr(
+    not(any(has_redis, require_interop)),
+    ignore = "needs redis-server (Debian's redis-server package)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_counted_across_replicas_and_fall_back_to_local_when_redis_is_gone() {
+    use directory::shared_limits::{Bucket, SharedBuckets};
+    let mut redis = RedisServer::start().await;
+    // Two replicas' view of the same limit: 4 attempts in all, slow refill.
+    let replicas: Vec<Bucket<&str>> = (0..2)
+        .map(|_| Bucket::new("test", 4, 1.0 / 3600.0))
+        .collect();
+    for r in &replicas {
+        r.share(
+            SharedBuckets::connect(&redis.url(), testkit::REDIS_TIMEOUT)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut allowed = 0;
+    for i in 0..10 {
+        if replicas[i % 2].check("client").await.is_ok() {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 4, "two replicas give no more than the one limit");
+    let retry = replicas[0].check("client").await.unwrap_err();
+    assert!(retry > 60, "the refill is an hour per attempt: {retry} s");
+    assert!(replicas[1].check("other").await.is_ok(), "keys are apart");
+    // A refund on one replica is an attempt back for the other.
+    replicas[0].refund(&"client").await;
+    assert!(replicas[1].check("client").await.is_ok());
+    assert!(replicas[1].check("client").await.is_err());
+
+    // Redis gone: each replica still limits, on its own count.
+    redis.kill().await;
+    let local: usize = futures_util::future::join_all((0..6).map(|_| replicas[0].check("x")))
+        .await
+        .into_iter()
+        .filter(Result::is_ok)
+        .count();
+    assert_eq!(local, 4, "local fallback keeps the burst");
+}
