@@ -228,9 +228,9 @@ async fn shutdown_lets_in_flight_requests_finish() {
 
 /// The hot path's design budget: after warm-up, a proxied request costs at
 /// most one store statement (session and ownership together; none while a
-/// recent grant is reused), no TCP connection to
-/// the relay, and no new stream to the box (its keep-alive connection is
-/// reused). Counted, not timed.
+/// recent grant is reused), no TCP connection to the relay, and no new
+/// stream to the box (keep-alive connections are reused; the pool opens a
+/// bounded few, not one per request). Counted, not timed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_warm_up_a_proxied_request_costs_one_statement_and_no_new_connection() {
     let stack = Stack::start().await;
@@ -265,20 +265,27 @@ async fn after_warm_up_a_proxied_request_costs_one_statement_and_no_new_connecti
         assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "SIM-1");
     }
     let ran = testkit::statements::since(mark);
+    // hyper's pool may race a new connection against one on its way back
+    // to the pool (then keeps both): a bounded few, never one per request.
+    let new_streams = stack.state.boxes.streams_opened() - streams;
     assert!(
-        ran.len() <= N,
+        new_streams <= 2,
+        "{new_streams} new box streams for {N} sequential requests"
+    );
+    let (audit, checks): (Vec<_>, Vec<_>) =
+        ran.iter().partition(|s| s.contains("INTO audit_events"));
+    assert!(
+        audit.len() as u64 <= new_streams,
+        "audit rows only for new box connections: {ran:#?}"
+    );
+    assert!(
+        checks.len() <= N,
         "at most one statement per request (a grant is reused for under a second): {ran:#?}"
     );
     assert!(
-        ran.iter().all(|s| s.contains("FROM user_sessions")),
+        checks.iter().all(|s| s.contains("FROM user_sessions")),
         "{ran:#?}"
     );
-    assert_eq!(
-        stack.state.boxes.streams_opened(),
-        streams,
-        "sequential requests reuse the box connection"
-    );
-
     assert_eq!(checks::concurrent(&stack, &alice, dev.id, 50).await, 50);
     checks::ws_echo(&stack, &alice, dev.id).await;
     assert_eq!(
