@@ -226,6 +226,12 @@ pub mod testing {
     /// Create a uniquely named database on the server at `admin_url` and
     /// connect a store to it.
     pub async fn fresh_postgres(admin_url: &str) -> Result<Store, StoreError> {
+        Store::connect(&fresh_postgres_url(admin_url).await?).await
+    }
+
+    /// Create a uniquely named database on the server `admin_url` names;
+    /// returns its URL (for processes that connect on their own).
+    pub async fn fresh_postgres_url(admin_url: &str) -> Result<String, StoreError> {
         sqlx::any::install_default_drivers();
         let name = format!("edge_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = sqlx::AnyConnection::connect(admin_url).await?;
@@ -237,6 +243,6 @@ pub mod testing {
             .rsplit_once('/')
             .map(|(b, _)| b)
             .unwrap_or(admin_url);
-        Store::connect(&format!("{base}/{name}")).await
+        Ok(format!("{base}/{name}"))
     }
 }

@@ -1,0 +1,410 @@
+//! Issue 12's cluster, as real processes: a throwaway `redis-server`, a
+//! fresh PostgreSQL database, two `remote-proxy` and two `api-server`
+//! release-or-test binaries, one `sim-box`, 100 Rust agents that know both
+//! relays, and one Go device. It proves routing through both api-servers,
+//! a session shared by them, relay SIGKILL (time to routable printed),
+//! one pairing code exchanged 50 times at once across both replicas, and a
+//! Redis outage that costs lookups but no tunnel.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use auth::{CookieKey, CookieKeys, SessionId};
+use directory::leases::lease_key;
+use edge_core::{DeviceId, DeviceToken};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use store::{NewDevice, Store};
+use testkit::devstack::sibling_binary;
+use testkit::redis::RedisServer;
+use testkit::within;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+const DEVSTACK: &str = env!("CARGO_BIN_EXE_devstack");
+const AGENTS: usize = 100;
+
+fn bin(name: &str) -> PathBuf {
+    sibling_binary(Path::new(DEVSTACK), name)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_port(port: u16) {
+    within("port opens", async {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+struct Cluster {
+    data: tempfile::TempDir,
+    db_url: String,
+    redis_url: String,
+}
+
+impl Cluster {
+    fn command(&self, name: &str) -> Command {
+        let mut c = Command::new(bin(name));
+        c.env("EDGE_DATA_DIR", self.data.path())
+            .env("EDGE_DATABASE_URL", &self.db_url)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true);
+        c
+    }
+
+    /// A relay; returns (process, tunnel URL, node URL).
+    async fn relay(&self) -> (Child, String, String) {
+        let (tunnel, internal) = (free_port(), free_port());
+        let child = self
+            .command("remote-proxy")
+            .args(["--tunnel-listen", &format!("127.0.0.1:{tunnel}")])
+            .args(["--internal-listen", &format!("127.0.0.1:{internal}")])
+            .args(["--redis-url", &self.redis_url])
+            .args(["--max-connections-per-client", "0"])
+            .args(["--max-tunnels-per-owner", "1000"])
+            .spawn()
+            .unwrap();
+        wait_port(internal).await;
+        (
+            child,
+            format!("ws://127.0.0.1:{tunnel}/tunnel"),
+            format!("http://127.0.0.1:{internal}"),
+        )
+    }
+
+    /// An api-server; returns (process, base URL).
+    async fn api(&self) -> (Child, String) {
+        let port = free_port();
+        let child = self
+            .command("api-server")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--redis-url", &self.redis_url])
+            .args(["--public-origin", &format!("http://127.0.0.1:{port}")])
+            .args(["--cookie-insecure", "--oidc-issuer", "http://127.0.0.1:9"])
+            .args(["--max-connections-per-client", "0"])
+            .spawn()
+            .unwrap();
+        wait_port(port).await;
+        (child, format!("http://127.0.0.1:{port}"))
+    }
+}
+
+/// Status of `GET <api>/api/devices/<id>/proxy/api/info` as `cookie`.
+async fn info_status(http: &reqwest::Client, api: &str, cookie: &str, device: DeviceId) -> u16 {
+    http.get(format!("{api}/api/devices/{device}/proxy/api/info"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// Wait until every device answers 200 through every api-server.
+async fn all_reachable(http: &reqwest::Client, apis: &[&str], cookie: &str, devices: &[DeviceId]) {
+    within("every device reachable through every api-server", async {
+        for api in apis {
+            futures_util::future::join_all(devices.iter().map(|d| async move {
+                while info_status(http, api, cookie, *d).await != 200 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }))
+            .await;
+        }
+    })
+    .await;
+}
+
+async fn lease_nodes(redis: &RedisServer, devices: &[DeviceId]) -> Vec<Option<String>> {
+    let mut c = redis.conn().await;
+    let keys: Vec<String> = devices.iter().map(|d| lease_key(*d)).collect();
+    let values: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&keys)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    values
+        .into_iter()
+        .map(|v| v.and_then(|v| v.split(' ').next().map(str::to_owned)))
+        .collect()
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+#[cfg_attr(
+    not(any(has_redis, require_interop)),
+    ignore = "needs redis-server (Debian's redis-server package)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_and_two_api_servers_survive_a_relay_kill_and_a_redis_outage() {
+    testkit::init_logs();
+    let Some(admin) = store::testing::postgres_admin_url().unwrap() else {
+        eprintln!("skipping: TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let started = Instant::now();
+    let mut redis = RedisServer::start().await;
+    let cluster = Cluster {
+        data: tempfile::tempdir().unwrap(),
+        db_url: store::testing::fresh_postgres_url(&admin).await.unwrap(),
+        redis_url: redis.url(),
+    };
+    let store = Store::connect(&cluster.db_url).await.unwrap();
+    // Shared files (internal secret, session and pairing keys) are made by
+    // the first process; the rest read them.
+    let (mut relay_a, tunnel_a, node_a) = cluster.relay().await;
+    let (_relay_b, tunnel_b, node_b) = cluster.relay().await;
+    let (_api_1, api_1) = cluster.api().await;
+    let (_api_2, api_2) = cluster.api().await;
+    let box_port = free_port();
+    let _sim = cluster
+        .command("sim-box")
+        .args(["--listen", &format!("127.0.0.1:{box_port}")])
+        .spawn()
+        .unwrap();
+    wait_port(box_port).await;
+
+    // One user, a session in PostgreSQL, its cookie signed with the shared key.
+    let user = store
+        .upsert_user("https://cluster", "alice", None, Some("alice"))
+        .await
+        .unwrap();
+    let key =
+        edge_core::secret::load_or_create_file(&cluster.data.path().join("session-key")).unwrap();
+    let cookies = CookieKeys::new(CookieKey::new(key).unwrap(), vec![]);
+    let sid = SessionId::generate();
+    let now = edge_core::time::now_ms();
+    store
+        .create_session(&sid.hash(), "cluster", user.id, now, now + 3_600_000, None)
+        .await
+        .unwrap();
+    let name = api_server::session::cookie_name(false);
+    let cookie = format!(
+        "{name}={}",
+        cookies.sign(
+            name,
+            api_server::session::SESSION_PURPOSE,
+            sid.expose(),
+            now + 3_600_000
+        )
+    );
+
+    // 100 Rust agents that know both relays, and one Go device on B.
+    let stop_agents = CancellationToken::new();
+    let mut devices = Vec::new();
+    for i in 0..AGENTS {
+        let dev = store
+            .create_device(
+                user.id,
+                &NewDevice {
+                    name: format!("box-{i}"),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let token = DeviceToken::generate();
+        store.add_credential(dev.id, &token.hash()).await.unwrap();
+        let mut settings = edge_agent::config::AgentSettings::new(
+            tunnel_a.clone(),
+            format!("127.0.0.1:{box_port}"),
+        );
+        settings.relays = vec![tunnel_a.clone(), tunnel_b.clone()];
+        settings.backoff_min = Duration::from_millis(100);
+        settings.backoff_max = Duration::from_secs(2);
+        tokio::spawn(edge_agent::run(settings, token, stop_agents.clone()));
+        devices.push(dev.id);
+    }
+    let mut _go = None;
+    if let Some(go) = testkit::go_device::binary() {
+        let dev = store
+            .create_device(
+                user.id,
+                &NewDevice {
+                    name: "go-box".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let token = DeviceToken::generate();
+        store.add_credential(dev.id, &token.hash()).await.unwrap();
+        _go = Some(testkit::go_device::spawn(&go, &tunnel_b, &token));
+        devices.push(dev.id);
+    }
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    // 1 and 2: every device through both api-servers, on one session.
+    all_reachable(&http, &[&api_1, &api_2], &cookie, &devices).await;
+    let nodes = lease_nodes(&redis, &devices).await;
+    let on_a: Vec<DeviceId> = devices
+        .iter()
+        .zip(&nodes)
+        .filter(|(_, n)| n.as_deref() == Some(node_a.as_str()))
+        .map(|(d, _)| *d)
+        .collect();
+    let on_b = nodes
+        .iter()
+        .filter(|n| n.as_deref() == Some(node_b.as_str()))
+        .count();
+    println!("{} devices on relay A, {on_b} on relay B", on_a.len());
+    assert_eq!(
+        on_a.len() + on_b,
+        devices.len(),
+        "every device has one lease"
+    );
+    assert!(
+        !on_a.is_empty() && on_b > 0,
+        "agents spread over both relays"
+    );
+
+    // 3: SIGKILL relay A; its devices come back through B.
+    let killed = Instant::now();
+    relay_a.start_kill().unwrap();
+    let _ = relay_a.wait().await;
+    let mut routable: Vec<Duration> = within(
+        "relay A's devices routable through B",
+        futures_util::future::join_all(on_a.iter().map(|d| {
+            let (http, api, cookie) = (&http, api_1.as_str(), cookie.as_str());
+            async move {
+                while info_status(http, api, cookie, *d).await != 200 {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                killed.elapsed()
+            }
+        })),
+    )
+    .await;
+    routable.sort();
+    println!(
+        "after SIGKILL of relay A, time to routable for its {} devices: p50 {:?}, p99 {:?}, max {:?}",
+        routable.len(),
+        pct(&routable, 0.5),
+        pct(&routable, 0.99),
+        routable[routable.len() - 1]
+    );
+    assert!(
+        pct(&routable, 0.99) <= Duration::from_secs(5),
+        "p99 time to routable over 5 s"
+    );
+    within("no lease names relay A (one TTL at most)", async {
+        while lease_nodes(&redis, &devices)
+            .await
+            .iter()
+            .any(|n| n.as_deref() == Some(node_a.as_str()))
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(killed.elapsed() <= directory::leases::DEFAULT_LEASE_TTL);
+
+    // 6: one pairing code, 50 exchanges at once over both api-servers.
+    let code: serde_json::Value = http
+        .post(format!("{api_1}/api/pairing/codes"))
+        .header("cookie", &cookie)
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let code = code["code"].as_str().unwrap().to_owned();
+    let wins = futures_util::future::join_all((0..50).map(|i| {
+        let (http, code) = (&http, code.as_str());
+        let api = if i % 2 == 0 { &api_1 } else { &api_2 };
+        async move {
+            http.post(format!("{api}/api/pairing/exchange"))
+                .json(&serde_json::json!({ "code": code, "name": format!("racer-{i}") }))
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
+        }
+    }))
+    .await
+    .into_iter()
+    .filter(|ok| *ok)
+    .count();
+    assert_eq!(wins, 1, "one code pairs exactly one device");
+    let paired = store.devices(user.id).await.unwrap();
+    assert_eq!(
+        paired
+            .iter()
+            .filter(|d| d.name.starts_with("racer-"))
+            .count(),
+        1
+    );
+
+    // 7: Redis down for 10 s: tunnels stay, lookups answer 503 in time.
+    let fresh = {
+        let dev = store
+            .create_device(
+                user.id,
+                &NewDevice {
+                    name: "late-box".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let token = DeviceToken::generate();
+        store.add_credential(dev.id, &token.hash()).await.unwrap();
+        let mut settings = edge_agent::config::AgentSettings::new(
+            tunnel_b.clone(),
+            format!("127.0.0.1:{box_port}"),
+        );
+        settings.backoff_min = Duration::from_millis(100);
+        tokio::spawn(edge_agent::run(settings, token, stop_agents.clone()));
+        within("late box leased", async {
+            while lease_nodes(&redis, &[dev.id]).await[0].is_none() {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+        .await;
+        dev.id
+    };
+    redis.kill().await;
+    let down = Instant::now();
+    let asked = Instant::now();
+    let res = http
+        .get(format!("{api_2}/api/devices/{fresh}/proxy/api/info"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    let took = asked.elapsed();
+    assert_eq!(res.status(), 503);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "directory_unavailable", "{body}");
+    println!("with Redis down, a lookup answered 503 directory_unavailable in {took:?}");
+    assert!(took < Duration::from_secs(3));
+    // The outage itself is the scenario: ten seconds without Redis.
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(down.elapsed())).await;
+    redis.restart().await;
+    let back = Instant::now();
+    let mut everyone = devices.clone();
+    everyone.push(fresh);
+    all_reachable(&http, &[&api_1, &api_2], &cookie, &everyone).await;
+    println!(
+        "after Redis returned, every device reachable through both api-servers in {:?}",
+        back.elapsed()
+    );
+    stop_agents.cancel();
+    println!("cluster test took {:?}", started.elapsed());
+}
