@@ -103,6 +103,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::info!(code, status = status.as_u16(), "request failed");
+        }
         let mut res = error_response(status, code, self.to_string());
         if let Self::RateLimited(secs) = self {
             res.headers_mut().insert(

@@ -152,4 +152,5 @@ pub fn build_app(state: AppState) -> Router {
     let devices = device_origin::router(state.clone())
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes));
     hygiene::dispatch(state, console, devices)
+        .layer(axum::middleware::from_fn(edge_core::request_id::middleware))
 }

@@ -1,5 +1,7 @@
 //! The one JSON error shape every HTTP surface of the platform returns:
-//! `{"error": {"code": "<stable_code>", "message": "<human text>"}}`.
+//! `{"error": {"code": "<stable_code>", "message": "<human text>",
+//! "request_id": "<id>"}}` (the id of the request being served, when there
+//! is one: see `request_id`).
 
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,6 +17,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// Build the response for `status` with a stable machine `code`.
@@ -23,6 +27,7 @@ pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>
         error: ErrorDetail {
             code: code.to_owned(),
             message: message.into(),
+            request_id: crate::request_id::current().map(|id| id.to_string()),
         },
     };
     (status, Json(body)).into_response()

@@ -5,6 +5,7 @@ pub mod client_addr;
 pub mod error_body;
 pub mod ids;
 pub mod ratelimit;
+pub mod request_id;
 pub mod secret;
 pub mod serve;
 pub mod shutdown;

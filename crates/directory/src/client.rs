@@ -211,11 +211,14 @@ impl RelayDirectory {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header(header::HOST, authority.as_str())
-            .header(
-                header::AUTHORIZATION,
-                format!("Bearer {}", self.secret.expose()),
-            );
+            .header(header::HOST, authority.as_str());
+        if let Some(id) = edge_core::request_id::current() {
+            req = req.header(edge_core::request_id::HEADER, id.as_str());
+        }
+        let mut req = req.header(
+            header::AUTHORIZATION,
+            format!("Bearer {}", self.secret.expose()),
+        );
         if let Some(protocol) = upgrade {
             req = req
                 .header(header::CONNECTION, "upgrade")

@@ -2,11 +2,13 @@
 //! connection to the internal port, upgraded once (`GET MUX_PATH`,
 //! `Upgrade: edge-mux`, the shared secret as bearer), then a yamux session
 //! on which the api-server (client) opens one stream per request to a
-//! device. On each stream the api-server first writes the device id and a
-//! newline; the relay answers one status byte and, when it is
+//! device. On each stream the api-server first writes the device id, then
+//! optionally a space and the request id it serves, and a newline; the
+//! relay answers one status byte and, when it is
 //! [`STATUS_OK`], the stream is from then on a byte pipe to a fresh stream
 //! on the device. No TCP connection, HTTP handshake or upgrade per request.
 
+use edge_core::request_id::RequestId;
 use edge_core::DeviceId;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -25,8 +27,11 @@ pub const STATUS_REFUSED: u8 = 2;
 /// The request line was not a device id.
 pub const STATUS_BAD_REQUEST: u8 = 3;
 
-/// Length of a request line: a hyphenated UUID and `\n`.
+/// Length of a request line's head: a hyphenated UUID and `\n` (or the
+/// space before a request id).
 const REQUEST_LEN: usize = 37;
+/// Longest request id on a request line.
+const MAX_ID_LINE: usize = 64;
 
 /// yamux settings of a channel: both ends ping every 5 s (a dead peer is
 /// found within a ping timeout), many concurrent streams, 1 MiB windows.
@@ -41,12 +46,17 @@ pub fn config() -> tokio_yamux::Config {
     }
 }
 
-/// Client side: ask for `device` on a fresh channel stream.
+/// Client side: ask for `device` on a fresh channel stream, naming the
+/// request being served (if any) so the relay logs under the same id.
 pub async fn write_request<S: AsyncWrite + Unpin>(
     stream: &mut S,
     device: DeviceId,
 ) -> std::io::Result<()> {
-    stream.write_all(format!("{device}\n").as_bytes()).await?;
+    let line = match edge_core::request_id::current() {
+        Some(id) => format!("{device} {id}\n"),
+        None => format!("{device}\n"),
+    };
+    stream.write_all(line.as_bytes()).await?;
     stream.flush().await
 }
 
@@ -55,18 +65,50 @@ pub async fn read_status<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Resul
     stream.read_u8().await
 }
 
-/// Relay side: the device a channel stream asks for (`None`: malformed).
+/// What a channel stream asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRequest {
+    pub device: DeviceId,
+    pub request_id: Option<RequestId>,
+}
+
+/// Relay side: the request of a channel stream (`None`: malformed).
 pub async fn read_request<S: AsyncRead + Unpin>(
     stream: &mut S,
-) -> std::io::Result<Option<DeviceId>> {
+) -> std::io::Result<Option<StreamRequest>> {
     let mut line = [0u8; REQUEST_LEN];
     stream.read_exact(&mut line).await?;
-    if line[REQUEST_LEN - 1] != b'\n' {
-        return Ok(None);
-    }
-    Ok(std::str::from_utf8(&line[..REQUEST_LEN - 1])
+    let Some(device) = std::str::from_utf8(&line[..REQUEST_LEN - 1])
         .ok()
-        .and_then(|s| s.parse().ok()))
+        .and_then(|s| s.parse().ok())
+    else {
+        return Ok(None);
+    };
+    match line[REQUEST_LEN - 1] {
+        b'\n' => Ok(Some(StreamRequest {
+            device,
+            request_id: None,
+        })),
+        b' ' => {
+            let mut id = Vec::with_capacity(MAX_ID_LINE);
+            loop {
+                let b = stream.read_u8().await?;
+                if b == b'\n' {
+                    break;
+                }
+                if id.len() == MAX_ID_LINE {
+                    return Ok(None);
+                }
+                id.push(b);
+            }
+            let request_id = std::str::from_utf8(&id).ok().and_then(RequestId::parse);
+            Ok(request_id.map(|id| StreamRequest {
+                device,
+                request_id: Some(id),
+            }))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Relay side: answer `status`.
@@ -85,13 +127,46 @@ mod tests {
 
     #[tokio::test]
     async fn requests_and_answers_round_trip_over_any_stream() {
-        let (mut a, mut b) = tokio::io::duplex(64);
+        let (mut a, mut b) = tokio::io::duplex(256);
         let device = DeviceId::new();
         write_request(&mut a, device).await.unwrap();
-        assert_eq!(read_request(&mut b).await.unwrap(), Some(device));
+        assert_eq!(
+            read_request(&mut b).await.unwrap(),
+            Some(StreamRequest {
+                device,
+                request_id: None
+            })
+        );
         write_status(&mut b, STATUS_OFFLINE).await.unwrap();
         assert_eq!(read_status(&mut a).await.unwrap(), STATUS_OFFLINE);
         a.write_all(&[b'x'; REQUEST_LEN]).await.unwrap();
         assert_eq!(read_request(&mut b).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn the_request_id_being_served_travels_with_the_stream() {
+        let (mut a, mut b) = tokio::io::duplex(256);
+        let device = DeviceId::new();
+        let id = RequestId::parse("req-42").unwrap();
+        edge_core::request_id::scope(id.clone(), write_request(&mut a, device))
+            .await
+            .unwrap();
+        assert_eq!(
+            read_request(&mut b).await.unwrap(),
+            Some(StreamRequest {
+                device,
+                request_id: Some(id)
+            })
+        );
+        // A malformed or overlong id is a malformed request.
+        a.write_all(format!("{device} bad id\n").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(read_request(&mut b).await.unwrap(), None);
+        let mut b2 = b;
+        a.write_all(format!("{device} {}\n", "x".repeat(80)).as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(read_request(&mut b2).await.unwrap(), None);
     }
 }

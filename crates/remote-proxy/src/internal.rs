@@ -29,6 +29,7 @@ pub fn router(relay: Arc<Relay>) -> Router {
             relay.clone(),
             require_secret,
         ))
+        .layer(middleware::from_fn(edge_core::request_id::middleware))
         .with_state(relay)
 }
 
@@ -156,17 +157,32 @@ async fn open_channel(
     Ok(res)
 }
 
-/// One channel stream: read the device it asks for, answer, then pipe.
+/// One channel stream: read the device it asks for, answer, then pipe
+/// (logging under the request id the api-server sent along).
 async fn serve_channel_stream(relay: Arc<Relay>, mut caller: tunnel::StreamHandle) {
-    let device =
+    let asked =
         match tokio::time::timeout(MUX_REQUEST_TIMEOUT, mux::read_request(&mut caller)).await {
-            Ok(Ok(Some(device))) => device,
+            Ok(Ok(Some(asked))) => asked,
             Ok(Ok(None)) => {
                 let _ = mux::write_status(&mut caller, mux::STATUS_BAD_REQUEST).await;
                 return;
             }
             Ok(Err(_)) | Err(_) => return,
         };
+    match asked.request_id {
+        Some(id) => {
+            edge_core::request_id::scope(id, pipe_channel_stream(relay, caller, asked.device))
+                .await;
+        }
+        None => pipe_channel_stream(relay, caller, asked.device).await,
+    }
+}
+
+async fn pipe_channel_stream(
+    relay: Arc<Relay>,
+    mut caller: tunnel::StreamHandle,
+    device: edge_core::DeviceId,
+) {
     let mut stream = match relay.directory.open_stream(device).await {
         Ok(s) => s,
         Err(err) => {
@@ -174,7 +190,7 @@ async fn serve_channel_stream(relay: Arc<Relay>, mut caller: tunnel::StreamHandl
                 DirectoryError::Offline => mux::STATUS_OFFLINE,
                 _ => mux::STATUS_REFUSED,
             };
-            tracing::debug!(%device, error = %err, "channel stream refused");
+            tracing::info!(%device, error = %err, "channel stream refused");
             let _ = mux::write_status(&mut caller, status).await;
             return;
         }

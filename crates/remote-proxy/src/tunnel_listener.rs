@@ -27,6 +27,7 @@ pub fn router(relay: Arc<Relay>) -> Router {
     Router::new()
         .route(contract::TUNNEL_PATH, get(accept_tunnel))
         .route("/healthz", get(|| async { "ok" }))
+        .layer(axum::middleware::from_fn(edge_core::request_id::middleware))
         .with_state(relay)
 }
 

@@ -118,3 +118,17 @@ pub async fn concurrent(stack: &Stack, user: &TestUser, device: DeviceId, n: usi
     let results = within("concurrent requests", futures_util::future::join_all(reqs)).await;
     results.into_iter().filter(|ok| *ok).count()
 }
+
+/// An error body as text without its `request_id` (which differs per
+/// request by design), for checks that two refusals are indistinguishable.
+pub fn error_shape(body: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(mut v) => {
+            if let Some(e) = v.get_mut("error").and_then(|e| e.as_object_mut()) {
+                e.remove("request_id");
+            }
+            v.to_string()
+        }
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    }
+}

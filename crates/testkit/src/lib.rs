@@ -11,6 +11,7 @@ pub mod checks;
 pub mod chromium;
 pub mod devstack;
 pub mod go_device;
+pub mod logs;
 pub mod oidc_provider;
 pub mod pg_tls;
 pub mod redis;
@@ -64,6 +65,7 @@ pub fn init_logs() {
     let _ = tracing_subscriber::registry()
         .with(logs)
         .with(statements::layer())
+        .with(logs::layer())
         .try_init();
 }
 

@@ -237,8 +237,8 @@ async fn another_tenants_objects_are_indistinguishable_from_missing_ones() {
                 route.path
             );
             assert_eq!(
-                a.bytes().await.unwrap(),
-                b.bytes().await.unwrap(),
+                testkit::checks::error_shape(&a.bytes().await.unwrap()),
+                testkit::checks::error_shape(&b.bytes().await.unwrap()),
                 "{method} {}",
                 route.path
             );

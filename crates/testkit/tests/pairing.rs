@@ -172,7 +172,7 @@ async fn wrong_expired_used_and_cancelled_codes_fail_identically() {
     for code in [&wrong, &expired, &used, &cancelled] {
         let res = exchange(&stack, code).await;
         assert_eq!(res.status(), 400, "{code}");
-        bodies.push(res.text().await.unwrap());
+        bodies.push(testkit::checks::error_shape(&res.bytes().await.unwrap()));
     }
     assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:?}");
     assert!(bodies[0].contains("invalid_pairing_code"));

@@ -130,8 +130,8 @@ async fn proxy_needs_a_session_and_hides_other_tenants_devices() {
     assert_eq!(theirs.status(), 404);
     assert_eq!(missing.status(), 404);
     assert_eq!(
-        theirs.bytes().await.unwrap(),
-        missing.bytes().await.unwrap()
+        testkit::checks::error_shape(&theirs.bytes().await.unwrap()),
+        testkit::checks::error_shape(&missing.bytes().await.unwrap())
     );
 }
 
@@ -313,4 +313,44 @@ async fn the_channel_is_reopened_after_the_relay_restarts() {
     );
     assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "SIM-1");
     assert_eq!(stack.relay_client.connections_opened(), before + 1);
+}
+
+/// One request id, from the caller to the error body, the response header,
+/// and the log lines of both the api-server and the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_runs_from_the_error_body_to_both_servers_logs() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let dev = stack.device(alice.id).await; // never connected: offline
+    let res = stack
+        .get(&alice, &stack.proxy_url(dev.id, "/api/info"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["x-request-id"], "trace-me-42");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["request_id"], "trace-me-42", "{body}");
+    let lines = testkit::logs::lines_with("trace-me-42");
+    assert!(
+        lines.iter().any(|l| l.contains("api_server")),
+        "an api-server line: {lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("remote_proxy")),
+        "a relay line: {lines:#?}"
+    );
+
+    // Without one (or with a malformed one) the server makes one.
+    let res = stack
+        .get(&alice, &stack.proxy_url(dev.id, "/api/info"))
+        .header("x-request-id", "no spaces allowed")
+        .send()
+        .await
+        .unwrap();
+    let made = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_ne!(made, "no spaces allowed");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["request_id"], made.as_str());
 }

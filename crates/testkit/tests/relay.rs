@@ -75,7 +75,7 @@ async fn bad_credentials_get_one_401_body_before_the_upgrade() {
             .await
             .unwrap();
         assert_eq!(res.status(), 401);
-        bodies.push(res.text().await.unwrap());
+        bodies.push(testkit::checks::error_shape(&res.bytes().await.unwrap()));
     }
     let tunnel_http = stack.tunnel_url().replacen("ws://", "http://", 1);
     // Missing, malformed, and a token in the query string.
@@ -99,7 +99,7 @@ async fn bad_credentials_get_one_401_body_before_the_upgrade() {
             .await
             .unwrap();
         assert_eq!(res.status(), 401);
-        bodies.push(res.text().await.unwrap());
+        bodies.push(testkit::checks::error_shape(&res.bytes().await.unwrap()));
     }
     assert!(
         bodies.windows(2).all(|w| w[0] == w[1]),

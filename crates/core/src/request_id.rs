@@ -1,0 +1,105 @@
+//! Request ids: every HTTP request to a server of the platform gets one (a
+//! well-formed incoming `X-Request-Id` is kept, anything else replaced by a
+//! fresh one). It is returned in the `X-Request-Id` response header and in
+//! every JSON error body, set on a `request` span so every log line of the
+//! request carries it, and available to outbound calls ([`current`]) so the
+//! relay logs under the same id.
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use http::{HeaderName, HeaderValue};
+use tracing::Instrument;
+
+/// The header that carries it.
+pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest id accepted from a caller.
+const MAX_LEN: usize = 64;
+
+tokio::task_local! {
+    static CURRENT: RequestId;
+}
+
+/// One request's id: 1 to 64 of `A-Z a-z 0-9 - _ . :`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(String);
+
+impl RequestId {
+    /// A fresh id (128 random bits, hex).
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// `raw` when it is a well-formed id.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let ok = !raw.is_empty()
+            && raw.len() <= MAX_LEN
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        ok.then(|| Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The id of the request this task is serving, if any.
+pub fn current() -> Option<RequestId> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// Run `fut` as part of request `id`: in its scope and under its span.
+pub async fn scope<F: std::future::Future>(id: RequestId, fut: F) -> F::Output {
+    let span = tracing::info_span!("request", request_id = %id);
+    CURRENT.scope(id, fut.instrument(span)).await
+}
+
+/// Middleware: give the request its id, serve it in the id's scope, and
+/// return the id in the response header.
+pub async fn middleware(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(RequestId::parse)
+        .unwrap_or_else(RequestId::generate);
+    let mut res = scope(id.clone(), next.run(req)).await;
+    if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+        res.headers_mut().insert(HEADER, v);
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_well_formed_ids_are_kept() {
+        assert_eq!(
+            RequestId::parse("abc-123_x.y:z").map(|i| i.0),
+            Some("abc-123_x.y:z".into())
+        );
+        for bad in ["", "has space", "semi;colon", "ünicode", &"x".repeat(65)] {
+            assert_eq!(RequestId::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(RequestId::generate().as_str().len(), 32);
+    }
+
+    #[tokio::test]
+    async fn the_id_is_current_inside_its_scope_only() {
+        assert_eq!(current(), None);
+        let id = RequestId::generate();
+        let seen = scope(id.clone(), async { current() }).await;
+        assert_eq!(seen, Some(id));
+    }
+}
