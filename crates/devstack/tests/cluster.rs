@@ -141,6 +141,23 @@ async fn lease_nodes(redis: &RedisServer, devices: &[DeviceId]) -> Vec<Option<St
         .collect()
 }
 
+/// A device of `user` with a fresh credential.
+async fn new_device(store: &Store, user: edge_core::UserId, name: &str) -> (DeviceId, DeviceToken) {
+    let dev = store
+        .create_device(
+            user,
+            &NewDevice {
+                name: name.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let token = DeviceToken::generate();
+    store.add_credential(dev.id, &token.hash()).await.unwrap();
+    (dev.id, token)
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
@@ -207,18 +224,7 @@ async fn two_relays_and_two_api_servers_survive_a_relay_kill_and_a_redis_outage(
     let stop_agents = CancellationToken::new();
     let mut devices = Vec::new();
     for i in 0..AGENTS {
-        let dev = store
-            .create_device(
-                user.id,
-                &NewDevice {
-                    name: format!("box-{i}"),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        let token = DeviceToken::generate();
-        store.add_credential(dev.id, &token.hash()).await.unwrap();
+        let (dev, token) = new_device(&store, user.id, &format!("box-{i}")).await;
         let mut settings = edge_agent::config::AgentSettings::new(
             tunnel_a.clone(),
             format!("127.0.0.1:{box_port}"),
@@ -227,24 +233,13 @@ async fn two_relays_and_two_api_servers_survive_a_relay_kill_and_a_redis_outage(
         settings.backoff_min = Duration::from_millis(100);
         settings.backoff_max = Duration::from_secs(2);
         tokio::spawn(edge_agent::run(settings, token, stop_agents.clone()));
-        devices.push(dev.id);
+        devices.push(dev);
     }
     let mut _go = None;
     if let Some(go) = testkit::go_device::binary() {
-        let dev = store
-            .create_device(
-                user.id,
-                &NewDevice {
-                    name: "go-box".into(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        let token = DeviceToken::generate();
-        store.add_credential(dev.id, &token.hash()).await.unwrap();
+        let (dev, token) = new_device(&store, user.id, "go-box").await;
         _go = Some(testkit::go_device::spawn(&go, &tunnel_b, &token));
-        devices.push(dev.id);
+        devices.push(dev);
     }
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
 
@@ -353,18 +348,7 @@ async fn two_relays_and_two_api_servers_survive_a_relay_kill_and_a_redis_outage(
 
     // 7: Redis down for 10 s: tunnels stay, lookups answer 503 in time.
     let fresh = {
-        let dev = store
-            .create_device(
-                user.id,
-                &NewDevice {
-                    name: "late-box".into(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        let token = DeviceToken::generate();
-        store.add_credential(dev.id, &token.hash()).await.unwrap();
+        let (dev, token) = new_device(&store, user.id, "late-box").await;
         let mut settings = edge_agent::config::AgentSettings::new(
             tunnel_b.clone(),
             format!("127.0.0.1:{box_port}"),
@@ -372,12 +356,12 @@ async fn two_relays_and_two_api_servers_survive_a_relay_kill_and_a_redis_outage(
         settings.backoff_min = Duration::from_millis(100);
         tokio::spawn(edge_agent::run(settings, token, stop_agents.clone()));
         within("late box leased", async {
-            while lease_nodes(&redis, &[dev.id]).await[0].is_none() {
+            while lease_nodes(&redis, &[dev]).await[0].is_none() {
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
         })
         .await;
-        dev.id
+        dev
     };
     redis.kill().await;
     let down = Instant::now();

@@ -103,6 +103,11 @@ impl Redis {
             .map_err(unavailable)
     }
 
+    async fn lease(&self, device: DeviceId) -> Result<Option<Lease>, DirectoryError> {
+        let v: Option<String> = self.run(redis::cmd("GET").arg(lease_key(device))).await?;
+        Ok(v.as_deref().and_then(Lease::decode))
+    }
+
     pub(crate) async fn script<T: redis::FromRedisValue>(
         &self,
         script: &redis::Script,
@@ -219,11 +224,7 @@ impl RelayLeases {
 
     /// The device's lease as Redis has it now.
     pub async fn current(&self, device: DeviceId) -> Result<Option<Lease>, DirectoryError> {
-        let v: Option<String> = self
-            .redis
-            .run(redis::cmd("GET").arg(lease_key(device)))
-            .await?;
-        Ok(v.as_deref().and_then(Lease::decode))
+        self.redis.lease(device).await
     }
 
     /// Keep `lease` alive; `false` when another holder has the device now.
@@ -313,11 +314,7 @@ impl RedisLocator {
 
     /// The lease of `device`, if any.
     pub async fn lease(&self, device: DeviceId) -> Result<Option<Lease>, DirectoryError> {
-        let v: Option<String> = self
-            .redis
-            .run(redis::cmd("GET").arg(lease_key(device)))
-            .await?;
-        Ok(v.as_deref().and_then(Lease::decode))
+        self.redis.lease(device).await
     }
 }
 

@@ -541,8 +541,18 @@ impl Stack {
 
     /// Start an in-process agent for `device`, piping to the box at `target`.
     pub fn agent_to(&self, device: &TestDevice, target: SocketAddr) -> AgentHandle {
+        self.spawn_agent(device, vec![self.tunnel_url()], target)
+    }
+
+    fn spawn_agent(
+        &self,
+        device: &TestDevice,
+        relays: Vec<String>,
+        target: SocketAddr,
+    ) -> AgentHandle {
         let mut settings =
-            edge_agent::config::AgentSettings::new(self.tunnel_url(), target.to_string());
+            edge_agent::config::AgentSettings::new(relays[0].clone(), target.to_string());
+        settings.relays = relays;
         settings.backoff_min = Duration::from_millis(50);
         settings.backoff_max = Duration::from_millis(500);
         settings.tls = self.client_tls.clone();
@@ -724,18 +734,7 @@ impl Stack {
 
     /// Start an in-process agent for `device` that knows several relays.
     pub fn agent_via_any(&self, device: &TestDevice, relays: Vec<String>) -> AgentHandle {
-        let mut settings =
-            edge_agent::config::AgentSettings::new(relays[0].clone(), self.sim_addr.to_string());
-        settings.relays = relays;
-        settings.backoff_min = Duration::from_millis(50);
-        settings.backoff_max = Duration::from_millis(500);
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(edge_agent::run(
-            settings,
-            device.token.clone(),
-            cancel.clone(),
-        ));
-        AgentHandle { cancel, task }
+        self.spawn_agent(device, relays, self.sim_addr)
     }
 
     /// A state-changing call through the API as `user` (cookie and `X-CSRF`).

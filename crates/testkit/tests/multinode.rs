@@ -30,6 +30,24 @@ async fn lease_node(redis: &RedisServer, device: edge_core::DeviceId) -> Option<
     v.and_then(|v| v.split(' ').next().map(str::to_owned))
 }
 
+/// Wait until `device` answers 200 through the stack's api-server.
+async fn wait_reachable(stack: &Stack, user: &testkit::TestUser, device: edge_core::DeviceId) {
+    within("device reachable", async {
+        loop {
+            let res = stack
+                .get(user, &stack.proxy_url(device, "/api/info"))
+                .send()
+                .await
+                .unwrap();
+            if res.status() == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
 async fn wait_lease(redis: &RedisServer, device: edge_core::DeviceId, want: Option<&str>) {
     within("lease as expected", async {
         while lease_node(redis, device).await.as_deref() != want {
@@ -194,20 +212,7 @@ async fn redis_down_costs_lookups_not_tunnels_and_everything_recovers_by_itself(
 
     // Redis returns empty; the relay writes the lease again by itself.
     redis.restart().await;
-    within("device reachable again", async {
-        loop {
-            let res = stack
-                .get(&alice, &stack.proxy_url(cold.id, "/api/info"))
-                .send()
-                .await
-                .unwrap();
-            if res.status() == 200 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
+    wait_reachable(&stack, &alice, cold.id).await;
     assert_eq!(lease_node(&redis, cold.id).await, Some(node_a));
 }
 
@@ -252,20 +257,7 @@ async fn an_agent_with_several_relays_moves_on_when_its_relay_drains() {
         "moved to the other relay {:?} after the drain began",
         drained.elapsed()
     );
-    within("reachable through the other relay", async {
-        loop {
-            let res = stack
-                .get(&alice, &stack.proxy_url(dev.id, "/api/info"))
-                .send()
-                .await
-                .unwrap();
-            if res.status() == 200 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    wait_reachable(&stack, &alice, dev.id).await;
 }
 
 #[cfg_attr(
