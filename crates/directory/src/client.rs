@@ -338,6 +338,10 @@ impl SessionView for RelayDirectory {
         }
     }
 
+    async fn nodes(&self) -> Result<Vec<NodeId>, DirectoryError> {
+        self.locator.nodes().await
+    }
+
     async fn open_stream(&self, device: DeviceId) -> Result<BoxStream, DirectoryError> {
         let node = self.node_for(device).await?;
         let mut stream = self.channel_stream(&node).await?;

@@ -82,6 +82,8 @@ pub trait SessionView: Send + Sync {
     async fn close(&self, device: DeviceId) -> Result<bool, DirectoryError>;
     /// Open a fresh yamux stream to the device.
     async fn open_stream(&self, device: DeviceId) -> Result<BoxStream, DirectoryError>;
+    /// The relay nodes that are up (one, in single-node mode).
+    async fn nodes(&self) -> Result<Vec<NodeId>, DirectoryError>;
 }
 
 /// Identifies one accepted connection, so that a stale connection's cleanup

@@ -268,6 +268,10 @@ impl SessionView for LocalDirectory {
         })
     }
 
+    async fn nodes(&self) -> Result<Vec<NodeId>, DirectoryError> {
+        Ok(vec![self.node.clone()])
+    }
+
     async fn open_stream(&self, device: DeviceId) -> Result<BoxStream, DirectoryError> {
         let (mut control, streams) = {
             let entries = self.entries();

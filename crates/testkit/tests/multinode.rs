@@ -152,6 +152,17 @@ async fn a_stopped_relay_leaves_no_lease_and_leaves_the_node_set() {
     })
     .await;
 
+    let ready: serde_json::Value = stack
+        .http
+        .get(stack.api("/api/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["relay_nodes"], 2, "{ready}");
+
     agent.stop().await;
     relay_b.stop().await;
     wait_lease(&redis, dev.id, None).await;
@@ -162,6 +173,16 @@ async fn a_stopped_relay_leaves_no_lease_and_leaves_the_node_set() {
         .await
         .unwrap();
     assert_eq!(score, None, "a stopped relay withdraws from the node set");
+    let ready: serde_json::Value = stack
+        .http
+        .get(stack.api("/api/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["relay_nodes"], 1, "{ready}");
     let res = stack
         .get(&alice, &stack.proxy_url(dev.id, "/api/info"))
         .send()
@@ -209,6 +230,15 @@ async fn redis_down_costs_lookups_not_tunnels_and_everything_recovers_by_itself(
         stack.relay().directory.connection_of(cold.id).is_some(),
         "the tunnel stays up while Redis is down"
     );
+    let ready = stack
+        .http
+        .get(stack.api("/api/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200, "the replica still serves");
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(ready["directory"], "unavailable", "{ready}");
 
     // Redis returns empty; the relay writes the lease again by itself.
     redis.restart().await;
