@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use store::{NewDevice, Store};
-use testkit::devstack::sibling_binary;
+use testkit::devstack::fresh_sibling_binary;
 use testkit::redis::RedisServer;
 use testkit::within;
 use tokio::process::{Child, Command};
@@ -25,7 +25,7 @@ const DEVSTACK: &str = env!("CARGO_BIN_EXE_devstack");
 const AGENTS: usize = 100;
 
 fn bin(name: &str) -> PathBuf {
-    sibling_binary(Path::new(DEVSTACK), name)
+    fresh_sibling_binary(Path::new(DEVSTACK), name)
 }
 
 fn free_port() -> u16 {

@@ -21,16 +21,52 @@ pub struct Devstack {
     output: Arc<Mutex<String>>,
 }
 
-/// A binary built next to `bin` (same target directory), e.g. the
-/// `edge-agent` next to `devstack`; panics with a hint when missing.
+/// A binary of the workspace next to `bin` (same target directory and
+/// profile), e.g. `remote-proxy` next to `devstack`. `cargo nextest run`
+/// builds only the binaries of the packages under test, so a missing one is
+/// built here, once per test process, with the same cargo and profile.
 pub fn sibling_binary(bin: &Path, name: &str) -> PathBuf {
     let path = bin.with_file_name(name);
-    assert!(
-        path.is_file(),
-        "{} is not built; `cargo nextest run --workspace` builds every binary",
-        path.display()
-    );
+    if !path.is_file() {
+        build_sibling(bin, name);
+    }
+    assert!(path.is_file(), "{} could not be built", path.display());
     path
+}
+
+/// [`sibling_binary`] for a binary no package under test builds: built (or
+/// found fresh) by cargo once per test process, so a test never runs a
+/// stale copy left by an earlier build.
+pub fn fresh_sibling_binary(bin: &Path, name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.iter().any(|b| b == name) {
+        build_sibling(bin, name);
+        built.push(name.to_owned());
+    }
+    sibling_binary(bin, name)
+}
+
+fn build_sibling(bin: &Path, name: &str) {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    let profile_dir = bin.parent().expect("binary directory");
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => "dev",
+    };
+    let target_dir = profile_dir.parent().expect("target directory");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "--profile", profile, "--bin", name])
+        .arg("--manifest-path")
+        .arg(workspace.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", target_dir)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build {name}: {e}"));
+    assert!(status.success(), "building {name} failed: {status}");
 }
 
 impl Devstack {
