@@ -99,28 +99,27 @@ pub async fn run_on(
     }
     let relay_tls = edge_tls::client_config(config.relay_ca_file.as_deref())
         .map_err(|e| ApiError::Config(format!("relay CA: {e}")))?;
-    let locator: Arc<dyn directory::NodeLocator> = match &config.redis_url {
-        Some(url) => Arc::new(
-            directory::leases::RedisLocator::connect(
+    let redis = match &config.redis_url {
+        Some(url) => Some(
+            directory::leases::RedisConn::connect(
                 url,
                 Duration::from_millis(config.redis_timeout_ms.clamp(50, 30_000)),
             )
             .await
             .map_err(|e| ApiError::Config(format!("redis: {e}")))?,
         ),
-        None => Arc::new(StaticNode(NodeId(config.relay_url.clone()))),
+        None => None,
     };
     let pairing_limits = Arc::new(state::PairingLimits::default());
-    if let Some(url) = &config.redis_url {
-        let shared = directory::shared_limits::SharedBuckets::connect(
-            url,
-            Duration::from_millis(config.redis_timeout_ms.clamp(50, 30_000)),
-        )
-        .await
-        .map_err(|e| ApiError::Config(format!("redis: {e}")))?;
-        pairing_limits.per_address.share(shared.clone());
-        pairing_limits.global.share(shared);
-    }
+    let locator: Arc<dyn directory::NodeLocator> = match redis {
+        Some(redis) => {
+            let shared = directory::shared_limits::SharedBuckets::new(redis.clone());
+            pairing_limits.per_address.share(shared.clone());
+            pairing_limits.global.share(shared);
+            Arc::new(directory::leases::RedisLocator::new(redis))
+        }
+        None => Arc::new(StaticNode(NodeId(config.relay_url.clone()))),
+    };
     let directory = RelayDirectory::new(
         locator,
         internal_secret,

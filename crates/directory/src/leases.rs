@@ -68,18 +68,26 @@ impl Lease {
     }
 }
 
-/// A connection to Redis with a bound on every call.
+/// A connection to Redis with a bound on every call; one per process,
+/// cloned into the leases, the locator and the shared limits.
 #[derive(Clone)]
-pub(crate) struct Redis {
+pub struct RedisConn {
     conn: ConnectionManager,
+    client: redis::Client,
     timeout: Duration,
 }
 
-impl Redis {
-    pub(crate) async fn connect(
-        url: &str,
-        timeout: Duration,
-    ) -> Result<(Self, redis::Client), DirectoryError> {
+impl std::fmt::Debug for RedisConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConn")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisConn {
+    /// Connect to `url`; every later call is bounded by `timeout`.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, DirectoryError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(timeout)
@@ -92,7 +100,11 @@ impl Redis {
         .await
         .map_err(|_| DirectoryError::Unavailable("redis connect timed out".into()))?
         .map_err(unavailable)?;
-        Ok((Self { conn, timeout }, client))
+        Ok(Self {
+            conn,
+            client,
+            timeout,
+        })
     }
 
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, DirectoryError> {
@@ -129,7 +141,7 @@ impl Redis {
     }
 }
 
-pub(crate) fn unavailable(err: redis::RedisError) -> DirectoryError {
+fn unavailable(err: redis::RedisError) -> DirectoryError {
     DirectoryError::Unavailable(err.to_string())
 }
 
@@ -149,8 +161,7 @@ return 0";
 /// The relay's side: its leases, its heartbeat, the takeovers it hears of.
 #[derive(Clone)]
 pub struct RelayLeases {
-    redis: Redis,
-    client: redis::Client,
+    redis: RedisConn,
     node: NodeId,
     ttl: Duration,
     release: std::sync::Arc<redis::Script>,
@@ -167,22 +178,15 @@ impl std::fmt::Debug for RelayLeases {
 }
 
 impl RelayLeases {
-    /// Connect for `node`; leases live `ttl` unless refreshed.
-    pub async fn connect(
-        url: &str,
-        node: NodeId,
-        ttl: Duration,
-        timeout: Duration,
-    ) -> Result<Self, DirectoryError> {
-        let (redis, client) = Redis::connect(url, timeout).await?;
-        Ok(Self {
+    /// Leases of `node` over `redis`; they live `ttl` unless refreshed.
+    pub fn new(redis: RedisConn, node: NodeId, ttl: Duration) -> Self {
+        Self {
             redis,
-            client,
             node,
             ttl,
             release: std::sync::Arc::new(redis::Script::new(RELEASE)),
             refresh: std::sync::Arc::new(redis::Script::new(REFRESH)),
-        })
+        }
     }
 
     pub fn node(&self) -> &NodeId {
@@ -277,10 +281,11 @@ impl RelayLeases {
     pub async fn takeovers(
         &self,
     ) -> Result<impl futures_util::Stream<Item = DeviceId> + Send, DirectoryError> {
-        let mut pubsub = tokio::time::timeout(self.redis.timeout, self.client.get_async_pubsub())
-            .await
-            .map_err(|_| DirectoryError::Unavailable("redis connect timed out".into()))?
-            .map_err(unavailable)?;
+        let mut pubsub =
+            tokio::time::timeout(self.redis.timeout, self.redis.client.get_async_pubsub())
+                .await
+                .map_err(|_| DirectoryError::Unavailable("redis connect timed out".into()))?
+                .map_err(unavailable)?;
         pubsub
             .subscribe(takeover_channel(&self.node))
             .await
@@ -296,7 +301,7 @@ impl RelayLeases {
 /// The api-server's side: where a device is, and which nodes are up.
 #[derive(Clone)]
 pub struct RedisLocator {
-    redis: Redis,
+    redis: RedisConn,
 }
 
 impl std::fmt::Debug for RedisLocator {
@@ -306,10 +311,8 @@ impl std::fmt::Debug for RedisLocator {
 }
 
 impl RedisLocator {
-    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, DirectoryError> {
-        Ok(Self {
-            redis: Redis::connect(url, timeout).await?.0,
-        })
+    pub fn new(redis: RedisConn) -> Self {
+        Self { redis }
     }
 
     /// The lease of `device`, if any.

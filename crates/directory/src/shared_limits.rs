@@ -5,13 +5,12 @@
 //! while it cannot answer, a [`Bucket`] counts in this process alone (the
 //! single-node limits), and says so in the log.
 
-use crate::leases::Redis;
+use crate::leases::RedisConn;
 use crate::DirectoryError;
 use edge_core::ratelimit::KeyedLimiter;
 use std::fmt::Display;
 use std::hash::Hash;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 /// Take (`ARGV[3]` = -1) or give back (+1) one token of `KEYS[1]`, a bucket
 /// of `ARGV[1]` tokens refilled at `ARGV[2]` per ms. Returns 0, or the ms to
@@ -39,7 +38,7 @@ return wait";
 /// A connection for shared buckets.
 #[derive(Clone)]
 pub struct SharedBuckets {
-    redis: Redis,
+    redis: RedisConn,
     script: Arc<redis::Script>,
 }
 
@@ -50,11 +49,11 @@ impl std::fmt::Debug for SharedBuckets {
 }
 
 impl SharedBuckets {
-    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, DirectoryError> {
-        Ok(Self {
-            redis: Redis::connect(url, timeout).await?.0,
+    pub fn new(redis: RedisConn) -> Self {
+        Self {
+            redis,
             script: Arc::new(redis::Script::new(BUCKET)),
-        })
+        }
     }
 
     async fn apply(

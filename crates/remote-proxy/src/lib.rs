@@ -269,20 +269,18 @@ pub async fn run_on(
     let limits = config.limits().map_err(RelayError::Startup)?;
     let relay = Relay::new(store, node.clone(), secret, limits);
     if let Some(url) = &config.redis_url {
-        let leases = directory::leases::RelayLeases::connect(
+        let redis = directory::leases::RedisConn::connect(
             url,
+            Duration::from_millis(config.redis_timeout_ms.clamp(50, 30_000)),
+        )
+        .await
+        .map_err(|e| RelayError::Startup(format!("redis: {e}")))?;
+        let leases = directory::leases::RelayLeases::new(
+            redis.clone(),
             node,
             Duration::from_secs(config.lease_ttl_secs.clamp(6, 300)),
-            Duration::from_millis(config.redis_timeout_ms.clamp(50, 30_000)),
-        )
-        .await
-        .map_err(|e| RelayError::Startup(format!("redis: {e}")))?;
-        let shared = directory::shared_limits::SharedBuckets::connect(
-            url,
-            Duration::from_millis(config.redis_timeout_ms.clamp(50, 30_000)),
-        )
-        .await
-        .map_err(|e| RelayError::Startup(format!("redis: {e}")))?;
+        );
+        let shared = directory::shared_limits::SharedBuckets::new(redis);
         relay.use_leases(leases, shared);
         tracing::info!("multi-node mode: tunnel leases in Redis");
     }

@@ -114,18 +114,16 @@ impl RelayNode {
         let node = NodeId(node_url(&tls, internal_addr));
         let relay = Relay::new(store, node.clone(), secret, limits);
         if let Some(url) = redis_url {
+            let redis = directory::leases::RedisConn::connect(url, REDIS_TIMEOUT)
+                .await
+                .unwrap();
             relay.use_leases(
-                directory::leases::RelayLeases::connect(
-                    url,
+                directory::leases::RelayLeases::new(
+                    redis.clone(),
                     node,
                     directory::leases::DEFAULT_LEASE_TTL,
-                    REDIS_TIMEOUT,
-                )
-                .await
-                .unwrap(),
-                directory::shared_limits::SharedBuckets::connect(url, REDIS_TIMEOUT)
-                    .await
-                    .unwrap(),
+                ),
+                directory::shared_limits::SharedBuckets::new(redis),
             );
         }
         let shutdown = CancellationToken::new();
@@ -387,12 +385,16 @@ impl Stack {
             ca_file: oidc_ca,
         })
         .unwrap();
-        let locator: Arc<dyn directory::NodeLocator> = match &opts.redis_url {
-            Some(url) => Arc::new(
-                directory::leases::RedisLocator::connect(url, REDIS_TIMEOUT)
+        let redis = match &opts.redis_url {
+            Some(url) => Some(
+                directory::leases::RedisConn::connect(url, REDIS_TIMEOUT)
                     .await
                     .unwrap(),
             ),
+            None => None,
+        };
+        let locator: Arc<dyn directory::NodeLocator> = match &redis {
+            Some(redis) => Arc::new(directory::leases::RedisLocator::new(redis.clone())),
             None => Arc::new(StaticNode(NodeId(node_url(&opts.relay_tls, internal_addr)))),
         };
         let mut directory = RelayDirectory::new(
@@ -415,10 +417,8 @@ impl Stack {
             settings.box_idle,
         );
         let pairing_limits = Arc::new(api_server::state::PairingLimits::default());
-        if let Some(url) = &opts.redis_url {
-            let shared = directory::shared_limits::SharedBuckets::connect(url, REDIS_TIMEOUT)
-                .await
-                .unwrap();
+        if let Some(redis) = redis {
+            let shared = directory::shared_limits::SharedBuckets::new(redis);
             pairing_limits.per_address.share(shared.clone());
             pairing_limits.global.share(shared);
         }

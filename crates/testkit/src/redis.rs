@@ -72,6 +72,23 @@ impl RedisServer {
         .await;
     }
 
+    /// The node each device's lease names (`None`: no lease), in order.
+    pub async fn lease_nodes(&self, devices: &[edge_core::DeviceId]) -> Vec<Option<String>> {
+        let keys: Vec<String> = devices
+            .iter()
+            .map(|d| directory::leases::lease_key(*d))
+            .collect();
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.conn().await)
+            .await
+            .unwrap();
+        values
+            .into_iter()
+            .map(|v| v.and_then(|v| v.split(' ').next().map(str::to_owned)))
+            .collect()
+    }
+
     /// A plain connection for assertions.
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())

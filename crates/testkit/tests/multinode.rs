@@ -6,7 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use directory::leases::lease_key;
 use std::time::{Duration, Instant};
 use testkit::redis::RedisServer;
 use testkit::{checks, within, Stack, StackOptions};
@@ -21,13 +20,7 @@ async fn stack_on(redis: &RedisServer) -> Stack {
 
 /// The node named in `device`'s lease, if any.
 async fn lease_node(redis: &RedisServer, device: edge_core::DeviceId) -> Option<String> {
-    let mut c = redis.conn().await;
-    let v: Option<String> = redis::cmd("GET")
-        .arg(lease_key(device))
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    v.and_then(|v| v.split(' ').next().map(str::to_owned))
+    redis.lease_nodes(&[device]).await.pop().flatten()
 }
 
 /// Wait until `device` answers 200 through the stack's api-server.
@@ -152,15 +145,7 @@ async fn a_stopped_relay_leaves_no_lease_and_leaves_the_node_set() {
     })
     .await;
 
-    let ready: serde_json::Value = stack
-        .http
-        .get(stack.api("/api/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = stack.get_json(&alice, "/api/ready").await;
     assert_eq!(ready["relay_nodes"], 2, "{ready}");
 
     agent.stop().await;
@@ -173,15 +158,7 @@ async fn a_stopped_relay_leaves_no_lease_and_leaves_the_node_set() {
         .await
         .unwrap();
     assert_eq!(score, None, "a stopped relay withdraws from the node set");
-    let ready: serde_json::Value = stack
-        .http
-        .get(stack.api("/api/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = stack.get_json(&alice, "/api/ready").await;
     assert_eq!(ready["relay_nodes"], 1, "{ready}");
     let res = stack
         .get(&alice, &stack.proxy_url(dev.id, "/api/info"))
@@ -230,14 +207,8 @@ async fn redis_down_costs_lookups_not_tunnels_and_everything_recovers_by_itself(
         stack.relay().directory.connection_of(cold.id).is_some(),
         "the tunnel stays up while Redis is down"
     );
-    let ready = stack
-        .http
-        .get(stack.api("/api/ready"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200, "the replica still serves");
-    let ready: serde_json::Value = ready.json().await.unwrap();
+    // Still 200 (get_json checks it): the replica serves all but lookups.
+    let ready = stack.get_json(&alice, "/api/ready").await;
     assert_eq!(ready["directory"], "unavailable", "{ready}");
 
     // Redis returns empty; the relay writes the lease again by itself.
@@ -296,6 +267,7 @@ async fn an_agent_with_several_relays_moves_on_when_its_relay_drains() {
 )]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_are_counted_across_replicas_and_fall_back_to_local_when_redis_is_gone() {
+    use directory::leases::RedisConn;
     use directory::shared_limits::{Bucket, SharedBuckets};
     let mut redis = RedisServer::start().await;
     // Two replicas' view of the same limit: 4 attempts in all, slow refill.
@@ -303,11 +275,11 @@ async fn limits_are_counted_across_replicas_and_fall_back_to_local_when_redis_is
         .map(|_| Bucket::new("test", 4, 1.0 / 3600.0))
         .collect();
     for r in &replicas {
-        r.share(
-            SharedBuckets::connect(&redis.url(), testkit::REDIS_TIMEOUT)
-                .await
-                .unwrap(),
-        );
+        // Each replica has its own connection, as separate processes do.
+        let conn = RedisConn::connect(&redis.url(), testkit::REDIS_TIMEOUT)
+            .await
+            .unwrap();
+        r.share(SharedBuckets::new(conn));
     }
     let mut allowed = 0;
     for i in 0..10 {
