@@ -7,14 +7,16 @@
 //! box opens, `remote_access_closed` with bytes each way and duration when
 //! it closes (the box or the tunnel ends it, or it stays idle for
 //! `box_idle`). Access is not the pool's business: every request is
-//! authorized before it is handed here.
+//! authorized before it is handed here. A connection through a relay node
+//! that started draining serves no further request (it is poisoned after
+//! its response), so the node's streams end and its devices move on.
 
 use crate::audit_writer::AuditWriter;
 use crate::error::ApiError;
 use axum::body::Body;
-use directory::{BoxStream, DirectoryError, SessionView};
+use directory::{BoxStream, DirectoryError, Retiring, SessionView};
 use edge_core::{DeviceId, UserId};
-use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::connect::{capture_connection, Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::future::Future;
@@ -28,6 +30,10 @@ use std::time::{Duration, Instant};
 const KEY_SUFFIX: &str = ".box.invalid";
 /// Idle connections kept per user and device.
 const MAX_IDLE_PER_KEY: usize = 64;
+/// A connection through a draining node that has been quiet this long
+/// since its last response bytes is idle in the pool: it ends itself, so
+/// the node's stream closes and its drain need not wait for the pool.
+const RETIRE_QUIET: Duration = Duration::from_secs(1);
 
 /// The pooled client of every box.
 #[derive(Clone)]
@@ -89,10 +95,19 @@ impl BoxClient {
         *req.uri_mut() = format!("http://{device}.{user}{KEY_SUFFIX}{path}")
             .parse()
             .map_err(|_| ApiError::BadRequest("cannot forward this request path".into()))?;
-        self.client.request(req).await.map_err(|err| {
+        let connection = capture_connection(&mut req);
+        let res = self.client.request(req).await.map_err(|err| {
             tracing::debug!(%device, error = %err, "box request failed");
             failure(&err)
-        })
+        })?;
+        if let Some(meta) = connection.connection_metadata().as_ref() {
+            let mut extras = http::Extensions::new();
+            meta.get_extras(&mut extras);
+            if extras.get::<Retiring>().is_some_and(Retiring::is_set) {
+                meta.poison();
+            }
+        }
+        Ok(res)
     }
 }
 
@@ -142,10 +157,12 @@ impl tower::Service<http::Uri> for Connector {
         Box::pin(async move {
             let (device, user) = parse_key(&uri)
                 .ok_or_else(|| DirectoryError::Relay("malformed box pool key".into()))?;
-            let stream =
-                tokio::time::timeout(this.connect_timeout, this.directory.open_stream(device))
-                    .await
-                    .map_err(|_| DirectoryError::Timeout)??;
+            let (stream, retiring) = tokio::time::timeout(
+                this.connect_timeout,
+                this.directory.open_stream_retiring(device),
+            )
+            .await
+            .map_err(|_| DirectoryError::Timeout)??;
             this.opened.fetch_add(1, Ordering::Relaxed);
             this.audit.record(
                 user,
@@ -155,6 +172,11 @@ impl tower::Service<http::Uri> for Connector {
             );
             Ok(TokioIo::new(Audited {
                 inner: stream,
+                retiring,
+                idle_since: None,
+                retire_wait: None,
+                quiet: None,
+
                 to_device: 0,
                 from_device: 0,
                 started: Instant::now(),
@@ -170,6 +192,12 @@ impl tower::Service<http::Uri> for Connector {
 /// records `remote_access_closed` when the session ends.
 pub struct Audited {
     inner: BoxStream,
+    retiring: Retiring,
+    /// When the last response bytes arrived, unless a request was written
+    /// since (then the connection is busy, not idle).
+    idle_since: Option<Instant>,
+    retire_wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    quiet: Option<Pin<Box<tokio::time::Sleep>>>,
     to_device: u64,
     from_device: u64,
     started: Instant,
@@ -180,7 +208,7 @@ pub struct Audited {
 
 impl Connection for Audited {
     fn connected(&self) -> Connected {
-        Connected::new()
+        Connected::new().extra(self.retiring.clone())
     }
 }
 
@@ -192,8 +220,44 @@ impl tokio::io::AsyncRead for Audited {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.from_device += (buf.filled().len() - before) as u64;
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.from_device += n as u64;
+            self.idle_since = Some(Instant::now());
+        }
+        if res.is_pending() && self.retired(cx) {
+            // End of stream: hyper drops the idle connection.
+            return Poll::Ready(Ok(()));
+        }
         res
+    }
+}
+
+impl Audited {
+    /// Whether this connection sits idle (quiet for [`RETIRE_QUIET`] since
+    /// its last response) on a node that is draining; arranges a wake-up
+    /// for when that may become true.
+    fn retired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(since) = self.idle_since else {
+            return false;
+        };
+        if !self.retiring.is_set() {
+            let retiring = self.retiring.clone();
+            let wait = self
+                .retire_wait
+                .get_or_insert_with(|| Box::pin(retiring.until_set()));
+            if wait.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+        }
+        let due = tokio::time::Instant::from_std(since + RETIRE_QUIET);
+        let quiet = self
+            .quiet
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if quiet.deadline() != due {
+            quiet.as_mut().reset(due);
+        }
+        quiet.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -206,6 +270,9 @@ impl tokio::io::AsyncWrite for Audited {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &res {
             self.to_device += *n as u64;
+            if *n > 0 {
+                self.idle_since = None;
+            }
         }
         res
     }

@@ -18,7 +18,7 @@ use crate::state::AppState;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use directory::SessionSummary;
+use directory::LiveStatus;
 use edge_core::{DeviceId, DeviceToken};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -58,11 +58,11 @@ pub struct DeviceView {
     last_seen_at: Option<i64>,
 }
 
-fn view(d: Device, live: Option<Option<&SessionSummary>>) -> DeviceView {
+fn view(d: Device, live: Option<Option<&LiveStatus>>) -> DeviceView {
     let (status, since, heard) = match live {
         None => ("unknown", None, None),
         Some(None) => ("offline", None, None),
-        Some(Some(s)) => ("online", Some(s.connected_since), Some(s.last_heard_from)),
+        Some(Some(s)) => ("online", Some(s.connected_since), s.last_heard_from),
     };
     DeviceView {
         id: d.id.to_string(),
@@ -82,6 +82,7 @@ fn view(d: Device, live: Option<Option<&SessionSummary>>) -> DeviceView {
 /// One device's view with its status asked of the directory.
 async fn view_live(state: &AppState, d: Device) -> DeviceView {
     let live = state.directory.lookup(d.id).await.ok();
+    let live = live.map(|o| o.as_ref().map(LiveStatus::from));
     view(d, live.as_ref().map(|o| o.as_ref()))
 }
 
@@ -104,9 +105,10 @@ pub async fn list(
 ) -> Result<Json<Vec<DeviceView>>, ApiError> {
     let (limit, offset) = page.bounds();
     let devices = state.store.devices_page(user.id, limit, offset).await?;
-    let live: Option<HashMap<DeviceId, SessionSummary>> =
-        match state.directory.list_owned(user.id).await {
-            Ok(owned) => Some(owned.into_iter().map(|s| (s.device_id, s)).collect()),
+    let ids: Vec<DeviceId> = devices.iter().map(|d| d.id).collect();
+    let live: Option<HashMap<DeviceId, LiveStatus>> =
+        match state.directory.statuses(user.id, &ids).await {
+            Ok(found) => Some(found),
             Err(err) => {
                 tracing::warn!(error = %err, "device status unavailable");
                 None

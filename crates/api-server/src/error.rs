@@ -134,7 +134,7 @@ impl ApiError {
     /// What a directory failure means to the caller.
     pub fn from_directory(err: &DirectoryError) -> Self {
         match err {
-            DirectoryError::Offline => Self::DeviceOffline,
+            DirectoryError::Offline | DirectoryError::Draining => Self::DeviceOffline,
             DirectoryError::Unreachable(e) => {
                 tracing::warn!(error = %e, "relay unreachable");
                 Self::RelayUnavailable

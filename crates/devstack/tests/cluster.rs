@@ -2,9 +2,11 @@
 //! fresh PostgreSQL database, two `remote-proxy` and two `api-server`
 //! release-or-test binaries, one `sim-box`, 100 Rust agents that know both
 //! relays, and one Go device. It proves routing through both api-servers,
-//! a session shared by them, relay SIGKILL (time to routable printed),
-//! one pairing code exchanged 50 times at once across both replicas, and a
-//! Redis outage that costs lookups but no tunnel.
+//! a session shared by them (and a login begun on one, finished on the
+//! other), relay SIGKILL (time to routable printed), a device taking
+//! itself from one relay to the other, a relay drained by SIGTERM with no
+//! failed request, one pairing code exchanged 50 times at once across both
+//! replicas, and a Redis outage that costs lookups but no tunnel.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -64,9 +66,9 @@ impl Cluster {
         c
     }
 
-    /// A relay; returns (process, tunnel URL, node URL).
-    async fn relay(&self) -> (Child, String, String) {
-        let (tunnel, internal) = (free_port(), free_port());
+    /// A relay on these ports (a restart keeps its URLs); returns
+    /// (process, tunnel URL, node URL).
+    async fn relay_on(&self, tunnel: u16, internal: u16) -> (Child, String, String) {
         let child = self
             .command("remote-proxy")
             .args(["--tunnel-listen", &format!("127.0.0.1:{tunnel}")])
@@ -84,15 +86,17 @@ impl Cluster {
         )
     }
 
-    /// An api-server; returns (process, base URL).
-    async fn api(&self) -> (Child, String) {
-        let port = free_port();
+    /// An api-server; returns (process, base URL). Every replica sends
+    /// logins back to `callback` (the load balancer's address in a real
+    /// deployment).
+    async fn api(&self, port: u16, issuer: &str, callback: &str) -> (Child, String) {
         let child = self
             .command("api-server")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--redis-url", &self.redis_url])
             .args(["--public-origin", &format!("http://127.0.0.1:{port}")])
-            .args(["--cookie-insecure", "--oidc-issuer", "http://127.0.0.1:9"])
+            .args(["--cookie-insecure", "--oidc-issuer", issuer])
+            .args(["--oidc-redirect-url", callback])
             .args(["--max-connections-per-client", "0"])
             .spawn()
             .unwrap();
@@ -143,6 +147,16 @@ async fn new_device(store: &Store, user: edge_core::UserId, name: &str) -> (Devi
     (dev.id, token)
 }
 
+/// Send signal `sig` (`TERM`, ...) to a child process.
+fn nix_kill(child: &Child, sig: &str) {
+    let pid = child.id().expect("the process is running");
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{sig} {pid}");
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
@@ -168,10 +182,24 @@ async fn two_relays_and_two_api_servers_survive_a_relay_kill_and_a_redis_outage(
     let store = Store::connect(&cluster.db_url).await.unwrap();
     // Shared files (internal secret, session and pairing keys) are made by
     // the first process; the rest read them.
-    let (mut relay_a, tunnel_a, node_a) = cluster.relay().await;
-    let (_relay_b, tunnel_b, node_b) = cluster.relay().await;
-    let (_api_1, api_1) = cluster.api().await;
-    let (_api_2, api_2) = cluster.api().await;
+    let (a_tunnel_port, a_internal_port) = (free_port(), free_port());
+    let (b_tunnel_port, b_internal_port) = (free_port(), free_port());
+    let (mut relay_a, tunnel_a, node_a) = cluster.relay_on(a_tunnel_port, a_internal_port).await;
+    let (mut relay_b, tunnel_b, node_b) = cluster.relay_on(b_tunnel_port, b_internal_port).await;
+    // The development provider, in process; logins come back to api-server 1's
+    // address whichever replica began them.
+    let idp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", idp_listener.local_addr().unwrap());
+    let (port_1, port_2) = (free_port(), free_port());
+    let callback = format!("http://127.0.0.1:{port_1}/api/auth/callback");
+    let idp = dev_idp::DevIdp::new(
+        issuer.clone(),
+        vec![dev_idp::Client::public("edge-console", callback.clone())],
+    );
+    let stop_idp = CancellationToken::new();
+    tokio::spawn(dev_idp::serve(idp_listener, idp, stop_idp.clone()));
+    let (_api_1, api_1) = cluster.api(port_1, &issuer, &callback).await;
+    let (_api_2, api_2) = cluster.api(port_2, &issuer, &callback).await;
     let box_port = free_port();
     let _sim = cluster
         .command("sim-box")
@@ -223,7 +251,9 @@ async fn two_relays_and_two_api_servers_survive_a_relay_kill_and_a_redis_outage(
     let mut _go = None;
     if let Some(go) = testkit::go_device::binary() {
         let (dev, token) = new_device(&store, user.id, "go-box").await;
-        _go = Some(testkit::go_device::spawn(&go, &tunnel_b, &token));
+        _go = Some(testkit::go_device::spawn_observed(
+            &go, &tunnel_b, &token, None, true,
+        ));
         devices.push(dev);
     }
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -251,6 +281,30 @@ async fn two_relays_and_two_api_servers_survive_a_relay_kill_and_a_redis_outage(
         !on_a.is_empty() && on_b > 0,
         "agents spread over both relays"
     );
+
+    // 2, second half: a login begun on api-server 1 and finished on 2.
+    let mut browser = testkit::browser::Browser::new();
+    let back_at_1 =
+        testkit::browser::dev_login_until_callback_at(&api_1, &mut browser, "bob", "/").await;
+    let back_at_2 = back_at_1.replace(&api_1, &api_2);
+    assert_ne!(back_at_1, back_at_2);
+    let done = browser.get(&back_at_2).await;
+    assert_eq!(done.status(), 302, "callback on the other replica");
+    assert_eq!(
+        done.headers()["location"],
+        "/",
+        "signed in, back to the console"
+    );
+    for api in [&api_1, &api_2] {
+        let me: serde_json::Value = browser
+            .get(&format!("{api}/api/auth/me"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(me["email"], "bob@example.test", "{me}");
+    }
+    stop_idp.cancel();
 
     // 3: SIGKILL relay A; its devices come back through B.
     let killed = Instant::now();
@@ -293,6 +347,115 @@ async fn two_relays_and_two_api_servers_survive_a_relay_kill_and_a_redis_outage(
     })
     .await;
     assert!(killed.elapsed() <= directory::leases::DEFAULT_LEASE_TTL);
+    // Relay A comes back on its addresses: agents that fail over later find it.
+    let (relay_a, _, _) = cluster.relay_on(a_tunnel_port, a_internal_port).await;
+    let _relay_a = relay_a;
+
+    // 5: a device on A connects to B: one session, on B; A's closes within 1 s.
+    let (mover, mover_token) = new_device(&store, user.id, "mover").await;
+    let on_a_session = testkit::serve_raw(testkit::dial_raw_at(&tunnel_a, &mover_token).await);
+    within("mover leased to A", async {
+        while redis.lease_nodes(&[mover]).await[0].as_deref() != Some(node_a.as_str()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let on_b_session = testkit::serve_raw(testkit::dial_raw_at(&tunnel_b, &mover_token).await);
+    let mut taken = None;
+    within("mover leased to B", async {
+        while redis.lease_nodes(&[mover]).await[0].as_deref() != Some(node_b.as_str()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        taken = Some(Instant::now());
+    })
+    .await;
+    let end = within("A closes the older session", on_a_session)
+        .await
+        .unwrap();
+    let closed_after = taken.unwrap().elapsed();
+    println!(
+        "relay A closed the mover's older session {closed_after:?} after B took its lease ({end})"
+    );
+    assert!(closed_after <= Duration::from_secs(1));
+    assert!(!on_b_session.is_finished(), "the session on B lives on");
+    on_b_session.abort();
+
+    // 4: SIGTERM relay B while requests are in flight: they finish, its
+    // agents land on A, and requests made during the drain succeed.
+    let nodes = redis.lease_nodes(&devices).await;
+    let on_b: Vec<DeviceId> = devices
+        .iter()
+        .zip(&nodes)
+        .filter(|(_, n)| n.as_deref() == Some(node_b.as_str()))
+        .map(|(d, _)| *d)
+        .collect();
+    let go_device = _go.as_ref().map(|_| devices[devices.len() - 1]);
+    let agents_on_b: Vec<DeviceId> = on_b
+        .iter()
+        .copied()
+        .filter(|d| Some(*d) != go_device)
+        .collect();
+    let slow =
+        futures_util::future::join_all(agents_on_b.iter().take(20).enumerate().map(|(i, d)| {
+            let api = if i % 2 == 0 {
+                api_1.clone()
+            } else {
+                api_2.clone()
+            };
+            let (http, cookie, d) = (http.clone(), cookie.clone(), *d);
+            tokio::spawn(async move {
+                http.get(format!("{api}/api/devices/{d}/proxy/test/delay?ms=1500"))
+                    .header("cookie", cookie)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            })
+        }));
+    let slow = tokio::spawn(slow);
+    let signalled = Instant::now();
+    nix_kill(&relay_b, "TERM");
+    let during = futures_util::future::join_all(agents_on_b.iter().map(|d| {
+        let (http, api, cookie) = (&http, api_2.as_str(), cookie.as_str());
+        async move { info_status(http, api, cookie, *d).await }
+    }))
+    .await;
+    let failed_during = during.iter().filter(|s| **s != 200).count();
+    let slow: Vec<u16> = slow
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert!(
+        slow.iter().all(|s| *s == 200),
+        "requests in flight at SIGTERM must finish: {slow:?}"
+    );
+    let status = within("relay B exits after draining", relay_b.wait())
+        .await
+        .unwrap();
+    let drain_took = signalled.elapsed();
+    assert!(status.success(), "relay B exits cleanly: {status}");
+    all_reachable(&http, &[&api_1, &api_2], &cookie, &agents_on_b).await;
+    println!(
+        "SIGTERM on relay B: {} in-flight requests finished, {failed_during} of {} requests made during the drain failed, B exited after {drain_took:?}, its {} agents reachable through A after {:?}",
+        slow.len(),
+        during.len(),
+        agents_on_b.len(),
+        signalled.elapsed()
+    );
+    assert_eq!(failed_during, 0, "requests during the drain failed");
+    // The Go device, which knows only B, was told GoAway(0); it returns
+    // to B when B is back.
+    if let Some(go) = _go.as_mut() {
+        go.wait_for("the Go device saw GoAway(0)", |ev| {
+            ev.iter().any(|e| e == "event: goaway 0")
+        })
+        .await;
+    }
+    let (relay_b, _, _) = cluster.relay_on(b_tunnel_port, b_internal_port).await;
+    let _relay_b = relay_b;
+    all_reachable(&http, &[&api_1, &api_2], &cookie, &devices).await;
 
     // 6: one pairing code, 50 exchanges at once over both api-servers.
     let code: serde_json::Value = http

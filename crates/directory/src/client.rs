@@ -10,7 +10,10 @@
 
 use crate::internal_api::{self, CODE_OFFLINE};
 use crate::mux;
-use crate::{BoxStream, DirectoryError, NodeId, NodeLocator, SessionSummary, SessionView};
+use crate::{
+    BoxStream, DirectoryError, LiveStatus, NodeId, NodeLocator, Retiring, SessionSummary,
+    SessionView,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use edge_core::error_body::ErrorBody;
@@ -46,6 +49,8 @@ pub struct RelayDirectory {
 struct Channel {
     control: tunnel::Control,
     ended: CancellationToken,
+    /// Set by the node's drain notice (or a draining answer).
+    draining: Retiring,
 }
 
 /// The byte stream under one internal-API connection.
@@ -103,11 +108,18 @@ impl RelayDirectory {
             .await
             .map_err(|e| DirectoryError::Unreachable(format!("channel upgrade: {e}")))?;
         let ended = CancellationToken::new();
-        let (control, driver) = tunnel::session::client(
+        let draining = Retiring::default();
+        let notice = draining.clone();
+        let (control, driver) = tunnel::session::client_hearing(
             TokioIo::new(upgraded),
             mux::config(),
             ended.clone(),
             tunnel::pump::Activity::new(),
+            move |stream| {
+                // The node's only stream toward us is its drain notice.
+                drop(stream);
+                notice.set();
+            },
         );
         let marker = ended.clone();
         let name = node.0.clone();
@@ -116,18 +128,25 @@ impl RelayDirectory {
             marker.cancel();
             tracing::debug!(node = %name, %end, "relay channel ended");
         });
-        let ch = Channel { control, ended };
+        let ch = Channel {
+            control,
+            ended,
+            draining,
+        };
         channels.insert(node.clone(), ch.clone());
         Ok(ch)
     }
 
-    /// A fresh channel stream to `node`; a channel found dead is replaced
-    /// once.
-    async fn channel_stream(&self, node: &NodeId) -> Result<tunnel::StreamHandle, DirectoryError> {
+    /// A fresh channel stream to `node` and the channel's drain flag; a
+    /// channel found dead is replaced once.
+    async fn channel_stream(
+        &self,
+        node: &NodeId,
+    ) -> Result<(tunnel::StreamHandle, Retiring), DirectoryError> {
         for _ in 0..2 {
             let mut ch = self.channel(node).await?;
             match ch.control.open_stream().await {
-                Ok(stream) => return Ok(stream),
+                Ok(stream) => return Ok((stream, ch.draining)),
                 Err(err) => {
                     tracing::debug!(node = %node.0, error = %err, "relay channel unusable; reopening");
                     ch.ended.cancel();
@@ -319,6 +338,33 @@ impl SessionView for RelayDirectory {
             .await
     }
 
+    /// With a locator that knows every device's node (Redis), one `MGET`
+    /// of the page's leases; else one call to the node.
+    async fn statuses(
+        &self,
+        owner: UserId,
+        devices: &[DeviceId],
+    ) -> Result<HashMap<DeviceId, LiveStatus>, DirectoryError> {
+        match self.locator.locate_many(devices).await? {
+            Some(found) => Ok(devices
+                .iter()
+                .zip(found)
+                .filter_map(|(d, at)| {
+                    at.map(|(_, since)| {
+                        (
+                            *d,
+                            LiveStatus {
+                                connected_since: since,
+                                last_heard_from: None,
+                            },
+                        )
+                    })
+                })
+                .collect()),
+            None => Ok(LiveStatus::of(&self.list_owned(owner).await?, devices)),
+        }
+    }
+
     async fn close(&self, device: DeviceId) -> Result<bool, DirectoryError> {
         let node = self.node_for(device).await?;
         let res = self
@@ -343,8 +389,58 @@ impl SessionView for RelayDirectory {
     }
 
     async fn open_stream(&self, device: DeviceId) -> Result<BoxStream, DirectoryError> {
-        let node = self.node_for(device).await?;
-        let mut stream = self.channel_stream(&node).await?;
+        Ok(self.open_stream_retiring(device).await?.0)
+    }
+
+    /// A node that answers "draining" still holds the device until its
+    /// open streams end; the device then connects to another node. The
+    /// stream is asked for again wherever the device's lease points next,
+    /// for up to [`RELOCATE_FOR`].
+    async fn open_stream_retiring(
+        &self,
+        device: DeviceId,
+    ) -> Result<(BoxStream, Retiring), DirectoryError> {
+        let deadline = tokio::time::Instant::now() + RELOCATE_FOR;
+        let mut node = self.node_for(device).await?;
+        let mut moving = false;
+        loop {
+            let err = match self.open_on(&node, device).await {
+                Err(DirectoryError::Draining) => {
+                    moving = true;
+                    DirectoryError::Draining
+                }
+                // The draining node finished and left: keep looking.
+                Err(
+                    err @ (DirectoryError::Offline
+                    | DirectoryError::Unreachable(_)
+                    | DirectoryError::Timeout),
+                ) if moving => err,
+                other => return other,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(RELOCATE_EVERY).await;
+            if let Some(next) = self.locator.locate(device).await? {
+                node = next;
+            }
+        }
+    }
+}
+
+/// How long a request waits for a draining node's device to reconnect
+/// elsewhere, and how often it looks.
+const RELOCATE_FOR: Duration = Duration::from_secs(5);
+const RELOCATE_EVERY: Duration = Duration::from_millis(50);
+
+impl RelayDirectory {
+    /// A stream to `device` through `node`'s channel.
+    async fn open_on(
+        &self,
+        node: &NodeId,
+        device: DeviceId,
+    ) -> Result<(BoxStream, Retiring), DirectoryError> {
+        let (mut stream, draining) = self.channel_stream(node).await?;
         let asked = async {
             mux::write_request(&mut stream, device).await?;
             mux::read_status(&mut stream).await
@@ -354,8 +450,12 @@ impl SessionView for RelayDirectory {
             .map_err(|_| DirectoryError::Timeout)?
             .map_err(|e| DirectoryError::Unreachable(format!("relay channel: {e}")))?;
         match status {
-            mux::STATUS_OK => Ok(Box::new(stream)),
+            mux::STATUS_OK => Ok((Box::new(stream), draining)),
             mux::STATUS_OFFLINE => Err(DirectoryError::Offline),
+            mux::STATUS_DRAINING => {
+                draining.set();
+                Err(DirectoryError::Draining)
+            }
             mux::STATUS_REFUSED => Err(DirectoryError::Stream(
                 "the device's session refused the stream".into(),
             )),

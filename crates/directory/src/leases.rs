@@ -120,6 +120,22 @@ impl RedisConn {
         Ok(v.as_deref().and_then(Lease::decode))
     }
 
+    /// The leases of `devices`, in order, in one round trip (`MGET`).
+    async fn leases(&self, devices: &[DeviceId]) -> Result<Vec<Option<Lease>>, DirectoryError> {
+        if devices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for d in devices {
+            cmd.arg(lease_key(*d));
+        }
+        let values: Vec<Option<String>> = self.run(&cmd).await?;
+        Ok(values
+            .iter()
+            .map(|v| v.as_deref().and_then(Lease::decode))
+            .collect())
+    }
+
     pub(crate) async fn script<T: redis::FromRedisValue>(
         &self,
         script: &redis::Script,
@@ -325,6 +341,19 @@ impl RedisLocator {
 impl NodeLocator for RedisLocator {
     async fn locate(&self, device: DeviceId) -> Result<Option<NodeId>, DirectoryError> {
         Ok(self.lease(device).await?.map(|l| l.node))
+    }
+
+    async fn locate_many(
+        &self,
+        devices: &[DeviceId],
+    ) -> Result<Option<Vec<Option<(NodeId, i64)>>>, DirectoryError> {
+        let leases = self.redis.leases(devices).await?;
+        Ok(Some(
+            leases
+                .into_iter()
+                .map(|l| l.map(|l| (l.node, l.connected_since)))
+                .collect(),
+        ))
     }
 
     async fn nodes(&self) -> Result<Vec<NodeId>, DirectoryError> {

@@ -45,12 +45,81 @@ pub struct SessionSummary {
     pub bytes_out: u64,
 }
 
+/// A device's live status as a page of a device list shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveStatus {
+    /// Unix ms when the tunnel was accepted.
+    pub connected_since: i64,
+    /// Unix ms of the last inbound bytes, when the answer came from the
+    /// node itself (the multi-node directory knows only the connect time).
+    pub last_heard_from: Option<i64>,
+}
+
+impl LiveStatus {
+    /// The statuses of `devices` among `sessions`.
+    pub fn of(
+        sessions: &[SessionSummary],
+        devices: &[DeviceId],
+    ) -> std::collections::HashMap<DeviceId, LiveStatus> {
+        let wanted: std::collections::HashSet<&DeviceId> = devices.iter().collect();
+        sessions
+            .iter()
+            .filter(|s| wanted.contains(&s.device_id))
+            .map(|s| (s.device_id, LiveStatus::from(s)))
+            .collect()
+    }
+}
+
+impl From<&SessionSummary> for LiveStatus {
+    fn from(s: &SessionSummary) -> Self {
+        Self {
+            connected_since: s.connected_since,
+            last_heard_from: Some(s.last_heard_from),
+        }
+    }
+}
+
 /// A byte pipe to a fresh stream on a device.
 pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
 
 /// A boxed [`ByteStream`].
 pub type BoxStream = Box<dyn ByteStream>;
+
+/// Set once the relay node a stream runs through starts draining: a
+/// connection over such a stream should serve no further request.
+#[derive(Debug, Clone, Default)]
+pub struct Retiring(std::sync::Arc<RetiringInner>);
+
+#[derive(Debug, Default)]
+pub struct RetiringInner {
+    set: std::sync::atomic::AtomicBool,
+    changed: tokio::sync::Notify,
+}
+
+impl Retiring {
+    pub fn is_set(&self) -> bool {
+        self.0.set.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set(&self) {
+        self.0.set.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.0.changed.notify_waiters();
+    }
+
+    /// Resolves once the flag is set.
+    pub async fn until_set(self) {
+        loop {
+            let notified = self.0.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_set() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
 
 /// Why a directory call failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +134,10 @@ pub enum DirectoryError {
     Relay(String),
     #[error("device session refused the stream: {0}")]
     Stream(String),
+    /// The device's node is draining: it takes no new stream; the device
+    /// reconnects to another node once its open streams end.
+    #[error("the device's relay node is draining")]
+    Draining,
     /// The shared directory (Redis) cannot answer now.
     #[error("directory unavailable: {0}")]
     Unavailable(String),
@@ -78,10 +151,27 @@ pub trait SessionView: Send + Sync {
     async fn list(&self) -> Result<Vec<SessionSummary>, DirectoryError>;
     /// The live sessions of one owner's devices (the console polls this).
     async fn list_owned(&self, owner: UserId) -> Result<Vec<SessionSummary>, DirectoryError>;
+    /// The live status of `devices` (a page of `owner`'s list) in one round
+    /// trip; devices missing from the answer are offline.
+    async fn statuses(
+        &self,
+        owner: UserId,
+        devices: &[DeviceId],
+    ) -> Result<std::collections::HashMap<DeviceId, LiveStatus>, DirectoryError> {
+        Ok(LiveStatus::of(&self.list_owned(owner).await?, devices))
+    }
     /// Close a device's live session with GoAway; true when one existed.
     async fn close(&self, device: DeviceId) -> Result<bool, DirectoryError>;
     /// Open a fresh yamux stream to the device.
     async fn open_stream(&self, device: DeviceId) -> Result<BoxStream, DirectoryError>;
+    /// [`SessionView::open_stream`], with the flag that says when the
+    /// stream's node starts draining (never, unless the view can tell).
+    async fn open_stream_retiring(
+        &self,
+        device: DeviceId,
+    ) -> Result<(BoxStream, Retiring), DirectoryError> {
+        Ok((self.open_stream(device).await?, Retiring::default()))
+    }
     /// The relay nodes that are up (one, in single-node mode).
     async fn nodes(&self) -> Result<Vec<NodeId>, DirectoryError>;
 }

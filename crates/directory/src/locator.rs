@@ -12,6 +12,15 @@ pub trait NodeLocator: Send + Sync {
     async fn locate(&self, device: DeviceId) -> Result<Option<NodeId>, DirectoryError>;
     /// Every node, for listings.
     async fn nodes(&self) -> Result<Vec<NodeId>, DirectoryError>;
+    /// The node and connect time (Unix ms) of each of `devices`, in order,
+    /// in one round trip; `None` when this locator cannot say without
+    /// asking the nodes (a single node: ask it).
+    async fn locate_many(
+        &self,
+        _devices: &[DeviceId],
+    ) -> Result<Option<Vec<Option<(NodeId, i64)>>>, DirectoryError> {
+        Ok(None)
+    }
 }
 
 /// A single relay node that holds every tunnel.

@@ -7,6 +7,10 @@
 //! relay answers one status byte and, when it is
 //! [`STATUS_OK`], the stream is from then on a byte pipe to a fresh stream
 //! on the device. No TCP connection, HTTP handshake or upgrade per request.
+//!
+//! When the relay starts draining it opens one stream of its own on each
+//! channel: that stream carries nothing; its arrival is the notice that
+//! connections through this node should not be reused.
 
 use edge_core::request_id::RequestId;
 use edge_core::DeviceId;
@@ -26,6 +30,8 @@ pub const STATUS_OFFLINE: u8 = 1;
 pub const STATUS_REFUSED: u8 = 2;
 /// The request line was not a device id.
 pub const STATUS_BAD_REQUEST: u8 = 3;
+/// This node is draining: no new stream; ask where the device is again.
+pub const STATUS_DRAINING: u8 = 4;
 
 /// Length of a request line's head: a hyphenated UUID and `\n` (or the
 /// space before a request id).

@@ -84,9 +84,10 @@ fn user_agent() -> String {
 }
 
 /// Keep the tunnel up until `shutdown`. With several relays the agent
-/// starts at a random one (spreading a fleet over the nodes), stays with a
-/// relay while it accepts the tunnel, and moves to the next after a failed
-/// connect (unreachable, refused, draining), with jittered backoff.
+/// starts at a random one (spreading a fleet over the nodes) and moves to
+/// the next after a failed connect (unreachable, refused, draining) or
+/// after its tunnel ended (the node closed it: draining, or going down),
+/// with jittered backoff.
 pub async fn run(settings: AgentSettings, token: DeviceToken, shutdown: CancellationToken) {
     let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
     let agent = user_agent();
@@ -111,7 +112,6 @@ pub async fn run(settings: AgentSettings, token: DeviceToken, shutdown: Cancella
             _ = shutdown.cancelled() => break,
             r = dial(relay, &token, &agent, WebSocketConfig::default(), settings.tls.clone()) => r,
         };
-        let connected = attempt.is_ok();
         match attempt {
             Ok(ws) => {
                 tracing::info!(%relay, "tunnel connected");
@@ -133,9 +133,7 @@ pub async fn run(settings: AgentSettings, token: DeviceToken, shutdown: Cancella
             }
             Err(err) => tracing::warn!(%relay, error = %err, "cannot connect to relay"),
         }
-        if !connected {
-            at = at.wrapping_add(1);
-        }
+        at = at.wrapping_add(1);
         if shutdown.is_cancelled() {
             break;
         }

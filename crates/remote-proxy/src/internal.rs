@@ -137,16 +137,32 @@ async fn open_channel(
                 return;
             }
         };
-        let end = tunnel::session::serve(
+        let on_stream = {
+            let relay = relay.clone();
+            move |stream| {
+                tokio::spawn(serve_channel_stream(relay.clone(), stream));
+            }
+        };
+        let (mut control, driver) = tunnel::session::server(
             TokioIo::new(upgraded),
             mux::config(),
             cancel,
             tunnel::pump::Activity::new(),
-            |stream| {
-                tokio::spawn(serve_channel_stream(relay.clone(), stream));
-            },
-        )
-        .await;
+            on_stream,
+        );
+        tokio::pin!(driver);
+        let end = tokio::select! {
+            end = &mut driver => end,
+            // The drain notice: one empty stream toward the api-server.
+            () = relay.draining.cancelled() => {
+                let notice = async {
+                    if let Ok(stream) = control.open_stream().await {
+                        drop(stream);
+                    }
+                };
+                tokio::join!(&mut driver, notice).0
+            }
+        };
         tracing::debug!(%end, "api-server channel ended");
     });
     let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
@@ -188,9 +204,14 @@ async fn pipe_channel_stream(
         Err(err) => {
             let status = match err {
                 DirectoryError::Offline => mux::STATUS_OFFLINE,
+                DirectoryError::Draining => mux::STATUS_DRAINING,
                 _ => mux::STATUS_REFUSED,
             };
-            tracing::info!(%device, error = %err, "channel stream refused");
+            if matches!(err, DirectoryError::Draining) {
+                tracing::debug!(%device, "channel stream refused: draining");
+            } else {
+                tracing::info!(%device, error = %err, "channel stream refused");
+            }
             let _ = mux::write_status(&mut caller, status).await;
             return;
         }

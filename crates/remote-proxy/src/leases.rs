@@ -16,8 +16,9 @@ use std::time::Duration;
 /// Wait before subscribing again after the subscription broke.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 
-/// Announce this node and refresh its leases until the relay shuts down;
-/// then withdraw it.
+/// Announce this node and refresh its leases until the relay shuts down
+/// (a draining node keeps its sessions' leases but is no longer
+/// announced); then withdraw it.
 pub async fn keep(relay: Arc<Relay>, leases: RelayLeases) {
     let mut tick = tokio::time::interval(DEFAULT_LEASE_REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -26,9 +27,11 @@ pub async fn keep(relay: Arc<Relay>, leases: RelayLeases) {
             _ = tick.tick() => {}
             () = relay.shutdown.cancelled() => break,
         }
-        if let Err(err) = leases.announce().await {
-            tracing::warn!(error = %err, "cannot announce this relay node");
-            continue;
+        if !relay.is_draining() {
+            if let Err(err) = leases.announce().await {
+                tracing::warn!(error = %err, "cannot announce this relay node");
+                continue;
+            }
         }
         for (device, conn, since) in relay.directory.live() {
             match leases.refresh(device, &relay.lease(conn, since)).await {

@@ -16,7 +16,7 @@ use edge_core::serve::{serve_tls, ServeOptions};
 use edge_core::Secret;
 use error::RelayError;
 use registry::LocalDirectory;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use store::Store;
@@ -37,7 +37,8 @@ pub struct Relay {
     tunnel_slots: Arc<Semaphore>,
     tunnels: TaskTracker,
     shutdown: CancellationToken,
-    draining: AtomicBool,
+    /// Cancelled when the node starts draining.
+    pub(crate) draining: CancellationToken,
     /// Multi-node mode: this node's leases in Redis (ADR 017).
     leases: std::sync::OnceLock<directory::leases::RelayLeases>,
     /// Tells this process's connections apart from other processes' in
@@ -60,7 +61,7 @@ impl Relay {
             internal_secret,
             tunnels: TaskTracker::new(),
             shutdown: CancellationToken::new(),
-            draining: AtomicBool::new(false),
+            draining: CancellationToken::new(),
             leases: std::sync::OnceLock::new(),
             instance: Secret::random(6).expose().to_owned(),
         })
@@ -92,7 +93,7 @@ impl Relay {
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.draining.is_cancelled()
     }
 
     /// Serve both listeners in plain TCP; see [`Relay::serve_tls`].
@@ -107,8 +108,7 @@ impl Relay {
     }
 
     /// Serve both listeners (each over TLS when `tls` says so) until
-    /// `shutdown`; then refuse new tunnels (503), close every session with
-    /// GoAway(0) and wait for them to end.
+    /// `shutdown`; then drain ([`Relay::drain`]) and stop.
     pub async fn serve_tls(
         self: Arc<Self>,
         tunnel: TcpListener,
@@ -128,17 +128,18 @@ impl Relay {
             drain_timeout: self.limits.drain_timeout,
             ..ServeOptions::default()
         };
+        // Both ports stay open while draining: the tunnel port answers 503
+        // `draining` (the agent moves to another node) and the internal
+        // port keeps serving the streams that are still in flight.
+        let stop_serving = CancellationToken::new();
         let closer = {
             let relay = self.clone();
-            let shutdown = shutdown.clone();
+            let stop_serving = stop_serving.clone();
             async move {
                 shutdown.cancelled().await;
-                relay.draining.store(true, Ordering::Relaxed);
-                tracing::info!(
-                    sessions = relay.directory.len(),
-                    "closing tunnels with GoAway"
-                );
+                relay.drain().await;
                 relay.shutdown.cancel();
+                stop_serving.cancel();
             }
         };
         if let Some(leases) = self.leases.get() {
@@ -151,14 +152,14 @@ impl Relay {
                 tunnel_listener::router(self.clone()),
                 tunnel_opts,
                 tls.tunnel,
-                shutdown.clone()
+                stop_serving.clone()
             ),
             serve_tls(
                 internal,
                 internal::router(self.clone()),
                 internal_opts,
                 tls.internal,
-                shutdown.clone()
+                stop_serving.clone()
             ),
             closer,
         );
@@ -168,6 +169,47 @@ impl Relay {
             .is_err()
         {
             tracing::warn!("tunnels still open after the drain timeout");
+        }
+    }
+
+    /// Drain this node (SIGTERM): refuse new tunnels with 503 `draining`,
+    /// leave the node set, and close each session with GoAway(0) once it
+    /// has no open stream, or when the drain timeout passes. A closed
+    /// session's lease is deleted as it ends, so its device reconnects to
+    /// another node at once.
+    pub async fn drain(&self) {
+        self.draining.cancel();
+        self.directory.set_draining();
+        let sessions = self.directory.live();
+        tracing::info!(
+            sessions = sessions.len(),
+            timeout = ?self.limits.drain_timeout,
+            "draining: closing each tunnel with GoAway once its streams end"
+        );
+        if let Some(leases) = self.leases.get() {
+            if let Err(err) = leases.withdraw().await {
+                tracing::warn!(error = %err, "cannot withdraw this relay node");
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.limits.drain_timeout;
+        let busy = AtomicUsize::new(0);
+        futures_util::future::join_all(sessions.into_iter().map(|(device, conn, _)| {
+            let busy = &busy;
+            async move {
+                let idle = self.directory.until_idle(device, conn);
+                if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                    busy.fetch_add(1, Ordering::Relaxed);
+                }
+                self.directory.close_conn(device, conn);
+            }
+        }))
+        .await;
+        let busy = busy.into_inner();
+        if busy > 0 {
+            tracing::warn!(
+                sessions = busy,
+                "drain timeout: closed tunnels that still had open streams"
+            );
         }
     }
 }

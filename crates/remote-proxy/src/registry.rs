@@ -11,7 +11,7 @@ use directory::{
 use edge_core::{DeviceId, UserId};
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,6 +29,17 @@ pub struct LiveSession {
     pub activity: Arc<Activity>,
     /// One permit per concurrently open stream.
     pub streams: Arc<Semaphore>,
+    /// The number of permits `streams` started with.
+    pub max_streams: usize,
+    /// Woken each time one of the session's streams is released.
+    pub released: Arc<tokio::sync::Notify>,
+}
+
+impl LiveSession {
+    fn open_streams(&self) -> usize {
+        self.max_streams
+            .saturating_sub(self.streams.available_permits())
+    }
 }
 
 struct Entry {
@@ -78,6 +89,7 @@ pub struct LocalDirectory {
     next_conn: AtomicU64,
     changes: tokio::sync::watch::Sender<u64>,
     open_timeout: Duration,
+    draining: AtomicBool,
 }
 
 impl LocalDirectory {
@@ -88,11 +100,21 @@ impl LocalDirectory {
             next_conn: AtomicU64::new(1),
             changes: tokio::sync::watch::channel(0).0,
             open_timeout,
+            draining: AtomicBool::new(false),
         }
     }
 
     pub fn node(&self) -> &NodeId {
         &self.node
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// From now on, refuse new streams ([`DirectoryError::Draining`]).
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     fn entries(&self) -> MutexGuard<'_, Sessions> {
@@ -163,6 +185,41 @@ impl LocalDirectory {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Streams open now on `device`'s session (0 when it has none).
+    pub fn open_streams(&self, device: DeviceId) -> usize {
+        self.entries()
+            .by_device
+            .get(&device)
+            .map_or(0, |e| e.live.open_streams())
+    }
+
+    /// Wait until `device`'s session `conn` has no open stream (or is gone).
+    pub async fn until_idle(&self, device: DeviceId, conn: ConnectionId) {
+        /// A session that ends without releasing a stream is noticed this soon.
+        const RECHECK: Duration = Duration::from_millis(250);
+        loop {
+            let released = match self.entries().by_device.get(&device) {
+                Some(e) if e.conn == conn && e.live.open_streams() > 0 => e.live.released.clone(),
+                _ => return,
+            };
+            let notified = released.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let busy = self
+                .entries()
+                .by_device
+                .get(&device)
+                .is_some_and(|e| e.conn == conn && e.live.open_streams() > 0);
+            if !busy {
+                return;
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(RECHECK) => {}
+            }
         }
     }
 
@@ -273,13 +330,20 @@ impl SessionView for LocalDirectory {
     }
 
     async fn open_stream(&self, device: DeviceId) -> Result<BoxStream, DirectoryError> {
-        let (mut control, streams) = {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(DirectoryError::Draining);
+        }
+        let (mut control, streams, released) = {
             let entries = self.entries();
             let entry = entries
                 .by_device
                 .get(&device)
                 .ok_or(DirectoryError::Offline)?;
-            (entry.live.control.clone(), entry.live.streams.clone())
+            (
+                entry.live.control.clone(),
+                entry.live.streams.clone(),
+                entry.live.released.clone(),
+            )
         };
         let permit = streams
             .try_acquire_owned()
@@ -290,7 +354,8 @@ impl SessionView for LocalDirectory {
             .map_err(|e| DirectoryError::Stream(e.to_string()))?;
         Ok(Box::new(LimitedStream {
             inner: stream,
-            _permit: permit,
+            permit: Some(permit),
+            released,
         }))
     }
 }
@@ -298,7 +363,17 @@ impl SessionView for LocalDirectory {
 /// A yamux stream holding one of its session's stream permits.
 struct LimitedStream {
     inner: StreamHandle,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
+    released: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for LimitedStream {
+    fn drop(&mut self) {
+        // The permit goes back before the wake-up, so a drain that wakes
+        // counts this stream as closed.
+        drop(self.permit.take());
+        self.released.notify_waiters();
+    }
 }
 
 impl AsyncRead for LimitedStream {

@@ -202,6 +202,8 @@ async fn run_tunnel(
         cancel: cancel.clone(),
         activity,
         streams: Arc::new(Semaphore::new(limits.max_streams_per_session)),
+        max_streams: limits.max_streams_per_session,
+        released: Arc::default(),
     };
     let conn = relay.directory.register(summary, live).await;
     let lease = relay.lease(conn, now);

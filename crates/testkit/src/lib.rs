@@ -167,6 +167,36 @@ fn node_url(tls: &RelayTls, internal: SocketAddr) -> String {
     }
 }
 
+/// Dial a plain `ws://` relay URL as a device with `token`.
+pub async fn dial_raw_at(url: &str, token: &DeviceToken) -> tunnel::dial::DialedWs {
+    tunnel::dial::dial(url, token, "raw-test/1", Default::default(), None)
+        .await
+        .unwrap()
+}
+
+/// Serve a dialed tunnel as a bare device that resets every stream and
+/// never reconnects; the task ends with the session (for takeover tests).
+pub fn serve_raw(ws: tunnel::dial::DialedWs) -> JoinHandle<tunnel::session::SessionEnd> {
+    tokio::spawn(async move {
+        let activity = tunnel::pump::Activity::new();
+        let (io, _ended) = tunnel::pump::spawn(
+            ws,
+            tunnel::pump::PumpConfig {
+                idle_timeout: Duration::from_secs(60),
+            },
+            activity.clone(),
+        );
+        tunnel::session::serve(
+            io,
+            tunnel::session::device_config(),
+            CancellationToken::new(),
+            activity,
+            drop,
+        )
+        .await
+    })
+}
+
 /// A test user with a live session.
 #[derive(Clone, Debug)]
 pub struct TestUser {
@@ -691,6 +721,11 @@ impl Stack {
     }
 
     /// Stop the relay (graceful), keeping its addresses for a restart.
+    /// Take the stack's relay out, to stop it while the test goes on.
+    pub fn take_relay(&mut self) -> Option<RelayNode> {
+        self.relay.take()
+    }
+
     pub async fn stop_relay(&mut self) {
         if let Some(relay) = self.relay.take() {
             relay.stop().await;

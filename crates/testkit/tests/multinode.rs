@@ -64,25 +64,7 @@ async fn a_device_that_moves_relays_is_routed_there_and_its_old_session_closes_w
     let node_a = stack.relay().directory.node().0.clone();
 
     // First connection: on relay A, a bare tunnel that never reconnects.
-    let ws = stack.dial_raw(&dev.token).await.unwrap();
-    tokio::spawn(async move {
-        let activity = tunnel::pump::Activity::new();
-        let (io, _ended) = tunnel::pump::spawn(
-            ws,
-            tunnel::pump::PumpConfig {
-                idle_timeout: Duration::from_secs(60),
-            },
-            activity.clone(),
-        );
-        tunnel::session::serve(
-            io,
-            tunnel::session::device_config(),
-            Default::default(),
-            activity,
-            drop,
-        )
-        .await
-    });
+    let _first = testkit::serve_raw(stack.dial_raw(&dev.token).await.unwrap());
     stack.wait_online(dev.id).await;
     wait_lease(&redis, dev.id, Some(&node_a)).await;
 
@@ -111,6 +93,19 @@ async fn a_device_that_moves_relays_is_routed_there_and_its_old_session_closes_w
     );
     // The api-server finds the device on B.
     assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "SIM-1");
+    // The device list reads the page's leases (one MGET), not the relays:
+    // online with its connect time, and no traffic figure (relays have it).
+    let list = stack.get_json(&alice, "/api/devices").await;
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == dev.id.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(row["status"], "online", "{row}");
+    assert!(row["connected_since"].is_i64(), "{row}");
+    assert!(row["last_heard_from"].is_null(), "{row}");
 }
 
 #[cfg_attr(
@@ -259,6 +254,76 @@ async fn an_agent_with_several_relays_moves_on_when_its_relay_drains() {
         drained.elapsed()
     );
     wait_reachable(&stack, &alice, dev.id).await;
+}
+
+#[cfg_attr(
+    not(any(has_redis, require_interop)),
+    ignore = "needs redis-server (Debian's redis-server package)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_relay_lets_requests_finish_and_its_device_moves_without_a_failed_request() {
+    let redis = RedisServer::start().await;
+    let mut stack = stack_on(&redis).await;
+    let relay_b = stack.extra_relay().await;
+    let alice = stack.user("alice").await;
+    let dev = stack.device(alice.id).await;
+    let _agent = stack.agent_via_any(&dev, vec![stack.tunnel_url(), relay_b.tunnel_url()]);
+    let a_dir = stack.relay().directory.clone();
+    let b_dir = relay_b.relay.directory.clone();
+    within("device on a relay", async {
+        while a_dir.connection_of(dev.id).is_none() && b_dir.connection_of(dev.id).is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (holder, survivor, holder_dir) = if a_dir.connection_of(dev.id).is_some() {
+        (stack.take_relay().unwrap(), b_dir.clone(), a_dir.clone())
+    } else {
+        (relay_b, a_dir.clone(), b_dir.clone())
+    };
+    wait_lease(&redis, dev.id, Some(&holder.node().0)).await;
+
+    // A slow request is in flight on the holder when it is told to stop.
+    let slow = stack
+        .get(&alice, &stack.proxy_url(dev.id, "/test/delay?ms=1500"))
+        .send();
+    let slow = tokio::spawn(slow);
+    within("the slow request reaches the box", async {
+        while holder_dir.open_streams(dev.id) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let drained = Instant::now();
+    let stopping = tokio::spawn(holder.stop());
+    within("draining begins", async {
+        while !holder_dir.is_draining() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // Requests after the signal need a new stream: they wait for the
+    // device's new node instead of failing.
+    for _ in 0..3 {
+        let res = stack
+            .get(&alice, &stack.proxy_url(dev.id, "/api/info"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "a request during the drain failed");
+    }
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(slow.status(), 200, "the in-flight request was cut");
+    within("the holder finished draining", stopping)
+        .await
+        .unwrap();
+    let took = drained.elapsed();
+    assert!(
+        survivor.connection_of(dev.id).is_some(),
+        "device moved over"
+    );
+    println!("drained and moved in {took:?}, no request failed");
+    assert!(took < Duration::from_secs(5), "drain took {took:?}");
 }
 
 #[cfg_attr(

@@ -71,10 +71,8 @@ pub fn client<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let session = Session::new_client(io, config);
-    let control = session.control();
     // Streams the device opens are dropped at once, which resets them.
-    (control, drive(session, cancel, activity, drop))
+    client_hearing(io, config, cancel, activity, drop)
 }
 
 /// Run the device (server) side: each accepted stream goes to `on_stream`.
@@ -89,7 +87,43 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: FnMut(StreamHandle) + Send,
 {
-    drive(Session::new_server(io, config), cancel, activity, on_stream).await
+    server(io, config, cancel, activity, on_stream).1.await
+}
+
+/// The server side with its control, for a server that also opens streams
+/// (the relay's end of an api-server channel sends its drain notice so).
+pub fn server<T, F>(
+    io: T,
+    config: Config,
+    cancel: CancellationToken,
+    activity: Arc<Activity>,
+    on_stream: F,
+) -> (Control, impl Future<Output = SessionEnd> + Send)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: FnMut(StreamHandle) + Send,
+{
+    let session = Session::new_server(io, config);
+    let control = session.control();
+    (control, drive(session, cancel, activity, on_stream))
+}
+
+/// Start the client side, handing streams the peer opens to `on_stream`
+/// (the api-server's end of a relay channel hears drain notices so).
+pub fn client_hearing<T, F>(
+    io: T,
+    config: Config,
+    cancel: CancellationToken,
+    activity: Arc<Activity>,
+    on_stream: F,
+) -> (Control, impl Future<Output = SessionEnd> + Send)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: FnMut(StreamHandle) + Send,
+{
+    let session = Session::new_client(io, config);
+    let control = session.control();
+    (control, drive(session, cancel, activity, on_stream))
 }
 
 async fn drive<T, F>(
