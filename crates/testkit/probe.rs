@@ -1,6 +1,7 @@
 // Included by the build scripts of `testkit` and `devstack`: finds which
 // interop peers this machine has and sets a cfg for each (`has_go`,
-// `has_chromium`, `has_oidc_provider`, `has_initdb`, `has_redis`), plus
+// `has_chromium`, `has_oidc_provider`, `has_initdb`, `has_redis`,
+// `has_prometheus`: `prometheus` and `promtool`), plus
 // `require_interop` when REQUIRE_INTEROP=1. Tests that need a peer carry
 // `#[cfg_attr(not(any(has_x, require_interop)), ignore = "needs …")]`, so a
 // run without the peer reports them as skipped rather than passed, and a
@@ -32,6 +33,7 @@ fn probe(repo_root: &Path) {
         "has_oidc_provider",
         "has_initdb",
         "has_redis",
+        "has_prometheus",
         "require_interop",
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
@@ -67,6 +69,9 @@ fn probe(repo_root: &Path) {
     }
     if on_path("redis-server").is_some() {
         println!("cargo:rustc-cfg=has_redis");
+    }
+    if on_path("prometheus").is_some() && on_path("promtool").is_some() {
+        println!("cargo:rustc-cfg=has_prometheus");
     }
     for p in [
         chromium,

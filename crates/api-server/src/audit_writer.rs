@@ -46,6 +46,21 @@ impl AuditWriter {
         )
     }
 
+    /// Events waiting in the queue now.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Reads [`AuditWriter::queued`] without keeping the writer alive (the
+    /// writer task ends when the last handle goes).
+    pub fn depth_probe(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let weak = self.tx.downgrade();
+        move || {
+            weak.upgrade()
+                .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+        }
+    }
+
     /// Events written on the caller's task because the queue was full.
     pub fn inline_writes(&self) -> u64 {
         self.inline.load(Ordering::Relaxed)

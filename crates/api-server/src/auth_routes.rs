@@ -75,11 +75,36 @@ pub struct CallbackQuery {
 
 /// Finish a login: check state, exchange the code, verify the ID token,
 /// upsert the user, end any session the browser held, start a new one.
+/// Counted in `edge_api_logins` by outcome and reason.
 pub async fn callback(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<CallbackQuery>,
 ) -> Result<Response, ApiError> {
+    match finish_callback(&state, headers, q).await {
+        Ok(res) => {
+            state.metrics.login("ok", "none");
+            Ok(res)
+        }
+        Err((err, reason)) => {
+            state.metrics.login("failed", reason);
+            Err(err)
+        }
+    }
+}
+
+/// A failed login step and its metrics reason.
+type Failed = (ApiError, &'static str);
+
+fn failed(reason: &'static str) -> impl FnOnce(ApiError) -> Failed {
+    move |e| (e, reason)
+}
+
+async fn finish_callback(
+    state: &AppState,
+    headers: HeaderMap,
+    q: CallbackQuery,
+) -> Result<Response, Failed> {
     let secure = state.settings.cookie_secure;
     let pending_name = pending_cookie_name(secure);
     if let Some(err) = q.error {
@@ -88,9 +113,10 @@ pub async fn callback(
             .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
             .take(64)
             .collect();
-        return Err(ApiError::LoginFailed(format!(
-            "the provider refused the login ({code})"
-        )));
+        return Err((
+            ApiError::LoginFailed(format!("the provider refused the login ({code})")),
+            "provider_error",
+        ));
     }
     let pending = read_cookie(&headers, pending_name)
         .and_then(|raw| {
@@ -101,17 +127,30 @@ pub async fn callback(
         })
         .and_then(|v| PendingLogin::decode(&v))
         .ok_or_else(|| {
-            ApiError::LoginFailed("no login in progress (missing or expired login cookie)".into())
+            (
+                ApiError::LoginFailed(
+                    "no login in progress (missing or expired login cookie)".into(),
+                ),
+                "no_login",
+            )
         })?;
     let (Some(code), Some(returned_state)) = (q.code, q.state) else {
-        return Err(ApiError::LoginFailed(
-            "the provider's answer lacks code or state".into(),
+        return Err((
+            ApiError::LoginFailed("the provider's answer lacks code or state".into()),
+            "bad_callback",
         ));
     };
     if !pending.state_matches(&returned_state) {
-        return Err(ApiError::LoginFailed("state mismatch".into()));
+        return Err((ApiError::LoginFailed("state mismatch".into()), "state"));
     }
-    let identity = state.oidc.finish_login(&code, &pending).await?;
+    let identity = state
+        .oidc
+        .finish_login(&code, &pending)
+        .await
+        .map_err(|e| {
+            let reason = e.reason();
+            (ApiError::from(e), reason)
+        })?;
     let clean = |s: &Option<String>, max| {
         s.as_deref()
             .map(|v| edge_core::text::display_safe_bounded(v, max))
@@ -126,13 +165,19 @@ pub async fn callback(
             email_verified: identity.email_verified,
             name: clean(&identity.name, 200),
         })
-        .await?;
+        .await
+        .map_err(|e| failed("error")(e.into()))?;
     // Session fixation defence: whatever session the browser held is dead.
-    if let Some(old) = presented_session_hash(&state, &headers) {
-        state.store.delete_session(&old).await?;
+    if let Some(old) = presented_session_hash(state, &headers) {
+        state
+            .store
+            .delete_session(&old)
+            .await
+            .map_err(|e| failed("error")(e.into()))?;
     }
-    let session_cookie =
-        session::start_login_session(&state, user.id, identity.sid.as_deref()).await?;
+    let session_cookie = session::start_login_session(state, user.id, identity.sid.as_deref())
+        .await
+        .map_err(failed("error"))?;
     state
         .store
         .audit(
@@ -141,7 +186,8 @@ pub async fn callback(
             None,
             serde_json::json!({ "issuer": identity.issuer }),
         )
-        .await?;
+        .await
+        .map_err(|e| failed("error")(e.into()))?;
     tracing::info!(user = %user.id, "user logged in");
     let return_to = if is_local_path(&pending.return_to) {
         pending.return_to
@@ -152,6 +198,7 @@ pub async fn callback(
         &return_to,
         &[session_cookie, set_cookie(secure, pending_name, "", 0)],
     )
+    .map_err(failed("error"))
 }
 
 #[derive(Serialize)]

@@ -71,6 +71,15 @@ pub struct Config {
         hide_env_values = true
     )]
     pub redis_timeout_ms: u64,
+    /// Address of the Prometheus endpoint (`GET /metrics`), or `off`.
+    /// Loopback by default: it is for the scraper, not the internet.
+    #[arg(
+        long,
+        env = "API_SERVER_METRICS_LISTEN",
+        default_value = "127.0.0.1:3722",
+        hide_env_values = true
+    )]
+    pub metrics_listen: edge_core::metrics::MetricsListen,
     /// PEM file with a private CA for https:// relay node URLs (besides the
     /// web PKI roots).
     #[arg(long, env = "API_SERVER_RELAY_CA_FILE", hide_env_values = true)]

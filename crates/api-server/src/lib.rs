@@ -15,6 +15,7 @@ pub mod error;
 pub mod extract;
 pub mod housekeeping;
 pub mod hygiene;
+pub mod metrics;
 pub mod pairing;
 pub mod proxy;
 pub mod router;
@@ -154,7 +155,13 @@ pub async fn run_on(
         pairing_limits,
         access_changes: Arc::default(),
         pairing_key,
+        metrics: metrics::ApiMetrics::default(),
     };
+    if let Some(addr) = config.metrics_listen.0 {
+        edge_core::metrics::spawn(addr, state.exposition(), shutdown.clone())
+            .await
+            .map_err(|e| ApiError::Config(format!("metrics listener {addr}: {e}")))?;
+    }
     let listen = listener
         .local_addr()
         .map_err(|e| ApiError::Config(format!("listener: {e}")))?;

@@ -182,6 +182,22 @@ pub async fn exchange(
     Extension(client): Extension<ClientIp>,
     ApiJson(req): ApiJson<ExchangeRequest>,
 ) -> Result<(StatusCode, Json<ExchangeResponse>), ApiError> {
+    let result = exchange_limited(&state, client, req).await;
+    state.metrics.pairing_exchange(match &result {
+        Ok(_) => "ok",
+        Err(ApiError::InvalidPairingCode) => "invalid_code",
+        Err(ApiError::RateLimited(_)) => "rate_limited",
+        Err(ApiError::BadRequest(_)) => "bad_request",
+        Err(_) => "error",
+    });
+    result
+}
+
+async fn exchange_limited(
+    state: &AppState,
+    client: ClientIp,
+    req: ExchangeRequest,
+) -> Result<(StatusCode, Json<ExchangeResponse>), ApiError> {
     let key = client.rate_key();
     let limits = &state.pairing_limits;
     limits
@@ -193,7 +209,7 @@ pub async fn exchange(
         limits.per_address.refund(&key).await;
         return Err(ApiError::RateLimited(secs));
     }
-    let outcome = exchange_code(&state, req).await;
+    let outcome = exchange_code(state, req).await;
     match &outcome {
         Err(ApiError::InvalidPairingCode) => {
             tracing::info!(client = %client.0, "pairing exchange failed: invalid code");

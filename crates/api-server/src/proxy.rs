@@ -336,6 +336,19 @@ pub async fn forward(
     state: &AppState,
     access: Access,
     remote: SocketAddr,
+    req: Request,
+    door: Door,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let result = forward_counted(state, access, remote, req, door).await;
+    state.metrics.proxied(&result, started);
+    result
+}
+
+async fn forward_counted(
+    state: &AppState,
+    access: Access,
+    remote: SocketAddr,
     mut req: Request,
     door: Door,
 ) -> Result<Response, ApiError> {

@@ -148,9 +148,17 @@ pub fn build_app(state: AppState) -> Router {
         .fold(Router::new(), |r, def| r.route(def.path, def.handler))
         .fallback(system::not_found)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::count_http,
+        ))
         .with_state(state.clone());
     let devices = device_origin::router(state.clone())
-        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes));
+        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::count_http,
+        ));
     hygiene::dispatch(state, console, devices)
         .layer(axum::middleware::from_fn(edge_core::request_id::middleware))
 }

@@ -128,6 +128,18 @@ pub struct AppState {
     pub access_changes: Arc<AccessChanges>,
     /// Key of the pairing-code HMAC (the same on every replica).
     pub pairing_key: edge_core::Secret,
+    pub metrics: crate::metrics::ApiMetrics,
+}
+
+impl AppState {
+    /// The metrics endpoint content; the audit queue depth is read at
+    /// each scrape.
+    pub fn exposition(&self) -> edge_core::metrics::Exposition {
+        let (metrics, depth) = (self.metrics.clone(), self.audit.depth_probe());
+        edge_core::metrics::Exposition::new(self.metrics.registry(), move || {
+            metrics.audit_queue_depth.set(depth() as i64);
+        })
+    }
 }
 
 #[cfg(test)]

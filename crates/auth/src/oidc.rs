@@ -80,6 +80,50 @@ pub enum OidcError {
     Config(String),
 }
 
+impl OidcError {
+    /// Why a login failed, as a short stable label (metrics): `state`,
+    /// `nonce`, `issuer`, `audience`, `expiry` and `signature` come from
+    /// the ID token's checks.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "provider_unavailable",
+            Self::Rejected(_) => "provider_error",
+            Self::Config(_) => "config",
+            Self::InvalidToken(msg) => claim_reason(msg),
+        }
+    }
+}
+
+/// The check an ID-token failure message names.
+fn claim_reason(msg: &str) -> &'static str {
+    let m = msg.to_ascii_lowercase();
+    [
+        ("nonce", "nonce"),
+        ("issuer", "issuer"),
+        ("audience", "audience"),
+        ("expired", "expiry"),
+        ("signature", "signature"),
+        ("key", "signature"),
+        ("alg", "signature"),
+    ]
+    .into_iter()
+    .find(|(needle, _)| m.contains(needle))
+    .map_or("invalid_token", |(_, reason)| reason)
+}
+
+/// An ID-token check failure, with the check named in its message.
+fn claims_error(e: &ClaimsVerificationError) -> OidcError {
+    let check = match e {
+        ClaimsVerificationError::Expired(_) => "expired",
+        ClaimsVerificationError::InvalidAudience(_) => "audience",
+        ClaimsVerificationError::InvalidIssuer(_) => "issuer",
+        ClaimsVerificationError::InvalidNonce(_) => "nonce",
+        ClaimsVerificationError::SignatureVerification(_) => "signature",
+        _ => "claims",
+    };
+    OidcError::InvalidToken(format!("{check} check failed: {e}"))
+}
+
 /// Relying-party settings.
 #[derive(Clone)]
 pub struct OidcSettings {
@@ -365,9 +409,9 @@ impl OidcClient {
             )) => {
                 let m = self.refresh_jwks().await?;
                 self.verify(m, &id_token, &nonce)
-                    .map_err(|e| OidcError::InvalidToken(e.to_string()))?
+                    .map_err(|e| claims_error(&e))?
             }
-            other => other.map_err(|e| OidcError::InvalidToken(e.to_string()))?,
+            other => other.map_err(|e| claims_error(&e))?,
         };
         identity.sid = unverified_claim(&id_token.to_string(), "sid");
         self.add_user_info(m, token.access_token(), &mut identity)

@@ -194,6 +194,7 @@ async fn main() -> Result<()> {
                 &(cli.idle_tunnels + 16).to_string(),
             ])
             .args(["--max-connections-per-client", "0"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .envs(env)
             .stdout(Stdio::null())
             .spawn()?,
@@ -210,6 +211,8 @@ async fn main() -> Result<()> {
                 // Discovery is lazy and the bench brings its own session.
                 "--oidc-issuer",
                 "http://127.0.0.1:9",
+                "--metrics-listen",
+                "127.0.0.1:0",
             ])
             .envs(env)
             .stdout(Stdio::null())

@@ -4,6 +4,7 @@
 pub mod client_addr;
 pub mod error_body;
 pub mod ids;
+pub mod metrics;
 pub mod ratelimit;
 pub mod request_id;
 pub mod secret;

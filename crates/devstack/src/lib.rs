@@ -86,7 +86,15 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
             format!("{origin}/api/auth/callback"),
         )],
     );
-    let relay_cfg = remote_proxy::config::Config::parse_from(["remote-proxy", "--data-dir", &data]);
+    // Metrics on ephemeral loopback ports (logged): several devstacks may
+    // run side by side.
+    let relay_cfg = remote_proxy::config::Config::parse_from([
+        "remote-proxy",
+        "--data-dir",
+        &data,
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
     let api_cfg = api_server::config::Config::parse_from([
         "api-server",
         "--data-dir",
@@ -100,6 +108,8 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
         &issuer,
         "--oidc-client-id",
         CLIENT_ID,
+        "--metrics-listen",
+        "127.0.0.1:0",
     ]);
     let sim = TcpListener::bind("127.0.0.1:0").await?;
     let sim_addr = sim.local_addr()?;

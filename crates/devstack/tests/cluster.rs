@@ -76,6 +76,7 @@ impl Cluster {
             .args(["--redis-url", &self.redis_url])
             .args(["--max-connections-per-client", "0"])
             .args(["--max-tunnels-per-owner", "1000"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .spawn()
             .unwrap();
         wait_port(internal).await;
@@ -97,6 +98,7 @@ impl Cluster {
             .args(["--public-origin", &format!("http://127.0.0.1:{port}")])
             .args(["--cookie-insecure", "--oidc-issuer", issuer])
             .args(["--oidc-redirect-url", callback])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .args(["--max-connections-per-client", "0"])
             .spawn()
             .unwrap();

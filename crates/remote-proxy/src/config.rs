@@ -28,6 +28,15 @@ pub struct Config {
         hide_env_values = true
     )]
     pub internal_listen: SocketAddr,
+    /// Address of the Prometheus endpoint (`GET /metrics`), or `off`.
+    /// Loopback by default: it is for the scraper, not the internet.
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_METRICS_LISTEN",
+        default_value = "127.0.0.1:3802",
+        hide_env_values = true
+    )]
+    pub metrics_listen: edge_core::metrics::MetricsListen,
     /// URL under which api-servers reach this node's internal API
     /// (default: http://<internal-listen>).
     #[arg(long, env = "REMOTE_PROXY_NODE_URL", hide_env_values = true)]

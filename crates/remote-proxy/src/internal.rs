@@ -29,6 +29,10 @@ pub fn router(relay: Arc<Relay>) -> Router {
             relay.clone(),
             require_secret,
         ))
+        .route_layer(middleware::from_fn_with_state(
+            relay.metrics.clone(),
+            crate::metrics::count_internal,
+        ))
         .layer(middleware::from_fn(edge_core::request_id::middleware))
         .with_state(relay)
 }
@@ -216,6 +220,7 @@ async fn pipe_channel_stream(
             return;
         }
     };
+    relay.metrics.streams_opened.inc();
     if mux::write_status(&mut caller, mux::STATUS_OK)
         .await
         .is_err()

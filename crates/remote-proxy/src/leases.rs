@@ -7,7 +7,6 @@
 
 use crate::Relay;
 use directory::leases::{RelayLeases, DEFAULT_LEASE_REFRESH};
-use directory::SessionView;
 use edge_core::DeviceId;
 use futures_util::StreamExt;
 use std::sync::Arc;
@@ -38,7 +37,7 @@ pub async fn keep(relay: Arc<Relay>, leases: RelayLeases) {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::info!(%device, "another node holds the device now; closing");
-                    relay.directory.close_conn(device, conn);
+                    relay.directory.close_conn(device, conn, "replaced");
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot refresh tunnel leases");
@@ -82,7 +81,7 @@ async fn close_if_taken(relay: &Relay, leases: &RelayLeases, device: DeviceId) {
     match leases.current(device).await {
         Ok(Some(lease)) if &lease.node == leases.node() => {}
         Ok(_) => {
-            if let Ok(true) = relay.directory.close(device).await {
+            if relay.directory.remove_and_close(device, "replaced") {
                 tracing::info!(%device, "device connected to another node; closed here");
             }
         }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod internal;
 pub mod leases;
+pub mod metrics;
 pub mod registry;
 pub mod tunnel_listener;
 
@@ -44,6 +45,7 @@ pub struct Relay {
     /// Tells this process's connections apart from other processes' in
     /// lease values.
     instance: String,
+    pub metrics: metrics::RelayMetrics,
 }
 
 impl Relay {
@@ -64,6 +66,20 @@ impl Relay {
             draining: CancellationToken::new(),
             leases: std::sync::OnceLock::new(),
             instance: Secret::random(6).expose().to_owned(),
+            metrics: metrics::RelayMetrics::default(),
+        })
+    }
+
+    /// This node's metrics endpoint content; gauges of live state are read
+    /// at each scrape.
+    pub fn exposition(self: &Arc<Self>) -> edge_core::metrics::Exposition {
+        let relay = Arc::downgrade(self);
+        edge_core::metrics::Exposition::new(self.metrics.registry(), move || {
+            if let Some(relay) = relay.upgrade() {
+                let (tunnels, streams) = relay.directory.counts();
+                relay.metrics.tunnels_online.set(tunnels as i64);
+                relay.metrics.streams_open.set(streams as i64);
+            }
         })
     }
 
@@ -200,7 +216,7 @@ impl Relay {
                 if tokio::time::timeout_at(deadline, idle).await.is_err() {
                     busy.fetch_add(1, Ordering::Relaxed);
                 }
-                self.directory.close_conn(device, conn);
+                self.directory.close_conn(device, conn, "drained");
             }
         }))
         .await;
@@ -325,6 +341,11 @@ pub async fn run_on(
         let shared = directory::shared_limits::SharedBuckets::new(redis);
         relay.use_leases(leases, shared);
         tracing::info!("multi-node mode: tunnel leases in Redis");
+    }
+    if let Some(addr) = config.metrics_listen.0 {
+        edge_core::metrics::spawn(addr, relay.exposition(), shutdown.clone())
+            .await
+            .map_err(|e| RelayError::Startup(format!("metrics listener {addr}: {e}")))?;
     }
     relay.serve_tls(tunnel, internal, tls, shutdown).await;
     tracing::info!("remote-proxy stopped");

@@ -33,9 +33,17 @@ pub struct LiveSession {
     pub max_streams: usize,
     /// Woken each time one of the session's streams is released.
     pub released: Arc<tokio::sync::Notify>,
+    /// Why this node closed the session, when it did (a metrics label).
+    pub closed_for: Arc<std::sync::OnceLock<&'static str>>,
 }
 
 impl LiveSession {
+    /// Close with GoAway(0), saying why.
+    pub fn close_for(&self, reason: &'static str) {
+        let _ = self.closed_for.set(reason);
+        self.cancel.cancel();
+    }
+
     fn open_streams(&self) -> usize {
         self.max_streams
             .saturating_sub(self.streams.available_permits())
@@ -178,14 +186,25 @@ impl LocalDirectory {
     }
 
     /// Close `device`'s session with GoAway(0) if it is still `conn`.
-    pub fn close_conn(&self, device: DeviceId, conn: ConnectionId) -> bool {
+    pub fn close_conn(&self, device: DeviceId, conn: ConnectionId, reason: &'static str) -> bool {
         match self.entries().by_device.get(&device) {
             Some(entry) if entry.conn == conn => {
-                entry.live.cancel.cancel();
+                entry.live.close_for(reason);
                 true
             }
             _ => false,
         }
+    }
+
+    /// Live sessions, and streams open over all of them.
+    pub fn counts(&self) -> (usize, usize) {
+        let entries = self.entries();
+        let streams = entries
+            .by_device
+            .values()
+            .map(|e| e.live.open_streams())
+            .sum();
+        (entries.by_device.len(), streams)
     }
 
     /// Streams open now on `device`'s session (0 when it has none).
@@ -223,10 +242,26 @@ impl LocalDirectory {
         }
     }
 
+    /// Take `device`'s session out of the directory at once (no new
+    /// streams, status offline) and wind it down with GoAway(0) in the
+    /// background, saying why; its own later cleanup then finds nothing
+    /// of its own to remove. True when there was one.
+    pub fn remove_and_close(&self, device: DeviceId, reason: &'static str) -> bool {
+        let removed = self.entries().remove(device);
+        match removed {
+            Some(entry) => {
+                entry.live.close_for(reason);
+                self.changed();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Close every session (shutdown).
     pub fn close_all(&self) {
         for entry in self.entries().by_device.values() {
-            entry.live.cancel.cancel();
+            entry.live.close_for("shutdown");
         }
     }
 
@@ -253,7 +288,7 @@ impl SessionRegistry for LocalDirectory {
         });
         if let Some(old) = old {
             tracing::info!(%device, "newer connection replaces the existing session");
-            old.live.cancel.cancel();
+            old.live.close_for("replaced");
         }
         self.changed();
         conn
@@ -314,15 +349,7 @@ impl SessionView for LocalDirectory {
     /// offline) and winds down with GoAway(0) in the background; its own
     /// later cleanup then finds nothing of its own to remove.
     async fn close(&self, device: DeviceId) -> Result<bool, DirectoryError> {
-        let removed = self.entries().remove(device);
-        Ok(match removed {
-            Some(entry) => {
-                entry.live.cancel.cancel();
-                self.changed();
-                true
-            }
-            None => false,
-        })
+        Ok(self.remove_and_close(device, "closed"))
     }
 
     async fn nodes(&self) -> Result<Vec<NodeId>, DirectoryError> {

@@ -51,6 +51,7 @@ async fn accept_tunnel(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     mut req: Request,
 ) -> Response {
+    let started = std::time::Instant::now();
     // Tokens in the query string are refused: query strings end up in logs.
     let token = if req.uri().query().is_some() {
         None
@@ -62,9 +63,13 @@ async fn accept_tunnel(
         Ok((auth, permit)) => {
             let accept = match upgrade::accept_key(req.headers()) {
                 Ok(a) => a,
-                Err(e) => return RelayError::BadRequest(e.to_string()).into_response(),
+                Err(e) => {
+                    relay.metrics.connect("bad_request");
+                    return RelayError::BadRequest(e.to_string()).into_response();
+                }
             };
             let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
+                relay.metrics.connect("bad_request");
                 return RelayError::BadRequest("connection cannot be upgraded".into())
                     .into_response();
             };
@@ -76,6 +81,7 @@ async fn accept_tunnel(
                     token_hash,
                     remote,
                     agent_version: agent,
+                    started,
                 };
                 run_tunnel(task_relay, on_upgrade, admitted, permit).await;
             });
@@ -85,6 +91,15 @@ async fn accept_tunnel(
             if matches!(err, RelayError::Unauthorized) {
                 tracing::info!(%remote, "tunnel refused: bad credential");
             }
+            relay.metrics.connect(match err {
+                RelayError::Unauthorized => "bad_token",
+                RelayError::TooFast { .. } => "rate_limited",
+                RelayError::AtCapacity => "over_capacity",
+                RelayError::OwnerQuota => "owner_quota",
+                RelayError::Draining => "draining",
+                RelayError::BadRequest(_) => "bad_request",
+                _ => "error",
+            });
             err.into_response()
         }
     }
@@ -132,6 +147,8 @@ struct Admitted {
     token_hash: String,
     remote: SocketAddr,
     agent_version: Option<String>,
+    /// When the tunnel request arrived.
+    started: std::time::Instant,
 }
 
 async fn run_tunnel(
@@ -145,6 +162,7 @@ async fn run_tunnel(
         token_hash,
         remote,
         agent_version,
+        started,
     } = admitted;
     let device = auth.device_id;
     let limits = &relay.limits;
@@ -159,13 +177,16 @@ async fn run_tunnel(
         Ok(Ok(ws)) => ws,
         Ok(Err(err)) => {
             tracing::info!(%device, %remote, error = %err, "tunnel upgrade failed");
+            relay.metrics.connect("handshake_failed");
             return;
         }
         Err(_) => {
             tracing::info!(%device, %remote, "tunnel upgrade timed out");
+            relay.metrics.connect("handshake_timeout");
             return;
         }
     };
+    relay.metrics.connect("accepted");
     let activity = Activity::new();
     let (io, pump_task) = pump::spawn(
         ws,
@@ -197,15 +218,21 @@ async fn run_tunnel(
         bytes_in: 0,
         bytes_out: 0,
     };
+    let closed_for: Arc<std::sync::OnceLock<&'static str>> = Arc::default();
     let live = LiveSession {
         control,
         cancel: cancel.clone(),
-        activity,
+        closed_for: closed_for.clone(),
+        activity: activity.clone(),
         streams: Arc::new(Semaphore::new(limits.max_streams_per_session)),
         max_streams: limits.max_streams_per_session,
         released: Arc::default(),
     };
     let conn = relay.directory.register(summary, live).await;
+    relay
+        .metrics
+        .connect_to_registered
+        .observe(started.elapsed().as_secs_f64());
     let lease = relay.lease(conn, now);
     if let Some(leases) = relay.leases() {
         // Redis down: the tunnel works on this node; the lease keeper
@@ -223,18 +250,24 @@ async fn run_tunnel(
         limits.credential_recheck,
     );
     tokio::pin!(driver);
+    let mut counted = (0, 0);
     let session_end = loop {
         tokio::select! {
             end = &mut driver => break end,
-            _ = heartbeat.tick() => relay.directory.heartbeat(device, conn).await,
+            _ = heartbeat.tick() => {
+                relay.directory.heartbeat(device, conn).await;
+                counted = count_bytes(&relay, &activity, counted);
+            }
             _ = recheck.tick() => {
                 if credential_revoked(&relay, &token_hash).await {
                     tracing::info!(%device, %remote, "credential revoked; closing the tunnel");
+                    let _ = closed_for.set("revoked");
                     cancel.cancel();
                 }
             }
         }
     };
+    count_bytes(&relay, &activity, counted);
     relay.directory.cleanup(device, conn).await;
     if let Some(leases) = relay.leases() {
         if let Err(err) = leases.release(device, &lease).await {
@@ -243,11 +276,50 @@ async fn run_tunnel(
     }
     mark_seen(&relay, device).await;
     cancel.cancel();
-    let transport_end = match pump_task.await {
+    let transport_end = pump_task.await;
+    relay.metrics.ended(end_reason(
+        &session_end,
+        transport_end.as_ref().ok(),
+        closed_for.get().copied(),
+        activity.protocol_error(),
+    ));
+    let transport_end = match transport_end {
         Ok(end) => end.to_string(),
         Err(err) => format!("pump task failed: {err}"),
     };
     tracing::info!(%device, %remote, session = %session_end, transport = %transport_end, "tunnel closed");
+}
+
+/// Add the session's bytes since `counted` to the relay's counters.
+fn count_bytes(relay: &Relay, activity: &Activity, counted: (u64, u64)) -> (u64, u64) {
+    let now = (activity.bytes_out(), activity.bytes_in());
+    relay.metrics.add_bytes(
+        now.0.saturating_sub(counted.0),
+        now.1.saturating_sub(counted.1),
+    );
+    now
+}
+
+/// The `sessions_ended` label of a session that ended so.
+fn end_reason(
+    session: &session::SessionEnd,
+    transport: Option<&pump::PumpEnd>,
+    closed_for: Option<&'static str>,
+    protocol_error: bool,
+) -> &'static str {
+    if let Some(reason) = closed_for {
+        return reason;
+    }
+    if protocol_error {
+        return "protocol_error";
+    }
+    match (session, transport) {
+        (session::SessionEnd::Closed, _) => "shutdown",
+        (_, Some(pump::PumpEnd::IdleTimeout)) => "idle",
+        (_, Some(pump::PumpEnd::TextMessage | pump::PumpEnd::MessageTooBig)) => "protocol_error",
+        (session::SessionEnd::PeerGone, _) => "peer_closed",
+        (session::SessionEnd::Error(_), _) => "error",
+    }
 }
 
 /// Whether the store now says no to this credential (a store that cannot

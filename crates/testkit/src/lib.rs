@@ -14,6 +14,7 @@ pub mod go_device;
 pub mod logs;
 pub mod oidc_provider;
 pub mod pg_tls;
+pub mod prometheus;
 pub mod redis;
 pub mod statements;
 pub mod tls;
@@ -65,6 +66,7 @@ pub fn init_logs() {
     let _ = tracing_subscriber::registry()
         .with(logs)
         .with(statements::layer())
+        .with(edge_core::telemetry::statement_timer())
         .with(logs::layer())
         .try_init();
 }
@@ -463,6 +465,7 @@ impl Stack {
             pairing_limits,
             access_changes: Arc::default(),
             pairing_key: Secret::random(32),
+            metrics: Default::default(),
         };
         tokio::spawn(edge_core::serve::serve(
             api,

@@ -157,12 +157,26 @@ async fn replayed_callback_is_rejected() {
     assert_login_failed(&attacker, res).await;
 }
 
-async fn login_with_fault(fault: Fault) {
+/// A login that must fail because of `fault`, counted under `reason`.
+async fn login_with_fault(fault: Fault, reason: &'static str) {
     let stack = Stack::start().await;
     stack.dev_idp.as_ref().unwrap().set_fault(fault);
     let mut b = stack.browser();
     let res = stack.dev_login(&mut b, "alice").await;
     assert_login_failed(&b, res).await;
+    let counted = |outcome, reason| {
+        stack
+            .state
+            .metrics
+            .logins
+            .get_or_create(&[("outcome", outcome), ("reason", reason)])
+            .get()
+    };
+    assert_eq!(
+        counted("failed", reason),
+        1,
+        "{fault:?} counted as {reason}"
+    );
     // The provider itself is fine: the next, clean login works.
     let mut b = stack.browser();
     assert_eq!(
@@ -170,36 +184,37 @@ async fn login_with_fault(fault: Fault) {
         302,
         "after {fault:?}"
     );
+    assert_eq!(counted("ok", "none"), 1);
 }
 
 #[tokio::test]
 async fn nonce_mismatch_is_rejected() {
-    login_with_fault(Fault::WrongNonce).await;
+    login_with_fault(Fault::WrongNonce, "nonce").await;
 }
 
 #[tokio::test]
 async fn id_token_signed_by_an_unknown_key_is_rejected() {
-    login_with_fault(Fault::UnknownKey).await;
+    login_with_fault(Fault::UnknownKey, "signature").await;
 }
 
 #[tokio::test]
 async fn alg_none_is_rejected() {
-    login_with_fault(Fault::AlgNone).await;
+    login_with_fault(Fault::AlgNone, "signature").await;
 }
 
 #[tokio::test]
 async fn wrong_audience_is_rejected() {
-    login_with_fault(Fault::WrongAudience).await;
+    login_with_fault(Fault::WrongAudience, "audience").await;
 }
 
 #[tokio::test]
 async fn wrong_issuer_is_rejected() {
-    login_with_fault(Fault::WrongIssuer).await;
+    login_with_fault(Fault::WrongIssuer, "issuer").await;
 }
 
 #[tokio::test]
 async fn expired_id_token_is_rejected() {
-    login_with_fault(Fault::Expired).await;
+    login_with_fault(Fault::Expired, "expiry").await;
 }
 
 #[tokio::test]

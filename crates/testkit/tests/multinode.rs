@@ -91,6 +91,17 @@ async fn a_device_that_moves_relays_is_routed_there_and_its_old_session_closes_w
         b_dir.connection_of(dev.id).is_some(),
         "exactly one session, on B"
     );
+    let replaced = stack
+        .relay()
+        .metrics
+        .sessions_ended
+        .get_or_create(&[("reason", "replaced")]);
+    within("relay A counts the session as replaced", async {
+        while replaced.get() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     // The api-server finds the device on B.
     assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "SIM-1");
     // The device list reads the page's leases (one MGET), not the relays:
@@ -294,6 +305,7 @@ async fn a_draining_relay_lets_requests_finish_and_its_device_moves_without_a_fa
         }
     })
     .await;
+    let holder_relay = holder.relay.clone();
     let drained = Instant::now();
     let stopping = tokio::spawn(holder.stop());
     within("draining begins", async {
@@ -323,6 +335,14 @@ async fn a_draining_relay_lets_requests_finish_and_its_device_moves_without_a_fa
         "device moved over"
     );
     println!("drained and moved in {took:?}, no request failed");
+    let ended = |reason| {
+        holder_relay
+            .metrics
+            .sessions_ended
+            .get_or_create(&[("reason", reason)])
+            .get()
+    };
+    assert_eq!(ended("drained"), 1, "the session ended as drained");
     assert!(took < Duration::from_secs(5), "drain took {took:?}");
 }
 

@@ -67,7 +67,8 @@ impl Activity {
         self.protocol_error.store(true, Ordering::SeqCst);
     }
 
-    fn protocol_error(&self) -> bool {
+    /// Whether the peer broke the protocol.
+    pub fn protocol_error(&self) -> bool {
         self.protocol_error.load(Ordering::SeqCst)
     }
 

@@ -1,0 +1,172 @@
+//! The api-server's Prometheus metrics (prefix `edge_api_`): HTTP requests
+//! by route template (never the raw path), method and status class with a
+//! latency histogram; proxied requests by outcome with time to first byte;
+//! logins by outcome and reason; pairing exchanges by outcome; store
+//! statement latency; the audit queue's depth. Served on
+//! `--metrics-listen` (`edge_core::metrics`).
+
+use crate::error::ApiError;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use edge_core::metrics::prometheus_client::metrics::counter::Counter;
+use edge_core::metrics::prometheus_client::metrics::family::Family;
+use edge_core::metrics::prometheus_client::metrics::gauge::Gauge;
+use edge_core::metrics::prometheus_client::metrics::histogram::Histogram;
+use edge_core::metrics::prometheus_client::registry::Registry;
+use std::time::Instant;
+
+type Labels1 = [(&'static str, &'static str); 1];
+type Labels2 = [(&'static str, &'static str); 2];
+type HttpLabels = [(&'static str, String); 3];
+type RouteMethod = [(&'static str, String); 2];
+
+/// Every api-server metric; cheap to clone (each is a shared handle).
+#[derive(Clone)]
+pub struct ApiMetrics {
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<RouteMethod, Histogram>,
+    pub proxied: Family<Labels1, Counter>,
+    pub proxy_first_byte: Histogram,
+    pub logins: Family<Labels2, Counter>,
+    pub pairing_exchanges: Family<Labels1, Counter>,
+    pub audit_queue_depth: Gauge,
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        Self {
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(edge_core::metrics::latency_histogram),
+            proxied: Family::default(),
+            proxy_first_byte: edge_core::metrics::latency_histogram(),
+            logins: Family::default(),
+            pairing_exchanges: Family::default(),
+            audit_queue_depth: Gauge::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ApiMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiMetrics").finish_non_exhaustive()
+    }
+}
+
+impl ApiMetrics {
+    /// A registry holding every metric, under `edge_api_`.
+    pub fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix("edge_api");
+        r.register(
+            "http_requests",
+            "HTTP requests by route template, method and status class",
+            self.http_requests.clone(),
+        );
+        r.register(
+            "http_request_duration_seconds",
+            "HTTP request latency (to response headers) by route template and method",
+            self.http_duration.clone(),
+        );
+        r.register(
+            "proxied_requests",
+            "Requests proxied to boxes by outcome (ok, offline, timeout, unreachable, directory_unavailable, error)",
+            self.proxied.clone(),
+        );
+        r.register(
+            "proxy_first_byte_seconds",
+            "Time from a proxied request to the box's response headers",
+            self.proxy_first_byte.clone(),
+        );
+        r.register(
+            "logins",
+            "Logins by outcome (ok, failed) and reason (state, nonce, issuer, audience, expiry, signature, provider_error, provider_unavailable, ...)",
+            self.logins.clone(),
+        );
+        r.register(
+            "pairing_exchanges",
+            "Pairing-code exchanges by outcome (ok, invalid_code, rate_limited, bad_request, error)",
+            self.pairing_exchanges.clone(),
+        );
+        r.register(
+            "store_statement_seconds",
+            "Store (SQL) statement latency",
+            edge_core::metrics::statement_seconds(),
+        );
+        r.register(
+            "audit_queue_depth",
+            "Remote-access audit events queued for the writer",
+            self.audit_queue_depth.clone(),
+        );
+        r
+    }
+
+    /// Count a proxied request that ended so, `first_byte` after it began.
+    pub fn proxied(&self, result: &Result<Response, ApiError>, started: Instant) {
+        let outcome = match result {
+            Ok(_) => {
+                self.proxy_first_byte
+                    .observe(started.elapsed().as_secs_f64());
+                "ok"
+            }
+            Err(ApiError::DeviceOffline) => "offline",
+            Err(ApiError::DeviceTimeout | ApiError::RequestTimeout) => "timeout",
+            Err(ApiError::DeviceUnreachable | ApiError::RelayUnavailable) => "unreachable",
+            Err(ApiError::DirectoryUnavailable) => "directory_unavailable",
+            Err(ApiError::Unauthenticated | ApiError::NotFound) => return,
+            Err(_) => "error",
+        };
+        self.proxied.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    pub fn login(&self, outcome: &'static str, reason: &'static str) {
+        self.logins
+            .get_or_create(&[("outcome", outcome), ("reason", reason)])
+            .inc();
+    }
+
+    pub fn pairing_exchange(&self, outcome: &'static str) {
+        self.pairing_exchanges
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
+    }
+}
+
+/// A method label: the standard ones, else `other` (a client cannot grow
+/// the label set).
+fn known_method(m: &http::Method) -> &'static str {
+    use http::Method as M;
+    [
+        (M::GET, "GET"),
+        (M::POST, "POST"),
+        (M::PUT, "PUT"),
+        (M::PATCH, "PATCH"),
+        (M::DELETE, "DELETE"),
+        (M::HEAD, "HEAD"),
+        (M::OPTIONS, "OPTIONS"),
+    ]
+    .into_iter()
+    .find(|(k, _)| k == m)
+    .map_or("other", |(_, v)| v)
+}
+
+/// Count and time each request by its route template (`unmatched` when
+/// no route matched: a raw path never becomes a label).
+pub async fn count_http(State(metrics): State<ApiMetrics>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = known_method(req.method()).to_owned();
+    let started = Instant::now();
+    let res = next.run(req).await;
+    metrics
+        .http_duration
+        .get_or_create(&[("route", route.clone()), ("method", method.clone())])
+        .observe(started.elapsed().as_secs_f64());
+    let class = format!("{}xx", res.status().as_u16() / 100);
+    metrics
+        .http_requests
+        .get_or_create(&[("route", route), ("method", method), ("status", class)])
+        .inc();
+    res
+}

@@ -1,0 +1,132 @@
+//! The relay's Prometheus metrics (prefix `edge_relay_`): tunnels online,
+//! tunnel connects by result, sessions ended by reason, streams, bytes,
+//! time from connect to registered, and internal API requests by route
+//! and status. Served on `--metrics-listen` (`edge_core::metrics`).
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use edge_core::metrics::prometheus_client::metrics::counter::Counter;
+use edge_core::metrics::prometheus_client::metrics::family::Family;
+use edge_core::metrics::prometheus_client::metrics::gauge::Gauge;
+use edge_core::metrics::prometheus_client::metrics::histogram::Histogram;
+use edge_core::metrics::prometheus_client::registry::Registry;
+
+type Labels1 = [(&'static str, &'static str); 1];
+type RouteStatus = [(&'static str, String); 2];
+
+/// Every relay metric; cheap to clone (each is a shared handle).
+#[derive(Clone)]
+pub struct RelayMetrics {
+    pub tunnels_online: Gauge,
+    pub connects: Family<Labels1, Counter>,
+    pub sessions_ended: Family<Labels1, Counter>,
+    pub streams_open: Gauge,
+    pub streams_opened: Counter,
+    pub bytes: Family<Labels1, Counter>,
+    pub connect_to_registered: Histogram,
+    pub internal_requests: Family<RouteStatus, Counter>,
+}
+
+impl Default for RelayMetrics {
+    fn default() -> Self {
+        Self {
+            tunnels_online: Gauge::default(),
+            connects: Family::default(),
+            sessions_ended: Family::default(),
+            streams_open: Gauge::default(),
+            streams_opened: Counter::default(),
+            bytes: Family::default(),
+            connect_to_registered: edge_core::metrics::latency_histogram(),
+            internal_requests: Family::default(),
+        }
+    }
+}
+
+impl RelayMetrics {
+    /// A registry holding every metric, under `edge_relay_`.
+    pub fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix("edge_relay");
+        r.register(
+            "tunnels_online",
+            "Device tunnels registered on this node now",
+            self.tunnels_online.clone(),
+        );
+        r.register(
+            "tunnel_connects",
+            "Tunnel connects by result (accepted, bad_token, rate_limited, over_capacity, owner_quota, draining, bad_request, handshake_timeout, handshake_failed, error)",
+            self.connects.clone(),
+        );
+        r.register(
+            "sessions_ended",
+            "Tunnel sessions ended by reason (peer_closed, idle, replaced, protocol_error, revoked, closed, drained, shutdown, error)",
+            self.sessions_ended.clone(),
+        );
+        r.register(
+            "streams_open",
+            "Streams open to devices now",
+            self.streams_open.clone(),
+        );
+        r.register(
+            "streams_opened",
+            "Streams opened to devices",
+            self.streams_opened.clone(),
+        );
+        r.register(
+            "tunnel_bytes",
+            "Tunnel bytes by direction (to_device, from_device)",
+            self.bytes.clone(),
+        );
+        r.register(
+            "connect_to_registered_seconds",
+            "Time from a tunnel request to its registered session",
+            self.connect_to_registered.clone(),
+        );
+        r.register(
+            "internal_requests",
+            "Internal API requests by route template and status code",
+            self.internal_requests.clone(),
+        );
+        r
+    }
+
+    pub fn connect(&self, result: &'static str) {
+        self.connects.get_or_create(&[("result", result)]).inc();
+    }
+
+    pub fn ended(&self, reason: &'static str) {
+        self.sessions_ended
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    pub fn add_bytes(&self, to_device: u64, from_device: u64) {
+        self.bytes
+            .get_or_create(&[("direction", "to_device")])
+            .inc_by(to_device);
+        self.bytes
+            .get_or_create(&[("direction", "from_device")])
+            .inc_by(from_device);
+    }
+}
+
+/// Counts internal API requests by route template and status.
+pub async fn count_internal(
+    axum::extract::State(metrics): axum::extract::State<RelayMetrics>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let res = next.run(req).await;
+    metrics
+        .internal_requests
+        .get_or_create(&[
+            ("route", route),
+            ("status", res.status().as_u16().to_string()),
+        ])
+        .inc();
+    res
+}
