@@ -1,7 +1,7 @@
 // Included by the build scripts of `testkit` and `devstack`: finds which
 // interop peers this machine has and sets a cfg for each (`has_go`,
 // `has_chromium`, `has_oidc_provider`, `has_initdb`, `has_redis`,
-// `has_prometheus`: `prometheus` and `promtool`), plus
+// `has_prometheus`: `prometheus` and `promtool`, `has_schemathesis`), plus
 // `require_interop` when REQUIRE_INTEROP=1. Tests that need a peer carry
 // `#[cfg_attr(not(any(has_x, require_interop)), ignore = "needs …")]`, so a
 // run without the peer reports them as skipped rather than passed, and a
@@ -34,6 +34,7 @@ fn probe(repo_root: &Path) {
         "has_initdb",
         "has_redis",
         "has_prometheus",
+        "has_schemathesis",
         "require_interop",
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
@@ -72,6 +73,9 @@ fn probe(repo_root: &Path) {
     }
     if on_path("prometheus").is_some() && on_path("promtool").is_some() {
         println!("cargo:rustc-cfg=has_prometheus");
+    }
+    if on_path("schemathesis").is_some() {
+        println!("cargo:rustc-cfg=has_schemathesis");
     }
     for p in [
         chromium,

@@ -6,21 +6,25 @@
 //! Tokens never reach the browser; only the session cookie does.
 
 use crate::error::ApiError;
+use crate::extract::ApiQuery;
 use crate::session::{
     self, pending_cookie_name, presented_session_hash, read_cookie, set_cookie, CurrentUser,
     PENDING_LOGIN_SECS,
 };
 use crate::state::AppState;
 use auth::pending::{is_local_path, PendingLogin, PENDING_PURPOSE};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use edge_core::error_body::ErrorBody;
 use edge_core::time::now_ms;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LoginQuery {
+    /// Local path to return to after the login (default `/`).
     return_to: Option<String>,
 }
 
@@ -43,9 +47,21 @@ fn redirect(location: &str, cookies: &[String]) -> Result<Response, ApiError> {
 
 /// Start a login: 302 to the provider with PKCE, state and nonce; the
 /// in-flight values ride in the signed pending-login cookie.
+#[utoipa::path(
+    get,
+    path = "/api/auth/login",
+    tag = "auth",
+    params(LoginQuery),
+    responses(
+        (status = 302, description = "redirect to the provider's authorization endpoint"),
+        (status = 400, description = "malformed request", body = ErrorBody),
+        (status = 503, description = "the provider is unavailable", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn login(
     State(state): State<AppState>,
-    Query(q): Query<LoginQuery>,
+    ApiQuery(q): ApiQuery<LoginQuery>,
 ) -> Result<Response, ApiError> {
     let return_to = q.return_to.unwrap_or_else(|| "/".into());
     if !is_local_path(&return_to) {
@@ -66,7 +82,8 @@ pub async fn login(
     )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,
@@ -76,10 +93,22 @@ pub struct CallbackQuery {
 /// Finish a login: check state, exchange the code, verify the ID token,
 /// upsert the user, end any session the browser held, start a new one.
 /// Counted in `edge_api_logins` by outcome and reason.
+#[utoipa::path(
+    get,
+    path = "/api/auth/callback",
+    tag = "auth",
+    params(CallbackQuery),
+    responses(
+        (status = 302, description = "signed in: redirect to the return path"),
+        (status = 400, description = "the login failed", body = ErrorBody),
+        (status = 503, description = "the provider is unavailable", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn callback(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<CallbackQuery>,
+    ApiQuery(q): ApiQuery<CallbackQuery>,
 ) -> Result<Response, ApiError> {
     match finish_callback(&state, headers, q).await {
         Ok(res) => {
@@ -201,7 +230,7 @@ async fn finish_callback(
     .map_err(failed("error"))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Me {
     id: String,
     email: Option<String>,
@@ -224,11 +253,22 @@ async fn me_of(state: &AppState, user: &CurrentUser) -> Result<Me, ApiError> {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/auth/me",
+    tag = "auth",
+    security(("session" = [])),
+    responses(
+        (status = 200, description = "the signed-in user", body = Me),
+        (status = 401, description = "no valid session", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn me(user: CurrentUser, State(state): State<AppState>) -> Result<Json<Me>, ApiError> {
     Ok(Json(me_of(&state, &user).await?))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Status {
     signed_in: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -238,6 +278,15 @@ pub struct Status {
 /// `GET /api/auth/status` (public): whether the caller is signed in, and as
 /// whom. The console asks this on load, so a signed-out visitor does not
 /// provoke a 401 (which the browser would log as an error).
+#[utoipa::path(
+    get,
+    path = "/api/auth/status",
+    tag = "auth",
+    responses(
+        (status = 200, description = "whether the caller is signed in, and as whom", body = Status),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn status(
     user: Option<CurrentUser>,
     State(state): State<AppState>,
@@ -252,8 +301,26 @@ pub async fn status(
     }))
 }
 
+/// Where to go to sign out at the provider too (`null`: it has no such page).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LoggedOut {
+    end_session_url: Option<String>,
+}
+
 /// End the caller's session; returns the provider's end-session URL when it
 /// advertises one.
+#[utoipa::path(
+    post,
+    path = "/api/auth/logout",
+    tag = "auth",
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = 200, description = "signed out; the provider's end-session URL if it has one", body = LoggedOut),
+        (status = 401, description = "no valid session", body = ErrorBody),
+        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn logout(
     user: CurrentUser,
     State(state): State<AppState>,
@@ -266,7 +333,7 @@ pub async fn logout(
         .await?;
     let secure = state.settings.cookie_secure;
     let end_session_url = state.oidc.end_session_url().await;
-    let mut res = Json(serde_json::json!({ "end_session_url": end_session_url })).into_response();
+    let mut res = Json(LoggedOut { end_session_url }).into_response();
     res.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_str(&set_cookie(secure, session::cookie_name(secure), "", 0))
@@ -275,7 +342,7 @@ pub async fn logout(
     Ok(res)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SessionView {
     id: String,
     created_at: i64,
@@ -285,6 +352,17 @@ pub struct SessionView {
 }
 
 /// The caller's live sessions.
+#[utoipa::path(
+    get,
+    path = "/api/auth/sessions",
+    tag = "auth",
+    security(("session" = [])),
+    responses(
+        (status = 200, description = "the caller's sessions", body = Vec<SessionView>),
+        (status = 401, description = "no valid session", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn list_sessions(
     user: CurrentUser,
     State(state): State<AppState>,
@@ -310,6 +388,20 @@ pub async fn list_sessions(
 }
 
 /// End one of the caller's sessions (404 for anyone else's).
+#[utoipa::path(
+    delete,
+    path = "/api/auth/sessions/{id}",
+    tag = "auth",
+    params(("id" = String, Path, description = "session id")),
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = 204, description = "the session ended"),
+        (status = 401, description = "no valid session", body = ErrorBody),
+        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
+        (status = 404, description = "no such resource of the caller's", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn end_session(
     user: CurrentUser,
     State(state): State<AppState>,
@@ -323,7 +415,7 @@ pub async fn end_session(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct LogoutTokenForm {
     logout_token: String,
 }
@@ -334,6 +426,18 @@ pub struct LogoutTokenForm {
 /// and its `jti` is accepted once across all replicas; then the sessions it
 /// names are deleted, which also ends their device access (every device
 /// origin request and open WebSocket re-checks the session).
+#[utoipa::path(
+    post,
+    path = "/api/auth/backchannel-logout",
+    tag = "auth",
+    request_body(content = LogoutTokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "the provider's session is ended here"),
+        (status = 400, description = "the logout token is not acceptable", body = ErrorBody),
+        (status = 415, description = "not a form", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn backchannel_logout(
     State(state): State<AppState>,
     crate::extract::ApiForm(form): crate::extract::ApiForm<LogoutTokenForm>,

@@ -12,6 +12,7 @@ use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use edge_core::error_body::ErrorBody;
 
 /// `(name, content type, body)` of every console file.
 const FILES: &[(&str, &str, &str)] = &[
@@ -85,16 +86,45 @@ fn csp_of(state: &AppState) -> String {
 }
 
 /// `GET /`: the console's single page.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "console",
+    responses(
+        (status = 200, description = "the console page", content_type = "text/html"),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn index(State(state): State<AppState>) -> Result<Response, ApiError> {
     file("index.html", &csp_of(&state))
 }
 
 /// `GET /favicon.ico`: the console's icon.
+#[utoipa::path(
+    get,
+    path = "/favicon.ico",
+    tag = "console",
+    responses(
+        (status = 200, description = "the icon", content_type = "image/svg+xml"),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn favicon(State(state): State<AppState>) -> Result<Response, ApiError> {
     file("icon.svg", &csp_of(&state))
 }
 
 /// `GET /console/{file}`: its script, style sheet and icon.
+#[utoipa::path(
+    get,
+    path = "/console/{file}",
+    tag = "console",
+    params(("file" = String, Path, description = "file name")),
+    responses(
+        (status = 200, description = "a console file (script, style sheet)"),
+        (status = 404, description = "no such resource of the caller's", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn asset(
     State(state): State<AppState>,
     Path(name): Path<String>,

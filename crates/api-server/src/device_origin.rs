@@ -20,6 +20,7 @@ use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{any, post};
 use axum::{Json, Router};
+use edge_core::error_body::ErrorBody;
 use edge_core::text::html_escape;
 use edge_core::time::now_ms;
 use edge_core::{DeviceId, Secret};
@@ -40,7 +41,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Ticket {
     /// The device origin's entry URL: post `ticket` there in a form.
     action: String,
@@ -50,6 +51,20 @@ pub struct Ticket {
 }
 
 /// `POST /api/devices/{id}/ui-ticket`: a ticket to enter the device's origin.
+#[utoipa::path(
+    post,
+    path = "/api/devices/{id}/ui-ticket",
+    tag = "devices",
+    params(("id" = String, Path, description = "device id")),
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = 200, description = "a single-use ticket to enter the device's own origin", body = Ticket),
+        (status = 401, description = "no valid session", body = ErrorBody),
+        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
+        (status = 404, description = "no such resource of the caller's", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn create_ticket(
     user: CurrentUser,
     State(state): State<AppState>,

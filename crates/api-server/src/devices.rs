@@ -12,20 +12,22 @@
 //! credential check closes it within its interval (30 s by default).
 
 use crate::error::ApiError;
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiQuery};
 use crate::session::CurrentUser;
 use crate::state::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use directory::LiveStatus;
+use edge_core::error_body::ErrorBody;
 use edge_core::{DeviceId, DeviceToken};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use store::Device;
 
 /// `?limit=&offset=` on list routes (limit 1..=200, default 50).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
     limit: Option<i64>,
     offset: Option<i64>,
@@ -40,7 +42,7 @@ impl Page {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct DeviceView {
     id: String,
     name: String,
@@ -98,10 +100,23 @@ async fn owned(state: &AppState, user: &CurrentUser, id: &str) -> Result<Device,
         .ok_or(ApiError::NotFound)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/devices",
+    tag = "devices",
+    params(Page),
+    security(("session" = [])),
+    responses(
+        (status = 200, description = "a page of the caller's devices with live status", body = Vec<DeviceView>),
+        (status = 400, description = "malformed request", body = ErrorBody),
+        (status = 401, description = "no valid session", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn list(
     user: CurrentUser,
     State(state): State<AppState>,
-    Query(page): Query<Page>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Json<Vec<DeviceView>>, ApiError> {
     let (limit, offset) = page.bounds();
     let devices = state.store.devices_page(user.id, limit, offset).await?;
@@ -125,6 +140,19 @@ pub async fn list(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/devices/{id}",
+    tag = "devices",
+    params(("id" = String, Path, description = "device id")),
+    security(("session" = [])),
+    responses(
+        (status = 200, description = "one device", body = DeviceView),
+        (status = 401, description = "no valid session", body = ErrorBody),
+        (status = 404, description = "no such resource of the caller's", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn get(
     user: CurrentUser,
     State(state): State<AppState>,
@@ -134,13 +162,29 @@ pub async fn get(
     Ok(Json(view_live(&state, device).await))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DevicePatch {
     name: Option<String>,
     labels: Option<Vec<String>>,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/devices/{id}",
+    tag = "devices",
+    params(("id" = String, Path, description = "device id")), request_body = DevicePatch,
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = 200, description = "updated", body = DeviceView),
+        (status = 400, description = "malformed request", body = ErrorBody),
+        (status = 401, description = "no valid session", body = ErrorBody),
+        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
+        (status = 404, description = "no such resource of the caller's", body = ErrorBody),
+        (status = 415, description = "not JSON", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn update(
     user: CurrentUser,
     State(state): State<AppState>,
@@ -223,6 +267,21 @@ async fn close_tunnel(state: &AppState, device: DeviceId) -> Result<(), ApiError
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/devices/{id}",
+    tag = "devices",
+    params(("id" = String, Path, description = "device id")),
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = 204, description = "deleted; its tunnel is closed"),
+        (status = 401, description = "no valid session", body = ErrorBody),
+        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
+        (status = 404, description = "no such resource of the caller's", body = ErrorBody),
+        (status = 502, description = "deleted, but the tunnel could not be closed yet", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn delete(
     user: CurrentUser,
     State(state): State<AppState>,
@@ -241,13 +300,28 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Rotated {
     device_id: String,
     /// The new credential, shown once.
     credential: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/devices/{id}/credential",
+    tag = "devices",
+    params(("id" = String, Path, description = "device id")),
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = 200, description = "the new credential, shown once; the old one stops working", body = Rotated),
+        (status = 401, description = "no valid session", body = ErrorBody),
+        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
+        (status = 404, description = "no such resource of the caller's", body = ErrorBody),
+        (status = 502, description = "rotated, but the tunnel could not be closed yet", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn rotate(
     user: CurrentUser,
     State(state): State<AppState>,
@@ -278,6 +352,22 @@ pub async fn rotate(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/devices/{id}/disconnect",
+    tag = "devices",
+    params(("id" = String, Path, description = "device id")),
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = 204, description = "the tunnel is closed (the agent reconnects)"),
+        (status = 401, description = "no valid session", body = ErrorBody),
+        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
+        (status = 404, description = "no such resource of the caller's", body = ErrorBody),
+        (status = 502, description = "the relay could not be reached", body = ErrorBody),
+        (status = 503, description = "the device directory is unavailable", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn disconnect(
     user: CurrentUser,
     State(state): State<AppState>,
@@ -288,10 +378,23 @@ pub async fn disconnect(
     Ok(Json(serde_json::json!({ "disconnected": closed })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/audit",
+    tag = "devices",
+    params(Page),
+    security(("session" = [])),
+    responses(
+        (status = 200, description = "a page of the caller's audit events, newest first", body = Vec<store::AuditEvent>),
+        (status = 400, description = "malformed request", body = ErrorBody),
+        (status = 401, description = "no valid session", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn audit(
     user: CurrentUser,
     State(state): State<AppState>,
-    Query(page): Query<Page>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Json<Vec<store::AuditEvent>>, ApiError> {
     let (limit, offset) = page.bounds();
     Ok(Json(

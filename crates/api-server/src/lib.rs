@@ -16,6 +16,7 @@ pub mod extract;
 pub mod housekeeping;
 pub mod hygiene;
 pub mod metrics;
+pub mod openapi;
 pub mod pairing;
 pub mod proxy;
 pub mod router;

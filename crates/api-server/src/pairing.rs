@@ -14,6 +14,7 @@ use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use edge_core::client_addr::ClientIp;
+use edge_core::error_body::ErrorBody;
 use edge_core::time::now_ms;
 use edge_core::DeviceToken;
 use edge_core::Secret;
@@ -68,7 +69,7 @@ pub fn code_hash(key: &Secret, normalized: &str) -> Result<String, ApiError> {
     Ok(hex::encode(mac.finalize().into_bytes()))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CreatedCode {
     id: String,
     /// Shown once.
@@ -76,6 +77,19 @@ pub struct CreatedCode {
     expires_at: i64,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/pairing/codes",
+    tag = "pairing",
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = 201, description = "a new code, shown once", body = CreatedCode),
+        (status = 401, description = "no valid session", body = ErrorBody),
+        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
+        (status = 409, description = "too many unused codes", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn create_code(
     user: CurrentUser,
     State(state): State<AppState>,
@@ -120,6 +134,17 @@ pub async fn create_code(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/pairing/codes",
+    tag = "pairing",
+    security(("session" = [])),
+    responses(
+        (status = 200, description = "the caller's unused codes (never the codes themselves)", body = Vec<store::PairingCode>),
+        (status = 401, description = "no valid session", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn list_codes(
     user: CurrentUser,
     State(state): State<AppState>,
@@ -129,6 +154,20 @@ pub async fn list_codes(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/pairing/codes/{id}",
+    tag = "pairing",
+    params(("id" = String, Path, description = "code id")),
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = 204, description = "cancelled"),
+        (status = 401, description = "no valid session", body = ErrorBody),
+        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
+        (status = 404, description = "no such resource of the caller's", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn cancel_code(
     user: CurrentUser,
     State(state): State<AppState>,
@@ -150,7 +189,7 @@ pub async fn cancel_code(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct ExchangeRequest {
     code: String,
     name: String,
@@ -159,7 +198,7 @@ pub struct ExchangeRequest {
     agent_version: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ExchangeResponse {
     device_id: String,
     /// The device credential, shown once.
@@ -177,6 +216,20 @@ fn bounded(s: Option<String>, max: usize) -> Option<String> {
 /// source spends only its own allowance and can never drain the global one
 /// that protects the store; attempts that turn out not to be a wrong code
 /// are refunded, so only failures count.
+#[utoipa::path(
+    post,
+    path = "/api/pairing/exchange",
+    tag = "pairing",
+    request_body = ExchangeRequest,
+    responses(
+        (status = 201, description = "paired: the device id and its credential, shown once", body = ExchangeResponse),
+        (status = 400, description = "invalid, used or expired code, or a malformed body", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 415, description = "not JSON", body = ErrorBody),
+        (status = 429, description = "too many failed exchanges", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody)
+    )
+)]
 pub async fn exchange(
     State(state): State<AppState>,
     Extension(client): Extension<ClientIp>,

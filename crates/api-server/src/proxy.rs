@@ -14,6 +14,7 @@ use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::response::Response;
+use edge_core::error_body::ErrorBody;
 use edge_core::{DeviceId, UserId};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
@@ -81,6 +82,22 @@ pub struct Access {
     pub device: DeviceId,
 }
 
+#[utoipa::path(
+    method(get, post, put, patch, delete),
+    path = "/api/devices/{id}/proxy/",
+    tag = "proxy",
+    params(("id" = String, Path, description = "device id")),
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = "default", description = "the box's own answer, passed through"),
+        (status = 401, description = "no valid session", body = ErrorBody),
+        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
+        (status = 404, description = "no such resource of the caller's", body = ErrorBody),
+        (status = 502, description = "the relay or the box cannot be reached", body = ErrorBody),
+        (status = 503, description = "the device is offline, or the directory is unavailable", body = ErrorBody),
+        (status = 504, description = "the box did not answer in time", body = ErrorBody)
+    )
+)]
 pub async fn forward_root(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -90,6 +107,22 @@ pub async fn forward_root(
     console_forward(state, id, remote, req).await
 }
 
+#[utoipa::path(
+    method(get, post, put, patch, delete),
+    path = "/api/devices/{id}/proxy/{path}",
+    tag = "proxy",
+    params(("id" = String, Path, description = "device id"), ("path" = String, Path, description = "path on the box")),
+    security(("session" = [], "csrf" = [])),
+    responses(
+        (status = "default", description = "the box's own answer, passed through"),
+        (status = 401, description = "no valid session", body = ErrorBody),
+        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
+        (status = 404, description = "no such resource of the caller's", body = ErrorBody),
+        (status = 502, description = "the relay or the box cannot be reached", body = ErrorBody),
+        (status = 503, description = "the device is offline, or the directory is unavailable", body = ErrorBody),
+        (status = 504, description = "the box did not answer in time", body = ErrorBody)
+    )
+)]
 pub async fn forward_path(
     State(state): State<AppState>,
     Path((id, _path)): Path<(String, String)>,

@@ -18,11 +18,12 @@ pub struct NewAuditEvent {
 }
 
 /// One audit event as its user sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuditEvent {
     pub id: String,
     pub action: String,
     pub target: Option<String>,
+    #[schema(value_type = Object)]
     pub detail: serde_json::Value,
     pub created_at: i64,
 }

@@ -1,0 +1,168 @@
+//! The API contract: an OpenAPI 3.1 document generated (utoipa) from the
+//! handlers' `#[utoipa::path]` annotations and the types they take and
+//! return, served at `GET /api/openapi.json`. The session cookie and the
+//! `X-CSRF` header are its two security schemes. A test checks that every
+//! route of the route table is in it.
+
+use crate::state::AppState;
+use crate::{auth_routes, console, device_origin, devices, pairing, proxy, system};
+use axum::extract::State;
+use axum::Json;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Edge AI cloud API",
+        description = "Sign in through the Member Center, pair boxes, see them and reach them. Requests that change state need `X-CSRF: 1` besides the session cookie; errors are `{\"error\": {\"code\", \"message\", \"request_id\"}}`."
+    ),
+    paths(
+        console::index,
+        console::asset,
+        console::favicon,
+        system::health,
+        system::ready,
+        auth_routes::status,
+        auth_routes::login,
+        auth_routes::callback,
+        auth_routes::backchannel_logout,
+        auth_routes::me,
+        auth_routes::logout,
+        auth_routes::list_sessions,
+        auth_routes::end_session,
+        pairing::list_codes,
+        pairing::create_code,
+        pairing::cancel_code,
+        pairing::exchange,
+        devices::list,
+        devices::get,
+        devices::update,
+        devices::delete,
+        devices::rotate,
+        devices::disconnect,
+        device_origin::create_ticket,
+        devices::audit,
+        proxy::forward_root,
+        proxy::forward_path,
+        openapi_json,
+    ),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "auth", description = "Login (OpenID Connect), the session, logout"),
+        (name = "pairing", description = "Pairing codes and their exchange by a box"),
+        (name = "devices", description = "The caller's devices"),
+        (name = "proxy", description = "Requests forwarded to a box's local service"),
+        (name = "system", description = "Health, readiness, this document"),
+        (name = "console", description = "The web console's files"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Name of the scheme that is the session cookie.
+pub const SESSION_SCHEME: &str = "session";
+/// Name of the scheme that is the `X-CSRF` header.
+pub const CSRF_SCHEME: &str = "csrf";
+
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            SESSION_SCHEME,
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                crate::session::cookie_name(true),
+                "The session cookie set by the login callback",
+            ))),
+        );
+        components.add_security_scheme(
+            CSRF_SCHEME,
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-CSRF",
+                "Must be `1` on every request that changes state",
+            ))),
+        );
+    }
+}
+
+/// The document for this deployment (the cookie's name depends on
+/// whether cookies are `Secure`).
+pub fn document(cookie_secure: bool) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    if let Some(components) = doc.components.as_mut() {
+        components.add_security_scheme(
+            SESSION_SCHEME,
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                crate::session::cookie_name(cookie_secure),
+                "The session cookie set by the login callback",
+            ))),
+        );
+    }
+    doc
+}
+
+/// `GET /api/openapi.json`.
+#[utoipa::path(
+    get,
+    path = "/api/openapi.json",
+    tag = "system",
+    responses((status = 200, description = "this document (OpenAPI 3.1)", content_type = "application/json"))
+)]
+pub async fn openapi_json(State(state): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
+    Json(document(state.settings.cookie_secure))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// `{*path}` in the route table is `{path}` in the document.
+    fn doc_path(route: &str) -> String {
+        route.replace("{*", "{")
+    }
+
+    #[test]
+    fn every_route_of_the_table_is_in_the_document_with_each_method() {
+        let doc = serde_json::to_value(document(true)).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+        let paths = doc["paths"].as_object().unwrap();
+        let mut missing = Vec::new();
+        for def in crate::router::route_table() {
+            for method in def.methods {
+                let key = method.as_str().to_ascii_lowercase();
+                let found = paths
+                    .get(&doc_path(def.path))
+                    .is_some_and(|item| item.get(&key).is_some());
+                if !found {
+                    missing.push(format!("{} {}", method, def.path));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "routes missing from the OpenAPI document: {missing:?}"
+        );
+        // And nothing in the document that the table does not serve.
+        let table: Vec<String> = crate::router::route_table()
+            .iter()
+            .map(|d| doc_path(d.path))
+            .collect();
+        for path in paths.keys() {
+            assert!(table.contains(path), "{path} is documented but not routed");
+        }
+    }
+
+    #[test]
+    fn both_security_schemes_are_declared() {
+        let doc = serde_json::to_value(document(false)).unwrap();
+        let schemes = &doc["components"]["securitySchemes"];
+        assert_eq!(schemes["session"]["in"], "cookie");
+        assert_eq!(schemes["session"]["name"], "edge_session");
+        assert_eq!(schemes["csrf"]["name"], "X-CSRF");
+        let me = &doc["paths"]["/api/auth/me"]["get"];
+        assert_eq!(me["security"][0]["session"], serde_json::json!([]));
+        assert!(me["responses"]["401"]["content"]["application/json"].is_object());
+    }
+}
