@@ -43,6 +43,7 @@ async fn the_public_list_is_exactly_what_it_should_be() {
             "/favicon.ico",
             "/api/health",
             "/api/ready",
+            "/api/openapi.json",
             "/api/auth/status",
             "/api/auth/login",
             "/api/auth/callback",
