@@ -300,6 +300,23 @@ fn target_path(req: &Request, door: &Door) -> Result<String, ApiError> {
     })
 }
 
+/// The caller's headers as a box may see them, before the proxy adds its
+/// own: end-to-end ones only (no hop-by-hop, nothing `Connection` lists,
+/// no caller credentials), and on a device origin the caller's cookies
+/// without ours; with the upgrade the caller asked for, if any.
+pub fn box_request_headers(
+    src: &HeaderMap,
+    device_origin: bool,
+) -> (HeaderMap, Option<HeaderValue>) {
+    let mut headers = end_to_end(src, NOT_FORWARDED);
+    if device_origin {
+        if let Some(cookies) = box_cookies(src) {
+            headers.insert(header::COOKIE, cookies);
+        }
+    }
+    (headers, requested_upgrade(src))
+}
+
 /// The request as the box receives it.
 fn outbound_request(
     state: &AppState,
@@ -310,7 +327,8 @@ fn outbound_request(
     door: &Door,
     upgrade: Option<&HeaderValue>,
 ) -> Result<http::Request<Body>, ApiError> {
-    let mut headers = end_to_end(&parts.headers, NOT_FORWARDED);
+    let device_origin = matches!(door, Door::DeviceOrigin { .. });
+    let (mut headers, _) = box_request_headers(&parts.headers, device_origin);
     headers.insert(header::HOST, HeaderValue::from_static("localhost"));
     let client = parts
         .extensions
@@ -340,9 +358,6 @@ fn outbound_request(
         Door::DeviceOrigin { host } => {
             if let Some(host) = host {
                 headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
-            }
-            if let Some(cookies) = box_cookies(&parts.headers) {
-                headers.insert(header::COOKIE, cookies);
             }
         }
     }
