@@ -407,7 +407,8 @@ pub async fn end_session(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if state.store.delete_session_of(user.id, &id).await? {
+    let id = crate::extract::public_id(&id)?;
+    if state.store.delete_session_of(user.id, id).await? {
         state.access_changes.notify();
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -34,6 +34,17 @@ fn from_bytes(rejection: &BytesRejection) -> ApiError {
     ApiError::BadRequest("the request body could not be read".into())
 }
 
+/// A public id from a path (a session's, a pairing code's): 1 to 64 of
+/// `A-Z a-z 0-9 _ -`. Anything else names nothing (404) and never reaches
+/// the store (PostgreSQL refuses text with NUL: that was a 500).
+pub fn public_id(raw: &str) -> Result<&str, ApiError> {
+    let ok = (1..=64).contains(&raw.len())
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    ok.then_some(raw).ok_or(ApiError::NotFound)
+}
+
 /// `Json<T>` with JSON errors.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);

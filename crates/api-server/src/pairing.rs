@@ -173,13 +173,14 @@ pub async fn cancel_code(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if state.store.cancel_pairing_code(user.id, &id).await? {
+    let id = crate::extract::public_id(&id)?;
+    if state.store.cancel_pairing_code(user.id, id).await? {
         state
             .store
             .audit(
                 user.id,
                 "pairing_code_cancelled",
-                Some(&id),
+                Some(id),
                 serde_json::json!({}),
             )
             .await?;
