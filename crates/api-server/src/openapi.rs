@@ -70,13 +70,6 @@ impl utoipa::Modify for SecuritySchemes {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         let components = doc.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
-            SESSION_SCHEME,
-            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
-                crate::session::cookie_name(true),
-                "The session cookie set by the login callback",
-            ))),
-        );
-        components.add_security_scheme(
             CSRF_SCHEME,
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "X-CSRF",
@@ -86,19 +79,19 @@ impl utoipa::Modify for SecuritySchemes {
     }
 }
 
-/// The document for this deployment (the cookie's name depends on
-/// whether cookies are `Secure`).
+/// The document for this deployment: the session cookie's scheme is added
+/// here because its name depends on whether cookies are `Secure`.
 pub fn document(cookie_secure: bool) -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
-    if let Some(components) = doc.components.as_mut() {
-        components.add_security_scheme(
+    doc.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
             SESSION_SCHEME,
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
                 crate::session::cookie_name(cookie_secure),
                 "The session cookie set by the login callback",
             ))),
         );
-    }
     doc
 }
 

@@ -103,9 +103,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: FnMut(StreamHandle) + Send,
 {
-    let session = Session::new_server(io, config);
-    let control = session.control();
-    (control, drive(session, cancel, activity, on_stream))
+    with_control(Session::new_server(io, config), cancel, activity, on_stream)
 }
 
 /// Start the client side, handing streams the peer opens to `on_stream`
@@ -121,7 +119,20 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: FnMut(StreamHandle) + Send,
 {
-    let session = Session::new_client(io, config);
+    with_control(Session::new_client(io, config), cancel, activity, on_stream)
+}
+
+/// `session`'s control, and the future that drives it.
+fn with_control<T, F>(
+    session: Session<T>,
+    cancel: CancellationToken,
+    activity: Arc<Activity>,
+    on_stream: F,
+) -> (Control, impl Future<Output = SessionEnd> + Send)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: FnMut(StreamHandle) + Send,
+{
     let control = session.control();
     (control, drive(session, cancel, activity, on_stream))
 }
