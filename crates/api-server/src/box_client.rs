@@ -80,6 +80,13 @@ impl BoxClient {
         self.opened.load(Ordering::Relaxed)
     }
 
+    /// Reads [`streams_opened`](Self::streams_opened) without keeping the
+    /// pool (and its connections and audit handle) alive.
+    pub fn streams_opened_probe(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let opened = self.opened.clone();
+        move || opened.load(Ordering::Relaxed)
+    }
+
     /// Send `req` (origin-form path in its URI) to `device` for `user`.
     pub async fn send(
         &self,

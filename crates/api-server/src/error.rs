@@ -6,6 +6,9 @@ use directory::DirectoryError;
 use edge_core::error_body::error_response;
 use http::StatusCode;
 
+/// `Retry-After` when the database or the audit trail cannot be written.
+const STORE_RETRY_AFTER_SECS: u64 = 5;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("authentication required")]
@@ -58,6 +61,10 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("{0}")]
     QuotaExceeded(String),
+    #[error("the database is unavailable; try again shortly")]
+    StoreUnavailable,
+    #[error("remote access is paused: its audit trail cannot be written; try again shortly")]
+    AuditUnavailable,
     #[error("internal error")]
     Internal,
     #[error("configuration: {0}")]
@@ -95,6 +102,8 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             Self::QuotaExceeded(_) => (StatusCode::CONFLICT, "quota_exceeded"),
+            Self::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            Self::AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
             Self::Internal | Self::Config(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -107,11 +116,14 @@ impl IntoResponse for ApiError {
             tracing::info!(code, status = status.as_u16(), "request failed");
         }
         let mut res = error_response(status, code, self.to_string());
-        if let Self::RateLimited(secs) = self {
-            res.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from(secs.max(1)),
-            );
+        let retry_after = match self {
+            Self::RateLimited(secs) => Some(secs.max(1)),
+            Self::StoreUnavailable | Self::AuditUnavailable => Some(STORE_RETRY_AFTER_SECS),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            res.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
         }
         res
     }
@@ -119,6 +131,10 @@ impl IntoResponse for ApiError {
 
 impl From<store::StoreError> for ApiError {
     fn from(err: store::StoreError) -> Self {
+        if err.is_unavailable() {
+            tracing::warn!(error = %err, "store unavailable");
+            return Self::StoreUnavailable;
+        }
         tracing::error!(error = %err, "store failure");
         Self::Internal
     }

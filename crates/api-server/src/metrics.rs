@@ -2,7 +2,8 @@
 //! by route template (never the raw path), method and status class with a
 //! latency histogram; proxied requests by outcome with time to first byte;
 //! logins by outcome and reason; pairing exchanges by outcome; store
-//! statement latency; the audit queue's depth. Served on
+//! statement latency; the audit writer's queue, held events, failing
+//! state and losses. Served on
 //! `--metrics-listen` (`edge_core::metrics`).
 
 use crate::error::ApiError;
@@ -31,6 +32,11 @@ pub struct ApiMetrics {
     pub logins: Family<Labels2, Counter>,
     pub pairing_exchanges: Family<Labels1, Counter>,
     pub audit_queue_depth: Gauge,
+    pub audit_pending: Gauge,
+    pub audit_failing: Gauge,
+    pub audit_lost: Gauge,
+    pub audit_recorded: Gauge,
+    pub remote_access_opened: Gauge,
 }
 
 impl Default for ApiMetrics {
@@ -43,6 +49,11 @@ impl Default for ApiMetrics {
             logins: Family::default(),
             pairing_exchanges: Family::default(),
             audit_queue_depth: Gauge::default(),
+            audit_pending: Gauge::default(),
+            audit_failing: Gauge::default(),
+            audit_lost: Gauge::default(),
+            audit_recorded: Gauge::default(),
+            remote_access_opened: Gauge::default(),
         }
     }
 }
@@ -69,7 +80,7 @@ impl ApiMetrics {
         );
         r.register(
             "proxied_requests",
-            "Requests proxied to boxes by outcome (ok, offline, timeout, unreachable, directory_unavailable, error)",
+            "Requests proxied to boxes by outcome (ok, offline, timeout, unreachable, directory_unavailable, audit_unavailable, store_unavailable, error)",
             self.proxied.clone(),
         );
         r.register(
@@ -97,6 +108,31 @@ impl ApiMetrics {
             "Remote-access audit events queued for the writer",
             self.audit_queue_depth.clone(),
         );
+        r.register(
+            "audit_pending",
+            "Audit events held for retry because the database cannot take them",
+            self.audit_pending.clone(),
+        );
+        r.register(
+            "audit_failing",
+            "1 while the audit trail cannot be written (remote access is refused)",
+            self.audit_failing.clone(),
+        );
+        r.register(
+            "audit_events_lost",
+            "Audit events that could not be written at all since start",
+            self.audit_lost.clone(),
+        );
+        r.register(
+            "audit_events_recorded",
+            "Audit events handed to the writer since start",
+            self.audit_recorded.clone(),
+        );
+        r.register(
+            "remote_access_sessions_opened",
+            "Remote-access sessions (connections to boxes) opened since start; each has an audit row",
+            self.remote_access_opened.clone(),
+        );
         r
     }
 
@@ -112,6 +148,8 @@ impl ApiMetrics {
             Err(ApiError::DeviceTimeout | ApiError::RequestTimeout) => "timeout",
             Err(ApiError::DeviceUnreachable | ApiError::RelayUnavailable) => "unreachable",
             Err(ApiError::DirectoryUnavailable) => "directory_unavailable",
+            Err(ApiError::AuditUnavailable) => "audit_unavailable",
+            Err(ApiError::StoreUnavailable) => "store_unavailable",
             Err(ApiError::Unauthenticated | ApiError::NotFound) => return,
             Err(_) => "error",
         };

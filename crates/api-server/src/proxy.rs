@@ -400,6 +400,10 @@ async fn forward_counted(
     mut req: Request,
     door: Door,
 ) -> Result<Response, ApiError> {
+    // Remote access that could not be recorded is not given.
+    if state.audit.is_failing() {
+        return Err(ApiError::AuditUnavailable);
+    }
     let target = target_path(&req, &door)?;
     let upgrade = requested_upgrade(req.headers());
     let client_upgrade = if upgrade.is_some() {

@@ -132,12 +132,19 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The metrics endpoint content; the audit queue depth is read at
+    /// The metrics endpoint content; the audit writer's status is read at
     /// each scrape.
     pub fn exposition(&self) -> edge_core::metrics::Exposition {
-        let (metrics, depth) = (self.metrics.clone(), self.audit.depth_probe());
+        let (metrics, status) = (self.metrics.clone(), self.audit.status_probe());
+        let opened = self.boxes.streams_opened_probe();
         edge_core::metrics::Exposition::new(self.metrics.registry(), move || {
-            metrics.audit_queue_depth.set(depth() as i64);
+            metrics.remote_access_opened.set(opened() as i64);
+            let s = status();
+            metrics.audit_queue_depth.set(s.queued as i64);
+            metrics.audit_pending.set(s.pending as i64);
+            metrics.audit_failing.set(i64::from(s.failing));
+            metrics.audit_lost.set(s.lost as i64);
+            metrics.audit_recorded.set(s.recorded as i64);
         })
     }
 }

@@ -28,7 +28,8 @@ pub struct Ready {
     directory: &'static str,
 }
 
-/// Ready when the store answers. Also says how many relay nodes are up
+/// Ready when the store answers and the audit trail can be written
+/// (503 `store_unavailable` or `audit_unavailable` otherwise). Also says how many relay nodes are up
 /// (their addresses are internal, so only the count) or that the device
 /// directory cannot be asked (Redis down: this replica still serves all
 /// but lookups).
@@ -44,6 +45,9 @@ pub struct Ready {
 )]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     state.store.ping().await?;
+    if state.audit.is_failing() {
+        return Err(ApiError::AuditUnavailable);
+    }
     let relays = match state.directory.nodes().await {
         Ok(nodes) => Some(nodes.len()),
         Err(err) => {

@@ -9,10 +9,7 @@
 //!
 //! Run: `cargo build --release --bins && target/release/edge-bench`
 
-mod load;
-mod procs;
-mod rathole;
-mod tunnels;
+use bench::{load, procs, rathole, tunnels};
 
 use anyhow::{Context, Result};
 use auth::{CookieKey, CookieKeys, SessionId};

@@ -89,6 +89,17 @@ pub fn cpu_ms(pid: u32) -> Result<u64> {
     Ok((ticks(11)? + ticks(12)?) * 10)
 }
 
+/// Send signal `sig` (`TERM`, `STOP`, `CONT`, ...) to `pid`.
+pub fn signal(pid: u32, sig: &str) -> Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("kill -{sig} {pid}: {status}");
+    }
+    Ok(())
+}
+
 /// Raise this process's open-file limit to its hard limit; returns it.
 pub fn raise_nofile() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)

@@ -17,6 +17,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use store::{NewDevice, Store};
 use testkit::devstack::fresh_sibling_binary;
+use testkit::procs::{free_port, wait_port};
 use testkit::redis::RedisServer;
 use testkit::within;
 use tokio::process::{Child, Command};
@@ -27,26 +28,6 @@ const AGENTS: usize = 100;
 
 fn bin(name: &str) -> PathBuf {
     fresh_sibling_binary(Path::new(DEVSTACK), name)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_port(port: u16) {
-    within("port opens", async {
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
 }
 
 struct Cluster {
@@ -151,12 +132,7 @@ async fn new_device(store: &Store, user: edge_core::UserId, name: &str) -> (Devi
 
 /// Send signal `sig` (`TERM`, ...) to a child process.
 fn nix_kill(child: &Child, sig: &str) {
-    let pid = child.id().expect("the process is running");
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{sig} {pid}");
+    testkit::procs::signal(child.id().expect("the process is running"), sig);
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {

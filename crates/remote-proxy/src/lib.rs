@@ -79,6 +79,10 @@ impl Relay {
                 let (tunnels, streams) = relay.directory.counts();
                 relay.metrics.tunnels_online.set(tunnels as i64);
                 relay.metrics.streams_open.set(streams as i64);
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let alive = rt.metrics().num_alive_tasks();
+                    relay.metrics.tasks_alive.set(alive as i64);
+                }
             }
         })
     }

@@ -26,6 +26,7 @@ pub struct RelayMetrics {
     pub bytes: Family<Labels1, Counter>,
     pub connect_to_registered: Histogram,
     pub internal_requests: Family<RouteStatus, Counter>,
+    pub tasks_alive: Gauge,
 }
 
 impl Default for RelayMetrics {
@@ -39,6 +40,7 @@ impl Default for RelayMetrics {
             bytes: Family::default(),
             connect_to_registered: edge_core::metrics::latency_histogram(),
             internal_requests: Family::default(),
+            tasks_alive: Gauge::default(),
         }
     }
 }
@@ -47,6 +49,11 @@ impl RelayMetrics {
     /// A registry holding every metric, under `edge_relay_`.
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("edge_relay");
+        r.register(
+            "tasks_alive",
+            "Tokio tasks alive in the process now (a leak shows as growth at rest)",
+            self.tasks_alive.clone(),
+        );
         r.register(
             "tunnels_online",
             "Device tunnels registered on this node now",

@@ -43,6 +43,14 @@ impl Store {
 
     /// Append `events` in one transaction (all or none).
     pub async fn audit_batch(&self, events: &[NewAuditEvent]) -> Result<(), StoreError> {
+        #[cfg(feature = "testing")]
+        if self
+            .faults
+            .audit_unavailable
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StoreError::Database(sqlx::Error::PoolTimedOut));
+        }
         let mut tx = self.pool.begin().await?;
         for e in events {
             self.audit_on(
@@ -119,5 +127,18 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// How many events of `action` the log holds for `user` (operators'
+    /// and harnesses' check that nothing was lost).
+    pub async fn audit_count(&self, user: UserId, action: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM audit_events WHERE user_id = $1 AND action = $2",
+        )
+        .bind(user.to_string())
+        .bind(action)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("n")?)
     }
 }

@@ -41,6 +41,8 @@ pub struct Faults {
     pub fail_mark_used: std::sync::atomic::AtomicBool,
     /// Make the exchange's audit rows fail (inside its transaction).
     pub fail_exchange_audit: std::sync::atomic::AtomicBool,
+    /// Make `audit_batch` fail as a database that is down would.
+    pub audit_unavailable: std::sync::atomic::AtomicBool,
 }
 
 /// Handle to the database; cheap to clone.
@@ -56,6 +58,10 @@ pub struct Store {
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How long a statement waits for a connection (a database that is down
+/// makes every statement wait this long, then fail as unavailable).
+pub const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Hold an exclusive lock on `<db>.migrate-lock` (released on drop).
 async fn migration_lock(db: &str) -> Result<std::fs::File, StoreError> {
@@ -105,6 +111,9 @@ impl Store {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(max_conns)
+            // A database that is down answers "unavailable" in seconds, not
+            // after sqlx's default 30 s of retrying.
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {

@@ -14,6 +14,7 @@ pub mod go_device;
 pub mod logs;
 pub mod oidc_provider;
 pub mod pg_tls;
+pub mod procs;
 pub mod prometheus;
 pub mod redis;
 pub mod statements;

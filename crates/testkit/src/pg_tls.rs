@@ -1,5 +1,5 @@
 //! A throwaway PostgreSQL cluster with `ssl = on`, for the store's TLS
-//! test: `initdb` and `pg_ctl` from the installed PostgreSQL, a free
+//! test and the database-outage fault test (it can be halted and resumed): `initdb` and `pg_ctl` from the installed PostgreSQL, a free
 //! loopback port, a server certificate from a test CA for `localhost`. As
 //! root the server runs as the `postgres` user (initdb refuses root).
 //! Missing binaries skip the test unless `REQUIRE_INTEROP=1`.
@@ -133,12 +133,19 @@ impl PgTls {
         let mut existing = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
         existing.push_str(&conf);
         std::fs::write(data.join("postgresql.conf"), existing).unwrap();
-        let log = data.join("server.log");
-        let out = pg.run(
+        pg.resume();
+        pg
+    }
+
+    /// Start the (stopped) server again; returns once it accepts.
+    pub fn resume(&self) {
+        let data = self.data.to_str().unwrap();
+        let log = self.data.join("server.log");
+        let out = self.run(
             "pg_ctl",
             &[
                 "-D",
-                data.to_str().unwrap(),
+                data,
                 "-l",
                 log.to_str().unwrap(),
                 "-w",
@@ -153,7 +160,18 @@ impl PgTls {
             String::from_utf8_lossy(&out.stderr),
             std::fs::read_to_string(&log).unwrap_or_default()
         );
-        pg
+    }
+
+    /// Stop the server at once (`immediate`: as a crash or a lost host
+    /// looks to its clients); [`resume`](Self::resume) starts it again.
+    pub fn halt(&self) {
+        let data = self.data.to_str().unwrap();
+        let out = self.run("pg_ctl", &["-D", data, "-m", "immediate", "-w", "stop"]);
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// A URL to the `postgres` database on `host` with `params`.

@@ -1,0 +1,478 @@
+//! Process-level faults (issue 13), with the real `remote-proxy`,
+//! `api-server`, `sim-box` and `edge-agent` binaries: the relay SIGKILLed
+//! under 200 agents (fast failures, no reconnect herd, everything back),
+//! the api-server SIGKILLed mid-upload (the relay and the agent let the
+//! stream go: descriptors and tasks counted), PostgreSQL stopped (503,
+//! tunnels kept, recovery without restart), and the audit writer held at a
+//! file-size limit (reported, nothing lost). Each prints its figures.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use testkit::procs::{fd_count, Binaries, ProcStack};
+use testkit::within;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+const DEVSTACK: &str = env!("CARGO_BIN_EXE_devstack");
+
+fn bins() -> Binaries {
+    Binaries::next_to(Path::new(DEVSTACK))
+}
+
+/// Wait (bounded) until `check` holds, polling every 50 ms.
+async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    within(what, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// The JSON error code of a response, with its status.
+async fn error_code(res: reqwest::Response) -> (u16, String) {
+    let status = res.status().as_u16();
+    let body: serde_json::Value = res.json().await.unwrap_or_default();
+    (
+        status,
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+const AGENTS: usize = 200;
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_sigkill_fails_fast_and_200_agents_return_without_a_herd() {
+    testkit::init_logs();
+    let mut stack = ProcStack::start(bins(), None, &[]).await;
+    let stop = CancellationToken::new();
+    let mut devices = Vec::new();
+    let mut by_token: HashMap<String, usize> = HashMap::new();
+    for i in 0..AGENTS {
+        let (dev, token) = stack.device(&format!("box-{i}")).await;
+        by_token.insert(token.expose().to_owned(), i);
+        let mut settings = stack.agent_settings();
+        settings.backoff_min = BACKOFF_MIN;
+        settings.backoff_max = Duration::from_secs(8);
+        tokio::spawn(edge_agent::run(settings, token, stop.clone()));
+        devices.push(dev);
+    }
+    for d in &devices {
+        stack.wait_reachable(*d).await;
+    }
+
+    // SIGKILL; the tunnel port is then held by a recorder that notes each
+    // agent's first reconnect attempt (by its credential) and refuses it.
+    stack.kill_relay().await;
+    let killed = Instant::now();
+    let recorder = tokio::net::TcpListener::bind(("127.0.0.1", stack.tunnel_port))
+        .await
+        .expect("the tunnel port is free after the kill");
+    let first: Arc<Mutex<HashMap<usize, Duration>>> = Arc::default();
+    let record = {
+        let first = first.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = recorder.accept().await else {
+                    return;
+                };
+                let at = killed.elapsed();
+                let (first, by_token) = (first.clone(), by_token.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head);
+                    let token = head.lines().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("authorization")
+                            .then(|| v.trim().strip_prefix("Bearer ").map(str::to_owned))
+                            .flatten()
+                    });
+                    if let Some(i) = token.and_then(|t| by_token.get(&t).copied()) {
+                        first.lock().unwrap().entry(i).or_insert(at);
+                    }
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                })
+                .await
+                .ok();
+            }
+        })
+    };
+
+    // Meanwhile requests fail fast with a JSON error, never hang.
+    let connect_timeout = Duration::from_secs(5);
+    let mut slowest = Duration::ZERO;
+    for d in devices.iter().take(20) {
+        let asked = Instant::now();
+        let res = tokio::time::timeout(
+            connect_timeout + Duration::from_secs(2),
+            stack.get(*d, "/api/info"),
+        )
+        .await
+        .expect("a request during the outage hung")
+        .unwrap();
+        slowest = slowest.max(asked.elapsed());
+        let (status, code) = error_code(res).await;
+        assert!(
+            matches!(
+                (status, code.as_str()),
+                (503, "device_offline") | (502, "relay_unavailable")
+            ),
+            "{status} {code}"
+        );
+    }
+    assert!(slowest <= connect_timeout, "slowest failure {slowest:?}");
+
+    until("every agent tried to reconnect", || async {
+        first.lock().unwrap().len() == AGENTS
+    })
+    .await;
+    record.abort();
+    let _ = record.await;
+    let mut at: Vec<Duration> = first.lock().unwrap().values().copied().collect();
+    at.sort();
+    let (earliest, latest) = (at[0], at[AGENTS - 1]);
+    // Ten slices of the first backoff window [min/2, min]: how many agents
+    // made their first attempt in the busiest one.
+    let window = BACKOFF_MIN / 2;
+    let slice = window / 10;
+    let mut slices = [0usize; 12];
+    for t in &at {
+        let k = (t.saturating_sub(window).as_nanos() / slice.as_nanos()) as usize;
+        slices[k.min(11)] += 1;
+    }
+    let busiest = slices.iter().copied().max().unwrap();
+    println!(
+        "relay SIGKILL: 20 requests during the outage failed within {slowest:?} (503/502 JSON); {AGENTS} agents' first reconnects from {earliest:?} to {latest:?} after the kill (first backoff window {:?}..{:?}); busiest tenth of the window: {busiest} agents; per tenth: {slices:?}",
+        window, BACKOFF_MIN
+    );
+    assert!(
+        earliest >= window.mul_f64(0.9),
+        "an agent reconnected before its backoff"
+    );
+    assert!(
+        latest - earliest >= window.mul_f64(0.8),
+        "reconnects bunched: {earliest:?}..{latest:?}"
+    );
+    assert!(
+        busiest <= AGENTS / 4,
+        "a herd: {busiest} of {AGENTS} agents in one tenth of the window"
+    );
+
+    // The relay returns on its ports: every device routable again.
+    stack.restart_relay().await;
+    let back = Instant::now();
+    for d in &devices {
+        stack.wait_reachable(*d).await;
+    }
+    println!(
+        "after the relay returned, all {AGENTS} devices routable in {:?}",
+        back.elapsed()
+    );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_sigkill_mid_upload_releases_the_stream_on_relay_and_agent() {
+    testkit::init_logs();
+    // One stream per request (no idle keep-alive streams to the box), so
+    // the relay's open streams are the requests in flight.
+    let mut stack = ProcStack::start(bins(), None, &["--box-idle-secs", "0"]).await;
+    let (dev, token) = stack.device("uploader").await;
+    let mut agent = stack.agent_process(&token);
+    let agent_pid = agent.id().unwrap();
+    stack.wait_reachable(dev).await;
+    // At rest after one request: the baseline.
+    assert_eq!(stack.info_status(dev).await, 200);
+    until("the relay at rest", || async {
+        stack.relay_metric("edge_relay_streams_open").await == 0.0
+    })
+    .await;
+    let before = counts(&stack, agent_pid).await;
+
+    // An upload that never finishes: 1 MiB sent, then the sender waits.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    tx.send(Ok(vec![7u8; 1 << 20])).await.unwrap();
+    let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
+    let upload = {
+        let (http, url, cookie) = (
+            stack.http.clone(),
+            stack.proxy_url(dev, "/test/upload"),
+            stack.cookie.clone(),
+        );
+        tokio::spawn(async move {
+            http.post(url)
+                .header("cookie", cookie)
+                .header("x-csrf", "1")
+                .body(body)
+                .send()
+                .await
+        })
+    };
+    until("the upload's stream is open on the relay", || async {
+        stack.relay_metric("edge_relay_streams_open").await >= 1.0
+    })
+    .await;
+    let during = counts(&stack, agent_pid).await;
+
+    stack.kill_api().await;
+    let killed = Instant::now();
+    assert!(upload.await.unwrap().is_err(), "the client lost its server");
+    until("the relay released the stream", || async {
+        stack.relay_metric("edge_relay_streams_open").await == 0.0
+    })
+    .await;
+    let released = killed.elapsed();
+    // Descriptors and tasks back to where they were at rest (the api-server's
+    // channel to the relay is gone too, so at most the baseline).
+    until("relay and agent back to their baseline", || async {
+        let now = counts(&stack, agent_pid).await;
+        now.0 <= before.0 && now.1 <= before.1 && now.3 <= before.3
+    })
+    .await;
+    let after = counts(&stack, agent_pid).await;
+    println!(
+        "api-server SIGKILL mid-upload: relay released the stream {released:?} after the kill; relay fds {} at rest, {} during, {} after; relay tasks {} / {} / {}; agent fds {} / {} / {}",
+        before.0, during.0, after.0, before.1, during.1, after.1, before.3, during.3, after.3
+    );
+    drop(tx);
+
+    // A new api-server serves the device again.
+    stack.restart_api().await;
+    stack.wait_reachable(dev).await;
+    let _ = agent.start_kill();
+}
+
+/// Relay descriptors, relay tasks, relay streams open, agent descriptors.
+async fn counts(stack: &ProcStack, agent_pid: u32) -> (usize, f64, f64, usize) {
+    (
+        fd_count(stack.relay_pid()),
+        stack.relay_metric("edge_relay_tasks_alive").await,
+        stack.relay_metric("edge_relay_streams_open").await,
+        fd_count(agent_pid),
+    )
+}
+
+/// A stream over an mpsc receiver (reqwest wants a `Stream` body).
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg_attr(
+    not(any(has_initdb, require_interop)),
+    ignore = "needs PostgreSQL's initdb and pg_ctl (the postgresql package)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_answers_503_keeps_tunnels_and_recovers_without_restart() {
+    testkit::init_logs();
+    let pg_bin = testkit::pg_tls::available().expect("initdb and pg_ctl");
+    let ca = testkit::tls::TestCa::new("faults-pg");
+    let pg = testkit::pg_tls::PgTls::start(pg_bin, &ca);
+    let stack = ProcStack::start(bins(), Some(pg.url("127.0.0.1", "sslmode=require")), &[]).await;
+    let (dev, token) = stack.device("steady").await;
+    let stop = CancellationToken::new();
+    tokio::spawn(edge_agent::run(stack.agent_settings(), token, stop.clone()));
+    stack.wait_reachable(dev).await;
+    let accepted = stack.relay_metric("edge_relay_tunnels_online").await;
+    assert_eq!(accepted, 1.0);
+    let connects = |page: &str| {
+        page.lines()
+            .find(|l| l.starts_with("edge_relay_tunnel_connects_total{result=\"accepted\"}"))
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, v)| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let connects_before = connects(&stack.relay_metrics().await);
+
+    pg.halt();
+    let down = Instant::now();
+    // The access cache (under a second) may still grant; then every request
+    // answers 503 with a JSON code, in bounded time.
+    let took = within("a proxied request answers 503 store_unavailable", async {
+        loop {
+            let asked = Instant::now();
+            let res = stack.get(dev, "/api/info").await.unwrap();
+            let (status, code) = error_code(res).await;
+            if status == 503 {
+                assert_eq!(code, "store_unavailable");
+                break asked.elapsed();
+            }
+            assert_eq!(status, 200, "{code}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let listed = stack
+        .http
+        .get(stack.api_url("/api/devices"))
+        .header("cookie", &stack.cookie)
+        .send()
+        .await
+        .unwrap();
+    let (status, code) = error_code(listed).await;
+    assert_eq!((status, code.as_str()), (503, "store_unavailable"));
+    let ready = stack
+        .http
+        .get(stack.api_url("/api/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(
+        took <= store::ACQUIRE_TIMEOUT + Duration::from_secs(2),
+        "{took:?}"
+    );
+    // The tunnel stays up while the database is gone.
+    assert_eq!(stack.relay_metric("edge_relay_tunnels_online").await, 1.0);
+    // The outage is the scenario: a few seconds without the database.
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(down.elapsed())).await;
+    assert_eq!(stack.relay_metric("edge_relay_tunnels_online").await, 1.0);
+
+    pg.resume();
+    let up = Instant::now();
+    stack.wait_reachable(dev).await;
+    let recovered = up.elapsed();
+    let ready = stack
+        .http
+        .get(stack.api_url("/api/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(
+        connects(&stack.relay_metrics().await),
+        connects_before,
+        "the device never had to reconnect"
+    );
+    println!(
+        "PostgreSQL stopped: proxied request answered 503 store_unavailable in {took:?}; the tunnel stayed up for the whole outage; after PostgreSQL returned, the device answered again in {recovered:?} with no restart"
+    );
+    stop.cancel();
+}
+
+/// Audit rows of remote access in the store.
+async fn remote_access_rows(stack: &ProcStack) -> usize {
+    stack
+        .store
+        .audit_events(stack.user, 10_000, 0)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.action.starts_with("remote_access_"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_size_limit_on_the_audit_writer_is_reported_and_loses_nothing() {
+    testkit::init_logs();
+    // One connection (one audited remote-access session) per request.
+    let stack = ProcStack::start(bins(), None, &["--box-idle-secs", "0"]).await;
+    let (dev, token) = stack.device("audited").await;
+    let stop = CancellationToken::new();
+    tokio::spawn(edge_agent::run(stack.agent_settings(), token, stop.clone()));
+    stack.wait_reachable(dev).await;
+    let mut served = 1;
+    for _ in 0..3 {
+        assert_eq!(stack.info_status(dev).await, 200);
+        served += 1;
+    }
+    until("the first requests' audit rows written", || async {
+        remote_access_rows(&stack).await == 2 * served
+    })
+    .await;
+    let written_before = remote_access_rows(&stack).await;
+
+    // Every write of the api-server now fails with EFBIG (soft limit of one
+    // byte; the hard limit stays, so it can be lifted again).
+    let pid = stack.api_pid().to_string();
+    let limit = |spec: &str| {
+        let status = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--fsize={spec}")])
+            .status()
+            .expect("prlimit runs");
+        assert!(status.success(), "prlimit --fsize={spec}");
+    };
+    limit("1:unlimited");
+    let limited = Instant::now();
+    let refused = within(
+        "remote access refused while the audit cannot be written",
+        async {
+            loop {
+                let res = stack.get(dev, "/api/info").await.unwrap();
+                match error_code(res).await {
+                    (200, _) => served += 1,
+                    (503, code) => break code,
+                    (other, code) => panic!("{other} {code}"),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        },
+    )
+    .await;
+    assert_eq!(refused, "audit_unavailable");
+    let res = stack
+        .http
+        .get(stack.api_url("/api/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(res).await, (503, "audit_unavailable".to_owned()));
+    assert!(
+        stack
+            .http
+            .get(stack.api_url("/api/health"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success(),
+        "the api-server is alive"
+    );
+    let reported = limited.elapsed();
+
+    limit("unlimited:unlimited");
+    let lifted = Instant::now();
+    until("ready again once the audit can be written", || async {
+        stack
+            .http
+            .get(stack.api_url("/api/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let recovered = lifted.elapsed();
+    assert_eq!(stack.info_status(dev).await, 200);
+    served += 1;
+    until("every served request's audit rows written", || async {
+        remote_access_rows(&stack).await == 2 * served
+    })
+    .await;
+    println!(
+        "audit at a file-size limit: refused with 503 audit_unavailable {reported:?} after the limit; ready again {recovered:?} after it was lifted; {written_before} rows before, {} after for {served} served requests (none lost)",
+        remote_access_rows(&stack).await
+    );
+    stop.cancel();
+}

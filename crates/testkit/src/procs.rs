@@ -1,0 +1,400 @@
+//! The product as real processes, for fault tests: `remote-proxy`,
+//! `api-server` and `sim-box` binaries on free loopback ports over one data
+//! directory and database, one signed-in user, and what the kernel says
+//! about each process (descriptors, resident memory) and what it says
+//! about itself (its metrics). Processes are killed when dropped.
+
+use crate::within;
+use auth::{CookieKey, CookieKeys, SessionId};
+use edge_core::{DeviceId, DeviceToken, UserId};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use store::{NewDevice, Store};
+use tokio::process::{Child, Command};
+
+/// A free loopback port (bound, then released, so a child can take it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Wait (bounded) until something accepts on `port`.
+pub async fn wait_port(port: u16) {
+    within("port opens", async {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// Send signal `sig` (`TERM`, `KILL`, `STOP`, `CONT`, ...) to `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{sig} {pid}");
+}
+
+/// Open file descriptors of `pid`.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Resident memory of `pid`, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The value of an unlabelled sample `name` in a Prometheus text page.
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        (n == name).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// The three product binaries.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub relay: PathBuf,
+    pub api: PathBuf,
+    pub sim_box: PathBuf,
+    pub agent: PathBuf,
+}
+
+impl Binaries {
+    /// The workspace's binaries next to `bin` (built when missing or stale).
+    pub fn next_to(bin: &Path) -> Self {
+        let b = |n| crate::devstack::fresh_sibling_binary(bin, n);
+        Self {
+            relay: b("remote-proxy"),
+            api: b("api-server"),
+            sim_box: b("sim-box"),
+            agent: b("edge-agent"),
+        }
+    }
+}
+
+/// A running product on loopback.
+pub struct ProcStack {
+    pub bins: Binaries,
+    pub data: tempfile::TempDir,
+    pub db_url: String,
+    pub store: Store,
+    pub relay: Child,
+    pub api: Child,
+    pub sim_box: Child,
+    pub tunnel_port: u16,
+    pub internal_port: u16,
+    pub relay_metrics_port: u16,
+    pub api_port: u16,
+    pub box_port: u16,
+    pub user: UserId,
+    /// The user's signed session cookie (`name=value`).
+    pub cookie: String,
+    pub http: reqwest::Client,
+    api_args: Vec<String>,
+}
+
+impl ProcStack {
+    /// Start everything on `db_url` (a fresh SQLite file when `None`);
+    /// `api_args` are added to the api-server's command line.
+    pub async fn start(bins: Binaries, db_url: Option<String>, api_args: &[&str]) -> Self {
+        let data = tempfile::tempdir().expect("tempdir");
+        let db_url =
+            db_url.unwrap_or_else(|| format!("sqlite://{}", data.path().join("edge.db").display()));
+        let store = Store::connect(&db_url).await.expect("store");
+        let user = store
+            .upsert_user("https://faults", "owner", None, Some("owner"))
+            .await
+            .expect("user")
+            .id;
+        let (tunnel_port, internal_port, relay_metrics_port) =
+            (free_port(), free_port(), free_port());
+        let (api_port, box_port) = (free_port(), free_port());
+        let mut stack = Self {
+            relay: spawn_relay(
+                &bins.relay,
+                data.path(),
+                &db_url,
+                tunnel_port,
+                internal_port,
+                relay_metrics_port,
+            ),
+            api: spawn_api(
+                &bins.api,
+                data.path(),
+                &db_url,
+                api_port,
+                internal_port,
+                api_args,
+            ),
+            sim_box: command(&bins.sim_box, data.path(), &db_url)
+                .args(["--listen", &format!("127.0.0.1:{box_port}")])
+                .spawn()
+                .expect("sim-box starts"),
+            bins,
+            store,
+            tunnel_port,
+            internal_port,
+            relay_metrics_port,
+            api_port,
+            box_port,
+            user,
+            cookie: String::new(),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("http client"),
+            api_args: api_args.iter().map(|s| (*s).to_owned()).collect(),
+            db_url,
+            data,
+        };
+        for port in [internal_port, api_port, box_port] {
+            wait_port(port).await;
+        }
+        stack.cookie = stack.sign_in().await;
+        stack
+    }
+
+    /// A session of `user` in the store, its cookie signed with the key
+    /// the api-server made in the data directory.
+    async fn sign_in(&self) -> String {
+        let key = edge_core::secret::load_or_create_file(&self.data.path().join("session-key"))
+            .expect("session key");
+        let cookies = CookieKeys::new(CookieKey::new(key).expect("key"), vec![]);
+        let sid = SessionId::generate();
+        let now = edge_core::time::now_ms();
+        self.store
+            .create_session(&sid.hash(), "faults", self.user, now, now + 3_600_000, None)
+            .await
+            .expect("session");
+        let name = api_server::session::cookie_name(false);
+        format!(
+            "{name}={}",
+            cookies.sign(
+                name,
+                api_server::session::SESSION_PURPOSE,
+                sid.expose(),
+                now + 3_600_000
+            )
+        )
+    }
+
+    pub fn tunnel_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/tunnel", self.tunnel_port)
+    }
+
+    pub fn box_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.box_port)
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.api_port)
+    }
+
+    pub fn proxy_url(&self, device: DeviceId, path: &str) -> String {
+        self.api_url(&format!("/api/devices/{device}/proxy{path}"))
+    }
+
+    pub fn relay_pid(&self) -> u32 {
+        self.relay.id().expect("relay running")
+    }
+
+    pub fn api_pid(&self) -> u32 {
+        self.api.id().expect("api-server running")
+    }
+
+    /// A device of the user with a fresh credential.
+    pub async fn device(&self, name: &str) -> (DeviceId, DeviceToken) {
+        let dev = self
+            .store
+            .create_device(
+                self.user,
+                &NewDevice {
+                    name: name.into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("device");
+        let token = DeviceToken::generate();
+        self.store
+            .add_credential(dev.id, &token.hash())
+            .await
+            .expect("credential");
+        (dev.id, token)
+    }
+
+    /// Agent settings for this stack's relay and box.
+    pub fn agent_settings(&self) -> edge_agent::config::AgentSettings {
+        edge_agent::config::AgentSettings::new(self.tunnel_url(), self.box_addr())
+    }
+
+    /// An `edge-agent` process for `token` (its descriptors can be counted).
+    pub fn agent_process(&self, token: &DeviceToken) -> Child {
+        command(&self.bins.agent, self.data.path(), &self.db_url)
+            .args([
+                "run",
+                "--relay",
+                &self.tunnel_url(),
+                "--target",
+                &self.box_addr(),
+            ])
+            .env("EDGE_AGENT_TOKEN", token.expose())
+            .spawn()
+            .expect("edge-agent starts")
+    }
+
+    /// GET `path` on `device` through the api-server as the user.
+    pub async fn get(&self, device: DeviceId, path: &str) -> reqwest::Result<reqwest::Response> {
+        self.http
+            .get(self.proxy_url(device, path))
+            .header("cookie", &self.cookie)
+            .send()
+            .await
+    }
+
+    /// Status of `GET /api/info` on `device` (0: no answer).
+    pub async fn info_status(&self, device: DeviceId) -> u16 {
+        self.get(device, "/api/info")
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+
+    /// Wait (bounded) until `device` answers 200 through the api-server.
+    pub async fn wait_reachable(&self, device: DeviceId) {
+        within("device reachable through the api-server", async {
+            while self.info_status(device).await != 200 {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+        .await;
+    }
+
+    /// The relay's metrics page.
+    pub async fn relay_metrics(&self) -> String {
+        self.http
+            .get(format!(
+                "http://127.0.0.1:{}/metrics",
+                self.relay_metrics_port
+            ))
+            .send()
+            .await
+            .expect("relay metrics answer")
+            .text()
+            .await
+            .expect("relay metrics body")
+    }
+
+    /// An unlabelled relay metric, e.g. `edge_relay_streams_open`.
+    pub async fn relay_metric(&self, name: &str) -> f64 {
+        let page = self.relay_metrics().await;
+        metric(&page, name).unwrap_or_else(|| panic!("no {name} in the relay's metrics"))
+    }
+
+    /// SIGKILL the relay and wait for it to be gone.
+    pub async fn kill_relay(&mut self) {
+        self.relay.start_kill().expect("kill relay");
+        let _ = self.relay.wait().await;
+    }
+
+    /// Start the relay again on its ports.
+    pub async fn restart_relay(&mut self) {
+        self.relay = spawn_relay(
+            &self.bins.relay,
+            self.data.path(),
+            &self.db_url,
+            self.tunnel_port,
+            self.internal_port,
+            self.relay_metrics_port,
+        );
+        wait_port(self.internal_port).await;
+    }
+
+    /// SIGKILL the api-server and wait for it to be gone.
+    pub async fn kill_api(&mut self) {
+        self.api.start_kill().expect("kill api-server");
+        let _ = self.api.wait().await;
+    }
+
+    /// Start the api-server again on its port.
+    pub async fn restart_api(&mut self) {
+        let args: Vec<&str> = self.api_args.iter().map(String::as_str).collect();
+        self.api = spawn_api(
+            &self.bins.api,
+            self.data.path(),
+            &self.db_url,
+            self.api_port,
+            self.internal_port,
+            &args,
+        );
+        wait_port(self.api_port).await;
+    }
+}
+
+fn command(bin: &Path, data: &Path, db_url: &str) -> Command {
+    let mut c = Command::new(bin);
+    c.env("EDGE_DATA_DIR", data)
+        .env("EDGE_DATABASE_URL", db_url)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
+fn spawn_relay(
+    bin: &Path,
+    data: &Path,
+    db_url: &str,
+    tunnel: u16,
+    internal: u16,
+    metrics: u16,
+) -> Child {
+    command(bin, data, db_url)
+        .args(["--tunnel-listen", &format!("127.0.0.1:{tunnel}")])
+        .args(["--internal-listen", &format!("127.0.0.1:{internal}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+        .args(["--max-connections-per-client", "0"])
+        .args(["--max-tunnels-per-owner", "10000"])
+        .spawn()
+        .expect("remote-proxy starts")
+}
+
+fn spawn_api(
+    bin: &Path,
+    data: &Path,
+    db_url: &str,
+    port: u16,
+    internal: u16,
+    extra: &[&str],
+) -> Child {
+    command(bin, data, db_url)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--relay-url", &format!("http://127.0.0.1:{internal}")])
+        .args(["--cookie-insecure", "--oidc-issuer", "http://127.0.0.1:9"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(["--max-connections-per-client", "0"])
+        .args(extra)
+        .spawn()
+        .expect("api-server starts")
+}
