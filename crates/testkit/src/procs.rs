@@ -112,12 +112,20 @@ pub struct ProcStack {
     pub cookie: String,
     pub http: reqwest::Client,
     api_args: Vec<String>,
+    relay_args: Vec<String>,
+}
+
+/// Extra command-line arguments of the servers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Args<'a> {
+    pub api: &'a [&'a str],
+    pub relay: &'a [&'a str],
 }
 
 impl ProcStack {
-    /// Start everything on `db_url` (a fresh SQLite file when `None`);
-    /// `api_args` are added to the api-server's command line.
-    pub async fn start(bins: Binaries, db_url: Option<String>, api_args: &[&str]) -> Self {
+    /// Start everything on `db_url` (a fresh SQLite file when `None`),
+    /// with `args` added to the servers' command lines.
+    pub async fn start(bins: Binaries, db_url: Option<String>, args: Args<'_>) -> Self {
         let data = tempfile::tempdir().expect("tempdir");
         let db_url =
             db_url.unwrap_or_else(|| format!("sqlite://{}", data.path().join("edge.db").display()));
@@ -135,9 +143,8 @@ impl ProcStack {
                 &bins.relay,
                 data.path(),
                 &db_url,
-                tunnel_port,
-                internal_port,
-                relay_metrics_port,
+                [tunnel_port, internal_port, relay_metrics_port],
+                args.relay,
             ),
             api: spawn_api(
                 &bins.api,
@@ -145,7 +152,7 @@ impl ProcStack {
                 &db_url,
                 api_port,
                 internal_port,
-                api_args,
+                args.api,
             ),
             sim_box: command(&bins.sim_box, data.path(), &db_url)
                 .args(["--listen", &format!("127.0.0.1:{box_port}")])
@@ -164,7 +171,8 @@ impl ProcStack {
                 .no_proxy()
                 .build()
                 .expect("http client"),
-            api_args: api_args.iter().map(|s| (*s).to_owned()).collect(),
+            api_args: args.api.iter().map(|s| (*s).to_owned()).collect(),
+            relay_args: args.relay.iter().map(|s| (*s).to_owned()).collect(),
             db_url,
             data,
         };
@@ -291,6 +299,30 @@ impl ProcStack {
         .await;
     }
 
+    /// Wait (bounded) until the api-server lists `device` as online
+    /// (without sending the box a request).
+    pub async fn wait_online_listed(&self, device: DeviceId) {
+        within("device listed online", async {
+            loop {
+                let view: Option<serde_json::Value> = match self
+                    .http
+                    .get(self.api_url(&format!("/api/devices/{device}")))
+                    .header("cookie", &self.cookie)
+                    .send()
+                    .await
+                {
+                    Ok(res) => res.json().await.ok(),
+                    Err(_) => None,
+                };
+                if view.is_some_and(|v| v["status"] == "online") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+        .await;
+    }
+
     /// The relay's metrics page.
     pub async fn relay_metrics(&self) -> String {
         self.http
@@ -320,13 +352,17 @@ impl ProcStack {
 
     /// Start the relay again on its ports.
     pub async fn restart_relay(&mut self) {
+        let args: Vec<&str> = self.relay_args.iter().map(String::as_str).collect();
         self.relay = spawn_relay(
             &self.bins.relay,
             self.data.path(),
             &self.db_url,
-            self.tunnel_port,
-            self.internal_port,
-            self.relay_metrics_port,
+            [
+                self.tunnel_port,
+                self.internal_port,
+                self.relay_metrics_port,
+            ],
+            &args,
         );
         wait_port(self.internal_port).await;
     }
@@ -362,20 +398,16 @@ fn command(bin: &Path, data: &Path, db_url: &str) -> Command {
     c
 }
 
-fn spawn_relay(
-    bin: &Path,
-    data: &Path,
-    db_url: &str,
-    tunnel: u16,
-    internal: u16,
-    metrics: u16,
-) -> Child {
+/// A relay on `[tunnel, internal, metrics]` ports.
+fn spawn_relay(bin: &Path, data: &Path, db_url: &str, ports: [u16; 3], extra: &[&str]) -> Child {
+    let [tunnel, internal, metrics] = ports;
     command(bin, data, db_url)
         .args(["--tunnel-listen", &format!("127.0.0.1:{tunnel}")])
         .args(["--internal-listen", &format!("127.0.0.1:{internal}")])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
         .args(["--max-connections-per-client", "0"])
         .args(["--max-tunnels-per-owner", "10000"])
+        .args(extra)
         .spawn()
         .expect("remote-proxy starts")
 }
