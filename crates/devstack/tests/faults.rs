@@ -307,10 +307,7 @@ async fn postgres_stopped_answers_503_keeps_tunnels_and_recovers_without_restart
         Args::default(),
     )
     .await;
-    let (dev, token) = stack.device("steady").await;
-    let stop = CancellationToken::new();
-    tokio::spawn(edge_agent::run(stack.agent_settings(), token, stop.clone()));
-    stack.wait_reachable(dev).await;
+    let (dev, stop) = stack.online_device("steady").await;
     let accepted = stack.relay_metric("edge_relay_tunnels_online").await;
     assert_eq!(accepted, 1.0);
     let connects = |page: &str| {
@@ -413,10 +410,7 @@ async fn a_file_size_limit_on_the_audit_writer_is_reported_and_loses_nothing() {
         },
     )
     .await;
-    let (dev, token) = stack.device("audited").await;
-    let stop = CancellationToken::new();
-    tokio::spawn(edge_agent::run(stack.agent_settings(), token, stop.clone()));
-    stack.wait_reachable(dev).await;
+    let (dev, stop) = stack.online_device("audited").await;
     let mut served = 1;
     for _ in 0..3 {
         assert_eq!(stack.info_status(dev).await, 200);
@@ -528,10 +522,7 @@ const PER_CONNECTION_KIB: u64 = 8 * 1024;
 async fn clients_that_read_nothing_hold_bounded_memory_and_block_no_one_else() {
     testkit::init_logs();
     let stack = ProcStack::start(bins(), None, Args::default()).await;
-    let (dev, token) = stack.device("big").await;
-    let stop = CancellationToken::new();
-    tokio::spawn(edge_agent::run(stack.agent_settings(), token, stop.clone()));
-    stack.wait_reachable(dev).await;
+    let (dev, stop) = stack.online_device("big").await;
     let before = settled_rss(&stack).await;
     // Each asks for 1 GiB and reads none of it.
     let mut stalled = Vec::new();

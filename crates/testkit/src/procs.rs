@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 use store::{NewDevice, Store};
 use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
 
 /// A free loopback port (bound, then released, so a child can take it).
 pub fn free_port() -> u16 {
@@ -250,6 +251,16 @@ impl ProcStack {
             .await
             .expect("credential");
         (dev.id, token)
+    }
+
+    /// A device with an in-process agent, reachable through the api-server;
+    /// cancel the token to stop the agent.
+    pub async fn online_device(&self, name: &str) -> (DeviceId, CancellationToken) {
+        let (dev, token) = self.device(name).await;
+        let stop = CancellationToken::new();
+        tokio::spawn(edge_agent::run(self.agent_settings(), token, stop.clone()));
+        self.wait_reachable(dev).await;
+        (dev, stop)
     }
 
     /// Agent settings for this stack's relay and box.
