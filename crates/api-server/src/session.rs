@@ -104,6 +104,22 @@ pub async fn start_login_session(
     Ok(set_cookie(secure, name, &value, lifetime / 1000))
 }
 
+/// The `Cookie` request header value (`name=value`) that presents session
+/// `id`, signed until `expires` (Unix ms): what a browser sends after login,
+/// for programs and harnesses that hold a session made in the store.
+pub fn session_cookie_pair(
+    cookies: &auth::CookieKeys,
+    secure: bool,
+    id: &SessionId,
+    expires: i64,
+) -> String {
+    let name = cookie_name(secure);
+    format!(
+        "{name}={}",
+        cookies.sign(name, SESSION_PURPOSE, id.expose(), expires)
+    )
+}
+
 /// The value of cookie `name` in the request, if present.
 pub fn read_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     headers

@@ -150,16 +150,7 @@ async fn main() -> Result<()> {
     store
         .create_session(&sid.hash(), "bench", user.id, now, now + 3_600_000, None)
         .await?;
-    let cookie_name = api_server::session::cookie_name(false);
-    let cookie = format!(
-        "{cookie_name}={}",
-        cookies.sign(
-            cookie_name,
-            api_server::session::SESSION_PURPOSE,
-            sid.expose(),
-            now + 3_600_000
-        )
-    );
+    let cookie = api_server::session::session_cookie_pair(&cookies, false, &sid, now + 3_600_000);
     let dev = store
         .create_device(
             user.id,

@@ -421,16 +421,7 @@ async fn main() -> Result<()> {
     store
         .create_session(&sid.hash(), "soak", user.id, now, now + lifetime, None)
         .await?;
-    let name = api_server::session::cookie_name(false);
-    let cookie = format!(
-        "{name}={}",
-        cookies.sign(
-            name,
-            api_server::session::SESSION_PURPOSE,
-            sid.expose(),
-            now + lifetime
-        )
-    );
+    let cookie = api_server::session::session_cookie_pair(&cookies, false, &sid, now + lifetime);
 
     // Pair every device through the real exchange (a few codes at a time:
     // a user may hold only so many pending codes).

@@ -200,16 +200,7 @@ async fn two_relays_and_two_api_servers_survive_a_relay_kill_and_a_redis_outage(
         .create_session(&sid.hash(), "cluster", user.id, now, now + 3_600_000, None)
         .await
         .unwrap();
-    let name = api_server::session::cookie_name(false);
-    let cookie = format!(
-        "{name}={}",
-        cookies.sign(
-            name,
-            api_server::session::SESSION_PURPOSE,
-            sid.expose(),
-            now + 3_600_000
-        )
-    );
+    let cookie = api_server::session::session_cookie_pair(&cookies, false, &sid, now + 3_600_000);
 
     // 100 Rust agents that know both relays, and one Go device on B.
     let stop_agents = CancellationToken::new();

@@ -196,16 +196,7 @@ impl ProcStack {
             .create_session(&sid.hash(), "faults", self.user, now, now + 3_600_000, None)
             .await
             .expect("session");
-        let name = api_server::session::cookie_name(false);
-        format!(
-            "{name}={}",
-            cookies.sign(
-                name,
-                api_server::session::SESSION_PURPOSE,
-                sid.expose(),
-                now + 3_600_000
-            )
-        )
+        api_server::session::session_cookie_pair(&cookies, false, &sid, now + 3_600_000)
     }
 
     pub fn tunnel_url(&self) -> String {
