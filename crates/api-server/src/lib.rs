@@ -25,7 +25,7 @@ pub mod state;
 pub mod system;
 
 pub use router::build_app;
-pub use state::AppState;
+pub use state::{AppParts, AppState};
 
 use auth::{CookieKey, CookieKeys};
 use config::Config;
@@ -145,7 +145,7 @@ pub async fn run_on(
         settings.proxy_connect_timeout,
         settings.box_idle,
     );
-    let state = AppState {
+    let state = AppState::from(AppParts {
         audit,
         store,
         directory,
@@ -157,7 +157,7 @@ pub async fn run_on(
         access_changes: Arc::default(),
         pairing_key,
         metrics: metrics::ApiMetrics::default(),
-    };
+    });
     if let Some(addr) = config.metrics_listen.0 {
         edge_core::metrics::spawn(addr, state.exposition(), shutdown.clone())
             .await

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tunnel::dial::{dial, DialError};
 use tunnel::pump::{self, Activity, PumpConfig};
-use tunnel::{session, StreamHandle, WebSocketConfig};
+use tunnel::{session, StreamHandle};
 
 const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -110,7 +110,7 @@ pub async fn run(settings: AgentSettings, token: DeviceToken, shutdown: Cancella
         let mut floor = Duration::ZERO;
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = dial(relay, &token, &agent, WebSocketConfig::default(), settings.tls.clone()) => r,
+            r = dial(relay, &token, &agent, tunnel::upgrade::agent_ws_config(), settings.tls.clone()) => r,
         };
         match attempt {
             Ok(ws) => {

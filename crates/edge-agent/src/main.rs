@@ -7,7 +7,9 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
+/// One thread: the agent drives a single tunnel and pipes its streams, so
+/// tasks never wake one another across threads (ADR 016).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let cli = edge_agent::config::Cli::parse();
     edge_core::telemetry::init(cli.log_format);

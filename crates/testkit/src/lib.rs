@@ -21,7 +21,7 @@ pub mod statements;
 pub mod tls;
 
 use api_server::config::Settings;
-use api_server::AppState;
+use api_server::{AppParts, AppState};
 use auth::{CookieKey, CookieKeys};
 use directory::{NodeId, RelayDirectory, StaticNode};
 use edge_core::{DeviceId, DeviceToken, Secret, UserId};
@@ -455,7 +455,7 @@ impl Stack {
             pairing_limits.per_address.share(shared.clone());
             pairing_limits.global.share(shared);
         }
-        let state = AppState {
+        let state = AppState::from(AppParts {
             audit,
             store: store.clone(),
             directory,
@@ -467,7 +467,7 @@ impl Stack {
             access_changes: Arc::default(),
             pairing_key: Secret::random(32),
             metrics: Default::default(),
-        };
+        });
         tokio::spawn(edge_core::serve::serve(
             api,
             api_server::build_app(state.clone()),

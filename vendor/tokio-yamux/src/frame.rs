@@ -10,6 +10,9 @@ use crate::{
     HEADER_SIZE, PROTOCOL_VERSION, RESERVED_STREAM_ID, StreamId, config::INITIAL_STREAM_WINDOW,
 };
 
+/// Patched: the most the decoder reserves at once for a data frame's body.
+const MAX_BODY_RESERVE: usize = 64 * 1024;
+
 /// The base message type is frame
 #[derive(Debug, Eq, PartialEq)]
 pub struct Frame {
@@ -317,6 +320,11 @@ impl Decoder for FrameCodec {
         let body = if header.ty == Type::Data {
             if src.len() < header.length as usize {
                 trace!("not enough data for decode body");
+                // Patched: make room for the rest of the body (up to
+                // 64 KiB at a time) so it is read in few large reads into a
+                // buffer that starts empty, not grown a few bytes at a time.
+                let missing = header.length as usize - src.len();
+                src.reserve(missing.min(MAX_BODY_RESERVE));
                 self.unused_data_header = Some(header);
                 return Ok(None);
             } else {

@@ -40,6 +40,9 @@ use crate::{
 use timer::{Interval, interval};
 
 const BUF_SHRINK_THRESHOLD: usize = u8::MAX as usize;
+/// Patched: bytes buffered for writing before `poll_ready` flushes
+/// (upstream's value, the size of its initial buffer).
+const WRITE_BACKPRESSURE_BOUNDARY: usize = 8 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The session
@@ -155,10 +158,16 @@ where
         };
         let (event_sender, event_receiver) = unbounded();
         let (control_sender, control_receiver) = channel(32);
-        let framed_stream = Framed::new(
+        // Patched: the read and write buffers start empty and grow on
+        // demand (upstream allocates 8 KiB each up front), so an idle
+        // session holds next to nothing; `release_idle_buffers` gives them
+        // back once traffic stops.
+        let mut framed_stream = Framed::with_capacity(
             raw_stream,
             FrameCodec::default().max_frame_size(config.max_stream_window_size),
+            0,
         );
+        framed_stream.set_backpressure_boundary(WRITE_BACKPRESSURE_BOUNDARY);
         #[cfg(all(target_family = "wasm", not(target_os = "unknown")))]
         let time_mock = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let keepalive = if config.enable_keepalive {
@@ -282,6 +291,22 @@ where
         Ok(())
     }
 
+    /// Patched: on each keepalive tick, give back the codec buffers that
+    /// hold nothing, so a session that was busy once and is idle now costs
+    /// no more than one that never was.
+    fn release_idle_buffers(&mut self) {
+        if self.framed_stream.read_buffer().is_empty()
+            && self.framed_stream.read_buffer().capacity() > 0
+        {
+            *self.framed_stream.read_buffer_mut() = bytes::BytesMut::new();
+        }
+        if self.framed_stream.write_buffer().is_empty()
+            && self.framed_stream.write_buffer().capacity() > 0
+        {
+            *self.framed_stream.write_buffer_mut() = bytes::BytesMut::new();
+        }
+    }
+
     /// Open a new stream to remote session
     pub fn open_stream(&mut self) -> Result<StreamHandle, Error> {
         if self.is_dead() {
@@ -379,7 +404,10 @@ where
                 }
             }
         }
-        self.poll_complete(cx)?;
+        // Patched: no flush here. Frames are encoded into the write buffer
+        // as they come and `poll_next` flushes once per turn, so the frames
+        // one turn produces (many streams' data, window updates, ping
+        // answers) leave in one write instead of one write each.
         Ok(false)
     }
 
@@ -651,6 +679,8 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<Option<Self::Item>> {
         if self.is_dead() {
             debug!("yamux::Session finished because is_dead");
+            // Patched: what an earlier turn encoded still goes out.
+            let _ignore = self.poll_complete(cx);
             return Poll::Ready(None);
         }
 
@@ -669,6 +699,7 @@ where
             match Pin::new(interval).as_mut().poll_next(cx) {
                 Poll::Ready(Some(_)) => {
                     keep_alive_wake = true;
+                    self.release_idle_buffers();
                     if self.local_go_away {
                         // The remote peer has not responded to our sent go away code.
                         // Assume that remote peer has gone away and this session should be closed.
@@ -690,6 +721,8 @@ where
         for _ in 0..16 {
             if self.is_dead() {
                 debug!("yamux::Session finished because is_dead, end");
+                // Patched: what this turn encoded still goes out.
+                let _ignore = self.poll_complete(cx);
                 return Poll::Ready(None);
             }
 
@@ -723,6 +756,9 @@ where
                 need_wake = true;
             }
         }
+
+        // Patched: one flush for every frame this turn encoded.
+        self.poll_complete(cx)?;
 
         if need_wake || keep_alive_wake {
             // To ensure we do not starve other tasks waiting on the executor,
