@@ -8,7 +8,7 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// One thread: the agent drives a single tunnel and pipes its streams, so
-/// tasks never wake one another across threads (ADR 016).
+/// tasks never wake one another across threads (ADR 020).
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let cli = edge_agent::config::Cli::parse();

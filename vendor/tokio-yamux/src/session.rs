@@ -295,16 +295,13 @@ where
     /// hold nothing, so a session that was busy once and is idle now costs
     /// no more than one that never was.
     fn release_idle_buffers(&mut self) {
-        if self.framed_stream.read_buffer().is_empty()
-            && self.framed_stream.read_buffer().capacity() > 0
-        {
-            *self.framed_stream.read_buffer_mut() = bytes::BytesMut::new();
+        fn release(buf: &mut bytes::BytesMut) {
+            if buf.is_empty() && buf.capacity() > 0 {
+                *buf = bytes::BytesMut::new();
+            }
         }
-        if self.framed_stream.write_buffer().is_empty()
-            && self.framed_stream.write_buffer().capacity() > 0
-        {
-            *self.framed_stream.write_buffer_mut() = bytes::BytesMut::new();
-        }
+        release(self.framed_stream.read_buffer_mut());
+        release(self.framed_stream.write_buffer_mut());
     }
 
     /// Open a new stream to remote session
