@@ -37,7 +37,7 @@ struct Cli {
     #[arg(long, default_value_t = 512)]
     bulk_mib: u64,
     /// Small requests per path in the latency runs.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 40_000)]
     requests: usize,
     /// Concurrent connections in the latency runs.
     #[arg(long, default_value_t = 64)]
@@ -46,7 +46,7 @@ struct Cli {
     #[arg(long, default_value_t = 10_000)]
     idle_tunnels: usize,
     /// Rounds over all paths; each figure is the median of its rounds.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// The rathole binary (default: `rathole` on PATH).
     #[arg(long)]

@@ -58,6 +58,11 @@ struct Cli {
     /// Bytes in each checked download and upload.
     #[arg(long, default_value_t = 256 * 1024)]
     transfer_bytes: usize,
+    /// Log filter of the servers and agent processes (their log lines go
+    /// to this program's stderr); `error,api_server::box_client=debug`
+    /// says why each box request failed.
+    #[arg(long, default_value = "error")]
+    server_log: String,
 }
 
 /// Extra time after a fault ends (the device answered again) during which
@@ -380,7 +385,7 @@ async fn main() -> Result<()> {
     let target = format!("127.0.0.1:{box_port}");
     let env = [
         ("EDGE_DATA_DIR", data.path().to_str().context("path")?),
-        ("RUST_LOG", "error"),
+        ("RUST_LOG", cli.server_log.as_str()),
     ];
     let mut procs = Procs::default();
     let relay_cmd = || -> Result<Child> {
@@ -391,7 +396,7 @@ async fn main() -> Result<()> {
             .args(["--max-connections-per-client", "0"])
             .args(["--max-tunnels-per-owner", &(cli.devices + 16).to_string()])
             .envs(env)
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(std::io::stderr()))
             .kill_on_drop(true)
             .spawn()?)
     };
@@ -405,14 +410,14 @@ async fn main() -> Result<()> {
         .args(["--max-connections-per-client", "0"])
         .args(["--max-devices-per-user", &(cli.devices + 16).to_string()])
         .envs(env)
-        .stdout(Stdio::null())
+        .stdout(Stdio::from(std::io::stderr()))
         .kill_on_drop(true)
         .spawn()?;
     procs.keep(
         Command::new(bin(&bindir, "sim-box")?)
             .args(["--listen", &target])
             .envs(env)
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(std::io::stderr()))
             .spawn()?,
     )?;
     wait_port(api_port).await?;
@@ -491,7 +496,7 @@ async fn main() -> Result<()> {
                     .args(["--backoff-max-ms", "5000"])
                     .env("EDGE_AGENT_TOKEN", d.token.expose())
                     .envs(env)
-                    .stdout(Stdio::null())
+                    .stdout(Stdio::from(std::io::stderr()))
                     .kill_on_drop(true)
                     .spawn()?,
             )

@@ -1,16 +1,21 @@
 //! The HTTP/1.1 accept loop every listener of the platform uses: a connection
 //! limit overall and per client address (429 JSON beyond it), optional TLS,
 //! a header-read (handshake) timeout and size bound, the client address of
-//! each request ([`ClientIp`]), upgrades, and a graceful drain when the
+//! each request ([`ClientIp`]), upgrades, `Connection: close` on an answer
+//! given before the request body was read, and a graceful drain when the
 //! shutdown token fires. Nothing slow runs on the
 //! accept path: the TLS handshake runs in the connection's own task, under
 //! the same timeout as reading the request head.
 
 use axum::extract::ConnectInfo;
 use axum::Router;
-use hyper::body::Incoming;
+use http::HeaderValue;
+use hyper::body::{Body as _, Bytes, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -214,7 +219,18 @@ async fn serve_connection<I>(
         let client = ClientIp(trusted.client_ip(remote.ip(), req.headers()));
         req.extensions_mut().insert(ConnectInfo(remote));
         req.extensions_mut().insert(client);
-        app.clone().oneshot(req.map(axum::body::Body::new))
+        let (req, read) = ReadToEnd::wrap(req);
+        let answer = app.clone().oneshot(req);
+        async move {
+            let mut res = answer.await?;
+            if read.is_some_and(|r| !r.load(Ordering::Acquire))
+                && res.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                res.headers_mut()
+                    .insert(http::header::CONNECTION, CLOSE.clone());
+            }
+            Ok::<_, std::convert::Infallible>(res)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -232,5 +248,57 @@ async fn serve_connection<I>(
     };
     if let Err(err) = result {
         tracing::debug!(error = %err, %remote, "connection ended with error");
+    }
+}
+
+static CLOSE: HeaderValue = HeaderValue::from_static("close");
+
+/// A request body that records when it has been read to its end. hyper
+/// closes a connection whose request body was left unread, but it may
+/// already have sent the answer as keep-alive; a client that reuses the
+/// connection then loses its next request to the close. An answer sent
+/// before the body was read therefore says `Connection: close` itself.
+struct ReadToEnd {
+    inner: Incoming,
+    read: Arc<AtomicBool>,
+}
+
+impl ReadToEnd {
+    /// `req` with its body wrapped, and the flag that says it was read;
+    /// no flag (and no wrapper) when the request has no body.
+    fn wrap(
+        req: http::Request<Incoming>,
+    ) -> (http::Request<axum::body::Body>, Option<Arc<AtomicBool>>) {
+        if req.body().is_end_stream() {
+            return (req.map(axum::body::Body::new), None);
+        }
+        let read = Arc::new(AtomicBool::new(false));
+        let flag = read.clone();
+        let req = req.map(|inner| axum::body::Body::new(Self { inner, read: flag }));
+        (req, Some(read))
+    }
+}
+
+impl hyper::body::Body for ReadToEnd {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
