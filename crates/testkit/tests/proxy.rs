@@ -360,26 +360,15 @@ async fn a_request_id_runs_from_the_error_body_to_both_servers_logs() {
     assert_eq!(body["error"]["request_id"], made.as_str());
 }
 
-/// An error answered before the request body was read closes the
-/// connection and says so (`Connection: close`), so a keep-alive client
-/// never sends its next request into a connection the server is closing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_error_before_the_body_was_read_says_connection_close() {
+/// Write `request` (head and, after it, `body`) on a fresh connection to
+/// the api-server; its answer's head, lower-cased.
+async fn raw_answer_head(stack: &Stack, request: &str, body: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let stack = Stack::start().await;
-    let alice = stack.user("alice").await;
-    let dev = stack.device(alice.id).await;
-    let path = format!("/api/devices/{}/proxy/test/upload", dev.id);
-
     let mut tcp = tokio::net::TcpStream::connect(stack.api_addr)
         .await
         .unwrap();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nCookie: {}\r\nX-CSRF: 1\r\nContent-Length: 1048576\r\n\r\n",
-        stack.api_addr, alice.cookie
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    tcp.write_all(&[7u8; 1024]).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    tcp.write_all(body).await.unwrap();
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
     while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -387,28 +376,35 @@ async fn an_error_before_the_body_was_read_says_connection_close() {
         assert!(n > 0, "closed before answering");
         answer.extend_from_slice(&buf[..n]);
     }
-    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    String::from_utf8_lossy(&answer).to_ascii_lowercase()
+}
+
+/// An error answered before the request body was read closes the
+/// connection and says so (`Connection: close`), so a keep-alive client
+/// never sends its next request into a connection the server is closing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_before_the_body_was_read_says_connection_close() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let dev = stack.device(alice.id).await;
+
+    // 1 MiB announced, 1 KiB sent: the offline device is refused first.
+    let upload = format!(
+        "POST /api/devices/{}/proxy/test/upload HTTP/1.1\r\nHost: {}\r\nCookie: {}\r\nX-CSRF: 1\r\nContent-Length: 1048576\r\n\r\n",
+        dev.id, stack.api_addr, alice.cookie
+    );
+    let text = raw_answer_head(&stack, &upload, &[7u8; 1024]).await;
     assert!(text.starts_with("http/1.1 503"), "{text}");
     assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
 
     // An error given after the body was read keeps the connection.
     let body = r#"{"code":"NOPE-NOPE","name":"x"}"#;
-    let read = format!(
-        "POST /api/pairing/exchange HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+    let exchange = format!(
+        "POST /api/pairing/exchange HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         stack.api_addr,
         body.len()
     );
-    let mut tcp = tokio::net::TcpStream::connect(stack.api_addr)
-        .await
-        .unwrap();
-    tcp.write_all(read.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = within("the answer", tcp.read(&mut buf)).await.unwrap();
-        assert!(n > 0, "closed before answering");
-        answer.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    let text = raw_answer_head(&stack, &exchange, body.as_bytes()).await;
     assert!(text.starts_with("http/1.1 4"), "{text}");
     assert!(!text.contains("connection: close"), "{text}");
 }
