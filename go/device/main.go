@@ -1,8 +1,9 @@
 // Command edge-go-device is a test peer that behaves like the Go devices in
 // the field: it dials the relay with gorilla/websocket, runs a
 // hashicorp/yamux *server* session over the WebSocket byte stream, and
-// serves HTTP on the streams the relay opens (http.Serve(session, mux)).
-// It exposes the same test endpoints as the Rust sim-box.
+// serves HTTP on the streams the relay opens (http.Serve over the session,
+// each stream wrapped so a read deadline interrupts a pending Read: see
+// deadlineListener). It exposes the same test endpoints as the Rust sim-box.
 //
 // Build in GOPATH mode against Debian's packages:
 //
@@ -254,5 +255,106 @@ func runOnce(dialer websocket.Dialer, relay string, hdr http.Header) error {
 		return fmt.Errorf("yamux: %v", err)
 	}
 	fmt.Println("connected")
-	return http.Serve(session, mux())
+	return http.Serve(deadlineListener{session}, mux())
+}
+
+// deadlineListener hands net/http streams whose SetReadDeadline interrupts
+// a Read in progress. net/http keeps a background read pending on every
+// connection and, before a Hijack (a WebSocket upgrade), aborts it with
+// SetReadDeadline(past) and waits for it to return. Debian's
+// hashicorp/yamux looks at the deadline only when a Read starts, so that
+// wait lasted until the client sent more bytes: after the request of an
+// upgrade it sends none, and the upgrade hung until the proxy's first-byte
+// timeout (about one upgrade in thirty; later yamux releases wake a
+// blocked Read on a deadline change). A device built the same way has the
+// same hang; nothing on the wire can wake it.
+type deadlineListener struct{ net.Listener }
+
+func (l deadlineListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return newDeadlineConn(c), nil
+}
+
+type readResult struct {
+	data []byte
+	err  error
+}
+
+// deadlineConn reads its stream in one goroutine and lets Read wait on
+// either the next chunk or a deadline, re-armed whenever it changes.
+type deadlineConn struct {
+	net.Conn
+	chunks  chan readResult
+	once    sync.Once
+	mu      sync.Mutex
+	changed chan struct{}
+	until   time.Time
+	rest    []byte
+	failed  error
+}
+
+func newDeadlineConn(c net.Conn) *deadlineConn {
+	return &deadlineConn{Conn: c, chunks: make(chan readResult, 1), changed: make(chan struct{})}
+}
+
+func (c *deadlineConn) pump() {
+	for {
+		buf := make([]byte, 32*1024)
+		n, err := c.Conn.Read(buf)
+		c.chunks <- readResult{buf[:n], err}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (c *deadlineConn) Read(p []byte) (int, error) {
+	c.once.Do(func() { go c.pump() })
+	if len(c.rest) == 0 && c.failed == nil {
+		for {
+			c.mu.Lock()
+			until, changed := c.until, c.changed
+			c.mu.Unlock()
+			timer := time.NewTimer(time.Hour)
+			if !until.IsZero() {
+				timer.Reset(time.Until(until))
+			} else {
+				timer.Stop()
+			}
+			select {
+			case r := <-c.chunks:
+				timer.Stop()
+				c.rest, c.failed = r.data, r.err
+			case <-timer.C:
+				return 0, os.ErrDeadlineExceeded
+			case <-changed:
+				timer.Stop()
+				continue
+			}
+			break
+		}
+	}
+	if len(c.rest) > 0 {
+		n := copy(p, c.rest)
+		c.rest = c.rest[n:]
+		return n, nil
+	}
+	return 0, c.failed
+}
+
+func (c *deadlineConn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	c.until = t
+	close(c.changed)
+	c.changed = make(chan struct{})
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *deadlineConn) SetDeadline(t time.Time) error {
+	c.SetReadDeadline(t)
+	return c.Conn.SetWriteDeadline(t)
 }
