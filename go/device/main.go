@@ -289,6 +289,8 @@ type deadlineConn struct {
 	net.Conn
 	chunks  chan readResult
 	once    sync.Once
+	closing sync.Once
+	done    chan struct{}
 	mu      sync.Mutex
 	changed chan struct{}
 	until   time.Time
@@ -297,18 +299,33 @@ type deadlineConn struct {
 }
 
 func newDeadlineConn(c net.Conn) *deadlineConn {
-	return &deadlineConn{Conn: c, chunks: make(chan readResult, 1), changed: make(chan struct{})}
+	return &deadlineConn{
+		Conn:    c,
+		chunks:  make(chan readResult, 1),
+		done:    make(chan struct{}),
+		changed: make(chan struct{}),
+	}
 }
 
 func (c *deadlineConn) pump() {
 	for {
 		buf := make([]byte, 32*1024)
 		n, err := c.Conn.Read(buf)
-		c.chunks <- readResult{buf[:n], err}
+		select {
+		case c.chunks <- readResult{buf[:n], err}:
+		case <-c.done:
+			return
+		}
 		if err != nil {
 			return
 		}
 	}
+}
+
+// Close ends the stream and the reading goroutine with it.
+func (c *deadlineConn) Close() error {
+	c.closing.Do(func() { close(c.done) })
+	return c.Conn.Close()
 }
 
 func (c *deadlineConn) Read(p []byte) (int, error) {
