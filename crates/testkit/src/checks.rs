@@ -1,6 +1,7 @@
 //! The request battery run through the proxy route against any device (the
 //! Rust agent with the sim box, or the Go peer): JSON, a large download and
-//! upload with SHA-256, a WebSocket echo, and many concurrent requests.
+//! upload with SHA-256, a WebSocket echo, and many concurrent requests;
+//! and reading one raw HTTP/1.1 response off a socket.
 
 use crate::{within, Stack, TestUser};
 use edge_core::DeviceId;
@@ -131,4 +132,34 @@ pub fn error_shape(body: &[u8]) -> String {
         }
         Err(_) => String::from_utf8_lossy(body).into_owned(),
     }
+}
+
+/// Read one HTTP response (head, and body up to its `Content-Length`)
+/// from `tcp`; what arrived before EOF or an error if it ends sooner.
+pub async fn read_response(tcp: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 4096];
+    let mut out = Vec::new();
+    loop {
+        let n = tcp.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

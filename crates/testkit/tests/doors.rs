@@ -11,6 +11,7 @@
 use edge_core::serve::ServeOptions;
 use http::Method;
 use std::time::Duration;
+use testkit::checks::read_response;
 use testkit::{within, Stack, StackOptions, TestUser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -99,34 +100,6 @@ async fn oversized_bodies_get_413_json() {
     assert_eq!(json(res).await["error"]["code"], "bad_request");
     let res = post_exchange(&stack, "text/plain", "{}".into()).await;
     assert_eq!(res.status(), 415);
-}
-
-/// Read one HTTP response (head and body, up to `limit`) from `tcp`.
-async fn read_response(tcp: &mut TcpStream) -> String {
-    let mut buf = vec![0u8; 4096];
-    let mut out = Vec::new();
-    loop {
-        let n = tcp.read(&mut buf).await.unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&out);
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                })
-                .unwrap_or(0);
-            if body.len() >= len {
-                break;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

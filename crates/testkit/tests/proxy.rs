@@ -361,22 +361,17 @@ async fn a_request_id_runs_from_the_error_body_to_both_servers_logs() {
 }
 
 /// Write `request` (head and, after it, `body`) on a fresh connection to
-/// the api-server; its answer's head, lower-cased.
-async fn raw_answer_head(stack: &Stack, request: &str, body: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// the api-server; its answer, lower-cased.
+async fn raw_answer(stack: &Stack, request: &str, body: &[u8]) -> String {
+    use tokio::io::AsyncWriteExt;
     let mut tcp = tokio::net::TcpStream::connect(stack.api_addr)
         .await
         .unwrap();
     tcp.write_all(request.as_bytes()).await.unwrap();
     tcp.write_all(body).await.unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = within("the answer", tcp.read(&mut buf)).await.unwrap();
-        assert!(n > 0, "closed before answering");
-        answer.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&answer).to_ascii_lowercase()
+    within("the answer", checks::read_response(&mut tcp))
+        .await
+        .to_ascii_lowercase()
 }
 
 /// An error answered before the request body was read closes the
@@ -393,7 +388,7 @@ async fn an_error_before_the_body_was_read_says_connection_close() {
         "POST /api/devices/{}/proxy/test/upload HTTP/1.1\r\nHost: {}\r\nCookie: {}\r\nX-CSRF: 1\r\nContent-Length: 1048576\r\n\r\n",
         dev.id, stack.api_addr, alice.cookie
     );
-    let text = raw_answer_head(&stack, &upload, &[7u8; 1024]).await;
+    let text = raw_answer(&stack, &upload, &[7u8; 1024]).await;
     assert!(text.starts_with("http/1.1 503"), "{text}");
     assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
 
@@ -404,7 +399,7 @@ async fn an_error_before_the_body_was_read_says_connection_close() {
         stack.api_addr,
         body.len()
     );
-    let text = raw_answer_head(&stack, &exchange, body.as_bytes()).await;
+    let text = raw_answer(&stack, &exchange, body.as_bytes()).await;
     assert!(text.starts_with("http/1.1 4"), "{text}");
     assert!(!text.contains("connection: close"), "{text}");
 }
