@@ -728,13 +728,8 @@ async fn main() -> Result<()> {
         pct(&routable_again, 0.5),
         pct(&routable_again, 0.99)
     );
-    for (name, pick) in [
-        (
-            "remote-proxy",
-            (|p: (u64, u64)| p.0) as fn((u64, u64)) -> u64,
-        ),
-        ("api-server", |p: (u64, u64)| p.1),
-    ] {
+    for (i, name) in ["remote-proxy", "api-server"].into_iter().enumerate() {
+        let pick = |p: (u64, u64)| if i == 0 { p.0 } else { p.1 };
         println!(
             "RSS {name:<12} start {} KiB, after warm-up ({:.0} s) {} KiB, peak {} KiB, end {} KiB; warm-up -> end {:+.1} %",
             pick(start_rss),
