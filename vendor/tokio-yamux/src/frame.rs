@@ -12,6 +12,13 @@ use crate::{
 
 /// Patched: the most the decoder reserves at once for a data frame's body.
 const MAX_BODY_RESERVE: usize = 64 * 1024;
+/// Patched: the room the decoder keeps free for the next read once it has
+/// seen traffic, so a read takes every frame waiting on the socket. Exactly
+/// sized reads (a 12-byte header, then the body) filled the buffer each
+/// time, and a full read never tells the runtime that the socket is
+/// drained: every batch of frames cost several reads and a last one that
+/// found nothing.
+const READ_CHUNK: usize = 8 * 1024;
 
 /// The base message type is frame
 #[derive(Debug, Eq, PartialEq)]
@@ -266,6 +273,7 @@ impl Decoder for FrameCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
         trace!("FrameCodec decode src.len={}", src.len());
         if src.is_empty() {
+            src.reserve(READ_CHUNK);
             return Ok(None);
         }
         let header = match self.unused_data_header.take() {
@@ -313,6 +321,7 @@ impl Decoder for FrameCodec {
             }
             None => {
                 trace!("not enough data for decode header");
+                src.reserve(READ_CHUNK);
                 return Ok(None);
             }
         };
@@ -321,10 +330,11 @@ impl Decoder for FrameCodec {
             if src.len() < header.length as usize {
                 trace!("not enough data for decode body");
                 // Patched: make room for the rest of the body (up to
-                // 64 KiB at a time) so it is read in few large reads into a
-                // buffer that starts empty, not grown a few bytes at a time.
+                // 64 KiB at a time) and the frames behind it, so it is read
+                // in few large reads into a buffer that starts empty, not
+                // grown a few bytes at a time.
                 let missing = header.length as usize - src.len();
-                src.reserve(missing.min(MAX_BODY_RESERVE));
+                src.reserve(missing.clamp(READ_CHUNK, MAX_BODY_RESERVE));
                 self.unused_data_header = Some(header);
                 return Ok(None);
             } else {

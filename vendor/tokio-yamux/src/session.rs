@@ -85,6 +85,9 @@ pub struct Session<T> {
     pending_streams: VecDeque<StreamHandle>,
     // The buffer which will send to underlying network
     write_pending_frames: VecDeque<Frame>,
+    // Patched: the frames encoded so far wait for the runtime's next look
+    // at I/O (see `poll_next`); set while such a deferred flush is owed.
+    flush_deferred: bool,
     // The buffer which will distribute to sub streams
     read_pending_frames: VecDeque<Frame>,
 
@@ -197,6 +200,7 @@ where
             streams: HashMap::default(),
             pending_streams: VecDeque::default(),
             write_pending_frames: VecDeque::default(),
+            flush_deferred: false,
             read_pending_frames: VecDeque::default(),
             event_sender,
             event_receiver,
@@ -727,7 +731,6 @@ where
             need_wake = false;
 
             self.flush(cx)?;
-            self.poll_complete(cx)?;
 
             // Open stream as soon as possible
             if let Some(stream) = self.pending_streams.pop_front() {
@@ -754,8 +757,24 @@ where
             }
         }
 
-        // Patched: one flush for every frame this turn encoded.
-        self.poll_complete(cx)?;
+        // Patched: one flush for every frame this turn encoded, and for
+        // those the tasks that run before the runtime next polls for I/O
+        // hand it meanwhile: the first turn that leaves bytes behind defers
+        // its flush once (a deferred wake, as `yield_now` does), the next
+        // turn writes them all. Under load the requests of many streams
+        // then leave in one write instead of one write each; when nothing
+        // else is ready the wake comes at once. A session that is closing
+        // flushes at once, so its GoAway is out before its owner stops
+        // polling it.
+        if self.framed_stream.write_buffer().is_empty() {
+            self.flush_deferred = false;
+        } else if self.flush_deferred || self.local_go_away || self.remote_go_away {
+            self.flush_deferred = false;
+            self.poll_complete(cx)?;
+        } else {
+            self.flush_deferred = true;
+            defer_wake(cx);
+        }
 
         if need_wake || keep_alive_wake {
             // To ensure we do not starve other tasks waiting on the executor,
@@ -764,6 +783,15 @@ where
         }
 
         Poll::Pending
+    }
+}
+
+/// Patched: wake the task once the runtime has looked at I/O again (outside
+/// a runtime, at once).
+fn defer_wake(cx: &mut Context) {
+    let mut yielded = std::pin::pin!(tokio::task::yield_now());
+    if std::future::Future::poll(yielded.as_mut(), cx).is_ready() {
+        cx.waker().wake_by_ref();
     }
 }
 
