@@ -138,7 +138,10 @@ pub fn internal_secret(path: &std::path::Path) -> std::io::Result<Secret> {
 pub const MIN_INTERNAL_SECRET_BYTES: usize = 32;
 
 /// Read a secret from `path`, creating it (mode 0600, 256 random bits) when
-/// it does not exist yet. Two processes racing to create it read one value.
+/// it does not exist yet. Two processes racing to create it read one value,
+/// and nobody reads a file half written: the secret is written and synced
+/// in a temporary file first, then hard-linked to `path` (which fails when
+/// `path` exists, and then the existing secret is read).
 pub fn load_or_create_file(path: &std::path::Path) -> std::io::Result<Secret> {
     use std::io::Write;
     match std::fs::read_to_string(path) {
@@ -147,8 +150,15 @@ pub fn load_or_create_file(path: &std::path::Path) -> std::io::Result<Secret> {
         Err(_) => {}
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)?;
+        }
     }
+    let tmp = path.with_extension(format!(
+        "new{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -156,13 +166,15 @@ pub fn load_or_create_file(path: &std::path::Path) -> std::io::Result<Secret> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    match opts.open(path) {
-        Ok(mut file) => {
-            let secret = Secret::random(32);
-            file.write_all(secret.expose().as_bytes())?;
-            file.sync_all()?;
-            Ok(secret)
-        }
+    let secret = Secret::random(32);
+    let written = opts.open(&tmp).and_then(|mut file| {
+        file.write_all(secret.expose().as_bytes())?;
+        file.sync_all()
+    });
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(secret),
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
             non_empty(std::fs::read_to_string(path)?, path)
         }
@@ -255,6 +267,38 @@ mod file_tests {
                 .ok();
             assert_eq!(mode, Some(0o600));
         }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Racing creators and readers all get the one secret: none reads the
+    /// file between its creation and its content (a test helper did, when
+    /// it read the key of an api-server that had just bound its port).
+    #[test]
+    fn racing_creators_and_readers_all_read_one_full_secret() {
+        let dir = std::env::temp_dir().join(format!("edge-secret-{}", uuid::Uuid::new_v4()));
+        for round in 0..50 {
+            let path = dir.join(format!("s{round}"));
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+            let racers: Vec<_> = (0..6)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        load_or_create_file(&path).map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            let got: Vec<_> = racers
+                .into_iter()
+                .map(|t| t.join().expect("racer panicked"))
+                .collect();
+            let first = got[0].clone().expect("first racer");
+            for g in &got {
+                assert_eq!(g.as_ref().ok(), Some(&first), "round {round}: {got:?}");
+            }
+        }
+        let leftovers = std::fs::read_dir(&dir).map_or(0, |d| d.count());
+        assert_eq!(leftovers, 50, "temporary files were left behind");
         let _ = std::fs::remove_dir_all(dir);
     }
 
