@@ -6,6 +6,7 @@
 pub mod contract;
 pub mod dial;
 pub mod pump;
+pub mod read_ahead;
 pub mod session;
 pub mod upgrade;
 

@@ -1,7 +1,9 @@
 //! Server side of an RFC 6455 upgrade on a hyper/axum request: validate the
 //! request head, answer `101` with the accept key, and turn the upgraded
-//! connection into a `WebSocketStream` once hyper hands it over.
+//! connection into a `WebSocketStream` (reading through [`ReadAhead`]) once
+//! hyper hands it over.
 
+use crate::read_ahead::ReadAhead;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -10,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 /// The upgraded connection type handed to WebSocket code.
-pub type UpgradedWs = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub type UpgradedWs = WebSocketStream<ReadAhead<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// Why a request is not a valid WebSocket upgrade.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -71,7 +73,8 @@ pub async fn websocket(
     config: WebSocketConfig,
 ) -> Result<UpgradedWs, hyper::Error> {
     let upgraded = on_upgrade.await?;
-    Ok(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await)
+    let io = ReadAhead::new(TokioIo::new(upgraded));
+    Ok(WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await)
 }
 
 /// WebSocket settings for the relay side of a tunnel: the contract's 1 MiB
