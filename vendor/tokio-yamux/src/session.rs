@@ -406,9 +406,10 @@ where
             }
         }
         // Patched: no flush here. Frames are encoded into the write buffer
-        // as they come and `poll_next` flushes once per turn, so the frames
-        // one turn produces (many streams' data, window updates, ping
-        // answers) leave in one write instead of one write each.
+        // as they come and `poll_next` flushes at the end of a turn (the
+        // first such flush deferred once), so the frames that turns
+        // produce (many streams' data, window updates, ping answers) leave
+        // in one write instead of one write each.
         Ok(false)
     }
 
