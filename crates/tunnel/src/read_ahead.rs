@@ -5,8 +5,8 @@
 //! straight through while traffic is light; once a read fills the
 //! caller's whole request (more is waiting), it reads up to
 //! [`CHUNK`] into a buffer of its own and serves the caller from it, and
-//! gives that buffer back as soon as a read comes up short again (the
-//! burst is over). Writes pass through untouched.
+//! gives that buffer back as soon as a read comes up short or finds
+//! nothing waiting (the burst is over). Writes pass through untouched.
 
 use bytes::{Buf, BytesMut};
 use std::pin::Pin;
@@ -59,11 +59,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
         if this.buf.is_empty() {
             this.buf.reserve(CHUNK);
             let room = this.buf.capacity();
-            let n = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut this.inner),
-                cx,
-                &mut this.buf
-            ))?;
+            let polled =
+                tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.buf);
+            let Poll::Ready(n) = polled else {
+                // Nothing waiting: the burst is over, and a quiet tunnel
+                // holds no buffer.
+                this.buf = BytesMut::new();
+                this.burst = false;
+                return Poll::Pending;
+            };
+            let n = n?;
             this.burst = n == room;
             if n == 0 {
                 this.buf = BytesMut::new();
@@ -145,5 +150,28 @@ mod tests {
 
         drop(tx);
         assert_eq!(reader.read(&mut small).await.unwrap(), 0, "end of stream");
+    }
+
+    /// A burst that ends on a chunk boundary leaves the reader in burst
+    /// mode; the read that then finds nothing waiting gives the buffer
+    /// back, so a tunnel gone quiet holds none.
+    #[tokio::test]
+    async fn a_burst_that_ends_on_a_chunk_boundary_releases_the_buffer_when_quiet() {
+        let (mut tx, rx) = tokio::io::duplex(4 * CHUNK);
+        let mut reader = ReadAhead::new(rx);
+        let mut small = [0u8; 4096];
+        tx.write_all(&vec![7u8; small.len() + CHUNK]).await.unwrap();
+        let mut got = 0;
+        while got < small.len() + CHUNK {
+            got += reader.read(&mut small).await.unwrap();
+        }
+        assert!(reader.burst, "a full chunk read keeps the burst going");
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut out = ReadBuf::new(&mut small);
+        assert!(Pin::new(&mut reader)
+            .poll_read(&mut cx, &mut out)
+            .is_pending());
+        assert_eq!(reader.buf.capacity(), 0, "a quiet reader kept its buffer");
+        assert!(!reader.burst);
     }
 }
