@@ -143,12 +143,41 @@ pub const MIN_INTERNAL_SECRET_BYTES: usize = 32;
 /// in a temporary file first, then hard-linked to `path` (which fails when
 /// `path` exists, and then the existing secret is read).
 pub fn load_or_create_file(path: &std::path::Path) -> std::io::Result<Secret> {
-    use std::io::Write;
     match std::fs::read_to_string(path) {
         Ok(text) => return non_empty(text, path),
         Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
         Err(_) => {}
     }
+    let secret = Secret::random(32);
+    let tmp = write_private_temp(path, secret.expose())?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(secret),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            non_empty(std::fs::read_to_string(path)?, path)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Write `secret` to `path` atomically (a 0600 temporary file renamed over
+/// the target), creating the directory when missing.
+pub fn write_file_atomic(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    let tmp = write_private_temp(path, secret)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// A new file beside `path` (its directory created when missing), mode
+/// 0600 and named for this process and a random number, holding
+/// `contents` synced to disk; its path.
+fn write_private_temp(
+    path: &std::path::Path,
+    contents: &str,
+) -> std::io::Result<std::path::PathBuf> {
+    use std::io::Write;
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir)?;
@@ -166,43 +195,15 @@ pub fn load_or_create_file(path: &std::path::Path) -> std::io::Result<Secret> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let secret = Secret::random(32);
-    let written = opts.open(&tmp).and_then(|mut file| {
-        file.write_all(secret.expose().as_bytes())?;
-        file.sync_all()
-    });
-    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(secret),
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-            non_empty(std::fs::read_to_string(path)?, path)
-        }
-        Err(err) => Err(err),
-    }
-}
-
-/// Write `secret` to `path` atomically (a 0600 temporary file renamed over
-/// the target), creating the directory when missing.
-pub fn write_file_atomic(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)?;
-        }
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
     let mut file = opts.open(&tmp)?;
-    file.write_all(secret.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    if let Err(err) = file
+        .write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+    {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err);
+    }
+    Ok(tmp)
 }
 
 /// Read a secret from an existing file (surrounding whitespace trimmed).
