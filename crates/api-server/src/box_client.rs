@@ -268,6 +268,18 @@ impl Audited {
     }
 }
 
+impl Audited {
+    /// Count what a write took; a written request makes the connection busy.
+    fn wrote(&mut self, res: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = res {
+            self.to_device += *n as u64;
+            if *n > 0 {
+                self.idle_since = None;
+            }
+        }
+    }
+}
+
 impl tokio::io::AsyncWrite for Audited {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -275,13 +287,24 @@ impl tokio::io::AsyncWrite for Audited {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &res {
-            self.to_device += *n as u64;
-            if *n > 0 {
-                self.idle_since = None;
-            }
-        }
+        self.wrote(&res);
         res
+    }
+
+    /// hyper writes a request's head and body chunks as one vectored
+    /// write; the stream sends them as one frame.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&res);
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -186,7 +186,7 @@ async fn pipe(mut stream: StreamHandle, target: String) {
         tokio::net::TcpStream::connect(&target),
     )
     .await;
-    let mut local = match local {
+    let local = match local {
         Ok(Ok(s)) => s,
         Ok(Err(err)) => {
             tracing::warn!(%target, error = %err, "cannot reach local service");
@@ -198,14 +198,8 @@ async fn pipe(mut stream: StreamHandle, target: String) {
         }
     };
     let _ = local.set_nodelay(true);
-    if let Err(err) = tokio::io::copy_bidirectional_with_sizes(
-        &mut stream,
-        &mut local,
-        tunnel::PIPE_BUFFER,
-        tunnel::PIPE_BUFFER,
-    )
-    .await
-    {
+    let mut local = tunnel::splice::Plain::new(local);
+    if let Err(err) = tunnel::splice::splice(&mut stream, &mut local).await {
         tracing::debug!(error = %err, "stream ended with error");
     }
 }

@@ -203,7 +203,7 @@ async fn pipe_channel_stream(
     mut caller: tunnel::StreamHandle,
     device: edge_core::DeviceId,
 ) {
-    let mut stream = match relay.directory.open_stream(device).await {
+    let mut stream = match relay.directory.open_device_stream(device).await {
         Ok(s) => s,
         Err(err) => {
             let status = match err {
@@ -227,14 +227,7 @@ async fn pipe_channel_stream(
     {
         return;
     }
-    if let Err(err) = tokio::io::copy_bidirectional_with_sizes(
-        &mut caller,
-        &mut stream,
-        tunnel::PIPE_BUFFER,
-        tunnel::PIPE_BUFFER,
-    )
-    .await
-    {
+    if let Err(err) = tunnel::splice::splice(&mut caller, &mut stream).await {
         tracing::debug!(%device, error = %err, "channel stream ended with error");
     }
 }

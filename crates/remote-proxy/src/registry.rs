@@ -357,6 +357,18 @@ impl SessionView for LocalDirectory {
     }
 
     async fn open_stream(&self, device: DeviceId) -> Result<BoxStream, DirectoryError> {
+        Ok(Box::new(self.open_device_stream(device).await?))
+    }
+}
+
+impl LocalDirectory {
+    /// A fresh yamux stream to the device, holding one of its session's
+    /// stream permits; what [`SessionView::open_stream`] boxes, kept
+    /// concrete for the relay's own piping ([`tunnel::splice`]).
+    pub async fn open_device_stream(
+        &self,
+        device: DeviceId,
+    ) -> Result<DeviceStream, DirectoryError> {
         if self.draining.load(Ordering::Relaxed) {
             return Err(DirectoryError::Draining);
         }
@@ -379,22 +391,22 @@ impl SessionView for LocalDirectory {
             .await
             .map_err(|_| DirectoryError::Timeout)?
             .map_err(|e| DirectoryError::Stream(e.to_string()))?;
-        Ok(Box::new(LimitedStream {
+        Ok(DeviceStream {
             inner: stream,
             permit: Some(permit),
             released,
-        }))
+        })
     }
 }
 
-/// A yamux stream holding one of its session's stream permits.
-struct LimitedStream {
+/// A yamux stream to a device, holding one of its session's stream permits.
+pub struct DeviceStream {
     inner: StreamHandle,
     permit: Option<OwnedSemaphorePermit>,
     released: Arc<tokio::sync::Notify>,
 }
 
-impl Drop for LimitedStream {
+impl Drop for DeviceStream {
     fn drop(&mut self) {
         // The permit goes back before the wake-up, so a drain that wakes
         // counts this stream as closed.
@@ -403,7 +415,7 @@ impl Drop for LimitedStream {
     }
 }
 
-impl AsyncRead for LimitedStream {
+impl AsyncRead for DeviceStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -413,7 +425,7 @@ impl AsyncRead for LimitedStream {
     }
 }
 
-impl AsyncWrite for LimitedStream {
+impl AsyncWrite for DeviceStream {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -422,11 +434,51 @@ impl AsyncWrite for LimitedStream {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl tunnel::splice::ChunkRead for DeviceStream {
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<std::io::Result<Option<bytes::BytesMut>>> {
+        self.inner.poll_read_chunk(cx, max)
+    }
+}
+
+impl tunnel::splice::ChunkWrite for DeviceStream {
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut bytes::BytesMut,
+    ) -> Poll<std::io::Result<usize>> {
+        self.inner.poll_write_chunk(cx, data)
+    }
+
+    fn poll_flush_chunks(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        tunnel::splice::ChunkWrite::poll_flush_chunks(&mut self.inner, cx)
+    }
+
+    fn poll_shutdown_chunks(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        tunnel::splice::ChunkWrite::poll_shutdown_chunks(&mut self.inner, cx)
     }
 }

@@ -1,13 +1,15 @@
 //! The device tunnel as both ends see it: the v1 wire contract's constants,
 //! the pump that turns a WebSocket into one continuous byte stream, the
-//! server-side upgrade helper, and yamux session drivers for the relay
-//! (client role) and the device (server role).
+//! server-side upgrade helper, yamux session drivers for the relay
+//! (client role) and the device (server role), and the splice that pipes a
+//! stream onward by handing its buffers on.
 
 pub mod contract;
 pub mod dial;
 pub mod pump;
 pub mod read_ahead;
 pub mod session;
+pub mod splice;
 pub mod upgrade;
 
 /// Buffer each way when a relay or agent pipes one stream into another:

@@ -11,6 +11,7 @@
 use edge_core::time::now_ms;
 use futures_util::{Sink, Stream};
 use std::future::Future;
+use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -227,28 +228,60 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for WsIo<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsIo<S> {
+    /// Send the front of `bufs` (at most [`WRITE_CHUNK`] bytes) as one
+    /// binary message.
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.end.is_some() {
+            return Poll::Ready(Err(gone()));
+        }
+        let Some(ws) = self.ws.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
+        let mut ws = Pin::new(ws);
+        ready!(ws.as_mut().poll_ready(cx)).map_err(std::io::Error::other)?;
+        let n = bufs.iter().map(|b| b.len()).sum::<usize>().min(WRITE_CHUNK);
+        let mut message = bytes::BytesMut::with_capacity(n);
+        for buf in bufs {
+            let take = buf.len().min(n - message.len());
+            message.extend_from_slice(&buf[..take]);
+            if message.len() == n {
+                break;
+            }
+        }
+        ws.start_send(Message::Binary(message.freeze()))
+            .map_err(std::io::Error::other)?;
+        self.activity
+            .bytes_out
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Poll::Ready(Ok(n))
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for WsIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        if this.end.is_some() {
-            return Poll::Ready(Err(gone()));
-        }
-        let Some(ws) = this.ws.as_mut() else {
-            return Poll::Ready(Err(gone()));
-        };
-        let mut ws = Pin::new(ws);
-        ready!(ws.as_mut().poll_ready(cx)).map_err(std::io::Error::other)?;
-        let n = buf.len().min(WRITE_CHUNK);
-        ws.start_send(Message::Binary(bytes::Bytes::copy_from_slice(&buf[..n])))
-            .map_err(std::io::Error::other)?;
-        this.activity
-            .bytes_out
-            .fetch_add(n as u64, Ordering::Relaxed);
-        Poll::Ready(Ok(n))
+        self.poll_send(cx, &[IoSlice::new(buf)])
+    }
+
+    /// The frames yamux queued leave as one message (one copy, into it).
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_send(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -129,6 +129,18 @@ pub struct Header {
     length: u32,
 }
 
+impl Header {
+    /// Patched: the 12 header bytes, shared by the codec and the session's
+    /// write queue.
+    pub(crate) fn encode(&self, dst: &mut BytesMut) {
+        dst.put_u8(self.version);
+        dst.put_u8(self.ty as u8);
+        dst.put_u16(self.flags.value());
+        dst.put_u32(self.stream_id);
+        dst.put_u32(self.length);
+    }
+}
+
 /// The type field is used to switch the frame message type.
 /// The following message types are supported:
 #[derive(Copy, Clone, Debug, Eq, PartialEq)]
@@ -356,11 +368,7 @@ impl Encoder<Frame> for FrameCodec {
         // Must ensure that there is enough space in the buf
         dst.reserve(item.size());
         let (header, body) = item.into_parts();
-        dst.put_u8(header.version);
-        dst.put_u8(header.ty as u8);
-        dst.put_u16(header.flags.value());
-        dst.put_u32(header.stream_id);
-        dst.put_u32(header.length);
+        header.encode(dst);
         if let Some(data) = body {
             dst.put(data);
         }

@@ -14,6 +14,7 @@ pub mod frame;
 pub mod session;
 // Stream module
 mod control;
+mod write_queue;
 pub mod stream;
 
 // Stream ID type

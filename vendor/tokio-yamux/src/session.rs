@@ -21,7 +21,7 @@ use timer::Instant;
 use web_time::Instant;
 
 use futures::{
-    Sink, Stream,
+    Stream,
     channel::mpsc::{Receiver, Sender, UnboundedReceiver, UnboundedSender, channel, unbounded},
 };
 use log::{debug, log_enabled, trace};
@@ -35,6 +35,7 @@ use crate::{
     error::Error,
     frame::{Flag, Flags, Frame, FrameCodec, GoAwayCode, Type},
     stream::{StreamEvent, StreamHandle, StreamState},
+    write_queue::WriteQueue,
 };
 
 use timer::{Interval, interval};
@@ -48,7 +49,12 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// The session
 pub struct Session<T> {
     // Framed low level raw stream
+    // (Patched: read through the codec only; frames are written from
+    // `write_queue`.)
     framed_stream: Framed<T, FrameCodec>,
+    // Patched: encoded frames waiting to be written (vectored, large
+    // bodies not copied).
+    write_queue: WriteQueue,
 
     // Got EOF from low level raw stream
     eof: bool,
@@ -165,12 +171,11 @@ where
         // demand (upstream allocates 8 KiB each up front), so an idle
         // session holds next to nothing; `release_idle_buffers` gives them
         // back once traffic stops.
-        let mut framed_stream = Framed::with_capacity(
+        let framed_stream = Framed::with_capacity(
             raw_stream,
             FrameCodec::default().max_frame_size(config.max_stream_window_size),
             0,
         );
-        framed_stream.set_backpressure_boundary(WRITE_BACKPRESSURE_BOUNDARY);
         #[cfg(all(target_family = "wasm", not(target_os = "unknown")))]
         let time_mock = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let keepalive = if config.enable_keepalive {
@@ -189,6 +194,7 @@ where
 
         Session {
             framed_stream,
+            write_queue: WriteQueue::default(),
             eof: false,
             remote_go_away: false,
             local_go_away: false,
@@ -305,7 +311,7 @@ where
             }
         }
         release(self.framed_stream.read_buffer_mut());
-        release(self.framed_stream.write_buffer_mut());
+        self.write_queue.release_if_idle();
     }
 
     /// Open a new stream to remote session
@@ -389,21 +395,14 @@ where
                 break;
             }
 
-            let mut sink = Pin::new(&mut self.framed_stream);
-
-            match sink.as_mut().poll_ready(cx)? {
-                Poll::Ready(()) => {
-                    sink.as_mut().start_send(frame)?;
-                }
-                Poll::Pending => {
-                    debug!("[{:?}] framed_stream NotReady, frame: {:?}", self.ty, frame);
-                    self.write_pending_frames.push_front(frame);
-
-                    if self.poll_complete(cx)? {
-                        return Ok(true);
-                    }
-                }
+            // Patched: past the boundary the queue is written out before
+            // it takes more (what `Framed::poll_ready` did).
+            if self.write_queue.len() >= WRITE_BACKPRESSURE_BOUNDARY && self.poll_complete(cx)? {
+                debug!("[{:?}] write queue NotReady, frame: {:?}", self.ty, frame);
+                self.write_pending_frames.push_front(frame);
+                return Ok(true);
             }
+            self.write_queue.push(frame);
         }
         // Patched: no flush here. Frames are encoded into the write buffer
         // as they come and `poll_next` flushes at the end of a turn (the
@@ -419,7 +418,10 @@ where
     /// Sink `poll_complete` Ready -> no buffer remain, flush all
     /// Sink `poll_complete` NotReady -> there is more work left to do, may wake up next poll
     fn poll_complete(&mut self, cx: &mut Context) -> Result<bool, io::Error> {
-        match Pin::new(&mut self.framed_stream).poll_flush(cx) {
+        match self
+            .write_queue
+            .poll_write_all(self.framed_stream.get_mut(), cx)
+        {
             Poll::Pending => Ok(true),
             Poll::Ready(res) => res.map(|_| false),
         }
@@ -767,7 +769,7 @@ where
         // else is ready the wake comes at once. A session that is closing
         // flushes at once, so its GoAway is out before its owner stops
         // polling it.
-        if self.framed_stream.write_buffer().is_empty() {
+        if self.write_queue.is_empty() {
             self.flush_deferred = false;
         } else if self.flush_deferred || self.local_go_away || self.remote_go_away {
             self.flush_deferred = false;

@@ -9,6 +9,7 @@ use futures::{
 };
 
 use std::{
+    collections::VecDeque,
     io,
     pin::Pin,
     sync::{
@@ -38,7 +39,7 @@ pub struct StreamHandle {
     max_recv_window: u32,
     pub(crate) recv_window: u32,
     send_window: u32,
-    read_buf: Vec<BytesMut>,
+    read_buf: VecDeque<BytesMut>,
 
     // Send stream event to parent session
     unbound_event_sender: UnboundedSender<StreamEvent>,
@@ -75,7 +76,7 @@ impl StreamHandle {
             max_recv_window: max_window_size,
             recv_window: INITIAL_STREAM_WINDOW,
             send_window: INITIAL_STREAM_WINDOW,
-            read_buf: Vec::new(),
+            read_buf: VecDeque::new(),
             unbound_event_sender,
             frame_receiver,
             queued,
@@ -171,12 +172,6 @@ impl StreamHandle {
         self.unbound_event_sender
             .unbounded_send(StreamEvent::Frame(frame))
             .map_err(|_| Error::SessionShutdown)
-    }
-
-    fn send_data(&mut self, data: &[u8]) -> Result<(), Error> {
-        let flags = self.get_flags();
-        let frame = Frame::new_data(flags, self.id, BytesMut::from(data));
-        self.unbound_send_frame(frame)
     }
 
     fn send_close(&mut self) -> Result<(), Error> {
@@ -277,7 +272,7 @@ impl StreamHandle {
             // yamux allows empty data frame
             // but here we just drop it
             if length > 0 {
-                self.read_buf.push(data);
+                self.read_buf.push_back(data);
             }
         }
         self.recv_window -= length;
@@ -461,14 +456,13 @@ impl StreamHandle {
     }
 }
 
-impl AsyncRead for StreamHandle {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+impl StreamHandle {
+    /// Wait until received data is buffered (`Ok(false)`) or the stream
+    /// reached its end (`Ok(true)`). Shared by `poll_read` and
+    /// `poll_read_chunk` (PATCHED: split out of `poll_read`).
+    fn poll_readable(&mut self, cx: &mut Context) -> Poll<io::Result<bool>> {
         if self.check_self_state()? {
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Ok(true));
         }
 
         self.readable_wake = Some(cx.waker().clone());
@@ -481,11 +475,64 @@ impl AsyncRead for StreamHandle {
         }
 
         if self.check_self_state()? {
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Ok(true));
         }
 
         if self.read_buf.is_empty() {
             return Poll::Pending;
+        }
+        Poll::Ready(Ok(false))
+    }
+
+    /// Give the remote the window that a read freed.
+    fn after_read(&mut self) -> io::Result<()> {
+        match self.state {
+            StreamState::RemoteClosing | StreamState::Closed | StreamState::Reset => {
+                debug!("this branch should be unreachable")
+            }
+            _ => {
+                if self.send_window_update().is_err() {
+                    return Err(io::ErrorKind::BrokenPipe.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// PATCHED (fifth change): the next received bytes as they arrived (at
+    /// most `max` of them), without copying them; `None` at the end of the
+    /// stream. A relay that forwards them with
+    /// [`poll_write_chunk`](Self::poll_write_chunk) moves a frame's body
+    /// from one session to another without touching its bytes.
+    pub fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context,
+        max: usize,
+    ) -> Poll<io::Result<Option<BytesMut>>> {
+        if futures::ready!(self.poll_readable(cx))? {
+            return Poll::Ready(Ok(None));
+        }
+        let max = max.max(1);
+        let chunk = match self.read_buf.front_mut() {
+            Some(front) if front.len() > max => front.split_to(max),
+            _ => match self.read_buf.pop_front() {
+                Some(front) => front,
+                None => return Poll::Pending,
+            },
+        };
+        self.after_read()?;
+        Poll::Ready(Ok(Some(chunk)))
+    }
+}
+
+impl AsyncRead for StreamHandle {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if futures::ready!(self.poll_readable(cx))? {
+            return Poll::Ready(Ok(()));
         }
 
         let mut offset = None;
@@ -519,27 +566,15 @@ impl AsyncRead for StreamHandle {
             total_read,
         );
 
-        match self.state {
-            StreamState::RemoteClosing | StreamState::Closed | StreamState::Reset => {
-                debug!("this branch should be unreachable")
-            }
-            _ => {
-                if self.send_window_update().is_err() {
-                    return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-                }
-            }
-        }
-
-        Poll::Ready(Ok(()))
+        Poll::Ready(self.after_read())
     }
 }
 
-impl AsyncWrite for StreamHandle {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+impl StreamHandle {
+    /// Wait until the remote's window lets us send, and return how many
+    /// bytes it allows (PATCHED: split out of `poll_write`, shared with
+    /// `poll_write_chunk`).
+    fn poll_send_window(&mut self, cx: &mut Context) -> Poll<io::Result<usize>> {
         // https://github.com/driftluo/tentacle/issues/33
         // read frame from session is necessary.
         // The window update message of Yamux must be updated normally.
@@ -595,8 +630,55 @@ impl AsyncWrite for StreamHandle {
                 return Poll::Pending;
             }
         }
+        Poll::Ready(Ok(self.send_window as usize))
+    }
+
+    /// Send `body` as one data frame and take it from the send window.
+    fn send_body(&mut self, body: BytesMut) -> Poll<io::Result<usize>> {
+        let n = body.len();
+        let flags = self.get_flags();
+        match self.unbound_send_frame(Frame::new_data(flags, self.id, body)) {
+            Ok(_) => {
+                self.send_window -= n as u32;
+                Poll::Ready(Ok(n))
+            }
+            Err(Error::WouldBlock) => Poll::Pending,
+            _ => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+
+    /// PATCHED (fifth change): send the front of `data` (as much as the
+    /// remote's window allows) as a data frame without copying it; what is
+    /// sent is split off `data`. The counterpart of
+    /// [`poll_read_chunk`](Self::poll_read_chunk).
+    pub fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context,
+        data: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        let window = futures::ready!(self.poll_send_window(cx))?;
+        let n = window.min(data.len());
+        trace!(
+            "stream-handle({}) poll_write_chunk self.send_window={}, data.len={}, n={}",
+            self.id,
+            self.send_window,
+            data.len(),
+            n,
+        );
+        let body = data.split_to(n);
+        self.send_body(body)
+    }
+}
+
+impl AsyncWrite for StreamHandle {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let window = futures::ready!(self.poll_send_window(cx))?;
         // Allow n = 0, send an empty frame to remote
-        let n = ::std::cmp::min(self.send_window as usize, buf.len());
+        let n = ::std::cmp::min(window, buf.len());
         trace!(
             "stream-hanlde({}) poll_write self.send_window={}, buf.len={}, n={}",
             self.id,
@@ -604,16 +686,33 @@ impl AsyncWrite for StreamHandle {
             buf.len(),
             n,
         );
-        let data = &buf[0..n];
-        match self.send_data(data) {
-            Ok(_) => {
-                self.send_window -= n as u32;
+        self.send_body(BytesMut::from(&buf[0..n]))
+    }
 
-                Poll::Ready(Ok(n))
+    /// PATCHED (fifth change): the slices go out as one data frame (as much
+    /// of them as the window allows), copied once, into its body. Without
+    /// this a vectored writer (hyper) either copied them into its own
+    /// buffer first or sent one frame per slice.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let window = futures::ready!(self.poll_send_window(cx))?;
+        let n = bufs.iter().map(|b| b.len()).sum::<usize>().min(window);
+        let mut body = BytesMut::with_capacity(n);
+        for buf in bufs {
+            let take = buf.len().min(n - body.len());
+            body.extend_from_slice(&buf[..take]);
+            if body.len() == n {
+                break;
             }
-            Err(Error::WouldBlock) => Poll::Pending,
-            _ => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
         }
+        self.send_body(body)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context) -> Poll<io::Result<()>> {

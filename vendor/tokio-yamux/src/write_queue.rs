@@ -1,0 +1,133 @@
+//! Patched (fifth change): the frames a session has yet to write, kept as
+//! a list of buffers and written with vectored writes. Headers and small
+//! bodies are copied into one buffer; a large body stays the buffer it
+//! arrived in (a stream's write, or a frame read from another session) and
+//! goes out without being copied into a write buffer first, as
+//! `tokio_util::codec::Framed` did.
+
+use std::{
+    collections::VecDeque,
+    io::{self, IoSlice},
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncWrite;
+
+use crate::{HEADER_SIZE, frame::Frame};
+
+/// Bodies shorter than this are copied next to their header: cheaper than
+/// one more slice in the write.
+const COPY_BELOW: usize = 2 * 1024;
+/// The most slices handed to one vectored write.
+const MAX_SLICES: usize = 64;
+
+/// Encoded frames waiting to be written, in order: `segments`, then `tail`.
+#[derive(Default)]
+pub(crate) struct WriteQueue {
+    segments: VecDeque<Bytes>,
+    tail: BytesMut,
+    len: usize,
+}
+
+impl WriteQueue {
+    /// Bytes waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Queue `frame`'s bytes.
+    pub(crate) fn push(&mut self, frame: Frame) {
+        let size = frame.size();
+        let (header, body) = frame.into_parts();
+        let body = body.filter(|b| !b.is_empty());
+        let copied = body.as_ref().map_or(0, |b| {
+            if b.len() < COPY_BELOW { b.len() } else { 0 }
+        });
+        self.tail.reserve(HEADER_SIZE + copied);
+        header.encode(&mut self.tail);
+        if let Some(body) = body {
+            if body.len() < COPY_BELOW {
+                self.tail.extend_from_slice(&body);
+            } else {
+                self.segments.push_back(self.tail.split().freeze());
+                self.segments.push_back(body.freeze());
+            }
+        }
+        self.len += size;
+    }
+
+    /// Write everything queued, then flush `io`.
+    pub(crate) fn poll_write_all<T: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut T,
+        cx: &mut Context,
+    ) -> Poll<io::Result<()>> {
+        if !io.is_write_vectored() && !self.segments.is_empty() {
+            self.flatten();
+        }
+        while !self.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            for (slot, segment) in slices.iter_mut().zip(&self.segments) {
+                *slot = IoSlice::new(segment);
+                count += 1;
+            }
+            if count < MAX_SLICES && !self.tail.is_empty() {
+                slices[count] = IoSlice::new(&self.tail);
+                count += 1;
+            }
+            let n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.advance(n);
+        }
+        Pin::new(io).poll_flush(cx)
+    }
+
+    /// Gather everything into `tail`, for a writer that takes one slice
+    /// at a time (one write per frame part would cost more than the copy).
+    fn flatten(&mut self) {
+        let mut all = BytesMut::with_capacity(self.len);
+        for segment in self.segments.drain(..) {
+            all.extend_from_slice(&segment);
+        }
+        all.extend_from_slice(&self.tail);
+        self.tail = all;
+    }
+
+    /// Drop the first `n` bytes queued (they were written).
+    fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            match self.segments.front_mut() {
+                Some(front) if front.len() <= n => {
+                    n -= front.len();
+                    self.segments.pop_front();
+                }
+                Some(front) => {
+                    front.advance(n);
+                    n = 0;
+                }
+                None => {
+                    self.tail.advance(n);
+                    n = 0;
+                }
+            }
+        }
+    }
+
+    /// Give back the buffer when nothing waits in it.
+    pub(crate) fn release_if_idle(&mut self) {
+        if self.is_empty() {
+            self.segments = VecDeque::new();
+            self.tail = BytesMut::new();
+        }
+    }
+}
