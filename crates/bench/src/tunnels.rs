@@ -21,17 +21,19 @@ pub async fn connect_all(
 ) -> Result<Duration> {
     let start = Instant::now();
     let url = relay_url.to_owned();
+    // Each dial is its own task, so the handshakes of this load generator
+    // run on every core rather than all inside the one task that waits.
     let mut dials = futures_util::stream::iter(tokens.into_iter().map(|t| {
         let url = url.clone();
-        async move {
+        tokio::spawn(async move {
             tunnel::dial::dial(&url, &t, "bench-idle/1", Default::default(), None)
                 .await
                 .map_err(|e| anyhow::anyhow!("idle tunnel: {e}"))
-        }
+        })
     }))
     .buffer_unordered(DIALS_IN_FLIGHT);
     while let Some(ws) = dials.next().await {
-        let ws = ws?;
+        let ws = ws??;
         let cancel = cancel.clone();
         tokio::spawn(async move {
             let activity = tunnel::pump::Activity::new();

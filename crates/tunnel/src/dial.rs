@@ -49,8 +49,14 @@ pub async fn dial(
     if let Ok(ua) = HeaderValue::from_str(user_agent) {
         req.headers_mut().insert(header::USER_AGENT, ua);
     }
-    let tls = tls.or_else(|| edge_tls::client_config(None).ok());
-    let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+    // Only `wss://` needs a TLS client; building the default one (web PKI
+    // roots) for a plain `ws://` dial was wasted work on every dial.
+    let connector = if req.uri().scheme_str() == Some("wss") {
+        tls.or_else(|| edge_tls::client_config(None).ok())
+            .map(tokio_tungstenite::Connector::Rustls)
+    } else {
+        None
+    };
     match tokio_tungstenite::connect_async_tls_with_config(req, Some(config), true, connector).await
     {
         Ok((ws, _resp)) => Ok(ws),

@@ -103,7 +103,8 @@ impl WriteQueue {
     }
 
     /// Drop the first `n` bytes queued (they were written).
-    fn advance(&mut self, mut n: usize) {
+    fn advance(&mut self, n: usize) {
+        let mut n = n.min(self.len);
         self.len -= n;
         while n > 0 {
             match self.segments.front_mut() {
