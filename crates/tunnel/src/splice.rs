@@ -93,10 +93,6 @@ impl<T> Plain<T> {
             buf: BytesMut::new(),
         }
     }
-
-    pub fn get_mut(&mut self) -> &mut T {
-        &mut self.io
-    }
 }
 
 impl<T: AsyncRead + Unpin> ChunkRead for Plain<T> {

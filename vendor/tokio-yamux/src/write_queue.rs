@@ -45,18 +45,17 @@ impl WriteQueue {
     pub(crate) fn push(&mut self, frame: Frame) {
         let size = frame.size();
         let (header, body) = frame.into_parts();
-        let body = body.filter(|b| !b.is_empty());
-        let copied = body.as_ref().map_or(0, |b| {
-            if b.len() < COPY_BELOW { b.len() } else { 0 }
-        });
-        self.tail.reserve(HEADER_SIZE + copied);
-        header.encode(&mut self.tail);
-        if let Some(body) = body {
-            if body.len() < COPY_BELOW {
-                self.tail.extend_from_slice(&body);
-            } else {
+        match body {
+            Some(body) if body.len() >= COPY_BELOW => {
+                header.encode(&mut self.tail);
                 self.segments.push_back(self.tail.split().freeze());
                 self.segments.push_back(body.freeze());
+            }
+            small => {
+                let body = small.unwrap_or_default();
+                self.tail.reserve(HEADER_SIZE + body.len());
+                header.encode(&mut self.tail);
+                self.tail.extend_from_slice(&body);
             }
         }
         self.len += size;
