@@ -11,10 +11,19 @@ use std::process::Stdio;
 use testkit::Stack;
 use tokio::process::Command;
 
+/// Upper bound for one schemathesis run (it ends by itself; this only
+/// stops a hung one).
+const SCHEMATHESIS_BOUND: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Run schemathesis against the stack; returns (success, output).
 async fn schemathesis(stack: &Stack, headers: &[String], extra: &[&str]) -> (bool, String) {
+    // Hypothesis keeps its example database and caches in `.hypothesis`
+    // under the working directory: give each run its own, so a run leaves
+    // nothing in the checkout.
+    let work = tempfile::tempdir().unwrap();
     let mut cmd = Command::new("schemathesis");
-    cmd.arg("run")
+    cmd.current_dir(work.path())
+        .arg("run")
         .arg(stack.api("/api/openapi.json"))
         .args(["--checks", "not_a_server_error"])
         .args(["--checks", "status_code_conformance"])
@@ -41,8 +50,12 @@ async fn schemathesis(stack: &Stack, headers: &[String], extra: &[&str]) -> (boo
     for h in headers {
         cmd.args(["-H", h]);
     }
-    let out = testkit::within("schemathesis run", cmd.output())
+    // A whole schemathesis run is hundreds of requests from a Python
+    // process: on a loaded 2-core machine it can take far longer than one
+    // test step (`testkit::STEP`), so it gets its own, wider bound.
+    let out = tokio::time::timeout(SCHEMATHESIS_BOUND, cmd.output())
         .await
+        .unwrap_or_else(|_| panic!("schemathesis run took over {SCHEMATHESIS_BOUND:?}"))
         .expect("schemathesis (PyPI) must be installed");
     let text = format!(
         "{}{}",
