@@ -10,8 +10,6 @@ use crate::{
     HEADER_SIZE, PROTOCOL_VERSION, RESERVED_STREAM_ID, StreamId, config::INITIAL_STREAM_WINDOW,
 };
 
-/// Patched: the most the decoder reserves at once for a data frame's body.
-const MAX_BODY_RESERVE: usize = 64 * 1024;
 /// Patched: the room the decoder keeps free for the next read once it has
 /// seen traffic, so a read takes every frame waiting on the socket. Exactly
 /// sized reads (a 12-byte header, then the body) filled the buffer each
@@ -285,7 +283,14 @@ impl Decoder for FrameCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
         trace!("FrameCodec decode src.len={}", src.len());
         if src.is_empty() {
-            src.reserve(READ_CHUNK);
+            // Patched: an empty buffer gets about `READ_CHUNK` of room, not
+            // more. A larger room let the read that brings a large frame's
+            // header take most of its body too; finishing the frame then
+            // moved all of it into a bigger buffer (the buffer cannot grow
+            // in place while earlier bodies still share it).
+            if !(READ_CHUNK..=2 * READ_CHUNK).contains(&src.capacity()) {
+                *src = BytesMut::with_capacity(READ_CHUNK);
+            }
             return Ok(None);
         }
         let header = match self.unused_data_header.take() {
@@ -341,12 +346,14 @@ impl Decoder for FrameCodec {
         let body = if header.ty == Type::Data {
             if src.len() < header.length as usize {
                 trace!("not enough data for decode body");
-                // Patched: make room for the rest of the body (up to
-                // 64 KiB at a time) and the frames behind it, so it is read
-                // in few large reads into a buffer that starts empty, not
-                // grown a few bytes at a time.
+                // Patched: make room for the whole rest of the body at
+                // once (at most `max_frame_size`, the stream window a peer
+                // may fill anyway), so it is read in few large reads and
+                // what is read so far moves at most once. A short rest
+                // gets `READ_CHUNK`, so the frames behind it come in the
+                // same read.
                 let missing = header.length as usize - src.len();
-                src.reserve(missing.clamp(READ_CHUNK, MAX_BODY_RESERVE));
+                src.reserve(missing.max(READ_CHUNK));
                 self.unused_data_header = Some(header);
                 return Ok(None);
             } else {
