@@ -44,9 +44,15 @@ pub const STEP: Duration = Duration::from_secs(30);
 
 /// Await `fut`, failing the test if it takes longer than [`STEP`].
 pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(STEP, fut).await {
+    within_for(STEP, what, fut).await
+}
+
+/// Await `fut`, failing the test if it takes longer than `bound` (for a
+/// step known to be longer than [`STEP`], such as a whole outside tool run).
+pub async fn within_for<F: Future>(bound: Duration, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(bound, fut).await {
         Ok(v) => v,
-        Err(_) => panic!("timed out: {what}"),
+        Err(_) => panic!("timed out after {bound:?}: {what}"),
     }
 }
 

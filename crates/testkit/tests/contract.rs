@@ -53,9 +53,8 @@ async fn schemathesis(stack: &Stack, headers: &[String], extra: &[&str]) -> (boo
     // A whole schemathesis run is hundreds of requests from a Python
     // process: on a loaded 2-core machine it can take far longer than one
     // test step (`testkit::STEP`), so it gets its own, wider bound.
-    let out = tokio::time::timeout(SCHEMATHESIS_BOUND, cmd.output())
+    let out = testkit::within_for(SCHEMATHESIS_BOUND, "schemathesis run", cmd.output())
         .await
-        .unwrap_or_else(|_| panic!("schemathesis run took over {SCHEMATHESIS_BOUND:?}"))
         .expect("schemathesis (PyPI) must be installed");
     let text = format!(
         "{}{}",
