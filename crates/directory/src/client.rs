@@ -111,7 +111,7 @@ impl RelayDirectory {
         let draining = Retiring::default();
         let notice = draining.clone();
         let (control, driver) = tunnel::session::client_hearing(
-            TokioIo::new(upgraded),
+            tunnel::session::Plain(TokioIo::new(upgraded)),
             mux::config(),
             ended.clone(),
             tunnel::pump::Activity::new(),

@@ -148,7 +148,7 @@ async fn open_channel(
             }
         };
         let (mut control, driver) = tunnel::session::server(
-            TokioIo::new(upgraded),
+            tunnel::session::Plain(TokioIo::new(upgraded)),
             mux::config(),
             cancel,
             tunnel::pump::Activity::new(),

@@ -1,15 +1,18 @@
 //! Turns a WebSocket into one continuous byte stream per direction (contract
 //! §2), read and written by yamux directly: [`WsIo`] is an
 //! `AsyncRead + AsyncWrite` over the message stream, with no task, pipe or
-//! buffer of its own between the two. Binary payloads are bytes of the
+//! buffer of its own between the two, and yamux's queued frames become
+//! messages without being copied (`FrameIo`). Binary payloads are bytes of the
 //! stream, message boundaries mean nothing; a text message closes with
 //! 1003, an oversized one with 1009, silence past the idle timeout with
 //! 1001, Ping/Pong/Close never reach yamux. When yamux drops the stream,
 //! the close frame goes out (after GoAway(1) when yamux found a protocol
 //! error) and the reason the tunnel ended is reported.
 
+use bytes::Bytes;
 use edge_core::time::now_ms;
 use futures_util::{Sink, Stream};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -133,7 +136,7 @@ where
     let (report, ended) = oneshot::channel();
     let io = WsIo {
         ws: Some(ws),
-        pending: bytes::Bytes::new(),
+        pending: Bytes::new(),
         idle_timeout: cfg.idle_timeout,
         idle: Box::pin(tokio::time::sleep(cfg.idle_timeout)),
         activity,
@@ -147,7 +150,7 @@ where
 pub struct WsIo<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
     ws: Option<WebSocketStream<S>>,
     /// The unread rest of the last binary message.
-    pending: bytes::Bytes,
+    pending: Bytes,
     idle_timeout: Duration,
     idle: Pin<Box<tokio::time::Sleep>>,
     activity: Arc<Activity>,
@@ -262,6 +265,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsIo<S> {
     }
 }
 
+/// yamux hands its queued frames over as the buffers they are in: each
+/// goes out as a binary message (of at most [`WRITE_CHUNK`] bytes) without
+/// being copied into one first.
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> tokio_yamux::FrameIo for WsIo<S> {
+    fn writes_owned(&self) -> bool {
+        true
+    }
+
+    fn poll_write_owned(
+        &mut self,
+        cx: &mut Context<'_>,
+        queue: &mut VecDeque<Bytes>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.end.is_some() {
+            return Poll::Ready(Err(gone()));
+        }
+        let Some(ws) = self.ws.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
+        let mut ws = Pin::new(ws);
+        while let Some(front) = queue.front_mut() {
+            ready!(ws.as_mut().poll_ready(cx)).map_err(std::io::Error::other)?;
+            let message = if front.len() > WRITE_CHUNK {
+                front.split_to(WRITE_CHUNK)
+            } else {
+                std::mem::take(front)
+            };
+            if front.is_empty() {
+                queue.pop_front();
+            }
+            let n = message.len();
+            ws.as_mut()
+                .start_send(Message::Binary(message))
+                .map_err(std::io::Error::other)?;
+            self.activity
+                .bytes_out
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for WsIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -271,7 +316,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for WsIo<S> 
         self.poll_send(cx, &[IoSlice::new(buf)])
     }
 
-    /// The frames yamux queued leave as one message (one copy, into it).
+    /// The slices leave as one message (one copy, into it). yamux itself
+    /// hands over owned buffers instead (`FrameIo`).
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -325,7 +371,7 @@ where
         PumpEnd::LocalClosed if protocol_error => {
             let _ = tokio::time::timeout(
                 CLOSE_GRACE,
-                ws.send(Message::Binary(bytes::Bytes::from_static(
+                ws.send(Message::Binary(Bytes::from_static(
                     &crate::contract::GO_AWAY_PROTOCOL_ERROR,
                 ))),
             )

@@ -8,9 +8,11 @@ use futures_util::StreamExt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_yamux::{Config, Control, Session, StreamHandle};
+/// What a session runs over: the tunnel's [`WsIo`](crate::pump::WsIo), or
+/// any other byte stream wrapped in [`Plain`].
+pub use tokio_yamux::{FrameIo, Plain};
 
 /// How long a closing session may take to flush its GoAway.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -69,7 +71,7 @@ pub fn client<T>(
     activity: Arc<Activity>,
 ) -> (Control, impl Future<Output = SessionEnd> + Send)
 where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: FrameIo + Send + 'static,
 {
     // Streams the device opens are dropped at once, which resets them.
     client_hearing(io, config, cancel, activity, drop)
@@ -84,7 +86,7 @@ pub async fn serve<T, F>(
     on_stream: F,
 ) -> SessionEnd
 where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: FrameIo + Send + 'static,
     F: FnMut(StreamHandle) + Send,
 {
     server(io, config, cancel, activity, on_stream).1.await
@@ -100,7 +102,7 @@ pub fn server<T, F>(
     on_stream: F,
 ) -> (Control, impl Future<Output = SessionEnd> + Send)
 where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: FrameIo + Send + 'static,
     F: FnMut(StreamHandle) + Send,
 {
     with_control(Session::new_server(io, config), cancel, activity, on_stream)
@@ -116,7 +118,7 @@ pub fn client_hearing<T, F>(
     on_stream: F,
 ) -> (Control, impl Future<Output = SessionEnd> + Send)
 where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: FrameIo + Send + 'static,
     F: FnMut(StreamHandle) + Send,
 {
     with_control(Session::new_client(io, config), cancel, activity, on_stream)
@@ -130,7 +132,7 @@ fn with_control<T, F>(
     on_stream: F,
 ) -> (Control, impl Future<Output = SessionEnd> + Send)
 where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: FrameIo + Send + 'static,
     F: FnMut(StreamHandle) + Send,
 {
     let control = session.control();
@@ -144,7 +146,7 @@ async fn drive<T, F>(
     mut on_stream: F,
 ) -> SessionEnd
 where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: FrameIo + Send + 'static,
     F: FnMut(StreamHandle) + Send,
 {
     loop {

@@ -71,7 +71,7 @@ async fn frames_waiting_on_the_socket_are_read_in_a_few_reads() {
     let mut got_tx = Some(got_tx);
     let cancel = CancellationToken::new();
     let session = tokio::spawn(tunnel::session::serve(
-        io,
+        tunnel::session::Plain(io),
         tunnel::session::device_config(),
         cancel.clone(),
         tunnel::pump::Activity::new(),

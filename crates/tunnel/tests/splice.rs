@@ -1,16 +1,20 @@
 //! Piping between yamux streams hands buffers on (ADR 022): every byte
 //! arrives, each end passes through, and a large body reaches the socket
-//! in the buffer it was written from, not copied into a write buffer.
+//! in the buffer it was written from, not copied into a write buffer (nor
+//! before a writer of owned buffers is handed it, ADR 023).
 
-use bytes::BytesMut;
+#![allow(clippy::unwrap_used)]
+
+use bytes::{Buf, Bytes, BytesMut};
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
-use tunnel::session::{client_hearing, device_config, serve};
+use tunnel::session::{client_hearing, device_config, serve, FrameIo, Plain};
 use tunnel::splice::splice;
 use tunnel::{Control, StreamHandle};
 
@@ -21,18 +25,18 @@ where
     F: FnMut(StreamHandle) + Send + 'static,
 {
     let (near, far) = tokio::io::duplex(1 << 16);
-    pair_over(near, far, cancel, on_stream)
+    pair_over(Plain(near), far, cancel, on_stream)
 }
 
 fn pair_over<A, B, F>(near: A, far: B, cancel: &CancellationToken, on_stream: F) -> Control
 where
-    A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    A: FrameIo + Send + 'static,
     B: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: FnMut(StreamHandle) + Send + 'static,
 {
     let activity = tunnel::pump::Activity::new;
     tokio::spawn(serve(
-        far,
+        Plain(far),
         device_config(),
         cancel.clone(),
         activity(),
@@ -85,11 +89,41 @@ async fn two_sessions_spliced_carry_every_byte_both_ways() {
     cancel.cancel();
 }
 
-/// A byte stream that takes vectored writes and remembers where each slice
+/// A byte stream that takes vectored writes (or, when `owned`, the
+/// session's buffers themselves) and remembers where each slice or buffer
 /// it was handed lives.
 struct Recording {
     inner: tokio::io::DuplexStream,
     slices: Arc<Mutex<Vec<(usize, usize)>>>,
+    owned: bool,
+    /// The rest of the buffer being written, when `owned`.
+    unwritten: Bytes,
+}
+
+impl FrameIo for Recording {
+    fn writes_owned(&self) -> bool {
+        self.owned
+    }
+
+    fn poll_write_owned(
+        &mut self,
+        cx: &mut Context<'_>,
+        queue: &mut VecDeque<Bytes>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            while !self.unwritten.is_empty() {
+                let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.unwritten))?;
+                self.unwritten.advance(n);
+            }
+            let Some(next) = queue.pop_front() else {
+                return Poll::Ready(Ok(()));
+            };
+            if let Ok(mut slices) = self.slices.lock() {
+                slices.push((next.as_ptr() as usize, next.len()));
+            }
+            self.unwritten = next;
+        }
+    }
 }
 
 impl AsyncRead for Recording {
@@ -138,12 +172,34 @@ impl AsyncWrite for Recording {
 
 #[tokio::test]
 async fn a_large_body_reaches_the_socket_in_the_buffer_it_was_written_from() {
+    let (at, len, slices) = write_large_body(false).await;
+    assert!(
+        slices.iter().any(|&(ptr, n)| ptr == at && n == len),
+        "the 64 KiB body was copied before it was written; slices written: {slices:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_writer_of_owned_buffers_is_handed_the_buffer_a_large_body_was_written_from() {
+    let (at, len, buffers) = write_large_body(true).await;
+    assert!(
+        buffers.iter().any(|&(ptr, n)| ptr == at && n == len),
+        "the 64 KiB body was copied before it was handed over; buffers: {buffers:?}"
+    );
+}
+
+/// Write one 64 KiB body on a stream whose session runs over a
+/// [`Recording`]; returns where the body lived, its length, and what the
+/// recording saw written.
+async fn write_large_body(owned: bool) -> (usize, usize, Vec<(usize, usize)>) {
     let cancel = CancellationToken::new();
     let (near, far) = tokio::io::duplex(1 << 20);
     let slices = Arc::new(Mutex::new(Vec::new()));
     let near = Recording {
         inner: near,
         slices: slices.clone(),
+        owned,
+        unwritten: Bytes::new(),
     };
     let (got_tx, got_rx) = tokio::sync::oneshot::channel();
     let mut got_tx = Some(got_tx);
@@ -167,11 +223,7 @@ async fn a_large_body_reaches_the_socket_in_the_buffer_it_was_written_from() {
     }
     assert_eq!(sent, len);
     assert_eq!(got_rx.await.unwrap(), vec![7u8; len]);
-
-    let slices = slices.lock().unwrap();
-    assert!(
-        slices.iter().any(|&(ptr, n)| ptr == at && n == len),
-        "the 64 KiB body was copied before it was written; slices written: {slices:?}"
-    );
     cancel.cancel();
+    let slices = slices.lock().unwrap().clone();
+    (at, len, slices)
 }

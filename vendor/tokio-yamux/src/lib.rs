@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 // Frame module
 pub mod frame;
+pub mod frame_io;
 // Session module
 pub mod session;
 // Stream module
@@ -21,7 +22,12 @@ pub mod stream;
 pub(crate) type StreamId = u32;
 
 pub use crate::{
-    config::Config, control::Control, error::Error, session::Session, stream::StreamHandle,
+    config::Config,
+    control::Control,
+    error::Error,
+    frame_io::{FrameIo, Plain},
+    session::Session,
+    stream::StreamHandle,
 };
 
 // Latest Protocol Version

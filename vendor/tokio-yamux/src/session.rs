@@ -25,7 +25,6 @@ use futures::{
     channel::mpsc::{Receiver, Sender, UnboundedReceiver, UnboundedSender, channel, unbounded},
 };
 use log::{debug, log_enabled, trace};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
 
 use crate::{
@@ -34,6 +33,7 @@ use crate::{
     control::{Command, Control},
     error::Error,
     frame::{Flag, Flags, Frame, FrameCodec, GoAwayCode, Type},
+    frame_io::FrameIo,
     stream::{StreamEvent, StreamHandle, StreamState},
     write_queue::WriteQueue,
 };
@@ -156,7 +156,7 @@ impl SessionType {
 
 impl<T> Session<T>
 where
-    T: AsyncRead + AsyncWrite + Unpin,
+    T: FrameIo,
 {
     /// Create a new session from a low level stream
     pub fn new(raw_stream: T, config: Config, ty: SessionType) -> Session<T> {
@@ -676,7 +676,7 @@ where
 
 impl<T> Stream for Session<T>
 where
-    T: AsyncRead + AsyncWrite + Unpin,
+    T: FrameIo,
 {
     type Item = Result<StreamHandle, io::Error>;
 
@@ -769,7 +769,9 @@ where
         // else is ready the wake comes at once. A session that is closing
         // flushes at once, so its GoAway is out before its owner stops
         // polling it.
-        if self.write_queue.is_empty() {
+        // Seventh change: also while the writer's own flush is pending
+        // (it may hold bytes it took from the queue).
+        if self.write_queue.is_idle() {
             self.flush_deferred = false;
         } else if self.flush_deferred || self.local_go_away || self.remote_go_away {
             self.flush_deferred = false;

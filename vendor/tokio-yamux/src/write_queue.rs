@@ -3,7 +3,8 @@
 //! bodies are copied into one buffer; a large body stays the buffer it
 //! arrived in (a stream's write, or a frame read from another session) and
 //! goes out without being copied into a write buffer first, as
-//! `tokio_util::codec::Framed` did.
+//! `tokio_util::codec::Framed` did. A stream that writes owned buffers
+//! (seventh change) is handed the buffers themselves.
 
 use std::{
     collections::VecDeque,
@@ -15,7 +16,7 @@ use std::{
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 
-use crate::{HEADER_SIZE, frame::Frame};
+use crate::{HEADER_SIZE, frame::Frame, frame_io::FrameIo};
 
 /// Bodies shorter than this are copied next to their header: cheaper than
 /// one more slice in the write.
@@ -29,6 +30,10 @@ pub(crate) struct WriteQueue {
     segments: VecDeque<Bytes>,
     tail: BytesMut,
     len: usize,
+    /// Seventh change: the last flush of the writer was pending. The
+    /// writer may hold bytes it took (a WebSocket's own buffer) with
+    /// nothing left here; the session keeps flushing until it is done.
+    unflushed: bool,
 }
 
 impl WriteQueue {
@@ -39,6 +44,11 @@ impl WriteQueue {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Nothing queued and the writer flushed.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.is_empty() && !self.unflushed
     }
 
     /// Queue `frame`'s bytes.
@@ -62,11 +72,14 @@ impl WriteQueue {
     }
 
     /// Write everything queued, then flush `io`.
-    pub(crate) fn poll_write_all<T: AsyncWrite + Unpin>(
+    pub(crate) fn poll_write_all<T: FrameIo>(
         &mut self,
         io: &mut T,
         cx: &mut Context,
     ) -> Poll<io::Result<()>> {
+        if io.writes_owned() {
+            return self.poll_hand_over(io, cx);
+        }
         if !io.is_write_vectored() && !self.segments.is_empty() {
             self.flatten();
         }
@@ -87,7 +100,29 @@ impl WriteQueue {
             }
             self.advance(n);
         }
-        Pin::new(io).poll_flush(cx)
+        self.poll_flush(io, cx)
+    }
+
+    /// Flush `io`, remembering whether that is still pending.
+    fn poll_flush<T: FrameIo>(&mut self, io: &mut T, cx: &mut Context) -> Poll<io::Result<()>> {
+        let res = Pin::new(io).poll_flush(cx);
+        self.unflushed = res.is_pending();
+        res
+    }
+
+    /// Seventh change: hand the queued buffers themselves to `io` (the
+    /// tail split off as one more), then flush it.
+    fn poll_hand_over<T: FrameIo>(&mut self, io: &mut T, cx: &mut Context) -> Poll<io::Result<()>> {
+        if !self.tail.is_empty() {
+            self.segments.push_back(self.tail.split().freeze());
+        }
+        let res = io.poll_write_owned(cx, &mut self.segments);
+        self.len = self.segments.iter().map(Bytes::len).sum();
+        ready!(res)?;
+        if !self.is_empty() {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        self.poll_flush(io, cx)
     }
 
     /// Gather everything into `tail`, for a writer that takes one slice
