@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -51,14 +53,8 @@ where
 async fn two_sessions_spliced_carry_every_byte_both_ways() {
     let cancel = CancellationToken::new();
     // The far box: reads the whole request, then answers it reversed.
-    let far = pair(&cancel, |mut stream| {
-        tokio::spawn(async move {
-            let mut got = Vec::new();
-            stream.read_to_end(&mut got).await.unwrap();
-            got.reverse();
-            stream.write_all(&got).await.unwrap();
-            stream.shutdown().await.unwrap();
-        });
+    let far = pair(&cancel, |stream| {
+        tokio::spawn(common::answer_reversed(stream));
     });
     // The relay: each stream it is given goes on to the far side.
     let mut ours = pair(&cancel, move |mut incoming| {

@@ -3,6 +3,8 @@
 //! over leaves as its own binary message (split at 64 KiB), in order, and
 //! two sessions over a WebSocket still carry every byte both ways.
 
+mod common;
+
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::collections::VecDeque;
@@ -68,14 +70,8 @@ async fn sessions_over_a_websocket_carry_every_byte_both_ways() {
         device_config(),
         cancel.clone(),
         Activity::new(),
-        |mut stream: tunnel::StreamHandle| {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                stream.read_to_end(&mut got).await.unwrap();
-                got.reverse();
-                stream.write_all(&got).await.unwrap();
-                stream.shutdown().await.unwrap();
-            });
+        |stream| {
+            tokio::spawn(common::answer_reversed(stream));
         },
     ));
     let (mut control, driver) = client_hearing(
