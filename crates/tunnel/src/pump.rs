@@ -232,6 +232,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for WsIo<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsIo<S> {
+    /// The WebSocket, unless the tunnel ended.
+    fn open_ws(&mut self) -> std::io::Result<Pin<&mut WebSocketStream<S>>> {
+        match (&self.end, self.ws.as_mut()) {
+            (None, Some(ws)) => Ok(Pin::new(ws)),
+            _ => Err(gone()),
+        }
+    }
+
+    /// Ready once the WebSocket can take a message.
+    fn poll_ready_ws(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.open_ws()?
+            .poll_ready(cx)
+            .map_err(std::io::Error::other)
+    }
+
+    /// Send `message` as one binary message (after [`Self::poll_ready_ws`]).
+    fn send(&mut self, message: Bytes) -> std::io::Result<()> {
+        let n = message.len();
+        self.open_ws()?
+            .start_send(Message::Binary(message))
+            .map_err(std::io::Error::other)?;
+        self.activity
+            .bytes_out
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Send the front of `bufs` (at most [`WRITE_CHUNK`] bytes) as one
     /// binary message.
     fn poll_send(
@@ -239,14 +266,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsIo<S> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        if self.end.is_some() {
-            return Poll::Ready(Err(gone()));
-        }
-        let Some(ws) = self.ws.as_mut() else {
-            return Poll::Ready(Err(gone()));
-        };
-        let mut ws = Pin::new(ws);
-        ready!(ws.as_mut().poll_ready(cx)).map_err(std::io::Error::other)?;
+        ready!(self.poll_ready_ws(cx))?;
         let n = bufs.iter().map(|b| b.len()).sum::<usize>().min(WRITE_CHUNK);
         let mut message = bytes::BytesMut::with_capacity(n);
         for buf in bufs {
@@ -256,11 +276,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsIo<S> {
                 break;
             }
         }
-        ws.start_send(Message::Binary(message.freeze()))
-            .map_err(std::io::Error::other)?;
-        self.activity
-            .bytes_out
-            .fetch_add(n as u64, Ordering::Relaxed);
+        self.send(message.freeze())?;
         Poll::Ready(Ok(n))
     }
 }
@@ -278,15 +294,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> tokio_yamux::FrameIo fo
         cx: &mut Context<'_>,
         queue: &mut VecDeque<Bytes>,
     ) -> Poll<std::io::Result<()>> {
-        if self.end.is_some() {
-            return Poll::Ready(Err(gone()));
-        }
-        let Some(ws) = self.ws.as_mut() else {
-            return Poll::Ready(Err(gone()));
-        };
-        let mut ws = Pin::new(ws);
+        self.open_ws()?;
         while let Some(front) = queue.front_mut() {
-            ready!(ws.as_mut().poll_ready(cx)).map_err(std::io::Error::other)?;
+            ready!(self.poll_ready_ws(cx))?;
             let message = if front.len() > WRITE_CHUNK {
                 front.split_to(WRITE_CHUNK)
             } else {
@@ -295,13 +305,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> tokio_yamux::FrameIo fo
             if front.is_empty() {
                 queue.pop_front();
             }
-            let n = message.len();
-            ws.as_mut()
-                .start_send(Message::Binary(message))
-                .map_err(std::io::Error::other)?;
-            self.activity
-                .bytes_out
-                .fetch_add(n as u64, Ordering::Relaxed);
+            self.send(message)?;
         }
         Poll::Ready(Ok(()))
     }
