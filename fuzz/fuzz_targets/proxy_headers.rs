@@ -6,7 +6,7 @@
 //! cookies may pass.
 #![no_main]
 
-use api_server::proxy::{box_request_headers, box_response_headers, Door};
+use proxy_rules::{box_request_headers, box_response_headers, Door};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 

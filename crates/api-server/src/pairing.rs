@@ -18,42 +18,13 @@ use edge_core::error_body::ErrorBody;
 use edge_core::time::now_ms;
 use edge_core::DeviceToken;
 use edge_core::Secret;
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use store::{ExchangeError, NewDevice};
 
 /// Largest exchange request body (a code, a name and a few short fields).
 pub const EXCHANGE_BODY_LIMIT: usize = 4096;
 
-/// Crockford base32 alphabet (no I, L, O, U).
-const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-const CODE_LEN: usize = 10;
-
-/// A fresh code as shown to the user: `XXXXX-XXXXX`.
-pub fn new_code() -> String {
-    let mut rng = rand::rngs::OsRng;
-    let raw: String = (0..CODE_LEN)
-        .map(|_| ALPHABET[rng.gen_range(0..32)] as char)
-        .collect();
-    format!("{}-{}", &raw[..5], &raw[5..])
-}
-
-/// Canonical form of a typed code: uppercase, dashes and spaces dropped,
-/// Crockford's look-alikes mapped (I/L → 1, O → 0); `None` if malformed.
-pub fn normalize(input: &str) -> Option<String> {
-    let mut out = String::with_capacity(CODE_LEN);
-    for c in input.chars() {
-        let c = match c.to_ascii_uppercase() {
-            '-' | ' ' => continue,
-            'I' | 'L' => '1',
-            'O' => '0',
-            c if ALPHABET.contains(&(c as u8)) && c.is_ascii() => c,
-            _ => return None,
-        };
-        out.push(c);
-    }
-    (out.len() == CODE_LEN).then_some(out)
-}
+pub use edge_core::pairing_code::{new_code, normalize};
 
 /// What the store keeps for a code: HMAC-SHA256 under the server's
 /// pairing key, so a copy of the table alone does not reveal codes (50 bits
@@ -326,29 +297,6 @@ async fn exchange_code(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn codes_have_fifty_bits_in_the_display_format() {
-        let c = new_code();
-        assert_eq!(c.len(), 11);
-        assert_eq!(&c[5..6], "-");
-        assert_ne!(new_code(), c);
-        assert_eq!(normalize(&c).map(|n| n.len()), Some(10));
-    }
-
-    #[test]
-    fn typing_is_forgiving_but_not_sloppy() {
-        assert_eq!(normalize("abcde-fghjk").as_deref(), Some("ABCDEFGHJK"));
-        assert_eq!(normalize(" 0O1IL-23456 ").as_deref(), Some("0011123456"));
-        assert_eq!(normalize("ABCDEFGHJ"), None, "too short");
-        assert_eq!(normalize("ABCDE-FGHJKU"), None, "U is not in the alphabet");
-        assert_eq!(normalize("ÄBCDE-FGHJK"), None);
-    }
-}
-
-#[cfg(test)]
-mod hash_tests {
     use super::*;
 
     #[test]

@@ -4,9 +4,10 @@
 //! on the console origin (for programs only: browsers are refused there and
 //! every answer is inert if rendered). Bodies stream both ways, WebSocket
 //! upgrades pass through and are cut when the caller's access ends,
-//! hop-by-hop headers are dropped, `X-Forwarded-*` is set, our cookies and
-//! the caller's `Authorization` never reach the box, and box headers that
-//! could act beyond the device's origin never reach the browser.
+//! `X-Forwarded-*` is set, and the header rules of `proxy_rules` apply both
+//! ways (hop-by-hop headers dropped, our cookies and the caller's
+//! `Authorization` kept from the box, box headers that could act beyond the
+//! device's origin kept from the browser).
 
 use crate::error::ApiError;
 use crate::session::{check_csrf, live_session, presented_session_hash, session_and_device};
@@ -16,63 +17,14 @@ use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::response::Response;
 use edge_core::error_body::ErrorBody;
 use edge_core::{DeviceId, UserId};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 
-/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Caller credentials and headers the proxy sets itself. `cookie` is
-/// rebuilt (without ours) on device origins and dropped on the console.
-const NOT_FORWARDED: &[&str] = &[
-    "cookie",
-    "authorization",
-    "host",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-prefix",
-    "x-csrf",
-];
-
-/// Box response headers that act beyond the device's origin or outlive the
-/// user's access: wiping or planting site-wide state, widening a service
-/// worker's scope, pinning transport policy for the host, moving the origin
-/// to another server, persistent reporting, login status, and credentialed
-/// CORS (which would let another device's origin read this one).
-const BOX_HEADERS_DROPPED: &[&str] = &[
-    "clear-site-data",
-    "service-worker-allowed",
-    "strict-transport-security",
-    "alt-svc",
-    "nel",
-    "report-to",
-    "set-login",
-    "access-control-allow-credentials",
-];
-
-/// Which door a request came through.
-#[derive(Debug, Clone)]
-pub enum Door {
-    /// `/api/devices/{id}/proxy/...` on the console origin.
-    ConsoleApi { prefix: String },
-    /// The device's own origin; `host` is what the browser asked for.
-    DeviceOrigin { host: Option<HeaderValue> },
-}
+pub use proxy_rules::{box_request_headers, box_response_headers, Door};
+use proxy_rules::{requested_upgrade, BOX_HEADERS_DROPPED};
 
 /// Who may reach which device, re-checked for as long as a connection lives.
 #[derive(Debug, Clone)]
@@ -174,117 +126,6 @@ pub async fn authorize(state: &AppState, user: UserId, raw_id: &str) -> Result<D
     Ok(device)
 }
 
-/// The `Upgrade` value when the request asks for a protocol upgrade.
-fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let wants = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    wants
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
-}
-
-/// Copy end-to-end headers: drop hop-by-hop ones and those named in
-/// `Connection`, plus anything in `extra`.
-fn end_to_end(src: &HeaderMap, extra: &[&str]) -> HeaderMap {
-    let listed: Vec<String> = src
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .collect();
-    let mut out = HeaderMap::with_capacity(src.len());
-    for (name, value) in src {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || extra.contains(&n) || listed.iter().any(|l| l == n) {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    out
-}
-
-/// Cookie names that are ours (or could pass for ours): the platform's
-/// `edge_` names, with or without a `__Host-`/`__Secure-` prefix, and any
-/// prefixed name at all. Compared without regard to case.
-fn is_our_cookie_name(name: &str) -> bool {
-    let n = name.trim().to_ascii_lowercase();
-    n.starts_with("edge_") || n.starts_with("__host-") || n.starts_with("__secure-")
-}
-
-/// The request's cookies without ours: what a box on its own origin may see.
-fn box_cookies(headers: &HeaderMap) -> Option<HeaderValue> {
-    let kept: Vec<&str> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|kv| !kv.is_empty())
-        .filter(|kv| !is_our_cookie_name(kv.split('=').next().unwrap_or(kv)))
-        .collect();
-    (!kept.is_empty())
-        .then(|| HeaderValue::from_str(&kept.join("; ")).ok())
-        .flatten()
-}
-
-/// Whether a box's `Set-Cookie` may reach the browser on its own origin:
-/// never one of our names or a prefixed name, never one with a `Domain`
-/// (which would reach beyond this device's host).
-fn box_cookie_allowed(set_cookie: &HeaderValue) -> bool {
-    let Ok(v) = set_cookie.to_str() else {
-        return false;
-    };
-    let mut parts = v.split(';');
-    let Some((name, _)) = parts.next().and_then(|kv| kv.split_once('=')) else {
-        return false;
-    };
-    !is_our_cookie_name(name)
-        && !parts.any(|attr| {
-            attr.split('=')
-                .next()
-                .is_some_and(|a| a.trim().eq_ignore_ascii_case("domain"))
-        })
-}
-
-/// The box's response headers as the browser may see them.
-pub fn box_response_headers(src: &HeaderMap, door: &Door) -> HeaderMap {
-    let mut out = end_to_end(src, BOX_HEADERS_DROPPED);
-    let cookies: Vec<HeaderValue> = out.get_all(header::SET_COOKIE).iter().cloned().collect();
-    out.remove(header::SET_COOKIE);
-    if matches!(door, Door::DeviceOrigin { .. }) {
-        for c in cookies.into_iter().filter(box_cookie_allowed) {
-            out.append(header::SET_COOKIE, c);
-        }
-    }
-    if !out.contains_key(header::X_CONTENT_TYPE_OPTIONS) {
-        out.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
-    }
-    if !out.contains_key(header::CACHE_CONTROL) {
-        out.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
-    }
-    if matches!(door, Door::ConsoleApi { .. }) {
-        // Rendered by mistake, it would run on the console's origin: make
-        // it an opaque, script-less document and a download.
-        out.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("sandbox; default-src 'none'"),
-        );
-        out.insert(
-            header::CONTENT_DISPOSITION,
-            HeaderValue::from_static("attachment"),
-        );
-    }
-    out
-}
-
 /// The path and query the box sees.
 fn target_path(req: &Request, door: &Door) -> Result<String, ApiError> {
     let path = req.uri().path();
@@ -298,23 +139,6 @@ fn target_path(req: &Request, door: &Door) -> Result<String, ApiError> {
         Some(q) => format!("{rest}?{q}"),
         None => rest.to_owned(),
     })
-}
-
-/// The caller's headers as a box may see them, before the proxy adds its
-/// own: end-to-end ones only (no hop-by-hop, nothing `Connection` lists,
-/// no caller credentials), and on a device origin the caller's cookies
-/// without ours; with the upgrade the caller asked for, if any.
-pub fn box_request_headers(
-    src: &HeaderMap,
-    device_origin: bool,
-) -> (HeaderMap, Option<HeaderValue>) {
-    let mut headers = end_to_end(src, NOT_FORWARDED);
-    if device_origin {
-        if let Some(cookies) = box_cookies(src) {
-            headers.insert(header::COOKIE, cookies);
-        }
-    }
-    (headers, requested_upgrade(src))
 }
 
 /// The request as the box receives it.
@@ -518,135 +342,5 @@ pub async fn owner_behind(
         Ok((user, owns)) => Ok(owns.then_some(user)),
         Err(ApiError::Unauthenticated) => Ok(None),
         Err(err) => Err(err),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_and_connection_listed_headers_are_dropped() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret-hop"),
-        );
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert(header::COOKIE, HeaderValue::from_static("a=b"));
-        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
-        let out = end_to_end(&h, NOT_FORWARDED);
-        assert_eq!(out.len(), 1);
-        assert!(out.contains_key(header::ACCEPT));
-    }
-
-    #[test]
-    fn upgrade_needs_both_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(requested_upgrade(&h).is_none());
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, Upgrade"),
-        );
-        assert_eq!(
-            requested_upgrade(&h),
-            Some(HeaderValue::from_static("websocket"))
-        );
-    }
-
-    fn device_door() -> Door {
-        Door::DeviceOrigin { host: None }
-    }
-
-    #[test]
-    fn box_cookies_that_could_shadow_ours_or_reach_beyond_the_host_are_dropped() {
-        let mut h = HeaderMap::new();
-        for c in [
-            "theme=dark; Path=/",
-            "__Host-edge_session=evil; Path=/; Secure",
-            "edge_session=evil; Path=/",
-            "EDGE_DEVICE=evil",
-            "__Secure-x=1; Secure",
-            "wide=1; Path=/; domain=localhost",
-            "wide2=1; Domain =.example.net",
-            "box_session=abc; HttpOnly; SameSite=Lax",
-        ] {
-            h.append(header::SET_COOKIE, HeaderValue::from_static(c));
-        }
-        let out = box_response_headers(&h, &device_door());
-        let kept: Vec<_> = out
-            .get_all(header::SET_COOKIE)
-            .iter()
-            .map(|v| v.to_str().unwrap().split('=').next().unwrap().to_owned())
-            .collect();
-        assert_eq!(kept, ["theme", "box_session"]);
-        let console = box_response_headers(
-            &h,
-            &Door::ConsoleApi {
-                prefix: "/p".into(),
-            },
-        );
-        assert!(!console.contains_key(header::SET_COOKIE));
-    }
-
-    #[test]
-    fn site_wide_headers_are_dropped_and_safe_defaults_added() {
-        let mut h = HeaderMap::new();
-        for (n, v) in [
-            ("clear-site-data", "\"*\""),
-            ("service-worker-allowed", "/"),
-            ("strict-transport-security", "max-age=1"),
-            ("alt-svc", "h2=\":443\""),
-            ("nel", "{}"),
-            ("report-to", "{}"),
-            ("access-control-allow-credentials", "true"),
-            ("content-type", "text/html"),
-        ] {
-            h.insert(HeaderName::from_static(n), HeaderValue::from_static(v));
-        }
-        let out = box_response_headers(&h, &device_door());
-        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
-        assert_eq!(
-            names,
-            ["content-type", "x-content-type-options", "cache-control"]
-        );
-        assert_eq!(out[header::CACHE_CONTROL], "private");
-        // The box's own choices are kept.
-        let mut own = HeaderMap::new();
-        own.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        assert_eq!(
-            box_response_headers(&own, &device_door())[header::CACHE_CONTROL],
-            "no-store"
-        );
-        let console = box_response_headers(
-            &own,
-            &Door::ConsoleApi {
-                prefix: "/p".into(),
-            },
-        );
-        assert_eq!(
-            console[header::CONTENT_SECURITY_POLICY],
-            "sandbox; default-src 'none'"
-        );
-        assert_eq!(console[header::CONTENT_DISPOSITION], "attachment");
-    }
-
-    #[test]
-    fn the_box_sees_its_own_cookies_but_never_ours() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("theme=dark; edge_device=sig; __Host-edge_device=x"),
-        );
-        h.append(header::COOKIE, HeaderValue::from_static("box=1"));
-        assert_eq!(box_cookies(&h).unwrap(), "theme=dark; box=1");
-        let mut only_ours = HeaderMap::new();
-        only_ours.insert(header::COOKIE, HeaderValue::from_static("edge_device=sig"));
-        assert!(box_cookies(&only_ours).is_none());
     }
 }

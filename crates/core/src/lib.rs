@@ -1,10 +1,11 @@
-//! Shared vocabulary of the platform: domain ids, secret wrappers, the JSON
+//! Shared vocabulary of the platform: domain ids, pairing codes, secret wrappers, the JSON
 //! error body, telemetry set-up, shutdown signalling and the HTTP serve loop.
 
 pub mod client_addr;
 pub mod error_body;
 pub mod ids;
 pub mod metrics;
+pub mod pairing_code;
 pub mod ratelimit;
 pub mod request_id;
 pub mod secret;
