@@ -1,5 +1,6 @@
-//! Shared vocabulary of the platform: domain ids, pairing codes, secret wrappers, the JSON
-//! error body, telemetry set-up, shutdown signalling and the HTTP serve loop.
+//! Shared vocabulary of the platform: domain ids, pairing codes, secret
+//! wrappers, the JSON error body, telemetry set-up, shutdown signalling and
+//! the HTTP serve loop.
 
 pub mod client_addr;
 pub mod error_body;
