@@ -47,6 +47,18 @@ pub fn fresh_sibling_binary(bin: &Path, name: &str) -> PathBuf {
     sibling_binary(bin, name)
 }
 
+/// Variables cargo sets for the crate being compiled or tested (not for
+/// cargo itself).
+const CRATE_ENV_PREFIXES: &[&str] = &[
+    "CARGO_PKG_",
+    "CARGO_MANIFEST_",
+    "CARGO_CRATE_",
+    "CARGO_BIN_",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+];
+
 fn build_sibling(bin: &Path, name: &str) {
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = BUILD.lock().unwrap_or_else(|p| p.into_inner());
@@ -59,7 +71,18 @@ fn build_sibling(bin: &Path, name: &str) {
     let target_dir = profile_dir.parent().expect("target directory");
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = std::process::Command::new(cargo)
+    let mut command = std::process::Command::new(cargo);
+    // What cargo set for this test binary is not the caller's environment:
+    // build scripts that watch such a variable (ring's watches
+    // `CARGO_MANIFEST_DIR`) would otherwise see it change, and the next
+    // top-level build would compile them and all that depends on them again.
+    for (key, _) in std::env::vars_os() {
+        let key_text = key.to_string_lossy();
+        if CRATE_ENV_PREFIXES.iter().any(|p| key_text.starts_with(p)) || key_text == "OUT_DIR" {
+            command.env_remove(&key);
+        }
+    }
+    let status = command
         .args(["build", "--quiet", "--profile", profile, "--bin", name])
         .arg("--manifest-path")
         .arg(workspace.join("Cargo.toml"))
