@@ -18,8 +18,10 @@ pub use tokio_yamux::{FrameIo, Plain};
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// yamux settings for the relay: a ping every `ping_interval` (the
-/// contract's default is 30 s; devices answer whatever the interval), writes
-/// bounded by `ping_timeout`, and a cap on concurrently open streams.
+/// contract's default is 30 s; devices answer whatever the interval); a
+/// ping unanswered, or a connection that takes nothing while frames wait,
+/// for `ping_timeout` ends the session; and a cap on concurrently open
+/// streams.
 pub fn relay_config(max_streams: usize, ping_interval: Duration, ping_timeout: Duration) -> Config {
     Config {
         enable_keepalive: true,

@@ -17,6 +17,16 @@ use crate::{
 /// drained: every batch of frames cost several reads and a last one that
 /// found nothing.
 const READ_CHUNK: usize = 8 * 1024;
+/// Patched (ninth change): the most room a data frame's header makes us
+/// reserve for its body before any of the body has arrived.
+pub(crate) const BODY_RESERVE_FLOOR: usize = 64 * 1024;
+
+/// Room to reserve for the `missing` rest of a body of which `received`
+/// bytes are here: all of it when short, else no more than what arrived
+/// (or the floor), so the reservation grows only as the peer sends.
+fn body_reserve(missing: usize, received: usize) -> usize {
+    missing.min(received.max(BODY_RESERVE_FLOOR)).max(READ_CHUNK)
+}
 
 /// The base message type is frame
 #[derive(Debug, Eq, PartialEq)]
@@ -352,8 +362,12 @@ impl Decoder for FrameCodec {
                 // what is read so far moves at most once. A short rest
                 // gets `READ_CHUNK`, so the frames behind it come in the
                 // same read.
+                // Ninth change: the room reserved up front is at most
+                // `BODY_RESERVE_FLOOR`, then grows with what has arrived,
+                // so a 12-byte header alone cannot make us hold a whole
+                // window's worth of memory.
                 let missing = header.length as usize - src.len();
-                src.reserve(missing.max(READ_CHUNK));
+                src.reserve(body_reserve(missing, src.len()));
                 self.unused_data_header = Some(header);
                 return Ok(None);
             } else {
@@ -511,5 +525,28 @@ mod test {
             codec.decode(&mut data).unwrap_err().kind(),
             io::ErrorKind::InvalidData
         );
+    }
+
+    #[test]
+    fn a_header_alone_reserves_at_most_the_floor_for_its_body() {
+        // A 1 MiB data frame's header for a stream that does not exist,
+        // and none of its body.
+        let mut codec = FrameCodec::default().max_frame_size(1 << 20);
+        let mut data = BytesMut::new();
+        Frame::new_data(Flags(0), 99, BytesMut::zeroed(1 << 20))
+            .into_parts()
+            .0
+            .encode(&mut data);
+        assert!(codec.decode(&mut data).unwrap().is_none());
+        assert!(
+            data.capacity() <= BODY_RESERVE_FLOOR + HEADER_SIZE,
+            "{} bytes reserved",
+            data.capacity()
+        );
+        // The reservation grows with what arrives, never past the body.
+        assert_eq!(body_reserve(1 << 20, 0), BODY_RESERVE_FLOOR);
+        assert_eq!(body_reserve(1 << 20, 300_000), 300_000);
+        assert_eq!(body_reserve(100, 0), READ_CHUNK);
+        assert_eq!(body_reserve(200_000, 500_000), 200_000);
     }
 }

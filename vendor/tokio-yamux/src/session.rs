@@ -44,7 +44,13 @@ const BUF_SHRINK_THRESHOLD: usize = u8::MAX as usize;
 /// Patched: bytes buffered for writing before `poll_ready` flushes
 /// (upstream's value, the size of its initial buffer).
 const WRITE_BACKPRESSURE_BOUNDARY: usize = 8 * 1024;
-const TIMEOUT: Duration = Duration::from_secs(30);
+/// Patched (eighth change): the most control frames (ping answers,
+/// resets, window updates: 12 bytes each on the wire) that may wait for
+/// the connection to take them. Past it the session stops reading, so a
+/// peer that sends pings or SYNs without reading our answers cannot make
+/// us queue without end; if the connection then takes nothing for
+/// `connection_write_timeout`, the session ends.
+pub(crate) const MAX_PENDING_CONTROL_FRAMES: usize = 1024;
 
 /// The session
 pub struct Session<T> {
@@ -91,6 +97,12 @@ pub struct Session<T> {
     pending_streams: VecDeque<StreamHandle>,
     // The buffer which will send to underlying network
     write_pending_frames: VecDeque<Frame>,
+    // Patched: how many of `write_pending_frames` are control frames
+    // (bounded by `MAX_PENDING_CONTROL_FRAMES`).
+    control_pending: usize,
+    // Patched: ends the session when the connection takes nothing for
+    // `connection_write_timeout` while frames wait.
+    write_deadline: WriteDeadline,
     // Patched: the frames encoded so far wait for the runtime's next look
     // at I/O (see `poll_next`); set while such a deferred flush is owed.
     flush_deferred: bool,
@@ -206,6 +218,8 @@ where
             streams: HashMap::default(),
             pending_streams: VecDeque::default(),
             write_pending_frames: VecDeque::default(),
+            control_pending: 0,
+            write_deadline: WriteDeadline::new(config.connection_write_timeout),
             flush_deferred: false,
             read_pending_frames: VecDeque::default(),
             event_sender,
@@ -236,7 +250,7 @@ where
         }
 
         // Ignore frames remaining in pending queue
-        self.write_pending_frames.clear();
+        self.clear_pending();
         self.send_go_away(cx)?;
         Ok(())
     }
@@ -288,7 +302,7 @@ where
         code: GoAwayCode,
     ) -> Result<(), io::Error> {
         // clear all pending write and then send go away to close session
-        self.write_pending_frames.clear();
+        self.clear_pending();
         let frame = Frame::new_go_away(code);
         self.send_frame(cx, frame)?;
         self.local_go_away = true;
@@ -312,6 +326,9 @@ where
         }
         release(self.framed_stream.read_buffer_mut());
         self.write_queue.release_if_idle();
+        if self.write_queue.is_idle() && self.write_pending_frames.is_empty() {
+            self.write_deadline.release();
+        }
     }
 
     /// Open a new stream to remote session
@@ -337,10 +354,13 @@ where
         // According to the authoritative [spec](https://tools.ietf.org/html/rfc6455#section-5.5.2)
         // of websocket, the keep alive message **must** respond. If it is not responding,
         // it is a protocol exception and should be disconnected.
+        // Patched: a ping has `connection_write_timeout` to be answered
+        // (upstream: a fixed 30 s, whatever the configuration said).
+        let timeout = self.config.connection_write_timeout;
         if self
             .pings
             .iter()
-            .any(|(_id, time)| ping_at.saturating_duration_since(*time) > TIMEOUT)
+            .any(|(_id, time)| ping_at.saturating_duration_since(*time) > timeout)
         {
             #[cfg(feature = "metrics")]
             metrics::counter!("yamux.ping_timeout").increment(1);
@@ -390,7 +410,7 @@ where
     /// Sink `start_send` NotReady -> buffer full need poll complete
     #[inline]
     fn send_all(&mut self, cx: &mut Context) -> Result<bool, io::Error> {
-        while let Some(frame) = self.write_pending_frames.pop_front() {
+        while let Some(frame) = self.pop_pending() {
             if self.is_dead() {
                 break;
             }
@@ -399,7 +419,7 @@ where
             // it takes more (what `Framed::poll_ready` did).
             if self.write_queue.len() >= WRITE_BACKPRESSURE_BOUNDARY && self.poll_complete(cx)? {
                 debug!("[{:?}] write queue NotReady, frame: {:?}", self.ty, frame);
-                self.write_pending_frames.push_front(frame);
+                self.push_pending_front(frame);
                 return Ok(true);
             }
             self.write_queue.push(frame);
@@ -428,11 +448,42 @@ where
     }
 
     fn send_frame(&mut self, cx: &mut Context, frame: Frame) -> Result<(), io::Error> {
-        self.write_pending_frames.push_back(frame);
+        self.push_pending(frame);
         if self.send_all(cx)? {
             debug!("[{:?}] Session::send_frame() finished", self.ty);
         }
         Ok(())
+    }
+
+    /// Patched: queue `frame` behind the others, counting control frames.
+    fn push_pending(&mut self, frame: Frame) {
+        self.control_pending += usize::from(frame.ty() != Type::Data);
+        self.write_pending_frames.push_back(frame);
+    }
+
+    fn push_pending_front(&mut self, frame: Frame) {
+        self.control_pending += usize::from(frame.ty() != Type::Data);
+        self.write_pending_frames.push_front(frame);
+    }
+
+    fn pop_pending(&mut self) -> Option<Frame> {
+        let frame = self.write_pending_frames.pop_front()?;
+        self.control_pending -= usize::from(frame.ty() != Type::Data);
+        Some(frame)
+    }
+
+    fn clear_pending(&mut self) {
+        self.write_pending_frames.clear();
+        self.control_pending = 0;
+    }
+
+    /// Patched: too many control frames wait for the connection; the
+    /// session reads nothing more until they are written.
+    /// The bound is `MAX_PENDING_CONTROL_FRAMES`, or two per stream the
+    /// session may hold (a window update and a close each), if more.
+    fn write_backlogged(&self) -> bool {
+        self.control_pending
+            >= MAX_PENDING_CONTROL_FRAMES.max(self.config.max_stream_count.saturating_mul(2))
     }
 
     fn handle_frame(&mut self, cx: &mut Context, frame: Frame) -> Result<(), io::Error> {
@@ -494,7 +545,7 @@ where
                     let mut flags = Flags::from(Flag::Ack);
                     flags.add(Flag::Rst);
                     let frame = Frame::new_window_update(flags, stream_id, 0);
-                    self.write_pending_frames.push_back(frame);
+                    self.push_pending(frame);
                 }
             }
             let disconnected = {
@@ -555,17 +606,21 @@ where
             self.send_ping(cx, Some(frame.length()))?;
         } else if flags.contains(Flag::Ack) {
             let ping_id = frame.length();
-            let sent_ping_at = self.pings.remove(&ping_id);
+            // Patched: an ACK for a ping we never sent (a forged
+            // `u32::MAX` cleared every outstanding ping upstream) is
+            // ignored; an answer to one we sent also settles the older ones.
+            let Some(sent_ping_at) = self.pings.remove(&ping_id) else {
+                debug!("[{:?}] ignored ACK of unsent ping {}", self.ty, ping_id);
+                return Ok(());
+            };
             #[cfg(feature = "metrics")]
-            if let Some(sent_at) = sent_ping_at {
+            {
                 let now = self.now();
-                let latency = now.saturating_duration_since(sent_at);
+                let latency = now.saturating_duration_since(sent_ping_at);
                 metrics::histogram!("yamux.ping_latency").record(latency.as_millis() as f64);
             }
             #[cfg(not(feature = "metrics"))]
             let _ = sent_ping_at;
-            // If the remote peer does not follow the protocol,
-            // there may be a memory leak, so here need to discard all ping ids below the ack.
             self.pings = self.pings.split_off(&ping_id);
         } else {
             // TODO: unexpected case, send a GoAwayCode::ProtocolError ?
@@ -576,7 +631,7 @@ where
     fn handle_go_away(&mut self, cx: &mut Context, frame: &Frame) -> Result<(), io::Error> {
         let mut close = || -> Result<(), io::Error> {
             self.remote_go_away = true;
-            self.write_pending_frames.clear();
+            self.clear_pending();
             if !self.local_go_away {
                 self.send_go_away(cx)?;
             }
@@ -742,7 +797,13 @@ where
             }
 
             let mut is_pending = self.control_poll(cx)?.is_pending();
-            if self.read_pending_frames.is_empty() {
+            if self.write_backlogged() {
+                trace!(
+                    "[{:?}] skip recv_frames while {} control frames wait to be written",
+                    self.ty,
+                    self.control_pending
+                );
+            } else if self.read_pending_frames.is_empty() {
                 is_pending &= self.recv_frames(cx)?.is_pending();
             } else {
                 trace!(
@@ -781,6 +842,18 @@ where
             defer_wake(cx);
         }
 
+        // Eighth change: frames waiting and a connection that has taken
+        // nothing for `connection_write_timeout` end the session.
+        let waiting = !self.write_queue.is_idle() || !self.write_pending_frames.is_empty();
+        let progress = self.write_queue.progress();
+        if self.write_deadline.poll_expired(waiting, progress, cx) {
+            debug!("[{:?}] write deadline passed", self.ty);
+            return Poll::Ready(Some(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "yamux write timed out",
+            ))));
+        }
+
         if need_wake || keep_alive_wake {
             // To ensure we do not starve other tasks waiting on the executor,
             // we yield here, but immediately wake ourselves up to continue.
@@ -788,6 +861,62 @@ where
         }
 
         Poll::Pending
+    }
+}
+
+/// Patched (eighth change): the deadline of a connection that takes
+/// nothing. It runs from the moment frames wait, or from the connection's
+/// last progress (bytes taken, a flush finished), whichever is later. Its
+/// timer is kept while traffic goes on (moving it costs a reset only once
+/// the old deadline has passed) and given back on an idle keepalive tick.
+struct WriteDeadline {
+    timeout: Duration,
+    progress: u64,
+    since: Option<tokio::time::Instant>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WriteDeadline {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            progress: 0,
+            since: None,
+            timer: None,
+        }
+    }
+
+    /// Whether frames have `waiting` with no `progress` for the timeout;
+    /// otherwise arms the timer to wake the session when it would be.
+    fn poll_expired(&mut self, waiting: bool, progress: u64, cx: &mut Context) -> bool {
+        if !waiting {
+            self.since = None;
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        if self.since.is_none() || progress != self.progress {
+            self.since = Some(now);
+            self.progress = progress;
+        }
+        let deadline = self.since.unwrap_or(now) + self.timeout;
+        if now >= deadline {
+            return true;
+        }
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() <= now {
+            timer.as_mut().reset(deadline);
+        }
+        // Pending until the (possibly earlier) deadline it holds; the
+        // wake-up then looks again.
+        let _ = std::future::Future::poll(timer.as_mut(), cx);
+        false
+    }
+
+    fn release(&mut self) {
+        self.since = None;
+        self.timer = None;
     }
 }
 
