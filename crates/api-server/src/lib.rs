@@ -113,22 +113,31 @@ pub async fn run_on(
         None => None,
     };
     let pairing_limits = Arc::new(state::PairingLimits::default());
+    let metrics = metrics::ApiMetrics::default();
     let locator: Arc<dyn directory::NodeLocator> = match redis {
         Some(redis) => {
             let shared = directory::shared_limits::SharedBuckets::new(redis.clone());
             pairing_limits.per_address.share(shared.clone());
             pairing_limits.global.share(shared);
-            Arc::new(directory::leases::RedisLocator::new(redis))
+            Arc::new(directory::leases::RedisLocator::new(
+                redis,
+                directory::leases::LeaseKey::derive(&internal_secret),
+                metrics.forged_directory_entries.clone(),
+            ))
         }
         None => Arc::new(StaticNode(NodeId(config.relay_url.clone()))),
     };
-    let directory = RelayDirectory::new(
+    let multi_node = config.redis_url.is_some();
+    let mut directory = RelayDirectory::new(
         locator,
         internal_secret,
         settings.proxy_connect_timeout,
         settings.proxy_connect_timeout,
     )
     .with_tls(relay_tls);
+    if multi_node {
+        directory = directory.requiring_tls_off_loopback();
+    }
     let oidc = auth::oidc::OidcClient::new(config.oidc(&settings)?)
         .map_err(|e| ApiError::Config(e.to_string()))?;
     if let Some(service) = config.service_client()? {
@@ -156,7 +165,7 @@ pub async fn run_on(
         pairing_limits,
         access_changes: Arc::default(),
         pairing_key,
-        metrics: metrics::ApiMetrics::default(),
+        metrics,
     });
     if let Some(addr) = config.metrics_listen.0 {
         edge_core::metrics::spawn(addr, state.exposition(), shutdown.clone())

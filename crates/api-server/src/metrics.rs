@@ -37,6 +37,7 @@ pub struct ApiMetrics {
     pub audit_lost: Gauge,
     pub audit_recorded: Gauge,
     pub remote_access_opened: Gauge,
+    pub forged_directory_entries: Counter,
 }
 
 impl Default for ApiMetrics {
@@ -54,6 +55,7 @@ impl Default for ApiMetrics {
             audit_lost: Gauge::default(),
             audit_recorded: Gauge::default(),
             remote_access_opened: Gauge::default(),
+            forged_directory_entries: Counter::default(),
         }
     }
 }
@@ -132,6 +134,11 @@ impl ApiMetrics {
             "remote_access_sessions_opened",
             "Remote-access sessions (connections to boxes) opened since start; each has an audit row",
             self.remote_access_opened.clone(),
+        );
+        r.register(
+            "forged_directory_entries",
+            "Lease values and relay-node entries read from Redis whose signature did not hold (ignored; someone other than a relay writes to Redis)",
+            self.forged_directory_entries.clone(),
         );
         r
     }

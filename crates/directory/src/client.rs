@@ -37,8 +37,13 @@ pub struct RelayDirectory {
     connect_timeout: Duration,
     response_timeout: Duration,
     tls: Option<Arc<rustls::ClientConfig>>,
-    /// The open channel to each node.
-    channels: Arc<tokio::sync::Mutex<HashMap<NodeId, Channel>>>,
+    /// Refuse `http://` nodes off loopback (multi-node mode: node URLs come
+    /// from Redis, and each connection carries the internal secret).
+    tls_off_loopback: bool,
+    /// The channel slot of each node. The map's lock is held only to find
+    /// a slot; connecting holds that node's slot alone, so a node that
+    /// answers nothing never delays requests to the others.
+    channels: Arc<std::sync::Mutex<HashMap<NodeId, ChannelSlot>>>,
     /// TCP connections made to relay nodes so far.
     connections: Arc<AtomicU64>,
 }
@@ -52,6 +57,10 @@ struct Channel {
     /// Set by the node's drain notice (or a draining answer).
     draining: Retiring,
 }
+
+/// One node's channel, opened by whoever finds it missing first (the others
+/// asking for the same node wait for that one attempt).
+type ChannelSlot = Arc<tokio::sync::Mutex<Option<Channel>>>;
 
 /// The byte stream under one internal-API connection.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
@@ -79,6 +88,7 @@ impl RelayDirectory {
             connect_timeout,
             response_timeout,
             tls: None,
+            tls_off_loopback: false,
             channels: Arc::default(),
             connections: Arc::default(),
         }
@@ -92,8 +102,15 @@ impl RelayDirectory {
 
     /// The channel to `node`, opened now if there is none (or it ended).
     async fn channel(&self, node: &NodeId) -> Result<Channel, DirectoryError> {
-        let mut channels = self.channels.lock().await;
-        if let Some(ch) = channels.get(node) {
+        let slot = {
+            let mut channels = self
+                .channels
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            channels.entry(node.clone()).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        if let Some(ch) = slot.as_ref() {
             if !ch.ended.is_cancelled() {
                 return Ok(ch.clone());
             }
@@ -133,7 +150,7 @@ impl RelayDirectory {
             ended,
             draining,
         };
-        channels.insert(node.clone(), ch.clone());
+        *slot = Some(ch.clone());
         Ok(ch)
     }
 
@@ -164,6 +181,13 @@ impl RelayDirectory {
         self
     }
 
+    /// Refuse plaintext to any node not on a loopback address (multi-node
+    /// mode).
+    pub fn requiring_tls_off_loopback(mut self) -> Self {
+        self.tls_off_loopback = true;
+        self
+    }
+
     /// A connection to `node`'s internal port (TLS for `https://`); returns
     /// it with the authority to send as `Host`.
     async fn connect(&self, node: &NodeId) -> Result<(Box<dyn Io>, String), DirectoryError> {
@@ -178,6 +202,12 @@ impl RelayDirectory {
             )));
         };
         let authority = rest.trim_end_matches('/').to_owned();
+        if !tls && self.tls_off_loopback && !is_loopback_authority(&authority) {
+            return Err(DirectoryError::Relay(format!(
+                "refusing plaintext to relay node {}: multi-node mode needs https:// off loopback",
+                node.0
+            )));
+        }
         let connecting = async {
             let tcp = TcpStream::connect(&authority)
                 .await
@@ -426,6 +456,19 @@ impl SessionView for RelayDirectory {
             }
         }
     }
+}
+
+/// Whether `authority` (`host:port`) names a loopback address.
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// How long a request waits for a draining node's device to reconnect

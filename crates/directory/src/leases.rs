@@ -13,13 +13,28 @@
 //! [`RedisLocator`], a [`NodeLocator`] that can only read. Every call is
 //! bounded by a timeout, so Redis down is an error
 //! ([`DirectoryError::Unavailable`]), never a hang.
+//!
+//! Redis is not trusted with where the internal secret goes: every lease
+//! value and node-set member carries an HMAC ([`LeaseKey`], derived from
+//! the internal secret that relays and api-servers share), and the
+//! api-server ignores (and counts) any that does not verify, so whoever
+//! can write to Redis cannot point an api-server at a host of theirs.
 
 use crate::{DirectoryError, NodeId, NodeLocator};
 use async_trait::async_trait;
-use edge_core::DeviceId;
+use edge_core::metrics::prometheus_client::metrics::counter::Counter;
+use edge_core::{DeviceId, Secret};
 use futures_util::StreamExt;
+use hmac::{Hmac, Mac};
 use redis::aio::ConnectionManager;
+use sha2::Sha256;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Leases refreshed by one script call (one round trip each).
+pub const REFRESH_BATCH: usize = 500;
+/// Refresh batches in flight at once on the multiplexed connection.
+const REFRESH_CONCURRENCY: usize = 4;
 
 /// Key of a device's lease.
 pub fn lease_key(device: DeviceId) -> String {
@@ -41,6 +56,62 @@ pub const DEFAULT_LEASE_REFRESH: Duration = Duration::from_secs(5);
 /// A node whose heartbeat is older than this is not listed as up.
 pub const NODE_STALE: Duration = Duration::from_secs(15);
 
+/// Signs and checks what relays write to Redis (lease values, node-set
+/// members): HMAC-SHA256 under a key derived from the internal secret.
+#[derive(Clone)]
+pub struct LeaseKey(Arc<[u8; 32]>);
+
+impl std::fmt::Debug for LeaseKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaseKey(..)")
+    }
+}
+
+impl LeaseKey {
+    /// The key every holder of `internal` derives alike.
+    pub fn derive(internal: &Secret) -> Self {
+        let mut mac = Self::mac_with(internal.expose().as_bytes());
+        mac.update(b"edge directory signing v1");
+        Self(Arc::new(mac.finalize().into_bytes().into()))
+    }
+
+    fn mac_with(key: &[u8]) -> Hmac<Sha256> {
+        // HMAC takes a key of any length.
+        match Hmac::<Sha256>::new_from_slice(key) {
+            Ok(mac) => mac,
+            Err(_) => unreachable!("HMAC accepts every key length"),
+        }
+    }
+
+    fn mac(&self, what: &str) -> Hmac<Sha256> {
+        let mut mac = Self::mac_with(&self.0[..]);
+        mac.update(what.as_bytes());
+        mac
+    }
+
+    /// Hex HMAC of `what`.
+    fn sign(&self, what: &str) -> String {
+        hex::encode(self.mac(what).finalize().into_bytes())
+    }
+
+    /// Whether `tag` is `what`'s HMAC (constant-time).
+    fn verify(&self, what: &str, tag: &str) -> bool {
+        hex::decode(tag).is_ok_and(|tag| self.mac(what).verify_slice(&tag).is_ok())
+    }
+
+    /// A node-set member: the node's URL and its signature.
+    fn node_member(&self, node: &NodeId) -> String {
+        format!("{} {}", node.0, self.sign(&format!("node {}", node.0)))
+    }
+
+    /// The node a node-set member names, when its signature holds.
+    fn node_of(&self, member: &str) -> Option<NodeId> {
+        let (url, tag) = member.split_once(' ')?;
+        self.verify(&format!("node {url}"), tag)
+            .then(|| NodeId(url.to_owned()))
+    }
+}
+
 /// A lease's value: who holds the device, since when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -51,15 +122,27 @@ pub struct Lease {
 }
 
 impl Lease {
-    fn encode(&self) -> String {
-        format!("{} {} {}", self.node.0, self.holder, self.connected_since)
+    /// `<node> <holder> <since> <HMAC over the device and those three>`.
+    fn encode(&self, device: DeviceId, key: &LeaseKey) -> String {
+        let body = format!("{} {} {}", self.node.0, self.holder, self.connected_since);
+        let tag = key.sign(&format!("lease {device} {body}"));
+        format!("{body} {tag}")
     }
 
-    fn decode(v: &str) -> Option<Self> {
-        let mut parts = v.split(' ');
+    /// The lease in `v` for `device`; `None` when it is garbage or its
+    /// signature does not hold (forged, or moved from another device).
+    fn decode(device: DeviceId, v: &str, key: &LeaseKey) -> Option<Self> {
+        let (body, tag) = v.rsplit_once(' ')?;
+        if !key.verify(&format!("lease {device} {body}"), tag) {
+            return None;
+        }
+        let mut parts = body.split(' ');
         let node = NodeId(parts.next()?.to_owned());
         let holder = parts.next()?.to_owned();
         let connected_since = parts.next()?.parse().ok()?;
+        if parts.next().is_some() {
+            return None;
+        }
         Some(Self {
             node,
             holder,
@@ -115,13 +198,17 @@ impl RedisConn {
             .map_err(unavailable)
     }
 
-    async fn lease(&self, device: DeviceId) -> Result<Option<Lease>, DirectoryError> {
-        let v: Option<String> = self.run(redis::cmd("GET").arg(lease_key(device))).await?;
-        Ok(v.as_deref().and_then(Lease::decode))
+    /// The raw lease value of `device`.
+    async fn lease_value(&self, device: DeviceId) -> Result<Option<String>, DirectoryError> {
+        self.run(redis::cmd("GET").arg(lease_key(device))).await
     }
 
-    /// The leases of `devices`, in order, in one round trip (`MGET`).
-    async fn leases(&self, devices: &[DeviceId]) -> Result<Vec<Option<Lease>>, DirectoryError> {
+    /// The raw lease values of `devices`, in order, in one round trip
+    /// (`MGET`).
+    async fn lease_values(
+        &self,
+        devices: &[DeviceId],
+    ) -> Result<Vec<Option<String>>, DirectoryError> {
         if devices.is_empty() {
             return Ok(Vec::new());
         }
@@ -129,11 +216,7 @@ impl RedisConn {
         for d in devices {
             cmd.arg(lease_key(*d));
         }
-        let values: Vec<Option<String>> = self.run(&cmd).await?;
-        Ok(values
-            .iter()
-            .map(|v| v.as_deref().and_then(Lease::decode))
-            .collect())
+        self.run(&cmd).await
     }
 
     pub(crate) async fn script<T: redis::FromRedisValue>(
@@ -166,19 +249,56 @@ const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
 
-/// Refresh the lease while it is ours (1); write it again if it vanished,
-/// say while Redis was down (2); leave another holder's alone (0).
+/// For each key `KEYS[i]`: refresh the lease while it is ours (`ARGV[i]`,
+/// answer 1); write it again if it vanished, say while Redis was down (2);
+/// leave another holder's alone (0). The last argument is the TTL in ms.
+/// One call refreshes a batch of leases in one round trip.
 const REFRESH: &str = r"
-local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
-return 0";
+local ttl = ARGV[#KEYS + 1]
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if v == ARGV[i] then redis.call('PEXPIRE', key, ttl) out[i] = 1
+  elseif not v then redis.call('SET', key, ARGV[i], 'PX', ttl) out[i] = 2
+  else out[i] = 0 end
+end
+return out";
+
+/// What one refresh pass over a relay's leases found.
+#[derive(Debug, Default)]
+pub struct RefreshReport {
+    /// Devices another holder has now (close their sessions here).
+    pub lost: Vec<DeviceId>,
+    /// Leases in batches Redis did not refresh (the pass went on past
+    /// them), and the first such batch's error.
+    pub failed: usize,
+    pub first_error: Option<DirectoryError>,
+}
+
+impl RefreshReport {
+    fn add(&mut self, batch: &[(DeviceId, Lease)], answer: Result<Vec<i64>, DirectoryError>) {
+        match answer {
+            Ok(answer) => self.lost.extend(
+                batch
+                    .iter()
+                    .zip(answer)
+                    .filter(|(_, a)| *a == 0)
+                    .map(|((device, _), _)| *device),
+            ),
+            Err(err) => {
+                self.failed += batch.len();
+                self.first_error.get_or_insert(err);
+            }
+        }
+    }
+}
 
 /// The relay's side: its leases, its heartbeat, the takeovers it hears of.
 #[derive(Clone)]
 pub struct RelayLeases {
     redis: RedisConn,
     node: NodeId,
+    key: LeaseKey,
     ttl: Duration,
     release: std::sync::Arc<redis::Script>,
     refresh: std::sync::Arc<redis::Script>,
@@ -194,11 +314,13 @@ impl std::fmt::Debug for RelayLeases {
 }
 
 impl RelayLeases {
-    /// Leases of `node` over `redis`; they live `ttl` unless refreshed.
-    pub fn new(redis: RedisConn, node: NodeId, ttl: Duration) -> Self {
+    /// Leases of `node` over `redis`, signed with `key`; they live `ttl`
+    /// unless refreshed.
+    pub fn new(redis: RedisConn, node: NodeId, key: LeaseKey, ttl: Duration) -> Self {
         Self {
             redis,
             node,
+            key,
             ttl,
             release: std::sync::Arc::new(redis::Script::new(RELEASE)),
             refresh: std::sync::Arc::new(redis::Script::new(REFRESH)),
@@ -221,13 +343,16 @@ impl RelayLeases {
             .run(
                 redis::cmd("SET")
                     .arg(lease_key(device))
-                    .arg(lease.encode())
+                    .arg(lease.encode(device, &self.key))
                     .arg("PX")
                     .arg(self.ttl_ms())
                     .arg("GET"),
             )
             .await?;
-        if let Some(prev) = previous.as_deref().and_then(Lease::decode) {
+        if let Some(prev) = previous
+            .as_deref()
+            .and_then(|v| Lease::decode(device, v, &self.key))
+        {
             if prev.node != self.node {
                 let _: i64 = self
                     .redis
@@ -244,27 +369,64 @@ impl RelayLeases {
 
     /// The device's lease as Redis has it now.
     pub async fn current(&self, device: DeviceId) -> Result<Option<Lease>, DirectoryError> {
-        self.redis.lease(device).await
+        let v = self.redis.lease_value(device).await?;
+        Ok(v.and_then(|v| Lease::decode(device, &v, &self.key)))
     }
 
     /// Keep `lease` alive; `false` when another holder has the device now.
     pub async fn refresh(&self, device: DeviceId, lease: &Lease) -> Result<bool, DirectoryError> {
-        let ours: i64 = self
-            .redis
-            .script(
-                &self.refresh,
-                &[&lease_key(device)],
-                &[&lease.encode(), &self.ttl_ms()],
-            )
-            .await?;
-        Ok(ours != 0)
+        let answers = self.refresh_batch(&[(device, lease.clone())]).await?;
+        Ok(answers.first().is_some_and(|a| *a != 0))
+    }
+
+    /// Keep every one of `leases` alive: [`REFRESH_BATCH`] per round trip,
+    /// a few batches in flight at once, and a batch that fails does not
+    /// stop the others.
+    pub async fn refresh_all(&self, leases: &[(DeviceId, Lease)]) -> RefreshReport {
+        let mut report = RefreshReport::default();
+        for group in leases.chunks(REFRESH_BATCH * REFRESH_CONCURRENCY) {
+            let calls: Vec<_> = group
+                .chunks(REFRESH_BATCH)
+                .map(|batch| self.refresh_call(batch))
+                .collect();
+            let answers = futures_util::future::join_all(calls).await;
+            for (batch, answer) in group.chunks(REFRESH_BATCH).zip(answers) {
+                report.add(batch, answer);
+            }
+        }
+        report
+    }
+
+    /// One script call over `batch`: 0 (another holder), 1 or 2 per lease.
+    async fn refresh_batch(&self, batch: &[(DeviceId, Lease)]) -> Result<Vec<i64>, DirectoryError> {
+        self.refresh_call(batch).await
+    }
+
+    /// The call [`RelayLeases::refresh_batch`] makes, its arguments built
+    /// before it is awaited.
+    fn refresh_call(
+        &self,
+        batch: &[(DeviceId, Lease)],
+    ) -> impl std::future::Future<Output = Result<Vec<i64>, DirectoryError>> + Send + '_ {
+        let keys: Vec<String> = batch.iter().map(|(d, _)| lease_key(*d)).collect();
+        let mut args: Vec<String> = batch.iter().map(|(d, l)| l.encode(*d, &self.key)).collect();
+        args.push(self.ttl_ms());
+        async move {
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            self.redis.script(&self.refresh, &keys, &args).await
+        }
     }
 
     /// Remove `lease` if it is still the device's.
     pub async fn release(&self, device: DeviceId, lease: &Lease) -> Result<(), DirectoryError> {
         let _: i64 = self
             .redis
-            .script(&self.release, &[&lease_key(device)], &[&lease.encode()])
+            .script(
+                &self.release,
+                &[&lease_key(device)],
+                &[&lease.encode(device, &self.key)],
+            )
             .await?;
         Ok(())
     }
@@ -277,7 +439,7 @@ impl RelayLeases {
                 redis::cmd("ZADD")
                     .arg(NODES_KEY)
                     .arg(edge_core::time::now_ms())
-                    .arg(&self.node.0),
+                    .arg(self.key.node_member(&self.node)),
             )
             .await?;
         Ok(())
@@ -287,7 +449,11 @@ impl RelayLeases {
     pub async fn withdraw(&self) -> Result<(), DirectoryError> {
         let _: i64 = self
             .redis
-            .run(redis::cmd("ZREM").arg(NODES_KEY).arg(&self.node.0))
+            .run(
+                redis::cmd("ZREM")
+                    .arg(NODES_KEY)
+                    .arg(self.key.node_member(&self.node)),
+            )
             .await?;
         Ok(())
     }
@@ -318,6 +484,8 @@ impl RelayLeases {
 #[derive(Clone)]
 pub struct RedisLocator {
     redis: RedisConn,
+    key: LeaseKey,
+    forged: Counter,
 }
 
 impl std::fmt::Debug for RedisLocator {
@@ -327,13 +495,31 @@ impl std::fmt::Debug for RedisLocator {
 }
 
 impl RedisLocator {
-    pub fn new(redis: RedisConn) -> Self {
-        Self { redis }
+    /// Reads what relays signed with `key`; counts what does not verify
+    /// in `forged`.
+    pub fn new(redis: RedisConn, key: LeaseKey, forged: Counter) -> Self {
+        Self { redis, key, forged }
     }
 
-    /// The lease of `device`, if any.
+    /// The lease of `device`, if any (a forged one is none).
     pub async fn lease(&self, device: DeviceId) -> Result<Option<Lease>, DirectoryError> {
-        self.redis.lease(device).await
+        let v = self.redis.lease_value(device).await?;
+        Ok(v.and_then(|v| self.checked(device, &v)))
+    }
+
+    /// Lease values and node-set members read so far whose signature did
+    /// not hold (someone other than a relay wrote to Redis).
+    pub fn forged(&self) -> u64 {
+        self.forged.get()
+    }
+
+    fn checked(&self, device: DeviceId, v: &str) -> Option<Lease> {
+        let lease = Lease::decode(device, v, &self.key);
+        if lease.is_none() {
+            self.forged.inc();
+            tracing::warn!(%device, "ignored a lease whose signature does not hold");
+        }
+        lease
     }
 }
 
@@ -347,11 +533,15 @@ impl NodeLocator for RedisLocator {
         &self,
         devices: &[DeviceId],
     ) -> Result<Option<Vec<Option<(NodeId, i64)>>>, DirectoryError> {
-        let leases = self.redis.leases(devices).await?;
+        let values = self.redis.lease_values(devices).await?;
         Ok(Some(
-            leases
-                .into_iter()
-                .map(|l| l.map(|l| (l.node, l.connected_since)))
+            devices
+                .iter()
+                .zip(values)
+                .map(|(d, v)| {
+                    v.and_then(|v| self.checked(*d, &v))
+                        .map(|l| (l.node, l.connected_since))
+                })
                 .collect(),
         ))
     }
@@ -367,7 +557,17 @@ impl NodeLocator for RedisLocator {
                     .arg("+inf"),
             )
             .await?;
-        Ok(nodes.into_iter().map(NodeId).collect())
+        Ok(nodes
+            .iter()
+            .filter_map(|m| {
+                let node = self.key.node_of(m);
+                if node.is_none() {
+                    self.forged.inc();
+                    tracing::warn!("ignored a relay node whose signature does not hold");
+                }
+                node
+            })
+            .collect())
     }
 }
 
@@ -377,13 +577,41 @@ mod tests {
 
     #[test]
     fn leases_round_trip_and_garbage_is_no_lease() {
+        let key = LeaseKey::derive(&Secret::new("internal"));
+        let device = DeviceId::new();
         let lease = Lease {
             node: NodeId("https://relay-a:3801".into()),
             holder: "abc-7".into(),
             connected_since: 1_700_000_000_000,
         };
-        assert_eq!(Lease::decode(&lease.encode()), Some(lease));
-        assert_eq!(Lease::decode("only-a-node"), None);
-        assert_eq!(Lease::decode("n h not-a-number"), None);
+        let v = lease.encode(device, &key);
+        assert_eq!(Lease::decode(device, &v, &key), Some(lease.clone()));
+        assert_eq!(Lease::decode(device, "only-a-node", &key), None);
+        assert_eq!(Lease::decode(device, "n h not-a-number", &key), None);
+        // Unsigned (as before signatures), signed by another key, moved to
+        // another device, or with its node changed: no lease.
+        assert_eq!(
+            Lease::decode(device, "https://relay-a:3801 abc-7 1", &key),
+            None
+        );
+        let other = LeaseKey::derive(&Secret::new("not the internal secret"));
+        assert_eq!(
+            Lease::decode(device, &lease.encode(device, &other), &key),
+            None
+        );
+        assert_eq!(Lease::decode(DeviceId::new(), &v, &key), None);
+        let moved = v.replacen("relay-a", "evil", 1);
+        assert_eq!(Lease::decode(device, &moved, &key), None);
+    }
+
+    #[test]
+    fn node_members_verify_only_under_the_key() {
+        let key = LeaseKey::derive(&Secret::new("internal"));
+        let node = NodeId("https://relay-a:3801".into());
+        assert_eq!(key.node_of(&key.node_member(&node)), Some(node.clone()));
+        assert_eq!(key.node_of("https://evil:3801"), None);
+        let other = LeaseKey::derive(&Secret::new("guess"));
+        assert_eq!(key.node_of(&other.node_member(&node)), None);
+        assert!(!format!("{key:?}").contains(&hex::encode(&key.0[..])));
     }
 }

@@ -12,6 +12,10 @@ pub enum RelayError {
     Unauthorized,
     #[error("device reconnects too fast")]
     TooFast { retry_after_secs: u64 },
+    /// This address presented too many bad credentials lately; nothing is
+    /// looked up for it until its bucket refills.
+    #[error("too many bad credentials from this address")]
+    TooManyBadCredentials { retry_after_secs: u64 },
     #[error("relay is shutting down")]
     Draining,
     #[error("relay is at its tunnel capacity")]
@@ -35,6 +39,9 @@ impl IntoResponse for RelayError {
         let (status, code) = match &self {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::TooFast { .. } => (StatusCode::TOO_MANY_REQUESTS, "reconnecting_too_fast"),
+            Self::TooManyBadCredentials { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_bad_credentials")
+            }
             Self::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             Self::AtCapacity => (StatusCode::SERVICE_UNAVAILABLE, "at_capacity"),
             Self::OwnerQuota => (StatusCode::TOO_MANY_REQUESTS, "tunnel_quota"),
@@ -45,7 +52,8 @@ impl IntoResponse for RelayError {
         };
         let mut res = error_response(status, code, self.to_string());
         let retry_after = match self {
-            Self::TooFast { retry_after_secs } => Some(retry_after_secs.max(1)),
+            Self::TooFast { retry_after_secs }
+            | Self::TooManyBadCredentials { retry_after_secs } => Some(retry_after_secs.max(1)),
             Self::OwnerQuota => Some(60),
             _ => None,
         };

@@ -32,23 +32,42 @@ pub async fn keep(relay: Arc<Relay>, leases: RelayLeases) {
                 continue;
             }
         }
-        for (device, conn, since) in relay.directory.live() {
-            match leases.refresh(device, &relay.lease(conn, since)).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::info!(%device, "another node holds the device now; closing");
-                    relay.directory.close_conn(device, conn, "replaced");
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot refresh tunnel leases");
-                    break;
-                }
-            }
-        }
+        refresh_pass(&relay, &leases).await;
     }
     if let Err(err) = leases.withdraw().await {
         tracing::warn!(error = %err, "cannot withdraw this relay node");
     }
+}
+
+/// Refresh every live tunnel's lease in batches (one round trip per
+/// [`directory::leases::REFRESH_BATCH`], a few at once), going on past a
+/// batch Redis did not take; close the sessions another node holds now.
+async fn refresh_pass(relay: &Relay, leases: &RelayLeases) {
+    let started = std::time::Instant::now();
+    let live = relay.directory.live();
+    let batch: Vec<_> = live
+        .iter()
+        .map(|(device, conn, since)| (*device, relay.lease(*conn, *since)))
+        .collect();
+    let report = leases.refresh_all(&batch).await;
+    let lost: std::collections::HashSet<_> = report.lost.iter().collect();
+    for (device, conn, _) in &live {
+        if lost.contains(device) {
+            tracing::info!(%device, "another node holds the device now; closing");
+            relay.directory.close_conn(*device, *conn, "replaced");
+        }
+    }
+    relay
+        .metrics
+        .lease_refresh_failures
+        .inc_by(report.failed as u64);
+    if let Some(err) = &report.first_error {
+        tracing::warn!(error = %err, failed = report.failed, of = batch.len(), "cannot refresh some tunnel leases");
+    }
+    relay
+        .metrics
+        .lease_refresh_seconds
+        .set(started.elapsed().as_secs_f64());
 }
 
 /// Close the local session of every device another node took over.

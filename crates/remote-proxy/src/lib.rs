@@ -35,6 +35,10 @@ pub struct Relay {
     /// Per-device reconnect attempts: a burst, then one per second.
     /// (Counted across relays once [`Relay::use_leases`] shares it.)
     limiter: directory::shared_limits::Bucket<edge_core::DeviceId>,
+    /// Bad credentials per client address (IPv6: per /64): a burst, then
+    /// one per second; an address without tokens left gets 429 before its
+    /// credential is looked up, so bad tokens cannot drive the store.
+    bad_credentials: edge_core::ratelimit::KeyedLimiter<std::net::IpAddr>,
     tunnel_slots: Arc<Semaphore>,
     tunnels: TaskTracker,
     shutdown: CancellationToken,
@@ -48,6 +52,10 @@ pub struct Relay {
     pub metrics: metrics::RelayMetrics,
 }
 
+/// Bad credentials one address may present at once before its bucket
+/// (refilled one per second) holds it off.
+pub const BAD_CREDENTIAL_BURST: u32 = 20;
+
 impl Relay {
     pub fn new(store: Store, node: NodeId, internal_secret: Secret, limits: Limits) -> Arc<Self> {
         Arc::new(Self {
@@ -58,6 +66,7 @@ impl Relay {
                 limits.reconnect_burst,
                 1.0,
             ),
+            bad_credentials: edge_core::ratelimit::KeyedLimiter::new(BAD_CREDENTIAL_BURST, 1.0),
             tunnel_slots: Arc::new(Semaphore::new(limits.max_tunnels)),
             limits,
             internal_secret,
@@ -329,6 +338,7 @@ pub async fn run_on(
     tracing::info!(tunnel = %tunnel_addr, internal = %internal_addr, node = %node.0,
         tunnel_tls = tls.tunnel.is_some(), internal_tls = tls.internal.is_some(), "remote-proxy listening");
     let limits = config.limits().map_err(RelayError::Startup)?;
+    let lease_key = directory::leases::LeaseKey::derive(&secret);
     let relay = Relay::new(store, node.clone(), secret, limits);
     if let Some(url) = &config.redis_url {
         let redis = directory::leases::RedisConn::connect(
@@ -340,6 +350,7 @@ pub async fn run_on(
         let leases = directory::leases::RelayLeases::new(
             redis.clone(),
             node,
+            lease_key,
             Duration::from_secs(config.lease_ttl_secs.clamp(6, 300)),
         );
         let shared = directory::shared_limits::SharedBuckets::new(redis);

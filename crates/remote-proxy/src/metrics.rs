@@ -27,6 +27,8 @@ pub struct RelayMetrics {
     pub connect_to_registered: Histogram,
     pub internal_requests: Family<RouteStatus, Counter>,
     pub tasks_alive: Gauge,
+    pub lease_refresh_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub lease_refresh_failures: Counter,
 }
 
 impl Default for RelayMetrics {
@@ -41,6 +43,8 @@ impl Default for RelayMetrics {
             connect_to_registered: edge_core::metrics::latency_histogram(),
             internal_requests: Family::default(),
             tasks_alive: Gauge::default(),
+            lease_refresh_seconds: Gauge::default(),
+            lease_refresh_failures: Counter::default(),
         }
     }
 }
@@ -49,6 +53,16 @@ impl RelayMetrics {
     /// A registry holding every metric, under `edge_relay_`.
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("edge_relay");
+        r.register(
+            "lease_refresh_seconds",
+            "How long the last refresh pass over this node's Redis leases took (multi-node mode; keep it well under the lease TTL)",
+            self.lease_refresh_seconds.clone(),
+        );
+        r.register(
+            "lease_refresh_failures",
+            "Leases a refresh pass could not refresh (Redis errors; the pass goes on)",
+            self.lease_refresh_failures.clone(),
+        );
         r.register(
             "tasks_alive",
             "Tokio tasks alive in the process now (a leak shows as growth at rest)",

@@ -11,11 +11,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use directory::{SessionRegistry, SessionSummary};
+use edge_core::client_addr::{rate_key, ClientIp};
 use edge_core::time::now_ms;
 use edge_core::{DeviceId, DeviceToken, Secret};
 use http::header;
 use hyper::upgrade::OnUpgrade;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use store::DeviceAuth;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -49,8 +50,10 @@ fn agent_version(req: &Request) -> Option<String> {
 async fn accept_tunnel(
     State(relay): State<Arc<Relay>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    client: Option<axum::Extension<ClientIp>>,
     mut req: Request,
 ) -> Response {
+    let client = client.map_or(rate_key(remote.ip()), |c| c.0.rate_key());
     let started = std::time::Instant::now();
     // Tokens in the query string are refused: query strings end up in logs.
     let token = if req.uri().query().is_some() {
@@ -59,7 +62,7 @@ async fn accept_tunnel(
         bearer(&req)
     };
     let token_hash = token.as_ref().map(DeviceToken::hash).unwrap_or_default();
-    match admit(&relay, token).await {
+    match admit(&relay, token, client).await {
         Ok((auth, permit)) => {
             let accept = match upgrade::accept_key(req.headers()) {
                 Ok(a) => a,
@@ -93,7 +96,9 @@ async fn accept_tunnel(
             }
             relay.metrics.connect(match err {
                 RelayError::Unauthorized => "bad_token",
-                RelayError::TooFast { .. } => "rate_limited",
+                RelayError::TooFast { .. } | RelayError::TooManyBadCredentials { .. } => {
+                    "rate_limited"
+                }
                 RelayError::AtCapacity => "over_capacity",
                 RelayError::OwnerQuota => "owner_quota",
                 RelayError::Draining => "draining",
@@ -108,11 +113,21 @@ async fn accept_tunnel(
 async fn admit(
     relay: &Relay,
     token: Option<DeviceToken>,
+    client: IpAddr,
 ) -> Result<(DeviceAuth, OwnedSemaphorePermit), RelayError> {
     if relay.is_draining() {
         return Err(RelayError::Draining);
     }
-    let token = token.ok_or(RelayError::Unauthorized)?;
+    if let Some(retry_after_secs) = relay.bad_credentials.retry_after(&client) {
+        return Err(RelayError::TooManyBadCredentials { retry_after_secs });
+    }
+    let bad = || {
+        // Counted only when it was bad: devices behind one address that
+        // reconnect together are not held off.
+        let _ = relay.bad_credentials.check(client);
+        RelayError::Unauthorized
+    };
+    let token = token.ok_or_else(bad)?;
     let auth = relay
         .store
         .authenticate_device(&token.hash())
@@ -121,7 +136,7 @@ async fn admit(
             tracing::error!(error = %e, "credential check failed");
             RelayError::Internal
         })?
-        .ok_or(RelayError::Unauthorized)?;
+        .ok_or_else(bad)?;
     relay
         .limiter
         .check(auth.device_id)

@@ -9,6 +9,7 @@
 pub mod browser;
 pub mod checks;
 pub mod chromium;
+pub mod delay_proxy;
 pub mod devstack;
 pub mod go_device;
 pub mod logs;
@@ -121,6 +122,7 @@ impl RelayNode {
         let tunnel_addr = tunnel.local_addr().unwrap();
         let internal_addr = internal.local_addr().unwrap();
         let node = NodeId(node_url(&tls, internal_addr));
+        let lease_key = directory::leases::LeaseKey::derive(&secret);
         let relay = Relay::new(store, node.clone(), secret, limits);
         if let Some(url) = redis_url {
             let redis = directory::leases::RedisConn::connect(url, REDIS_TIMEOUT)
@@ -130,6 +132,7 @@ impl RelayNode {
                 directory::leases::RelayLeases::new(
                     redis.clone(),
                     node,
+                    lease_key,
                     directory::leases::DEFAULT_LEASE_TTL,
                 ),
                 directory::shared_limits::SharedBuckets::new(redis),
@@ -432,8 +435,13 @@ impl Stack {
             ),
             None => None,
         };
+        let metrics = api_server::metrics::ApiMetrics::default();
         let locator: Arc<dyn directory::NodeLocator> = match &redis {
-            Some(redis) => Arc::new(directory::leases::RedisLocator::new(redis.clone())),
+            Some(redis) => Arc::new(directory::leases::RedisLocator::new(
+                redis.clone(),
+                directory::leases::LeaseKey::derive(&secret),
+                metrics.forged_directory_entries.clone(),
+            )),
             None => Arc::new(StaticNode(NodeId(node_url(&opts.relay_tls, internal_addr)))),
         };
         let mut directory = RelayDirectory::new(
@@ -472,7 +480,7 @@ impl Stack {
             pairing_limits,
             access_changes: Arc::default(),
             pairing_key: Secret::random(32),
-            metrics: Default::default(),
+            metrics,
         });
         tokio::spawn(edge_core::serve::serve(
             api,
@@ -696,6 +704,11 @@ impl Stack {
         let mut req = url.into_client_request().unwrap();
         req.headers_mut()
             .insert("cookie", http::HeaderValue::from_str(cookie).unwrap());
+        // As the device's own page opens it in a browser.
+        req.headers_mut().insert(
+            "origin",
+            http::HeaderValue::from_str(&self.device_origin(device)).unwrap(),
+        );
         let tcp = tokio::net::TcpStream::connect(self.api_addr).await.unwrap();
         let (ws, res) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
         assert_eq!(res.status(), 101);

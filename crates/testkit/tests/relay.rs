@@ -357,3 +357,62 @@ async fn reconnecting_too_fast_gets_429_with_retry_after() {
     // Another device is not limited by this one's attempts.
     assert!(stack.dial_raw(&other.token).await.is_ok());
 }
+
+/// Status and body of a `GET /tunnel` with `token`, sent from the loopback
+/// address `from`.
+async fn tunnel_attempt(stack: &Stack, from: [u8; 4], token: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+    let mut c = socket
+        .connect(stack.relay.as_ref().unwrap().tunnel_addr)
+        .await
+        .unwrap();
+    let req = format!(
+        "GET /tunnel HTTP/1.1\r\nhost: relay\r\nauthorization: Bearer {token}\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    c.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = within("relay answer", c.read(&mut chunk)).await.unwrap();
+        answer.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        let head_done = text.contains("\r\n\r\n");
+        if n == 0 || head_done && (text.starts_with("HTTP/1.1 101") || text.ends_with('}')) {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_spraying_bad_tokens_is_held_off_before_the_store_is_asked() {
+    let stack = Stack::start().await;
+    let bad = || DeviceToken::generate().expose().to_owned();
+    for _ in 0..remote_proxy::BAD_CREDENTIAL_BURST {
+        assert_eq!(tunnel_attempt(&stack, [127, 0, 0, 1], &bad()).await.0, 401);
+    }
+    let mark = testkit::statements::mark();
+    let (status, answer) = tunnel_attempt(&stack, [127, 0, 0, 1], &bad()).await;
+    assert_eq!(status, 429, "{answer}");
+    assert!(answer.contains("too_many_bad_credentials"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after:"),
+        "{answer}"
+    );
+    let looked_up: Vec<_> = testkit::statements::since(mark)
+        .into_iter()
+        .filter(|s| s.contains("device_credentials"))
+        .collect();
+    assert!(looked_up.is_empty(), "the store was asked: {looked_up:?}");
+    // Another address still has its own bucket, and a good device there
+    // connects.
+    assert_eq!(tunnel_attempt(&stack, [127, 0, 0, 2], &bad()).await.0, 401);
+    let owner = stack.user("owner").await;
+    let dev = stack.device(owner.id).await;
+    let (status, answer) = tunnel_attempt(&stack, [127, 0, 0, 2], dev.token.expose()).await;
+    assert_eq!(status, 101, "{answer}");
+}
