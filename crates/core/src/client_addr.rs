@@ -68,23 +68,42 @@ impl TrustedProxies {
         self.0.is_empty()
     }
 
-    /// The client behind `peer` given the request's headers.
+    /// The client behind `peer` given the request's headers: the nearest
+    /// `X-Forwarded-For` hop that is not a trusted proxy. The walk stops at
+    /// the first hop that is not an address (what lies left of it was
+    /// written by whoever sent the request, not by a proxy we trust); the
+    /// client is then the trusted proxy that recorded it.
     pub fn client_ip(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
         if !self.contains(peer) {
             return peer;
         }
-        let hops: Vec<IpAddr> = headers
+        let hops: Vec<Option<IpAddr>> = headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|h| h.trim().parse().ok())
+            .flat_map(|v| match v.to_str() {
+                Ok(v) => v.split(',').map(parse_hop).collect::<Vec<_>>(),
+                Err(_) => vec![None],
+            })
             .collect();
-        hops.into_iter()
-            .rev()
-            .find(|ip| !self.contains(*ip))
-            .unwrap_or(peer)
+        let mut nearest = peer;
+        for hop in hops.into_iter().rev() {
+            match hop {
+                None => return nearest,
+                Some(ip) if !self.contains(ip) => return ip,
+                Some(ip) => nearest = ip,
+            }
+        }
+        peer
     }
+}
+
+/// One `X-Forwarded-For` entry as an address (`ip`, or `ip:port` as some
+/// proxies write it); `None` when it is not one.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    hop.parse::<IpAddr>()
+        .or_else(|_| hop.parse::<std::net::SocketAddr>().map(|a| a.ip()))
+        .ok()
 }
 
 #[cfg(test)]
@@ -112,6 +131,42 @@ mod tests {
         assert_eq!(t.client_ip(lb, &http::HeaderMap::new()), lb);
         assert!(TrustedProxies::parse(&["nonsense".into()]).is_err());
         assert!(TrustedProxies::default().is_empty());
+    }
+
+    #[test]
+    fn an_unparseable_hop_ends_the_walk_at_the_proxy_that_recorded_it() {
+        let t = TrustedProxies::parse(&["10.0.0.0/8".into()]).unwrap();
+        let lb: IpAddr = "10.1.2.3".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // The client wrote `6.6.6.6, garbage` itself: 6.6.6.6 is not its
+        // address (before, the walk skipped the garbage and took it).
+        assert_eq!(t.client_ip(lb, &xff("6.6.6.6, garbage")), lb);
+        assert_eq!(
+            t.client_ip(lb, &xff("6.6.6.6, garbage, 10.9.9.9")),
+            ip("10.9.9.9")
+        );
+        assert_eq!(t.client_ip(lb, &xff("6.6.6.6, , 10.9.9.9")), ip("10.9.9.9"));
+        // A real client right of the garbage is still found.
+        assert_eq!(
+            t.client_ip(lb, &xff("6.6.6.6, garbage, 198.51.100.7")),
+            ip("198.51.100.7")
+        );
+        // `ip:port`, as some proxies write it, is an address.
+        assert_eq!(
+            t.client_ip(lb, &xff("6.6.6.6, 198.51.100.7:4711")),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            t.client_ip(lb, &xff("6.6.6.6, [2001:db8::1]:443")),
+            ip("2001:db8::1")
+        );
+        // A header line that is not text is a hop that is not an address.
+        let mut h = xff("6.6.6.6");
+        h.append(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(&[0xff, 0xfe]).unwrap(),
+        );
+        assert_eq!(t.client_ip(lb, &h), lb);
     }
 
     #[test]

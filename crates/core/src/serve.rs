@@ -1,5 +1,8 @@
 //! The HTTP/1.1 accept loop every listener of the platform uses: a connection
-//! limit overall and per client address (429 JSON beyond it), optional TLS,
+//! limit overall and per client address (429 JSON beyond it, answered
+//! without taking a place in the overall limit; both places stay with a
+//! connection that was upgraded, for as long as the upgraded stream lives),
+//! optional TLS,
 //! a header-read (handshake) timeout and size bound, the client address of
 //! each request ([`ClientIp`]), upgrades, `Connection: close` on an answer
 //! given before the request body was read, and a graceful drain when the
@@ -97,24 +100,109 @@ impl Drop for ClientSlot {
     }
 }
 
-/// What a client over its connection cap gets on every request.
-fn over_cap_app() -> Router {
-    Router::new().fallback(|| async {
-        let mut res = crate::error_body::error_response(
-            http::StatusCode::TOO_MANY_REQUESTS,
-            "too_many_connections",
-            "too many connections from this address",
-        );
-        res.headers_mut().insert(
-            http::header::RETRY_AFTER,
-            http::HeaderValue::from_static("1"),
-        );
-        res.headers_mut().insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("close"),
-        );
-        res
-    })
+/// Over-cap connections being refused at once, at most; beyond it one is
+/// closed with no answer.
+const MAX_REFUSING: usize = 256;
+/// Time a refused connection gets to take its answer.
+const REFUSE_LINGER: Duration = Duration::from_secs(1);
+
+/// What a client over its connection cap gets, before it sent anything
+/// (plaintext listeners; a TLS listener closes such a connection).
+fn over_cap_answer() -> Vec<u8> {
+    let body = serde_json::json!({"error": {
+        "code": "too_many_connections",
+        "message": "too many connections from this address",
+    }})
+    .to_string();
+    format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Answer an over-cap connection 429 and close it, holding no place in
+/// the listener's limit: write, half-close, and read what the client sent
+/// for a moment (closing with it unread would reset the connection and
+/// could lose the answer).
+fn refuse(
+    mut stream: tokio::net::TcpStream,
+    tls: bool,
+    refusing: &Arc<Semaphore>,
+    answer: &Arc<[u8]>,
+) {
+    let Ok(place) = refusing.clone().try_acquire_owned() else {
+        return;
+    };
+    if tls {
+        return;
+    }
+    let answer = answer.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _place = place;
+        let _ = tokio::time::timeout(REFUSE_LINGER, async {
+            stream.write_all(&answer).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 1024];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    });
+}
+
+/// A connection's places in the listener's limits, released when the
+/// connection ends or, after an upgrade, when the upgraded stream does.
+struct Held {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _slot: Option<ClientSlot>,
+}
+
+/// A byte stream that holds its connection's [`Held`] places.
+struct HeldIo<I> {
+    io: I,
+    _held: Held,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for HeldIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for HeldIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// Serve `app` on `listener` until `shutdown` is cancelled, then stop
@@ -139,7 +227,8 @@ pub async fn serve_tls(
 ) {
     let limit = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let per_client = Arc::new(PerClient::default());
-    let over_cap = over_cap_app();
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let answer: Arc<[u8]> = over_cap_answer().into();
     let tracker = TaskTracker::new();
     loop {
         let permit = tokio::select! {
@@ -161,20 +250,30 @@ pub async fn serve_tls(
         let _ = stream.set_nodelay(true);
         let capped =
             opts.max_connections_per_client > 0 && !opts.trusted_proxies.contains(remote.ip());
-        let slot =
-            capped.then(|| per_client.take(rate_key(remote.ip()), opts.max_connections_per_client));
-        let app = match slot {
+        let slot = match capped
+            .then(|| per_client.take(rate_key(remote.ip()), opts.max_connections_per_client))
+        {
             Some(None) => {
                 tracing::info!(%remote, "connection over the per-client cap");
-                over_cap.clone()
+                drop(permit);
+                refuse(stream, tls.is_some(), &refusing, &answer);
+                continue;
             }
-            _ => app.clone(),
+            Some(Some(slot)) => Some(slot),
+            None => None,
         };
+        let stream = HeldIo {
+            io: stream,
+            _held: Held {
+                _permit: permit,
+                _slot: slot,
+            },
+        };
+        let app = app.clone();
         let shutdown = shutdown.clone();
         let tls = tls.clone();
         let opts = opts.clone();
         tracker.spawn(async move {
-            let _slot = slot;
             match tls {
                 None => serve_connection(stream, remote, app, opts, shutdown).await,
                 Some(acceptor) => {
@@ -191,7 +290,6 @@ pub async fn serve_tls(
                     }
                 }
             }
-            drop(permit);
         });
     }
     drop(listener);
