@@ -453,28 +453,28 @@ pub async fn backchannel_logout(
         })?;
     let jti_hash =
         edge_core::secret::sha256_hex(format!("{}\n{}", request.issuer, request.jti).as_bytes());
-    if !state
+    // The jti is remembered and the sessions deleted in one transaction:
+    // a failed delete leaves the token unused, so the provider's retry
+    // still ends the sessions.
+    let Some(ended) = state
         .store
-        .remember_logout_token(
+        .end_idp_sessions_once(
             &jti_hash,
             now_ms(),
             request.accept_until.saturating_mul(1000),
+            (
+                &request.issuer,
+                request.subject.as_deref(),
+                request.sid.as_deref(),
+            ),
         )
         .await?
-    {
+    else {
         tracing::warn!("back-channel logout refused: logout token replayed");
         return Err(ApiError::InvalidLogoutToken(
             "the logout token was already used".into(),
         ));
-    }
-    let ended = state
-        .store
-        .delete_idp_sessions(
-            &request.issuer,
-            request.subject.as_deref(),
-            request.sid.as_deref(),
-        )
-        .await?;
+    };
     state.access_changes.notify();
     tracing::info!(sessions = ended, "back-channel logout ended sessions");
     let mut res = StatusCode::OK.into_response();

@@ -336,6 +336,9 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// How often a session's last-seen time is written, at most.
+pub const DEFAULT_SESSION_TOUCH_EVERY: Duration = Duration::from_secs(60);
+
 /// Checked settings the handlers use.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -343,6 +346,9 @@ pub struct Settings {
     pub public_scheme: String,
     pub cookie_secure: bool,
     pub session_idle: Duration,
+    /// A session's last-seen time is written at most this often (to spare
+    /// the store); the idle limit is therefore exact to within it.
+    pub session_touch_every: Duration,
     pub session_lifetime: Duration,
     pub proxy_connect_timeout: Duration,
     pub proxy_first_byte_timeout: Duration,
@@ -427,6 +433,7 @@ impl Settings {
             public_scheme: scheme.to_owned(),
             cookie_secure,
             session_idle: Duration::from_secs(1800),
+            session_touch_every: DEFAULT_SESSION_TOUCH_EVERY,
             session_lifetime: Duration::from_secs(43_200),
             proxy_connect_timeout: Duration::from_secs(5),
             proxy_first_byte_timeout: Duration::from_secs(30),

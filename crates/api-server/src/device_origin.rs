@@ -12,6 +12,7 @@ use crate::error::ApiError;
 use crate::extract::ApiForm;
 use crate::hygiene;
 use crate::proxy::{self, Access, Door};
+use crate::session::Check;
 use crate::session::{
     device_cookie_name, device_cookie_purpose, read_cookie, set_cookie, CurrentUser,
 };
@@ -145,7 +146,8 @@ async fn enter(
             &ApiError::InvalidTicket.to_string(),
         ));
     };
-    let allowed = proxy::owner_behind(&state, &redeemed.session_hash, device).await?
+    let allowed = proxy::owner_behind(&state, &redeemed.session_hash, device, Check::Activity)
+        .await?
         == Some(redeemed.user_id);
     if !allowed {
         return Ok(access_page(
@@ -199,7 +201,7 @@ async fn access_of(
                 .ok()
         })
         .ok_or(ApiError::DeviceAccessRequired)?;
-    let user = proxy::owner_behind(state, &session_hash, device)
+    let user = proxy::owner_behind(state, &session_hash, device, Check::Activity)
         .await?
         .ok_or(ApiError::DeviceAccessRequired)?;
     Ok(Access {
@@ -212,11 +214,18 @@ async fn access_of(
 /// Fetch-metadata rule for a device origin: same-origin requests and
 /// user-typed navigations pass; from another site (another device's origin
 /// included) only top-level GET/HEAD navigations do, so no other page can
-/// send credentialed subrequests or posts to this box.
-fn fetch_allowed(method: &Method, headers: &HeaderMap) -> bool {
-    match hygiene::fetch_site(headers).unwrap_or("none") {
-        "same-origin" | "none" => true,
-        _ => hygiene::is_navigation(headers) && matches!(*method, Method::GET | Method::HEAD),
+/// send credentialed subrequests or posts to this box. A request without
+/// fetch metadata (an older browser, or no browser) may read; to change
+/// anything or upgrade it must name this device's `origin` as its `Origin`.
+fn fetch_allowed(method: &Method, headers: &HeaderMap, origin: &str) -> bool {
+    match hygiene::fetch_site(headers) {
+        Some("same-origin" | "none") => true,
+        Some(_) => hygiene::is_navigation(headers) && matches!(*method, Method::GET | Method::HEAD),
+        None => {
+            let reads = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+                && !headers.contains_key(header::UPGRADE);
+            reads || headers.get(header::ORIGIN).is_some_and(|o| o == origin)
+        }
     }
 }
 
@@ -236,7 +245,8 @@ async fn forward(
     {
         return Err(ApiError::ServiceWorkerRefused);
     }
-    if !fetch_allowed(req.method(), req.headers()) {
+    let origin = state.settings.device_origins.origin_of(device);
+    if !fetch_allowed(req.method(), req.headers(), &origin) {
         return Err(ApiError::CrossSite);
     }
     let access = match access_of(&state, device, req.headers()).await {
@@ -266,37 +276,58 @@ mod tests {
         m
     }
 
+    const ORIGIN: &str = "https://d1.devices.example.net";
+
+    fn allowed(method: Method, pairs: &[(&'static str, &'static str)]) -> bool {
+        fetch_allowed(&method, &h(pairs), ORIGIN)
+    }
+
     #[test]
     fn only_same_origin_or_top_level_navigations_pass() {
-        assert!(fetch_allowed(
-            &Method::POST,
-            &h(&[("sec-fetch-site", "same-origin")])
-        ));
-        assert!(fetch_allowed(&Method::POST, &h(&[])), "non-browser clients");
-        assert!(fetch_allowed(
-            &Method::GET,
-            &h(&[
+        assert!(allowed(Method::POST, &[("sec-fetch-site", "same-origin")]));
+        assert!(allowed(
+            Method::GET,
+            &[
                 ("sec-fetch-site", "cross-site"),
                 ("sec-fetch-mode", "navigate")
-            ])
+            ]
         ));
-        assert!(!fetch_allowed(
-            &Method::POST,
-            &h(&[
+        assert!(!allowed(
+            Method::POST,
+            &[
                 ("sec-fetch-site", "cross-site"),
                 ("sec-fetch-mode", "navigate")
-            ])
+            ]
         ));
-        assert!(!fetch_allowed(
-            &Method::GET,
-            &h(&[("sec-fetch-site", "same-site"), ("sec-fetch-mode", "cors")])
+        assert!(!allowed(
+            Method::GET,
+            &[("sec-fetch-site", "same-site"), ("sec-fetch-mode", "cors")]
         ));
-        assert!(!fetch_allowed(
-            &Method::GET,
-            &h(&[
+        assert!(!allowed(
+            Method::GET,
+            &[
                 ("sec-fetch-site", "cross-site"),
                 ("sec-fetch-mode", "no-cors")
-            ])
+            ]
+        ));
+    }
+
+    #[test]
+    fn without_fetch_metadata_only_reads_pass_unless_origin_is_this_device() {
+        assert!(allowed(Method::GET, &[]), "reads from any client");
+        assert!(allowed(Method::HEAD, &[]));
+        // A sibling device's page in a browser without fetch metadata.
+        let sibling = ("origin", "https://d2.devices.example.net");
+        assert!(!allowed(Method::POST, &[]), "no Origin at all");
+        assert!(!allowed(Method::POST, &[sibling]));
+        assert!(!allowed(Method::DELETE, &[("origin", "null")]));
+        assert!(!allowed(Method::GET, &[("upgrade", "websocket"), sibling]));
+        assert!(!allowed(Method::GET, &[("upgrade", "websocket")]));
+        // This device's own page.
+        assert!(allowed(Method::POST, &[("origin", ORIGIN)]));
+        assert!(allowed(
+            Method::GET,
+            &[("upgrade", "websocket"), ("origin", ORIGIN)]
         ));
     }
 }

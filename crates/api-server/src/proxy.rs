@@ -10,7 +10,7 @@
 //! device's origin kept from the browser).
 
 use crate::error::ApiError;
-use crate::session::{check_csrf, live_session, presented_session_hash, session_and_device};
+use crate::session::{check_csrf, live_session, presented_session_hash, session_and_device, Check};
 use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
@@ -23,8 +23,8 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 
+use proxy_rules::requested_upgrade;
 pub use proxy_rules::{box_request_headers, box_response_headers, Door};
-use proxy_rules::{requested_upgrade, BOX_HEADERS_DROPPED};
 
 /// Who may reach which device, re-checked for as long as a connection lives.
 #[derive(Debug, Clone)]
@@ -96,7 +96,7 @@ async fn console_forward(
     let hash = presented_session_hash(&state, req.headers()).ok_or(ApiError::Unauthenticated)?;
     let device: Option<DeviceId> = raw_id.parse().ok();
     let (user, owns) = match device {
-        Some(device) => session_and_device(&state, &hash, device).await?,
+        Some(device) => session_and_device(&state, &hash, device, Check::Activity).await?,
         None => (live_session(&state, &hash).await?, false),
     };
     check_csrf(req.method(), req.headers(), &state.settings.public_origin)?;
@@ -291,14 +291,7 @@ fn relay_upgrade(
     });
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let mut headers = response.headers().clone();
-    for name in BOX_HEADERS_DROPPED {
-        headers.remove(*name);
-    }
-    if matches!(door, Door::ConsoleApi { .. }) {
-        headers.remove(header::SET_COOKIE);
-    }
-    *res.headers_mut() = headers;
+    *res.headers_mut() = proxy_rules::box_upgrade_headers(response.headers(), door);
     res
 }
 
@@ -325,7 +318,10 @@ pub async fn access_ends(state: &AppState, access: &Access) {
 }
 
 async fn still_allowed(state: &AppState, access: &Access) -> Result<bool, ApiError> {
-    Ok(owner_behind(state, &access.session_hash, access.device).await? == Some(access.user))
+    Ok(
+        owner_behind(state, &access.session_hash, access.device, Check::Recheck).await?
+            == Some(access.user),
+    )
 }
 
 /// The user behind the session stored under `session_hash`, when that
@@ -337,8 +333,9 @@ pub async fn owner_behind(
     state: &AppState,
     session_hash: &str,
     device: DeviceId,
+    check: Check,
 ) -> Result<Option<UserId>, ApiError> {
-    match session_and_device(state, session_hash, device).await {
+    match session_and_device(state, session_hash, device, check).await {
         Ok((user, owns)) => Ok(owns.then_some(user)),
         Err(ApiError::Unauthenticated) => Ok(None),
         Err(err) => Err(err),

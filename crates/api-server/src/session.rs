@@ -24,8 +24,6 @@ use http::{header, Method};
 pub const SESSION_PURPOSE: &str = "session";
 /// Header a state-changing request must carry (value `1`).
 pub const CSRF_HEADER: &str = "x-csrf";
-/// Refresh `last_seen` at most this often (ms) to spare the store.
-const TOUCH_EVERY_MS: i64 = 60_000;
 /// Lifetime of the pending-login cookie (s).
 pub const PENDING_LOGIN_SECS: i64 = 600;
 
@@ -173,7 +171,7 @@ pub async fn live_session(state: &AppState, hash: &str) -> Result<UserId, ApiErr
         .session(hash)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
-    still_live(state, hash, &record).await
+    still_live(state, hash, &record, Check::Activity).await
 }
 
 /// The user behind the session under `hash` (as [`live_session`]) and
@@ -185,6 +183,7 @@ pub async fn session_and_device(
     state: &AppState,
     hash: &str,
     device: DeviceId,
+    check: Check,
 ) -> Result<(UserId, bool), ApiError> {
     let ttl = state.settings.access_cache_ttl;
     if let Some(user) = state.access_changes.granted(hash, device, ttl) {
@@ -196,19 +195,30 @@ pub async fn session_and_device(
         .session_access(hash, device)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
-    let user = still_live(state, hash, &record).await?;
+    let user = still_live(state, hash, &record, check).await?;
     if owns && !ttl.is_zero() {
         state.access_changes.grant(hash, device, user, generation);
     }
     Ok((user, owns))
 }
 
+/// Whether a session check is the user's own activity (a request they
+/// made, which keeps the session from idling out) or a re-check made for
+/// them (an open connection's), which must not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    Activity,
+    Recheck,
+}
+
 /// `record`'s user when the session is within its limits; an expired
-/// session is deleted. Writes only when expired or once a minute.
+/// session is deleted. Writes only when expired or, for the user's own
+/// activity, once a minute.
 async fn still_live(
     state: &AppState,
     hash: &str,
     record: &store::SessionRecord,
+    check: Check,
 ) -> Result<UserId, ApiError> {
     let now = now_ms();
     let idle = i64::try_from(state.settings.session_idle.as_millis()).unwrap_or(i64::MAX);
@@ -216,7 +226,9 @@ async fn still_live(
         state.store.delete_session(hash).await?;
         return Err(ApiError::Unauthenticated);
     }
-    if now - record.last_seen_at >= TOUCH_EVERY_MS {
+    let touch_every =
+        i64::try_from(state.settings.session_touch_every.as_millis()).unwrap_or(i64::MAX);
+    if check == Check::Activity && now - record.last_seen_at >= touch_every {
         state.store.touch_session(hash, now).await?;
     }
     Ok(record.user_id)

@@ -136,9 +136,9 @@ fn box_cookie_allowed(set_cookie: &HeaderValue) -> bool {
         })
 }
 
-/// The box's response headers as the browser may see them.
-pub fn box_response_headers(src: &HeaderMap, door: &Door) -> HeaderMap {
-    let mut out = end_to_end(src, BOX_HEADERS_DROPPED);
+/// Keep only the box's `Set-Cookie`s that may reach the browser through
+/// `door`: none on the console API, the allowed ones on a device origin.
+fn filter_box_cookies(out: &mut HeaderMap, door: &Door) {
     let cookies: Vec<HeaderValue> = out.get_all(header::SET_COOKIE).iter().cloned().collect();
     out.remove(header::SET_COOKIE);
     if matches!(door, Door::DeviceOrigin { .. }) {
@@ -146,6 +146,24 @@ pub fn box_response_headers(src: &HeaderMap, door: &Door) -> HeaderMap {
             out.append(header::SET_COOKIE, c);
         }
     }
+}
+
+/// The headers of the box's `101 Switching Protocols` as the browser may
+/// see them: the upgrade's own (`Upgrade`, `Connection`, `Sec-WebSocket-*`)
+/// kept, the dropped ones gone, cookies filtered as on any answer.
+pub fn box_upgrade_headers(src: &HeaderMap, door: &Door) -> HeaderMap {
+    let mut out = src.clone();
+    for name in BOX_HEADERS_DROPPED {
+        out.remove(*name);
+    }
+    filter_box_cookies(&mut out, door);
+    out
+}
+
+/// The box's response headers as the browser may see them.
+pub fn box_response_headers(src: &HeaderMap, door: &Door) -> HeaderMap {
+    let mut out = end_to_end(src, BOX_HEADERS_DROPPED);
+    filter_box_cookies(&mut out, door);
     if !out.contains_key(header::X_CONTENT_TYPE_OPTIONS) {
         out.insert(
             header::X_CONTENT_TYPE_OPTIONS,

@@ -68,6 +68,7 @@ pub fn router_with(name: impl Into<String>, mode: Mode) -> Router {
         Mode::Hostile => Router::new()
             .route("/hostile.js", get(hostile_script))
             .route("/hostile/plant-cookies", get(plant_cookies))
+            .route("/hostile/ws-cookies", get(ws_plant_cookies))
             .route("/sw.js", get(service_worker)),
     };
     router
@@ -169,6 +170,17 @@ async fn plant_cookies() -> Response {
         "service-worker-allowed",
         http::HeaderValue::from_static("/"),
     );
+    res
+}
+
+/// A WebSocket whose 101 answer plants the same cookies as
+/// `plant_cookies`, then echoes.
+async fn ws_plant_cookies(req: Request) -> Response {
+    let mut res = ws_echo(req).await;
+    let planted = plant_cookies().await;
+    for c in planted.headers().get_all(header::SET_COOKIE) {
+        res.headers_mut().append(header::SET_COOKIE, c.clone());
+    }
     res
 }
 

@@ -221,6 +221,106 @@ async fn a_ticket_dies_with_the_session_it_was_issued_to() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boxs_websocket_upgrade_answer_plants_no_cookie_beyond_its_origin() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let hostile_box = stack.extra_box(sim_box::Mode::Hostile).await;
+    let dev = stack.device(alice.id).await;
+    let _agent = stack.agent_to(&dev, hostile_box);
+    stack.wait_online(dev.id).await;
+    let cookie = stack.enter_device(&alice, dev.id).await;
+
+    let url = stack
+        .device_url(dev.id, "/hostile/ws-cookies")
+        .replacen("http", "ws", 1);
+    let mut req = url.into_client_request().unwrap();
+    let h = req.headers_mut();
+    h.insert("cookie", cookie.parse().unwrap());
+    h.insert("origin", stack.device_origin(dev.id).parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(stack.api_addr)
+        .await
+        .unwrap();
+    let (_ws, res) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    assert_eq!(res.status(), 101);
+    let cookies: Vec<&str> = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    // The same rule as on any other answer: no Domain, none of our names.
+    assert_eq!(cookies, ["box_pref=kept; Path=/"]);
+    for gone in ["clear-site-data", "service-worker-allowed"] {
+        assert!(
+            !res.headers().contains_key(gone),
+            "{gone} reached the browser"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_fetch_metadata_a_sibling_origin_cannot_post_or_upgrade() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let (dev, _agent) = stack.online_device(alice.id).await;
+    let sibling = stack.device(alice.id).await;
+    let cookie = stack.enter_device(&alice, dev.id).await;
+    let client = stack.device_client(dev.id);
+    let url = stack.device_url(dev.id, "/test/upload");
+    // A browser that sends no Sec-Fetch-* headers, on the sibling's page.
+    let res = client
+        .post(&url)
+        .header("cookie", &cookie)
+        .header("origin", stack.device_origin(sibling.id))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(json(res).await["error"]["code"], "cross_site");
+    // No Origin at all is no better.
+    let res = client
+        .post(&url)
+        .header("cookie", &cookie)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    // An upgrade from the sibling is refused too.
+    let res = client
+        .get(stack.device_url(dev.id, "/test/ws-echo"))
+        .header("cookie", &cookie)
+        .header("origin", stack.device_origin(sibling.id))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    // The device's own page may; and anyone may read.
+    let res = client
+        .post(&url)
+        .header("cookie", &cookie)
+        .header("origin", stack.device_origin(dev.id))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = client
+        .get(stack.device_url(dev.id, "/api/info"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn box_headers_that_reach_beyond_the_device_origin_are_removed() {
     let stack = Stack::start().await;
     let alice = stack.user("alice").await;
