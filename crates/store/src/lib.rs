@@ -43,6 +43,9 @@ pub struct Faults {
     pub fail_exchange_audit: std::sync::atomic::AtomicBool,
     /// Make `audit_batch` fail as a database that is down would.
     pub audit_unavailable: std::sync::atomic::AtomicBool,
+    /// Make back-channel logout's session delete fail (inside its
+    /// transaction).
+    pub fail_idp_session_delete: std::sync::atomic::AtomicBool,
 }
 
 /// Handle to the database; cheap to clone.

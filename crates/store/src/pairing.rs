@@ -141,6 +141,17 @@ impl Store {
         let device = DeviceId::new();
 
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        if self.backend == crate::Backend::Postgres {
+            // READ COMMITTED lets two exchanges each count before the
+            // other commits; holding the owner's row makes them take turns.
+            // (SQLite has one writer at a time, and the transaction begins
+            // with a write.)
+            sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+                .bind(owner.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+        }
         sqlx::query(
             "INSERT INTO devices (id, owner_id, name, labels, model, serial, agent_version, created_at)
              VALUES ($1, $2, $3, '[]', $4, $5, $6, $7)",
@@ -156,8 +167,9 @@ impl Store {
         .await
         .map_err(StoreError::from)?;
         // Counted after the insert, so the transaction begins with a write
-        // (SQLite cannot upgrade a read under contention) and the quota is
-        // exact even for concurrent exchanges.
+        // (SQLite cannot upgrade a read under contention); with the owner's
+        // row locked on PostgreSQL, the quota is exact for concurrent
+        // exchanges on both.
         let owned: i64 = sqlx::query(
             "SELECT COUNT(*) AS n FROM devices WHERE owner_id = $1 AND revoked_at IS NULL",
         )

@@ -43,43 +43,57 @@ impl Store {
         subject: Option<&str>,
         sid: Option<&str>,
     ) -> Result<u64, StoreError> {
-        let done = match (subject, sid) {
-            (Some(subject), Some(sid)) => {
-                // A session whose login named no sid can only be matched by
-                // its user.
-                sqlx::query(
-                    "DELETE FROM user_sessions WHERE (idp_sid = $1 OR idp_sid IS NULL) AND user_id IN
-                     (SELECT id FROM users WHERE issuer = $2 AND subject = $3)",
-                )
-                .bind(sid)
-                .bind(issuer)
-                .bind(subject)
-                .execute(&self.pool)
-                .await?
-            }
-            (None, Some(sid)) => {
-                sqlx::query(
-                    "DELETE FROM user_sessions WHERE idp_sid = $1 AND user_id IN
-                     (SELECT id FROM users WHERE issuer = $2)",
-                )
-                .bind(sid)
-                .bind(issuer)
-                .execute(&self.pool)
-                .await?
-            }
-            (Some(subject), None) => {
-                sqlx::query(
-                    "DELETE FROM user_sessions WHERE user_id IN
-                     (SELECT id FROM users WHERE issuer = $1 AND subject = $2)",
-                )
-                .bind(issuer)
-                .bind(subject)
-                .execute(&self.pool)
-                .await?
-            }
-            (None, None) => return Ok(0),
-        };
-        Ok(done.rows_affected())
+        let mut conn = self.pool.acquire().await?;
+        delete_idp_sessions_on(&mut conn, issuer, subject, sid).await
+    }
+
+    /// Back-channel logout, once per logout token: remember `jti_hash`
+    /// (until `expires_at`) and delete the sessions it names in one
+    /// transaction. `None` when the token was used already; a failure
+    /// leaves neither done, so the provider's retry is not "already used"
+    /// while the sessions live on.
+    pub async fn end_idp_sessions_once(
+        &self,
+        jti_hash: &str,
+        now: i64,
+        expires_at: i64,
+        (issuer, subject, sid): (&str, Option<&str>, Option<&str>),
+    ) -> Result<Option<u64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM logout_tokens_seen WHERE expires_at < $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let fresh = sqlx::query(
+            "INSERT INTO logout_tokens_seen (jti_hash, expires_at) VALUES ($1, $2) ON CONFLICT (jti_hash) DO NOTHING",
+        )
+        .bind(jti_hash)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            return Ok(None);
+        }
+        if self.fault_idp_session_delete() {
+            return Err(StoreError::Injected);
+        }
+        let ended = delete_idp_sessions_on(&mut tx, issuer, subject, sid).await?;
+        tx.commit().await?;
+        Ok(Some(ended))
+    }
+
+    #[cfg(feature = "testing")]
+    fn fault_idp_session_delete(&self) -> bool {
+        self.faults
+            .fail_idp_session_delete
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[cfg(not(feature = "testing"))]
+    fn fault_idp_session_delete(&self) -> bool {
+        false
     }
 
     /// Remember a logout token's `jti` (already hashed with its issuer)
@@ -197,4 +211,51 @@ fn session_from_row(row: &AnyRow) -> Result<SessionRecord, StoreError> {
         last_seen_at: row.try_get("last_seen_at")?,
         expires_at: row.try_get("expires_at")?,
     })
+}
+
+/// The delete of [`Store::delete_idp_sessions`] on `conn` (a pooled
+/// connection or a transaction).
+async fn delete_idp_sessions_on(
+    conn: &mut sqlx::AnyConnection,
+    issuer: &str,
+    subject: Option<&str>,
+    sid: Option<&str>,
+) -> Result<u64, StoreError> {
+    let done = match (subject, sid) {
+        (Some(subject), Some(sid)) => {
+            // A session whose login named no sid can only be matched by
+            // its user.
+            sqlx::query(
+                "DELETE FROM user_sessions WHERE (idp_sid = $1 OR idp_sid IS NULL) AND user_id IN
+                 (SELECT id FROM users WHERE issuer = $2 AND subject = $3)",
+            )
+            .bind(sid)
+            .bind(issuer)
+            .bind(subject)
+            .execute(&mut *conn)
+            .await?
+        }
+        (None, Some(sid)) => {
+            sqlx::query(
+                "DELETE FROM user_sessions WHERE idp_sid = $1 AND user_id IN
+                 (SELECT id FROM users WHERE issuer = $2)",
+            )
+            .bind(sid)
+            .bind(issuer)
+            .execute(&mut *conn)
+            .await?
+        }
+        (Some(subject), None) => {
+            sqlx::query(
+                "DELETE FROM user_sessions WHERE user_id IN
+                 (SELECT id FROM users WHERE issuer = $1 AND subject = $2)",
+            )
+            .bind(issuer)
+            .bind(subject)
+            .execute(&mut *conn)
+            .await?
+        }
+        (None, None) => return Ok(0),
+    };
+    Ok(done.rows_affected())
 }

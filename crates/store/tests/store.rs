@@ -553,3 +553,60 @@ async fn sweeping_deletes_only_what_expired_and_old_audit_in_batches() {
         );
     }
 }
+
+#[tokio::test]
+async fn concurrent_exchanges_of_one_owners_codes_never_pass_the_device_quota() {
+    const QUOTA: i64 = 3;
+    const CODES: usize = 24;
+    let dir = tempfile::tempdir().unwrap();
+    for store in backends(dir.path()).await {
+        let owner = store.upsert_user("iss", "quota", None, None).await.unwrap();
+        let now = edge_core::time::now_ms();
+        for i in 0..CODES {
+            store
+                .create_pairing_code(owner.id, &format!("quota-{i}"), now + 600_000)
+                .await
+                .unwrap();
+        }
+        let new = NewDevice {
+            name: "box".into(),
+            ..Default::default()
+        };
+        let attempts = (0..CODES).map(|i| {
+            let (store, new) = (store.clone(), new.clone());
+            async move {
+                store
+                    .exchange_pairing_code(
+                        &format!("quota-{i}"),
+                        &new,
+                        &format!("qt-{i}"),
+                        now,
+                        QUOTA,
+                    )
+                    .await
+            }
+        });
+        let results = futures_util::future::join_all(attempts).await;
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        let owned = store.devices(owner.id).await.unwrap().len();
+        assert_eq!(
+            owned,
+            QUOTA as usize,
+            "{:?}: {owned} devices",
+            store.backend()
+        );
+        assert_eq!(ok, QUOTA as usize, "{:?}", store.backend());
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Ok(_) | Err(store::ExchangeError::DeviceQuota(_)))),
+            "{:?}: {:?}",
+            store.backend(),
+            results
+                .iter()
+                .filter_map(|r| r.as_ref().err())
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+        );
+    }
+}

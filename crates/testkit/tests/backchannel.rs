@@ -151,6 +151,32 @@ async fn a_logout_token_with_only_sub_ends_every_session_of_that_user() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_session_delete_leaves_the_token_usable_for_the_providers_retry() {
+    use std::sync::atomic::Ordering;
+    let stack = Stack::start().await;
+    let mut b = login(&stack, "alice").await;
+    let token = idp(&stack).sign(&logout_claims(&stack, Some("alice"), None));
+    let faults = stack.store.faults();
+    faults.fail_idp_session_delete.store(true, Ordering::SeqCst);
+    let failed = send_logout(&stack, &token).await;
+    assert_eq!(
+        failed.status(),
+        500,
+        "the delete failed: the provider retries"
+    );
+    assert_eq!(me(&stack, &mut b).await.status(), 200, "nothing was ended");
+    faults
+        .fail_idp_session_delete
+        .store(false, Ordering::SeqCst);
+    // The provider's retry of the same token is not "already used".
+    let retry = send_logout(&stack, &token).await;
+    assert_eq!(retry.status(), 200);
+    assert_eq!(me(&stack, &mut b).await.status(), 401);
+    // Once it worked, the token is used up.
+    assert_eq!(send_logout(&stack, &token).await.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_logout_tokens_are_refused_and_end_nothing() {
     let stack = Stack::start().await;
     let mut b = login(&stack, "alice").await;

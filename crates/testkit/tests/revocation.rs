@@ -28,18 +28,9 @@ async fn open_ws(stack: &Stack, dev: &TestDevice, cookie: &str) -> Ws {
 }
 
 /// The WebSocket ends (close, error or EOF) within `BOUND` of `since`.
-async fn assert_ends(mut ws: Ws, since: Instant, what: &str) {
-    let ended = tokio::time::timeout(BOUND, async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
+async fn assert_ends(ws: Ws, since: Instant, what: &str) {
     assert!(
-        ended.is_ok(),
+        ends_within(ws, BOUND).await,
         "{what}: WebSocket still open {:?} after",
         since.elapsed()
     );
@@ -145,6 +136,64 @@ async fn session_expiry_ends_device_access_within_a_second() {
     let at = Instant::now();
     assert_ends(ws, at, "absolute expiry").await;
     assert_eq!(info_status(&stack, &dev, &cookie).await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_does_not_keep_an_idle_session_alive() {
+    const IDLE: Duration = Duration::from_secs(2);
+    let stack = Stack::start_with(StackOptions {
+        settings_hook: |s| {
+            s.session_idle = IDLE;
+            // Every check that counts as activity writes last-seen, and
+            // every re-check reads the store.
+            s.session_touch_every = Duration::ZERO;
+            s.access_cache_ttl = Duration::ZERO;
+            s.device_access_recheck = Duration::from_millis(100);
+        },
+        ..StackOptions::default()
+    })
+    .await;
+    let alice = stack.user("alice").await;
+    let (dev, _agent, cookie, ws) = entered(&stack, &alice).await;
+    let opened = Instant::now();
+    // The tab is forgotten: nothing but the connection's own re-checks,
+    // twenty of them per idle period. The session idles out and the
+    // WebSocket ends with it.
+    assert_ends_within(ws, IDLE + Duration::from_secs(3), "forgotten tab").await;
+    let idle_for = opened.elapsed();
+    assert!(
+        idle_for >= IDLE - Duration::from_millis(200),
+        "{idle_for:?}"
+    );
+    assert_eq!(info_status(&stack, &dev, &cookie).await, 401);
+    let me = stack
+        .get(&alice, &stack.api("/api/auth/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 401);
+}
+
+/// The WebSocket ends within `bound`.
+async fn assert_ends_within(ws: Ws, bound: Duration, what: &str) {
+    assert!(
+        ends_within(ws, bound).await,
+        "{what}: WebSocket still open after {bound:?}"
+    );
+}
+
+/// Whether the WebSocket ends (close, error or EOF) within `bound`.
+async fn ends_within(mut ws: Ws, bound: Duration) -> bool {
+    tokio::time::timeout(bound, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
