@@ -9,6 +9,18 @@
 
 use testkit::{Stack, StackOptions};
 
+/// A device of a new user, its agent serving the hostile box, entered on
+/// its origin: the device, the agent and the device cookie.
+async fn hostile_device(stack: &Stack) -> (testkit::TestDevice, testkit::AgentHandle, String) {
+    let alice = stack.user("alice").await;
+    let hostile_box = stack.extra_box(sim_box::Mode::Hostile).await;
+    let dev = stack.device(alice.id).await;
+    let agent = stack.agent_to(&dev, hostile_box);
+    stack.wait_online(dev.id).await;
+    let cookie = stack.enter_device(&alice, dev.id).await;
+    (dev, agent, cookie)
+}
+
 async fn json(res: reqwest::Response) -> serde_json::Value {
     res.json().await.unwrap()
 }
@@ -224,12 +236,7 @@ async fn a_ticket_dies_with_the_session_it_was_issued_to() {
 async fn a_boxs_websocket_upgrade_answer_plants_no_cookie_beyond_its_origin() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let stack = Stack::start().await;
-    let alice = stack.user("alice").await;
-    let hostile_box = stack.extra_box(sim_box::Mode::Hostile).await;
-    let dev = stack.device(alice.id).await;
-    let _agent = stack.agent_to(&dev, hostile_box);
-    stack.wait_online(dev.id).await;
-    let cookie = stack.enter_device(&alice, dev.id).await;
+    let (dev, _agent, cookie) = hostile_device(&stack).await;
 
     let url = stack
         .device_url(dev.id, "/hostile/ws-cookies")
@@ -323,12 +330,7 @@ async fn without_fetch_metadata_a_sibling_origin_cannot_post_or_upgrade() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn box_headers_that_reach_beyond_the_device_origin_are_removed() {
     let stack = Stack::start().await;
-    let alice = stack.user("alice").await;
-    let hostile_box = stack.extra_box(sim_box::Mode::Hostile).await;
-    let dev = stack.device(alice.id).await;
-    let _agent = stack.agent_to(&dev, hostile_box);
-    stack.wait_online(dev.id).await;
-    let cookie = stack.enter_device(&alice, dev.id).await;
+    let (dev, _agent, cookie) = hostile_device(&stack).await;
     let client = stack.device_client(dev.id);
 
     let res = client

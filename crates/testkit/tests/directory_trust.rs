@@ -121,6 +121,19 @@ async fn plaintext_to_a_node_off_loopback_is_refused_in_multi_node_mode() {
     );
 }
 
+/// `GET /api/info` on `device` through the api-server, as `user`.
+async fn proxied_info(
+    stack: &Stack,
+    user: &testkit::TestUser,
+    device: DeviceId,
+) -> reqwest::Response {
+    stack
+        .get(user, &stack.proxy_url(device, "/api/info"))
+        .send()
+        .await
+        .unwrap()
+}
+
 fn leases_for(n: usize, node: &NodeId) -> Vec<(DeviceId, Lease)> {
     let since = edge_core::time::now_ms();
     (0..n)
@@ -260,11 +273,7 @@ async fn forged_leases_and_node_entries_are_ignored_and_counted() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let res = stack
-        .get(&alice, &stack.proxy_url(other.id, "/api/info"))
-        .send()
-        .await
-        .unwrap();
+    let res = proxied_info(&stack, &alice, other.id).await;
     assert_eq!(res.status(), 503, "a forged lease is no lease: offline");
     // 2. A real, signed lease copied from one device to another.
     let real: String = redis::cmd("GET")
@@ -278,11 +287,7 @@ async fn forged_leases_and_node_entries_are_ignored_and_counted() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let res = stack
-        .get(&alice, &stack.proxy_url(other.id, "/api/info"))
-        .send()
-        .await
-        .unwrap();
+    let res = proxied_info(&stack, &alice, other.id).await;
     assert_eq!(
         res.status(),
         503,
@@ -305,11 +310,7 @@ async fn forged_leases_and_node_entries_are_ignored_and_counted() {
     );
 
     // The real device still works; the trap heard nothing; all counted.
-    let res = stack
-        .get(&alice, &stack.proxy_url(dev.id, "/api/info"))
-        .send()
-        .await
-        .unwrap();
+    let res = proxied_info(&stack, &alice, dev.id).await;
     assert_eq!(res.status(), 200);
     assert!(
         hit_rx.try_recv().is_err(),
