@@ -217,11 +217,7 @@ impl RelayDirectory {
             if !tls {
                 return Ok(Box::new(tcp) as Box<dyn Io>);
             }
-            let host = authority
-                .rsplit_once(':')
-                .map_or(authority.as_str(), |(h, _)| h)
-                .trim_start_matches('[')
-                .trim_end_matches(']');
+            let host = host_of(&authority);
             let name = rustls::pki_types::ServerName::try_from(host.to_owned())
                 .map_err(|e| DirectoryError::Relay(format!("node name {host:?}: {e}")))?;
             let config = match &self.tls {
@@ -458,13 +454,19 @@ impl SessionView for RelayDirectory {
     }
 }
 
-/// Whether `authority` (`host:port`) names a loopback address.
-fn is_loopback_authority(authority: &str) -> bool {
-    let host = authority
+/// The host of `authority` (`host:port`), without an IPv6 literal's
+/// brackets.
+fn host_of(authority: &str) -> &str {
+    authority
         .rsplit_once(':')
         .map_or(authority, |(h, _)| h)
         .trim_start_matches('[')
-        .trim_end_matches(']');
+        .trim_end_matches(']')
+}
+
+/// Whether `authority` (`host:port`) names a loopback address.
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = host_of(authority);
     host == "localhost"
         || host
             .parse::<std::net::IpAddr>()
