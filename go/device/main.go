@@ -131,8 +131,26 @@ func patternByte(i uint64) byte {
 	return byte(x>>56) ^ byte(i)
 }
 
-func mux() *http.ServeMux {
+// metricsHandler serves a few telemetry-contract figures, as a field
+// device with an exporter would: 20 frames a second of model go-det.
+func metricsHandler() http.HandlerFunc {
+	start := time.Now()
+	return func(w http.ResponseWriter, r *http.Request) {
+		frames := int64(time.Since(start).Seconds() * 20)
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		fmt.Fprintf(w, "# TYPE edge_inference_frames_total counter\n"+
+			"edge_inference_frames_total{model=\"go-det\",stream=\"cam0\"} %d\n"+
+			"edge_accel_temperature_celsius{accel=\"gpu0\"} 61.5\n"+
+			"edge_host_load1 0.25\n"+
+			"edge_model_info{model=\"go-det\",version=\"1\",runtime=\"tflite\"} 1\n", frames)
+	}
+}
+
+func mux(metrics bool) *http.ServeMux {
 	m := http.NewServeMux()
+	if metrics {
+		m.HandleFunc("/metrics", metricsHandler())
+	}
 	m.HandleFunc("/api/info", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]any{"name": "go-device", "model": "GO-1", "firmware": "poc"})
@@ -201,6 +219,7 @@ func main() {
 	relay := flag.String("relay", "ws://127.0.0.1:3800/tunnel", "relay tunnel URL (ws:// or wss://)")
 	caFile := flag.String("ca", "", "PEM file of a private CA to trust for wss:// (besides the system roots)")
 	reconnect := flag.Bool("reconnect", false, "dial again (with backoff) whenever the session ends")
+	metrics := flag.Bool("metrics", false, "serve /metrics (telemetry contract figures); without it the device has none, as most in the field")
 	flag.Parse()
 	token := os.Getenv("EDGE_DEVICE_TOKEN")
 	if token == "" {
@@ -224,9 +243,10 @@ func main() {
 		}
 		dialer.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
+	handler := mux(*metrics)
 	backoff := 100 * time.Millisecond
 	for {
-		err := runOnce(dialer, *relay, hdr)
+		err := runOnce(dialer, *relay, hdr, handler)
 		if !*reconnect {
 			log.Fatalf("session ended: %v", err)
 		}
@@ -239,7 +259,7 @@ func main() {
 }
 
 // runOnce dials the relay and serves HTTP on its streams until the session ends.
-func runOnce(dialer websocket.Dialer, relay string, hdr http.Header) error {
+func runOnce(dialer websocket.Dialer, relay string, hdr http.Header, handler http.Handler) error {
 	ws, resp, err := dialer.Dial(relay, hdr)
 	if err != nil {
 		status := 0
@@ -255,7 +275,7 @@ func runOnce(dialer websocket.Dialer, relay string, hdr http.Header) error {
 		return fmt.Errorf("yamux: %v", err)
 	}
 	fmt.Println("connected")
-	return http.Serve(deadlineListener{session}, mux())
+	return http.Serve(deadlineListener{session}, handler)
 }
 
 // deadlineListener hands net/http streams whose SetReadDeadline interrupts

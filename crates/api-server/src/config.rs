@@ -304,6 +304,22 @@ pub struct Config {
         hide_env_values = true
     )]
     pub audit_retention_days: u32,
+    /// Raw telemetry samples older than this many hours are deleted.
+    #[arg(
+        long,
+        env = "API_SERVER_TELEMETRY_RAW_RETENTION_HOURS",
+        default_value_t = 48,
+        hide_env_values = true
+    )]
+    pub telemetry_raw_retention_hours: u32,
+    /// Five-minute telemetry rollups older than this many days are deleted.
+    #[arg(
+        long,
+        env = "API_SERVER_TELEMETRY_ROLLUP_RETENTION_DAYS",
+        default_value_t = 400,
+        hide_env_values = true
+    )]
+    pub telemetry_rollup_retention_days: u32,
     /// How often expired sessions, codes, tickets and old audit events are
     /// deleted, in seconds.
     #[arg(
@@ -376,6 +392,10 @@ pub struct Settings {
     pub max_devices_per_user: u32,
     pub audit_retention: Duration,
     pub housekeeping_interval: Duration,
+    /// How long raw telemetry windows are kept (series queries reach back
+    /// this far at scrape resolution; beyond it, rollups).
+    pub telemetry_raw_retention: Duration,
+    pub telemetry_rollup_retention: Duration,
 }
 
 impl Settings {
@@ -429,6 +449,8 @@ impl Settings {
             max_devices_per_user: 500,
             audit_retention: Duration::from_secs(400 * 86_400),
             housekeeping_interval: Duration::from_secs(600),
+            telemetry_raw_retention: Duration::from_secs(48 * 3600),
+            telemetry_rollup_retention: Duration::from_secs(400 * 86_400),
             public_origin: public_origin.to_owned(),
             public_scheme: scheme.to_owned(),
             cookie_secure,
@@ -542,6 +564,10 @@ impl Config {
         s.audit_retention =
             Duration::from_secs(u64::from(self.audit_retention_days.max(1)) * 86_400);
         s.housekeeping_interval = Duration::from_secs(self.housekeeping_interval_secs.max(10));
+        s.telemetry_raw_retention =
+            Duration::from_secs(u64::from(self.telemetry_raw_retention_hours.max(1)) * 3600);
+        s.telemetry_rollup_retention =
+            Duration::from_secs(u64::from(self.telemetry_rollup_retention_days.max(1)) * 86_400);
         Ok(s)
     }
 

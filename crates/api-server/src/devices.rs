@@ -58,9 +58,61 @@ pub struct DeviceView {
     /// Last time the device was heard from: `last_heard_from` while online,
     /// else when its tunnel last opened or closed (`None`: never connected).
     last_seen_at: Option<i64>,
+    /// Key figures of its last scrape (`None`: never scraped).
+    telemetry: Option<KeyFigures>,
 }
 
-fn view(d: Device, live: Option<Option<&LiveStatus>>) -> DeviceView {
+/// The figures a device list shows per row, from the last scrape.
+#[derive(Serialize, utoipa::ToSchema, Default)]
+pub struct KeyFigures {
+    /// `ok`, `failed` or `none` (no metrics path on the box).
+    outcome: String,
+    scraped_at: i64,
+    /// Frames per second over all models.
+    fps: Option<f64>,
+    /// The hottest accelerator (°C).
+    accel_temperature: Option<f64>,
+    cpu_busy: Option<f64>,
+    memory_used: Option<f64>,
+    /// The fullest filesystem.
+    disk_used: Option<f64>,
+}
+
+impl KeyFigures {
+    fn of(row: &store::LatestRow) -> Self {
+        let mut k = Self {
+            outcome: row.outcome.clone(),
+            scraped_at: row.scraped_at,
+            ..Self::default()
+        };
+        let figures: serde_json::Value = serde_json::from_str(&row.figures).unwrap_or_default();
+        let series = figures["series"].as_array().cloned().unwrap_or_default();
+        let fold = |slot: &mut Option<f64>, v: f64, f: fn(f64, f64) -> f64| {
+            *slot = Some(slot.map_or(v, |s| f(s, v)));
+        };
+        use box_metrics::figures::names;
+        for s in &series {
+            let (Some(metric), Some(v)) = (s["metric"].as_str(), s["value"].as_f64()) else {
+                continue;
+            };
+            match metric {
+                names::FPS => fold(&mut k.fps, v, |a, b| a + b),
+                names::ACCEL_TEMP => fold(&mut k.accel_temperature, v, f64::max),
+                names::CPU => k.cpu_busy = Some(v),
+                names::MEMORY => k.memory_used = Some(v),
+                names::DISK => fold(&mut k.disk_used, v, f64::max),
+                _ => {}
+            }
+        }
+        k
+    }
+}
+
+fn view(
+    d: Device,
+    live: Option<Option<&LiveStatus>>,
+    telemetry: Option<&store::LatestRow>,
+) -> DeviceView {
     let (status, since, heard) = match live {
         None => ("unknown", None, None),
         Some(None) => ("offline", None, None),
@@ -78,6 +130,7 @@ fn view(d: Device, live: Option<Option<&LiveStatus>>) -> DeviceView {
         connected_since: since,
         last_heard_from: heard,
         last_seen_at: heard.or(d.last_seen_at),
+        telemetry: telemetry.map(KeyFigures::of),
     }
 }
 
@@ -85,14 +138,25 @@ fn view(d: Device, live: Option<Option<&LiveStatus>>) -> DeviceView {
 async fn view_live(state: &AppState, d: Device) -> DeviceView {
     let live = state.directory.lookup(d.id).await.ok();
     let live = live.map(|o| o.as_ref().map(LiveStatus::from));
-    view(d, live.as_ref().map(|o| o.as_ref()))
+    let telemetry = match state.store.telemetry_latest(d.owner_id, &[d.id]).await {
+        Ok(mut rows) => rows.remove(&d.id),
+        Err(err) => {
+            tracing::warn!(error = %err, "device telemetry unavailable");
+            None
+        }
+    };
+    view(d, live.as_ref().map(|o| o.as_ref()), telemetry.as_ref())
 }
 
 fn parse(id: &str) -> Result<DeviceId, ApiError> {
     id.parse().map_err(|_| ApiError::NotFound)
 }
 
-async fn owned(state: &AppState, user: &CurrentUser, id: &str) -> Result<Device, ApiError> {
+pub(crate) async fn owned(
+    state: &AppState,
+    user: &CurrentUser,
+    id: &str,
+) -> Result<Device, ApiError> {
     state
         .store
         .device(user.id, parse(id)?)
@@ -129,12 +193,20 @@ pub async fn list(
                 None
             }
         };
+    let telemetry = match state.store.telemetry_latest(user.id, &ids).await {
+        Ok(rows) => rows,
+        Err(err) => {
+            tracing::warn!(error = %err, "device telemetry unavailable");
+            HashMap::new()
+        }
+    };
     Ok(Json(
         devices
             .into_iter()
             .map(|d| {
                 let status = live.as_ref().map(|m| m.get(&d.id));
-                view(d, status)
+                let figures = telemetry.get(&d.id);
+                view(d, status, figures)
             })
             .collect(),
     ))

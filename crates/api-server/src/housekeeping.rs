@@ -1,6 +1,7 @@
 //! The scheduled sweep: every `housekeeping_interval` (and once shortly
 //! after start) delete expired sessions, pairing codes, entry tickets and
-//! logout-token records, and audit events past their retention, in batches.
+//! logout-token records, audit events past their retention, and telemetry
+//! windows and rollups past theirs, in batches.
 //! Replicas may sweep at the same time; the deletes do not conflict.
 
 use crate::state::AppState;
@@ -12,10 +13,12 @@ use tokio_util::sync::CancellationToken;
 pub const AUDIT_BATCH: i64 = 1000;
 
 /// One sweep now; returns what it deleted.
-pub async fn sweep_once(state: &AppState) -> Result<store::Swept, store::StoreError> {
+pub async fn sweep_once(
+    state: &AppState,
+) -> Result<(store::Swept, store::TelemetrySwept), store::StoreError> {
     let now = now_ms();
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-    state
+    let swept = state
         .store
         .sweep(
             now,
@@ -23,7 +26,16 @@ pub async fn sweep_once(state: &AppState) -> Result<store::Swept, store::StoreEr
             now.saturating_sub(ms(state.settings.audit_retention)),
             AUDIT_BATCH,
         )
-        .await
+        .await?;
+    let telemetry = state
+        .store
+        .sweep_telemetry(
+            now.saturating_sub(ms(state.settings.telemetry_raw_retention)),
+            now.saturating_sub(ms(state.settings.telemetry_rollup_retention)),
+            AUDIT_BATCH,
+        )
+        .await?;
+    Ok((swept, telemetry))
 }
 
 /// Sweep on the schedule until `shutdown`.
@@ -36,7 +48,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
             _ = tokio::time::sleep_until(next) => {}
         }
         match sweep_once(&state).await {
-            Ok(swept) => tracing::info!(?swept, "housekeeping"),
+            Ok((swept, telemetry)) => tracing::info!(?swept, ?telemetry, "housekeeping"),
             Err(err) => tracing::warn!(error = %err, "housekeeping failed; retrying next time"),
         }
         next = tokio::time::Instant::now() + every;

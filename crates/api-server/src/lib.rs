@@ -23,6 +23,7 @@ pub mod router;
 pub mod session;
 pub mod state;
 pub mod system;
+pub mod telemetry;
 
 pub use router::build_app;
 pub use state::{AppParts, AppState};

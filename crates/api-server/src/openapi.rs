@@ -5,7 +5,7 @@
 //! route of the route table is in it.
 
 use crate::state::AppState;
-use crate::{auth_routes, console, device_origin, devices, pairing, proxy, system};
+use crate::{auth_routes, console, device_origin, devices, pairing, proxy, system, telemetry};
 use axum::extract::State;
 use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
@@ -43,6 +43,9 @@ use utoipa::OpenApi;
         devices::disconnect,
         device_origin::create_ticket,
         devices::audit,
+        telemetry::latest,
+        telemetry::series,
+        telemetry::fleet,
         proxy::forward_root,
         proxy::forward_path,
         openapi_json,
@@ -52,6 +55,7 @@ use utoipa::OpenApi;
         (name = "auth", description = "Login (OpenID Connect), the session, logout"),
         (name = "pairing", description = "Pairing codes and their exchange by a box"),
         (name = "devices", description = "The caller's devices"),
+        (name = "telemetry", description = "What each box reports: its last scrape, time series, fleet queries"),
         (name = "proxy", description = "Requests forwarded to a box's local service"),
         (name = "system", description = "Health, readiness, this document"),
         (name = "console", description = "The web console's files"),

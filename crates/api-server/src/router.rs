@@ -4,7 +4,9 @@
 //! [`CurrentUser`](crate::session::CurrentUser) in their signature.
 
 use crate::state::AppState;
-use crate::{auth_routes, console, device_origin, devices, hygiene, pairing, proxy, system};
+use crate::{
+    auth_routes, console, device_origin, devices, hygiene, pairing, proxy, system, telemetry,
+};
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, delete, get, post, MethodRouter};
 use axum::Router;
@@ -132,6 +134,17 @@ pub fn route_table() -> Vec<RouteDef> {
             &[M::POST],
             post(device_origin::create_ticket),
         ),
+        route(
+            "/api/devices/{id}/telemetry",
+            &[M::GET],
+            get(telemetry::latest),
+        ),
+        route(
+            "/api/devices/{id}/telemetry/series",
+            &[M::GET],
+            get(telemetry::series),
+        ),
+        route("/api/telemetry/fleet", &[M::GET], get(telemetry::fleet)),
         route("/api/audit", &[M::GET], get(devices::audit)),
         route(
             "/api/devices/{id}/proxy/",

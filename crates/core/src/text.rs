@@ -6,7 +6,7 @@
 
 /// Bidirectional formatting characters (Trojan Source, CVE-2021-42574):
 /// ALM, LRM, RLM, the embeddings and overrides, and the isolates.
-fn is_bidi_control(c: char) -> bool {
+pub fn is_bidi_control(c: char) -> bool {
     matches!(
         c,
         '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'

@@ -216,6 +216,50 @@ pub struct Config {
         hide_env_values = true
     )]
     pub drain_timeout_secs: u64,
+    /// How often each device's metrics are scraped through its tunnel, in
+    /// seconds; 0 turns telemetry off. Each device has its own phase within
+    /// the interval, so scrapes spread evenly.
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_TELEMETRY_INTERVAL_SECS",
+        default_value_t = crate::scrape::DEFAULT_INTERVAL.as_secs(),
+        hide_env_values = true
+    )]
+    pub telemetry_interval_secs: u64,
+    /// The path of the box's metrics on its local API (Prometheus text).
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_TELEMETRY_PATH",
+        default_value = crate::scrape::DEFAULT_PATH,
+        hide_env_values = true
+    )]
+    pub telemetry_path: String,
+    /// Metrics outside the telemetry contract to keep too (comma-separated
+    /// names; `prefix_*` for a family of names). Everything else a box
+    /// exposes is dropped.
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_TELEMETRY_ALLOW",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub telemetry_allow: String,
+    /// Scrapes this relay runs at once.
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_TELEMETRY_CONCURRENCY",
+        default_value_t = crate::scrape::DEFAULT_CONCURRENCY,
+        hide_env_values = true
+    )]
+    pub telemetry_concurrency: usize,
+    /// How long one scrape may take, in seconds (at most the interval).
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_TELEMETRY_TIMEOUT_SECS",
+        default_value_t = crate::scrape::DEFAULT_TIMEOUT.as_secs(),
+        hide_env_values = true
+    )]
+    pub telemetry_timeout_secs: u64,
     /// Log format: human or json.
     #[arg(
         long,
@@ -242,6 +286,8 @@ pub struct Limits {
     pub drain_timeout: Duration,
     pub open_stream_timeout: Duration,
     pub credential_recheck: Duration,
+    /// The telemetry scraper's settings.
+    pub telemetry: crate::scrape::TelemetrySettings,
 }
 
 impl Config {
@@ -261,7 +307,22 @@ impl Config {
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
             open_stream_timeout: Duration::from_secs(5),
             credential_recheck: Duration::from_secs(self.credential_recheck_secs.clamp(1, 60)),
+            telemetry: self.telemetry(),
         })
+    }
+
+    fn telemetry(&self) -> crate::scrape::TelemetrySettings {
+        let interval = (self.telemetry_interval_secs > 0)
+            .then(|| Duration::from_secs(self.telemetry_interval_secs.min(3600)));
+        let timeout = Duration::from_secs(self.telemetry_timeout_secs.max(1));
+        crate::scrape::TelemetrySettings {
+            interval,
+            path: self.telemetry_path.clone(),
+            allow: box_metrics::AllowList::parse(&self.telemetry_allow),
+            concurrency: self.telemetry_concurrency.max(1),
+            timeout: interval.map_or(timeout, |i| timeout.min(i)),
+            ..Default::default()
+        }
     }
 
     pub fn database_url(&self) -> String {
@@ -293,6 +354,7 @@ impl Default for Limits {
             drain_timeout: Duration::from_secs(10),
             open_stream_timeout: Duration::from_secs(5),
             credential_recheck: Duration::from_secs(directory::DEFAULT_CREDENTIAL_RECHECK_SECS),
+            telemetry: crate::scrape::TelemetrySettings::default(),
         }
     }
 }

@@ -9,6 +9,8 @@ pub mod internal;
 pub mod leases;
 pub mod metrics;
 pub mod registry;
+pub mod scrape;
+pub mod telemetry_writer;
 pub mod tunnel_listener;
 
 use config::{Config, Limits};
@@ -50,6 +52,8 @@ pub struct Relay {
     /// lease values.
     instance: String,
     pub metrics: metrics::RelayMetrics,
+    /// Counts the telemetry writer's stored batches (tests await it).
+    pub telemetry_writes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Bad credentials one address may present at once before its bucket
@@ -76,6 +80,7 @@ impl Relay {
             leases: std::sync::OnceLock::new(),
             instance: Secret::random(6).expose().to_owned(),
             metrics: metrics::RelayMetrics::default(),
+            telemetry_writes: Arc::new(tokio::sync::watch::channel(0).0),
         })
     }
 
@@ -171,6 +176,11 @@ impl Relay {
                 stop_serving.cancel();
             }
         };
+        let scraper = tokio::spawn(scrape::run(
+            self.clone(),
+            self.limits.telemetry.clone(),
+            self.shutdown.clone(),
+        ));
         if let Some(leases) = self.leases.get() {
             tokio::spawn(leases::keep(self.clone(), leases.clone()));
             tokio::spawn(leases::hear_takeovers(self.clone(), leases.clone()));
@@ -192,6 +202,9 @@ impl Relay {
             ),
             closer,
         );
+        // The scraper stopped when draining began; its writer stores what
+        // it holds before the task ends.
+        let _ = scraper.await;
         self.tunnels.close();
         if tokio::time::timeout(self.limits.drain_timeout, self.tunnels.wait())
             .await

@@ -1,7 +1,7 @@
 //! The relay's Prometheus metrics (prefix `edge_relay_`): tunnels online,
 //! tunnel connects by result, sessions ended by reason, streams, bytes,
-//! time from connect to registered, and internal API requests by route
-//! and status. Served on `--metrics-listen` (`edge_core::metrics`).
+//! time from connect to registered, internal API requests by route and
+//! status, and the telemetry scraper's outcomes. Served on `--metrics-listen` (`edge_core::metrics`).
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
@@ -29,6 +29,10 @@ pub struct RelayMetrics {
     pub tasks_alive: Gauge,
     pub lease_refresh_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub lease_refresh_failures: Counter,
+    pub telemetry_scrapes: Family<Labels1, Counter>,
+    pub telemetry_skipped: Counter,
+    pub telemetry_write_errors: Counter,
+    pub telemetry_dropped: Counter,
 }
 
 impl Default for RelayMetrics {
@@ -45,6 +49,10 @@ impl Default for RelayMetrics {
             tasks_alive: Gauge::default(),
             lease_refresh_seconds: Gauge::default(),
             lease_refresh_failures: Counter::default(),
+            telemetry_scrapes: Family::default(),
+            telemetry_skipped: Counter::default(),
+            telemetry_write_errors: Counter::default(),
+            telemetry_dropped: Counter::default(),
         }
     }
 }
@@ -62,6 +70,26 @@ impl RelayMetrics {
             "lease_refresh_failures",
             "Leases a refresh pass could not refresh (Redis errors; the pass goes on)",
             self.lease_refresh_failures.clone(),
+        );
+        r.register(
+            "telemetry_scrapes",
+            "Telemetry scrapes of devices by outcome (ok, none: no metrics path, or the failure's code)",
+            self.telemetry_scrapes.clone(),
+        );
+        r.register(
+            "telemetry_skipped",
+            "Scrapes skipped because every scrape slot was busy at the device's turn",
+            self.telemetry_skipped.clone(),
+        );
+        r.register(
+            "telemetry_write_errors",
+            "Telemetry writes the store refused (the batch is kept for the next pass)",
+            self.telemetry_write_errors.clone(),
+        );
+        r.register(
+            "telemetry_dropped",
+            "Telemetry windows dropped after failed writes filled the retry bound",
+            self.telemetry_dropped.clone(),
         );
         r.register(
             "tasks_alive",

@@ -3,7 +3,9 @@
 //! inference results). Test endpoints: `/test/download?bytes=N` (a
 //! deterministic byte pattern, see [`pattern`]), `/test/upload` (returns
 //! length and SHA-256 of the body), `/test/ws-echo`, `/test/headers` (echoes
-//! the request headers it received), `/test/delay?ms=N`.
+//! the request headers it received), `/test/delay?ms=N`. `/metrics` serves
+//! the telemetry contract's figures, moving as a real box's do
+//! ([`metrics`]).
 //!
 //! [`Mode::Hostile`] turns the box against its owner for security tests:
 //! its page (`/`, `/hostile.js`) tries to use the owner's console session,
@@ -33,9 +35,12 @@ use tokio_util::sync::CancellationToken;
 const MAX_DOWNLOAD: u64 = 4 << 30;
 const CHUNK: usize = 64 * 1024;
 
+pub mod metrics;
+
 struct BoxState {
     name: String,
     started: Instant,
+    metrics: metrics::SimMetrics,
 }
 
 /// How the simulated box behaves.
@@ -58,6 +63,7 @@ pub fn router_with(name: impl Into<String>, mode: Mode) -> Router {
     let state = Arc::new(BoxState {
         name: name.into(),
         started: Instant::now(),
+        metrics: metrics::SimMetrics::default(),
     });
     let page_route = match mode {
         Mode::Normal => get(page),
@@ -74,6 +80,7 @@ pub fn router_with(name: impl Into<String>, mode: Mode) -> Router {
     router
         .route("/", page_route)
         .route("/api/info", get(info))
+        .route("/metrics", get(prometheus))
         .route("/api/inference", get(inference))
         .route("/test/download", get(download))
         .route("/test/upload", post(upload))
@@ -191,6 +198,17 @@ async fn service_worker() -> Response {
             (http::HeaderName::from_static("service-worker-allowed"), "/"),
         ],
         "self.addEventListener('fetch', (e) => e.respondWith(new Response('owned')));",
+    )
+        .into_response()
+}
+
+async fn prometheus(State(state): State<Arc<BoxState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
     )
         .into_response()
 }

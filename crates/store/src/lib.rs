@@ -1,4 +1,5 @@
-//! Persistence for users, user sessions, devices and device credentials.
+//! Persistence for users, user sessions, devices, device credentials and
+//! device telemetry.
 //! One `Store` over sqlx's `Any` driver: a SQLite file by default (created on
 //! first start), PostgreSQL when the URL says so. Each backend has its own
 //! migration set, embedded in the binary and applied on connect. Every query
@@ -11,6 +12,7 @@ mod housekeeping;
 mod model;
 mod pairing;
 mod sessions;
+mod telemetry;
 mod tickets;
 mod users;
 
@@ -19,6 +21,7 @@ pub use error::StoreError;
 pub use housekeeping::Swept;
 pub use model::{Device, DeviceAuth, NewDevice, RedeemedTicket, SessionRecord, User, UserClaims};
 pub use pairing::{ExchangeError, PairingCode};
+pub use telemetry::{LatestRow, RollupRow, SeriesRow, TelemetryBatch, TelemetrySwept, WindowRow};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::AnyPool;

@@ -90,6 +90,20 @@ pub fn spawn_trusting(
         .unwrap_or_else(|e| panic!("cannot start Go device: {e}"))
 }
 
+/// [`spawn`] with extra flags (e.g. `-metrics`).
+pub fn spawn_with(
+    bin: &Path,
+    relay_url: &str,
+    token: &edge_core::DeviceToken,
+    flags: &[&str],
+) -> Child {
+    command(bin, relay_url, token, None, false)
+        .args(flags)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start Go device: {e}"))
+}
+
 /// A Go device whose stdout events (`connected`, `event: ping`,
 /// `event: goaway <code>`) the test can await.
 pub struct ObservedGoDevice {

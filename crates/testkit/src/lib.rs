@@ -289,6 +289,12 @@ impl Default for StackOptions {
         Self {
             limits: Limits {
                 drain_timeout: Duration::from_secs(5),
+                // Off unless a test turns it on: a scrape is a stream, and
+                // many tests count streams.
+                telemetry: remote_proxy::scrape::TelemetrySettings {
+                    interval: None,
+                    ..Default::default()
+                },
                 ..Limits::default()
             },
             settings_hook: |_| {},
@@ -730,6 +736,31 @@ impl Stack {
             "device online",
             dir.wait_until(|d| d.connection_of(device).is_some()),
         )
+        .await;
+    }
+
+    /// Cancelled when the stack stops (for servers a test starts itself).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Wait, one stored telemetry batch at a time, until `check` holds.
+    pub async fn telemetry_until<F, Fut>(&self, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let mut written = self.relay().telemetry_writes.subscribe();
+        within(what, async {
+            loop {
+                if check().await {
+                    return;
+                }
+                if written.changed().await.is_err() {
+                    panic!("the relay stopped before: {what}");
+                }
+            }
+        })
         .await;
     }
 

@@ -373,7 +373,7 @@ async fn housekeeping_ends_expired_sessions_with_the_servers_settings() {
             .await,
     };
     let _ = expired;
-    let swept = api_server::housekeeping::sweep_once(&stack.state)
+    let (swept, _) = api_server::housekeeping::sweep_once(&stack.state)
         .await
         .unwrap();
     assert_eq!(swept.sessions, 1, "{swept:?}");

@@ -1,0 +1,564 @@
+//! From one parsed scrape to the figures the cloud keeps: the telemetry
+//! contract's metrics become a small set of series an owner reads directly
+//! (CPU busy ratio, memory and disk used ratios, FPS and dropped FPS per
+//! model, mean and p95 latency per model, accelerator figures, network
+//! bytes per second), counters becoming rates against the previous scrape,
+//! which a [`Tracker`] remembers per device. Metrics outside the contract
+//! are kept, as they are, only when the operator's [`AllowList`] names
+//! them. A stored metric with a NaN or infinite value fails the scrape.
+
+use crate::exposition::{Exposition, Kind, Sample};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+
+/// One series: a metric name and its labels, sorted by label name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeriesKey {
+    pub metric: String,
+    pub labels: Vec<(String, String)>,
+}
+
+impl SeriesKey {
+    pub fn new(metric: &str, labels: &[(&str, &str)]) -> Self {
+        let mut labels: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        labels.sort();
+        Self {
+            metric: metric.to_owned(),
+            labels,
+        }
+    }
+
+    /// The canonical text form, `metric{a="x",b="y"}` (quotes and
+    /// backslashes escaped), as Prometheus writes a series.
+    pub fn text(&self) -> String {
+        if self.labels.is_empty() {
+            return self.metric.clone();
+        }
+        let labels: Vec<String> = self
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+            .collect();
+        format!("{}{{{}}}", self.metric, labels.join(","))
+    }
+
+    /// The series' number within its device: FNV-1a of the text form.
+    /// Two series of one device colliding is about 1 in 10^5 at 200
+    /// series; the store keeps the first and the later one is dropped.
+    pub fn id(&self) -> u32 {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in self.text().bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        h
+    }
+
+    /// The label `name`'s value.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Metrics outside the contract that an operator keeps: exact names, or
+/// prefixes written `name_*`.
+#[derive(Debug, Clone, Default)]
+pub struct AllowList {
+    exact: Vec<String>,
+    prefixes: Vec<String>,
+}
+
+impl AllowList {
+    /// From a comma-separated list such as `vendor_queue_depth,acme_*`.
+    pub fn parse(s: &str) -> Self {
+        let mut list = Self::default();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            match item.strip_suffix('*') {
+                Some(prefix) => list.prefixes.push(prefix.to_owned()),
+                None => list.exact.push(item.to_owned()),
+            }
+        }
+        list
+    }
+
+    pub fn allows(&self, metric: &str) -> bool {
+        self.exact.iter().any(|e| e == metric)
+            || self.prefixes.iter().any(|p| metric.starts_with(p))
+    }
+}
+
+/// Which model a box runs (`edge_model_info`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelInfo {
+    pub model: String,
+    pub version: String,
+    pub runtime: String,
+}
+
+/// The figures of one scrape, sorted by series.
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    pub values: Vec<(SeriesKey, f64)>,
+    pub models: Vec<ModelInfo>,
+}
+
+/// Why a scrape's figures were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FigureError {
+    #[error("{0} has a NaN or infinite value")]
+    NonFinite(String),
+}
+
+impl FigureError {
+    pub fn code(&self) -> &'static str {
+        "non_finite_value"
+    }
+}
+
+/// The series names the cloud derives (the API's `metric` values).
+pub mod names {
+    pub const CPU: &str = "cpu_busy_ratio";
+    pub const CPUS: &str = "host_cpus";
+    pub const MEMORY: &str = "memory_used_ratio";
+    pub const DISK: &str = "disk_used_ratio";
+    pub const LOAD1: &str = "load1";
+    pub const UPTIME: &str = "uptime_seconds";
+    pub const HOST_TEMP: &str = "host_temperature_celsius";
+    pub const NETWORK: &str = "network_bytes_per_second";
+    pub const ACCEL_UTIL: &str = "accel_utilization_ratio";
+    pub const ACCEL_MEMORY: &str = "accel_memory_used_ratio";
+    pub const ACCEL_TEMP: &str = "accel_temperature_celsius";
+    pub const ACCEL_POWER: &str = "accel_power_watts";
+    pub const ACCEL_THROTTLED: &str = "accel_throttled";
+    pub const FPS: &str = "inference_fps";
+    pub const DROPPED_FPS: &str = "inference_dropped_fps";
+    pub const LATENCY: &str = "inference_latency_seconds";
+    pub const LATENCY_P95: &str = "inference_latency_p95_seconds";
+    pub const STREAM_UP: &str = "stream_up";
+
+    /// Every derived name, for the API's validation and documentation.
+    pub const ALL: &[&str] = &[
+        CPU,
+        CPUS,
+        MEMORY,
+        DISK,
+        LOAD1,
+        UPTIME,
+        HOST_TEMP,
+        NETWORK,
+        ACCEL_UTIL,
+        ACCEL_MEMORY,
+        ACCEL_TEMP,
+        ACCEL_POWER,
+        ACCEL_THROTTLED,
+        FPS,
+        DROPPED_FPS,
+        LATENCY,
+        LATENCY_P95,
+        STREAM_UP,
+    ];
+}
+
+/// The decimal exponent a series' values are stored at (values are kept
+/// as integers of 10^exp): enough for what a chart or a rule can tell.
+pub fn resolution_exp(metric: &str) -> i8 {
+    use names::*;
+    match metric {
+        CPU | MEMORY | DISK | ACCEL_UTIL | ACCEL_MEMORY => -4,
+        LATENCY | LATENCY_P95 => -6,
+        HOST_TEMP | ACCEL_TEMP | FPS | DROPPED_FPS | ACCEL_POWER | LOAD1 => -2,
+        UPTIME | NETWORK | CPUS | ACCEL_THROTTLED | STREAM_UP => 0,
+        _ => -3,
+    }
+}
+
+/// A counter's last reading, to turn the next into a rate.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    value: f64,
+    at_ms: i64,
+}
+
+/// What one device's previous scrape left behind for the next: its counter
+/// readings (only those the last scrape had, so this stays bounded).
+#[derive(Debug, Default)]
+pub struct Tracker {
+    prev: HashMap<String, Reading>,
+    /// Latency bucket counts per model at the previous scrape.
+    prev_buckets: HashMap<String, Vec<(f64, f64)>>,
+}
+
+/// Contract families read per scrape, before they become figures.
+#[derive(Default)]
+struct Gathered {
+    cpu: BTreeMap<String, f64>,
+    memory: BTreeMap<String, f64>,
+    disks: BTreeMap<String, BTreeMap<String, f64>>,
+    accel_memory: BTreeMap<String, BTreeMap<String, f64>>,
+    frames: BTreeMap<String, f64>,
+    dropped: BTreeMap<String, f64>,
+    latency_sum: BTreeMap<String, f64>,
+    latency_count: BTreeMap<String, f64>,
+    latency_buckets: BTreeMap<String, Vec<(f64, f64)>>,
+    network: BTreeMap<(String, String), f64>,
+}
+
+impl Tracker {
+    /// The figures of scrape `e`, taken at `at_ms`.
+    pub fn figures(
+        &mut self,
+        e: &Exposition<'_>,
+        at_ms: i64,
+        allow: &AllowList,
+    ) -> Result<Figures, FigureError> {
+        use names::*;
+        let mut out = Figures::default();
+        let mut g = Gathered::default();
+        let gauge = |out: &mut Figures, metric: &str, labels: &[(&str, &str)], v: f64| {
+            out.values.push((SeriesKey::new(metric, labels), v));
+        };
+        for s in &e.samples {
+            let stored = is_contract(s.name) || allow.allows(s.name);
+            if !stored {
+                continue;
+            }
+            if !s.value.is_finite() {
+                return Err(FigureError::NonFinite(s.name.to_owned()));
+            }
+            let l = |name: &str| s.label(name).unwrap_or("").to_owned();
+            let v = s.value;
+            match s.name {
+                "edge_host_cpu_seconds_total" => *g.cpu.entry(l("mode")).or_default() += v,
+                "edge_host_cpus" => gauge(&mut out, CPUS, &[], v),
+                "edge_host_memory_bytes" => {
+                    g.memory.insert(l("kind"), v);
+                }
+                "edge_host_filesystem_bytes" => {
+                    g.disks
+                        .entry(l("mountpoint"))
+                        .or_default()
+                        .insert(l("kind"), v);
+                }
+                "edge_host_load1" => gauge(&mut out, LOAD1, &[], v),
+                "edge_host_boot_time_seconds" => {
+                    gauge(&mut out, UPTIME, &[], (at_ms as f64 / 1000.0 - v).max(0.0));
+                }
+                "edge_host_temperature_celsius" => {
+                    gauge(&mut out, HOST_TEMP, &[("sensor", &l("sensor"))], v);
+                }
+                "edge_host_network_bytes_total" => {
+                    *g.network.entry((l("device"), l("direction"))).or_default() += v;
+                }
+                "edge_accel_utilization_ratio" => {
+                    gauge(&mut out, ACCEL_UTIL, &[("accel", &l("accel"))], v);
+                }
+                "edge_accel_memory_bytes" => {
+                    g.accel_memory
+                        .entry(l("accel"))
+                        .or_default()
+                        .insert(l("kind"), v);
+                }
+                "edge_accel_temperature_celsius" => {
+                    gauge(&mut out, ACCEL_TEMP, &[("accel", &l("accel"))], v);
+                }
+                "edge_accel_power_watts" => {
+                    gauge(&mut out, ACCEL_POWER, &[("accel", &l("accel"))], v);
+                }
+                "edge_accel_throttled" => {
+                    gauge(&mut out, ACCEL_THROTTLED, &[("accel", &l("accel"))], v);
+                }
+                "edge_inference_frames_total" => *g.frames.entry(l("model")).or_default() += v,
+                "edge_inference_dropped_frames_total" => {
+                    *g.dropped.entry(l("model")).or_default() += v;
+                }
+                "edge_inference_latency_seconds_sum" => {
+                    *g.latency_sum.entry(l("model")).or_default() += v;
+                }
+                "edge_inference_latency_seconds_count" => {
+                    *g.latency_count.entry(l("model")).or_default() += v;
+                }
+                "edge_inference_latency_seconds_bucket" => {
+                    let le = match s.label("le") {
+                        Some("+Inf") => f64::INFINITY,
+                        Some(le) => le.parse().unwrap_or(f64::NAN),
+                        None => f64::NAN,
+                    };
+                    if !le.is_nan() {
+                        g.latency_buckets
+                            .entry(l("model"))
+                            .or_default()
+                            .push((le, v));
+                    }
+                }
+                "edge_model_info" => out.models.push(ModelInfo {
+                    model: l("model"),
+                    version: l("version"),
+                    runtime: l("runtime"),
+                }),
+                "edge_stream_up" => gauge(&mut out, STREAM_UP, &[("stream", &l("stream"))], v),
+                _ => extra(&mut out, s, e.kind_of(s.name)),
+            }
+        }
+        self.derive(&mut out, g, at_ms);
+        out.values.sort_by(|a, b| a.0.cmp(&b.0));
+        out.values.dedup_by(|a, b| a.0 == b.0);
+        out.models.sort_by(|a, b| a.model.cmp(&b.model));
+        out.models.dedup();
+        Ok(out)
+    }
+
+    fn derive(&mut self, out: &mut Figures, g: Gathered, at_ms: i64) {
+        use names::*;
+        let mut next: HashMap<String, Reading> = HashMap::new();
+        let mut rate = |key: String, value: f64| -> Option<f64> {
+            let prev = self.prev.get(&key).copied();
+            next.insert(key, Reading { value, at_ms });
+            let prev = prev?;
+            let dt = (at_ms - prev.at_ms) as f64 / 1000.0;
+            (dt > 0.0 && value >= prev.value).then(|| (value - prev.value) / dt)
+        };
+        if !g.cpu.is_empty() {
+            let total: f64 = g.cpu.values().sum();
+            let idle = g.cpu.get("idle").copied().unwrap_or(0.0)
+                + g.cpu.get("iowait").copied().unwrap_or(0.0);
+            let (dt, di) = (
+                rate("cpu:total".into(), total),
+                rate("cpu:idle".into(), idle),
+            );
+            if let (Some(dt), Some(di)) = (dt, di) {
+                if dt > 0.0 {
+                    out.values
+                        .push((SeriesKey::new(CPU, &[]), (1.0 - di / dt).clamp(0.0, 1.0)));
+                }
+            }
+        }
+        if let (Some(total), Some(avail)) = (g.memory.get("total"), g.memory.get("available")) {
+            if *total > 0.0 {
+                out.values.push((
+                    SeriesKey::new(MEMORY, &[]),
+                    (1.0 - avail / total).clamp(0.0, 1.0),
+                ));
+            }
+        }
+        for (mount, kinds) in &g.disks {
+            if let (Some(size), Some(avail)) = (kinds.get("size"), kinds.get("avail")) {
+                if *size > 0.0 {
+                    let used = (1.0 - avail / size).clamp(0.0, 1.0);
+                    out.values
+                        .push((SeriesKey::new(DISK, &[("mountpoint", mount)]), used));
+                }
+            }
+        }
+        for (accel, kinds) in &g.accel_memory {
+            if let (Some(total), Some(used)) = (kinds.get("total"), kinds.get("used")) {
+                if *total > 0.0 {
+                    let ratio = (used / total).clamp(0.0, 1.0);
+                    out.values
+                        .push((SeriesKey::new(ACCEL_MEMORY, &[("accel", accel)]), ratio));
+                }
+            }
+        }
+        for ((device, direction), v) in &g.network {
+            if let Some(r) = rate(format!("net:{device}:{direction}"), *v) {
+                let key = SeriesKey::new(NETWORK, &[("device", device), ("direction", direction)]);
+                out.values.push((key, r));
+            }
+        }
+        for (model, v) in &g.frames {
+            if let Some(r) = rate(format!("frames:{model}"), *v) {
+                out.values
+                    .push((SeriesKey::new(FPS, &[("model", model)]), r));
+            }
+        }
+        for (model, v) in &g.dropped {
+            if let Some(r) = rate(format!("dropped:{model}"), *v) {
+                out.values
+                    .push((SeriesKey::new(DROPPED_FPS, &[("model", model)]), r));
+            }
+        }
+        for (model, sum) in &g.latency_sum {
+            let Some(count) = g.latency_count.get(model) else {
+                continue;
+            };
+            let ds = rate(format!("lsum:{model}"), *sum);
+            let dc = rate(format!("lcount:{model}"), *count);
+            if let (Some(ds), Some(dc)) = (ds, dc) {
+                if dc > 0.0 {
+                    out.values
+                        .push((SeriesKey::new(LATENCY, &[("model", model)]), ds / dc));
+                }
+            }
+        }
+        let mut next_buckets = HashMap::new();
+        for (model, mut buckets) in g.latency_buckets {
+            buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            if let Some(prev) = self.prev_buckets.get(&model) {
+                if let Some(p95) = quantile(0.95, prev, &buckets) {
+                    out.values
+                        .push((SeriesKey::new(LATENCY_P95, &[("model", &model)]), p95));
+                }
+            }
+            next_buckets.insert(model, buckets);
+        }
+        self.prev = next;
+        self.prev_buckets = next_buckets;
+    }
+}
+
+/// A sample outside the contract that the allow-list keeps: its value as
+/// it is (a counter stays a counter; charts show its rate).
+fn extra(out: &mut Figures, s: &Sample<'_>, _kind: Kind) {
+    let labels: Vec<(&str, &str)> = s.labels.iter().map(|(k, v)| (*k, v.as_ref())).collect();
+    out.values.push((SeriesKey::new(s.name, &labels), s.value));
+}
+
+fn is_contract(name: &str) -> bool {
+    name.starts_with("edge_host_")
+        || name.starts_with("edge_accel_")
+        || name.starts_with("edge_inference_")
+        || name == "edge_model_info"
+        || name == "edge_stream_up"
+}
+
+/// The `q` quantile of the observations between two cumulative bucket
+/// readings (`le`, count), interpolated within the bucket as PromQL's
+/// `histogram_quantile` does; `None` without observations or on a reset.
+fn quantile(q: f64, prev: &[(f64, f64)], now: &[(f64, f64)]) -> Option<f64> {
+    let delta: Vec<(f64, f64)> = now
+        .iter()
+        .map(|(le, c)| {
+            let before = prev.iter().find(|(p, _)| p == le).map_or(0.0, |(_, c)| *c);
+            (*le, c - before)
+        })
+        .collect();
+    let total = delta.last()?.1;
+    if total <= 0.0 || delta.iter().any(|(_, c)| *c < 0.0) {
+        return None;
+    }
+    let rank = q * total;
+    let mut lower = (0.0, 0.0);
+    for (le, count) in &delta {
+        if *count >= rank {
+            if le.is_infinite() {
+                return Some(lower.0);
+            }
+            let in_bucket = count - lower.1;
+            if in_bucket <= 0.0 {
+                return Some(*le);
+            }
+            return Some(lower.0 + (le - lower.0) * (rank - lower.1) / in_bucket);
+        }
+        lower = (*le, *count);
+    }
+    Some(lower.0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+    use crate::exposition::{parse, Limits};
+
+    fn scrape(t: &mut Tracker, body: &str, at: i64, allow: &AllowList) -> Figures {
+        let e = parse(body.as_bytes(), &Limits::default()).unwrap();
+        t.figures(&e, at, allow).unwrap()
+    }
+
+    fn value(f: &Figures, key: &str) -> Option<f64> {
+        f.values
+            .iter()
+            .find(|(k, _)| k.text() == key)
+            .map(|(_, v)| *v)
+    }
+
+    fn body(frames: u64, idle: f64, busy: f64, lat: [u64; 3], sum: f64) -> String {
+        format!(
+            "edge_host_cpu_seconds_total{{mode=\"idle\"}} {idle}\n\
+             edge_host_cpu_seconds_total{{mode=\"user\"}} {busy}\n\
+             edge_host_memory_bytes{{kind=\"total\"}} 1000\n\
+             edge_host_memory_bytes{{kind=\"available\"}} 250\n\
+             edge_host_filesystem_bytes{{mountpoint=\"/\",kind=\"size\"}} 100\n\
+             edge_host_filesystem_bytes{{mountpoint=\"/\",kind=\"avail\"}} 5\n\
+             edge_accel_temperature_celsius{{accel=\"npu0\"}} 71.5\n\
+             edge_inference_frames_total{{model=\"yolo\",stream=\"a\"}} {frames}\n\
+             edge_inference_frames_total{{model=\"yolo\",stream=\"b\"}} {frames}\n\
+             edge_inference_latency_seconds_bucket{{model=\"yolo\",le=\"0.01\"}} {}\n\
+             edge_inference_latency_seconds_bucket{{model=\"yolo\",le=\"0.02\"}} {}\n\
+             edge_inference_latency_seconds_bucket{{model=\"yolo\",le=\"+Inf\"}} {}\n\
+             edge_inference_latency_seconds_sum{{model=\"yolo\"}} {sum}\n\
+             edge_inference_latency_seconds_count{{model=\"yolo\"}} {}\n\
+             edge_model_info{{model=\"yolo\",version=\"8n\",runtime=\"rknn\"}} 1\n\
+             vendor_queue_depth 7\n\
+             other_metric 1\n",
+            lat[0], lat[1], lat[2], lat[2]
+        )
+    }
+
+    #[test]
+    fn counters_become_rates_and_gauges_ratios() {
+        let mut t = Tracker::default();
+        let allow = AllowList::parse("vendor_*");
+        let first = scrape(&mut t, &body(100, 10.0, 10.0, [0, 0, 0], 0.0), 0, &allow);
+        assert_eq!(
+            value(&first, "inference_fps{model=\"yolo\"}"),
+            None,
+            "no rate yet"
+        );
+        assert_eq!(value(&first, "memory_used_ratio"), Some(0.75));
+        assert_eq!(
+            value(&first, "disk_used_ratio{mountpoint=\"/\"}"),
+            Some(0.95)
+        );
+        assert_eq!(value(&first, "vendor_queue_depth"), Some(7.0));
+        assert_eq!(value(&first, "other_metric"), None, "not allow-listed");
+        assert_eq!(first.models[0].runtime, "rknn");
+
+        // 10 s later: 2 streams × 150 frames, 3 s idle of 10 s CPU time,
+        // 100 frames of which 90 took ≤ 10 ms and 100 ≤ 20 ms.
+        let second = scrape(
+            &mut t,
+            &body(250, 13.0, 17.0, [90, 100, 100], 1.2),
+            10_000,
+            &allow,
+        );
+        assert_eq!(value(&second, "inference_fps{model=\"yolo\"}"), Some(30.0));
+        assert_eq!(value(&second, "cpu_busy_ratio"), Some(0.7));
+        let mean = value(&second, "inference_latency_seconds{model=\"yolo\"}").unwrap();
+        assert!((mean - 0.012).abs() < 1e-9, "{mean}");
+        let p95 = value(&second, "inference_latency_p95_seconds{model=\"yolo\"}").unwrap();
+        assert!((p95 - 0.015).abs() < 1e-9, "{p95}");
+
+        // A restart (counters went down) gives no rate rather than a negative one.
+        let third = scrape(&mut t, &body(5, 1.0, 1.0, [1, 1, 1], 0.01), 20_000, &allow);
+        assert_eq!(value(&third, "inference_fps{model=\"yolo\"}"), None);
+    }
+
+    #[test]
+    fn a_non_finite_stored_value_fails_the_scrape_and_others_do_not() {
+        let mut t = Tracker::default();
+        let allow = AllowList::default();
+        let e = parse(b"unrelated NaN\nedge_host_load1 0.5\n", &Limits::default()).unwrap();
+        assert!(t.figures(&e, 0, &allow).is_ok());
+        let e = parse(b"edge_host_load1 +Inf\n", &Limits::default()).unwrap();
+        assert_eq!(
+            t.figures(&e, 0, &allow).unwrap_err().code(),
+            "non_finite_value"
+        );
+    }
+
+    #[test]
+    fn series_keys_are_canonical() {
+        let a = SeriesKey::new("m", &[("b", "2"), ("a", "x\"y")]);
+        let b = SeriesKey::new("m", &[("a", "x\"y"), ("b", "2")]);
+        assert_eq!(a, b);
+        assert_eq!(a.text(), "m{a=\"x\\\"y\",b=\"2\"}");
+        assert_eq!(a.id(), b.id());
+        assert_ne!(a.id(), SeriesKey::new("m", &[]).id());
+    }
+}

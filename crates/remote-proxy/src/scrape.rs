@@ -1,0 +1,293 @@
+//! The telemetry scraper (ADR 025): each relay scrapes the devices it
+//! holds, through their tunnels, with a plain HTTP/1.1 `GET` of the
+//! metrics path on a cloud-opened stream (what Go devices already serve).
+//! Each device has a fixed phase within the interval (a hash of its id), so
+//! a relay's scrapes spread evenly over time instead of firing together;
+//! at most `concurrency` run at once (a device whose turn finds none free
+//! waits for its next turn, counted as skipped), each bounded by
+//! `timeout`. A scrape reads at most the contract's body size, parses it
+//! ([`box_metrics::exposition`]) and turns it into figures; the
+//! [`writer`](crate::telemetry_writer) stores them. Nothing here touches
+//! what a user sees: no audit, no user's stream quota.
+
+use crate::telemetry_writer::{Outcome, Scraped};
+use crate::Relay;
+use box_metrics::{AllowList, Tracker};
+use bytes::Bytes;
+use edge_core::DeviceId;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// The default scrape interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15);
+/// The default metrics path on the box's local API.
+pub const DEFAULT_PATH: &str = "/metrics";
+/// Scrapes one relay runs at once by default.
+pub const DEFAULT_CONCURRENCY: usize = 64;
+/// How long one scrape may take by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the writer stores what it gathered, by default.
+pub const DEFAULT_WRITE_EVERY: Duration = Duration::from_secs(5);
+
+/// How long stopping waits for the writer's last pass.
+const WRITER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the scraper does.
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    /// `None`: no scraping.
+    pub interval: Option<Duration>,
+    pub path: String,
+    pub allow: AllowList,
+    pub concurrency: usize,
+    pub timeout: Duration,
+    pub write_every: Duration,
+    pub parse: box_metrics::Limits,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            interval: Some(DEFAULT_INTERVAL),
+            path: DEFAULT_PATH.to_owned(),
+            allow: AllowList::default(),
+            concurrency: DEFAULT_CONCURRENCY,
+            timeout: DEFAULT_TIMEOUT,
+            write_every: DEFAULT_WRITE_EVERY,
+            parse: box_metrics::Limits::default(),
+        }
+    }
+}
+
+/// The offset of `device`'s scrapes within each interval (ms).
+fn phase(device: DeviceId, interval_ms: i64) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in device.to_string().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % interval_ms.max(1) as u64) as i64
+}
+
+/// Whether a scrape at `phase` falls in `(last, now]`.
+fn due(last: i64, now: i64, phase: i64, interval: i64) -> bool {
+    (now - phase).div_euclid(interval) > (last - phase).div_euclid(interval)
+}
+
+/// Run the scraper and its writer until `shutdown`; the writer stores
+/// what it holds before this returns.
+pub async fn run(relay: Arc<Relay>, settings: TelemetrySettings, shutdown: CancellationToken) {
+    let Some(interval) = settings.interval else {
+        return;
+    };
+    let interval_ms = i64::try_from(interval.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    let (tx, rx) = mpsc::channel(settings.concurrency.max(1) * 4);
+    let writer = tokio::spawn(crate::telemetry_writer::run(
+        relay.store.clone(),
+        rx,
+        settings.write_every,
+        interval * 3,
+        relay.metrics.clone(),
+        relay.telemetry_writes.clone(),
+    ));
+    let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+    let trackers: Arc<Mutex<HashMap<DeviceId, Tracker>>> = Arc::default();
+    let settings = Arc::new(settings);
+    // A tick is a thirtieth of the interval: scrapes start within that of
+    // their phase.
+    let tick = (interval / 30).max(Duration::from_millis(20));
+    let mut last = edge_core::time::now_ms();
+    let mut scrapes = tokio::task::JoinSet::new();
+    loop {
+        while scrapes.try_join_next().is_some() {}
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = relay.draining.cancelled() => break,
+            () = tokio::time::sleep(tick) => {}
+        }
+        let now = edge_core::time::now_ms();
+        let live = relay.directory.live();
+        if let Ok(mut t) = trackers.lock() {
+            if t.len() > live.len() * 2 + 64 {
+                let held: std::collections::HashSet<DeviceId> =
+                    live.iter().map(|(d, _, _)| *d).collect();
+                t.retain(|d, _| held.contains(d));
+            }
+        }
+        for (device, _, _) in live {
+            if !due(last, now, phase(device, interval_ms), interval_ms) {
+                continue;
+            }
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                relay.metrics.telemetry_skipped.inc();
+                continue;
+            };
+            let (relay, settings, trackers, tx) = (
+                relay.clone(),
+                settings.clone(),
+                trackers.clone(),
+                tx.clone(),
+            );
+            scrapes.spawn(async move {
+                let scraped = scrape(&relay, &settings, &trackers, device).await;
+                relay
+                    .metrics
+                    .telemetry_scrapes
+                    .get_or_create(&[("outcome", scraped.outcome.label())])
+                    .inc();
+                let _ = tx.send(scraped).await;
+                drop(permit);
+            });
+        }
+        last = now;
+    }
+    // Scrapes still running are abandoned (their streams close with the
+    // tunnels); the writer then stores what it holds.
+    scrapes.shutdown().await;
+    drop(tx);
+    if tokio::time::timeout(WRITER_STOP_TIMEOUT, writer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the telemetry writer did not finish storing in time");
+    }
+}
+
+/// Scrape `device` once.
+async fn scrape(
+    relay: &Relay,
+    settings: &TelemetrySettings,
+    trackers: &Mutex<HashMap<DeviceId, Tracker>>,
+    device: DeviceId,
+) -> Scraped {
+    let at_ms = edge_core::time::now_ms();
+    let fetched = tokio::time::timeout(settings.timeout, fetch(relay, settings, device)).await;
+    let outcome = match fetched {
+        Err(_) => Outcome::Failed("timeout", "the box did not answer in time".into()),
+        Ok(Err(outcome)) => outcome,
+        Ok(Ok(body)) => {
+            let mut tracker = trackers
+                .lock()
+                .ok()
+                .and_then(|mut t| t.remove(&device))
+                .unwrap_or_default();
+            let outcome = match box_metrics::parse(&body, &settings.parse) {
+                Err(e) => Outcome::Failed(e.code(), e.to_string()),
+                Ok(exposition) => match tracker.figures(&exposition, at_ms, &settings.allow) {
+                    Ok(figures) => Outcome::Ok(figures),
+                    Err(e) => Outcome::Failed(e.code(), e.to_string()),
+                },
+            };
+            if let Ok(mut t) = trackers.lock() {
+                t.insert(device, tracker);
+            }
+            outcome
+        }
+    };
+    Scraped {
+        device,
+        at_ms,
+        outcome,
+    }
+}
+
+/// `GET <path>` on a new stream to `device`: the body, or why not.
+async fn fetch(
+    relay: &Relay,
+    settings: &TelemetrySettings,
+    device: DeviceId,
+) -> Result<Bytes, Outcome> {
+    let unreachable = |e: String| Outcome::Failed("unreachable", e);
+    let stream = relay
+        .directory
+        .open_device_stream(device)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(settings.path.as_str())
+        .header(http::header::HOST, "localhost")
+        .header(
+            http::header::ACCEPT,
+            "text/plain;version=0.0.4;q=1,application/openmetrics-text;q=0.5,*/*;q=0.1",
+        )
+        .header(http::header::USER_AGENT, "edge-relay-scraper")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| Outcome::Failed("bad_path", e.to_string()))?;
+    let res = sender
+        .send_request(req)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let status = res.status();
+    if status == http::StatusCode::NOT_FOUND || status == http::StatusCode::GONE {
+        conn.abort();
+        return Err(Outcome::NoMetrics);
+    }
+    if !status.is_success() {
+        conn.abort();
+        return Err(Outcome::Failed(
+            "http_status",
+            format!("the box answered {}", status.as_u16()),
+        ));
+    }
+    let limit = settings.parse.max_body_bytes;
+    let body = Limited::new(res.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Outcome::Failed(
+                    "body_too_large",
+                    format!("the body is larger than {limit} bytes"),
+                )
+            } else {
+                unreachable(e.to_string())
+            }
+        });
+    conn.abort();
+    Ok(body?.to_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_phase_is_due_once_per_interval() {
+        let interval = 15_000;
+        for phase in [0, 1, 7_500, 14_999] {
+            let mut hits = 0;
+            let mut last = 1_000_000;
+            for now in (1_000_000 + 333..=1_000_000 + 10 * interval).step_by(333) {
+                if due(last, now, phase, interval) {
+                    hits += 1;
+                }
+                last = now;
+            }
+            assert_eq!(hits, 10, "phase {phase}");
+        }
+    }
+
+    #[test]
+    fn phases_spread_over_the_interval() {
+        let interval = 15_000;
+        let mut per_second = [0u32; 15];
+        for _ in 0..3_000 {
+            per_second[(phase(DeviceId::new(), interval) / 1000) as usize] += 1;
+        }
+        // 200 expected per second; no second gets twice or half that.
+        assert!(
+            per_second.iter().all(|n| (100..400).contains(n)),
+            "{per_second:?}"
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! The telemetry writer: one task per relay that gathers the scraper's
+//! results and stores them every `write_every` in one transaction. Per
+//! device it keeps the open window (the current five-minute bucket's
+//! samples, [`box_metrics::codec`]): rewritten while it fills, written a
+//! last time with its rollup when the bucket ends or the device has not
+//! been scraped for a while (it left this relay). A failed write is kept
+//! for the next pass, up to a bound; past it the oldest is dropped and
+//! counted.
+
+use crate::metrics::RelayMetrics;
+use box_metrics::codec::{self, Window};
+use box_metrics::figures::resolution_exp;
+use box_metrics::Figures;
+use edge_core::DeviceId;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use store::{LatestRow, RollupRow, SeriesRow, Store, TelemetryBatch, WindowRow};
+use tokio::sync::{mpsc, watch};
+
+/// A rollup bucket (and the longest a window runs): five minutes.
+pub const BUCKET_MS: i64 = 300_000;
+/// Items held for retry after failed writes, at most.
+const MAX_PENDING: usize = 200_000;
+
+/// How one scrape ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Ok(Figures),
+    /// The box has no metrics path (404): no telemetry, not an error.
+    NoMetrics,
+    /// The scrape failed: a stable code and a message for the owner.
+    Failed(&'static str, String),
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Ok(_) => "ok",
+            Self::NoMetrics => "none",
+            Self::Failed(code, _) => code,
+        }
+    }
+}
+
+/// One scrape's result.
+#[derive(Debug)]
+pub struct Scraped {
+    pub device: DeviceId,
+    pub at_ms: i64,
+    pub outcome: Outcome,
+}
+
+/// What the writer keeps per device.
+#[derive(Default)]
+struct DeviceState {
+    bucket: i64,
+    window: Window,
+    window_dirty: bool,
+    known: HashSet<u32>,
+    /// Figures JSON of the last good scrape (kept across failures).
+    figures: String,
+    last_ok_at: Option<i64>,
+    latest: Option<LatestRow>,
+    last_seen: i64,
+}
+
+struct Writer {
+    devices: HashMap<DeviceId, DeviceState>,
+    pending: TelemetryBatch,
+    metrics: RelayMetrics,
+    written: Arc<watch::Sender<u64>>,
+}
+
+fn figures_json(f: &Figures) -> String {
+    let series: Vec<serde_json::Value> = f
+        .values
+        .iter()
+        .map(|(k, v)| {
+            let labels: serde_json::Map<String, serde_json::Value> = k
+                .labels
+                .iter()
+                .map(|(a, b)| (a.clone(), b.clone().into()))
+                .collect();
+            serde_json::json!({"metric": k.metric, "labels": labels, "value": v})
+        })
+        .collect();
+    serde_json::json!({"series": series, "models": f.models}).to_string()
+}
+
+impl Writer {
+    fn take(&mut self, s: Scraped) {
+        let state = self.devices.entry(s.device).or_default();
+        state.last_seen = s.at_ms;
+        let (outcome, error) = match s.outcome {
+            Outcome::Ok(figures) => {
+                let bucket = s.at_ms - s.at_ms.rem_euclid(BUCKET_MS);
+                if !state.window.is_empty() && bucket != state.bucket {
+                    close(s.device, state, &mut self.pending);
+                }
+                state.bucket = bucket;
+                let mut values = Vec::with_capacity(figures.values.len());
+                for (key, v) in &figures.values {
+                    let id = key.id();
+                    if state.known.insert(id) {
+                        let labels: serde_json::Map<String, serde_json::Value> = key
+                            .labels
+                            .iter()
+                            .map(|(a, b)| (a.clone(), b.clone().into()))
+                            .collect();
+                        self.pending.series.push(SeriesRow {
+                            device_id: s.device,
+                            series_id: id,
+                            metric: key.metric.clone(),
+                            labels: serde_json::Value::Object(labels).to_string(),
+                        });
+                    }
+                    values.push((id, resolution_exp(&key.metric), *v));
+                }
+                if !state.window.push(s.at_ms, &values) {
+                    // Full (a very short interval): close it and start the next.
+                    close(s.device, state, &mut self.pending);
+                    state.window.push(s.at_ms, &values);
+                }
+                state.window_dirty = true;
+                state.figures = figures_json(&figures);
+                state.last_ok_at = Some(s.at_ms);
+                ("ok", None)
+            }
+            Outcome::NoMetrics => ("none", None),
+            Outcome::Failed(code, message) => ("failed", Some(format!("{code}: {message}"))),
+        };
+        if state.figures.is_empty() {
+            state.figures = "{}".into();
+        }
+        state.latest = Some(LatestRow {
+            device_id: s.device,
+            scraped_at: s.at_ms,
+            outcome: outcome.into(),
+            error,
+            last_ok_at: state.last_ok_at,
+            figures: state.figures.clone(),
+        });
+    }
+
+    /// The batch of this pass: closed windows of devices gone quiet, open
+    /// windows that changed, and new last scrapes.
+    fn batch(&mut self, now: i64, quiet_ms: i64, everything: bool) -> TelemetryBatch {
+        let mut gone = Vec::new();
+        for (device, state) in &mut self.devices {
+            if let Some(latest) = state.latest.take() {
+                self.pending.latest.push(latest);
+            }
+            let quiet = now - state.last_seen > quiet_ms;
+            if (quiet || everything) && !state.window.is_empty() {
+                close(*device, state, &mut self.pending);
+            } else if state.window_dirty {
+                self.pending
+                    .windows
+                    .push(window_row(*device, &state.window));
+                state.window_dirty = false;
+            }
+            if quiet {
+                gone.push(*device);
+            }
+        }
+        for device in gone {
+            self.devices.remove(&device);
+        }
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Keep a failed batch for the next pass, dropping the oldest beyond
+    /// the bound.
+    fn requeue(&mut self, mut failed: TelemetryBatch) {
+        let next = std::mem::take(&mut self.pending);
+        failed.series.extend(next.series);
+        failed.windows.extend(next.windows);
+        failed.rollups.extend(next.rollups);
+        failed.latest.extend(next.latest);
+        let total =
+            failed.series.len() + failed.windows.len() + failed.rollups.len() + failed.latest.len();
+        if total > MAX_PENDING {
+            let over = total - MAX_PENDING;
+            let drop_n = over.min(failed.windows.len());
+            failed.windows.drain(..drop_n);
+            self.metrics.telemetry_dropped.inc_by(drop_n as u64);
+        }
+        self.pending = failed;
+    }
+}
+
+fn window_row(device: DeviceId, w: &Window) -> WindowRow {
+    WindowRow {
+        device_id: device,
+        start_ms: w.times.first().copied().unwrap_or(0),
+        end_ms: w.times.last().copied().unwrap_or(0),
+        samples: w.len() as i64,
+        data: codec::encode(w),
+    }
+}
+
+/// Write `state`'s window a last time, with its rollup, and start afresh.
+fn close(device: DeviceId, state: &mut DeviceState, out: &mut TelemetryBatch) {
+    let w = std::mem::take(&mut state.window);
+    state.window_dirty = false;
+    let row = window_row(device, &w);
+    out.rollups.push(RollupRow {
+        device_id: device,
+        bucket_ms: state.bucket,
+        start_ms: row.start_ms,
+        data: codec::encode_summaries(&codec::summarize(&w)),
+    });
+    out.windows.push(row);
+}
+
+/// Gather from `rx` and write every `write_every` until `rx` closes; then
+/// write everything held, windows closed.
+pub async fn run(
+    store: Store,
+    mut rx: mpsc::Receiver<Scraped>,
+    write_every: Duration,
+    quiet_after: Duration,
+    metrics: RelayMetrics,
+    written: Arc<watch::Sender<u64>>,
+) {
+    let mut w = Writer {
+        devices: HashMap::new(),
+        pending: TelemetryBatch::default(),
+        metrics,
+        written,
+    };
+    let quiet_ms = i64::try_from(quiet_after.as_millis()).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval(write_every.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            got = rx.recv() => match got {
+                Some(s) => w.take(s),
+                None => break,
+            },
+            _ = tick.tick() => {
+                let batch = w.batch(edge_core::time::now_ms(), quiet_ms, false);
+                write(&store, &mut w, batch).await;
+            }
+        }
+    }
+    let batch = w.batch(edge_core::time::now_ms(), quiet_ms, true);
+    write(&store, &mut w, batch).await;
+}
+
+async fn write(store: &Store, w: &mut Writer, batch: TelemetryBatch) {
+    if batch.is_empty() {
+        return;
+    }
+    match store.write_telemetry(&batch).await {
+        Ok(()) => w.written.send_modify(|n| *n += 1),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot store telemetry; kept for the next pass");
+            w.metrics.telemetry_write_errors.inc();
+            w.requeue(batch);
+        }
+    }
+}
