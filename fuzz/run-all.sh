@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 secs="${1:-60}"
-targets=(relay_tunnel agent_session cookies pairing proxy_headers yamux_flood)
+targets=(relay_tunnel agent_session cookies pairing proxy_headers yamux_flood exposition)
 cargo +nightly fuzz build -O
 mkdir -p logs
 for t in "${targets[@]}"; do

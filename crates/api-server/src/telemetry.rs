@@ -96,8 +96,10 @@ pub async fn latest(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SeriesQuery {
-    /// A derived metric (e.g. `inference_fps`) or an allow-listed one.
-    metric: String,
+    /// A derived metric (e.g. `inference_fps`) or an allow-listed one;
+    /// required (checked after the device, so a device of someone else's
+    /// is a 404 either way).
+    metric: Option<String>,
     from: Option<i64>,
     to: Option<i64>,
     step: Option<i64>,
@@ -175,7 +177,8 @@ pub async fn series(
     ApiQuery(q): ApiQuery<SeriesQuery>,
 ) -> Result<Json<SeriesView>, ApiError> {
     let device = owned(&state, &user, &id).await?;
-    if !valid_metric(&q.metric) {
+    let metric = q.metric.unwrap_or_default();
+    if !valid_metric(&metric) {
         return Err(ApiError::BadRequest("metric must be a metric name".into()));
     }
     let now = now_ms();
@@ -201,7 +204,7 @@ pub async fn series(
     let steps = usize::try_from((to - from) / step + 1).unwrap_or(0);
     let known = state
         .store
-        .telemetry_series(user.id, device.id, Some(&q.metric))
+        .telemetry_series(user.id, device.id, Some(&metric))
         .await?;
     let mut cells: HashMap<u32, Vec<Cell>> = known
         .iter()
@@ -266,7 +269,7 @@ pub async fn series(
         })
         .collect();
     Ok(Json(SeriesView {
-        metric: q.metric,
+        metric,
         from,
         to,
         step,

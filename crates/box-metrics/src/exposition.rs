@@ -71,7 +71,21 @@ pub struct Exposition<'a> {
     pub kinds: HashMap<&'a str, Kind>,
 }
 
-impl Exposition<'_> {
+impl<'a> Exposition<'a> {
+    /// Add `other`'s samples of the families this one lacks (the agent's
+    /// host figures where the box serves none of its own).
+    pub fn fill_from(&mut self, other: Exposition<'a>) {
+        let have: std::collections::HashSet<&str> = self.samples.iter().map(|s| s.name).collect();
+        for s in other.samples {
+            if !have.contains(s.name) {
+                self.samples.push(s);
+            }
+        }
+        for (name, kind) in other.kinds {
+            self.kinds.entry(name).or_insert(kind);
+        }
+    }
+
     /// The declared kind of the family that sample `name` belongs to
     /// (`x_bucket`, `x_sum`, `x_count` belong to histogram `x`).
     pub fn kind_of(&self, name: &str) -> Kind {

@@ -108,6 +108,22 @@ pub struct Figures {
     pub models: Vec<ModelInfo>,
 }
 
+impl Figures {
+    /// Add the relay's figures of the tunnel: how long it has been up and
+    /// its latest ping round trip.
+    pub fn add_tunnel(&mut self, connected_secs: f64, rtt_secs: Option<f64>) {
+        self.values.push((
+            SeriesKey::new(names::TUNNEL_CONNECTED, &[]),
+            connected_secs.max(0.0),
+        ));
+        if let Some(rtt) = rtt_secs {
+            self.values
+                .push((SeriesKey::new(names::TUNNEL_RTT, &[]), rtt));
+        }
+        self.values.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+}
+
 /// Why a scrape's figures were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FigureError {
@@ -141,6 +157,11 @@ pub mod names {
     pub const LATENCY: &str = "inference_latency_seconds";
     pub const LATENCY_P95: &str = "inference_latency_p95_seconds";
     pub const STREAM_UP: &str = "stream_up";
+    /// The relay's own figures of the tunnel (every device, Go ones too).
+    pub const TUNNEL_RTT: &str = "tunnel_rtt_seconds";
+    pub const TUNNEL_CONNECTED: &str = "tunnel_connected_seconds";
+    /// What the agent reports of itself (agents that offer it, ADR 026).
+    pub const AGENT_RECONNECTS: &str = "agent_reconnects";
 
     /// Every derived name, for the API's validation and documentation.
     pub const ALL: &[&str] = &[
@@ -162,6 +183,9 @@ pub mod names {
         LATENCY,
         LATENCY_P95,
         STREAM_UP,
+        TUNNEL_RTT,
+        TUNNEL_CONNECTED,
+        AGENT_RECONNECTS,
     ];
 }
 
@@ -171,9 +195,10 @@ pub fn resolution_exp(metric: &str) -> i8 {
     use names::*;
     match metric {
         CPU | MEMORY | DISK | ACCEL_UTIL | ACCEL_MEMORY => -4,
-        LATENCY | LATENCY_P95 => -6,
+        LATENCY | LATENCY_P95 | TUNNEL_RTT => -6,
         HOST_TEMP | ACCEL_TEMP | FPS | DROPPED_FPS | ACCEL_POWER | LOAD1 => -2,
-        UPTIME | NETWORK | CPUS | ACCEL_THROTTLED | STREAM_UP => 0,
+        UPTIME | NETWORK | CPUS | ACCEL_THROTTLED | STREAM_UP | TUNNEL_CONNECTED
+        | AGENT_RECONNECTS => 0,
         _ => -3,
     }
 }
@@ -302,6 +327,7 @@ impl Tracker {
                     runtime: l("runtime"),
                 }),
                 "edge_stream_up" => gauge(&mut out, STREAM_UP, &[("stream", &l("stream"))], v),
+                "edge_agent_reconnects_total" => gauge(&mut out, AGENT_RECONNECTS, &[], v),
                 _ => extra(&mut out, s, e.kind_of(s.name)),
             }
         }
@@ -419,7 +445,8 @@ fn extra(out: &mut Figures, s: &Sample<'_>, _kind: Kind) {
 }
 
 fn is_contract(name: &str) -> bool {
-    name.starts_with("edge_host_")
+    name == "edge_agent_reconnects_total"
+        || name.starts_with("edge_host_")
         || name.starts_with("edge_accel_")
         || name.starts_with("edge_inference_")
         || name == "edge_model_info"

@@ -1,18 +1,23 @@
 //! The agent on the box: dial the relay with the device credential, serve the
 //! yamux streams the relay opens by piping each to the local target, and
 //! reconnect with backoff whenever the tunnel ends. Every disconnect is
-//! logged with its reason.
+//! logged with its reason. The agent offers stream preambles (ADR 026); a
+//! relay that accepts may also reach the agent's own endpoint (host
+//! metrics) on its streams ([`endpoint`]).
 
 pub mod backoff;
 pub mod config;
+pub mod endpoint;
+pub mod host;
 pub mod pair;
 
 use backoff::Backoff;
 use config::{AgentSettings, Cli, Command};
 use edge_core::{DeviceToken, Secret};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use tunnel::dial::{dial, DialError};
+use tunnel::dial::{dial_offering, DialError};
 use tunnel::pump::{self, Activity, PumpConfig};
 use tunnel::{session, StreamHandle};
 
@@ -91,6 +96,7 @@ fn user_agent() -> String {
 pub async fn run(settings: AgentSettings, token: DeviceToken, shutdown: CancellationToken) {
     let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
     let agent = user_agent();
+    let figures = Arc::new(endpoint::AgentFigures::default());
     let relays = &settings.relays;
     let mut at = if relays.len() > 1 {
         rand::Rng::gen_range(&mut rand::thread_rng(), 0..relays.len())
@@ -110,12 +116,16 @@ pub async fn run(settings: AgentSettings, token: DeviceToken, shutdown: Cancella
         let mut floor = Duration::ZERO;
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = dial(relay, &token, &agent, tunnel::upgrade::agent_ws_config(), settings.tls.clone()) => r,
+            r = dial_offering(relay, &token, &agent, tunnel::upgrade::agent_ws_config(), settings.tls.clone(), Some(tunnel::preamble::PREAMBLE_V1)) => r,
         };
         match attempt {
-            Ok(ws) => {
-                tracing::info!(%relay, "tunnel connected");
-                let reason = serve_tunnel(ws, &settings, shutdown.clone()).await;
+            Ok((ws, accepted)) => {
+                let preamble = accepted
+                    .is_some_and(|a| tunnel::preamble::offers(&a, tunnel::preamble::PREAMBLE_V1));
+                tracing::info!(%relay, preamble, "tunnel connected");
+                figures.connected();
+                let reason =
+                    serve_tunnel(ws, &settings, preamble, figures.clone(), shutdown.clone()).await;
                 tracing::info!(%reason, "tunnel connection ended");
                 if started.elapsed() >= settings.stable_after {
                     backoff.reset();
@@ -151,6 +161,8 @@ pub async fn run(settings: AgentSettings, token: DeviceToken, shutdown: Cancella
 async fn serve_tunnel(
     ws: tunnel::dial::DialedWs,
     settings: &AgentSettings,
+    preamble: bool,
+    figures: Arc<endpoint::AgentFigures>,
     shutdown: CancellationToken,
 ) -> String {
     let activity = Activity::new();
@@ -168,7 +180,11 @@ async fn serve_tunnel(
         shutdown,
         activity,
         move |stream| {
-            tokio::spawn(pipe(stream, target.clone()));
+            if preamble {
+                tokio::spawn(endpoint::dispatch(stream, target.clone(), figures.clone()));
+            } else {
+                tokio::spawn(pipe(stream, target.clone(), Vec::new()));
+            }
         },
     )
     .await;
@@ -179,14 +195,15 @@ async fn serve_tunnel(
     format!("{session_end}; {transport_end}")
 }
 
-/// Pipe one relay stream to the local target; a failed connect resets it.
-async fn pipe(mut stream: StreamHandle, target: String) {
+/// Pipe one relay stream to the local target, `first` (bytes already read
+/// from the stream) before the rest; a failed connect resets it.
+async fn pipe(mut stream: StreamHandle, target: String, first: Vec<u8>) {
     let local = tokio::time::timeout(
         TARGET_CONNECT_TIMEOUT,
         tokio::net::TcpStream::connect(&target),
     )
     .await;
-    let local = match local {
+    let mut local = match local {
         Ok(Ok(s)) => s,
         Ok(Err(err)) => {
             tracing::warn!(%target, error = %err, "cannot reach local service");
@@ -198,6 +215,13 @@ async fn pipe(mut stream: StreamHandle, target: String) {
         }
     };
     let _ = local.set_nodelay(true);
+    if !first.is_empty() {
+        use tokio::io::AsyncWriteExt;
+        if let Err(err) = local.write_all(&first).await {
+            tracing::debug!(error = %err, "stream ended with error");
+            return;
+        }
+    }
     let mut local = tunnel::splice::Plain::new(local);
     if let Err(err) = tunnel::splice::splice(&mut stream, &mut local).await {
         tracing::debug!(error = %err, "stream ended with error");

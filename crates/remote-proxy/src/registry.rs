@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tunnel::preamble::Target;
 use tunnel::pump::Activity;
 use tunnel::{Control, StreamHandle};
 
@@ -35,6 +36,9 @@ pub struct LiveSession {
     pub released: Arc<tokio::sync::Notify>,
     /// Why this node closed the session, when it did (a metrics label).
     pub closed_for: Arc<std::sync::OnceLock<&'static str>>,
+    /// Every stream starts with a preamble naming its target (the agent
+    /// asked for it at the upgrade, ADR 026); `false`: plain streams.
+    pub preamble: bool,
 }
 
 impl LiveSession {
@@ -183,6 +187,18 @@ impl LocalDirectory {
             .iter()
             .map(|(d, e)| (*d, e.conn, e.summary.connected_since))
             .collect()
+    }
+
+    /// When `device`'s tunnel connected (ms) and its latest ping round trip.
+    pub fn tunnel_figures(&self, device: DeviceId) -> Option<(i64, Option<Duration>)> {
+        let entries = self.entries();
+        let e = entries.by_device.get(&device)?;
+        Some((e.summary.connected_since, e.live.activity.ping_rtt()))
+    }
+
+    /// Whether `device`'s streams start with a preamble (ADR 026).
+    pub fn has_preamble(&self, device: DeviceId) -> Option<bool> {
+        Some(self.entries().by_device.get(&device)?.live.preamble)
     }
 
     /// Close `device`'s session with GoAway(0) if it is still `conn`.
@@ -369,10 +385,23 @@ impl LocalDirectory {
         &self,
         device: DeviceId,
     ) -> Result<DeviceStream, DirectoryError> {
+        self.open_stream_to(device, Target::Service)
+            .await?
+            .ok_or(DirectoryError::Offline)
+    }
+
+    /// A stream to `target` on `device`; `None` when the device's streams
+    /// carry no preamble and `target` is not its local service (a Go
+    /// device has no agent endpoint).
+    pub async fn open_stream_to(
+        &self,
+        device: DeviceId,
+        target: Target,
+    ) -> Result<Option<DeviceStream>, DirectoryError> {
         if self.draining.load(Ordering::Relaxed) {
             return Err(DirectoryError::Draining);
         }
-        let (mut control, streams, released) = {
+        let (mut control, streams, released, preamble) = {
             let entries = self.entries();
             let entry = entries
                 .by_device
@@ -382,8 +411,12 @@ impl LocalDirectory {
                 entry.live.control.clone(),
                 entry.live.streams.clone(),
                 entry.live.released.clone(),
+                entry.live.preamble,
             )
         };
+        if !preamble && target != Target::Service {
+            return Ok(None);
+        }
         let permit = streams
             .try_acquire_owned()
             .map_err(|_| DirectoryError::Stream("too many concurrent streams".into()))?;
@@ -391,11 +424,19 @@ impl LocalDirectory {
             .await
             .map_err(|_| DirectoryError::Timeout)?
             .map_err(|e| DirectoryError::Stream(e.to_string()))?;
-        Ok(DeviceStream {
+        let mut stream = DeviceStream {
             inner: stream,
             permit: Some(permit),
             released,
-        })
+        };
+        if preamble {
+            use tokio::io::AsyncWriteExt;
+            stream
+                .write_all(target.line())
+                .await
+                .map_err(|e| DirectoryError::Stream(e.to_string()))?;
+        }
+        Ok(Some(stream))
     }
 }
 

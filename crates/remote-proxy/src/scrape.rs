@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tunnel::preamble::Target;
 
 /// The default scrape interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15);
@@ -160,7 +161,9 @@ pub async fn run(relay: Arc<Relay>, settings: TelemetrySettings, shutdown: Cance
     }
 }
 
-/// Scrape `device` once.
+/// Scrape `device` once: its box's metrics path and, when its agent
+/// offers one (ADR 026), the agent's own endpoint, whose host figures fill
+/// in the families the box does not serve.
 async fn scrape(
     relay: &Relay,
     settings: &TelemetrySettings,
@@ -168,27 +171,23 @@ async fn scrape(
     device: DeviceId,
 ) -> Scraped {
     let at_ms = edge_core::time::now_ms();
-    let fetched = tokio::time::timeout(settings.timeout, fetch(relay, settings, device)).await;
-    let outcome = match fetched {
+    let both = async {
+        tokio::join!(
+            fetch(relay, &settings.path, settings, device, Target::Service),
+            fetch(relay, AGENT_PATH, settings, device, Target::Agent),
+        )
+    };
+    let outcome = match tokio::time::timeout(settings.timeout, both).await {
         Err(_) => Outcome::Failed("timeout", "the box did not answer in time".into()),
-        Ok(Err(outcome)) => outcome,
-        Ok(Ok(body)) => {
-            let mut tracker = trackers
-                .lock()
-                .ok()
-                .and_then(|mut t| t.remove(&device))
-                .unwrap_or_default();
-            let outcome = match box_metrics::parse(&body, &settings.parse) {
-                Err(e) => Outcome::Failed(e.code(), e.to_string()),
-                Ok(exposition) => match tracker.figures(&exposition, at_ms, &settings.allow) {
-                    Ok(figures) => Outcome::Ok(figures),
-                    Err(e) => Outcome::Failed(e.code(), e.to_string()),
-                },
-            };
-            if let Ok(mut t) = trackers.lock() {
-                t.insert(device, tracker);
+        Ok((Err(failed @ Outcome::Failed(..)), _)) => failed,
+        Ok((service, agent)) => {
+            let service = service.ok().flatten();
+            let agent = agent.ok().flatten();
+            if service.is_none() && agent.is_none() {
+                Outcome::NoMetrics
+            } else {
+                figures(relay, settings, trackers, device, at_ms, service, agent)
             }
-            outcome
         }
     };
     Scraped {
@@ -198,23 +197,79 @@ async fn scrape(
     }
 }
 
-/// `GET <path>` on a new stream to `device`: the body, or why not.
-async fn fetch(
+/// The agent endpoint's metrics path.
+const AGENT_PATH: &str = "/metrics";
+
+/// Parse the bodies and turn them into figures with the device's tracker.
+fn figures(
     relay: &Relay,
     settings: &TelemetrySettings,
+    trackers: &Mutex<HashMap<DeviceId, Tracker>>,
     device: DeviceId,
-) -> Result<Bytes, Outcome> {
+    at_ms: i64,
+    service: Option<Bytes>,
+    agent: Option<Bytes>,
+) -> Outcome {
+    fn parse<'b>(
+        b: &'b Option<Bytes>,
+        limits: &box_metrics::Limits,
+    ) -> Result<Option<box_metrics::exposition::Exposition<'b>>, box_metrics::ParseError> {
+        b.as_ref()
+            .map(|b| box_metrics::parse(b, limits))
+            .transpose()
+    }
+    let limits = &settings.parse;
+    let (mut exposition, extra) = match (parse(&service, limits), parse(&agent, limits)) {
+        (Err(e), _) | (_, Err(e)) => return Outcome::Failed(e.code(), e.to_string()),
+        (Ok(s), Ok(a)) => (s.unwrap_or_default(), a),
+    };
+    if let Some(agent) = extra {
+        exposition.fill_from(agent);
+    }
+    let mut tracker = trackers
+        .lock()
+        .ok()
+        .and_then(|mut t| t.remove(&device))
+        .unwrap_or_default();
+    let outcome = match tracker.figures(&exposition, at_ms, &settings.allow) {
+        Ok(mut figures) => {
+            if let Some((since, rtt)) = relay.directory.tunnel_figures(device) {
+                let up = (at_ms - since) as f64 / 1000.0;
+                figures.add_tunnel(up, rtt.map(|r| r.as_secs_f64()));
+            }
+            Outcome::Ok(figures)
+        }
+        Err(e) => Outcome::Failed(e.code(), e.to_string()),
+    };
+    if let Ok(mut t) = trackers.lock() {
+        t.insert(device, tracker);
+    }
+    outcome
+}
+
+/// `GET <path>` on a new stream to `target` on `device`: the body, `None`
+/// when there is no such endpoint (404, or no agent endpoint), or why not.
+async fn fetch(
+    relay: &Relay,
+    path: &str,
+    settings: &TelemetrySettings,
+    device: DeviceId,
+    target: Target,
+) -> Result<Option<Bytes>, Outcome> {
     let unreachable = |e: String| Outcome::Failed("unreachable", e);
-    let stream = relay
+    let Some(stream) = relay
         .directory
-        .open_device_stream(device)
+        .open_stream_to(device, target)
         .await
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| unreachable(e.to_string()))?
+    else {
+        return Ok(None);
+    };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| unreachable(e.to_string()))?;
     let conn = tokio::spawn(conn);
-    let req = http::Request::get(settings.path.as_str())
+    let req = http::Request::get(path)
         .header(http::header::HOST, "localhost")
         .header(
             http::header::ACCEPT,
@@ -230,7 +285,7 @@ async fn fetch(
     let status = res.status();
     if status == http::StatusCode::NOT_FOUND || status == http::StatusCode::GONE {
         conn.abort();
-        return Err(Outcome::NoMetrics);
+        return Ok(None);
     }
     if !status.is_success() {
         conn.abort();
@@ -254,7 +309,7 @@ async fn fetch(
             }
         });
     conn.abort();
-    Ok(body?.to_bytes())
+    Ok(Some(body?.to_bytes()))
 }
 
 #[cfg(test)]

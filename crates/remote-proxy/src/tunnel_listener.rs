@@ -77,6 +77,11 @@ async fn accept_tunnel(
                     .into_response();
             };
             let agent = agent_version(&req);
+            let preamble = req
+                .headers()
+                .get(tunnel::preamble::CAPABILITIES_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| tunnel::preamble::offers(v, tunnel::preamble::PREAMBLE_V1));
             let task_relay = relay.clone();
             relay.tunnels.spawn(async move {
                 let admitted = Admitted {
@@ -84,11 +89,19 @@ async fn accept_tunnel(
                     token_hash,
                     remote,
                     agent_version: agent,
+                    preamble,
                     started,
                 };
                 run_tunnel(task_relay, on_upgrade, admitted, permit).await;
             });
-            upgrade::switching_protocols(&accept)
+            let mut res: Response = upgrade::switching_protocols(&accept);
+            if preamble {
+                res.headers_mut().insert(
+                    tunnel::preamble::CAPABILITIES_HEADER,
+                    http::HeaderValue::from_static(tunnel::preamble::PREAMBLE_V1),
+                );
+            }
+            res
         }
         Err(err) => {
             if matches!(err, RelayError::Unauthorized) {
@@ -162,6 +175,8 @@ struct Admitted {
     token_hash: String,
     remote: SocketAddr,
     agent_version: Option<String>,
+    /// The agent asked for stream preambles and was told yes (ADR 026).
+    preamble: bool,
     /// When the tunnel request arrived.
     started: std::time::Instant,
 }
@@ -177,6 +192,7 @@ async fn run_tunnel(
         token_hash,
         remote,
         agent_version,
+        preamble,
         started,
     } = admitted;
     let device = auth.device_id;
@@ -242,6 +258,7 @@ async fn run_tunnel(
         streams: Arc::new(Semaphore::new(limits.max_streams_per_session)),
         max_streams: limits.max_streams_per_session,
         released: Arc::default(),
+        preamble,
     };
     let conn = relay.directory.register(summary, live).await;
     relay

@@ -20,6 +20,7 @@ fn fast_telemetry() -> StackOptions {
     StackOptions {
         limits: Limits {
             drain_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_millis(200),
             telemetry: TelemetrySettings {
                 interval: Some(Duration::from_millis(300)),
                 write_every: Duration::from_millis(100),
@@ -110,6 +111,14 @@ async fn a_sim_box_is_scraped_through_its_tunnel_and_its_figures_read_back() {
         "allow-listed"
     );
     assert!(figure(&t, "load1", None).is_some());
+    // The agent's own figure, through its endpoint (ADR 026), and the
+    // relay's figures of the tunnel.
+    assert_eq!(stack.relay().directory.has_preamble(dev.id), Some(true));
+    assert_eq!(figure(&t, "agent_reconnects", None), Some(0.0), "{t}");
+    assert!(
+        figure(&t, "tunnel_connected_seconds", None).is_some(),
+        "{t}"
+    );
 
     let series = stack
         .get_json(
@@ -270,8 +279,26 @@ async fn go_devices_are_scraped_unchanged_and_one_without_metrics_has_none() {
                 && b["outcome"] == "none"
         })
         .await;
+    // Go devices did not ask for preambles: their streams are plain, as
+    // in the field.
+    assert_eq!(stack.relay().directory.has_preamble(with.id), Some(false));
+    assert_eq!(
+        stack.relay().directory.has_preamble(without.id),
+        Some(false)
+    );
+    stack
+        .telemetry_until("the Go device's tunnel round trip", || async {
+            let a = latest(&stack, &alice, with.id).await;
+            figure(&a, "tunnel_rtt_seconds", None).is_some_and(|rtt| rtt > 0.0 && rtt < 1.0)
+        })
+        .await;
     let a = latest(&stack, &alice, with.id).await;
     assert_eq!(a["outcome"], "ok");
+    assert_eq!(
+        figure(&a, "agent_reconnects", None),
+        None,
+        "a Go device has no agent endpoint"
+    );
     let fps = figure(&a, "inference_fps", Some(("model", "go-det"))).unwrap();
     assert!((10.0..30.0).contains(&fps), "{fps}");
     assert_eq!(
@@ -294,6 +321,47 @@ async fn go_devices_are_scraped_unchanged_and_one_without_metrics_has_none() {
         .unwrap();
     assert_eq!(row["status"], "online");
     assert_eq!(row["telemetry"]["outcome"], "none");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_supplies_host_figures_for_a_box_without_metrics() {
+    let stack = Stack::start_with(fast_telemetry()).await;
+    let alice = stack.user("alice").await;
+    let dev = stack.device(alice.id).await;
+    // A box whose local API has no /metrics.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/api/info",
+        get(|| async { axum::Json(serde_json::json!({"model": "NO-METRICS"})) }),
+    );
+    tokio::spawn(edge_core::serve::serve(
+        listener,
+        app,
+        Default::default(),
+        stack.shutdown_token(),
+    ));
+    let _agent = stack.agent_to(&dev, addr);
+    stack.wait_online(dev.id).await;
+    stack
+        .telemetry_until("the agent's host figures", || async {
+            let t = latest(&stack, &alice, dev.id).await;
+            t["outcome"] == "ok" && figure(&t, "cpu_busy_ratio", None).is_some()
+        })
+        .await;
+    let t = latest(&stack, &alice, dev.id).await;
+    let memory = figure(&t, "memory_used_ratio", None).unwrap();
+    assert!(memory > 0.0 && memory < 1.0, "{memory}");
+    let disk = figure(&t, "disk_used_ratio", Some(("mountpoint", "/"))).unwrap();
+    assert!(disk > 0.0 && disk < 1.0, "{disk}");
+    assert!(figure(&t, "host_cpus", None).unwrap() >= 1.0);
+    assert!(figure(&t, "uptime_seconds", None).unwrap() > 0.0);
+    assert_eq!(figure(&t, "inference_fps", None), None);
+    // The box's own API still answers through the same agent.
+    assert_eq!(
+        testkit::checks::info(&stack, &alice, dev.id).await["model"],
+        "NO-METRICS"
+    );
 }
 
 /// A box whose `/metrics` answers whatever the test sets.

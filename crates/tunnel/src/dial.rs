@@ -35,6 +35,21 @@ pub async fn dial(
     config: crate::WebSocketConfig,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 ) -> Result<DialedWs, DialError> {
+    dial_offering(url, token, user_agent, config, tls, None)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// [`dial`], offering `capabilities` (`Edge-Capabilities`, ADR 026);
+/// returns the relay's answer to the offer (`None`: it named none).
+pub async fn dial_offering(
+    url: &str,
+    token: &DeviceToken,
+    user_agent: &str,
+    config: crate::WebSocketConfig,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    capabilities: Option<&str>,
+) -> Result<(DialedWs, Option<String>), DialError> {
     let mut req = url
         .into_client_request()
         .map_err(|e| DialError::BadUrl(e.to_string()))?;
@@ -49,6 +64,10 @@ pub async fn dial(
     if let Ok(ua) = HeaderValue::from_str(user_agent) {
         req.headers_mut().insert(header::USER_AGENT, ua);
     }
+    if let Some(caps) = capabilities.and_then(|c| HeaderValue::from_str(c).ok()) {
+        req.headers_mut()
+            .insert(crate::preamble::CAPABILITIES_HEADER, caps);
+    }
     // Only `wss://` needs a TLS client; building the default one (web PKI
     // roots) for a plain `ws://` dial was wasted work on every dial.
     let connector = if req.uri().scheme_str() == Some("wss") {
@@ -59,7 +78,14 @@ pub async fn dial(
     };
     match tokio_tungstenite::connect_async_tls_with_config(req, Some(config), true, connector).await
     {
-        Ok((ws, _resp)) => Ok(ws),
+        Ok((ws, resp)) => {
+            let accepted = resp
+                .headers()
+                .get(crate::preamble::CAPABILITIES_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            Ok((ws, accepted))
+        }
         Err(WsError::Http(resp)) => Err(DialError::Refused {
             status: resp.status().as_u16(),
             retry_after: resp

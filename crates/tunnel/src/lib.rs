@@ -2,10 +2,12 @@
 //! the pump that turns a WebSocket into one continuous byte stream, the
 //! server-side upgrade helper, yamux session drivers for the relay
 //! (client role) and the device (server role), and the splice that pipes a
-//! stream onward by handing its buffers on.
+//! stream onward by handing its buffers on, and the stream preamble that
+//! agents may ask for (ADR 026).
 
 pub mod contract;
 pub mod dial;
+pub mod preamble;
 pub mod pump;
 pub mod read_ahead;
 pub mod session;

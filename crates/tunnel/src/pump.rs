@@ -40,6 +40,8 @@ pub struct Activity {
     protocol_error: AtomicBool,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    /// The yamux session's latest ping round trip (µs), once it runs.
+    ping_rtt_us: std::sync::OnceLock<Arc<AtomicU64>>,
 }
 
 impl Activity {
@@ -49,7 +51,19 @@ impl Activity {
             protocol_error: AtomicBool::new(false),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            ping_rtt_us: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The round trip of the tunnel's latest answered keepalive ping.
+    pub fn ping_rtt(&self) -> Option<std::time::Duration> {
+        let us = self.ping_rtt_us.get()?.load(Ordering::Relaxed);
+        (us > 0).then(|| std::time::Duration::from_micros(us))
+    }
+
+    /// Where the yamux session publishes its ping round trips.
+    pub(crate) fn hear_ping_rtt(&self, rtt: Arc<AtomicU64>) {
+        let _ = self.ping_rtt_us.set(rtt);
     }
 
     /// Unix milliseconds of the last inbound message.

@@ -138,6 +138,7 @@ where
     F: FnMut(StreamHandle) + Send,
 {
     let control = session.control();
+    activity.hear_ping_rtt(session.ping_rtt());
     (control, drive(session, cancel, activity, on_stream))
 }
 

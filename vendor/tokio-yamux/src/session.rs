@@ -8,7 +8,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -84,6 +84,9 @@ pub struct Session<T> {
     // pings is used to track inflight pings
     pings: BTreeMap<u32, Instant>,
     ping_id: u32,
+    // Patched (ninth change): the round trip of the latest answered ping,
+    // in microseconds (0: none yet), for whoever holds `ping_rtt()`.
+    ping_rtt_us: Arc<AtomicU64>,
 
     // streams maps a stream id to a sender of stream,
     // PATCHED: each stream's queue is unbounded, with the data bytes queued
@@ -215,6 +218,7 @@ where
             config,
             pings: BTreeMap::default(),
             ping_id: 0,
+            ping_rtt_us: Arc::default(),
             streams: HashMap::default(),
             pending_streams: VecDeque::default(),
             write_pending_frames: VecDeque::default(),
@@ -341,6 +345,12 @@ where
             let stream = self.create_stream(None)?;
             Ok(stream)
         }
+    }
+
+    /// Patched: the round trip of the latest answered keepalive ping, in
+    /// microseconds (0 until one is answered), updated as answers arrive.
+    pub fn ping_rtt(&self) -> Arc<AtomicU64> {
+        self.ping_rtt_us.clone()
     }
 
     /// Return a control to async open stream/close session
@@ -613,14 +623,11 @@ where
                 debug!("[{:?}] ignored ACK of unsent ping {}", self.ty, ping_id);
                 return Ok(());
             };
+            let latency = self.now().saturating_duration_since(sent_ping_at);
+            let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1);
+            self.ping_rtt_us.store(micros, Ordering::Relaxed);
             #[cfg(feature = "metrics")]
-            {
-                let now = self.now();
-                let latency = now.saturating_duration_since(sent_ping_at);
-                metrics::histogram!("yamux.ping_latency").record(latency.as_millis() as f64);
-            }
-            #[cfg(not(feature = "metrics"))]
-            let _ = sent_ping_at;
+            metrics::histogram!("yamux.ping_latency").record(latency.as_millis() as f64);
             self.pings = self.pings.split_off(&ping_id);
         } else {
             // TODO: unexpected case, send a GoAwayCode::ProtocolError ?
