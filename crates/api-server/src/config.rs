@@ -320,6 +320,20 @@ pub struct Config {
         hide_env_values = true
     )]
     pub telemetry_rollup_retention_days: u32,
+    /// How often every device's health is evaluated against its owner's
+    /// rules, in seconds.
+    #[arg(
+        long,
+        env = "API_SERVER_HEALTH_INTERVAL_SECS",
+        default_value_t = 30,
+        hide_env_values = true
+    )]
+    pub health_interval_secs: u64,
+    /// Let owners register webhooks on loopback, private and link-local
+    /// addresses (a receiver inside your own network). Off: such URLs are
+    /// refused, at registration and again at each delivery.
+    #[arg(long, env = "API_SERVER_WEBHOOK_ALLOW_PRIVATE", hide_env_values = true)]
+    pub webhook_allow_private: bool,
     /// How often expired sessions, codes, tickets and old audit events are
     /// deleted, in seconds.
     #[arg(
@@ -396,6 +410,17 @@ pub struct Settings {
     /// this far at scrape resolution; beyond it, rollups).
     pub telemetry_raw_retention: Duration,
     pub telemetry_rollup_retention: Duration,
+    /// How often device health is evaluated.
+    pub health_interval: Duration,
+    /// Webhooks may target loopback and private addresses.
+    pub webhook_allow_private: bool,
+    /// How often the delivery worker looks for due deliveries.
+    pub webhook_poll: Duration,
+    /// The first retry's delay; each next one is three times longer (at
+    /// most six hours), eight attempts in all.
+    pub webhook_retry_base: Duration,
+    /// Bound on one delivery attempt.
+    pub webhook_timeout: Duration,
 }
 
 impl Settings {
@@ -451,6 +476,11 @@ impl Settings {
             housekeeping_interval: Duration::from_secs(600),
             telemetry_raw_retention: Duration::from_secs(48 * 3600),
             telemetry_rollup_retention: Duration::from_secs(400 * 86_400),
+            health_interval: Duration::from_secs(30),
+            webhook_allow_private: false,
+            webhook_poll: Duration::from_secs(1),
+            webhook_retry_base: Duration::from_secs(10),
+            webhook_timeout: Duration::from_secs(10),
             public_origin: public_origin.to_owned(),
             public_scheme: scheme.to_owned(),
             cookie_secure,

@@ -60,6 +60,27 @@ pub struct DeviceView {
     last_seen_at: Option<i64>,
     /// Key figures of its last scrape (`None`: never scraped).
     telemetry: Option<KeyFigures>,
+    /// Its health by the owner's rules (`None`: not judged yet, unknown).
+    health: Option<HealthView>,
+}
+
+/// A device's health state.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct HealthView {
+    /// `ok`, `degraded`, `critical` or `unknown`.
+    state: String,
+    reasons: Vec<String>,
+    since: i64,
+}
+
+impl From<&store::DeviceHealth> for HealthView {
+    fn from(h: &store::DeviceHealth) -> Self {
+        Self {
+            state: h.state.clone(),
+            reasons: h.reasons.clone(),
+            since: h.since,
+        }
+    }
 }
 
 /// The figures a device list shows per row, from the last scrape.
@@ -112,6 +133,7 @@ fn view(
     d: Device,
     live: Option<Option<&LiveStatus>>,
     telemetry: Option<&store::LatestRow>,
+    health: Option<&store::DeviceHealth>,
 ) -> DeviceView {
     let (status, since, heard) = match live {
         None => ("unknown", None, None),
@@ -131,6 +153,7 @@ fn view(
         last_heard_from: heard,
         last_seen_at: heard.or(d.last_seen_at),
         telemetry: telemetry.map(KeyFigures::of),
+        health: health.map(HealthView::from),
     }
 }
 
@@ -145,7 +168,19 @@ async fn view_live(state: &AppState, d: Device) -> DeviceView {
             None
         }
     };
-    view(d, live.as_ref().map(|o| o.as_ref()), telemetry.as_ref())
+    let health = match state.store.device_health(d.owner_id, &[d.id]).await {
+        Ok(mut rows) => rows.remove(&d.id),
+        Err(err) => {
+            tracing::warn!(error = %err, "device health unavailable");
+            None
+        }
+    };
+    view(
+        d,
+        live.as_ref().map(|o| o.as_ref()),
+        telemetry.as_ref(),
+        health.as_ref(),
+    )
 }
 
 fn parse(id: &str) -> Result<DeviceId, ApiError> {
@@ -200,13 +235,20 @@ pub async fn list(
             HashMap::new()
         }
     };
+    let health = match state.store.device_health(user.id, &ids).await {
+        Ok(rows) => rows,
+        Err(err) => {
+            tracing::warn!(error = %err, "device health unavailable");
+            HashMap::new()
+        }
+    };
     Ok(Json(
         devices
             .into_iter()
             .map(|d| {
                 let status = live.as_ref().map(|m| m.get(&d.id));
-                let figures = telemetry.get(&d.id);
-                view(d, status, figures)
+                let (figures, h) = (telemetry.get(&d.id), health.get(&d.id));
+                view(d, status, figures, h)
             })
             .collect(),
     ))

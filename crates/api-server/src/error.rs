@@ -61,6 +61,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("{0}")]
     QuotaExceeded(String),
+    #[error("webhook URL refused: {0}")]
+    WebhookRefused(String),
     #[error("the database is unavailable; try again shortly")]
     StoreUnavailable,
     #[error("remote access is paused: its audit trail cannot be written; try again shortly")]
@@ -102,6 +104,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             Self::QuotaExceeded(_) => (StatusCode::CONFLICT, "quota_exceeded"),
+            Self::WebhookRefused(_) => (StatusCode::BAD_REQUEST, "webhook_url_refused"),
             Self::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             Self::AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
             Self::Internal | Self::Config(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -131,6 +134,9 @@ impl IntoResponse for ApiError {
 
 impl From<store::StoreError> for ApiError {
     fn from(err: store::StoreError) -> Self {
+        if matches!(err, store::StoreError::QuotaExceeded) {
+            return Self::QuotaExceeded(err.to_string());
+        }
         if err.is_unavailable() {
             tracing::warn!(error = %err, "store unavailable");
             return Self::StoreUnavailable;

@@ -13,6 +13,7 @@ pub mod device_origin;
 pub mod devices;
 pub mod error;
 pub mod extract;
+pub mod health;
 pub mod housekeeping;
 pub mod hygiene;
 pub mod metrics;
@@ -24,6 +25,7 @@ pub mod session;
 pub mod state;
 pub mod system;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use router::build_app;
 pub use state::{AppParts, AppState};
@@ -167,6 +169,7 @@ pub async fn run_on(
         access_changes: Arc::default(),
         pairing_key,
         metrics,
+        signals: Arc::default(),
     });
     if let Some(addr) = config.metrics_listen.0 {
         edge_core::metrics::spawn(addr, state.exposition(), shutdown.clone())
@@ -187,8 +190,10 @@ pub async fn run_on(
         ..ServeOptions::default()
     };
     let sweeper = tokio::spawn(housekeeping::run(state.clone(), shutdown.clone()));
+    let health = tokio::spawn(health::run(state.clone(), shutdown.clone()));
+    let deliveries = tokio::spawn(webhooks::run(state.clone(), shutdown.clone()));
     serve(listener, build_app(state), opts, shutdown).await;
-    let _ = sweeper.await;
+    let _ = tokio::join!(sweeper, health, deliveries);
     // Every handle is gone with the router: the writer drains and ends.
     if tokio::time::timeout(
         Duration::from_secs(config.drain_timeout_secs.max(1)),

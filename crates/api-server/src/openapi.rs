@@ -5,7 +5,10 @@
 //! route of the route table is in it.
 
 use crate::state::AppState;
-use crate::{auth_routes, console, device_origin, devices, pairing, proxy, system, telemetry};
+use crate::{
+    auth_routes, console, device_origin, devices, health, pairing, proxy, system, telemetry,
+    webhooks,
+};
 use axum::extract::State;
 use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
@@ -46,6 +49,12 @@ use utoipa::OpenApi;
         telemetry::latest,
         telemetry::series,
         telemetry::fleet,
+        health::get_rules,
+        health::put_rules,
+        webhooks::list,
+        webhooks::create,
+        webhooks::delete,
+        webhooks::deliveries,
         proxy::forward_root,
         proxy::forward_path,
         openapi_json,
@@ -55,7 +64,7 @@ use utoipa::OpenApi;
         (name = "auth", description = "Login (OpenID Connect), the session, logout"),
         (name = "pairing", description = "Pairing codes and their exchange by a box"),
         (name = "devices", description = "The caller's devices"),
-        (name = "telemetry", description = "What each box reports: its last scrape, time series, fleet queries"),
+        (name = "telemetry", description = "What each box reports: its last scrape, time series, fleet queries; health rules; webhooks"),
         (name = "proxy", description = "Requests forwarded to a box's local service"),
         (name = "system", description = "Health, readiness, this document"),
         (name = "console", description = "The web console's files"),

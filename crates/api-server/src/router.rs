@@ -5,7 +5,8 @@
 
 use crate::state::AppState;
 use crate::{
-    auth_routes, console, device_origin, devices, hygiene, pairing, proxy, system, telemetry,
+    auth_routes, console, device_origin, devices, health, hygiene, pairing, proxy, system,
+    telemetry, webhooks,
 };
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, delete, get, post, MethodRouter};
@@ -145,6 +146,22 @@ pub fn route_table() -> Vec<RouteDef> {
             get(telemetry::series),
         ),
         route("/api/telemetry/fleet", &[M::GET], get(telemetry::fleet)),
+        route(
+            "/api/health-rules",
+            &[M::GET, M::PUT],
+            get(health::get_rules).put(health::put_rules),
+        ),
+        route(
+            "/api/webhooks",
+            &[M::GET, M::POST],
+            get(webhooks::list).post(webhooks::create),
+        ),
+        route("/api/webhooks/{id}", &[M::DELETE], delete(webhooks::delete)),
+        route(
+            "/api/webhooks/{id}/deliveries",
+            &[M::GET],
+            get(webhooks::deliveries),
+        ),
         route("/api/audit", &[M::GET], get(devices::audit)),
         route(
             "/api/devices/{id}/proxy/",

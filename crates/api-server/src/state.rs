@@ -111,6 +111,27 @@ impl AccessChanges {
     }
 }
 
+/// Wake-ups between the health pass, the webhook worker and tests.
+#[derive(Debug)]
+pub struct Signals {
+    /// Deliveries were queued: the webhook worker looks now.
+    pub webhook_wake: tokio::sync::Notify,
+    /// Counts finished health passes.
+    pub health_passes: tokio::sync::watch::Sender<u64>,
+    /// Counts delivery attempts made.
+    pub delivery_attempts: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Self {
+            webhook_wake: tokio::sync::Notify::new(),
+            health_passes: tokio::sync::watch::channel(0).0,
+            delivery_attempts: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
 /// What every handler shares, behind one `Arc`: axum clones the state for
 /// each extractor and middleware of every request, and a clone of the
 /// parts themselves (some thirty reference counts, shared by every core)
@@ -150,6 +171,7 @@ pub struct AppParts {
     /// Key of the pairing-code HMAC (the same on every replica).
     pub pairing_key: edge_core::Secret,
     pub metrics: crate::metrics::ApiMetrics,
+    pub signals: Arc<Signals>,
 }
 
 impl AppParts {

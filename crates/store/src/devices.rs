@@ -6,7 +6,7 @@ use edge_core::{time::now_ms, DeviceId, UserId};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-fn device_from_row(row: &AnyRow) -> Result<Device, StoreError> {
+pub(crate) fn device_from_row(row: &AnyRow) -> Result<Device, StoreError> {
     let labels: String = row.try_get("labels")?;
     Ok(Device {
         id: parse_id(row, "id")?,

@@ -16,6 +16,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("not found")]
     NotFound,
+    #[error("the account has as many of these as it may have")]
+    QuotaExceeded,
     #[error("injected fault")]
     Injected,
 }

@@ -1,5 +1,5 @@
-//! Persistence for users, user sessions, devices, device credentials and
-//! device telemetry.
+//! Persistence for users, user sessions, devices, device credentials,
+//! device telemetry, health and webhooks.
 //! One `Store` over sqlx's `Any` driver: a SQLite file by default (created on
 //! first start), PostgreSQL when the URL says so. Each backend has its own
 //! migration set, embedded in the binary and applied on connect. Every query
@@ -8,6 +8,7 @@
 mod audit;
 mod devices;
 mod error;
+mod health;
 mod housekeeping;
 mod model;
 mod pairing;
@@ -18,6 +19,7 @@ mod users;
 
 pub use audit::{AuditEvent, NewAuditEvent};
 pub use error::StoreError;
+pub use health::{Delivery, DeviceHealth, HealthRules, Webhook, MAX_WEBHOOKS_PER_OWNER};
 pub use housekeeping::Swept;
 pub use model::{Device, DeviceAuth, NewDevice, RedeemedTicket, SessionRecord, User, UserClaims};
 pub use pairing::{ExchangeError, PairingCode};

@@ -487,7 +487,10 @@ impl Stack {
             access_changes: Arc::default(),
             pairing_key: Secret::random(32),
             metrics,
+            signals: Arc::default(),
         });
+        tokio::spawn(api_server::health::run(state.clone(), shutdown.clone()));
+        tokio::spawn(api_server::webhooks::run(state.clone(), shutdown.clone()));
         tokio::spawn(edge_core::serve::serve(
             api,
             api_server::build_app(state.clone()),

@@ -198,6 +198,16 @@ async fn another_tenants_objects_are_indistinguishable_from_missing_ones() {
     )
     .await;
     let code_id = code["id"].as_str().unwrap().to_owned();
+    let hook = body(
+        stack
+            .send_as(reqwest::Method::POST, &alice, "/api/webhooks")
+            .json(&serde_json::json!({"url": "https://8.8.8.8/hook"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let hook_id = hook["id"].as_str().unwrap().to_owned();
     let sessions = stack.get_json(&alice, "/api/auth/sessions").await;
     let session_id = sessions[0]["id"].as_str().unwrap().to_owned();
 
@@ -207,6 +217,8 @@ async fn another_tenants_objects_are_indistinguishable_from_missing_ones() {
             (dev.id.to_string(), edge_core::DeviceId::new().to_string())
         } else if path.starts_with("/api/pairing/codes/") {
             (code_id.clone(), "0123456789abcdef0123456789abcdef".into())
+        } else if path.starts_with("/api/webhooks/") {
+            (hook_id.clone(), "0123456789abcdef0123456789abcdef".into())
         } else if path.starts_with("/api/auth/sessions/") {
             (session_id.clone(), "0123456789abcdef01234567".into())
         } else {

@@ -84,7 +84,7 @@ pub struct Session<T> {
     // pings is used to track inflight pings
     pings: BTreeMap<u32, Instant>,
     ping_id: u32,
-    // Patched (ninth change): the round trip of the latest answered ping,
+    // Patched (tenth change): the round trip of the latest answered ping,
     // in microseconds (0: none yet), for whoever holds `ping_rtt()`.
     ping_rtt_us: Arc<AtomicU64>,
 

@@ -42,3 +42,51 @@ CREATE TABLE telemetry_latest (
     last_ok_at  BIGINT,
     figures     TEXT NOT NULL
 );
+
+-- Each owner's health rules (defaults apply while there is no row).
+CREATE TABLE health_rules (
+    owner_id            TEXT PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+    fps_floor           DOUBLE PRECISION NOT NULL,
+    accel_temp_ceiling  DOUBLE PRECISION NOT NULL,
+    disk_ceiling        DOUBLE PRECISION NOT NULL,
+    offline_minutes     BIGINT NOT NULL,
+    updated_at          BIGINT NOT NULL
+);
+
+-- Each device's health state and since when; changed only by a guarded
+-- update, so of several api-servers one reports each change.
+CREATE TABLE device_health (
+    device_id  TEXT PRIMARY KEY,
+    owner_id   TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    reasons    TEXT NOT NULL,
+    since      BIGINT NOT NULL
+);
+CREATE INDEX device_health_owner ON device_health(owner_id);
+
+-- Webhooks an owner registered; the secret signs every delivery.
+CREATE TABLE webhooks (
+    id          TEXT PRIMARY KEY,
+    owner_id    TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    url         TEXT NOT NULL,
+    secret      TEXT NOT NULL,
+    created_at  BIGINT NOT NULL
+);
+CREATE INDEX webhooks_owner ON webhooks(owner_id);
+
+-- One row per event and webhook: its attempts, due time (NULL once
+-- delivered or given up) and last answer.
+CREATE TABLE webhook_deliveries (
+    id               TEXT PRIMARY KEY,
+    webhook_id       TEXT NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+    owner_id         TEXT NOT NULL,
+    body             TEXT NOT NULL,
+    created_at       BIGINT NOT NULL,
+    attempts         BIGINT NOT NULL,
+    next_attempt_at  BIGINT,
+    last_status      BIGINT,
+    last_error       TEXT,
+    delivered_at     BIGINT
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries(next_attempt_at);
+CREATE INDEX webhook_deliveries_hook ON webhook_deliveries(webhook_id, created_at);
