@@ -173,9 +173,39 @@ try {
   assert.equal(await popup.evaluate(() => window.opener), null, "the device page can reach the console window");
   await popup.close();
 
-  step("device detail: labelled inputs, rename");
+  step("device detail: charts drawn from the box's scraped figures");
+  // Poll the API the page uses until three steps of both models are in.
+  const enough = (id) => fetch(`/api/devices/${id}/telemetry/series?metric=inference_fps`)
+    .then((res) => res.json())
+    .then((r) => r.series.length === 2 && r.series.every((s) => s.values.filter((v) => v !== null).length >= 3));
+  const deadline = Date.now() + 30_000;
+  while (!(await page.evaluate(enough, deviceId))) {
+    assert.ok(Date.now() < deadline, "no scraped figures within 30 s");
+    await page.waitForTimeout(500);
+  }
   await row.getByRole("link").first().click();
   await page.locator("#rename-form").waitFor();
+  for (const metric of ["inference_fps", "inference_latency_seconds", "accel_temperature_celsius", "accel_utilization_ratio", "cpu_busy_ratio", "memory_used_ratio", "disk_used_ratio"]) {
+    const chart = page.locator(`figure[data-metric="${metric}"]`);
+    await chart.locator("canvas").first().waitFor();
+    const points = await chart.getAttribute("data-points");
+    assert.ok(Number(points) >= 3, `${metric}: ${points} points`);
+  }
+  const fpsChart = page.locator('figure[data-metric="inference_fps"]');
+  assert.match(await fpsChart.locator(".latest").textContent(), /yolov8n: \d+\.\d FPS · resnet50: \d+\.\d FPS|resnet50: \d+\.\d FPS · yolov8n: \d+\.\d FPS/);
+  // The health pass judges the box by the default rules: all hold.
+  await page.locator('#device-health [data-health="ok"]').waitFor({ timeout: 30_000 });
+  assert.match(await page.locator("#scrape-outcome").textContent(), /scraped/);
+  await assertClean(page);
+  const detailShot = join(artifacts, "console-device-detail.png");
+  await page.screenshot({ path: detailShot, fullPage: true });
+  console.log(`screenshot of the device detail page: ${detailShot}`);
+  await page.getByRole("button", { name: "Last day" }).click();
+  await page.locator('button[data-range="24h"][aria-pressed="true"]').waitFor();
+  await fpsChart.locator("canvas").first().waitFor();
+  await assertClean(page);
+
+  step("device detail: labelled inputs, rename");
   const unlabelled = await page.$$eval("main input", (inputs) =>
     inputs.filter((i) => !(i.labels && i.labels.length) && !i.getAttribute("aria-label")).map((i) => i.id || i.name));
   assert.deepEqual(unlabelled, [], "inputs without a label");

@@ -196,34 +196,139 @@ function showSignedOut(message, endSessionUrl) {
 
 // ---- devices -----------------------------------------------------------
 
+const PAGE = 50;
+/** The list's controls survive a refresh and a return from a device page. */
+const listState = { q: "", status: "", health: "", sort: "name", offset: 0 };
+
+function healthBadge(hv) {
+  const state = (hv && hv.state) || "unknown";
+  return h("span", { class: "health " + state, "data-health": state, title: hv && hv.reasons && hv.reasons.length ? hv.reasons.join("; ") : null }, state);
+}
+
+/** A figure with its unit, or a dash. */
+function fig(v, unit, scale, digits) {
+  if (v === null || v === undefined) return "—";
+  return (v * (scale || 1)).toFixed(digits === undefined ? 0 : digits) + unit;
+}
+
+function select(id, label, value, options, onchange) {
+  const el = h("select", { id, onchange: (e) => onchange(e.target.value) },
+    options.map(([v, text]) => h("option", { value: v, selected: v === value }, text)));
+  return h("span", { class: "control" }, h("label", { for: id }, label), el);
+}
+
 async function viewDevices(token) {
   const updated = h("p", { class: "hint", "aria-live": "off" });
   const body = h("tbody");
   const table = h("table", { id: "devices" },
-    h("caption", { class: "muted" }, "Your devices; status refreshes every few seconds"),
-    tableHead("Name", "Status", "Last seen", "Labels", ""),
+    h("caption", { class: "muted" }, "Your devices; status and figures refresh every few seconds"),
+    tableHead("Name", "Status", "Health", "FPS", "Accel °C", "CPU", "Disk", "Last seen", "Labels", ""),
     body);
   const empty = h("div", { class: "card", hidden: true },
-    h("p", {}, "No devices yet."),
+    h("p", { id: "empty-text" }, "No devices yet."),
     h("p", {}, h("a", { href: "#/pair" }, "Pair your first device")));
-  show(h("h1", {}, "My devices"), empty, table, updated);
+  const search = h("input", { type: "search", id: "device-search", value: listState.q, placeholder: "name, serial or label", maxlength: 100 });
+  let typing = null;
+  search.addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(() => { listState.q = search.value.trim(); listState.offset = 0; refresh().catch(problem); }, 250);
+  });
+  const set = (key) => (v) => { listState[key] = v; listState.offset = 0; refresh().catch(problem); };
+  const controls = h("form", { class: "controls", role: "search", onsubmit: (e) => e.preventDefault() },
+    h("span", { class: "control" }, h("label", { for: "device-search" }, "Search"), search),
+    select("filter-status", "Status", listState.status, [["", "any"], ["online", "online"], ["offline", "offline"]], set("status")),
+    select("filter-health", "Health", listState.health, [["", "any"], ["ok", "ok"], ["degraded", "degraded"], ["critical", "critical"], ["unknown", "unknown"]], set("health")),
+    select("sort", "Sort", listState.sort, [["name", "name A–Z"], ["-name", "name Z–A"], ["-created", "newest"], ["created", "oldest"]], set("sort")));
+  const prev = h("button", { type: "button", class: "secondary", id: "page-prev", onclick: () => { listState.offset = Math.max(0, listState.offset - PAGE); refresh().catch(problem); } }, "← Previous");
+  const next = h("button", { type: "button", class: "secondary", id: "page-next", onclick: () => { listState.offset += PAGE; refresh().catch(problem); } }, "Next →");
+  const pageInfo = h("span", { class: "hint", id: "page-info" });
+  show(h("h1", {}, "My devices"), controls, empty, table, h("div", { class: "actions" }, prev, pageInfo, next), updated);
 
   async function refresh() {
-    const devices = await api("GET", "/api/devices?limit=200");
+    const p = new URLSearchParams({ limit: String(PAGE), offset: String(listState.offset), sort: listState.sort });
+    if (listState.q) p.set("q", listState.q);
+    if (listState.status) p.set("status", listState.status);
+    if (listState.health) p.set("health", listState.health);
+    const devices = await api("GET", "/api/devices?" + p);
     if (token !== viewToken) return;
+    const filtered = listState.q || listState.status || listState.health || listState.offset > 0;
     empty.hidden = devices.length > 0;
+    document.getElementById("empty-text").textContent = filtered ? "No devices match." : "No devices yet.";
     table.hidden = devices.length === 0;
-    body.replaceChildren(...devices.map((d) =>
-      h("tr", { "data-device": d.id },
+    prev.disabled = listState.offset === 0;
+    next.disabled = devices.length < PAGE;
+    pageInfo.textContent = devices.length ? (listState.offset + 1) + "–" + (listState.offset + devices.length) : "";
+    body.replaceChildren(...devices.map((d) => {
+      const t = d.telemetry || {};
+      return h("tr", { "data-device": d.id },
         h("td", {}, h("a", { href: "#/devices/" + d.id, class: "device-name" }, d.name)),
         h("td", {}, statusBadge(d)),
+        h("td", {}, healthBadge(d.health)),
+        h("td", { class: "num" }, fig(t.fps, "", 1, 1)),
+        h("td", { class: "num" }, fig(t.accel_temperature, "", 1, 0)),
+        h("td", { class: "num" }, fig(t.cpu_busy, " %", 100)),
+        h("td", { class: "num" }, fig(t.disk_used, " %", 100)),
         h("td", {}, lastSeen(d)),
         h("td", {}, d.labels.map((l) => h("span", { class: "label" }, l))),
-        h("td", {}, openUiLink(d)))));
+        h("td", {}, openUiLink(d)));
+    }));
     updated.textContent = "Updated " + new Date().toLocaleTimeString();
   }
   await refresh();
   every(REFRESH_MS, () => refresh().catch(problem));
+}
+
+// ---- device telemetry charts ------------------------------------------------
+
+const RANGES = [["1h", "Last hour", 3600e3], ["24h", "Last day", 86400e3], ["7d", "Last week", 7 * 86400e3]];
+const CHARTS = [
+  { metric: "inference_fps", title: "Inference FPS per model", unit: "FPS", by: "model" },
+  { metric: "inference_latency_seconds", title: "Inference latency per model", unit: "ms", scale: 1000, by: "model" },
+  { metric: "accel_utilization_ratio", title: "Accelerator utilisation", unit: "%", scale: 100, by: "accel" },
+  { metric: "accel_temperature_celsius", title: "Accelerator temperature", unit: "°C", by: "accel" },
+  { metric: "cpu_busy_ratio", title: "CPU busy", unit: "%", scale: 100 },
+  { metric: "memory_used_ratio", title: "Memory used", unit: "%", scale: 100 },
+  { metric: "disk_used_ratio", title: "Disk used", unit: "%", scale: 100, by: "mountpoint" },
+];
+// Line colours with at least 4.5:1 contrast on white.
+const COLOURS = ["#1f4e8c", "#a1261b", "#1d6b32", "#6b3fa0", "#8a4b00"];
+
+/** One chart: a figure holding a uPlot canvas, or a note when there is no data. */
+function chart(def) {
+  const caption = h("figcaption", {}, def.title);
+  const plot = h("div", { class: "plot" });
+  const latest = h("p", { class: "hint latest" });
+  const el = h("figure", { class: "chart", "data-metric": def.metric }, caption, plot, latest);
+  let u = null;
+  function render(series) {
+    const lines = series.series.filter((s) => s.values.some((v) => v !== null));
+    el.dataset.points = String(lines.reduce((n, s) => n + s.values.filter((v) => v !== null).length, 0));
+    if (lines.length === 0) {
+      if (u) { u.destroy(); u = null; }
+      plot.replaceChildren(h("p", { class: "muted" }, "No data for this range."));
+      latest.textContent = "";
+      return;
+    }
+    const scale = def.scale || 1;
+    const data = [series.timestamps.map((t) => t / 1000),
+      ...lines.map((s) => s.values.map((v) => (v === null ? null : v * scale)))];
+    const names = lines.map((s) => (def.by && s.labels[def.by]) || def.title);
+    latest.textContent = lines.map((s, i) => {
+      const last = [...s.values].reverse().find((v) => v !== null);
+      return names[i] + ": " + (last * scale).toFixed(1) + " " + def.unit;
+    }).join(" · ");
+    if (u && u.series.length === data.length) { u.setData(data); return; }
+    if (u) u.destroy();
+    plot.replaceChildren();
+    const width = Math.max(280, Math.min(plot.clientWidth || 600, 900));
+    u = new uPlot({
+      width, height: 180,
+      scales: { x: { time: true } },
+      axes: [{ stroke: "#4a4a4a" }, { stroke: "#4a4a4a", label: def.unit, size: 60 }],
+      series: [{}, ...names.map((n, i) => ({ label: n, stroke: COLOURS[i % COLOURS.length], width: 2, spanGaps: false }))],
+    }, data, plot);
+  }
+  return { el, def, render };
 }
 
 async function viewDevice(token, id) {
@@ -241,10 +346,62 @@ async function viewDevice(token, id) {
       h("dt", {}, "Model"), h("dd", {}, d.model || "—"),
       h("dt", {}, "Serial"), h("dd", {}, d.serial || "—"),
       h("dt", {}, "Agent version"), h("dd", {}, d.agent_version || "—"),
+      h("dt", {}, "Labels"), h("dd", {}, d.labels.length ? d.labels.map((l) => h("span", { class: "label" }, l)) : "—"),
       h("dt", {}, "Paired"), h("dd", {}, when(d.created_at)),
       h("dt", {}, "Device id"), h("dd", {}, h("code", {}, d.id)));
+    renderLive(d);
+  }
+  const health = h("div", { class: "card", id: "device-health" });
+  const connection = h("dl", { id: "device-connection" });
+  let telemetry = null;
+  function figure(metric) {
+    const s = telemetry && telemetry.figures && (telemetry.figures.series || []).find((x) => x.metric === metric);
+    return s ? s.value : null;
+  }
+  function renderLive(d) {
+    const hv = d.health;
+    health.replaceChildren(h("h2", {}, "Health"), h("p", {}, healthBadge(hv), hv && hv.since ? h("span", { class: "hint" }, " since " + when(hv.since)) : null),
+      hv && hv.reasons.length ? h("ul", { id: "health-reasons" }, hv.reasons.map((r) => h("li", {}, r))) : h("p", { class: "hint" }, hv ? "All rules hold." : "Not judged yet: no telemetry."));
+    const rtt = figure("tunnel_rtt_seconds");
+    const models = (telemetry && telemetry.figures && telemetry.figures.models) || [];
+    connection.replaceChildren(
+      h("dt", {}, "Status"), h("dd", {}, statusBadge(d)),
+      h("dt", {}, "Online since"), h("dd", {}, d.status === "online" ? when(d.connected_since) : "—"),
+      h("dt", {}, "Last seen"), h("dd", {}, lastSeen(d)),
+      h("dt", {}, "Relay"), h("dd", {}, d.relay || "—"),
+      h("dt", {}, "Reconnects"), h("dd", {}, figure("agent_reconnects") ?? "—"),
+      h("dt", {}, "Round trip"), h("dd", {}, rtt === null ? "—" : (rtt * 1000).toFixed(1) + " ms"),
+      h("dt", {}, "Telemetry"), h("dd", { id: "scrape-outcome" }, !telemetry ? "—"
+        : telemetry.outcome === "ok" ? "scraped " + ago(telemetry.scraped_at)
+        : telemetry.outcome === "none" ? "the box serves no metrics"
+        : telemetry.outcome === "never" ? "not scraped yet"
+        : "last scrape failed: " + (telemetry.error || "")),
+      h("dt", {}, "Models"), h("dd", {}, models.length ? models.map((m) => m.model + " " + m.version + " (" + m.runtime + ")").join(", ") : "—"));
   }
   renderFacts(d);
+
+  let range = RANGES[0];
+  const charts = CHARTS.map(chart);
+  const rangeButtons = RANGES.map((r) => h("button", { type: "button", class: "secondary range", "data-range": r[0], "aria-pressed": String(r === range), onclick: () => {
+    range = r;
+    rangeButtons.forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.range === r[0])));
+    refreshCharts().catch(problem);
+  } }, r[1]));
+  async function refreshCharts() {
+    const to = Date.now();
+    const from = to - range[2];
+    const [t, ...series] = await Promise.all([
+      api("GET", "/api/devices/" + encodeURIComponent(id) + "/telemetry"),
+      ...charts.map((c) => api("GET", "/api/devices/" + encodeURIComponent(id) + "/telemetry/series?metric=" + c.def.metric + "&from=" + from + "&to=" + to)),
+    ]);
+    if (token !== viewToken) return;
+    telemetry = t;
+    charts.forEach((c, i) => c.render(series[i]));
+  }
+  const chartsCard = h("section", { class: "card", id: "charts", "aria-labelledby": "charts-title" },
+    h("h2", { id: "charts-title" }, "Figures"),
+    h("div", { class: "actions", role: "group", "aria-label": "Time range" }, rangeButtons),
+    h("div", { class: "charts" }, charts.map((c) => c.el)));
 
   const nameInput = h("input", { type: "text", id: "device-name", name: "name", value: d.name, maxlength: 100, required: true });
   const renameForm = h("form", { id: "rename-form", onsubmit: async (e) => {
@@ -298,10 +455,14 @@ async function viewDevice(token, id) {
 
   show(h("p", {}, h("a", { href: "#/devices" }, "← All devices")), title,
     h("div", { class: "card" }, facts, actions), rotated,
+    health, h("div", { class: "card" }, h("h2", {}, "Connection"), connection), chartsCard,
     h("div", { class: "card" }, renameForm, labelsForm));
+  await refreshCharts();
+  renderLive(d);
   every(REFRESH_MS, () => api("GET", "/api/devices/" + encodeURIComponent(id)).then((d) => {
     if (token === viewToken) renderFacts(d);
   }).catch(problem));
+  every(15000, () => refreshCharts().catch(problem));
 }
 
 // ---- pairing -----------------------------------------------------------

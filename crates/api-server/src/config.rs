@@ -598,6 +598,8 @@ impl Config {
             Duration::from_secs(u64::from(self.telemetry_raw_retention_hours.max(1)) * 3600);
         s.telemetry_rollup_retention =
             Duration::from_secs(u64::from(self.telemetry_rollup_retention_days.max(1)) * 86_400);
+        s.health_interval = Duration::from_secs(self.health_interval_secs.clamp(1, 3600));
+        s.webhook_allow_private = self.webhook_allow_private;
         Ok(s)
     }
 
@@ -653,6 +655,33 @@ mod tests {
         );
         assert!(!format!("{svc:?}").contains("s3cret"));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn telemetry_health_and_webhook_flags_reach_the_settings() {
+        let d = Config::parse_from(["api-server"]).settings().unwrap();
+        assert_eq!(d.health_interval, Duration::from_secs(30));
+        assert!(!d.webhook_allow_private);
+        assert_eq!(d.telemetry_raw_retention, Duration::from_secs(48 * 3600));
+        let s = Config::parse_from([
+            "api-server",
+            "--health-interval-secs",
+            "7",
+            "--webhook-allow-private",
+            "--telemetry-raw-retention-hours",
+            "2",
+            "--telemetry-rollup-retention-days",
+            "3",
+        ])
+        .settings()
+        .unwrap();
+        assert_eq!(s.health_interval, Duration::from_secs(7));
+        assert!(s.webhook_allow_private);
+        assert_eq!(s.telemetry_raw_retention, Duration::from_secs(2 * 3600));
+        assert_eq!(
+            s.telemetry_rollup_retention,
+            Duration::from_secs(3 * 86_400)
+        );
     }
 
     #[test]

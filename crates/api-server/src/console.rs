@@ -36,6 +36,22 @@ const FILES: &[(&str, &str, &str)] = &[
         "image/svg+xml",
         include_str!("../console/icon.svg"),
     ),
+    // uPlot 1.6.32, MIT (console/vendor/README, uplot-LICENSE).
+    (
+        "uplot.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../console/vendor/uplot.min.js"),
+    ),
+    (
+        "uplot.min.css",
+        "text/css; charset=utf-8",
+        include_str!("../console/vendor/uplot.min.css"),
+    ),
+    (
+        "uplot-LICENSE",
+        "text/plain; charset=utf-8",
+        include_str!("../console/vendor/uplot-LICENSE"),
+    ),
 ];
 
 /// The policy sent with every console file; forms may also go to

@@ -62,6 +62,10 @@ pub struct DeviceView {
     telemetry: Option<KeyFigures>,
     /// Its health by the owner's rules (`None`: not judged yet, unknown).
     health: Option<HealthView>,
+    /// Which relay holds its tunnel (a stable short name, not an address;
+    /// single-device answers only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay: Option<String>,
 }
 
 /// A device's health state.
@@ -154,12 +158,25 @@ fn view(
         last_seen_at: heard.or(d.last_seen_at),
         telemetry: telemetry.map(KeyFigures::of),
         health: health.map(HealthView::from),
+        relay: None,
     }
+}
+
+/// A relay node's short public name: `relay-` and 8 hex digits of a hash
+/// of its internal URL (which stays internal).
+fn relay_name(node: &directory::NodeId) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(node.0.as_bytes());
+    format!("relay-{}", hex::encode(&digest[..4]))
 }
 
 /// One device's view with its status asked of the directory.
 async fn view_live(state: &AppState, d: Device) -> DeviceView {
     let live = state.directory.lookup(d.id).await.ok();
+    let relay = live
+        .as_ref()
+        .and_then(|o| o.as_ref())
+        .map(|s| relay_name(&s.node));
     let live = live.map(|o| o.as_ref().map(LiveStatus::from));
     let telemetry = match state.store.telemetry_latest(d.owner_id, &[d.id]).await {
         Ok(mut rows) => rows.remove(&d.id),
@@ -175,12 +192,14 @@ async fn view_live(state: &AppState, d: Device) -> DeviceView {
             None
         }
     };
-    view(
+    let mut v = view(
         d,
         live.as_ref().map(|o| o.as_ref()),
         telemetry.as_ref(),
         health.as_ref(),
-    )
+    );
+    v.relay = relay;
+    v
 }
 
 fn parse(id: &str) -> Result<DeviceId, ApiError> {
@@ -199,11 +218,26 @@ pub(crate) async fn owned(
         .ok_or(ApiError::NotFound)
 }
 
+/// `GET /api/devices` filters: `?q=` (name, serial or label contains,
+/// any case), `?status=online|offline`, `?health=ok|degraded|critical|unknown`,
+/// `?sort=name|-name|created|-created` (default `created`), with `limit`
+/// (1–200, default 50) and `offset`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeviceFilter {
+    limit: Option<i64>,
+    offset: Option<i64>,
+    q: Option<String>,
+    status: Option<String>,
+    health: Option<String>,
+    sort: Option<String>,
+}
+
 #[utoipa::path(
     get,
     path = "/api/devices",
     tag = "devices",
-    params(Page),
+    params(DeviceFilter),
     security(("session" = [])),
     responses(
         (status = 200, description = "a page of the caller's devices with live status", body = Vec<DeviceView>),
@@ -215,10 +249,56 @@ pub(crate) async fn owned(
 pub async fn list(
     user: CurrentUser,
     State(state): State<AppState>,
-    ApiQuery(page): ApiQuery<Page>,
+    ApiQuery(f): ApiQuery<DeviceFilter>,
 ) -> Result<Json<Vec<DeviceView>>, ApiError> {
-    let (limit, offset) = page.bounds();
-    let devices = state.store.devices_page(user.id, limit, offset).await?;
+    let (limit, offset) = Page {
+        limit: f.limit,
+        offset: f.offset,
+    }
+    .bounds();
+    let sort = match f.sort.as_deref() {
+        None | Some("created") => store::DeviceSort::Created,
+        Some("-created") => store::DeviceSort::CreatedDesc,
+        Some("name") => store::DeviceSort::Name,
+        Some("-name") => store::DeviceSort::NameDesc,
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "sort is name, -name, created or -created".into(),
+            ))
+        }
+    };
+    let health = match f.health.as_deref() {
+        None => None,
+        Some(h @ ("ok" | "degraded" | "critical" | "unknown")) => Some(h.to_owned()),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "health is ok, degraded, critical or unknown".into(),
+            ))
+        }
+    };
+    let among = match f.status.as_deref() {
+        None => None,
+        Some(s @ ("online" | "offline")) => {
+            let live = state.directory.list_owned(user.id).await?;
+            Some((
+                s == "online",
+                live.into_iter().map(|l| l.device_id).collect(),
+            ))
+        }
+        Some(_) => return Err(ApiError::BadRequest("status is online or offline".into())),
+    };
+    let search =
+        f.q.map(|q| edge_core::text::display_safe_bounded(&q, 100))
+            .filter(|q| !q.is_empty());
+    let query = store::DeviceQuery {
+        search,
+        health,
+        among,
+        sort,
+        limit,
+        offset,
+    };
+    let devices = state.store.devices_query(user.id, &query).await?;
     let ids: Vec<DeviceId> = devices.iter().map(|d| d.id).collect();
     let live: Option<HashMap<DeviceId, LiveStatus>> =
         match state.directory.statuses(user.id, &ids).await {

@@ -167,6 +167,7 @@ async fn evaluate_owner(
         }
         let (to, reasons) = assess(rules, &seen, now);
         let from = health.get(&d.id).map(|h| h.state.as_str());
+        tracing::debug!(device = %d.id, to, ?reasons, "health assessed");
         if from == Some(to) || (from.is_none() && to == "unknown") {
             continue;
         }

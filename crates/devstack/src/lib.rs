@@ -43,6 +43,11 @@ pub struct Cli {
     /// Development OpenID Provider.
     #[arg(long, default_value = "127.0.0.1:3790")]
     pub idp_listen: SocketAddr,
+    /// How often the relay scrapes each box's metrics, in seconds (the
+    /// product's default is 15; a development stack shows live charts
+    /// sooner). Device health is judged at the same interval.
+    #[arg(long, default_value_t = 5)]
+    pub telemetry_interval_secs: u64,
 }
 
 const CLIENT_ID: &str = "edge-console";
@@ -88,12 +93,15 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
     );
     // Metrics on ephemeral loopback ports (logged): several devstacks may
     // run side by side.
+    let interval = cli.telemetry_interval_secs.to_string();
     let relay_cfg = remote_proxy::config::Config::parse_from([
         "remote-proxy",
         "--data-dir",
         &data,
         "--metrics-listen",
         "127.0.0.1:0",
+        "--telemetry-interval-secs",
+        &interval,
     ]);
     let api_cfg = api_server::config::Config::parse_from([
         "api-server",
@@ -108,6 +116,8 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
         &issuer,
         "--oidc-client-id",
         CLIENT_ID,
+        "--health-interval-secs",
+        &interval,
         "--metrics-listen",
         "127.0.0.1:0",
     ]);

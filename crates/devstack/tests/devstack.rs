@@ -64,6 +64,12 @@ async fn the_web_console_works_in_chromium_against_the_devstack() {
         "no screenshot"
     );
     println!("screenshot of the device list: {}", shot.display());
+    let detail = artifacts.join("console-device-detail.png");
+    assert!(
+        std::fs::metadata(&detail).unwrap().len() > 1000,
+        "no screenshot of the device detail page"
+    );
+    println!("screenshot of the device detail page: {}", detail.display());
     let status = stack.interrupt().await;
     assert!(status.success(), "devstack did not exit cleanly: {status}");
 }

@@ -358,3 +358,41 @@ impl Default for Limits {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn telemetry_flags_reach_the_scraper_settings() {
+        let d = Config::parse_from(["remote-proxy"])
+            .limits()
+            .unwrap()
+            .telemetry;
+        assert_eq!(d.interval, Some(Duration::from_secs(15)));
+        assert_eq!((d.path.as_str(), d.concurrency), ("/metrics", 64));
+        let t = Config::parse_from([
+            "remote-proxy",
+            "--telemetry-interval-secs",
+            "5",
+            "--telemetry-timeout-secs",
+            "30",
+            "--telemetry-path",
+            "/prom",
+            "--telemetry-allow",
+            "acme_*,x",
+            "--telemetry-concurrency",
+            "3",
+        ])
+        .limits()
+        .unwrap()
+        .telemetry;
+        assert_eq!(t.interval, Some(Duration::from_secs(5)));
+        assert_eq!(t.timeout, Duration::from_secs(5), "at most the interval");
+        assert_eq!((t.path.as_str(), t.concurrency), ("/prom", 3));
+        assert!(t.allow.allows("acme_queue") && t.allow.allows("x") && !t.allow.allows("y"));
+        let off = Config::parse_from(["remote-proxy", "--telemetry-interval-secs", "0"]);
+        assert_eq!(off.limits().unwrap().telemetry.interval, None);
+    }
+}

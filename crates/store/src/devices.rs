@@ -1,7 +1,7 @@
 //! Devices and their credentials. Reads of a device always filter by owner;
 //! credential checks go by token hash only (the relay has no user).
 
-use crate::{parse_id, Device, DeviceAuth, NewDevice, Store, StoreError};
+use crate::{parse_id, Device, DeviceAuth, DeviceQuery, DeviceSort, NewDevice, Store, StoreError};
 use edge_core::{time::now_ms, DeviceId, UserId};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -151,6 +151,85 @@ impl Store {
         .iter()
         .map(device_from_row)
         .collect()
+    }
+
+    /// A page of the caller's live devices matching `q` (see
+    /// [`DeviceQuery`]), in its order.
+    pub async fn devices_query(
+        &self,
+        owner: UserId,
+        q: &DeviceQuery,
+    ) -> Result<Vec<Device>, StoreError> {
+        let mut sql = String::from(
+            "SELECT d.* FROM devices d LEFT JOIN device_health h ON h.device_id = d.id
+             WHERE d.owner_id = $1 AND d.revoked_at IS NULL",
+        );
+        let mut n = 1;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        let search = q.search.as_ref().map(|s| {
+            let escaped = s
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        });
+        if search.is_some() {
+            let p = next();
+            sql.push_str(&format!(
+                " AND (LOWER(d.name) LIKE {p} ESCAPE '\\' OR LOWER(COALESCE(d.serial, '')) LIKE {p} ESCAPE '\\'
+                   OR LOWER(d.labels) LIKE {p} ESCAPE '\\')"
+            ));
+        }
+        if q.health.is_some() {
+            let p = next();
+            sql.push_str(&format!(" AND COALESCE(h.state, 'unknown') = {p}"));
+        }
+        let ids: Vec<String> = match &q.among {
+            Some((_, ids)) => ids.iter().map(ToString::to_string).collect(),
+            None => Vec::new(),
+        };
+        if let Some((inside, _)) = &q.among {
+            let marks: Vec<String> = ids.iter().map(|_| next()).collect();
+            let list = if marks.is_empty() {
+                "''".to_owned()
+            } else {
+                marks.join(",")
+            };
+            sql.push_str(&format!(
+                " AND d.id {} IN ({list})",
+                if *inside { "" } else { "NOT" }
+            ));
+        }
+        let order = match q.sort {
+            DeviceSort::Created => "d.created_at, d.id",
+            DeviceSort::CreatedDesc => "d.created_at DESC, d.id",
+            DeviceSort::Name => "LOWER(d.name), d.id",
+            DeviceSort::NameDesc => "LOWER(d.name) DESC, d.id",
+        };
+        let (lp, op) = (next(), next());
+        sql.push_str(&format!(" ORDER BY {order} LIMIT {lp} OFFSET {op}"));
+        let mut query = sqlx::query(&sql).bind(owner.to_string());
+        if let Some(s) = &search {
+            query = query.bind(s.clone());
+        }
+        if let Some(h) = &q.health {
+            query = query.bind(h.clone());
+        }
+        for id in &ids {
+            query = query.bind(id.clone());
+        }
+        query
+            .bind(q.limit)
+            .bind(q.offset)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(device_from_row)
+            .collect()
     }
 
     /// Rename and/or relabel the caller's device; `None` when not theirs.

@@ -74,3 +74,27 @@ pub struct RedeemedTicket {
     /// Hash of the user session the ticket was issued to.
     pub session_hash: String,
 }
+
+/// How a device list is ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSort {
+    #[default]
+    Created,
+    CreatedDesc,
+    Name,
+    NameDesc,
+}
+
+/// A filtered, ordered page of an owner's devices.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceQuery {
+    /// Case-insensitive substring of the name, the serial or a label.
+    pub search: Option<String>,
+    /// Only devices in this health state (`unknown` includes unjudged ones).
+    pub health: Option<String>,
+    /// `(true, ids)`: only these devices; `(false, ids)`: all but these.
+    pub among: Option<(bool, Vec<DeviceId>)>,
+    pub sort: DeviceSort,
+    pub limit: i64,
+    pub offset: i64,
+}

@@ -116,6 +116,8 @@ impl Devstack {
                 any,
             ])
             .args(["--internal-listen", any, "--idp-listen", idp_addr])
+            // Live charts within seconds for the browser test.
+            .args(["--telemetry-interval-secs", "1"])
             .current_dir(dir)
             .env_remove("EDGE_DATA_DIR")
             .env_remove("EDGE_AGENT_TOKEN")

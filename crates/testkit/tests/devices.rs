@@ -286,3 +286,101 @@ async fn another_tenants_objects_are_indistinguishable_from_missing_ones() {
     let bob_audit = stack.get_json(&bob, "/api/audit").await;
     assert!(bob_audit.as_array().unwrap().is_empty(), "{bob_audit}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_list_searches_filters_sorts_and_pages() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let bob = stack.user("bob").await;
+    let mut ids = Vec::new();
+    for (name, serial) in [
+        ("Zeta cam", "SN-100"),
+        ("alpha gate", "SN-200"),
+        ("Mid_dock", "X-300"),
+    ] {
+        let d = stack
+            .store
+            .create_device(
+                alice.id,
+                &store::NewDevice {
+                    name: name.into(),
+                    serial: Some(serial.into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        ids.push(d.id);
+    }
+    stack
+        .store
+        .update_device(alice.id, ids[2], None, Some(&["lab-7".to_owned()]))
+        .await
+        .unwrap();
+    stack
+        .store
+        .create_device(
+            bob.id,
+            &store::NewDevice {
+                name: "alpha of bob".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let (online, _agent) = stack.online_device(alice.id).await;
+    let names = |v: serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (stack, alice) = (&stack, &alice);
+    let list = |q: &str| {
+        let path = format!("/api/devices?{q}");
+        async move { names(stack.get_json(alice, &path).await) }
+    };
+    assert_eq!(
+        list("sort=name").await,
+        ["alpha gate", "box", "Mid_dock", "Zeta cam"]
+    );
+    assert_eq!(list("sort=-name&limit=2").await, ["Zeta cam", "Mid_dock"]);
+    assert_eq!(
+        list("sort=-name&limit=2&offset=2").await,
+        ["box", "alpha gate"]
+    );
+    assert_eq!(
+        list("q=ALPHA").await,
+        ["alpha gate"],
+        "any case, and never another owner's"
+    );
+    assert_eq!(list("q=sn-").await, ["Zeta cam", "alpha gate"], "by serial");
+    assert_eq!(list("q=lab-7").await, ["Mid_dock"], "by label");
+    assert_eq!(
+        list("q=_").await,
+        ["Mid_dock"],
+        "LIKE wildcards are literal"
+    );
+    assert_eq!(list("q=%25").await, Vec::<String>::new());
+    assert_eq!(list("status=online").await, ["box"]);
+    assert_eq!(
+        list("status=offline&sort=name").await,
+        ["alpha gate", "Mid_dock", "Zeta cam"]
+    );
+    assert_eq!(
+        list("health=unknown").await.len(),
+        4,
+        "never judged is unknown"
+    );
+    assert_eq!(list("health=critical").await, Vec::<String>::new());
+    let _ = online;
+    for bad in ["sort=size", "status=maybe", "health=fine"] {
+        let res = stack
+            .get(alice, &stack.api(&format!("/api/devices?{bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{bad}");
+    }
+}
