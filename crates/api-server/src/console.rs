@@ -172,6 +172,15 @@ mod tests {
     #[test]
     fn the_page_references_nothing_outside_this_origin() {
         for (name, _, body) in FILES {
+            // A vendored file's licence banner (`/*! https://… */`) names
+            // where it came from; it is a comment, not a request.
+            let body = match body.strip_prefix("/*!") {
+                Some(rest) => rest.split_once("*/").map_or(*body, |(_, code)| code),
+                None => body,
+            };
+            if *name == "uplot-LICENSE" {
+                continue;
+            }
             for needle in ["http://", "https://", "//cdn", "@import", "url("] {
                 // An SVG names its XML namespace with an http:// URI; that is not a request.
                 if *name == "icon.svg" && needle == "http://" {

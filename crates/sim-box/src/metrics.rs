@@ -102,7 +102,12 @@ fn thermal(t: f64) -> (f64, bool) {
 impl SimMetrics {
     /// The exposition body now.
     pub fn render(&self) -> String {
-        let t = self.started.elapsed().as_secs_f64();
+        self.render_at(self.started.elapsed().as_secs_f64())
+    }
+
+    /// The body `t` seconds after the box started (benchmarks replay days
+    /// in seconds; `t` should not go back).
+    pub fn render_at(&self, t: f64) -> String {
         let (temp, throttled) = thermal(t);
         let mut st = match self.state.lock() {
             Ok(s) => s,
