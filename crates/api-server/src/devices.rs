@@ -58,6 +58,8 @@ pub struct DeviceView {
     /// Last time the device was heard from: `last_heard_from` while online,
     /// else when its tunnel last opened or closed (`None`: never connected).
     last_seen_at: Option<i64>,
+    /// Its metrics path (`None`: the deployment's).
+    metrics_path: Option<String>,
     /// Key figures of its last scrape (`None`: never scraped).
     telemetry: Option<KeyFigures>,
     /// Its health by the owner's rules (`None`: not judged yet, unknown).
@@ -156,6 +158,7 @@ fn view(
         connected_since: since,
         last_heard_from: heard,
         last_seen_at: heard.or(d.last_seen_at),
+        metrics_path: d.metrics_path,
         telemetry: telemetry.map(KeyFigures::of),
         health: health.map(HealthView::from),
         relay: None,
@@ -361,6 +364,14 @@ pub async fn get(
 pub struct DevicePatch {
     name: Option<String>,
     labels: Option<Vec<String>>,
+    /// The box's metrics path on its local API (`""`: the deployment's);
+    /// the relay picks it up within its credential re-check (30 s).
+    metrics_path: Option<String>,
+}
+
+/// A metrics path: `/` then at most 200 visible ASCII characters.
+fn valid_metrics_path(p: &str) -> bool {
+    p.starts_with('/') && p.len() <= 200 && p.bytes().all(|b| b.is_ascii_graphic())
 }
 
 #[utoipa::path(
@@ -409,6 +420,21 @@ pub async fn update(
             ));
         }
     }
+    if let Some(path) = &patch.metrics_path {
+        if !path.is_empty() && !valid_metrics_path(path) {
+            return Err(ApiError::BadRequest(
+                "metrics_path starts with / and has at most 200 visible ASCII characters".into(),
+            ));
+        }
+        let path = Some(path.as_str()).filter(|p| !p.is_empty());
+        if !state
+            .store
+            .set_metrics_path(user.id, before.id, path)
+            .await?
+        {
+            return Err(ApiError::NotFound);
+        }
+    }
     let after = state
         .store
         .update_device(user.id, before.id, name, labels.as_deref())
@@ -423,6 +449,17 @@ pub async fn update(
                 "device_renamed",
                 Some(&target),
                 serde_json::json!({ "from": before.name, "to": after.name }),
+            )
+            .await?;
+    }
+    if after.metrics_path != before.metrics_path {
+        state
+            .store
+            .audit(
+                user.id,
+                "device_metrics_path_changed",
+                Some(&target),
+                serde_json::json!({ "metrics_path": after.metrics_path }),
             )
             .await?;
     }

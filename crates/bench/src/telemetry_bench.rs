@@ -35,7 +35,10 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "edge-telemetry-bench", about = "Scrape, storage and API costs of device telemetry")]
+#[command(
+    name = "edge-telemetry-bench",
+    about = "Scrape, storage and API costs of device telemetry"
+)]
 struct Cli {
     /// Devices the relay scrapes.
     #[arg(long, default_value_t = 10_000)]
@@ -134,13 +137,21 @@ async fn storage(devices: usize) -> Result<(f64, f64, f64, f64)> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("day.db");
     let store = Store::connect(&format!("sqlite://{}", path.display())).await?;
-    let owner = store.upsert_user("https://bench", "day", None, None).await?;
+    let owner = store
+        .upsert_user("https://bench", "day", None, None)
+        .await?;
     let empty = file_bytes(&path);
     let (mut raw, mut rollups, mut cpu) = (0usize, 0usize, Duration::ZERO);
     let start = edge_core::time::now_ms() - DAY_MS;
     for i in 0..devices {
         let d = store
-            .create_device(owner.id, &NewDevice { name: format!("day-{i}"), ..Default::default() })
+            .create_device(
+                owner.id,
+                &NewDevice {
+                    name: format!("day-{i}"),
+                    ..Default::default()
+                },
+            )
             .await?;
         let t = Instant::now();
         let batch = replay(d.id, start, DAY_MS, 15_000)?;
@@ -153,7 +164,12 @@ async fn storage(devices: usize) -> Result<(f64, f64, f64, f64)> {
     let on_disk = file_bytes(&path).saturating_sub(empty);
     let n = devices as f64;
     let scrapes = n * (DAY_MS / 15_000) as f64;
-    Ok((raw as f64 / n, rollups as f64 / n, on_disk as f64 / n, cpu.as_secs_f64() * 1e6 / scrapes))
+    Ok((
+        raw as f64 / n,
+        rollups as f64 / n,
+        on_disk as f64 / n,
+        cpu.as_secs_f64() * 1e6 / scrapes,
+    ))
 }
 
 /// Hold one tunnel per token; each stream answers one scrape with the
@@ -177,12 +193,20 @@ async fn fleet(tokens: Vec<DeviceToken>, relay: &str, cancel: CancellationToken)
             let activity = tunnel::pump::Activity::new();
             let (io, _pump) = tunnel::pump::spawn(
                 ws,
-                tunnel::pump::PumpConfig { idle_timeout: Duration::from_secs(3600) },
+                tunnel::pump::PumpConfig {
+                    idle_timeout: Duration::from_secs(3600),
+                },
                 activity.clone(),
             );
-            tunnel::session::serve(io, tunnel::session::device_config(), cancel, activity, move |s| {
-                tokio::spawn(answer(s, sim.clone()));
-            })
+            tunnel::session::serve(
+                io,
+                tunnel::session::device_config(),
+                cancel,
+                activity,
+                move |s| {
+                    tokio::spawn(answer(s, sim.clone()));
+                },
+            )
             .await;
         });
     }
@@ -231,7 +255,12 @@ async fn scrapes(client: &reqwest::Client, metrics_port: u16) -> Result<(f64, f6
 }
 
 /// p50 and p99 (ms) of `n` GETs of `urls` (all of them count as one request).
-async fn latency(client: &reqwest::Client, cookie: &str, urls: &[String], n: usize) -> Result<(f64, f64)> {
+async fn latency(
+    client: &reqwest::Client,
+    cookie: &str,
+    urls: &[String],
+    n: usize,
+) -> Result<(f64, f64)> {
     let mut ms = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
@@ -254,12 +283,21 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     edge_tls::install_default_provider();
     procs::raise_nofile();
-    let bindir = std::env::current_exe()?.parent().context("no exe dir")?.to_path_buf();
+    let bindir = std::env::current_exe()?
+        .parent()
+        .context("no exe dir")?
+        .to_path_buf();
 
     println!("== storage: {} devices, one day at 15 s", cli.day_devices);
     let (raw, rollups, disk, cpu_us) = storage(cli.day_devices).await?;
-    println!("  packed raw windows      {:>8.1} KB per device per day", raw / 1e3);
-    println!("  packed rollups          {:>8.1} KB per device per day", rollups / 1e3);
+    println!(
+        "  packed raw windows      {:>8.1} KB per device per day",
+        raw / 1e3
+    );
+    println!(
+        "  packed rollups          {:>8.1} KB per device per day",
+        rollups / 1e3
+    );
     println!(
         "  SQLite file growth      {:>8.1} KB per device per day = {:.0} MB per day per 1,000 devices (target <= 200)",
         disk / 1e3,
@@ -270,12 +308,20 @@ async fn main() -> Result<()> {
     let data = tempfile::tempdir()?;
     let db = data.path().join("edge.db");
     let store = Store::connect(&format!("sqlite://{}", db.display())).await?;
-    let user = store.upsert_user("https://bench", "fleet", None, Some("fleet")).await?;
+    let user = store
+        .upsert_user("https://bench", "fleet", None, Some("fleet"))
+        .await?;
     println!("== fleet: pairing {} devices", cli.devices);
     let mut tokens = Vec::with_capacity(cli.devices);
     for i in 0..cli.devices {
         let d = store
-            .create_device(user.id, &NewDevice { name: format!("box-{i:05}"), ..Default::default() })
+            .create_device(
+                user.id,
+                &NewDevice {
+                    name: format!("box-{i:05}"),
+                    ..Default::default()
+                },
+            )
             .await?;
         let token = DeviceToken::generate();
         store.add_credential(d.id, &token.hash()).await?;
@@ -283,7 +329,10 @@ async fn main() -> Result<()> {
     }
     let (tunnel_port, internal_port, metrics_port, api_port) =
         (free_port()?, free_port()?, free_port()?, free_port()?);
-    let env = [("EDGE_DATA_DIR", data.path().to_str().context("path")?), ("RUST_LOG", "warn")];
+    let env = [
+        ("EDGE_DATA_DIR", data.path().to_str().context("path")?),
+        ("RUST_LOG", "warn"),
+    ];
     let mut procs = Procs::default();
     let relay_pid = procs.keep(
         Command::new(bin(&bindir, "remote-proxy")?)
@@ -300,17 +349,29 @@ async fn main() -> Result<()> {
     wait_port(internal_port).await?;
     let cancel = CancellationToken::new();
     let connect = Instant::now();
-    fleet(tokens, &format!("ws://127.0.0.1:{tunnel_port}/tunnel"), cancel.clone()).await?;
+    fleet(
+        tokens,
+        &format!("ws://127.0.0.1:{tunnel_port}/tunnel"),
+        cancel.clone(),
+    )
+    .await?;
     let client = reqwest::Client::builder().no_proxy().build()?;
     let secret = std::fs::read_to_string(data.path().join("internal-secret"))?;
     bench::tunnels::wait_registered(
         &client,
-        &format!("http://127.0.0.1:{internal_port}{}", directory::internal_api::SESSIONS),
+        &format!(
+            "http://127.0.0.1:{internal_port}{}",
+            directory::internal_api::SESSIONS
+        ),
         secret.trim(),
         cli.devices,
     )
     .await?;
-    println!("  {} tunnels up in {:.1} s", cli.devices, connect.elapsed().as_secs_f64());
+    println!(
+        "  {} tunnels up in {:.1} s",
+        cli.devices,
+        connect.elapsed().as_secs_f64()
+    );
     tokio::time::sleep(Duration::from_secs(cli.interval_secs)).await;
     let (ok0, skipped0) = scrapes(&client, metrics_port).await?;
     let cpu0 = cpu_ms(relay_pid)?;
@@ -336,16 +397,32 @@ async fn main() -> Result<()> {
 
     println!("== API over the fleet's database");
     let extra = store
-        .create_device(user.id, &NewDevice { name: "week".into(), ..Default::default() })
+        .create_device(
+            user.id,
+            &NewDevice {
+                name: "week".into(),
+                ..Default::default()
+            },
+        )
         .await?;
-    let week = replay(extra.id, edge_core::time::now_ms() - 7 * DAY_MS, 7 * DAY_MS, 15_000)?;
-    let week = TelemetryBatch { windows: Vec::new(), ..week };
+    let week = replay(
+        extra.id,
+        edge_core::time::now_ms() - 7 * DAY_MS,
+        7 * DAY_MS,
+        15_000,
+    )?;
+    let week = TelemetryBatch {
+        windows: Vec::new(),
+        ..week
+    };
     store.write_telemetry(&week).await?;
     let key = edge_core::secret::load_or_create_file(&data.path().join("session-key"))?;
     let cookies = CookieKeys::new(CookieKey::new(key).context("key")?, vec![]);
     let sid = SessionId::generate();
     let now = edge_core::time::now_ms();
-    store.create_session(&sid.hash(), "bench", user.id, now, now + 3_600_000, None).await?;
+    store
+        .create_session(&sid.hash(), "bench", user.id, now, now + 3_600_000, None)
+        .await?;
     let cookie = api_server::session::session_cookie_pair(&cookies, false, &sid, now + 3_600_000);
     procs.keep(
         Command::new(bin(&bindir, "api-server")?)
@@ -359,9 +436,13 @@ async fn main() -> Result<()> {
     )?;
     wait_port(api_port).await?;
     let base = format!("http://127.0.0.1:{api_port}");
-    let pages: Vec<String> = (0..5).map(|p| format!("{base}/api/devices?limit=200&offset={}", p * 200)).collect();
+    let pages: Vec<String> = (0..5)
+        .map(|p| format!("{base}/api/devices?limit=200&offset={}", p * 200))
+        .collect();
     let (p50, p99) = latency(&client, &cookie, &pages, cli.requests).await?;
-    println!("  latest figures of 1,000 devices (5 pages of 200): p50 {p50:.1} ms, p99 {p99:.1} ms");
+    println!(
+        "  latest figures of 1,000 devices (5 pages of 200): p50 {p50:.1} ms, p99 {p99:.1} ms"
+    );
     let series = vec![format!(
         "{base}/api/devices/{}/telemetry/series?metric=inference_fps&from={}",
         extra.id,

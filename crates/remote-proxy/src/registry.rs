@@ -39,6 +39,9 @@ pub struct LiveSession {
     /// Every stream starts with a preamble naming its target (the agent
     /// asked for it at the upgrade, ADR 026); `false`: plain streams.
     pub preamble: bool,
+    /// The device's own metrics path (`None`: the relay's setting); kept
+    /// current by the credential re-check.
+    pub metrics_path: Arc<std::sync::RwLock<Option<String>>>,
 }
 
 impl LiveSession {
@@ -194,6 +197,19 @@ impl LocalDirectory {
         let entries = self.entries();
         let e = entries.by_device.get(&device)?;
         Some((e.summary.connected_since, e.live.activity.ping_rtt()))
+    }
+
+    /// `device`'s own metrics path, if it has one.
+    pub fn metrics_path(&self, device: DeviceId) -> Option<String> {
+        let entries = self.entries();
+        let path = entries
+            .by_device
+            .get(&device)?
+            .live
+            .metrics_path
+            .read()
+            .ok()?;
+        path.clone()
     }
 
     /// Whether `device`'s streams start with a preamble (ADR 026).

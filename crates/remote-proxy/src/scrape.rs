@@ -171,9 +171,13 @@ async fn scrape(
     device: DeviceId,
 ) -> Scraped {
     let at_ms = edge_core::time::now_ms();
+    let path = relay
+        .directory
+        .metrics_path(device)
+        .unwrap_or_else(|| settings.path.clone());
     let both = async {
         tokio::join!(
-            fetch(relay, &settings.path, settings, device, Target::Service),
+            fetch(relay, &path, settings, device, Target::Service),
             fetch(relay, AGENT_PATH, settings, device, Target::Agent),
         )
     };

@@ -196,6 +196,7 @@ async fn run_tunnel(
         started,
     } = admitted;
     let device = auth.device_id;
+    let metrics_path = Arc::new(std::sync::RwLock::new(auth.metrics_path.clone()));
     let limits = &relay.limits;
     // Boxed: the handshake's state is freed once it is done instead of
     // sizing every idle tunnel's task for it.
@@ -259,6 +260,7 @@ async fn run_tunnel(
         max_streams: limits.max_streams_per_session,
         released: Arc::default(),
         preamble,
+        metrics_path: metrics_path.clone(),
     };
     let conn = relay.directory.register(summary, live).await;
     relay
@@ -291,7 +293,7 @@ async fn run_tunnel(
                 counted = count_bytes(&relay, &activity, counted);
             }
             _ = recheck.tick() => {
-                if credential_revoked(&relay, &token_hash).await {
+                if credential_revoked(&relay, &token_hash, &metrics_path).await {
                     tracing::info!(%device, %remote, "credential revoked; closing the tunnel");
                     let _ = closed_for.set("revoked");
                     cancel.cancel();
@@ -355,10 +357,21 @@ fn end_reason(
 }
 
 /// Whether the store now says no to this credential (a store that cannot
-/// answer keeps the tunnel: devices already authorized keep relaying).
-async fn credential_revoked(relay: &Relay, token_hash: &str) -> bool {
+/// answer keeps the tunnel: devices already authorized keep relaying);
+/// the device's metrics path is brought up to date on the way.
+async fn credential_revoked(
+    relay: &Relay,
+    token_hash: &str,
+    metrics_path: &std::sync::RwLock<Option<String>>,
+) -> bool {
     match relay.store.authenticate_device(token_hash).await {
-        Ok(found) => found.is_none(),
+        Ok(Some(auth)) => {
+            if let Ok(mut path) = metrics_path.write() {
+                *path = auth.metrics_path;
+            }
+            false
+        }
+        Ok(None) => true,
         Err(err) => {
             tracing::warn!(error = %err, "cannot re-check a tunnel's credential");
             false

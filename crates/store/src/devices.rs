@@ -18,6 +18,7 @@ pub(crate) fn device_from_row(row: &AnyRow) -> Result<Device, StoreError> {
         agent_version: row.try_get("agent_version")?,
         created_at: row.try_get("created_at")?,
         last_seen_at: row.try_get("last_seen_at")?,
+        metrics_path: row.try_get("metrics_path")?,
     })
 }
 
@@ -105,7 +106,7 @@ impl Store {
         token_hash: &str,
     ) -> Result<Option<DeviceAuth>, StoreError> {
         let row = sqlx::query(
-            "SELECT d.id AS id, d.owner_id AS owner_id
+            "SELECT d.id AS id, d.owner_id AS owner_id, d.metrics_path AS metrics_path
              FROM device_credentials c JOIN devices d ON d.id = c.device_id
              WHERE c.token_hash = $1 AND c.revoked_at IS NULL AND d.revoked_at IS NULL",
         )
@@ -116,6 +117,7 @@ impl Store {
             Ok(DeviceAuth {
                 device_id: parse_id(&r, "id")?,
                 owner_id: parse_id(&r, "owner_id")?,
+                metrics_path: r.try_get("metrics_path")?,
             })
         })
         .transpose()
@@ -230,6 +232,26 @@ impl Store {
             .iter()
             .map(device_from_row)
             .collect()
+    }
+
+    /// Set (or, with `None`, clear) the metrics path of the caller's
+    /// device; `false` when it is not theirs.
+    pub async fn set_metrics_path(
+        &self,
+        owner: UserId,
+        id: DeviceId,
+        path: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE devices SET metrics_path = $1 WHERE id = $2 AND owner_id = $3 AND revoked_at IS NULL",
+        )
+        .bind(path)
+        .bind(id.to_string())
+        .bind(owner.to_string())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     /// Rename and/or relabel the caller's device; `None` when not theirs.

@@ -49,6 +49,8 @@ pub struct Device {
     pub created_at: i64,
     /// When the relay last saw this device's tunnel open or close (ms).
     pub last_seen_at: Option<i64>,
+    /// Its metrics path (`None`: the deployment's).
+    pub metrics_path: Option<String>,
 }
 
 /// What a box says about itself when it is created.
@@ -61,10 +63,12 @@ pub struct NewDevice {
 }
 
 /// The result of checking a device credential.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceAuth {
     pub device_id: DeviceId,
     pub owner_id: UserId,
+    /// Its metrics path (`None`: the deployment's).
+    pub metrics_path: Option<String>,
 }
 
 /// A device-origin entry ticket that was just redeemed.

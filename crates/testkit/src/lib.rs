@@ -747,6 +747,20 @@ impl Stack {
         self.shutdown.clone()
     }
 
+    /// Serve `app` on an ephemeral loopback port until the stack stops (a
+    /// scripted box, a webhook receiver); returns its address.
+    pub async fn serve_local(&self, app: axum::Router) -> SocketAddr {
+        let listener = bind().await;
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(edge_core::serve::serve(
+            listener,
+            app,
+            Default::default(),
+            self.shutdown.clone(),
+        ));
+        addr
+    }
+
     /// Wait, one stored telemetry batch at a time, until `check` holds.
     pub async fn telemetry_until<F, Fut>(&self, what: &str, mut check: F)
     where

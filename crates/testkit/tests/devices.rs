@@ -355,7 +355,11 @@ async fn the_list_searches_filters_sorts_and_pages() {
         ["alpha gate"],
         "any case, and never another owner's"
     );
-    assert_eq!(list("q=sn-").await, ["Zeta cam", "alpha gate"], "by serial");
+    assert_eq!(
+        list("q=sn-&sort=name").await,
+        ["alpha gate", "Zeta cam"],
+        "by serial"
+    );
     assert_eq!(list("q=lab-7").await, ["Mid_dock"], "by label");
     assert_eq!(
         list("q=_").await,

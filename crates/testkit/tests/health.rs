@@ -92,14 +92,7 @@ async fn receiver(
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(edge_core::serve::serve(
-        listener,
-        app,
-        Default::default(),
-        stack.shutdown_token(),
-    ));
+    let url = format!("http://{}/hook", stack.serve_local(app).await);
     (url, got, rx)
 }
 
@@ -135,15 +128,17 @@ async fn thermometer(stack: &Stack) -> (std::net::SocketAddr, Arc<Mutex<f64>>) {
             async move { format!("edge_accel_temperature_celsius{{accel=\"npu0\"}} {v}\n") }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(edge_core::serve::serve(
-        listener,
-        app,
-        Default::default(),
-        stack.shutdown_token(),
-    ));
-    (addr, temp)
+    (stack.serve_local(app).await, temp)
+}
+
+/// `POST /api/webhooks` for `url` as `user`.
+async fn register(stack: &Stack, user: &TestUser, url: &str) -> reqwest::Response {
+    stack
+        .send_as(reqwest::Method::POST, user, "/api/webhooks")
+        .json(&serde_json::json!({ "url": url }))
+        .send()
+        .await
+        .unwrap()
 }
 
 async fn health_of(stack: &Stack, user: &TestUser, dev: edge_core::DeviceId) -> serde_json::Value {
@@ -180,12 +175,7 @@ async fn health_changes_reach_a_signed_webhook_with_retries_and_a_delivery_log()
     stack.wait_online(dev.id).await;
 
     let (url, got, mut rx) = receiver(&stack).await;
-    let res = stack
-        .send_as(reqwest::Method::POST, &alice, "/api/webhooks")
-        .json(&serde_json::json!({ "url": url }))
-        .send()
-        .await
-        .unwrap();
+    let res = register(&stack, &alice, &url).await;
     assert_eq!(res.status(), 201);
     let hook: serde_json::Value = res.json().await.unwrap();
     let (hook_id, secret) = (
@@ -339,12 +329,7 @@ async fn rules_are_the_owners_and_private_webhook_urls_are_refused() {
         ("https://user:pw@8.8.8.8/hook", "webhook_url_refused"),
         ("not a url", "webhook_url_refused"),
     ] {
-        let res = stack
-            .send_as(reqwest::Method::POST, &alice, "/api/webhooks")
-            .json(&serde_json::json!({ "url": url }))
-            .send()
-            .await
-            .unwrap();
+        let res = register(&stack, &alice, url).await;
         assert_eq!(res.status(), 400, "{url}");
         let body: serde_json::Value = res.json().await.unwrap();
         assert_eq!(body["error"]["code"], code, "{url}");
@@ -355,19 +340,9 @@ async fn rules_are_the_owners_and_private_webhook_urls_are_refused() {
     }
     // A public address is accepted, up to the account's limit.
     for _ in 0..store::MAX_WEBHOOKS_PER_OWNER {
-        let res = stack
-            .send_as(reqwest::Method::POST, &alice, "/api/webhooks")
-            .json(&serde_json::json!({ "url": "https://8.8.8.8/hook" }))
-            .send()
-            .await
-            .unwrap();
+        let res = register(&stack, &alice, "https://8.8.8.8/hook").await;
         assert_eq!(res.status(), 201);
     }
-    let res = stack
-        .send_as(reqwest::Method::POST, &alice, "/api/webhooks")
-        .json(&serde_json::json!({ "url": "https://8.8.8.8/hook" }))
-        .send()
-        .await
-        .unwrap();
+    let res = register(&stack, &alice, "https://8.8.8.8/hook").await;
     assert_eq!(res.status(), 409);
 }

@@ -49,6 +49,12 @@ fn figure(t: &serde_json::Value, metric: &str, label: Option<(&str, &str)>) -> O
     })
 }
 
+/// The device's `inference_fps` series as the API answers it.
+async fn fps_series(stack: &Stack, user: &TestUser, dev: DeviceId) -> serde_json::Value {
+    let path = format!("/api/devices/{dev}/telemetry/series?metric=inference_fps");
+    stack.get_json(user, &path).await
+}
+
 /// Mean of the non-null values of a series answer's series with `label`.
 fn mean(series: &serde_json::Value, label: (&str, &str)) -> f64 {
     let s = series["series"]
@@ -76,15 +82,7 @@ async fn a_sim_box_is_scraped_through_its_tunnel_and_its_figures_read_back() {
 
     stack
         .telemetry_until("five good scrapes of the sim-box", || async {
-            let series = stack
-                .get_json(
-                    &alice,
-                    &format!(
-                        "/api/devices/{}/telemetry/series?metric=inference_fps",
-                        dev.id
-                    ),
-                )
-                .await;
+            let series = fps_series(&stack, &alice, dev.id).await;
             series["series"].as_array().is_some_and(|s| {
                 s.len() == 2
                     && s.iter().all(|x| {
@@ -120,15 +118,7 @@ async fn a_sim_box_is_scraped_through_its_tunnel_and_its_figures_read_back() {
         "{t}"
     );
 
-    let series = stack
-        .get_json(
-            &alice,
-            &format!(
-                "/api/devices/{}/telemetry/series?metric=inference_fps",
-                dev.id
-            ),
-        )
-        .await;
+    let series = fps_series(&stack, &alice, dev.id).await;
     assert_eq!(series["source"], "raw");
     // ~30 and ~12 FPS (±5 % noise, counters rounded to whole frames over
     // 300 ms scrapes).
@@ -329,18 +319,11 @@ async fn the_agent_supplies_host_figures_for_a_box_without_metrics() {
     let alice = stack.user("alice").await;
     let dev = stack.device(alice.id).await;
     // A box whose local API has no /metrics.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let app = axum::Router::new().route(
         "/api/info",
         get(|| async { axum::Json(serde_json::json!({"model": "NO-METRICS"})) }),
     );
-    tokio::spawn(edge_core::serve::serve(
-        listener,
-        app,
-        Default::default(),
-        stack.shutdown_token(),
-    ));
+    let addr = stack.serve_local(app).await;
     let _agent = stack.agent_to(&dev, addr);
     stack.wait_online(dev.id).await;
     stack
@@ -375,14 +358,7 @@ async fn scripted_box(stack: &Stack) -> (std::net::SocketAddr, Arc<Mutex<Vec<u8>
             async move { b }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(edge_core::serve::serve(
-        listener,
-        app,
-        Default::default(),
-        stack.shutdown_token(),
-    ));
+    let addr = stack.serve_local(app).await;
     (addr, body)
 }
 
@@ -457,4 +433,47 @@ async fn bad_input_from_a_box_fails_its_scrape_with_a_reason_and_spares_the_othe
     let scrapes = stack.relay().metrics.telemetry_scrapes.clone();
     let ok = scrapes.get_or_create(&[("outcome", "ok")]).get();
     assert!(ok > 5, "{ok} good scrapes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_with_its_own_metrics_path_is_scraped_there() {
+    let stack = Stack::start_with(fast_telemetry()).await;
+    let alice = stack.user("alice").await;
+    let dev = stack.device(alice.id).await;
+    let app = axum::Router::new().route("/custom/prom", get(|| async { "edge_host_load1 4.5\n" }));
+    let addr = stack.serve_local(app).await;
+    let patch = |body: serde_json::Value| {
+        stack
+            .send_as(
+                reqwest::Method::PATCH,
+                &alice,
+                &format!("/api/devices/{}", dev.id),
+            )
+            .json(&body)
+            .send()
+    };
+    for bad in ["metrics", "/with space", "/\u{e9}"] {
+        let res = patch(serde_json::json!({ "metrics_path": bad }))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{bad}");
+    }
+    let res = patch(serde_json::json!({ "metrics_path": "/custom/prom" }))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let view: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(view["metrics_path"], "/custom/prom");
+    let _agent = stack.agent_to(&dev, addr);
+    stack.wait_online(dev.id).await;
+    stack
+        .telemetry_until("a scrape of the device's own path", || async {
+            figure(&latest(&stack, &alice, dev.id).await, "load1", None) == Some(4.5)
+        })
+        .await;
+    let actions = stack.audit_actions(alice.id).await;
+    assert!(
+        actions.iter().any(|a| a == "device_metrics_path_changed"),
+        "{actions:?}"
+    );
 }

@@ -1,4 +1,10 @@
--- Device telemetry (ADR 025). A series is one figure of one device; its id
+-- Device telemetry (ADR 025).
+
+-- The device's own metrics path on its local API (NULL: the relay's
+-- --telemetry-path).
+ALTER TABLE devices ADD COLUMN metrics_path TEXT;
+
+-- A series is one figure of one device; its id
 -- is a hash of its text form, unique within the device.
 CREATE TABLE telemetry_series (
     device_id  TEXT NOT NULL,
