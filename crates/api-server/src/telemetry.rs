@@ -22,6 +22,16 @@ use std::collections::{BTreeMap, HashMap};
 
 /// A rollup bucket (ms).
 const BUCKET_MS: i64 = 300_000;
+/// A rollup row holds one window's buckets, of at most an hour (ms).
+const WINDOW_MS: i64 = 3_600_000;
+
+/// The buckets of a rollup row (a corrupt row reads as none, logged).
+fn rollups(row: &store::RollupRow) -> Vec<(i64, Vec<codec::Summary>)> {
+    codec::decode_buckets(row.bucket_ms, BUCKET_MS, &row.data).unwrap_or_else(|_| {
+        tracing::warn!(device = %row.device_id, hour = row.bucket_ms, "corrupt telemetry rollup");
+        Vec::new()
+    })
+}
 /// Most points one series answer holds.
 const MAX_POINTS: i64 = 2_000;
 /// Longest range one query covers (the default rollup retention).
@@ -239,18 +249,15 @@ pub async fn series(
         } else {
             for row in state
                 .store
-                .telemetry_rollups(user.id, &[device.id], from, to)
+                .telemetry_rollups(user.id, &[device.id], from - WINDOW_MS, to)
                 .await?
             {
-                let Ok(sums) = codec::decode_summaries(&row.data) else {
-                    continue;
-                };
-                let Some(i) = slot(row.bucket_ms) else {
-                    continue;
-                };
-                for s in sums {
-                    if let Some(c) = cells.get_mut(&s.id) {
-                        c[i].add(s.avg, f64::from(s.count), s.min, s.max);
+                for (bucket, sums) in rollups(&row) {
+                    let Some(i) = slot(bucket) else { continue };
+                    for s in sums {
+                        if let Some(c) = cells.get_mut(&s.id) {
+                            c[i].add(s.avg, f64::from(s.count), s.min, s.max);
+                        }
                     }
                 }
             }
@@ -365,12 +372,13 @@ pub async fn fleet(
     let mut ranges: BTreeMap<(DeviceId, u32), (f64, f64)> = BTreeMap::new();
     for row in state
         .store
-        .telemetry_rollups(user.id, &devices, from, to)
+        .telemetry_rollups(user.id, &devices, from - WINDOW_MS, to)
         .await?
     {
-        let Ok(sums) = codec::decode_summaries(&row.data) else {
-            continue;
-        };
+        let sums = rollups(&row)
+            .into_iter()
+            .filter(|(bucket, _)| *bucket >= from - BUCKET_MS)
+            .flat_map(|(_, sums)| sums);
         for s in sums {
             if wanted.contains_key(&(row.device_id, s.id)) {
                 let r = ranges

@@ -9,6 +9,7 @@
 //!    interval, and the share of one core the fleet costs at the interval.
 //! 2. **Storage.** `--day-devices` devices' full day at 15 s (5,760 scrapes
 //!    each, replayed through the real parser, figures and codec) written
+//!    (hour windows, five-minute rollups, as the relay's writer keeps them)
 //!    with `Store::write_telemetry` into a fresh SQLite file: bytes on disk
 //!    per device per day (raw windows and rollups), scaled to 1,000 devices.
 //! 3. **API latency.** The real `api-server` over the fleet's database: the
@@ -58,6 +59,7 @@ struct Cli {
 }
 
 const BUCKET_MS: i64 = 300_000;
+const WINDOW_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;
 
 /// One device's scrapes from `start` every `every_ms` for `span_ms`, as
@@ -68,7 +70,7 @@ fn replay(device: DeviceId, start: i64, span_ms: i64, every_ms: i64) -> Result<T
     let allow = AllowList::default();
     let mut out = TelemetryBatch::default();
     let mut window = Window::default();
-    let mut bucket = start - start.rem_euclid(BUCKET_MS);
+    let mut hour = start - start.rem_euclid(WINDOW_MS);
     let mut known = std::collections::HashSet::new();
     let mut t = 0;
     while t < span_ms {
@@ -76,11 +78,11 @@ fn replay(device: DeviceId, start: i64, span_ms: i64, every_ms: i64) -> Result<T
         let body = sim.render_at(t as f64 / 1000.0);
         let e = box_metrics::parse(body.as_bytes(), &Default::default())?;
         let f = tracker.figures(&e, at, &allow)?;
-        let b = at - at.rem_euclid(BUCKET_MS);
-        if b != bucket && !window.is_empty() {
-            close(device, bucket, &mut window, &mut out);
+        let h = at - at.rem_euclid(WINDOW_MS);
+        if h != hour && !window.is_empty() {
+            close(device, hour, &mut window, &mut out);
         }
-        bucket = b;
+        hour = h;
         let values: Vec<(u32, i8, f64)> = f
             .values
             .iter()
@@ -100,19 +102,19 @@ fn replay(device: DeviceId, start: i64, span_ms: i64, every_ms: i64) -> Result<T
         t += every_ms;
     }
     if !window.is_empty() {
-        close(device, bucket, &mut window, &mut out);
+        close(device, hour, &mut window, &mut out);
     }
     Ok(out)
 }
 
-fn close(device: DeviceId, bucket: i64, w: &mut Window, out: &mut TelemetryBatch) {
+fn close(device: DeviceId, hour: i64, w: &mut Window, out: &mut TelemetryBatch) {
     let w = std::mem::take(w);
     let start_ms = w.times[0];
     out.rollups.push(store::RollupRow {
         device_id: device,
-        bucket_ms: bucket,
+        bucket_ms: hour,
         start_ms,
-        data: codec::encode_summaries(&codec::summarize(&w)),
+        data: codec::encode_buckets(hour, BUCKET_MS, &codec::summarize_buckets(&w, BUCKET_MS)),
     });
     out.windows.push(store::WindowRow {
         device_id: device,
@@ -449,7 +451,7 @@ async fn main() -> Result<()> {
         now - 7 * DAY_MS
     )];
     let (p50, p99) = latency(&client, &cookie, &series, cli.requests).await?;
-    println!("  7-day series of one device (2,016 rollups): p50 {p50:.1} ms, p99 {p99:.1} ms");
+    println!("  7-day series of one device (2,016 five-minute rollups): p50 {p50:.1} ms, p99 {p99:.1} ms");
     cancel.cancel();
     Ok(())
 }

@@ -4,9 +4,11 @@
 //! delta-of-delta varints (a steady 15 s interval costs a byte a scrape)
 //! and each series as integers of its resolution (`10^exp`), delta
 //! zig-zag varints with a presence bitmap, so a slowly moving figure costs
-//! about a byte a sample. [`Summary`] is a window's five-minute rollup
-//! (count, min, mean, max, p95) per series, stored as `f32`. Decoding
-//! checks every length and never trusts a count it has not bounded.
+//! about a byte a sample; a series with a value at every scrape needs no
+//! bitmap, and one that did not change is one number. [`Summary`] is a
+//! window's five-minute rollup (count, min, mean, max, p95) per series, as
+//! integers of the same resolution. Decoding checks every length and never
+//! trusts a count it has not bounded.
 
 use std::collections::BTreeMap;
 
@@ -111,22 +113,41 @@ pub fn encode(w: &Window) -> Vec<u8> {
     for (id, col) in &w.series {
         out.extend_from_slice(&id.to_le_bytes());
         out.push(col.exp as u8);
-        let mut bitmap = vec![0u8; w.len().div_ceil(8)];
-        for (i, v) in col.values.iter().enumerate() {
-            if v.is_some() {
-                bitmap[i / 8] |= 1 << (i % 8);
+        let scaled: Vec<i64> = col
+            .values
+            .iter()
+            .flatten()
+            .map(|v| scale(*v, col.exp))
+            .collect();
+        let dense = scaled.len() == w.len();
+        let constant = scaled.windows(2).all(|p| p[0] == p[1]);
+        out.push(u8::from(dense) | (u8::from(constant) << 1));
+        if !dense {
+            let mut bitmap = vec![0u8; w.len().div_ceil(8)];
+            for (i, v) in col.values.iter().enumerate() {
+                if v.is_some() {
+                    bitmap[i / 8] |= 1 << (i % 8);
+                }
             }
+            out.extend_from_slice(&bitmap);
         }
-        out.extend_from_slice(&bitmap);
+        if constant {
+            put_varint(&mut out, zigzag(scaled.first().copied().unwrap_or(0)));
+            continue;
+        }
         let mut last = 0i64;
-        for v in col.values.iter().flatten() {
-            let x = scale(*v, col.exp);
+        for x in scaled {
             put_varint(&mut out, zigzag(x.wrapping_sub(last)));
             last = x;
         }
     }
     out
 }
+
+/// Column flags: every scrape has a value (no bitmap follows).
+const DENSE: u8 = 1;
+/// Column flags: one value stands for every present one.
+const CONSTANT: u8 = 2;
 
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -198,16 +219,35 @@ pub fn decode(start_ms: i64, bytes: &[u8]) -> Result<Window, CodecError> {
         if !(-18..=18).contains(&exp) {
             return Err(CodecError("resolution out of range"));
         }
-        let bitmap = r.take(n.div_ceil(8))?.to_vec();
+        let flags = r.byte()?;
+        if flags & !(DENSE | CONSTANT) != 0 {
+            return Err(CodecError("unknown column flags"));
+        }
+        let bitmap = if flags & DENSE != 0 {
+            None
+        } else {
+            Some(r.take(n.div_ceil(8))?.to_vec())
+        };
         let unit = 10f64.powi(i32::from(exp));
+        let constant = if flags & CONSTANT != 0 {
+            Some(unzigzag(r.varint()?))
+        } else {
+            None
+        };
         let mut last = 0i64;
         let mut values = Vec::with_capacity(n);
         for i in 0..n {
-            if bitmap[i / 8] & (1 << (i % 8)) == 0 {
+            if bitmap
+                .as_ref()
+                .is_some_and(|b| b[i / 8] & (1 << (i % 8)) == 0)
+            {
                 values.push(None);
                 continue;
             }
-            last = last.wrapping_add(unzigzag(r.varint()?));
+            last = match constant {
+                Some(c) => c,
+                None => last.wrapping_add(unzigzag(r.varint()?)),
+            };
             values.push(Some(last as f64 * unit));
         }
         series.insert(id, Column { exp, values });
@@ -222,6 +262,8 @@ pub fn decode(start_ms: i64, bytes: &[u8]) -> Result<Window, CodecError> {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Summary {
     pub id: u32,
+    /// The series' resolution (values are integers of `10^exp`).
+    pub exp: i8,
     pub count: u16,
     pub min: f64,
     pub avg: f64,
@@ -231,10 +273,35 @@ pub struct Summary {
 
 /// The rollup of every series in `w` that has a value.
 pub fn summarize(w: &Window) -> Vec<Summary> {
+    summarize_range(w, 0, w.len())
+}
+
+/// The rollups of `w` per bucket of `bucket_ms`: each bucket's start and
+/// its summaries, oldest first.
+pub fn summarize_buckets(w: &Window, bucket_ms: i64) -> Vec<(i64, Vec<Summary>)> {
+    let mut out = Vec::new();
+    let mut first = 0;
+    while first < w.len() {
+        let bucket = w.times[first] - w.times[first].rem_euclid(bucket_ms.max(1));
+        let end = (first..w.len())
+            .find(|i| w.times[*i] >= bucket + bucket_ms)
+            .unwrap_or(w.len());
+        out.push((bucket, summarize_range(w, first, end)));
+        first = end;
+    }
+    out
+}
+
+fn summarize_range(w: &Window, from: usize, to: usize) -> Vec<Summary> {
     w.series
         .iter()
         .filter_map(|(id, col)| {
-            let mut vals: Vec<f64> = col.values.iter().flatten().copied().collect();
+            let mut vals: Vec<f64> = col.values
+                [from.min(col.values.len())..to.min(col.values.len())]
+                .iter()
+                .flatten()
+                .copied()
+                .collect();
             if vals.is_empty() {
                 return None;
             }
@@ -244,6 +311,7 @@ pub fn summarize(w: &Window) -> Vec<Summary> {
             let rank = ((0.95 * n as f64).ceil() as usize).clamp(1, n);
             Some(Summary {
                 id: *id,
+                exp: col.exp,
                 count: u16::try_from(n).unwrap_or(u16::MAX),
                 min: vals[0],
                 avg: vals.iter().sum::<f64>() / n as f64,
@@ -254,19 +322,28 @@ pub fn summarize(w: &Window) -> Vec<Summary> {
         .collect()
 }
 
-/// The bytes of a rollup: 22 per series.
+/// The bytes of a rollup: per series its id, resolution and count, then
+/// min and the mean, max and p95 above it as integers of the resolution
+/// (a few bytes a series).
 pub fn encode_summaries(s: &[Summary]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + s.len() * 22);
+    let mut out = Vec::with_capacity(2 + s.len() * 12);
     out.push(VERSION);
-    put_varint(&mut out, s.len() as u64);
+    write_summaries(&mut out, s);
+    out
+}
+
+fn write_summaries(out: &mut Vec<u8>, s: &[Summary]) {
+    put_varint(out, s.len() as u64);
     for x in s {
         out.extend_from_slice(&x.id.to_le_bytes());
-        out.extend_from_slice(&x.count.to_le_bytes());
-        for v in [x.min, x.avg, x.max, x.p95] {
-            out.extend_from_slice(&(v as f32).to_le_bytes());
+        out.push(x.exp as u8);
+        put_varint(out, u64::from(x.count));
+        let min = scale(x.min, x.exp);
+        put_varint(out, zigzag(min));
+        for v in [x.avg, x.max, x.p95] {
+            put_varint(out, zigzag(scale(v, x.exp).wrapping_sub(min)));
         }
     }
-    out
 }
 
 /// Read back what [`encode_summaries`] wrote.
@@ -275,22 +352,140 @@ pub fn decode_summaries(bytes: &[u8]) -> Result<Vec<Summary>, CodecError> {
     if r.byte()? != VERSION {
         return Err(CodecError("unknown version"));
     }
-    let n = r.count(MAX_SERIES)?;
+    let out = read_summaries(&mut r)?;
+    if r.pos != bytes.len() {
+        return Err(CodecError("trailing bytes"));
+    }
+    Ok(out)
+}
+
+/// Most buckets one rollup row holds (an hour of five-minute buckets, and
+/// room for a window that ran longer).
+pub const MAX_BUCKETS: usize = 64;
+
+/// The bytes of a window's bucketed rollups (from [`summarize_buckets`]),
+/// series by series: the buckets' distances from `base_ms`, then per
+/// series its id and resolution once and per bucket its count (0: no
+/// value), its min as a change from the previous bucket's and the mean,
+/// max and p95 above it, all integers of the resolution.
+pub fn encode_buckets(base_ms: i64, bucket_ms: i64, buckets: &[(i64, Vec<Summary>)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + buckets.len() * 64);
+    out.push(VERSION);
+    put_varint(&mut out, buckets.len() as u64);
+    for (start, _) in buckets {
+        put_varint(
+            &mut out,
+            ((start - base_ms) / bucket_ms.max(1)).max(0) as u64,
+        );
+    }
+    let mut series: BTreeMap<u32, i8> = BTreeMap::new();
+    for (_, sums) in buckets {
+        for x in sums {
+            series.entry(x.id).or_insert(x.exp);
+        }
+    }
+    put_varint(&mut out, series.len() as u64);
+    for (id, exp) in series {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.push(exp as u8);
+        let mut last_min = 0i64;
+        for (_, sums) in buckets {
+            let Some(x) = sums.iter().find(|x| x.id == id) else {
+                put_varint(&mut out, 0);
+                continue;
+            };
+            put_varint(&mut out, u64::from(x.count.max(1)));
+            let min = scale(x.min, exp);
+            put_varint(&mut out, zigzag(min.wrapping_sub(last_min)));
+            last_min = min;
+            for v in [x.avg, x.max, x.p95] {
+                put_varint(&mut out, zigzag(scale(v, exp).wrapping_sub(min)));
+            }
+        }
+    }
+    out
+}
+
+/// Read back what [`encode_buckets`] wrote: each bucket's start and series.
+pub fn decode_buckets(
+    base_ms: i64,
+    bucket_ms: i64,
+    bytes: &[u8],
+) -> Result<Vec<(i64, Vec<Summary>)>, CodecError> {
+    let mut r = Reader { bytes, pos: 0 };
+    if r.byte()? != VERSION {
+        return Err(CodecError("unknown version"));
+    }
+    let n = r.count(MAX_BUCKETS)?;
     let mut out = Vec::with_capacity(n);
-    let f = |b: &[u8]| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     for _ in 0..n {
-        let b = r.take(22)?;
-        out.push(Summary {
-            id: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            count: u16::from_le_bytes([b[4], b[5]]),
-            min: f(&b[6..10]),
-            avg: f(&b[10..14]),
-            max: f(&b[14..18]),
-            p95: f(&b[18..22]),
-        });
+        let k = r.count(MAX_BUCKETS * 4)? as i64;
+        out.push((base_ms.saturating_add(k * bucket_ms), Vec::new()));
+    }
+    let count = r.count(MAX_SERIES)?;
+    for _ in 0..count {
+        let id = r.take(4)?;
+        let id = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);
+        let exp = r.byte()? as i8;
+        if !(-18..=18).contains(&exp) {
+            return Err(CodecError("resolution out of range"));
+        }
+        let unit = 10f64.powi(i32::from(exp));
+        let mut last_min = 0i64;
+        for (_, sums) in out.iter_mut() {
+            let c = u16::try_from(r.varint()?).map_err(|_| CodecError("count out of range"))?;
+            if c == 0 {
+                continue;
+            }
+            let min = last_min.wrapping_add(unzigzag(r.varint()?));
+            last_min = min;
+            let mut above = [0f64; 3];
+            for a in &mut above {
+                *a = min.wrapping_add(unzigzag(r.varint()?)) as f64 * unit;
+            }
+            sums.push(Summary {
+                id,
+                exp,
+                count: c,
+                min: min as f64 * unit,
+                avg: above[0],
+                max: above[1],
+                p95: above[2],
+            });
+        }
     }
     if r.pos != bytes.len() {
         return Err(CodecError("trailing bytes"));
+    }
+    Ok(out)
+}
+
+fn read_summaries(r: &mut Reader<'_>) -> Result<Vec<Summary>, CodecError> {
+    let n = r.count(MAX_SERIES)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = r.take(4)?;
+        let id = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);
+        let exp = r.byte()? as i8;
+        if !(-18..=18).contains(&exp) {
+            return Err(CodecError("resolution out of range"));
+        }
+        let count = u16::try_from(r.varint()?).map_err(|_| CodecError("count out of range"))?;
+        let unit = 10f64.powi(i32::from(exp));
+        let min = unzigzag(r.varint()?);
+        let mut above = [0f64; 3];
+        for a in &mut above {
+            *a = min.wrapping_add(unzigzag(r.varint()?)) as f64 * unit;
+        }
+        out.push(Summary {
+            id,
+            exp,
+            count,
+            min: min as f64 * unit,
+            avg: above[0],
+            max: above[1],
+            p95: above[2],
+        });
     }
     Ok(out)
 }
@@ -335,6 +530,43 @@ mod tests {
         }
         // 56 values and 20 times in well under 3 bytes a value.
         assert!(bytes.len() < 150, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn steady_and_complete_series_cost_almost_nothing() {
+        let mut w = Window::default();
+        for i in 0..20i64 {
+            assert!(w.push(i * 15_000, &[(1, 0, 4.0), (2, -1, 1.5 + i as f64)]));
+        }
+        let bytes = encode(&w);
+        // Per series: id 4, exp 1, flags 1; the constant is one byte, the
+        // ramp a byte a value; times a byte each.
+        assert!(bytes.len() <= 2 + 19 + 7 + 26 + 4, "{} bytes", bytes.len());
+        let back = decode(0, &bytes).unwrap();
+        assert_eq!(back, w);
+    }
+
+    #[test]
+    fn a_window_rolls_up_per_bucket() {
+        let w = window();
+        // 20 scrapes 15 s apart: at most four a minute, all of them counted.
+        let b = summarize_buckets(&w, 60_000);
+        assert!((5..=6).contains(&b.len()), "{}", b.len());
+        assert!(b
+            .iter()
+            .all(|(t, s)| t % 60_000 == 0 && (1..=4).contains(&s[0].count)));
+        assert_eq!(
+            b.iter().map(|(_, s)| u32::from(s[0].count)).sum::<u32>(),
+            20
+        );
+        let base = b[0].0;
+        let bytes = encode_buckets(base, 60_000, &b);
+        let back = decode_buckets(base, 60_000, &bytes).unwrap();
+        assert_eq!(
+            back.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            b.iter().map(|(t, _)| *t).collect::<Vec<_>>()
+        );
+        assert!(decode_buckets(base, 60_000, &bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]

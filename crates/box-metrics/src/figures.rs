@@ -190,15 +190,19 @@ pub mod names {
 }
 
 /// The decimal exponent a series' values are stored at (values are kept
-/// as integers of 10^exp): enough for what a chart or a rule can tell.
+/// as integers of 10^exp): enough for what a chart or a rule can tell
+/// (0.1 FPS, 0.1 °C, 0.1 % of a ratio, 0.1 ms of inference latency,
+/// 10 µs of round trip, 1 kB/s).
 pub fn resolution_exp(metric: &str) -> i8 {
     use names::*;
     match metric {
-        CPU | MEMORY | DISK | ACCEL_UTIL | ACCEL_MEMORY => -4,
-        LATENCY | LATENCY_P95 | TUNNEL_RTT => -6,
-        HOST_TEMP | ACCEL_TEMP | FPS | DROPPED_FPS | ACCEL_POWER | LOAD1 => -2,
-        UPTIME | NETWORK | CPUS | ACCEL_THROTTLED | STREAM_UP | TUNNEL_CONNECTED
-        | AGENT_RECONNECTS => 0,
+        CPU | MEMORY | DISK | ACCEL_UTIL | ACCEL_MEMORY => -3,
+        LATENCY | LATENCY_P95 => -4,
+        TUNNEL_RTT => -5,
+        HOST_TEMP | ACCEL_TEMP | FPS | DROPPED_FPS | ACCEL_POWER => -1,
+        LOAD1 => -2,
+        NETWORK => 3,
+        UPTIME | CPUS | ACCEL_THROTTLED | STREAM_UP | TUNNEL_CONNECTED | AGENT_RECONNECTS => 0,
         _ => -3,
     }
 }

@@ -32,8 +32,12 @@ pub const DEFAULT_PATH: &str = "/metrics";
 pub const DEFAULT_CONCURRENCY: usize = 64;
 /// How long one scrape may take by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the writer stores what it gathered, by default.
+/// How often the writer stores each device's last scrape, by default.
 pub const DEFAULT_WRITE_EVERY: Duration = Duration::from_secs(5);
+/// How often an open window (and its rollups) is rewritten, by default:
+/// series reads lag live data by at most this (the last scrape is always
+/// current).
+pub const DEFAULT_WINDOW_EVERY: Duration = Duration::from_secs(60);
 
 /// How long stopping waits for the writer's last pass.
 const WRITER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,6 +52,7 @@ pub struct TelemetrySettings {
     pub concurrency: usize,
     pub timeout: Duration,
     pub write_every: Duration,
+    pub window_every: Duration,
     pub parse: box_metrics::Limits,
 }
 
@@ -60,6 +65,7 @@ impl Default for TelemetrySettings {
             concurrency: DEFAULT_CONCURRENCY,
             timeout: DEFAULT_TIMEOUT,
             write_every: DEFAULT_WRITE_EVERY,
+            window_every: DEFAULT_WINDOW_EVERY,
             parse: box_metrics::Limits::default(),
         }
     }
@@ -94,6 +100,7 @@ pub async fn run(relay: Arc<Relay>, settings: TelemetrySettings, shutdown: Cance
         relay.store.clone(),
         rx,
         settings.write_every,
+        settings.window_every,
         interval * 3,
         relay.metrics.clone(),
         relay.telemetry_writes.clone(),

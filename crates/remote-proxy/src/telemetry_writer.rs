@@ -1,9 +1,10 @@
 //! The telemetry writer: one task per relay that gathers the scraper's
-//! results and stores them every `write_every` in one transaction. Per
-//! device it keeps the open window (the current five-minute bucket's
-//! samples, [`box_metrics::codec`]): rewritten while it fills, written a
-//! last time with its rollup when the bucket ends or the device has not
-//! been scraped for a while (it left this relay). A failed write is kept
+//! results and stores them every `write_every` in one transaction (each
+//! device's last scrape). Per device it keeps the open window (the current
+//! hour's samples, [`box_metrics::codec`]) and rewrites it, with the
+//! five-minute rollups of its buckets, every `window_every` while it
+//! fills; it is written a last time when the hour ends or the device has
+//! not been scraped for a while (it left this relay). A failed write is kept
 //! for the next pass, up to a bound; past it the oldest is dropped and
 //! counted.
 
@@ -18,8 +19,11 @@ use std::time::Duration;
 use store::{LatestRow, RollupRow, SeriesRow, Store, TelemetryBatch, WindowRow};
 use tokio::sync::{mpsc, watch};
 
-/// A rollup bucket (and the longest a window runs): five minutes.
+/// A rollup bucket: five minutes.
 pub const BUCKET_MS: i64 = 300_000;
+/// The longest a window runs: an hour (12 buckets), so a window's
+/// per-series overhead is paid 24 times a day, not 288.
+pub const WINDOW_MS: i64 = 3_600_000;
 /// Items held for retry after failed writes, at most.
 const MAX_PENDING: usize = 200_000;
 
@@ -54,9 +58,12 @@ pub struct Scraped {
 /// What the writer keeps per device.
 #[derive(Default)]
 struct DeviceState {
-    bucket: i64,
+    /// The hour the open window belongs to.
+    hour: i64,
     window: Window,
     window_dirty: bool,
+    /// When the open window was last written (ms).
+    window_written: i64,
     known: HashSet<u32>,
     /// Figures JSON of the last good scrape (kept across failures).
     figures: String,
@@ -94,11 +101,11 @@ impl Writer {
         state.last_seen = s.at_ms;
         let (outcome, error) = match s.outcome {
             Outcome::Ok(figures) => {
-                let bucket = s.at_ms - s.at_ms.rem_euclid(BUCKET_MS);
-                if !state.window.is_empty() && bucket != state.bucket {
+                let hour = s.at_ms - s.at_ms.rem_euclid(WINDOW_MS);
+                if !state.window.is_empty() && hour != state.hour {
                     close(s.device, state, &mut self.pending);
                 }
-                state.bucket = bucket;
+                state.hour = hour;
                 let mut values = Vec::with_capacity(figures.values.len());
                 for (key, v) in &figures.values {
                     let id = key.id();
@@ -144,8 +151,15 @@ impl Writer {
     }
 
     /// The batch of this pass: closed windows of devices gone quiet, open
-    /// windows that changed, and new last scrapes.
-    fn batch(&mut self, now: i64, quiet_ms: i64, everything: bool) -> TelemetryBatch {
+    /// windows that changed and were not written for `window_ms`, and new
+    /// last scrapes.
+    fn batch(
+        &mut self,
+        now: i64,
+        quiet_ms: i64,
+        window_ms: i64,
+        everything: bool,
+    ) -> TelemetryBatch {
         let mut gone = Vec::new();
         for (device, state) in &mut self.devices {
             if let Some(latest) = state.latest.take() {
@@ -154,11 +168,15 @@ impl Writer {
             let quiet = now - state.last_seen > quiet_ms;
             if (quiet || everything) && !state.window.is_empty() {
                 close(*device, state, &mut self.pending);
-            } else if state.window_dirty {
+            } else if state.window_dirty && now - state.window_written >= window_ms {
                 self.pending
                     .windows
                     .push(window_row(*device, &state.window));
+                self.pending
+                    .rollups
+                    .push(rollup_row(*device, state.hour, &state.window));
                 state.window_dirty = false;
+                state.window_written = now;
             }
             if quiet {
                 gone.push(*device);
@@ -200,18 +218,23 @@ fn window_row(device: DeviceId, w: &Window) -> WindowRow {
     }
 }
 
-/// Write `state`'s window a last time, with its rollup, and start afresh.
+/// The rollups of `w`'s five-minute buckets, keyed by its hour.
+fn rollup_row(device: DeviceId, hour: i64, w: &Window) -> RollupRow {
+    RollupRow {
+        device_id: device,
+        bucket_ms: hour,
+        start_ms: w.times.first().copied().unwrap_or(hour),
+        data: codec::encode_buckets(hour, BUCKET_MS, &codec::summarize_buckets(w, BUCKET_MS)),
+    }
+}
+
+/// Write `state`'s window a last time, with its rollups, and start afresh.
 fn close(device: DeviceId, state: &mut DeviceState, out: &mut TelemetryBatch) {
     let w = std::mem::take(&mut state.window);
     state.window_dirty = false;
-    let row = window_row(device, &w);
-    out.rollups.push(RollupRow {
-        device_id: device,
-        bucket_ms: state.bucket,
-        start_ms: row.start_ms,
-        data: codec::encode_summaries(&codec::summarize(&w)),
-    });
-    out.windows.push(row);
+    state.window_written = 0;
+    out.rollups.push(rollup_row(device, state.hour, &w));
+    out.windows.push(window_row(device, &w));
 }
 
 /// Gather from `rx` and write every `write_every` until `rx` closes; then
@@ -220,10 +243,12 @@ pub async fn run(
     store: Store,
     mut rx: mpsc::Receiver<Scraped>,
     write_every: Duration,
+    window_every: Duration,
     quiet_after: Duration,
     metrics: RelayMetrics,
     written: Arc<watch::Sender<u64>>,
 ) {
+    let window_ms = i64::try_from(window_every.as_millis()).unwrap_or(i64::MAX);
     let mut w = Writer {
         devices: HashMap::new(),
         pending: TelemetryBatch::default(),
@@ -240,12 +265,12 @@ pub async fn run(
                 None => break,
             },
             _ = tick.tick() => {
-                let batch = w.batch(edge_core::time::now_ms(), quiet_ms, false);
+                let batch = w.batch(edge_core::time::now_ms(), quiet_ms, window_ms, false);
                 write(&store, &mut w, batch).await;
             }
         }
     }
-    let batch = w.batch(edge_core::time::now_ms(), quiet_ms, true);
+    let batch = w.batch(edge_core::time::now_ms(), quiet_ms, window_ms, true);
     write(&store, &mut w, batch).await;
 }
 

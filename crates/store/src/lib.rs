@@ -129,7 +129,7 @@ impl Store {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         use sqlx::Executor;
-                        conn.execute("PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
+                        conn.execute("PRAGMA page_size = 1024; PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
                             .await?;
                     }
                     Ok(())

@@ -24,6 +24,7 @@ fn options(allow_private: bool) -> StackOptions {
             telemetry: TelemetrySettings {
                 interval: Some(Duration::from_millis(200)),
                 write_every: Duration::from_millis(50),
+                window_every: Duration::from_millis(50),
                 timeout: Duration::from_secs(2),
                 ..Default::default()
             },

@@ -24,6 +24,7 @@ fn fast_telemetry() -> StackOptions {
             telemetry: TelemetrySettings {
                 interval: Some(Duration::from_millis(300)),
                 write_every: Duration::from_millis(100),
+                window_every: Duration::from_millis(100),
                 timeout: Duration::from_secs(2),
                 allow: box_metrics::AllowList::parse("sim_queue_*"),
                 ..Default::default()

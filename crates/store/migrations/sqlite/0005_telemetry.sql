@@ -23,7 +23,7 @@ CREATE TABLE telemetry_windows (
     samples    INTEGER NOT NULL,
     data       BLOB NOT NULL,
     PRIMARY KEY (device_id, start_ms)
-) WITHOUT ROWID;
+);
 CREATE INDEX telemetry_windows_end ON telemetry_windows(end_ms);
 
 -- Five-minute rollups (count, min, mean, max, p95 per series): one row per
@@ -35,7 +35,7 @@ CREATE TABLE telemetry_rollups (
     start_ms   BIGINT NOT NULL,
     data       BLOB NOT NULL,
     PRIMARY KEY (device_id, bucket_ms, start_ms)
-) WITHOUT ROWID;
+);
 CREATE INDEX telemetry_rollups_bucket ON telemetry_rollups(bucket_ms);
 
 -- Each device's last scrape: when, whether it worked (and why not), and
