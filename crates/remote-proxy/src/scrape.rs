@@ -3,9 +3,9 @@
 //! metrics path on a cloud-opened stream (what Go devices already serve).
 //! Each device has a fixed phase within the interval (a hash of its id), so
 //! a relay's scrapes spread evenly over time instead of firing together;
-//! at most `concurrency` run at once (a device whose turn finds none free
-//! waits for its next turn, counted as skipped), each bounded by
-//! `timeout`. A scrape reads at most the contract's body size, parses it
+//! at most `concurrency` run at once (a device waits up to half an
+//! interval for a free one, else its turn is skipped and counted), each
+//! bounded by `timeout`. A scrape reads at most the contract's body size, parses it
 //! ([`box_metrics::exposition`]) and turns it into figures; the
 //! [`writer`](crate::telemetry_writer) stores them. Nothing here touches
 //! what a user sees: no audit, no user's stream quota.
@@ -38,6 +38,10 @@ pub const DEFAULT_WRITE_EVERY: Duration = Duration::from_secs(5);
 /// series reads lag live data by at most this (the last scrape is always
 /// current).
 pub const DEFAULT_WINDOW_EVERY: Duration = Duration::from_secs(60);
+
+/// Scrape results the writer may have queued (a few seconds of 10,000
+/// devices at 15 s).
+const WRITER_QUEUE: usize = 8192;
 
 /// How long stopping waits for the writer's last pass.
 const WRITER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,7 +99,8 @@ pub async fn run(relay: Arc<Relay>, settings: TelemetrySettings, shutdown: Cance
     let interval_ms = i64::try_from(interval.as_millis())
         .unwrap_or(i64::MAX)
         .max(1);
-    let (tx, rx) = mpsc::channel(settings.concurrency.max(1) * 4);
+    // Room for a few seconds of results while the writer is in the store.
+    let (tx, rx) = mpsc::channel(WRITER_QUEUE);
     let writer = tokio::spawn(crate::telemetry_writer::run(
         relay.store.clone(),
         rx,
@@ -108,9 +113,10 @@ pub async fn run(relay: Arc<Relay>, settings: TelemetrySettings, shutdown: Cance
     let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let trackers: Arc<Mutex<HashMap<DeviceId, Tracker>>> = Arc::default();
     let settings = Arc::new(settings);
-    // A tick is a thirtieth of the interval: scrapes start within that of
-    // their phase.
-    let tick = (interval / 30).max(Duration::from_millis(20));
+    // A tick is a 150th of the interval (100 ms at 15 s): scrapes start
+    // within that of their phase, and wait for a slot when a tick's share
+    // outnumbers the free ones.
+    let tick = (interval / 150).max(Duration::from_millis(20));
     let mut last = edge_core::time::now_ms();
     let mut scrapes = tokio::task::JoinSet::new();
     loop {
@@ -133,25 +139,31 @@ pub async fn run(relay: Arc<Relay>, settings: TelemetrySettings, shutdown: Cance
             if !due(last, now, phase(device, interval_ms), interval_ms) {
                 continue;
             }
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                relay.metrics.telemetry_skipped.inc();
-                continue;
-            };
-            let (relay, settings, trackers, tx) = (
+            let (relay, settings, trackers, tx, slots) = (
                 relay.clone(),
                 settings.clone(),
                 trackers.clone(),
                 tx.clone(),
+                slots.clone(),
             );
             scrapes.spawn(async move {
+                // A slot within half an interval, or this turn is skipped.
+                let Ok(Ok(permit)) =
+                    tokio::time::timeout(interval / 2, slots.acquire_owned()).await
+                else {
+                    relay.metrics.telemetry_skipped.inc();
+                    return;
+                };
                 let scraped = scrape(&relay, &settings, &trackers, device).await;
                 relay
                     .metrics
                     .telemetry_scrapes
                     .get_or_create(&[("outcome", scraped.outcome.label())])
                     .inc();
-                let _ = tx.send(scraped).await;
+                // The slot is free once the box answered: a writer busy
+                // with the store must not hold scrapes back.
                 drop(permit);
+                let _ = tx.send(scraped).await;
             });
         }
         last = now;

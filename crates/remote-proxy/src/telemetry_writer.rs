@@ -258,20 +258,59 @@ pub async fn run(
     let quiet_ms = i64::try_from(quiet_after.as_millis()).unwrap_or(i64::MAX);
     let mut tick = tokio::time::interval(write_every.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One write in flight; results keep being taken while it runs.
+    let mut writing: Option<WriteTask> = None;
     loop {
         tokio::select! {
             got = rx.recv() => match got {
                 Some(s) => w.take(s),
                 None => break,
             },
-            _ = tick.tick() => {
+            done = async {
+                match writing.as_mut() {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                }
+            }, if writing.is_some() => {
+                writing = None;
+                w.finished(done);
+            }
+            _ = tick.tick(), if writing.is_none() => {
                 let batch = w.batch(edge_core::time::now_ms(), quiet_ms, window_ms, false);
-                write(&store, &mut w, batch).await;
+                if !batch.is_empty() {
+                    let store = store.clone();
+                    writing = Some(tokio::spawn(async move {
+                        store.write_telemetry(&batch).await.map_err(|e| (batch, e))
+                    }));
+                }
             }
         }
     }
+    if let Some(pending) = writing.take() {
+        let done = pending.await;
+        w.finished(done);
+    }
     let batch = w.batch(edge_core::time::now_ms(), quiet_ms, window_ms, true);
     write(&store, &mut w, batch).await;
+}
+
+/// A store write in flight; a failed one hands its batch back.
+type WriteTask = tokio::task::JoinHandle<WriteResult>;
+type WriteResult = Result<(), (TelemetryBatch, store::StoreError)>;
+
+impl Writer {
+    /// Account for a finished write: counted, or kept for the next pass.
+    fn finished(&mut self, done: Result<WriteResult, tokio::task::JoinError>) {
+        match done {
+            Ok(Ok(())) => self.written.send_modify(|n| *n += 1),
+            Ok(Err((batch, err))) => {
+                tracing::warn!(error = %err, "cannot store telemetry; kept for the next pass");
+                self.metrics.telemetry_write_errors.inc();
+                self.requeue(batch);
+            }
+            Err(err) => tracing::error!(error = %err, "telemetry write task failed"),
+        }
+    }
 }
 
 async fn write(store: &Store, w: &mut Writer, batch: TelemetryBatch) {

@@ -95,6 +95,9 @@ fn placeholders(first: usize, n: usize) -> String {
         .join(",")
 }
 
+/// Rows of `telemetry_latest` per upsert statement (6 parameters each).
+const LATEST_PER_STATEMENT: usize = 100;
+
 const OWNED: &str =
     "JOIN devices d ON d.id = t.device_id AND d.owner_id = $1 AND d.revoked_at IS NULL";
 
@@ -147,23 +150,41 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        for l in &batch.latest {
-            sqlx::query(
+        // Last scrapes are the most frequent rows: many per statement.
+        for chunk in batch.latest.chunks(LATEST_PER_STATEMENT) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = i * 6;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${})",
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5,
+                        p + 6
+                    )
+                })
+                .collect();
+            let sql = format!(
                 "INSERT INTO telemetry_latest (device_id, scraped_at, outcome, error, last_ok_at, figures)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (device_id) DO UPDATE
+                 VALUES {} ON CONFLICT (device_id) DO UPDATE
                  SET scraped_at = excluded.scraped_at, outcome = excluded.outcome,
                      error = excluded.error, last_ok_at = excluded.last_ok_at,
                      figures = excluded.figures",
-            )
-            .bind(l.device_id.to_string())
-            .bind(l.scraped_at)
-            .bind(&l.outcome)
-            .bind(l.error.as_deref())
-            .bind(l.last_ok_at)
-            .bind(&l.figures)
-            .execute(&mut *tx)
-            .await?;
+                rows.join(",")
+            );
+            let mut q = sqlx::query(&sql);
+            for l in chunk {
+                q = q
+                    .bind(l.device_id.to_string())
+                    .bind(l.scraped_at)
+                    .bind(l.outcome.clone())
+                    .bind(l.error.clone())
+                    .bind(l.last_ok_at)
+                    .bind(l.figures.clone());
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
