@@ -45,7 +45,8 @@ pub struct Cli {
     pub idp_listen: SocketAddr,
     /// How often the relay scrapes each box's metrics, in seconds (the
     /// product's default is 15; a development stack shows live charts
-    /// sooner). Device health is judged at the same interval.
+    /// sooner). Device health is judged, and time series written, at the
+    /// same interval.
     #[arg(long, default_value_t = 5)]
     pub telemetry_interval_secs: u64,
 }
@@ -101,6 +102,8 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
         "--metrics-listen",
         "127.0.0.1:0",
         "--telemetry-interval-secs",
+        &interval,
+        "--telemetry-window-write-secs",
         &interval,
     ]);
     let api_cfg = api_server::config::Config::parse_from([

@@ -260,6 +260,16 @@ pub struct Config {
         hide_env_values = true
     )]
     pub telemetry_timeout_secs: u64,
+    /// How often each device's open hour of samples (and its rollups) is
+    /// rewritten, in seconds: time series lag live figures by up to this;
+    /// each device's last scrape is always current.
+    #[arg(
+        long,
+        env = "REMOTE_PROXY_TELEMETRY_WINDOW_WRITE_SECS",
+        default_value_t = crate::scrape::DEFAULT_WINDOW_EVERY.as_secs(),
+        hide_env_values = true
+    )]
+    pub telemetry_window_write_secs: u64,
     /// Log format: human or json.
     #[arg(
         long,
@@ -321,6 +331,7 @@ impl Config {
             allow: box_metrics::AllowList::parse(&self.telemetry_allow),
             concurrency: self.telemetry_concurrency.max(1),
             timeout: interval.map_or(timeout, |i| timeout.min(i)),
+            window_every: Duration::from_secs(self.telemetry_window_write_secs.clamp(1, 3600)),
             ..Default::default()
         }
     }
@@ -390,6 +401,7 @@ mod tests {
         .telemetry;
         assert_eq!(t.interval, Some(Duration::from_secs(5)));
         assert_eq!(t.timeout, Duration::from_secs(5), "at most the interval");
+        assert_eq!(d.window_every, Duration::from_secs(60));
         assert_eq!((t.path.as_str(), t.concurrency), ("/prom", 3));
         assert!(t.allow.allows("acme_queue") && t.allow.allows("x") && !t.allow.allows("y"));
         let off = Config::parse_from(["remote-proxy", "--telemetry-interval-secs", "0"]);

@@ -610,3 +610,84 @@ async fn concurrent_exchanges_of_one_owners_codes_never_pass_the_device_quota() 
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_evaluators_record_one_health_change_with_one_delivery_per_webhook() {
+    let dir = tempfile::tempdir().unwrap();
+    for store in backends(dir.path()).await {
+        let owner = store
+            .upsert_user("https://idp", "health", None, None)
+            .await
+            .unwrap();
+        let device = store
+            .create_device(
+                owner.id,
+                &store::NewDevice {
+                    name: "b".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            store
+                .create_webhook(owner.id, "https://8.8.8.8/h", &edge_core::Secret::random(8))
+                .await
+                .unwrap();
+        }
+        let ok = store::DeviceHealth {
+            device_id: device.id,
+            state: "ok".into(),
+            reasons: vec![],
+            since: 1,
+        };
+        assert!(store
+            .change_health(&device, None, &ok, false, |_| String::new())
+            .await
+            .unwrap());
+        let critical = store::DeviceHealth {
+            state: "critical".into(),
+            since: 2,
+            ..ok.clone()
+        };
+        // Eight evaluators see "ok" and all decide "critical" at once.
+        let racers = (0..8).map(|_| {
+            let (store, device, critical) = (store.clone(), device.clone(), critical.clone());
+            tokio::spawn(async move {
+                store
+                    .change_health(&device, Some("ok"), &critical, true, |id| {
+                        format!("{{\"id\":\"{id}\"}}")
+                    })
+                    .await
+            })
+        });
+        let mut won = 0;
+        for r in futures_util::future::join_all(racers).await {
+            // A loser may also see the database busy; it changes nothing.
+            if matches!(r.unwrap(), Ok(true)) {
+                won += 1;
+            }
+        }
+        assert_eq!(won, 1, "{:?}", store.backend());
+        let hooks = store.webhooks(owner.id).await.unwrap();
+        let mut deliveries = 0;
+        for h in &hooks {
+            deliveries += store
+                .deliveries(owner.id, &h.id, 10)
+                .await
+                .unwrap()
+                .unwrap()
+                .len();
+        }
+        assert_eq!(deliveries, 2, "one per webhook");
+        assert_eq!(
+            store
+                .audit_count(owner.id, "device_health_changed")
+                .await
+                .unwrap(),
+            2
+        );
+        let now = store.device_health(owner.id, &[device.id]).await.unwrap();
+        assert_eq!(now[&device.id].state, "critical");
+    }
+}
