@@ -228,6 +228,14 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
     }
 }
 
+/// A webhook id as the store makes them (32 hex digits); anything else
+/// names no webhook.
+fn webhook_id(id: &str) -> Result<&str, ApiError> {
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then_some(id)
+        .ok_or(ApiError::NotFound)
+}
+
 /// A registered webhook.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct WebhookView {
@@ -362,7 +370,11 @@ pub async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if !state.store.delete_webhook(user.id, &id).await? {
+    if !state
+        .store
+        .delete_webhook(user.id, webhook_id(&id)?)
+        .await?
+    {
         return Err(ApiError::NotFound);
     }
     state
@@ -391,7 +403,7 @@ pub async fn deliveries(
 ) -> Result<Json<Vec<DeliveryView>>, ApiError> {
     let rows = state
         .store
-        .deliveries(user.id, &id, 100)
+        .deliveries(user.id, webhook_id(&id)?, 100)
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(Json(
