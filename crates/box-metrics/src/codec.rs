@@ -91,6 +91,14 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
+/// An integer the encoder could have written (within ±2^53).
+fn in_range(x: i64) -> Result<i64, CodecError> {
+    if x.unsigned_abs() > MAX_INT as u64 {
+        return Err(CodecError("value out of range"));
+    }
+    Ok(x)
+}
+
 fn scale(v: f64, exp: i8) -> i64 {
     let scaled = (v / 10f64.powi(i32::from(exp))).round();
     scaled.clamp(-MAX_INT, MAX_INT) as i64
@@ -248,7 +256,7 @@ pub fn decode(start_ms: i64, bytes: &[u8]) -> Result<Window, CodecError> {
                 Some(c) => c,
                 None => last.wrapping_add(unzigzag(r.varint()?)),
             };
-            values.push(Some(last as f64 * unit));
+            values.push(Some(in_range(last)? as f64 * unit));
         }
         series.insert(id, Column { exp, values });
     }
@@ -437,11 +445,11 @@ pub fn decode_buckets(
             if c == 0 {
                 continue;
             }
-            let min = last_min.wrapping_add(unzigzag(r.varint()?));
+            let min = in_range(last_min.wrapping_add(unzigzag(r.varint()?)))?;
             last_min = min;
             let mut above = [0f64; 3];
             for a in &mut above {
-                *a = min.wrapping_add(unzigzag(r.varint()?)) as f64 * unit;
+                *a = in_range(min.wrapping_add(unzigzag(r.varint()?)))? as f64 * unit;
             }
             sums.push(Summary {
                 id,
@@ -472,10 +480,10 @@ fn read_summaries(r: &mut Reader<'_>) -> Result<Vec<Summary>, CodecError> {
         }
         let count = u16::try_from(r.varint()?).map_err(|_| CodecError("count out of range"))?;
         let unit = 10f64.powi(i32::from(exp));
-        let min = unzigzag(r.varint()?);
+        let min = in_range(unzigzag(r.varint()?))?;
         let mut above = [0f64; 3];
         for a in &mut above {
-            *a = min.wrapping_add(unzigzag(r.varint()?)) as f64 * unit;
+            *a = in_range(min.wrapping_add(unzigzag(r.varint()?)))? as f64 * unit;
         }
         out.push(Summary {
             id,
@@ -581,6 +589,12 @@ mod tests {
         let mut extra = bytes.clone();
         extra.push(0);
         assert!(decode(0, &extra).is_err());
+        // Found by the `exposition` fuzz target: a constant beyond what the
+        // encoder writes (±2^53) is corrupt, not a value.
+        let beyond = [
+            1, 2, 0x0f, 1, 0, 0, 0, 0, 0, 0, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x28, 0,
+        ];
+        assert!(decode(0, &beyond).is_err());
     }
 
     #[test]

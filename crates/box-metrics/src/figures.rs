@@ -336,6 +336,9 @@ impl Tracker {
             }
         }
         self.derive(&mut out, g, at_ms);
+        // Finite inputs can still give an infinite figure (a sum or a rate
+        // that overflows, a bucket bound of +Inf): such a figure is dropped.
+        out.values.retain(|(_, v)| v.is_finite());
         out.values.sort_by(|a, b| a.0.cmp(&b.0));
         out.values.dedup_by(|a, b| a.0 == b.0);
         out.models.sort_by(|a, b| a.model.cmp(&b.model));
@@ -428,6 +431,14 @@ impl Tracker {
         let mut next_buckets = HashMap::new();
         for (model, mut buckets) in g.latency_buckets {
             buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            // One count per bound (a box that repeats a bound keeps the last).
+            buckets.dedup_by(|later, earlier| {
+                let same = later.0 == earlier.0;
+                if same {
+                    earlier.1 = later.1;
+                }
+                same
+            });
             if let Some(prev) = self.prev_buckets.get(&model) {
                 if let Some(p95) = quantile(0.95, prev, &buckets) {
                     out.values
@@ -581,6 +592,28 @@ mod tests {
             t.figures(&e, 0, &allow).unwrap_err().code(),
             "non_finite_value"
         );
+    }
+
+    #[test]
+    fn figures_stay_finite_whatever_finite_input_gives() {
+        // Found by the `exposition` fuzz target: repeated +Inf bounds made
+        // the p95 the +Inf bound itself; overflowing sums are dropped too.
+        let body = "edge_inference_latency_seconds_bucket{le=\"+Inf\"} 2\n\
+                    edge_inference_latency_seconds_bucket{le=\"+Inf\"} 4\n\
+                    edge_host_cpu_seconds_total{mode=\"idle\"} 1e308\n\
+                    edge_host_cpu_seconds_total{mode=\"idle\"} 1e308\n\
+                    edge_inference_frames_total{model=\"m\"} 1e308\n\
+                    edge_inference_frames_total{model=\"m\"} 1e308\n";
+        let mut t = Tracker::default();
+        let allow = AllowList::default();
+        for at in [0, 15_000, 30_000] {
+            let f = scrape(&mut t, body, at, &allow);
+            assert!(
+                f.values.iter().all(|(_, v)| v.is_finite()),
+                "{:?}",
+                f.values
+            );
+        }
     }
 
     #[test]

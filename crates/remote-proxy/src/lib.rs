@@ -1,6 +1,7 @@
 //! The relay (`remote-proxy`): accepts device tunnels on the tunnel port,
-//! keeps this node's session directory, and serves the internal API the
-//! api-server uses to reach devices. `run` is what the binary calls; tests
+//! keeps this node's session directory, serves the internal API the
+//! api-server uses to reach devices, and scrapes the metrics of the
+//! devices it holds ([`scrape`]). `run` is what the binary calls; tests
 //! use [`Relay::serve`] with listeners they bound themselves.
 
 pub mod config;
