@@ -392,21 +392,7 @@ async fn main() -> Result<()> {
     println!();
     println!("remote-proxy with {} idle tunnels", cli.idle_tunnels);
     let made = Instant::now();
-    let mut tokens = Vec::with_capacity(cli.idle_tunnels);
-    for i in 0..cli.idle_tunnels {
-        let d = store
-            .create_device(
-                user.id,
-                &NewDevice {
-                    name: format!("idle-{i}"),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let t = DeviceToken::generate();
-        store.add_credential(d.id, &t.hash()).await?;
-        tokens.push(t);
-    }
+    let tokens = tunnels::pair_devices(&store, user.id, cli.idle_tunnels, "idle-").await?;
     let made = made.elapsed();
     let rss_one = rss_kib(relay_pid)?;
     let cancel = CancellationToken::new();

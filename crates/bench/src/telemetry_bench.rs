@@ -314,21 +314,7 @@ async fn main() -> Result<()> {
         .upsert_user("https://bench", "fleet", None, Some("fleet"))
         .await?;
     println!("== fleet: pairing {} devices", cli.devices);
-    let mut tokens = Vec::with_capacity(cli.devices);
-    for i in 0..cli.devices {
-        let d = store
-            .create_device(
-                user.id,
-                &NewDevice {
-                    name: format!("box-{i:05}"),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let token = DeviceToken::generate();
-        store.add_credential(d.id, &token.hash()).await?;
-        tokens.push(token);
-    }
+    let tokens = bench::tunnels::pair_devices(&store, user.id, cli.devices, "box-").await?;
     let (tunnel_port, internal_port, metrics_port, api_port) =
         (free_port()?, free_port()?, free_port()?, free_port()?);
     let env = [

@@ -9,6 +9,32 @@ use futures_util::StreamExt;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// Pair `n` devices of `owner` named `<prefix><i>`, each with a fresh
+/// credential; returns the credentials.
+pub async fn pair_devices(
+    store: &store::Store,
+    owner: edge_core::UserId,
+    n: usize,
+    prefix: &str,
+) -> Result<Vec<DeviceToken>> {
+    let mut tokens = Vec::with_capacity(n);
+    for i in 0..n {
+        let d = store
+            .create_device(
+                owner,
+                &store::NewDevice {
+                    name: format!("{prefix}{i:05}"),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let t = DeviceToken::generate();
+        store.add_credential(d.id, &t.hash()).await?;
+        tokens.push(t);
+    }
+    Ok(tokens)
+}
+
 /// Dials in flight at once.
 const DIALS_IN_FLIGHT: usize = 256;
 

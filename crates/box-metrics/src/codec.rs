@@ -266,7 +266,7 @@ pub fn decode(start_ms: i64, bytes: &[u8]) -> Result<Window, CodecError> {
     Ok(Window { times, series })
 }
 
-/// One series' five-minute rollup.
+/// One series' rollup over one bucket.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Summary {
     pub id: u32,
@@ -277,11 +277,6 @@ pub struct Summary {
     pub avg: f64,
     pub max: f64,
     pub p95: f64,
-}
-
-/// The rollup of every series in `w` that has a value.
-pub fn summarize(w: &Window) -> Vec<Summary> {
-    summarize_range(w, 0, w.len())
 }
 
 /// The rollups of `w` per bucket of `bucket_ms`: each bucket's start and
@@ -328,43 +323,6 @@ fn summarize_range(w: &Window, from: usize, to: usize) -> Vec<Summary> {
             })
         })
         .collect()
-}
-
-/// The bytes of a rollup: per series its id, resolution and count, then
-/// min and the mean, max and p95 above it as integers of the resolution
-/// (a few bytes a series).
-pub fn encode_summaries(s: &[Summary]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + s.len() * 12);
-    out.push(VERSION);
-    write_summaries(&mut out, s);
-    out
-}
-
-fn write_summaries(out: &mut Vec<u8>, s: &[Summary]) {
-    put_varint(out, s.len() as u64);
-    for x in s {
-        out.extend_from_slice(&x.id.to_le_bytes());
-        out.push(x.exp as u8);
-        put_varint(out, u64::from(x.count));
-        let min = scale(x.min, x.exp);
-        put_varint(out, zigzag(min));
-        for v in [x.avg, x.max, x.p95] {
-            put_varint(out, zigzag(scale(v, x.exp).wrapping_sub(min)));
-        }
-    }
-}
-
-/// Read back what [`encode_summaries`] wrote.
-pub fn decode_summaries(bytes: &[u8]) -> Result<Vec<Summary>, CodecError> {
-    let mut r = Reader { bytes, pos: 0 };
-    if r.byte()? != VERSION {
-        return Err(CodecError("unknown version"));
-    }
-    let out = read_summaries(&mut r)?;
-    if r.pos != bytes.len() {
-        return Err(CodecError("trailing bytes"));
-    }
-    Ok(out)
 }
 
 /// Most buckets one rollup row holds (an hour of five-minute buckets, and
@@ -464,36 +422,6 @@ pub fn decode_buckets(
     }
     if r.pos != bytes.len() {
         return Err(CodecError("trailing bytes"));
-    }
-    Ok(out)
-}
-
-fn read_summaries(r: &mut Reader<'_>) -> Result<Vec<Summary>, CodecError> {
-    let n = r.count(MAX_SERIES)?;
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let id = r.take(4)?;
-        let id = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);
-        let exp = r.byte()? as i8;
-        if !(-18..=18).contains(&exp) {
-            return Err(CodecError("resolution out of range"));
-        }
-        let count = u16::try_from(r.varint()?).map_err(|_| CodecError("count out of range"))?;
-        let unit = 10f64.powi(i32::from(exp));
-        let min = in_range(unzigzag(r.varint()?))?;
-        let mut above = [0f64; 3];
-        for a in &mut above {
-            *a = in_range(min.wrapping_add(unzigzag(r.varint()?)))? as f64 * unit;
-        }
-        out.push(Summary {
-            id,
-            exp,
-            count,
-            min: min as f64 * unit,
-            avg: above[0],
-            max: above[1],
-            p95: above[2],
-        });
     }
     Ok(out)
 }
@@ -599,15 +527,20 @@ mod tests {
 
     #[test]
     fn rollups_hold_min_mean_max_and_p95() {
-        let s = summarize(&window());
+        // The whole window lies in one hour: one bucket holds it all.
+        let hour = 3_600_000;
+        let buckets = summarize_buckets(&window(), hour);
+        assert_eq!(buckets.len(), 1);
+        let s = &buckets[0].1;
         let fps = s.iter().find(|x| x.id == 7).unwrap();
         assert_eq!((fps.count, fps.min, fps.max), (20, 29.5, 30.25));
         assert_eq!(fps.p95, 30.25);
         assert!((fps.avg - 29.875).abs() < 1e-9);
         assert_eq!(s.iter().find(|x| x.id == 11).unwrap().count, 16);
-        let back = decode_summaries(&encode_summaries(&s)).unwrap();
-        assert_eq!(back.len(), 3);
-        assert_eq!(back[0].count, s[0].count);
-        assert!(decode_summaries(&encode_summaries(&s)[..10]).is_err());
+        let bytes = encode_buckets(buckets[0].0, hour, &buckets);
+        let back = decode_buckets(buckets[0].0, hour, &bytes).unwrap();
+        assert_eq!(back[0].1.len(), 3);
+        assert_eq!(back[0].1[0].count, s[0].count);
+        assert!(decode_buckets(buckets[0].0, hour, &bytes[..10]).is_err());
     }
 }

@@ -313,16 +313,11 @@ impl Writer {
     }
 }
 
+/// Store `batch` now (the last pass), accounted as any other write.
 async fn write(store: &Store, w: &mut Writer, batch: TelemetryBatch) {
     if batch.is_empty() {
         return;
     }
-    match store.write_telemetry(&batch).await {
-        Ok(()) => w.written.send_modify(|n| *n += 1),
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot store telemetry; kept for the next pass");
-            w.metrics.telemetry_write_errors.inc();
-            w.requeue(batch);
-        }
-    }
+    let done = store.write_telemetry(&batch).await.map_err(|e| (batch, e));
+    w.finished(Ok(done));
 }

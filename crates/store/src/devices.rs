@@ -135,26 +135,6 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// A page of the caller's live devices, oldest first.
-    pub async fn devices_page(
-        &self,
-        owner: UserId,
-        limit: i64,
-        offset: i64,
-    ) -> Result<Vec<Device>, StoreError> {
-        sqlx::query(
-            "SELECT * FROM devices WHERE owner_id = $1 AND revoked_at IS NULL ORDER BY created_at, id LIMIT $2 OFFSET $3",
-        )
-        .bind(owner.to_string())
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(device_from_row)
-        .collect()
-    }
-
     /// A page of the caller's live devices matching `q` (see
     /// [`DeviceQuery`]), in its order.
     pub async fn devices_query(
