@@ -2,7 +2,8 @@
 //! §2), read and written by yamux directly: [`WsIo`] is an
 //! `AsyncRead + AsyncWrite` over the message stream, with no task, pipe or
 //! buffer of its own between the two, and yamux's queued frames become
-//! messages without being copied (`FrameIo`). Binary payloads are bytes of the
+//! messages, large ones without being copied, small ones in a row joined
+//! (`FrameIo`). Binary payloads are bytes of the
 //! stream, message boundaries mean nothing; a text message closes with
 //! 1003, an oversized one with 1009, silence past the idle timeout with
 //! 1001, Ping/Pong/Close never reach yamux. When yamux drops the stream,
@@ -295,9 +296,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsIo<S> {
     }
 }
 
-/// yamux hands its queued frames over as the buffers they are in: each
-/// goes out as a binary message (of at most [`WRITE_CHUNK`] bytes) without
-/// being copied into one first.
+/// Buffers smaller than this are copied together into one message with
+/// the small buffers queued after them: a stream's open, a request head,
+/// a window update and a close leave in one write, not one each.
+const JOIN_BELOW: usize = 4 * 1024;
+
+/// yamux hands its queued frames over as the buffers they are in: a large
+/// one goes out as binary messages (of at most [`WRITE_CHUNK`] bytes)
+/// without being copied into one first; small ones in a row are joined
+/// into one message (message boundaries mean nothing to the peer).
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> tokio_yamux::FrameIo for WsIo<S> {
     fn writes_owned(&self) -> bool {
         true
@@ -309,16 +316,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> tokio_yamux::FrameIo fo
         queue: &mut VecDeque<Bytes>,
     ) -> Poll<std::io::Result<()>> {
         self.open_ws()?;
-        while let Some(front) = queue.front_mut() {
+        let joins = |b: Option<&Bytes>| b.is_some_and(|b| b.len() < JOIN_BELOW);
+        while !queue.is_empty() {
             ready!(self.poll_ready_ws(cx))?;
-            let message = if front.len() > WRITE_CHUNK {
-                front.split_to(WRITE_CHUNK)
+            let message = if joins(queue.front()) && joins(queue.get(1)) {
+                // At most WRITE_CHUNK bytes, as any other message.
+                let mut joined = bytes::BytesMut::new();
+                while joins(queue.front())
+                    && joined.len() + queue.front().map_or(0, Bytes::len) <= WRITE_CHUNK
+                {
+                    if let Some(small) = queue.pop_front() {
+                        joined.extend_from_slice(&small);
+                    }
+                }
+                joined.freeze()
             } else {
-                std::mem::take(front)
+                match queue.front_mut() {
+                    Some(front) if front.len() > WRITE_CHUNK => front.split_to(WRITE_CHUNK),
+                    _ => queue.pop_front().unwrap_or_default(),
+                }
             };
-            if front.is_empty() {
-                queue.pop_front();
-            }
             self.send(message)?;
         }
         Poll::Ready(Ok(()))

@@ -1,6 +1,6 @@
-//! yamux's queued frames become WebSocket messages without being copied
-//! into one first (`FrameIo` for `WsIo`): each buffer the session hands
-//! over leaves as its own binary message (split at 64 KiB), in order, and
+//! yamux's queued frames become WebSocket messages (`FrameIo` for
+//! `WsIo`): a large buffer leaves without being copied (split at 64 KiB),
+//! small buffers in a row leave joined in one message, all in order, and
 //! two sessions over a WebSocket still carry every byte both ways.
 
 mod common;
@@ -34,12 +34,21 @@ fn wrap(ws: WebSocketStream<DuplexStream>) -> WsIo<DuplexStream> {
 }
 
 #[tokio::test]
-async fn each_buffer_handed_over_leaves_as_its_own_messages() {
+async fn large_buffers_leave_as_they_are_and_small_ones_together() {
     let (client, mut server) = ws_pair().await;
     let mut io = wrap(client);
     let large: Bytes = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
-    let small = Bytes::from_static(b"twelve bytes");
-    let mut queue = VecDeque::from([large.clone(), small.clone()]);
+    let head = Bytes::from_static(b"twelve bytes");
+    let body = Bytes::from_static(b"GET /metrics HTTP/1.1\r\n\r\n");
+    let fin = Bytes::from_static(b"twelve again");
+    let mut queue = VecDeque::from([
+        head.clone(),
+        body.clone(),
+        large.clone(),
+        fin.clone(),
+        head.clone(),
+        fin.clone(),
+    ]);
     poll_fn(|cx| io.poll_write_owned(cx, &mut queue))
         .await
         .unwrap();
@@ -47,17 +56,43 @@ async fn each_buffer_handed_over_leaves_as_its_own_messages() {
     io.flush().await.unwrap();
 
     let mut got = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         match server.next().await {
             Some(Ok(Message::Binary(payload))) => got.push(payload),
             other => panic!("expected a binary message, got {other:?}"),
         }
     }
     let sizes: Vec<usize> = got.iter().map(Bytes::len).collect();
-    assert_eq!(sizes, vec![64 * 1024, 36 * 1024, 12]);
-    assert_eq!(got[0], large.slice(..64 * 1024));
-    assert_eq!(got[1], large.slice(64 * 1024..));
-    assert_eq!(got[2], small);
+    assert_eq!(sizes, vec![12 + body.len(), 64 * 1024, 36 * 1024, 12 * 3]);
+    assert_eq!(got[0], [head.clone(), body].concat());
+    assert_eq!(got[1], large.slice(..64 * 1024));
+    assert_eq!(got[2], large.slice(64 * 1024..));
+    assert_eq!(got[3], [fin.clone(), head, fin].concat());
+}
+
+/// Joined messages stay within the 64 KiB any message is cut to (far
+/// under the relay's 1 MiB cap), however many small buffers wait.
+#[tokio::test]
+async fn joined_messages_stay_within_a_chunk() {
+    let (client, mut server) = ws_pair().await;
+    let mut io = wrap(client);
+    let update = Bytes::from_static(&[7u8; 12]);
+    let mut queue: VecDeque<Bytes> = std::iter::repeat_n(update, 20_000).collect();
+    poll_fn(|cx| io.poll_write_owned(cx, &mut queue))
+        .await
+        .unwrap();
+    io.flush().await.unwrap();
+    let mut total = 0;
+    while total < 20_000 * 12 {
+        match server.next().await {
+            Some(Ok(Message::Binary(payload))) => {
+                assert!(payload.len() <= 64 * 1024, "{} bytes", payload.len());
+                total += payload.len();
+            }
+            other => panic!("expected a binary message, got {other:?}"),
+        }
+    }
+    assert_eq!(total, 20_000 * 12);
 }
 
 #[tokio::test]
