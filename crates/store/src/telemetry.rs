@@ -95,8 +95,54 @@ fn placeholders(first: usize, n: usize) -> String {
         .join(",")
 }
 
-/// Rows of `telemetry_latest` per upsert statement (6 parameters each).
-const LATEST_PER_STATEMENT: usize = 100;
+/// Rows per insert statement (at most 6 parameters each: far under
+/// SQLite's and PostgreSQL's limits).
+const ROWS_PER_STATEMENT: usize = 100;
+
+/// `($1,$2),($3,$4),…`: `rows` rows of `columns` placeholders.
+fn rows_of(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", placeholders(r * columns + 1, columns)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A query of the `Any` driver with its arguments.
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// `INSERT INTO <into> VALUES … <then>` for `rows`, [`ROWS_PER_STATEMENT`]
+/// to a statement, `bind` giving each row's `columns` values.
+async fn insert_rows<T>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    into: &str,
+    then: &str,
+    columns: usize,
+    rows: &[&T],
+    bind: impl for<'q> Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q>,
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO {into} VALUES {} {then}",
+            rows_of(chunk.len(), columns)
+        );
+        let q = chunk.iter().fold(sqlx::query(&sql), |q, r| bind(q, *r));
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// The rows of `rows` in order, each key's last occurrence only.
+fn last_of_each<T, K: std::hash::Hash + Eq>(rows: &[T], key: impl Fn(&T) -> K) -> Vec<&T> {
+    let mut last = HashMap::with_capacity(rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        last.insert(key(r), i);
+    }
+    rows.iter()
+        .enumerate()
+        .filter(|(i, r)| last.get(&key(r)) == Some(i))
+        .map(|(_, r)| r)
+        .collect()
+}
 
 const OWNED: &str =
     "JOIN devices d ON d.id = t.device_id AND d.owner_id = $1 AND d.revoked_at IS NULL";
@@ -109,83 +155,79 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
+        // Many rows per statement (each statement is a round trip to the
+        // database, or to SQLite's worker thread). One statement may not
+        // update a row twice (PostgreSQL refuses it), and a batch that
+        // failed once and came back with the next one can hold a row
+        // twice: the later one is kept.
+        let series = last_of_each(&batch.series, |s| (s.device_id, s.series_id));
+        let windows = last_of_each(&batch.windows, |w| (w.device_id, w.start_ms));
+        let rollups = last_of_each(&batch.rollups, |r| (r.device_id, r.bucket_ms, r.start_ms));
+        let latest = last_of_each(&batch.latest, |l| l.device_id);
         let mut tx = self.pool.begin().await?;
-        for s in &batch.series {
-            sqlx::query(
-                "INSERT INTO telemetry_series (device_id, series_id, metric, labels)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (device_id, series_id) DO NOTHING",
-            )
-            .bind(s.device_id.to_string())
-            .bind(i64::from(s.series_id))
-            .bind(&s.metric)
-            .bind(&s.labels)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for w in &batch.windows {
-            sqlx::query(
-                "INSERT INTO telemetry_windows (device_id, start_ms, end_ms, samples, data)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (device_id, start_ms) DO UPDATE
-                 SET end_ms = excluded.end_ms, samples = excluded.samples, data = excluded.data",
-            )
-            .bind(w.device_id.to_string())
-            .bind(w.start_ms)
-            .bind(w.end_ms)
-            .bind(w.samples)
-            .bind(&w.data)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for r in &batch.rollups {
-            sqlx::query(
-                "INSERT INTO telemetry_rollups (device_id, bucket_ms, start_ms, data)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (device_id, bucket_ms, start_ms) DO UPDATE SET data = excluded.data",
-            )
-            .bind(r.device_id.to_string())
-            .bind(r.bucket_ms)
-            .bind(r.start_ms)
-            .bind(&r.data)
-            .execute(&mut *tx)
-            .await?;
-        }
-        // Last scrapes are the most frequent rows: many per statement.
-        for chunk in batch.latest.chunks(LATEST_PER_STATEMENT) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let p = i * 6;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${})",
-                        p + 1,
-                        p + 2,
-                        p + 3,
-                        p + 4,
-                        p + 5,
-                        p + 6
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO telemetry_latest (device_id, scraped_at, outcome, error, last_ok_at, figures)
-                 VALUES {} ON CONFLICT (device_id) DO UPDATE
-                 SET scraped_at = excluded.scraped_at, outcome = excluded.outcome,
-                     error = excluded.error, last_ok_at = excluded.last_ok_at,
-                     figures = excluded.figures",
-                rows.join(",")
-            );
-            let mut q = sqlx::query(&sql);
-            for l in chunk {
-                q = q
-                    .bind(l.device_id.to_string())
+        insert_rows(
+            &mut tx,
+            "telemetry_series (device_id, series_id, metric, labels)",
+            "ON CONFLICT (device_id, series_id) DO NOTHING",
+            4,
+            &series,
+            |q, s| {
+                q.bind(s.device_id.to_string())
+                    .bind(i64::from(s.series_id))
+                    .bind(s.metric.as_str())
+                    .bind(s.labels.as_str())
+            },
+        )
+        .await?;
+        insert_rows(
+            &mut tx,
+            "telemetry_windows (device_id, start_ms, end_ms, samples, data)",
+            "ON CONFLICT (device_id, start_ms) DO UPDATE
+             SET end_ms = excluded.end_ms, samples = excluded.samples, data = excluded.data",
+            5,
+            &windows,
+            |q, w| {
+                q.bind(w.device_id.to_string())
+                    .bind(w.start_ms)
+                    .bind(w.end_ms)
+                    .bind(w.samples)
+                    .bind(w.data.as_slice())
+            },
+        )
+        .await?;
+        insert_rows(
+            &mut tx,
+            "telemetry_rollups (device_id, bucket_ms, start_ms, data)",
+            "ON CONFLICT (device_id, bucket_ms, start_ms) DO UPDATE SET data = excluded.data",
+            4,
+            &rollups,
+            |q, r| {
+                q.bind(r.device_id.to_string())
+                    .bind(r.bucket_ms)
+                    .bind(r.start_ms)
+                    .bind(r.data.as_slice())
+            },
+        )
+        .await?;
+        insert_rows(
+            &mut tx,
+            "telemetry_latest (device_id, scraped_at, outcome, error, last_ok_at, figures)",
+            "ON CONFLICT (device_id) DO UPDATE
+             SET scraped_at = excluded.scraped_at, outcome = excluded.outcome,
+                 error = excluded.error, last_ok_at = excluded.last_ok_at,
+                 figures = excluded.figures",
+            6,
+            &latest,
+            |q, l| {
+                q.bind(l.device_id.to_string())
                     .bind(l.scraped_at)
-                    .bind(l.outcome.clone())
-                    .bind(l.error.clone())
+                    .bind(l.outcome.as_str())
+                    .bind(l.error.as_deref())
                     .bind(l.last_ok_at)
-                    .bind(l.figures.clone());
-            }
-            q.execute(&mut *tx).await?;
-        }
+                    .bind(l.figures.as_str())
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -691,3 +691,99 @@ async fn racing_evaluators_record_one_health_change_with_one_delivery_per_webhoo
         assert_eq!(now[&device.id].state, "critical");
     }
 }
+
+/// A telemetry pass writes many rows per statement: more rows than one
+/// statement holds all land, and a batch holding a row twice (a failed
+/// pass requeued before the next) stores the later one, on PostgreSQL too
+/// (where one statement may not update a row twice).
+#[tokio::test]
+async fn telemetry_batches_store_every_row_and_the_later_of_a_repeat() {
+    use store::{LatestRow, RollupRow, SeriesRow, TelemetryBatch, WindowRow};
+    let dir = tempfile::tempdir().unwrap();
+    for store in backends(dir.path()).await {
+        let owner = store.upsert_user("iss", "fleet", None, None).await.unwrap();
+        let mut devices = Vec::new();
+        for i in 0..130 {
+            let d = NewDevice {
+                name: format!("box-{i}"),
+                ..Default::default()
+            };
+            devices.push(store.create_device(owner.id, &d).await.unwrap().id);
+        }
+        let latest = |d, at: i64| LatestRow {
+            device_id: d,
+            scraped_at: at,
+            outcome: "ok".into(),
+            error: None,
+            last_ok_at: Some(at),
+            figures: format!("{{\"at\":{at}}}"),
+        };
+        let window = |d, samples: i64| WindowRow {
+            device_id: d,
+            start_ms: 1_000,
+            end_ms: 1_000 + samples,
+            samples,
+            data: vec![samples as u8; 40],
+        };
+        let mut batch = TelemetryBatch::default();
+        for d in &devices {
+            batch.series.push(SeriesRow {
+                device_id: *d,
+                series_id: 7,
+                metric: "edge_host_cpu_ratio".into(),
+                labels: "{}".into(),
+            });
+            batch.windows.push(window(*d, 1));
+            batch.rollups.push(RollupRow {
+                device_id: *d,
+                bucket_ms: 0,
+                start_ms: 1_000,
+                data: vec![1],
+            });
+            batch.latest.push(latest(*d, 10));
+        }
+        // The first device again, later (and within the first statement's
+        // rows): the repeat of a requeued pass.
+        let first = devices[0];
+        batch.series.insert(1, batch.series[0].clone());
+        batch.windows.insert(1, window(first, 2));
+        batch.rollups.insert(
+            1,
+            RollupRow {
+                device_id: first,
+                bucket_ms: 0,
+                start_ms: 1_000,
+                data: vec![2],
+            },
+        );
+        batch.latest.insert(1, latest(first, 20));
+        store
+            .write_telemetry(&batch)
+            .await
+            .unwrap_or_else(|e| panic!("{:?}: {e}", store.backend()));
+
+        let got = store.telemetry_latest(owner.id, &devices).await.unwrap();
+        assert_eq!(got.len(), devices.len(), "{:?}", store.backend());
+        assert_eq!(got[&first].scraped_at, 20);
+        assert_eq!(got[&devices[129]].scraped_at, 10);
+        let w = store
+            .telemetry_windows(owner.id, first, 0, 10_000)
+            .await
+            .unwrap();
+        assert_eq!(w.len(), 1);
+        assert_eq!((w[0].samples, w[0].data[0]), (2, 2));
+        let last = store
+            .telemetry_windows(owner.id, devices[129], 0, 10_000)
+            .await
+            .unwrap();
+        assert_eq!(last.len(), 1);
+        let r = store
+            .telemetry_rollups(owner.id, &devices, 0, 10_000)
+            .await
+            .unwrap();
+        assert_eq!(r.len(), devices.len());
+        assert!(r.iter().any(|r| r.device_id == first && r.data == vec![2]));
+        let s = store.telemetry_series(owner.id, first, None).await.unwrap();
+        assert_eq!(s.len(), 1);
+    }
+}
