@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 pub const MAX_SAMPLES: usize = 1024;
 /// Most series one window holds.
 pub const MAX_SERIES: usize = 4096;
-const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 1;
 /// Integers kept within ±2^53 so they round-trip through `f64`.
 const MAX_INT: f64 = 9_007_199_254_740_992.0;
 
@@ -75,7 +75,7 @@ impl Window {
 #[error("corrupt telemetry window: {0}")]
 pub struct CodecError(&'static str);
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -83,7 +83,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn zigzag(v: i64) -> u64 {
+pub(crate) fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
@@ -99,9 +99,24 @@ fn in_range(x: i64) -> Result<i64, CodecError> {
     Ok(x)
 }
 
-fn scale(v: f64, exp: i8) -> i64 {
+pub(crate) fn scale(v: f64, exp: i8) -> i64 {
     let scaled = (v / 10f64.powi(i32::from(exp))).round();
     scaled.clamp(-MAX_INT, MAX_INT) as i64
+}
+
+/// `v` at the resolution `10^exp` the windows keep it at, as the nearest
+/// double to that decimal (so it prints short: `0.442`, not
+/// `0.4423782229423523`); `v` itself beyond what a window can hold.
+pub fn at_resolution(v: f64, exp: i8) -> f64 {
+    let scaled = (v / 10f64.powi(i32::from(exp))).round();
+    if !scaled.is_finite() || scaled.abs() >= MAX_INT {
+        return v;
+    }
+    if exp < 0 {
+        scaled / 10f64.powi(-i32::from(exp))
+    } else {
+        scaled * 10f64.powi(i32::from(exp))
+    }
 }
 
 /// The bytes of `w`, its times relative to `w.times[0]`.
@@ -153,9 +168,9 @@ pub fn encode(w: &Window) -> Vec<u8> {
 }
 
 /// Column flags: every scrape has a value (no bitmap follows).
-const DENSE: u8 = 1;
+pub(crate) const DENSE: u8 = 1;
 /// Column flags: one value stands for every present one.
-const CONSTANT: u8 = 2;
+pub(crate) const CONSTANT: u8 = 2;
 
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -305,24 +320,29 @@ fn summarize_range(w: &Window, from: usize, to: usize) -> Vec<Summary> {
                 .flatten()
                 .copied()
                 .collect();
-            if vals.is_empty() {
-                return None;
-            }
-            vals.sort_by(f64::total_cmp);
-            let n = vals.len();
-            // Nearest rank.
-            let rank = ((0.95 * n as f64).ceil() as usize).clamp(1, n);
-            Some(Summary {
-                id: *id,
-                exp: col.exp,
-                count: u16::try_from(n).unwrap_or(u16::MAX),
-                min: vals[0],
-                avg: vals.iter().sum::<f64>() / n as f64,
-                max: vals[n - 1],
-                p95: vals[rank - 1],
-            })
+            summarize(*id, col.exp, &mut vals)
         })
         .collect()
+}
+
+/// One series' rollup of `vals` (sorted in place); `None` when empty.
+pub(crate) fn summarize(id: u32, exp: i8, vals: &mut [f64]) -> Option<Summary> {
+    if vals.is_empty() {
+        return None;
+    }
+    vals.sort_by(f64::total_cmp);
+    let n = vals.len();
+    // Nearest rank.
+    let rank = ((0.95 * n as f64).ceil() as usize).clamp(1, n);
+    Some(Summary {
+        id,
+        exp,
+        count: u16::try_from(n).unwrap_or(u16::MAX),
+        min: vals[0],
+        avg: vals.iter().sum::<f64>() / n as f64,
+        max: vals[n - 1],
+        p95: vals[rank - 1],
+    })
 }
 
 /// Most buckets one rollup row holds (an hour of five-minute buckets, and
@@ -356,20 +376,28 @@ pub fn encode_buckets(base_ms: i64, bucket_ms: i64, buckets: &[(i64, Vec<Summary
         out.push(exp as u8);
         let mut last_min = 0i64;
         for (_, sums) in buckets {
-            let Some(x) = sums.iter().find(|x| x.id == id) else {
-                put_varint(&mut out, 0);
-                continue;
-            };
-            put_varint(&mut out, u64::from(x.count.max(1)));
-            let min = scale(x.min, exp);
-            put_varint(&mut out, zigzag(min.wrapping_sub(last_min)));
-            last_min = min;
-            for v in [x.avg, x.max, x.p95] {
-                put_varint(&mut out, zigzag(scale(v, exp).wrapping_sub(min)));
-            }
+            let x = sums.iter().find(|x| x.id == id);
+            put_bucket(&mut out, x, exp, &mut last_min);
         }
     }
     out
+}
+
+/// One series' entry for one bucket in [`encode_buckets`]' form: its
+/// count (0: no value), then its min as a change from `last_min` and the
+/// mean, max and p95 above the min.
+pub(crate) fn put_bucket(out: &mut Vec<u8>, x: Option<&Summary>, exp: i8, last_min: &mut i64) {
+    let Some(x) = x else {
+        put_varint(out, 0);
+        return;
+    };
+    put_varint(out, u64::from(x.count.max(1)));
+    let min = scale(x.min, exp);
+    put_varint(out, zigzag(min.wrapping_sub(*last_min)));
+    *last_min = min;
+    for v in [x.avg, x.max, x.p95] {
+        put_varint(out, zigzag(scale(v, exp).wrapping_sub(min)));
+    }
 }
 
 /// Read back what [`encode_buckets`] wrote: each bucket's start and series.
@@ -430,6 +458,31 @@ pub fn decode_buckets(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
+
+    #[test]
+    fn values_at_resolution_print_short_and_stay_within_half_a_unit() {
+        assert_eq!(
+            at_resolution(0.442_378_222_942_352_3, -3).to_string(),
+            "0.442"
+        );
+        assert_eq!(at_resolution(53.94, -1).to_string(), "53.9");
+        assert_eq!(at_resolution(4.0, 0), 4.0);
+        assert_eq!(at_resolution(1e300, -3), 1e300);
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..10_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let v = (rng % 10_000_000) as f64 / 7.0 - 500_000.0;
+            for exp in [-3_i8, -1, 0, 2] {
+                let unit = 10f64.powi(exp.into());
+                assert!(
+                    (at_resolution(v, exp) - v).abs() <= unit / 2.0 + 1e-9,
+                    "{v} {exp}"
+                );
+            }
+        }
+    }
 
     fn window() -> Window {
         let mut w = Window::default();

@@ -34,26 +34,53 @@ impl SeriesKey {
     /// The canonical text form, `metric{a="x",b="y"}` (quotes and
     /// backslashes escaped), as Prometheus writes a series.
     pub fn text(&self) -> String {
-        if self.labels.is_empty() {
-            return self.metric.clone();
-        }
-        let labels: Vec<String> = self
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
-            .collect();
-        format!("{}{{{}}}", self.metric, labels.join(","))
+        let mut out = String::with_capacity(self.metric.len() + 16 * self.labels.len());
+        self.write_text(|part| out.push_str(part));
+        out
     }
 
-    /// The series' number within its device: FNV-1a of the text form.
-    /// Two series of one device colliding is about 1 in 10^5 at 200
-    /// series; the store keeps the first and the later one is dropped.
+    /// Hand the text form to `put` piece by piece.
+    fn write_text(&self, mut put: impl FnMut(&str)) {
+        put(&self.metric);
+        if self.labels.is_empty() {
+            return;
+        }
+        put("{");
+        for (i, (k, v)) in self.labels.iter().enumerate() {
+            if i > 0 {
+                put(",");
+            }
+            put(k);
+            put("=\"");
+            let mut rest = v.as_str();
+            while let Some(at) = rest.find(['\\', '"']) {
+                put(&rest[..at]);
+                put(if rest.as_bytes()[at] == b'\\' {
+                    "\\\\"
+                } else {
+                    "\\\""
+                });
+                rest = &rest[at + 1..];
+            }
+            put(rest);
+            put("\"");
+        }
+        put("}");
+    }
+
+    /// The series' number within its device: FNV-1a of the text form
+    /// (hashed as it is written, without building it: this runs for every
+    /// series of every scrape). Two series of one device colliding is
+    /// about 1 in 10^5 at 200 series; the store keeps the first and the
+    /// later one is dropped.
     pub fn id(&self) -> u32 {
         let mut h: u32 = 0x811c_9dc5;
-        for b in self.text().bytes() {
-            h ^= u32::from(b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
+        self.write_text(|part| {
+            for b in part.bytes() {
+                h ^= u32::from(b);
+                h = h.wrapping_mul(0x0100_0193);
+            }
+        });
         h
     }
 
@@ -223,19 +250,20 @@ pub struct Tracker {
     prev_buckets: HashMap<String, Vec<(f64, f64)>>,
 }
 
-/// Contract families read per scrape, before they become figures.
+/// Contract families read per scrape, before they become figures; keyed
+/// by label values borrowed from the scrape's body.
 #[derive(Default)]
-struct Gathered {
-    cpu: BTreeMap<String, f64>,
-    memory: BTreeMap<String, f64>,
-    disks: BTreeMap<String, BTreeMap<String, f64>>,
-    accel_memory: BTreeMap<String, BTreeMap<String, f64>>,
-    frames: BTreeMap<String, f64>,
-    dropped: BTreeMap<String, f64>,
-    latency_sum: BTreeMap<String, f64>,
-    latency_count: BTreeMap<String, f64>,
-    latency_buckets: BTreeMap<String, Vec<(f64, f64)>>,
-    network: BTreeMap<(String, String), f64>,
+struct Gathered<'a> {
+    cpu: BTreeMap<&'a str, f64>,
+    memory: BTreeMap<&'a str, f64>,
+    disks: BTreeMap<&'a str, BTreeMap<&'a str, f64>>,
+    accel_memory: BTreeMap<&'a str, BTreeMap<&'a str, f64>>,
+    frames: BTreeMap<&'a str, f64>,
+    dropped: BTreeMap<&'a str, f64>,
+    latency_sum: BTreeMap<&'a str, f64>,
+    latency_count: BTreeMap<&'a str, f64>,
+    latency_buckets: BTreeMap<&'a str, Vec<(f64, f64)>>,
+    network: BTreeMap<(&'a str, &'a str), f64>,
 }
 
 impl Tracker {
@@ -260,7 +288,7 @@ impl Tracker {
             if !s.value.is_finite() {
                 return Err(FigureError::NonFinite(s.name.to_owned()));
             }
-            let l = |name: &str| s.label(name).unwrap_or("").to_owned();
+            let l = |name: &str| s.label(name).unwrap_or("");
             let v = s.value;
             match s.name {
                 "edge_host_cpu_seconds_total" => *g.cpu.entry(l("mode")).or_default() += v,
@@ -279,13 +307,13 @@ impl Tracker {
                     gauge(&mut out, UPTIME, &[], (at_ms as f64 / 1000.0 - v).max(0.0));
                 }
                 "edge_host_temperature_celsius" => {
-                    gauge(&mut out, HOST_TEMP, &[("sensor", &l("sensor"))], v);
+                    gauge(&mut out, HOST_TEMP, &[("sensor", l("sensor"))], v);
                 }
                 "edge_host_network_bytes_total" => {
                     *g.network.entry((l("device"), l("direction"))).or_default() += v;
                 }
                 "edge_accel_utilization_ratio" => {
-                    gauge(&mut out, ACCEL_UTIL, &[("accel", &l("accel"))], v);
+                    gauge(&mut out, ACCEL_UTIL, &[("accel", l("accel"))], v);
                 }
                 "edge_accel_memory_bytes" => {
                     g.accel_memory
@@ -294,13 +322,13 @@ impl Tracker {
                         .insert(l("kind"), v);
                 }
                 "edge_accel_temperature_celsius" => {
-                    gauge(&mut out, ACCEL_TEMP, &[("accel", &l("accel"))], v);
+                    gauge(&mut out, ACCEL_TEMP, &[("accel", l("accel"))], v);
                 }
                 "edge_accel_power_watts" => {
-                    gauge(&mut out, ACCEL_POWER, &[("accel", &l("accel"))], v);
+                    gauge(&mut out, ACCEL_POWER, &[("accel", l("accel"))], v);
                 }
                 "edge_accel_throttled" => {
-                    gauge(&mut out, ACCEL_THROTTLED, &[("accel", &l("accel"))], v);
+                    gauge(&mut out, ACCEL_THROTTLED, &[("accel", l("accel"))], v);
                 }
                 "edge_inference_frames_total" => *g.frames.entry(l("model")).or_default() += v,
                 "edge_inference_dropped_frames_total" => {
@@ -326,11 +354,11 @@ impl Tracker {
                     }
                 }
                 "edge_model_info" => out.models.push(ModelInfo {
-                    model: l("model"),
-                    version: l("version"),
-                    runtime: l("runtime"),
+                    model: l("model").to_owned(),
+                    version: l("version").to_owned(),
+                    runtime: l("runtime").to_owned(),
                 }),
-                "edge_stream_up" => gauge(&mut out, STREAM_UP, &[("stream", &l("stream"))], v),
+                "edge_stream_up" => gauge(&mut out, STREAM_UP, &[("stream", l("stream"))], v),
                 "edge_agent_reconnects_total" => gauge(&mut out, AGENT_RECONNECTS, &[], v),
                 _ => extra(&mut out, s, e.kind_of(s.name)),
             }
@@ -346,7 +374,7 @@ impl Tracker {
         Ok(out)
     }
 
-    fn derive(&mut self, out: &mut Figures, g: Gathered, at_ms: i64) {
+    fn derive(&mut self, out: &mut Figures, g: Gathered<'_>, at_ms: i64) {
         use names::*;
         let mut next: HashMap<String, Reading> = HashMap::new();
         let mut rate = |key: String, value: f64| -> Option<f64> {
@@ -439,13 +467,13 @@ impl Tracker {
                 }
                 same
             });
-            if let Some(prev) = self.prev_buckets.get(&model) {
+            if let Some(prev) = self.prev_buckets.get(model) {
                 if let Some(p95) = quantile(0.95, prev, &buckets) {
                     out.values
-                        .push((SeriesKey::new(LATENCY_P95, &[("model", &model)]), p95));
+                        .push((SeriesKey::new(LATENCY_P95, &[("model", model)]), p95));
                 }
             }
-            next_buckets.insert(model, buckets);
+            next_buckets.insert(model.to_owned(), buckets);
         }
         self.prev = next;
         self.prev_buckets = next_buckets;
@@ -624,5 +652,41 @@ mod tests {
         assert_eq!(a.text(), "m{a=\"x\\\"y\",b=\"2\"}");
         assert_eq!(a.id(), b.id());
         assert_ne!(a.id(), SeriesKey::new("m", &[]).id());
+    }
+
+    /// Series ids are stored: the allocation-free hash gives what hashing
+    /// the built text gave (the form ids were first written with).
+    #[test]
+    fn series_ids_keep_their_values() {
+        fn by_text(k: &SeriesKey) -> u32 {
+            let text = if k.labels.is_empty() {
+                k.metric.clone()
+            } else {
+                let labels: Vec<String> = k
+                    .labels
+                    .iter()
+                    .map(|(k, v)| {
+                        format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+                    })
+                    .collect();
+                format!("{}{{{}}}", k.metric, labels.join(","))
+            };
+            text.bytes().fold(0x811c_9dc5_u32, |h, b| {
+                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+            })
+        }
+        let keys = [
+            SeriesKey::new("edge_host_cpu_ratio", &[]),
+            SeriesKey::new("edge_inference_fps", &[("model", "yolo-v8")]),
+            SeriesKey::new("m", &[("b", "a\\b\"c\\"), ("a", "\"\"")]),
+            SeriesKey::new("net", &[("device", "eth0"), ("direction", "rx"), ("x", "")]),
+        ];
+        for k in &keys {
+            assert_eq!(k.id(), by_text(k), "{}", k.text());
+        }
+        assert_eq!(
+            SeriesKey::new("m", &[("a", "x\"y")]).text(),
+            "m{a=\"x\\\"y\"}"
+        );
     }
 }

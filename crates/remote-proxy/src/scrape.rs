@@ -78,16 +78,65 @@ impl Default for TelemetrySettings {
 /// The offset of `device`'s scrapes within each interval (ms).
 fn phase(device: DeviceId, interval_ms: i64) -> i64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in device.to_string().bytes() {
-        h ^= u64::from(b);
+    for b in device.as_bytes() {
+        h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     (h % interval_ms.max(1) as u64) as i64
 }
 
 /// Whether a scrape at `phase` falls in `(last, now]`.
+#[cfg(test)]
 fn due(last: i64, now: i64, phase: i64, interval: i64) -> bool {
     (now - phase).div_euclid(interval) > (last - phase).div_euclid(interval)
+}
+
+/// How often the schedule is rebuilt from the directory: a device that
+/// connects is scraped from its first phase after this.
+const SCHEDULE_EVERY_MS: i64 = 1_000;
+
+/// The devices this relay holds, sorted by phase, so a tick finds the
+/// ones due by a binary search instead of looking at every device.
+#[derive(Default)]
+struct Schedule {
+    by_phase: Vec<(i64, DeviceId)>,
+    built_at: Option<i64>,
+}
+
+impl Schedule {
+    /// Rebuild from `live` when older than [`SCHEDULE_EVERY_MS`].
+    fn refresh(&mut self, now: i64, interval: i64, live: impl FnOnce() -> Vec<DeviceId>) {
+        if self
+            .built_at
+            .is_some_and(|at| now - at < SCHEDULE_EVERY_MS.min(interval))
+        {
+            return;
+        }
+        self.by_phase.clear();
+        self.by_phase
+            .extend(live().into_iter().map(|d| (phase(d, interval), d)));
+        self.by_phase.sort_unstable();
+        self.built_at = Some(now);
+    }
+
+    /// The devices whose phase falls in `(last, now]`.
+    fn due(&self, last: i64, now: i64, interval: i64) -> impl Iterator<Item = DeviceId> + '_ {
+        let at = |offset: i64| self.by_phase.partition_point(|(p, _)| *p <= offset);
+        let (lo, hi) = (last.rem_euclid(interval), now.rem_euclid(interval));
+        let (first, second) = if now - last >= interval {
+            (0..self.by_phase.len(), 0..0)
+        } else if now <= last {
+            (0..0, 0..0)
+        } else if lo < hi {
+            (at(lo)..at(hi), 0..0)
+        } else {
+            (at(lo)..self.by_phase.len(), 0..at(hi))
+        };
+        self.by_phase[first]
+            .iter()
+            .chain(&self.by_phase[second])
+            .map(|(_, d)| *d)
+    }
 }
 
 /// Run the scraper and its writer until `shutdown`; the writer stores
@@ -118,6 +167,7 @@ pub async fn run(relay: Arc<Relay>, settings: TelemetrySettings, shutdown: Cance
     // outnumbers the free ones.
     let tick = (interval / 150).max(Duration::from_millis(20));
     let mut last = edge_core::time::now_ms();
+    let mut schedule = Schedule::default();
     let mut scrapes = tokio::task::JoinSet::new();
     loop {
         while scrapes.try_join_next().is_some() {}
@@ -127,18 +177,20 @@ pub async fn run(relay: Arc<Relay>, settings: TelemetrySettings, shutdown: Cance
             () = tokio::time::sleep(tick) => {}
         }
         let now = edge_core::time::now_ms();
-        let live = relay.directory.live();
-        if let Ok(mut t) = trackers.lock() {
-            if t.len() > live.len() * 2 + 64 {
-                let held: std::collections::HashSet<DeviceId> =
-                    live.iter().map(|(d, _, _)| *d).collect();
-                t.retain(|d, _| held.contains(d));
-            }
+        let mut rebuilt = false;
+        schedule.refresh(now, interval_ms, || {
+            rebuilt = true;
+            relay
+                .directory
+                .live()
+                .into_iter()
+                .map(|(d, _, _)| d)
+                .collect()
+        });
+        if rebuilt {
+            forget_departed(&trackers, &schedule);
         }
-        for (device, _, _) in live {
-            if !due(last, now, phase(device, interval_ms), interval_ms) {
-                continue;
-            }
+        for device in schedule.due(last, now, interval_ms) {
             let (relay, settings, trackers, tx, slots) = (
                 relay.clone(),
                 settings.clone(),
@@ -154,7 +206,10 @@ pub async fn run(relay: Arc<Relay>, settings: TelemetrySettings, shutdown: Cance
                     relay.metrics.telemetry_skipped.inc();
                     return;
                 };
-                let scraped = scrape(&relay, &settings, &trackers, device).await;
+                let Some(scraped) = scrape(&relay, &settings, &trackers, device).await else {
+                    // It left this relay since the schedule was built.
+                    return;
+                };
                 relay
                     .metrics
                     .telemetry_scrapes
@@ -180,6 +235,18 @@ pub async fn run(relay: Arc<Relay>, settings: TelemetrySettings, shutdown: Cance
     }
 }
 
+/// Drop the trackers of devices the relay no longer holds, once they
+/// clearly outnumber the held ones.
+fn forget_departed(trackers: &Mutex<HashMap<DeviceId, Tracker>>, schedule: &Schedule) {
+    if let Ok(mut t) = trackers.lock() {
+        if t.len() > schedule.by_phase.len() * 2 + 64 {
+            let held: std::collections::HashSet<DeviceId> =
+                schedule.by_phase.iter().map(|(_, d)| *d).collect();
+            t.retain(|d, _| held.contains(d));
+        }
+    }
+}
+
 /// Scrape `device` once: its box's metrics path and, when its agent
 /// offers one (ADR 026), the agent's own endpoint, whose host figures fill
 /// in the families the box does not serve.
@@ -188,7 +255,7 @@ async fn scrape(
     settings: &TelemetrySettings,
     trackers: &Mutex<HashMap<DeviceId, Tracker>>,
     device: DeviceId,
-) -> Scraped {
+) -> Option<Scraped> {
     let at_ms = edge_core::time::now_ms();
     let path = relay
         .directory
@@ -202,7 +269,8 @@ async fn scrape(
     };
     let outcome = match tokio::time::timeout(settings.timeout, both).await {
         Err(_) => Outcome::Failed("timeout", "the box did not answer in time".into()),
-        Ok((Err(failed @ Outcome::Failed(..)), _)) => failed,
+        Ok((Err(Fetch::Offline), _)) => return None,
+        Ok((Err(Fetch::Failed(failed)), _)) => failed,
         Ok((service, agent)) => {
             let service = service.ok().flatten();
             let agent = agent.ok().flatten();
@@ -213,11 +281,11 @@ async fn scrape(
             }
         }
     };
-    Scraped {
+    Some(Scraped {
         device,
         at_ms,
         outcome,
-    }
+    })
 }
 
 /// The agent endpoint's metrics path.
@@ -270,6 +338,13 @@ fn figures(
     outcome
 }
 
+/// Why a fetch has no body.
+enum Fetch {
+    /// The device left this relay: no scrape to record.
+    Offline,
+    Failed(Outcome),
+}
+
 /// `GET <path>` on a new stream to `target` on `device`: the body, `None`
 /// when there is no such endpoint (404, or no agent endpoint), or why not.
 async fn fetch(
@@ -278,20 +353,22 @@ async fn fetch(
     settings: &TelemetrySettings,
     device: DeviceId,
     target: Target,
-) -> Result<Option<Bytes>, Outcome> {
-    let unreachable = |e: String| Outcome::Failed("unreachable", e);
+) -> Result<Option<Bytes>, Fetch> {
+    let unreachable = |e: String| Fetch::Failed(Outcome::Failed("unreachable", e));
     let Some(stream) = relay
         .directory
         .open_stream_to(device, target)
         .await
-        .map_err(|e| unreachable(e.to_string()))?
+        .map_err(|e| match e {
+            directory::DirectoryError::Offline => Fetch::Offline,
+            e => unreachable(e.to_string()),
+        })?
     else {
         return Ok(None);
     };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| unreachable(e.to_string()))?;
-    let conn = tokio::spawn(conn);
     let req = http::Request::get(path)
         .header(http::header::HOST, "localhost")
         .header(
@@ -300,39 +377,50 @@ async fn fetch(
         )
         .header(http::header::USER_AGENT, "edge-relay-scraper")
         .body(Empty::<Bytes>::new())
-        .map_err(|e| Outcome::Failed("bad_path", e.to_string()))?;
-    let res = sender
-        .send_request(req)
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let status = res.status();
-    if status == http::StatusCode::NOT_FOUND || status == http::StatusCode::GONE {
-        conn.abort();
-        return Ok(None);
-    }
-    if !status.is_success() {
-        conn.abort();
-        return Err(Outcome::Failed(
-            "http_status",
-            format!("the box answered {}", status.as_u16()),
-        ));
-    }
+        .map_err(|e| Fetch::Failed(Outcome::Failed("bad_path", e.to_string())))?;
     let limit = settings.parse.max_body_bytes;
-    let body = Limited::new(res.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                Outcome::Failed(
-                    "body_too_large",
-                    format!("the body is larger than {limit} bytes"),
-                )
-            } else {
-                unreachable(e.to_string())
-            }
-        });
-    conn.abort();
-    Ok(Some(body?.to_bytes()))
+    let exchange = async {
+        let res = sender
+            .send_request(req)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = res.status();
+        if status == http::StatusCode::NOT_FOUND || status == http::StatusCode::GONE {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(Fetch::Failed(Outcome::Failed(
+                "http_status",
+                format!("the box answered {}", status.as_u16()),
+            )));
+        }
+        let body = Limited::new(res.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    Fetch::Failed(Outcome::Failed(
+                        "body_too_large",
+                        format!("the body is larger than {limit} bytes"),
+                    ))
+                } else {
+                    unreachable(e.to_string())
+                }
+            })?;
+        Ok(Some(body.to_bytes()))
+    };
+    // The connection is driven here, beside the exchange, rather than in
+    // a task of its own: one task per scrape, not two. It ends (dropped)
+    // with the exchange; if it ends first, the exchange still gets what it
+    // had read, or the error.
+    tokio::pin!(exchange, conn);
+    let mut conn_done = false;
+    loop {
+        tokio::select! {
+            out = &mut exchange => return out,
+            _ = &mut conn, if !conn_done => conn_done = true,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -353,6 +441,46 @@ mod tests {
             }
             assert_eq!(hits, 10, "phase {phase}");
         }
+    }
+
+    /// The schedule's binary search picks exactly the devices `due` picks,
+    /// across wrap-arounds, gaps longer than an interval and a clock that
+    /// stands still.
+    #[test]
+    fn schedule_finds_the_devices_due() {
+        let interval = 15_000;
+        let devices: Vec<DeviceId> = (0..500).map(|_| DeviceId::new()).collect();
+        let mut schedule = Schedule::default();
+        schedule.refresh(0, interval, || devices.clone());
+        let steps = [0, 1, 99, 100, 7_777, 14_999, 15_000, 15_001, 40_000];
+        let mut last = 1_000_000_i64;
+        for (i, step) in steps.iter().cycle().take(200).enumerate() {
+            let now = last + step + i as i64;
+            let mut got: Vec<DeviceId> = schedule.due(last, now, interval).collect();
+            let mut want: Vec<DeviceId> = devices
+                .iter()
+                .copied()
+                .filter(|d| due(last, now, phase(*d, interval), interval))
+                .collect();
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "last {last} now {now}");
+            last = now;
+        }
+    }
+
+    #[test]
+    fn schedule_is_rebuilt_once_a_second() {
+        let interval = 15_000;
+        let mut schedule = Schedule::default();
+        let mut builds = 0;
+        for now in (0..10_000).step_by(100) {
+            schedule.refresh(now, interval, || {
+                builds += 1;
+                vec![DeviceId::new()]
+            });
+        }
+        assert_eq!(builds, 10);
     }
 
     #[test]

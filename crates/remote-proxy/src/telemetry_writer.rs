@@ -9,8 +9,8 @@
 //! counted.
 
 use crate::metrics::RelayMetrics;
-use box_metrics::codec::{self, Window};
 use box_metrics::figures::resolution_exp;
+use box_metrics::recorder::Recorder;
 use box_metrics::Figures;
 use edge_core::DeviceId;
 use std::collections::{HashMap, HashSet};
@@ -56,11 +56,10 @@ pub struct Scraped {
 }
 
 /// What the writer keeps per device.
-#[derive(Default)]
 struct DeviceState {
     /// The hour the open window belongs to.
     hour: i64,
-    window: Window,
+    window: Recorder,
     window_dirty: bool,
     /// When the open window was last written (ms).
     window_written: i64,
@@ -72,6 +71,22 @@ struct DeviceState {
     last_seen: i64,
 }
 
+impl Default for DeviceState {
+    fn default() -> Self {
+        Self {
+            hour: 0,
+            window: Recorder::new(BUCKET_MS),
+            window_dirty: false,
+            window_written: 0,
+            known: HashSet::new(),
+            figures: String::new(),
+            last_ok_at: None,
+            latest: None,
+            last_seen: 0,
+        }
+    }
+}
+
 struct Writer {
     devices: HashMap<DeviceId, DeviceState>,
     pending: TelemetryBatch,
@@ -79,20 +94,46 @@ struct Writer {
     written: Arc<watch::Sender<u64>>,
 }
 
+/// The stored form of the last figures (`telemetry_latest.figures`):
+/// `{"series":[{"metric","labels":{..},"value"}],"models":[..]}`,
+/// serialised straight from the figures, each value at the resolution the
+/// windows keep (shorter rows, rewritten at every scrape).
 fn figures_json(f: &Figures) -> String {
-    let series: Vec<serde_json::Value> = f
-        .values
-        .iter()
-        .map(|(k, v)| {
-            let labels: serde_json::Map<String, serde_json::Value> = k
-                .labels
-                .iter()
-                .map(|(a, b)| (a.clone(), b.clone().into()))
-                .collect();
-            serde_json::json!({"metric": k.metric, "labels": labels, "value": v})
-        })
-        .collect();
-    serde_json::json!({"series": series, "models": f.models}).to_string()
+    use serde::ser::{SerializeMap, Serializer};
+    struct Labels<'a>(&'a [(String, String)]);
+    impl serde::Serialize for Labels<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(Some(self.0.len()))?;
+            for (k, v) in self.0 {
+                m.serialize_entry(k, v)?;
+            }
+            m.end()
+        }
+    }
+    #[derive(serde::Serialize)]
+    struct Series<'a> {
+        metric: &'a str,
+        labels: Labels<'a>,
+        value: f64,
+    }
+    #[derive(serde::Serialize)]
+    struct Stored<'a> {
+        series: Vec<Series<'a>>,
+        models: &'a [box_metrics::figures::ModelInfo],
+    }
+    let stored = Stored {
+        series: f
+            .values
+            .iter()
+            .map(|(k, v)| Series {
+                metric: &k.metric,
+                labels: Labels(&k.labels),
+                value: box_metrics::codec::at_resolution(*v, resolution_exp(&k.metric)),
+            })
+            .collect(),
+        models: &f.models,
+    };
+    serde_json::to_string(&stored).unwrap_or_else(|_| "{}".to_owned())
 }
 
 impl Writer {
@@ -174,7 +215,7 @@ impl Writer {
                     .push(window_row(*device, &state.window));
                 self.pending
                     .rollups
-                    .push(rollup_row(*device, state.hour, &state.window));
+                    .push(rollup_row(*device, state.hour, &mut state.window));
                 state.window_dirty = false;
                 state.window_written = now;
             }
@@ -208,32 +249,34 @@ impl Writer {
     }
 }
 
-fn window_row(device: DeviceId, w: &Window) -> WindowRow {
+fn window_row(device: DeviceId, w: &Recorder) -> WindowRow {
+    let (start_ms, end_ms) = w.span();
     WindowRow {
         device_id: device,
-        start_ms: w.times.first().copied().unwrap_or(0),
-        end_ms: w.times.last().copied().unwrap_or(0),
+        start_ms,
+        end_ms,
         samples: w.len() as i64,
-        data: codec::encode(w),
+        data: w.encode(),
     }
 }
 
 /// The rollups of `w`'s five-minute buckets, keyed by its hour.
-fn rollup_row(device: DeviceId, hour: i64, w: &Window) -> RollupRow {
+fn rollup_row(device: DeviceId, hour: i64, w: &mut Recorder) -> RollupRow {
+    let start_ms = if w.is_empty() { hour } else { w.span().0 };
     RollupRow {
         device_id: device,
         bucket_ms: hour,
-        start_ms: w.times.first().copied().unwrap_or(hour),
-        data: codec::encode_buckets(hour, BUCKET_MS, &codec::summarize_buckets(w, BUCKET_MS)),
+        start_ms,
+        data: w.encode_rollups(hour),
     }
 }
 
 /// Write `state`'s window a last time, with its rollups, and start afresh.
 fn close(device: DeviceId, state: &mut DeviceState, out: &mut TelemetryBatch) {
-    let w = std::mem::take(&mut state.window);
+    let mut w = std::mem::replace(&mut state.window, Recorder::new(BUCKET_MS));
     state.window_dirty = false;
     state.window_written = 0;
-    out.rollups.push(rollup_row(device, state.hour, &w));
+    out.rollups.push(rollup_row(device, state.hour, &mut w));
     out.windows.push(window_row(device, &w));
 }
 
@@ -320,4 +363,40 @@ async fn write(store: &Store, w: &mut Writer, batch: TelemetryBatch) {
     }
     let done = store.write_telemetry(&batch).await.map_err(|e| (batch, e));
     w.finished(Ok(done));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use box_metrics::figures::{ModelInfo, SeriesKey};
+
+    #[test]
+    fn the_stored_figures_keep_their_shape() {
+        let figures = Figures {
+            values: vec![
+                (
+                    SeriesKey::new("inference_fps", &[("model", "yolo \"v8\"")]),
+                    29.5,
+                ),
+                (SeriesKey::new("cpu_busy_ratio", &[]), f64::NAN),
+            ],
+            models: vec![ModelInfo {
+                model: "yolo".into(),
+                version: "8".into(),
+                runtime: "rknn".into(),
+            }],
+        };
+        let stored: serde_json::Value =
+            serde_json::from_str(&figures_json(&figures)).unwrap_or_default();
+        assert_eq!(
+            stored,
+            serde_json::json!({
+                "series": [
+                    {"metric": "inference_fps", "labels": {"model": "yolo \"v8\""}, "value": 29.5},
+                    {"metric": "cpu_busy_ratio", "labels": {}, "value": null},
+                ],
+                "models": [{"model": "yolo", "version": "8", "runtime": "rknn"}],
+            })
+        );
+    }
 }
