@@ -50,7 +50,8 @@ pub struct Config {
     /// Database URL (sqlite:// or postgres://); default: SQLite in the data dir.
     #[arg(long, env = "EDGE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Internal URL of the relay node (one node; multi-node lookup comes later).
+    /// Internal URL of the one relay node (single-node mode; with
+    /// `--redis-url` each device's node is found from its lease instead).
     #[arg(
         long,
         env = "API_SERVER_RELAY_URL",

@@ -33,7 +33,8 @@ use std::net::SocketAddr;
 pub const ENTER_PATH: &str = "/__edge/enter";
 
 /// The device origins' router. Each request carries the [`DeviceId`] its
-/// `Host` names as an extension (set by the host dispatch in `router`).
+/// `Host` names as an extension (set by the host dispatch,
+/// `hygiene::dispatch`).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route(ENTER_PATH, post(enter))

@@ -135,16 +135,37 @@ impl KeyFigures {
     }
 }
 
+/// What the session directory said of a device.
+#[derive(Clone, Copy)]
+enum Presence<'a> {
+    /// The directory did not answer.
+    Unknown,
+    Offline,
+    Online(&'a LiveStatus),
+}
+
+impl<'a> Presence<'a> {
+    /// From a directory answer: `None` when it did not answer, then
+    /// whether the device has a session.
+    fn of(answer: Option<Option<&'a LiveStatus>>) -> Self {
+        match answer {
+            None => Self::Unknown,
+            Some(None) => Self::Offline,
+            Some(Some(s)) => Self::Online(s),
+        }
+    }
+}
+
 fn view(
     d: Device,
-    live: Option<Option<&LiveStatus>>,
+    live: Presence<'_>,
     telemetry: Option<&store::LatestRow>,
     health: Option<&store::DeviceHealth>,
 ) -> DeviceView {
     let (status, since, heard) = match live {
-        None => ("unknown", None, None),
-        Some(None) => ("offline", None, None),
-        Some(Some(s)) => ("online", Some(s.connected_since), s.last_heard_from),
+        Presence::Unknown => ("unknown", None, None),
+        Presence::Offline => ("offline", None, None),
+        Presence::Online(s) => ("online", Some(s.connected_since), s.last_heard_from),
     };
     DeviceView {
         id: d.id.to_string(),
@@ -197,7 +218,7 @@ async fn view_live(state: &AppState, d: Device) -> DeviceView {
     };
     let mut v = view(
         d,
-        live.as_ref().map(|o| o.as_ref()),
+        Presence::of(live.as_ref().map(|o| o.as_ref())),
         telemetry.as_ref(),
         health.as_ref(),
     );
@@ -329,7 +350,7 @@ pub async fn list(
         devices
             .into_iter()
             .map(|d| {
-                let status = live.as_ref().map(|m| m.get(&d.id));
+                let status = Presence::of(live.as_ref().map(|m| m.get(&d.id)));
                 let (figures, h) = (telemetry.get(&d.id), health.get(&d.id));
                 view(d, status, figures, h)
             })

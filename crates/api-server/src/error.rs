@@ -183,7 +183,7 @@ impl From<auth::oidc::OidcError> for ApiError {
             OidcError::Rejected(e) => {
                 Self::LoginFailed(format!("the provider rejected the code ({e})"))
             }
-            OidcError::InvalidToken(_) => {
+            OidcError::InvalidToken { .. } => {
                 Self::LoginFailed("the ID token was not acceptable".into())
             }
             OidcError::Config(_) => Self::Internal,

@@ -74,54 +74,51 @@ pub enum OidcError {
     Unavailable(String),
     #[error("the identity provider rejected the request: {0}")]
     Rejected(String),
-    #[error("the ID token is not acceptable: {0}")]
-    InvalidToken(String),
+    /// `check` names the check that failed, a stable label (metrics).
+    #[error("the ID token is not acceptable: {detail}")]
+    InvalidToken { check: &'static str, detail: String },
     #[error("configuration: {0}")]
     Config(String),
 }
 
 impl OidcError {
-    /// Why a login failed, as a short stable label (metrics): `state`,
-    /// `nonce`, `issuer`, `audience`, `expiry` and `signature` come from
-    /// the ID token's checks.
+    /// Why a login failed, as a short stable label (metrics): `nonce`,
+    /// `issuer`, `audience`, `expiry`, `signature` and `invalid_token`
+    /// name the ID token's check that failed (`logout_token` a logout
+    /// token's).
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Unavailable(_) => "provider_unavailable",
             Self::Rejected(_) => "provider_error",
             Self::Config(_) => "config",
-            Self::InvalidToken(msg) => claim_reason(msg),
+            Self::InvalidToken { check, .. } => check,
         }
     }
 }
 
-/// The check an ID-token failure message names.
-fn claim_reason(msg: &str) -> &'static str {
-    let m = msg.to_ascii_lowercase();
-    [
-        ("nonce", "nonce"),
-        ("issuer", "issuer"),
-        ("audience", "audience"),
-        ("expired", "expiry"),
-        ("signature", "signature"),
-        ("key", "signature"),
-        ("alg", "signature"),
-    ]
-    .into_iter()
-    .find(|(needle, _)| m.contains(needle))
-    .map_or("invalid_token", |(_, reason)| reason)
+impl OidcError {
+    fn invalid(check: &'static str, detail: impl Into<String>) -> Self {
+        Self::InvalidToken {
+            check,
+            detail: detail.into(),
+        }
+    }
 }
 
-/// An ID-token check failure, with the check named in its message.
-fn claims_error(e: &ClaimsVerificationError) -> OidcError {
+/// An ID-token (or UserInfo) check failure, labelled by the check.
+fn claims_error(context: &str, e: &ClaimsVerificationError) -> OidcError {
     let check = match e {
-        ClaimsVerificationError::Expired(_) => "expired",
+        ClaimsVerificationError::Expired(_) => "expiry",
         ClaimsVerificationError::InvalidAudience(_) => "audience",
         ClaimsVerificationError::InvalidIssuer(_) => "issuer",
         ClaimsVerificationError::InvalidNonce(_) => "nonce",
-        ClaimsVerificationError::SignatureVerification(_) => "signature",
-        _ => "claims",
+        // An unsupported JOSE header (JWE, `crit`, `typ`) is about how the
+        // token is signed, as a bad signature is.
+        ClaimsVerificationError::SignatureVerification(_)
+        | ClaimsVerificationError::Unsupported(_) => "signature",
+        _ => "invalid_token",
     };
-    OidcError::InvalidToken(format!("{check} check failed: {e}"))
+    OidcError::invalid(check, format!("{context}{check} check failed: {e}"))
 }
 
 /// Relying-party settings.
@@ -400,7 +397,9 @@ impl OidcClient {
             .map_err(|e| OidcError::Rejected(token_error(&e)))?;
         let id_token = token
             .id_token()
-            .ok_or_else(|| OidcError::InvalidToken("no ID token in the token response".into()))?
+            .ok_or_else(|| {
+                OidcError::invalid("invalid_token", "no ID token in the token response")
+            })?
             .clone();
         let nonce = Nonce::new(pending.nonce.clone());
         let mut identity = match self.verify(m.clone(), &id_token, &nonce) {
@@ -409,9 +408,9 @@ impl OidcClient {
             )) => {
                 let m = self.refresh_jwks().await?;
                 self.verify(m, &id_token, &nonce)
-                    .map_err(|e| claims_error(&e))?
+                    .map_err(|e| claims_error("", &e))?
             }
-            other => other.map_err(|e| claims_error(&e))?,
+            other => other.map_err(|e| claims_error("", &e))?,
         };
         identity.sid = unverified_claim(&id_token.to_string(), "sid");
         self.add_user_info(m, token.access_token(), &mut identity)
@@ -442,7 +441,7 @@ impl OidcClient {
         let info: openidconnect::core::CoreUserInfoClaims =
             request.request_async(&http).await.map_err(|e| match e {
                 openidconnect::UserInfoError::ClaimsVerification(e) => {
-                    OidcError::InvalidToken(format!("UserInfo: {e}"))
+                    claims_error("UserInfo: ", &e)
                 }
                 other => OidcError::Unavailable(format!("UserInfo: {other}")),
             })?;
@@ -501,8 +500,9 @@ impl OidcClient {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             if last.is_some_and(|t| t.elapsed() < self.settings.jwks_refresh_interval) {
-                return Err(OidcError::InvalidToken(
-                    "ID token signed by an unknown key (JWKS refreshed recently)".into(),
+                return Err(OidcError::invalid(
+                    "signature",
+                    "ID token signed by an unknown key (JWKS refreshed recently)",
                 ));
             }
             *last = Some(Instant::now());
@@ -531,9 +531,9 @@ impl OidcClient {
             }
             other => other,
         }
-        .map_err(|e| OidcError::InvalidToken(e.to_string()))?;
+        .map_err(|e| OidcError::invalid("signature", e.to_string()))?;
         let claims = decode_part(token, 1)
-            .ok_or_else(|| OidcError::InvalidToken("unreadable claims".into()))?;
+            .ok_or_else(|| OidcError::invalid("invalid_token", "unreadable claims"))?;
         let skew = i64::try_from(self.settings.clock_skew.as_secs()).unwrap_or(60);
         logout_claims(
             &claims,
@@ -542,7 +542,7 @@ impl OidcClient {
             chrono::Utc::now().timestamp(),
             skew,
         )
-        .map_err(OidcError::InvalidToken)
+        .map_err(|detail| OidcError::invalid("logout_token", detail))
     }
 
     /// The provider's end-session endpoint, when it advertises one.

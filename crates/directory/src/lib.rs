@@ -1,7 +1,7 @@
 //! The session directory: which device has a live tunnel, where, and how to
 //! reach it. Split by role: [`SessionView`] (lookup, list, close, open a
 //! stream) is implemented by the relay and by the api-server's client of the
-//! relay; [`SessionRegistry`] (register, heartbeat, cleanup) exists only in
+//! relay; [`SessionRegistry`] (register, cleanup) exists only in
 //! the relay. [`NodeLocator`] says which relay node holds a device.
 
 pub mod client;
@@ -189,8 +189,6 @@ pub trait SessionRegistry: Send + Sync {
     /// Add a session; a previous session of the same device is replaced and
     /// closed with GoAway(0).
     async fn register(&self, summary: SessionSummary, live: Self::Live) -> ConnectionId;
-    /// Refresh the session's liveness (and, across nodes, its lease).
-    async fn heartbeat(&self, device: DeviceId, conn: ConnectionId);
     /// Remove the session if `conn` is still the registered one.
     async fn cleanup(&self, device: DeviceId, conn: ConnectionId);
 }

@@ -1,5 +1,5 @@
 //! Command-line and environment configuration of the relay, with the
-//! documented defaults, checked once into [`Settings`].
+//! documented defaults, checked once into [`Limits`].
 
 use clap::Parser;
 use edge_core::telemetry::LogFormat;

@@ -326,11 +326,6 @@ impl SessionRegistry for LocalDirectory {
         conn
     }
 
-    async fn heartbeat(&self, _device: DeviceId, _conn: ConnectionId) {
-        // Liveness is read from the session's activity counters; a shared
-        // multi-node registry refreshes its lease here.
-    }
-
     async fn cleanup(&self, device: DeviceId, conn: ConnectionId) {
         let removed = {
             let mut entries = self.entries();

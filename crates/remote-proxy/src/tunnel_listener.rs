@@ -278,7 +278,9 @@ async fn run_tunnel(
     tracing::info!(%device, %remote, "tunnel up");
     mark_seen(&relay, device).await;
 
-    let mut heartbeat = tokio::time::interval(limits.idle_timeout / 4);
+    // The session's bytes reach the relay's counters this often (liveness
+    // is the session's own activity; leases have their keeper).
+    let mut tally = tokio::time::interval(limits.idle_timeout / 4);
     let mut recheck = tokio::time::interval_at(
         tokio::time::Instant::now() + limits.credential_recheck,
         limits.credential_recheck,
@@ -288,10 +290,7 @@ async fn run_tunnel(
     let session_end = loop {
         tokio::select! {
             end = &mut driver => break end,
-            _ = heartbeat.tick() => {
-                relay.directory.heartbeat(device, conn).await;
-                counted = count_bytes(&relay, &activity, counted);
-            }
+            _ = tally.tick() => counted = count_bytes(&relay, &activity, counted),
             _ = recheck.tick() => {
                 if credential_revoked(&relay, &token_hash, &metrics_path).await {
                     tracing::info!(%device, %remote, "credential revoked; closing the tunnel");

@@ -1,8 +1,9 @@
 //! The one shared test helper. [`Stack`] starts the real relay, api-server
-//! and simulated box routers on ephemeral loopback ports over a fresh SQLite
-//! store, and makes users (with real signed session cookies), devices with
-//! credentials, in-process agents and Go peers. Tests and the benchmark use
-//! it; nothing here is compiled into a product binary.
+//! and simulated box routers on ephemeral loopback ports over a fresh store
+//! (SQLite, or PostgreSQL when `TEST_STACK_ON_POSTGRES=1`), and makes users
+//! (with real signed session cookies), devices with credentials,
+//! in-process agents and Go peers. Tests and the benchmark use it; nothing
+//! here is compiled into a product binary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
