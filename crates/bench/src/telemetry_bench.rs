@@ -24,12 +24,13 @@
 use anyhow::{bail, Context, Result};
 use auth::{CookieKey, CookieKeys, SessionId};
 use bench::procs::{self, bin, cpu_ms, free_port, wait_port, Procs};
-use box_metrics::codec::{self, Window};
 use box_metrics::figures::resolution_exp;
+use box_metrics::recorder::Recorder;
 use box_metrics::{AllowList, Tracker};
 use clap::Parser;
 use edge_core::{DeviceId, DeviceToken};
 use futures_util::StreamExt;
+use remote_proxy::telemetry_writer::{closed_rows, BUCKET_MS, WINDOW_MS};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,18 +67,17 @@ struct Cli {
     requests: usize,
 }
 
-const BUCKET_MS: i64 = 300_000;
-const WINDOW_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;
 
 /// One device's scrapes from `start` every `every_ms` for `span_ms`, as
-/// the relay's writer stores them: closed windows with their rollups.
+/// the relay's writer stores them: closed windows with their rollups,
+/// recorded and turned into rows by the writer's own code.
 fn replay(device: DeviceId, start: i64, span_ms: i64, every_ms: i64) -> Result<TelemetryBatch> {
     let sim = sim_box::metrics::SimMetrics::default();
     let mut tracker = Tracker::default();
     let allow = AllowList::default();
     let mut out = TelemetryBatch::default();
-    let mut window = Window::default();
+    let mut window = Recorder::new(BUCKET_MS);
     let mut hour = start - start.rem_euclid(WINDOW_MS);
     let mut known = std::collections::HashSet::new();
     let mut t = 0;
@@ -88,49 +88,33 @@ fn replay(device: DeviceId, start: i64, span_ms: i64, every_ms: i64) -> Result<T
         let f = tracker.figures(&e, at, &allow)?;
         let h = at - at.rem_euclid(WINDOW_MS);
         if h != hour && !window.is_empty() {
-            close(device, hour, &mut window, &mut out);
+            let done = std::mem::replace(&mut window, Recorder::new(BUCKET_MS));
+            closed_rows(device, hour, &done, &mut out);
         }
         hour = h;
         let values: Vec<(u32, i8, f64)> = f
             .values
             .iter()
             .map(|(k, v)| {
-                if known.insert(k.id()) {
+                let id = k.id();
+                if known.insert(id) {
                     out.series.push(store::SeriesRow {
                         device_id: device,
-                        series_id: k.id(),
+                        series_id: id,
                         metric: k.metric.clone(),
                         labels: "{}".into(),
                     });
                 }
-                (k.id(), resolution_exp(&k.metric), *v)
+                (id, resolution_exp(&k.metric), *v)
             })
             .collect();
         window.push(at, &values);
         t += every_ms;
     }
     if !window.is_empty() {
-        close(device, hour, &mut window, &mut out);
+        closed_rows(device, hour, &window, &mut out);
     }
     Ok(out)
-}
-
-fn close(device: DeviceId, hour: i64, w: &mut Window, out: &mut TelemetryBatch) {
-    let w = std::mem::take(w);
-    let start_ms = w.times[0];
-    out.rollups.push(store::RollupRow {
-        device_id: device,
-        bucket_ms: hour,
-        start_ms,
-        data: codec::encode_buckets(hour, BUCKET_MS, &codec::summarize_buckets(&w, BUCKET_MS)),
-    });
-    out.windows.push(store::WindowRow {
-        device_id: device,
-        start_ms,
-        end_ms: *w.times.last().unwrap_or(&start_ms),
-        samples: w.len() as i64,
-        data: codec::encode(&w),
-    });
 }
 
 fn file_bytes(path: &std::path::Path) -> u64 {

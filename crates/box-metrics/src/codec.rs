@@ -1,14 +1,16 @@
 //! The compact form of a device's samples (ADR 025). A [`Window`] holds the
-//! scrapes of one device over up to five minutes: their times and, per
-//! series, a value or a gap per scrape. [`encode`] stores times as
-//! delta-of-delta varints (a steady 15 s interval costs a byte a scrape)
-//! and each series as integers of its resolution (`10^exp`), delta
+//! scrapes of one device over a window (the relay's is an hour): their
+//! times and, per series, a value or a gap per scrape. [`encode`] stores
+//! times as delta-of-delta varints (a steady 15 s interval costs a byte a
+//! scrape) and each series as integers of its resolution (`10^exp`), delta
 //! zig-zag varints with a presence bitmap, so a slowly moving figure costs
 //! about a byte a sample; a series with a value at every scrape needs no
 //! bitmap, and one that did not change is one number. [`Summary`] is a
 //! window's five-minute rollup (count, min, mean, max, p95) per series, as
 //! integers of the same resolution. Decoding checks every length and never
-//! trusts a count it has not bounded.
+//! trusts a count it has not bounded. [`encode`] and [`encode_buckets`]
+//! are the reference form of the bytes; the relay writes the same bytes
+//! as it goes with [`crate::recorder::Recorder`].
 
 use std::collections::BTreeMap;
 
@@ -100,15 +102,19 @@ fn in_range(x: i64) -> Result<i64, CodecError> {
 }
 
 pub(crate) fn scale(v: f64, exp: i8) -> i64 {
-    let scaled = (v / 10f64.powi(i32::from(exp))).round();
-    scaled.clamp(-MAX_INT, MAX_INT) as i64
+    units(v, exp).clamp(-MAX_INT, MAX_INT) as i64
+}
+
+/// `v` in whole units of `10^exp`, unclamped.
+fn units(v: f64, exp: i8) -> f64 {
+    (v / 10f64.powi(i32::from(exp))).round()
 }
 
 /// `v` at the resolution `10^exp` the windows keep it at, as the nearest
 /// double to that decimal (so it prints short: `0.442`, not
 /// `0.4423782229423523`); `v` itself beyond what a window can hold.
 pub fn at_resolution(v: f64, exp: i8) -> f64 {
-    let scaled = (v / 10f64.powi(i32::from(exp))).round();
+    let scaled = units(v, exp);
     if !scaled.is_finite() || scaled.abs() >= MAX_INT {
         return v;
     }

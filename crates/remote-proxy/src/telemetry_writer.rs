@@ -1,7 +1,8 @@
 //! The telemetry writer: one task per relay that gathers the scraper's
 //! results and stores them every `write_every` in one transaction (each
 //! device's last scrape). Per device it keeps the open window (the current
-//! hour's samples, [`box_metrics::codec`]) and rewrites it, with the
+//! hour's samples, packed as they come by [`box_metrics::recorder`]) and
+//! rewrites it, with the
 //! five-minute rollups of its buckets, every `window_every` while it
 //! fills; it is written a last time when the hour ends or the device has
 //! not been scraped for a while (it left this relay). A failed write is kept
@@ -215,7 +216,7 @@ impl Writer {
                     .push(window_row(*device, &state.window));
                 self.pending
                     .rollups
-                    .push(rollup_row(*device, state.hour, &mut state.window));
+                    .push(rollup_row(*device, state.hour, &state.window));
                 state.window_dirty = false;
                 state.window_written = now;
             }
@@ -261,7 +262,7 @@ fn window_row(device: DeviceId, w: &Recorder) -> WindowRow {
 }
 
 /// The rollups of `w`'s five-minute buckets, keyed by its hour.
-fn rollup_row(device: DeviceId, hour: i64, w: &mut Recorder) -> RollupRow {
+fn rollup_row(device: DeviceId, hour: i64, w: &Recorder) -> RollupRow {
     let start_ms = if w.is_empty() { hour } else { w.span().0 };
     RollupRow {
         device_id: device,
@@ -273,11 +274,17 @@ fn rollup_row(device: DeviceId, hour: i64, w: &mut Recorder) -> RollupRow {
 
 /// Write `state`'s window a last time, with its rollups, and start afresh.
 fn close(device: DeviceId, state: &mut DeviceState, out: &mut TelemetryBatch) {
-    let mut w = std::mem::replace(&mut state.window, Recorder::new(BUCKET_MS));
+    let w = std::mem::replace(&mut state.window, Recorder::new(BUCKET_MS));
     state.window_dirty = false;
     state.window_written = 0;
-    out.rollups.push(rollup_row(device, state.hour, &mut w));
-    out.windows.push(window_row(device, &w));
+    closed_rows(device, state.hour, &w, out);
+}
+
+/// The rows a finished window of `hour` leaves: its rollups and its raw
+/// samples (also what the telemetry bench replays a day into).
+pub fn closed_rows(device: DeviceId, hour: i64, w: &Recorder, out: &mut TelemetryBatch) {
+    out.rollups.push(rollup_row(device, hour, w));
+    out.windows.push(window_row(device, w));
 }
 
 /// Gather from `rx` and write every `write_every` until `rx` closes; then
