@@ -260,9 +260,10 @@ pub struct Config {
         hide_env_values = true
     )]
     pub telemetry_timeout_secs: u64,
-    /// How often each device's open hour of samples (and its rollups) is
-    /// rewritten, in seconds: time series lag live figures by up to this;
-    /// each device's last scrape is always current.
+    /// How often each device's open hour of samples (and its rollups) and
+    /// its last figures are rewritten, in seconds: what the console shows
+    /// lags the box by up to this; a scrape that fails, or works again, is
+    /// written at the next pass.
     #[arg(
         long,
         env = "REMOTE_PROXY_TELEMETRY_WINDOW_WRITE_SECS",

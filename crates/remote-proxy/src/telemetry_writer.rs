@@ -1,13 +1,15 @@
 //! The telemetry writer: one task per relay that gathers the scraper's
-//! results and stores them every `write_every` in one transaction (each
-//! device's last scrape). Per device it keeps the open window (the current
-//! hour's samples, packed as they come by [`box_metrics::recorder`]) and
-//! rewrites it, with the
+//! results and stores them every `write_every` in one transaction. Per
+//! device it keeps the open window (the current hour's samples, packed as
+//! they come by [`box_metrics::recorder`]) and rewrites it, with the
 //! five-minute rollups of its buckets, every `window_every` while it
 //! fills; it is written a last time when the hour ends or the device has
-//! not been scraped for a while (it left this relay). A failed write is kept
-//! for the next pass, up to a bound; past it the oldest is dropped and
-//! counted.
+//! not been scraped for a while (it left this relay). The device's last
+//! scrape (its figures and outcome) is written on the same clock: at most
+//! every `window_every`, but at the next pass when the outcome or its
+//! error changed, when it is the device's first, and when the device goes
+//! quiet or the writer stops. A failed write is kept for the next pass, up
+//! to a bound; past it the oldest is dropped and counted.
 
 use crate::metrics::RelayMetrics;
 use box_metrics::figures::resolution_exp;
@@ -68,7 +70,12 @@ struct DeviceState {
     /// Figures JSON of the last good scrape (kept across failures).
     figures: String,
     last_ok_at: Option<i64>,
+    /// The last scrape, not yet written.
     latest: Option<LatestRow>,
+    /// When the last scrape was last written (ms; `None`: never), and its
+    /// outcome and error then.
+    latest_written: Option<i64>,
+    written_outcome: (String, Option<String>),
     last_seen: i64,
 }
 
@@ -83,6 +90,8 @@ impl Default for DeviceState {
             figures: String::new(),
             last_ok_at: None,
             latest: None,
+            latest_written: None,
+            written_outcome: (String::new(), None),
             last_seen: 0,
         }
     }
@@ -193,8 +202,8 @@ impl Writer {
     }
 
     /// The batch of this pass: closed windows of devices gone quiet, open
-    /// windows that changed and were not written for `window_ms`, and new
-    /// last scrapes.
+    /// windows that changed and were not written for `window_ms`, and the
+    /// last scrapes that are due (see the module's doc).
     fn batch(
         &mut self,
         now: i64,
@@ -204,10 +213,20 @@ impl Writer {
     ) -> TelemetryBatch {
         let mut gone = Vec::new();
         for (device, state) in &mut self.devices {
-            if let Some(latest) = state.latest.take() {
+            let quiet = now - state.last_seen > quiet_ms;
+            if let Some(latest) = state.latest.take_if(|l| {
+                quiet
+                    || everything
+                    || state
+                        .latest_written
+                        .is_none_or(|at| now - at >= window_ms)
+                    || state.written_outcome.0 != l.outcome
+                    || state.written_outcome.1 != l.error
+            }) {
+                state.latest_written = Some(now);
+                state.written_outcome = (latest.outcome.clone(), latest.error.clone());
                 self.pending.latest.push(latest);
             }
-            let quiet = now - state.last_seen > quiet_ms;
             if (quiet || everything) && !state.window.is_empty() {
                 close(*device, state, &mut self.pending);
             } else if state.window_dirty && now - state.window_written >= window_ms {
@@ -405,5 +424,83 @@ mod tests {
                 "models": [{"model": "yolo", "version": "8", "runtime": "rknn"}],
             })
         );
+    }
+
+    fn writer() -> Writer {
+        Writer {
+            devices: HashMap::new(),
+            pending: TelemetryBatch::default(),
+            metrics: RelayMetrics::default(),
+            written: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    fn ok(device: DeviceId, at_ms: i64, fps: f64) -> Scraped {
+        Scraped {
+            device,
+            at_ms,
+            outcome: Outcome::Ok(Figures {
+                values: vec![(SeriesKey::new("inference_fps", &[("model", "m")]), fps)],
+                models: Vec::new(),
+            }),
+        }
+    }
+
+    /// The last scrapes of one pass: (scraped_at, outcome).
+    fn latest_of(batch: &TelemetryBatch) -> Vec<(i64, String)> {
+        batch
+            .latest
+            .iter()
+            .map(|l| (l.scraped_at, l.outcome.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn last_scrapes_are_written_at_most_every_window_but_changes_at_once() {
+        let mut w = writer();
+        let d = DeviceId::new();
+        let window = 60_000;
+        let quiet = 600_000;
+        // The first scrape is written at the next pass.
+        w.take(ok(d, 1_000, 30.0));
+        assert_eq!(latest_of(&w.batch(1_100, quiet, window, false)), [(1_000, "ok".into())]);
+        // Later ones with the same outcome wait for the window…
+        w.take(ok(d, 16_000, 31.0));
+        assert!(w.batch(16_100, quiet, window, false).latest.is_empty());
+        w.take(ok(d, 31_000, 32.0));
+        assert!(w.batch(31_100, quiet, window, false).latest.is_empty());
+        // …and then the newest is written.
+        w.take(ok(d, 61_000, 33.0));
+        let b = w.batch(61_100, quiet, window, false);
+        assert_eq!(latest_of(&b), [(61_000, "ok".into())]);
+        assert!(b.latest[0].figures.contains("33"), "{}", b.latest[0].figures);
+        // A failure is written at once, and so is the recovery after it.
+        w.take(Scraped {
+            device: d,
+            at_ms: 76_000,
+            outcome: Outcome::Failed("timeout", "no answer".into()),
+        });
+        assert_eq!(latest_of(&w.batch(76_100, quiet, window, false)), [(76_000, "failed".into())]);
+        w.take(ok(d, 91_000, 34.0));
+        assert_eq!(latest_of(&w.batch(91_100, quiet, window, false)), [(91_000, "ok".into())]);
+        // A held scrape is written when the writer stops.
+        w.take(ok(d, 106_000, 35.0));
+        assert!(w.batch(106_100, quiet, window, false).latest.is_empty());
+        assert_eq!(latest_of(&w.batch(106_200, quiet, window, true)), [(106_000, "ok".into())]);
+        // Nothing new: nothing written.
+        assert!(w.batch(200_000, quiet, window, true).latest.is_empty());
+    }
+
+    #[test]
+    fn a_held_last_scrape_is_written_when_the_device_goes_quiet() {
+        let mut w = writer();
+        let d = DeviceId::new();
+        w.take(ok(d, 1_000, 30.0));
+        assert_eq!(w.batch(1_100, 30_000, 60_000, false).latest.len(), 1);
+        w.take(ok(d, 16_000, 31.0));
+        assert!(w.batch(16_100, 30_000, 60_000, false).latest.is_empty());
+        // Not scraped for longer than `quiet`: written, and the device forgotten.
+        assert_eq!(latest_of(&w.batch(50_000, 30_000, 60_000, false)), [(16_000, "ok".into())]);
+        assert!(w.devices.is_empty());
     }
 }
