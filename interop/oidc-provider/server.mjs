@@ -1,6 +1,6 @@
 // Interop peer: npm's certified oidc-provider (pinned in package.json) with
-// devInteractions login and consent, a public PKCE-only client and a
-// confidential client, its default claims behaviour (in the code flow the
+// devInteractions login and consent, the device flow (RFC 8628, for
+// `edge login`), a public PKCE-only client and a confidential client, its default claims behaviour (in the code flow the
 // ID token carries no profile claims: email and name come from UserInfo),
 // and Back-Channel Logout to BACKCHANNEL_URI. Listens on a free loopback
 // port and prints "READY <issuer>" once it accepts requests. Test use only.
@@ -31,7 +31,7 @@ const issuer = `http://127.0.0.1:${port}`;
 
 const common = {
   redirect_uris: [redirect],
-  grant_types: ['authorization_code'],
+  grant_types: ['authorization_code', 'urn:ietf:params:oauth:grant-type:device_code'],
   response_types: ['code'],
   backchannel_logout_uri: backchannel,
   backchannel_logout_session_required: true,
@@ -57,7 +57,11 @@ const provider = new Provider(issuer, {
       },
     };
   },
-  features: { devInteractions: { enabled: true }, backchannelLogout: { enabled: true } },
+  features: {
+    devInteractions: { enabled: true },
+    backchannelLogout: { enabled: true },
+    deviceFlow: { enabled: true },
+  },
   cookies: { keys: ['edge-interop-test-only-cookie-key'] },
 });
 

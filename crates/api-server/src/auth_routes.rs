@@ -122,6 +122,30 @@ pub async fn callback(
     }
 }
 
+/// The user the provider vouched for, made or updated from its claims
+/// (display-safe, bounded); every login ends here.
+pub(crate) async fn upsert_identity(
+    state: &AppState,
+    identity: &auth::oidc::Identity,
+) -> Result<edge_core::UserId, ApiError> {
+    let clean = |s: &Option<String>, max| {
+        s.as_deref()
+            .map(|v| edge_core::text::display_safe_bounded(v, max))
+            .filter(|v| !v.is_empty())
+    };
+    let user = state
+        .store
+        .upsert_user_claims(&store::UserClaims {
+            issuer: identity.issuer.clone(),
+            subject: identity.subject.clone(),
+            email: clean(&identity.email, 320),
+            email_verified: identity.email_verified,
+            name: clean(&identity.name, 200),
+        })
+        .await?;
+    Ok(user.id)
+}
+
 /// A failed login step and its metrics reason.
 type Failed = (ApiError, &'static str);
 
@@ -180,22 +204,9 @@ async fn finish_callback(
             let reason = e.reason();
             (ApiError::from(e), reason)
         })?;
-    let clean = |s: &Option<String>, max| {
-        s.as_deref()
-            .map(|v| edge_core::text::display_safe_bounded(v, max))
-            .filter(|v| !v.is_empty())
-    };
-    let user = state
-        .store
-        .upsert_user_claims(&store::UserClaims {
-            issuer: identity.issuer.clone(),
-            subject: identity.subject.clone(),
-            email: clean(&identity.email, 320),
-            email_verified: identity.email_verified,
-            name: clean(&identity.name, 200),
-        })
+    let user = upsert_identity(state, &identity)
         .await
-        .map_err(|e| failed("error")(e.into()))?;
+        .map_err(failed("error"))?;
     // Session fixation defence: whatever session the browser held is dead.
     if let Some(old) = presented_session_hash(state, &headers) {
         state
@@ -204,20 +215,20 @@ async fn finish_callback(
             .await
             .map_err(|e| failed("error")(e.into()))?;
     }
-    let session_cookie = session::start_login_session(state, user.id, identity.sid.as_deref())
+    let session_cookie = session::start_login_session(state, user, identity.sid.as_deref())
         .await
         .map_err(failed("error"))?;
     state
         .store
         .audit(
-            user.id,
+            user,
             "login",
             None,
             serde_json::json!({ "issuer": identity.issuer }),
         )
         .await
         .map_err(|e| failed("error")(e.into()))?;
-    tracing::info!(user = %user.id, "user logged in");
+    tracing::info!(%user, "user logged in");
     let return_to = if is_local_path(&pending.return_to) {
         pending.return_to
     } else {
@@ -345,6 +356,12 @@ pub async fn logout(
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct SessionView {
     id: String,
+    /// `browser` (the console's cookie) or `bearer` (a terminal's, from
+    /// `edge login`).
+    #[schema(value_type = String)]
+    kind: store::SessionKind,
+    /// What a terminal called itself (`edge CLI on HOST`).
+    client: Option<String>,
     created_at: i64,
     last_seen_at: i64,
     expires_at: i64,
@@ -379,6 +396,8 @@ pub async fn list_sessions(
             .map(|s| SessionView {
                 current: current.as_deref() == Some(s.public_id.as_str()),
                 id: s.public_id,
+                kind: s.kind,
+                client: s.label,
                 created_at: s.created_at,
                 last_seen_at: s.last_seen_at,
                 expires_at: s.expires_at,

@@ -67,6 +67,18 @@ pub enum ApiError {
     StoreUnavailable,
     #[error("remote access is paused: its audit trail cannot be written; try again shortly")]
     AuditUnavailable,
+    #[error("this device's agent reaches only its local service; update the agent to forward to other targets")]
+    TargetNotSupported,
+    #[error("the device's agent does not allow this target (see edge-agent --allow)")]
+    TargetNotAllowed,
+    #[error("the target did not accept the connection on the device's side")]
+    TargetUnreachable,
+    #[error("bearer credentials are not accepted from a browser")]
+    BearerFromBrowser,
+    #[error("this route takes a bearer session (edge login), not the console's cookie")]
+    BearerRequired,
+    #[error("the identity provider offers no device login")]
+    DeviceLoginUnsupported,
     #[error("internal error")]
     Internal,
     #[error("configuration: {0}")]
@@ -107,6 +119,14 @@ impl ApiError {
             Self::WebhookRefused(_) => (StatusCode::BAD_REQUEST, "webhook_url_refused"),
             Self::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             Self::AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
+            Self::TargetNotSupported => (StatusCode::CONFLICT, "target_not_supported"),
+            Self::TargetNotAllowed => (StatusCode::FORBIDDEN, "target_not_allowed"),
+            Self::TargetUnreachable => (StatusCode::BAD_GATEWAY, "target_unreachable"),
+            Self::BearerFromBrowser => (StatusCode::FORBIDDEN, "bearer_from_browser"),
+            Self::BearerRequired => (StatusCode::FORBIDDEN, "bearer_required"),
+            Self::DeviceLoginUnsupported => {
+                (StatusCode::NOT_IMPLEMENTED, "device_login_unsupported")
+            }
             Self::Internal | Self::Config(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -166,6 +186,7 @@ impl ApiError {
                 tracing::warn!(error = %e, "device directory unavailable");
                 Self::DirectoryUnavailable
             }
+            DirectoryError::NotSupported => Self::TargetNotSupported,
             DirectoryError::Relay(e) | DirectoryError::Stream(e) => {
                 tracing::warn!(error = %e, "relay could not open a stream");
                 Self::DeviceUnreachable

@@ -6,6 +6,7 @@
 pub mod audit_writer;
 pub mod auth_routes;
 pub mod box_client;
+pub mod cli_login;
 pub mod config;
 pub mod console;
 pub mod device_host;
@@ -13,6 +14,7 @@ pub mod device_origin;
 pub mod devices;
 pub mod error;
 pub mod extract;
+pub mod forward;
 pub mod health;
 pub mod housekeeping;
 pub mod hygiene;

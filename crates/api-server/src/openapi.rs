@@ -1,13 +1,13 @@
 //! The API contract: an OpenAPI 3.1 document generated (utoipa) from the
 //! handlers' `#[utoipa::path]` annotations and the types they take and
-//! return, served at `GET /api/openapi.json`. The session cookie and the
-//! `X-CSRF` header are its two security schemes. A test checks that every
+//! return, served at `GET /api/openapi.json`. The session cookie, the
+//! `X-CSRF` header and the bearer session are its security schemes. A test checks that every
 //! route of the route table is in it.
 
 use crate::state::AppState;
 use crate::{
-    auth_routes, console, device_origin, devices, health, pairing, proxy, system, telemetry,
-    webhooks,
+    auth_routes, cli_login, console, device_origin, devices, forward, health, pairing, proxy,
+    system, telemetry, webhooks,
 };
 use axum::extract::State;
 use axum::Json;
@@ -30,6 +30,8 @@ use utoipa::OpenApi;
         auth_routes::login,
         auth_routes::callback,
         auth_routes::backchannel_logout,
+        cli_login::start,
+        cli_login::poll,
         auth_routes::me,
         auth_routes::logout,
         auth_routes::list_sessions,
@@ -45,6 +47,7 @@ use utoipa::OpenApi;
         devices::rotate,
         devices::disconnect,
         device_origin::create_ticket,
+        forward::forward,
         devices::audit,
         telemetry::latest,
         telemetry::series,
@@ -76,6 +79,8 @@ pub struct ApiDoc;
 pub const SESSION_SCHEME: &str = "session";
 /// Name of the scheme that is the `X-CSRF` header.
 pub const CSRF_SCHEME: &str = "csrf";
+/// Name of the scheme that is a bearer session (the `edge` CLI's).
+pub const BEARER_SCHEME: &str = "bearer";
 
 struct SecuritySchemes;
 
@@ -88,6 +93,17 @@ impl utoipa::Modify for SecuritySchemes {
                 "X-CSRF",
                 "Must be `1` on every request that changes state",
             ))),
+        );
+        components.add_security_scheme(
+            BEARER_SCHEME,
+            SecurityScheme::Http(
+                utoipa::openapi::security::HttpBuilder::new()
+                    .scheme(utoipa::openapi::security::HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A bearer session from the device login (`edge login`); never from a browser",
+                    ))
+                    .build(),
+            ),
         );
     }
 }

@@ -10,7 +10,7 @@
 //! device's origin kept from the browser).
 
 use crate::error::ApiError;
-use crate::session::{check_csrf, live_session, presented_session_hash, session_and_device, Check};
+use crate::session::{check_csrf, live_session_of, presented_session, session_and_device, Check};
 use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
@@ -84,22 +84,25 @@ pub async fn forward_path(
     console_forward(state, id, remote, req).await
 }
 
-/// The console-origin door: programs only, never browsers. The session,
-/// the CSRF rule and ownership are checked here with one store read (not
-/// through `CurrentUser`, which would cost a second).
+/// The console-origin door: programs only, never browsers. The session
+/// (the cookie, or a bearer from the `edge` CLI), the CSRF rule (cookies
+/// only) and ownership are checked here with one store read (not through
+/// `CurrentUser`, which would cost a second).
 async fn console_forward(
     state: AppState,
     raw_id: String,
     remote: SocketAddr,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let hash = presented_session_hash(&state, req.headers()).ok_or(ApiError::Unauthenticated)?;
+    let (hash, via) = presented_session(&state, req.headers())?.ok_or(ApiError::Unauthenticated)?;
     let device: Option<DeviceId> = raw_id.parse().ok();
     let (user, owns) = match device {
         Some(device) => session_and_device(&state, &hash, device, Check::Activity).await?,
-        None => (live_session(&state, &hash).await?, false),
+        None => (live_session_of(&state, &hash, via).await?, false),
     };
-    check_csrf(req.method(), req.headers(), &state.settings.public_origin)?;
+    if via == store::SessionKind::Browser {
+        check_csrf(req.method(), req.headers(), &state.settings.public_origin)?;
+    }
     let device = device.filter(|_| owns).ok_or(ApiError::NotFound)?;
     if crate::hygiene::from_browser(req.headers()) {
         return Err(ApiError::UseDeviceOrigin);

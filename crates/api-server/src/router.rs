@@ -5,8 +5,8 @@
 
 use crate::state::AppState;
 use crate::{
-    auth_routes, console, device_origin, devices, health, hygiene, pairing, proxy, system,
-    telemetry, webhooks,
+    auth_routes, cli_login, console, device_origin, devices, forward, health, hygiene, pairing,
+    proxy, system, telemetry, webhooks,
 };
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, delete, get, post, MethodRouter};
@@ -18,7 +18,8 @@ use http::Method;
 /// readiness, the two halves of the login (the callback's credential is the
 /// pending-login cookie plus the provider's code), the provider's
 /// back-channel logout (its credential is the signed logout token), and the
-/// pairing exchange (the code is its credential). Device origins have a
+/// pairing exchange (the code is its credential), and the terminal's
+/// device login (its sealed login is its credential). Device origins have a
 /// router of their own (`device_origin`), entered only with a ticket. `/api/auth/status` reads the session but
 /// answers `signed_in: false` instead of 401 and returns nothing else.
 pub const PUBLIC_ROUTES: &[&str] = &[
@@ -33,6 +34,8 @@ pub const PUBLIC_ROUTES: &[&str] = &[
     "/api/auth/callback",
     "/api/auth/backchannel-logout",
     "/api/pairing/exchange",
+    "/api/cli/login",
+    "/api/cli/login/poll",
 ];
 
 /// Methods `any(...)` routes are checked with.
@@ -85,6 +88,16 @@ pub fn route_table() -> Vec<RouteDef> {
             &[M::POST],
             post(auth_routes::backchannel_logout),
         ),
+        route(
+            "/api/cli/login",
+            &[M::POST],
+            post(cli_login::start).layer(DefaultBodyLimit::max(cli_login::BODY_LIMIT)),
+        ),
+        route(
+            "/api/cli/login/poll",
+            &[M::POST],
+            post(cli_login::poll).layer(DefaultBodyLimit::max(cli_login::BODY_LIMIT)),
+        ),
         route("/api/auth/me", &[M::GET], get(auth_routes::me)),
         route("/api/auth/logout", &[M::POST], post(auth_routes::logout)),
         route(
@@ -134,6 +147,11 @@ pub fn route_table() -> Vec<RouteDef> {
             "/api/devices/{id}/ui-ticket",
             &[M::POST],
             post(device_origin::create_ticket),
+        ),
+        route(
+            "/api/devices/{id}/forward",
+            &[M::GET],
+            get(forward::forward),
         ),
         route(
             "/api/devices/{id}/telemetry",

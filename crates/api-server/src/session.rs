@@ -4,6 +4,13 @@
 //! state-changing requests. [`CurrentUser`] is the only way a handler learns
 //! who is calling; there is no fallback identity.
 //!
+//! Bearer sessions (ADR 028) are the `edge` CLI's: the same table, made
+//! by the device login, presented as `Authorization: Bearer edge_s_…`.
+//! A request that carries such a bearer is judged by it alone, and refused
+//! when it comes from a browser (an `Origin`, `Sec-Fetch-*` or our session
+//! cookie beside it); each kind of session opens only its own door. Any
+//! other `Authorization` is not ours and is ignored here.
+//!
 //! Cookies: `HttpOnly`, `Path=/`, no `Domain`, `Secure` and the `__Host-`
 //! prefix unless `--cookie-insecure` (plain-http local development).
 //! `SameSite=Lax` for both: the pending-login cookie must survive the
@@ -19,6 +26,7 @@ use edge_core::time::now_ms;
 use edge_core::{DeviceId, UserId};
 use http::request::Parts;
 use http::{header, Method};
+use store::SessionKind;
 
 /// Purpose bound into the session cookie's MAC.
 pub const SESSION_PURPOSE: &str = "session";
@@ -65,12 +73,17 @@ pub fn set_cookie(secure: bool, name: &str, value: &str, max_age_secs: i64) -> S
     format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}{secure}")
 }
 
+/// What a bearer session's token starts with.
+pub const BEARER_PREFIX: &str = "edge_s_";
+
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
 pub struct CurrentUser {
     pub id: UserId,
     /// Hash of the session id the request came with.
     pub session_hash: String,
+    /// How the session was presented (a cookie, or a bearer token).
+    pub via: SessionKind,
 }
 
 /// Start a new session for `user`; returns the `Set-Cookie` header value.
@@ -100,6 +113,82 @@ pub async fn start_login_session(
         .cookies
         .sign(name, SESSION_PURPOSE, id.expose(), expires);
     Ok(set_cookie(secure, name, &value, lifetime / 1000))
+}
+
+/// Start a bearer session (ADR 028) for `user`, named `label` in "my
+/// sessions"; returns the token to hand to the client, once.
+pub async fn start_bearer_session(
+    state: &AppState,
+    user: UserId,
+    idp_sid: Option<&str>,
+    label: &str,
+) -> Result<(edge_core::Secret, i64), ApiError> {
+    let id = SessionId::generate();
+    let public_id = edge_core::Secret::random(12).expose().to_owned();
+    let now = now_ms();
+    let lifetime = i64::try_from(state.settings.session_lifetime.as_millis()).unwrap_or(i64::MAX);
+    let expires = now.saturating_add(lifetime);
+    state
+        .store
+        .create_bearer_session(
+            &bearer_hash(&id),
+            &public_id,
+            user,
+            (now, expires),
+            idp_sid,
+            label,
+        )
+        .await?;
+    Ok((
+        edge_core::Secret::new(format!("{BEARER_PREFIX}{}", id.expose())),
+        expires,
+    ))
+}
+
+/// What the store keeps of a bearer session's id: its hash in a namespace
+/// of its own, so a browser session's id presented as a bearer names
+/// nothing (and a bearer id cannot be a cookie: cookies are signed).
+pub fn bearer_hash(id: &SessionId) -> String {
+    edge_core::secret::sha256_hex(format!("bearer:{}", id.expose()).as_bytes())
+}
+
+/// The session id in an `Authorization: Bearer edge_s_…` header: `None`
+/// when there is no bearer of ours (an `Authorization` meant for something
+/// else is left alone), `Some(None)` when it has our prefix but is no id.
+fn presented_bearer(headers: &http::HeaderMap) -> Option<Option<SessionId>> {
+    let token = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")?
+        .trim()
+        .strip_prefix(BEARER_PREFIX)?;
+    Some(SessionId::from_cookie_value(token))
+}
+
+/// The session a request presents, by its stored hash, and how: a bearer
+/// (judged alone; refused from a browser) or else the session cookie.
+/// `None`: neither.
+pub fn presented_session(
+    state: &AppState,
+    headers: &http::HeaderMap,
+) -> Result<Option<(String, SessionKind)>, ApiError> {
+    if let Some(bearer) = presented_bearer(headers) {
+        if from_browser(state, headers) {
+            return Err(ApiError::BearerFromBrowser);
+        }
+        let id = bearer.ok_or(ApiError::Unauthenticated)?;
+        return Ok(Some((bearer_hash(&id), SessionKind::Bearer)));
+    }
+    Ok(presented_session_hash(state, headers).map(|h| (h, SessionKind::Browser)))
+}
+
+/// Whether a request comes from a browser's page: fetch metadata
+/// ([`crate::hygiene::from_browser`]), an `Origin`, or our session cookie.
+fn from_browser(state: &AppState, headers: &http::HeaderMap) -> bool {
+    crate::hygiene::from_browser(headers)
+        || headers.contains_key(header::ORIGIN)
+        || read_cookie(headers, cookie_name(state.settings.cookie_secure)).is_some()
 }
 
 /// The `Cookie` request header value (`name=value`) that presents session
@@ -166,10 +255,20 @@ pub fn check_csrf(
 /// absolute limits (an expired one is deleted), and is touched at most once
 /// a minute. The console's cookie and a device origin's cookie both end here.
 pub async fn live_session(state: &AppState, hash: &str) -> Result<UserId, ApiError> {
+    live_session_of(state, hash, SessionKind::Browser).await
+}
+
+/// [`live_session`] for a session of `kind` (another kind is no session).
+pub async fn live_session_of(
+    state: &AppState,
+    hash: &str,
+    kind: SessionKind,
+) -> Result<UserId, ApiError> {
     let record = state
         .store
         .session(hash)
         .await?
+        .filter(|r| r.kind == kind)
         .ok_or(ApiError::Unauthenticated)?;
     still_live(state, hash, &record, Check::Activity).await
 }
@@ -238,13 +337,16 @@ impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let hash =
-            presented_session_hash(state, &parts.headers).ok_or(ApiError::Unauthenticated)?;
-        let id = live_session(state, &hash).await?;
-        check_csrf(&parts.method, &parts.headers, &state.settings.public_origin)?;
+        let (hash, via) =
+            presented_session(state, &parts.headers)?.ok_or(ApiError::Unauthenticated)?;
+        let id = live_session_of(state, &hash, via).await?;
+        if via == SessionKind::Browser {
+            check_csrf(&parts.method, &parts.headers, &state.settings.public_origin)?;
+        }
         Ok(Self {
             id,
             session_hash: hash,
+            via,
         })
     }
 }

@@ -1,9 +1,11 @@
 //! How a browser proves who it is: HMAC-SHA256 signed cookies (several
 //! verification keys, one signing key) and server-side session ids of which
 //! only the hash is stored, and the OpenID Connect relying party that logs
-//! users in (the only way a user is authenticated).
+//! users in (the only way a user is authenticated), in the browser's code
+//! flow or, from a terminal, the device authorization grant.
 
 pub mod cookie;
+pub mod device_login;
 pub mod oidc;
 pub mod pending;
 pub mod session_id;

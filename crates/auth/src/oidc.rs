@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::RwLock;
 
 /// Largest response body accepted from the provider.
-const MAX_PROVIDER_BODY: usize = 1 << 20;
+pub(crate) const MAX_PROVIDER_BODY: usize = 1 << 20;
 
 /// The only signature algorithms accepted on ID tokens (never `none`).
 pub const ALLOWED_ALGS: &[CoreJwsSigningAlgorithm] = &[
@@ -45,14 +45,16 @@ pub const ALLOWED_ALGS: &[CoreJwsSigningAlgorithm] = &[
     CoreJwsSigningAlgorithm::EdDsa,
 ];
 
-/// Provider metadata we read beyond the core: the RP-initiated logout endpoint.
+/// Provider metadata we read beyond the core: the RP-initiated logout
+/// endpoint and the device authorization endpoint (RFC 8628).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct LogoutMetadata {
     pub end_session_endpoint: Option<String>,
+    pub device_authorization_endpoint: Option<String>,
 }
 impl AdditionalProviderMetadata for LogoutMetadata {}
 
-type Metadata = ProviderMetadata<
+pub(crate) type Metadata = ProviderMetadata<
     LogoutMetadata,
     CoreAuthDisplay,
     CoreClientAuthMethod,
@@ -207,7 +209,7 @@ pub struct LoginStart {
 /// The relying party. Metadata is discovered lazily and cached.
 pub struct OidcClient {
     settings: OidcSettings,
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     metadata: RwLock<Option<Metadata>>,
     last_jwks_fetch: Mutex<Option<Instant>>,
 }
@@ -301,7 +303,7 @@ impl OidcClient {
     }
 
     /// Discover (once) and return the provider metadata.
-    async fn metadata(&self) -> Result<Metadata, OidcError> {
+    pub(crate) async fn metadata(&self) -> Result<Metadata, OidcError> {
         if let Some(m) = self.metadata.read().await.as_ref() {
             return Ok(m.clone());
         }
@@ -395,19 +397,31 @@ impl OidcClient {
             .request_async(&http)
             .await
             .map_err(|e| OidcError::Rejected(token_error(&e)))?;
+        let nonce = Nonce::new(pending.nonce.clone());
+        self.identity_of(m, &token, Some(&nonce)).await
+    }
+
+    /// The verified identity in a token response: its ID token checked
+    /// (against `nonce` when the login sent one; the JWKS refetched once
+    /// for an unknown key), the provider's `sid`, and UserInfo's claims.
+    pub(crate) async fn identity_of(
+        &self,
+        m: Metadata,
+        token: &openidconnect::core::CoreTokenResponse,
+        nonce: Option<&Nonce>,
+    ) -> Result<Identity, OidcError> {
         let id_token = token
             .id_token()
             .ok_or_else(|| {
                 OidcError::invalid("invalid_token", "no ID token in the token response")
             })?
             .clone();
-        let nonce = Nonce::new(pending.nonce.clone());
-        let mut identity = match self.verify(m.clone(), &id_token, &nonce) {
+        let mut identity = match self.verify(m.clone(), &id_token, nonce) {
             Err(ClaimsVerificationError::SignatureVerification(
                 SignatureVerificationError::NoMatchingKey,
             )) => {
                 let m = self.refresh_jwks().await?;
-                self.verify(m, &id_token, &nonce)
+                self.verify(m, &id_token, nonce)
                     .map_err(|e| claims_error("", &e))?
             }
             other => other.map_err(|e| claims_error("", &e))?,
@@ -421,7 +435,7 @@ impl OidcClient {
     /// Fill what the ID token lacks from the UserInfo endpoint (when the
     /// provider has one). Its `sub` must equal the ID token's; an answer
     /// for anyone else fails the login.
-    async fn add_user_info(
+    pub(crate) async fn add_user_info(
         &self,
         m: Metadata,
         access_token: &AccessToken,
@@ -462,11 +476,13 @@ impl OidcClient {
         Ok(())
     }
 
+    /// Verify `id_token`; `nonce` is the one the login sent (`None`: the
+    /// grant sends none, as the device grant).
     fn verify(
         &self,
         m: Metadata,
         id_token: &openidconnect::core::CoreIdToken,
-        nonce: &Nonce,
+        nonce: Option<&Nonce>,
     ) -> Result<Identity, ClaimsVerificationError> {
         let skew = chrono::Duration::from_std(self.settings.clock_skew).unwrap_or_default();
         let client = self.client(m);
@@ -477,7 +493,10 @@ impl OidcClient {
             .require_audience_match(true)
             // Accept tokens that expired at most `skew` ago.
             .set_time_fn(move || chrono::Utc::now() - skew);
-        let claims = id_token.claims(&verifier, nonce)?;
+        let claims = match nonce {
+            Some(nonce) => id_token.claims(&verifier, nonce)?,
+            None => id_token.claims(&verifier, |_: Option<&Nonce>| Ok(()))?,
+        };
         let email = claims.email().map(|e| e.as_str().to_owned());
         Ok(Identity {
             issuer: claims.issuer().as_str().to_owned(),
@@ -572,7 +591,7 @@ fn token_error<RE: std::error::Error + 'static>(
 
 /// An error with every cause behind it ("error sending request: … :
 /// invalid peer certificate: UnknownIssuer"), so a TLS failure says why.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -2,7 +2,8 @@
 //! sim-box, edge-agent) as separate processes on loopback and, when rathole
 //! is found (`--rathole PATH` or on `PATH`; `cargo install rathole`),
 //! rathole 0.5 with its tcp and websocket transports forwarding to the same
-//! box, in the same run. It prints, for each path, bulk throughput and
+//! box, in the same run, and the `edge` CLI forwarding a local port to the
+//! box through the whole path. It prints, for each path, bulk throughput and
 //! small-request rate with p50/p99, our ratios to rathole, CPU per 1,000
 //! proxied requests, and how fast and how cheaply the relay holds N idle
 //! tunnels. Stops by itself (well under 3 minutes on 2 cores).
@@ -51,6 +52,76 @@ struct Cli {
     /// The rathole binary (default: `rathole` on PATH).
     #[arg(long)]
     rathole: Option<PathBuf>,
+}
+
+/// Start `edge forward` (the real CLI, with a bearer session of `user`)
+/// from an ephemeral local port to the box: its pid and local address.
+#[allow(clippy::too_many_arguments)]
+async fn start_edge_forward(
+    bindir: &std::path::Path,
+    store: &Store,
+    user: edge_core::UserId,
+    data: &std::path::Path,
+    server: &str,
+    device: &str,
+    box_port: u16,
+    procs: &mut Procs,
+) -> Result<(u32, std::net::SocketAddr)> {
+    use tokio::io::AsyncBufReadExt;
+    let sid = SessionId::generate();
+    let now = edge_core::time::now_ms();
+    store
+        .create_bearer_session(
+            &api_server::session::bearer_hash(&sid),
+            "bench-cli",
+            user,
+            (now, now + 3_600_000),
+            None,
+            "edge-bench",
+        )
+        .await?;
+    let config = data.join("edge-cli");
+    let global = edge_cli::Global {
+        server: None,
+        config_dir: Some(config.clone()),
+        ca_file: None,
+        insecure_plaintext: false,
+    };
+    edge_cli::credentials::save(
+        &global,
+        &edge_cli::credentials::Credential {
+            server: server.to_owned(),
+            token: Secret::new(format!(
+                "{}{}",
+                api_server::session::BEARER_PREFIX,
+                sid.expose()
+            )),
+            expires_at: now + 3_600_000,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut child = Command::new(bin(bindir, "edge")?)
+        .args(["forward", device, &format!("0:127.0.0.1:{box_port}")])
+        .env("EDGE_CONFIG_DIR", &config)
+        .env("EDGE_SERVER", server)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let pid = procs.keep(child)?;
+    let line = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::BufReader::new(stdout).lines().next_line(),
+    )
+    .await
+    .context("edge forward did not start")??
+    .context("edge forward printed nothing")?;
+    let addr = line
+        .strip_prefix("Forwarding ")
+        .and_then(|l| l.split(" -> ").next())
+        .context("unexpected first line of edge forward")?
+        .parse()?;
+    Ok((pid, addr))
 }
 
 /// What one path measured.
@@ -239,6 +310,17 @@ async fn main() -> Result<()> {
         }
     }
 
+    let (forward_pid, forward_addr) = start_edge_forward(
+        &bindir,
+        &store,
+        user.id,
+        data.path(),
+        &format!("http://127.0.0.1:{api_port}"),
+        &dev.id.to_string(),
+        box_port,
+        &mut procs,
+    )
+    .await?;
     let client = reqwest::Client::builder().no_proxy().build()?;
     let ours = format!("http://127.0.0.1:{api_port}/api/devices/{}/proxy", dev.id);
     let direct = format!("http://127.0.0.1:{box_port}");
@@ -254,6 +336,7 @@ async fn main() -> Result<()> {
         paths.push((name, format!("http://127.0.0.1:{port}"), None));
     }
     paths.push(("ours, full path", ours.clone(), Some(cookie.as_str())));
+    paths.push(("ours, edge forward", format!("http://{forward_addr}"), None));
     for (name, base, cookie) in &paths {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -313,7 +396,7 @@ async fn main() -> Result<()> {
                 )
                 .await?,
             );
-            if cookie.is_some() {
+            if paths[i].0 == "ours, full path" {
                 let after = (cpu_ms(api_pid)?, cpu_ms(relay_pid)?, cpu_ms(agent_pid)?);
                 cpu.0 += after.0 - before.0;
                 cpu.1 += after.1 - before.1;
@@ -364,7 +447,7 @@ async fn main() -> Result<()> {
     println!("  {:<26} {:>60.1}", "ours, relay alone", relay_only);
     println!("  {:<26} {:>60.1}", "ours, full path upload", upload);
     println!();
-    println!("against rathole (targets in issue 11):");
+    println!("against rathole:");
     println!(
         "  small requests, full path / rathole-tcp  {}  (target ≥ 0.5×; p99 {:.2} ms, target ≤ 10 ms)",
         ratio(full.small.rps, rh_tcp.map(|r| r.small.rps)),
@@ -377,6 +460,19 @@ async fn main() -> Result<()> {
     println!(
         "  bulk, relay alone / rathole-websocket    {}  (target ≥ 1.0×)",
         ratio(relay_only, rh_ws.map(|r| r.bulk))
+    );
+    let fwd = find("ours, edge forward").context("no forward row")?;
+    println!(
+        "  bulk, edge forward / rathole-tcp         {}  (within 1.25× of rathole: ≥ 0.8×)",
+        ratio(fwd.bulk, rh_tcp.map(|r| r.bulk))
+    );
+    println!(
+        "  bulk, edge forward / rathole-websocket   {}",
+        ratio(fwd.bulk, rh_ws.map(|r| r.bulk))
+    );
+    println!(
+        "  edge forward's own CPU over the runs      {} ms",
+        cpu_ms(forward_pid)?
     );
     if let Some((api, relay, agent)) = cpu {
         let per_k = |ms: u64| ms as f64 * 1000.0 / proxied;

@@ -1,9 +1,11 @@
 //! DEVELOPMENT-ONLY OpenID Provider: discovery, a JWKS with one P-256 key,
 //! an authorize page where you pick a demo user, a token endpoint that
-//! enforces PKCE S256 and single-use codes, and end-session. Tests can make
+//! enforces PKCE S256 and single-use codes, the device login (RFC 8628,
+//! for `edge login`), and end-session. Tests can make
 //! the next ID token faulty ([`Fault`]) through the in-process handle; no
 //! HTTP route can. It is a test peer, not an auth path of the product.
 
+mod device;
 mod jwt;
 
 use axum::extract::{Form, Query, State};
@@ -77,6 +79,8 @@ struct Inner {
     jwks_fetches: std::sync::atomic::AtomicU64,
     clients: Vec<Client>,
     codes: Mutex<HashMap<String, Grant>>,
+    /// Device logins (RFC 8628) by device code.
+    devices: Mutex<HashMap<String, device::DeviceGrant>>,
     /// Access token → (demo user index, fault for its UserInfo answer).
     access_tokens: Mutex<HashMap<String, (usize, Option<Fault>)>>,
     /// The `sid` of the latest login of each subject.
@@ -96,6 +100,7 @@ impl DevIdp {
             jwks_fetches: std::sync::atomic::AtomicU64::new(0),
             clients,
             codes: Mutex::new(HashMap::new()),
+            devices: Mutex::new(HashMap::new()),
             access_tokens: Mutex::new(HashMap::new()),
             sids: Mutex::new(HashMap::new()),
             fault: Mutex::new(None),
@@ -154,6 +159,8 @@ impl DevIdp {
             .route("/jwks", get(jwks))
             .route("/authorize", get(authorize_page).post(authorize_select))
             .route("/token", axum::routing::post(token))
+            .route("/device/code", axum::routing::post(device::authorize))
+            .route("/device", get(device::page).post(device::approve))
             .route("/userinfo", get(userinfo))
             .route("/end-session", get(end_session))
             .with_state(self.clone())
@@ -204,7 +211,8 @@ async fn discovery(State(idp): State<DevIdp>) -> Json<serde_json::Value> {
         "id_token_signing_alg_values_supported": ["ES256"],
         "scopes_supported": ["openid", "email", "profile"],
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nonce", "sid", "email", "email_verified", "name"],
-        "grant_types_supported": ["authorization_code"],
+        "grant_types_supported": ["authorization_code", device::GRANT],
+        "device_authorization_endpoint": format!("{i}/device/code"),
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
     }))
@@ -346,9 +354,10 @@ mod tests {
 #[derive(Deserialize)]
 struct TokenForm {
     grant_type: String,
-    code: String,
-    redirect_uri: String,
+    code: Option<String>,
+    redirect_uri: Option<String>,
     code_verifier: Option<String>,
+    device_code: Option<String>,
     client_id: Option<String>,
     client_secret: Option<String>,
 }
@@ -372,53 +381,94 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((dec(id)?, dec(secret)?))
 }
 
-async fn token(
-    State(idp): State<DevIdp>,
-    headers: HeaderMap,
-    Form(f): Form<TokenForm>,
-) -> Response {
-    if f.grant_type != "authorization_code" {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "only authorization_code",
-        );
+/// An OAuth error answer: status, `error` and `error_description`.
+pub(crate) struct Refusal(StatusCode, &'static str, &'static str);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        oauth_error(self.0, self.1, self.2)
     }
-    let (client_id, presented_secret) = match basic_credentials(&headers) {
+}
+
+/// The client a request authenticates as (HTTP Basic, or `client_id` and
+/// `client_secret` in the form), or the OAuth error to answer.
+fn authenticate(
+    idp: &DevIdp,
+    headers: &HeaderMap,
+    form_id: Option<&str>,
+    form_secret: Option<&str>,
+) -> Result<String, Refusal> {
+    let (client_id, presented_secret) = match basic_credentials(headers) {
         Some((id, secret)) => (id, Some(secret)),
-        None => match &f.client_id {
-            Some(id) => (id.clone(), f.client_secret.clone()),
+        None => match form_id {
+            Some(id) => (id.to_owned(), form_secret.map(str::to_owned)),
             None => {
-                return oauth_error(
+                return Err(Refusal(
                     StatusCode::UNAUTHORIZED,
                     "invalid_client",
                     "no client authentication",
-                )
+                ))
             }
         },
     };
     let Some(client) = idp.client(&client_id) else {
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "unknown client");
+        return Err(Refusal(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "unknown client",
+        ));
     };
     if let Some(expected) = &client.secret {
         use subtle::ConstantTimeEq;
         let ok =
             presented_secret.is_some_and(|s| bool::from(s.as_bytes().ct_eq(expected.as_bytes())));
         if !ok {
-            return oauth_error(
+            return Err(Refusal(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 "client authentication failed",
-            );
+            ));
         }
     }
+    Ok(client_id)
+}
+
+async fn token(
+    State(idp): State<DevIdp>,
+    headers: HeaderMap,
+    Form(f): Form<TokenForm>,
+) -> Response {
+    let client_id = match authenticate(
+        &idp,
+        &headers,
+        f.client_id.as_deref(),
+        f.client_secret.as_deref(),
+    ) {
+        Ok(id) => id,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match f.grant_type.as_str() {
+        "authorization_code" => code_grant(&idp, client_id, f),
+        device::GRANT => device::token(&idp, client_id, f.device_code.as_deref()),
+        _ => oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only authorization_code and the device code",
+        ),
+    }
+}
+
+/// The authorization-code grant: a single-use code, its client and
+/// redirect, and PKCE S256.
+fn code_grant(idp: &DevIdp, client_id: String, f: TokenForm) -> Response {
+    let code = f.code.unwrap_or_default();
     // Single use: the code is gone once presented, whatever happens next.
     let grant = idp
         .0
         .codes
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .remove(&f.code);
+        .remove(&code);
     let Some(grant) = grant else {
         return oauth_error(
             StatusCode::BAD_REQUEST,
@@ -428,7 +478,7 @@ async fn token(
     };
     if grant.expires < jwt::now()
         || grant.client_id != client_id
-        || grant.redirect_uri != f.redirect_uri
+        || Some(&grant.redirect_uri) != f.redirect_uri.as_ref()
     {
         return oauth_error(
             StatusCode::BAD_REQUEST,
@@ -450,8 +500,15 @@ async fn token(
             "PKCE verification failed",
         );
     }
+    issue(idp, &client_id, grant.user, grant.nonce)
+}
+
+/// Tokens for demo user `user` (index into [`DEMO_USERS`]) and `client_id`:
+/// an ID token (with `nonce` when the login sent one, and the pending
+/// [`Fault`] if any), an access token for UserInfo.
+fn issue(idp: &DevIdp, client_id: &str, user: usize, nonce: Option<String>) -> Response {
     let fault = idp.0.fault.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let (sub, name, email) = DEMO_USERS[grant.user];
+    let (sub, name, email) = DEMO_USERS[user];
     let now = jwt::now();
     let sid = edge_core::Secret::random(12).expose().to_owned();
     idp.0
@@ -469,7 +526,7 @@ async fn token(
         "email": email,
         "name": name,
     });
-    if let Some(nonce) = grant.nonce {
+    if let Some(nonce) = nonce {
         claims["nonce"] = serde_json::Value::String(nonce);
     }
     match fault {
@@ -498,7 +555,7 @@ async fn token(
         .access_tokens
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(access_token.clone(), (grant.user, info_fault));
+        .insert(access_token.clone(), (user, info_fault));
     (
         [(header::CACHE_CONTROL, "no-store")],
         Json(serde_json::json!({

@@ -418,6 +418,15 @@ impl SessionView for RelayDirectory {
         Ok(self.open_stream_retiring(device).await?.0)
     }
 
+    async fn open_tcp(
+        &self,
+        device: DeviceId,
+        target: &tunnel::preamble::TcpTarget,
+    ) -> Result<BoxStream, DirectoryError> {
+        let node = self.node_for(device).await?;
+        Ok(self.open_on(&node, device, Some(target)).await?.0)
+    }
+
     /// A node that answers "draining" still holds the device until its
     /// open streams end; the device then connects to another node. The
     /// stream is asked for again wherever the device's lease points next,
@@ -430,7 +439,7 @@ impl SessionView for RelayDirectory {
         let mut node = self.node_for(device).await?;
         let mut moving = false;
         loop {
-            let err = match self.open_on(&node, device).await {
+            let err = match self.open_on(&node, device, None).await {
                 Err(DirectoryError::Draining) => {
                     moving = true;
                     DirectoryError::Draining
@@ -479,15 +488,17 @@ const RELOCATE_FOR: Duration = Duration::from_secs(5);
 const RELOCATE_EVERY: Duration = Duration::from_millis(50);
 
 impl RelayDirectory {
-    /// A stream to `device` through `node`'s channel.
+    /// A stream to `device` (to `target` on its side, if given) through
+    /// `node`'s channel.
     async fn open_on(
         &self,
         node: &NodeId,
         device: DeviceId,
+        target: Option<&tunnel::preamble::TcpTarget>,
     ) -> Result<(BoxStream, Retiring), DirectoryError> {
         let (mut stream, draining) = self.channel_stream(node).await?;
         let asked = async {
-            mux::write_request(&mut stream, device).await?;
+            mux::write_request(&mut stream, device, target).await?;
             mux::read_status(&mut stream).await
         };
         let status = tokio::time::timeout(self.response_timeout, asked)
@@ -501,6 +512,7 @@ impl RelayDirectory {
                 draining.set();
                 Err(DirectoryError::Draining)
             }
+            mux::STATUS_NOT_SUPPORTED => Err(DirectoryError::NotSupported),
             mux::STATUS_REFUSED => Err(DirectoryError::Stream(
                 "the device's session refused the stream".into(),
             )),

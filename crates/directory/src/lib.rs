@@ -141,6 +141,10 @@ pub enum DirectoryError {
     /// The shared directory (Redis) cannot answer now.
     #[error("directory unavailable: {0}")]
     Unavailable(String),
+    /// The device's streams cannot name a target (a Go device, an older
+    /// agent): only its local service is reachable.
+    #[error("the device's agent cannot reach other targets")]
+    NotSupported,
 }
 
 /// Read-and-control view of the directory. Both the relay and the
@@ -172,6 +176,14 @@ pub trait SessionView: Send + Sync {
     ) -> Result<(BoxStream, Retiring), DirectoryError> {
         Ok((self.open_stream(device).await?, Retiring::default()))
     }
+    /// A stream to the TCP service `target` on the device's side (ADR 027):
+    /// the agent's one-line answer comes first
+    /// ([`tunnel::preamble::read_answer`]), then the service's bytes.
+    async fn open_tcp(
+        &self,
+        device: DeviceId,
+        target: &tunnel::preamble::TcpTarget,
+    ) -> Result<BoxStream, DirectoryError>;
     /// The relay nodes that are up (one, in single-node mode).
     async fn nodes(&self) -> Result<Vec<NodeId>, DirectoryError>;
 }

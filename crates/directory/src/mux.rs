@@ -3,7 +3,9 @@
 //! `Upgrade: edge-mux`, the shared secret as bearer), then a yamux session
 //! on which the api-server (client) opens one stream per request to a
 //! device. On each stream the api-server first writes the device id, then
-//! optionally a space and the request id it serves, and a newline; the
+//! optionally a space and the request id it serves, optionally a space and
+//! `tcp=HOST:PORT` (a stream to that TCP service on the device, ADR 027,
+//! instead of its local service), and a newline; the
 //! relay answers one status byte and, when it is
 //! [`STATUS_OK`], the stream is from then on a byte pipe to a fresh stream
 //! on the device. No TCP connection, HTTP handshake or upgrade per request.
@@ -16,6 +18,7 @@ use edge_core::request_id::RequestId;
 use edge_core::DeviceId;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tunnel::preamble::TcpTarget;
 
 /// Path of the upgrade that starts a channel.
 pub const MUX_PATH: &str = "/internal/v1/mux";
@@ -32,12 +35,20 @@ pub const STATUS_REFUSED: u8 = 2;
 pub const STATUS_BAD_REQUEST: u8 = 3;
 /// This node is draining: no new stream; ask where the device is again.
 pub const STATUS_DRAINING: u8 = 4;
+/// The device's streams cannot name a target (a Go device, an older
+/// agent): only its local service is reachable.
+pub const STATUS_NOT_SUPPORTED: u8 = 5;
 
 /// Length of a request line's head: a hyphenated UUID and `\n` (or the
 /// space before a request id).
 const REQUEST_LEN: usize = 37;
 /// Longest request id on a request line.
 const MAX_ID_LINE: usize = 64;
+/// Longest rest of a request line after the device id: a request id and
+/// a target.
+const MAX_REST: usize = MAX_ID_LINE + 1 + TARGET_KEY.len() + tunnel::preamble::MAX_HOST + 8;
+/// What a target on a request line starts with.
+const TARGET_KEY: &str = "tcp=";
 
 /// yamux settings of a channel: both ends ping every 5 s (a dead peer is
 /// found within a ping timeout), many concurrent streams, 1 MiB windows.
@@ -57,11 +68,19 @@ pub fn config() -> tokio_yamux::Config {
 pub async fn write_request<S: AsyncWrite + Unpin>(
     stream: &mut S,
     device: DeviceId,
+    target: Option<&TcpTarget>,
 ) -> std::io::Result<()> {
-    let line = match edge_core::request_id::current() {
-        Some(id) => format!("{device} {id}\n"),
-        None => format!("{device}\n"),
-    };
+    let mut line = device.to_string();
+    if let Some(id) = edge_core::request_id::current() {
+        line.push(' ');
+        line.push_str(&id.to_string());
+    }
+    if let Some(t) = target {
+        line.push(' ');
+        line.push_str(TARGET_KEY);
+        line.push_str(&t.to_string());
+    }
+    line.push('\n');
     stream.write_all(line.as_bytes()).await?;
     stream.flush().await
 }
@@ -76,6 +95,8 @@ pub async fn read_status<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Resul
 pub struct StreamRequest {
     pub device: DeviceId,
     pub request_id: Option<RequestId>,
+    /// A TCP service on the device (`None`: its local service).
+    pub target: Option<TcpTarget>,
 }
 
 /// Relay side: the request of a channel stream (`None`: malformed).
@@ -90,31 +111,49 @@ pub async fn read_request<S: AsyncRead + Unpin>(
     else {
         return Ok(None);
     };
+    let mut request = StreamRequest {
+        device,
+        request_id: None,
+        target: None,
+    };
     match line[REQUEST_LEN - 1] {
-        b'\n' => Ok(Some(StreamRequest {
-            device,
-            request_id: None,
-        })),
-        b' ' => {
-            let mut id = Vec::with_capacity(MAX_ID_LINE);
-            loop {
-                let b = stream.read_u8().await?;
-                if b == b'\n' {
-                    break;
-                }
-                if id.len() == MAX_ID_LINE {
-                    return Ok(None);
-                }
-                id.push(b);
-            }
-            let request_id = std::str::from_utf8(&id).ok().and_then(RequestId::parse);
-            Ok(request_id.map(|id| StreamRequest {
-                device,
-                request_id: Some(id),
-            }))
-        }
-        _ => Ok(None),
+        b'\n' => return Ok(Some(request)),
+        b' ' => {}
+        _ => return Ok(None),
     }
+    let mut rest = Vec::with_capacity(MAX_ID_LINE);
+    loop {
+        let b = stream.read_u8().await?;
+        if b == b'\n' {
+            break;
+        }
+        if rest.len() == MAX_REST {
+            return Ok(None);
+        }
+        rest.push(b);
+    }
+    let Ok(rest) = std::str::from_utf8(&rest) else {
+        return Ok(None);
+    };
+    for token in rest.split(' ') {
+        if let Some(t) = token.strip_prefix(TARGET_KEY) {
+            match t.parse() {
+                Ok(t) if request.target.is_none() => request.target = Some(t),
+                _ => return Ok(None),
+            }
+        } else if token.len() <= MAX_ID_LINE
+            && request.request_id.is_none()
+            && request.target.is_none()
+        {
+            match RequestId::parse(token) {
+                Some(id) => request.request_id = Some(id),
+                None => return Ok(None),
+            }
+        } else {
+            return Ok(None);
+        }
+    }
+    Ok(Some(request))
 }
 
 /// Relay side: answer `status`.
@@ -135,12 +174,13 @@ mod tests {
     async fn requests_and_answers_round_trip_over_any_stream() {
         let (mut a, mut b) = tokio::io::duplex(256);
         let device = DeviceId::new();
-        write_request(&mut a, device).await.unwrap();
+        write_request(&mut a, device, None).await.unwrap();
         assert_eq!(
             read_request(&mut b).await.unwrap(),
             Some(StreamRequest {
                 device,
-                request_id: None
+                request_id: None,
+                target: None,
             })
         );
         write_status(&mut b, STATUS_OFFLINE).await.unwrap();
@@ -154,16 +194,44 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(256);
         let device = DeviceId::new();
         let id = RequestId::parse("req-42").unwrap();
-        edge_core::request_id::scope(id.clone(), write_request(&mut a, device))
+        edge_core::request_id::scope(id.clone(), write_request(&mut a, device, None))
             .await
             .unwrap();
         assert_eq!(
             read_request(&mut b).await.unwrap(),
             Some(StreamRequest {
                 device,
-                request_id: Some(id)
+                request_id: Some(id.clone()),
+                target: None,
             })
         );
+        // A target travels after it, or alone.
+        let target: TcpTarget = "127.0.0.1:22".parse().unwrap();
+        edge_core::request_id::scope(id.clone(), write_request(&mut a, device, Some(&target)))
+            .await
+            .unwrap();
+        assert_eq!(
+            read_request(&mut b).await.unwrap(),
+            Some(StreamRequest {
+                device,
+                request_id: Some(id),
+                target: Some(target.clone()),
+            })
+        );
+        write_request(&mut a, device, Some(&target)).await.unwrap();
+        assert_eq!(
+            read_request(&mut b).await.unwrap().and_then(|r| r.target),
+            Some(target)
+        );
+        // Two targets, a bad one, or an id after the target: malformed.
+        for bad in [
+            format!("{device} tcp=a:1 tcp=b:2\n"),
+            format!("{device} tcp=a\n"),
+            format!("{device} tcp=a:1 req-1\n"),
+        ] {
+            a.write_all(bad.as_bytes()).await.unwrap();
+            assert_eq!(read_request(&mut b).await.unwrap(), None, "{bad}");
+        }
         // A malformed or overlong id is a malformed request.
         a.write_all(format!("{device} bad id\n").as_bytes())
             .await

@@ -143,6 +143,18 @@ pub struct RunArgs {
         hide_env_values = true
     )]
     pub target: String,
+    /// Further TCP services (host:port, comma-separated) the owner may
+    /// forward to through the tunnel, for example `127.0.0.1:22` for SSH
+    /// or a camera's `192.168.1.20:554`. Only relays that negotiated
+    /// stream preambles can ask for them (ADR 027); the `--target` service
+    /// is always reachable, nothing else is by default.
+    #[arg(
+        long,
+        env = "EDGE_AGENT_ALLOW",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub allow: Vec<String>,
     /// File holding the device credential (mode 0600). EDGE_AGENT_TOKEN, when
     /// set, is used instead.
     #[arg(
@@ -178,6 +190,8 @@ pub struct AgentSettings {
     /// Relay tunnel URLs, at least one.
     pub relays: Vec<String>,
     pub target: String,
+    /// TCP services a `tcp` stream may reach besides `target`.
+    pub allow: Vec<tunnel::preamble::TcpTarget>,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     /// A relay that sends nothing for this long is considered gone.
@@ -196,6 +210,7 @@ impl AgentSettings {
         Self {
             relays: vec![relay.into()],
             target: target.into(),
+            allow: Vec::new(),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(15),
             idle_timeout: tunnel::contract::IDLE_TIMEOUT + Duration::from_secs(5),
@@ -229,6 +244,16 @@ impl RunArgs {
         }
         let mut s = AgentSettings::new(relays[0].clone(), &self.target);
         s.relays = relays;
+        s.allow = self
+            .allow
+            .iter()
+            .map(|a| a.trim())
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                a.parse()
+                    .map_err(|e| crate::AgentError::Config(format!("--allow {a:?}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
         s.backoff_min = Duration::from_millis(self.backoff_min_ms);
         s.backoff_max = Duration::from_millis(self.backoff_max_ms);
         s.tls = Some(self.transport.tls()?);
@@ -273,6 +298,36 @@ mod tests {
             args.settings().is_err(),
             "each relay's transport is checked"
         );
+    }
+
+    #[test]
+    fn allowed_targets_are_checked_host_and_port_pairs() {
+        let cli = Cli::try_parse_from([
+            "edge-agent",
+            "run",
+            "--allow",
+            "127.0.0.1:22, Camera:554",
+            "--allow",
+            "[::1]:80",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let allow: Vec<String> = args
+            .settings()
+            .unwrap()
+            .allow
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(allow, ["127.0.0.1:22", "camera:554", "[::1]:80"]);
+        let bad = Cli::try_parse_from(["edge-agent", "run", "--allow", "127.0.0.1"]).unwrap();
+        let Command::Run(args) = bad.command else {
+            panic!("not run")
+        };
+        let err = args.settings().unwrap_err().to_string();
+        assert!(err.contains("--allow"), "{err}");
     }
 
     #[test]

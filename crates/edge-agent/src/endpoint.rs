@@ -1,10 +1,11 @@
 //! What the agent does with a stream when the relay agreed to stream
-//! preambles (ADR 026): read the preamble, then pipe a `service` stream to
-//! the box's local service (the bytes after the line first) or serve an
-//! `agent` stream itself: `GET /metrics` answers the host figures
-//! ([`host`](crate::host)) and the agent's own (version, tunnel
-//! reconnects). A stream whose preamble is missing, too long or names
-//! another target is dropped (reset).
+//! preambles (ADR 026, ADR 027): read the preamble, then pipe a `service`
+//! stream to the box's local service (the bytes after the line first),
+//! serve an `agent` stream itself (`GET /metrics` answers the host figures
+//! ([`host`](crate::host)) and the agent's own: version, tunnel
+//! reconnects), or answer a `tcp` stream and pipe it to that service when
+//! the allow-list names it. A stream whose preamble is missing, too long
+//! or unknown is dropped (reset).
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tunnel::preamble::{self, Target};
+use tunnel::preamble::{self, Refusal, Target, TcpTarget};
 use tunnel::StreamHandle;
 
 /// How long the relay has to send a stream's preamble.
@@ -58,11 +59,36 @@ impl AgentFigures {
     }
 }
 
+/// Where the agent's streams may go.
+#[derive(Debug)]
+pub struct Targets {
+    /// The box's local service (`--target`).
+    pub service: String,
+    /// What `tcp` streams may reach: the `--allow` list and the service.
+    allowed: Vec<TcpTarget>,
+}
+
+impl Targets {
+    pub fn new(settings: &crate::config::AgentSettings) -> Self {
+        let mut allowed = settings.allow.clone();
+        allowed.extend(settings.target.parse::<TcpTarget>().ok());
+        Self {
+            service: settings.target.clone(),
+            allowed,
+        }
+    }
+
+    pub fn allows(&self, t: &TcpTarget) -> bool {
+        self.allowed.contains(t)
+    }
+}
+
 /// Serve one stream that starts with a preamble.
-pub async fn dispatch(mut stream: StreamHandle, target: String, figures: Arc<AgentFigures>) {
+pub async fn dispatch(mut stream: StreamHandle, targets: Arc<Targets>, figures: Arc<AgentFigures>) {
     let read = tokio::time::timeout(PREAMBLE_TIMEOUT, preamble::read(&mut stream)).await;
     match read {
-        Ok(Ok((Target::Service, rest))) => crate::pipe(stream, target, rest).await,
+        Ok(Ok((Target::Service, rest))) => crate::pipe(stream, targets.service.clone(), rest).await,
+        Ok(Ok((Target::Tcp(t), rest))) => forward(stream, &targets, t, rest).await,
         Ok(Ok((Target::Agent, rest))) => {
             serve_agent(
                 Prefixed {
@@ -76,6 +102,24 @@ pub async fn dispatch(mut stream: StreamHandle, target: String, figures: Arc<Age
         }
         Ok(Err(err)) => tracing::warn!(error = %err, "stream dropped"),
         Err(_) => tracing::warn!("stream dropped: no preamble in time"),
+    }
+}
+
+/// A `tcp` stream: refused unless allowed and reachable, else answered
+/// and piped.
+async fn forward(mut stream: StreamHandle, targets: &Targets, t: TcpTarget, rest: Vec<u8>) {
+    if !targets.allows(&t) {
+        tracing::warn!(target = %t, "forward refused: not in the allow-list");
+        let _ = preamble::write_answer(&mut stream, Some(Refusal::NotAllowed)).await;
+        return;
+    }
+    let Some(local) = crate::connect_local(&t.addr()).await else {
+        let _ = preamble::write_answer(&mut stream, Some(Refusal::Unreachable)).await;
+        return;
+    };
+    if preamble::write_answer(&mut stream, None).await.is_ok() {
+        tracing::info!(target = %t, "forward started");
+        crate::pipe_connected(stream, local, rest).await;
     }
 }
 

@@ -3,7 +3,8 @@
 //! reconnect with backoff whenever the tunnel ends. Every disconnect is
 //! logged with its reason. The agent offers stream preambles (ADR 026); a
 //! relay that accepts may also reach the agent's own endpoint (host
-//! metrics) on its streams ([`endpoint`]).
+//! metrics) and the TCP services its `--allow` list names (ADR 027) on
+//! its streams ([`endpoint`]).
 
 pub mod backoff;
 pub mod config;
@@ -173,7 +174,7 @@ async fn serve_tunnel(
         },
         activity.clone(),
     );
-    let target = settings.target.clone();
+    let targets = Arc::new(endpoint::Targets::new(settings));
     let session_end = session::serve(
         io,
         session::device_config(),
@@ -181,9 +182,9 @@ async fn serve_tunnel(
         activity,
         move |stream| {
             if preamble {
-                tokio::spawn(endpoint::dispatch(stream, target.clone(), figures.clone()));
+                tokio::spawn(endpoint::dispatch(stream, targets.clone(), figures.clone()));
             } else {
-                tokio::spawn(pipe(stream, target.clone(), Vec::new()));
+                tokio::spawn(pipe(stream, targets.service.clone(), Vec::new()));
             }
         },
     )
@@ -197,24 +198,43 @@ async fn serve_tunnel(
 
 /// Pipe one relay stream to the local target, `first` (bytes already read
 /// from the stream) before the rest; a failed connect resets it.
-async fn pipe(mut stream: StreamHandle, target: String, first: Vec<u8>) {
+async fn pipe(stream: StreamHandle, target: String, first: Vec<u8>) {
+    if let Some(local) = connect_local(&target).await {
+        pipe_connected(stream, local, first).await;
+    }
+}
+
+/// A connection to the local `target`, or `None` (logged) when it does
+/// not answer within [`TARGET_CONNECT_TIMEOUT`].
+async fn connect_local(target: &str) -> Option<tokio::net::TcpStream> {
     let local = tokio::time::timeout(
         TARGET_CONNECT_TIMEOUT,
-        tokio::net::TcpStream::connect(&target),
+        tokio::net::TcpStream::connect(target),
     )
     .await;
-    let mut local = match local {
-        Ok(Ok(s)) => s,
+    match local {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Some(s)
+        }
         Ok(Err(err)) => {
             tracing::warn!(%target, error = %err, "cannot reach local service");
-            return;
+            None
         }
         Err(_) => {
             tracing::warn!(%target, "local service connect timed out");
-            return;
+            None
         }
-    };
-    let _ = local.set_nodelay(true);
+    }
+}
+
+/// Pipe `stream` and the connected `local`, `first` written to `local`
+/// before the rest.
+async fn pipe_connected(
+    mut stream: StreamHandle,
+    mut local: tokio::net::TcpStream,
+    first: Vec<u8>,
+) {
     if !first.is_empty() {
         use tokio::io::AsyncWriteExt;
         if let Err(err) = local.write_all(&first).await {

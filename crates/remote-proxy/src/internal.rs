@@ -18,6 +18,7 @@ use http::{header, HeaderValue, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
+use tunnel::preamble::Target;
 
 /// Routes of the internal port.
 pub fn router(relay: Arc<Relay>) -> Router {
@@ -177,7 +178,8 @@ async fn open_channel(
     Ok(res)
 }
 
-/// One channel stream: read the device it asks for, answer, then pipe
+/// One channel stream: read the device (and target) it asks for, answer,
+/// then pipe
 /// (logging under the request id the api-server sent along).
 async fn serve_channel_stream(relay: Arc<Relay>, mut caller: tunnel::StreamHandle) {
     let asked =
@@ -189,26 +191,33 @@ async fn serve_channel_stream(relay: Arc<Relay>, mut caller: tunnel::StreamHandl
             }
             Ok(Err(_)) | Err(_) => return,
         };
-    match asked.request_id {
+    match asked.request_id.clone() {
         Some(id) => {
-            edge_core::request_id::scope(id, pipe_channel_stream(relay, caller, asked.device))
-                .await;
+            edge_core::request_id::scope(id, pipe_channel_stream(relay, caller, asked)).await;
         }
-        None => pipe_channel_stream(relay, caller, asked.device).await,
+        None => pipe_channel_stream(relay, caller, asked).await,
     }
 }
 
 async fn pipe_channel_stream(
     relay: Arc<Relay>,
     mut caller: tunnel::StreamHandle,
-    device: edge_core::DeviceId,
+    asked: mux::StreamRequest,
 ) {
-    let mut stream = match relay.directory.open_device_stream(device).await {
+    let device = asked.device;
+    let target = asked.target.map_or(Target::Service, Target::Tcp);
+    let opened = relay
+        .directory
+        .open_stream_to(device, target)
+        .await
+        .and_then(|s| s.ok_or(DirectoryError::NotSupported));
+    let mut stream = match opened {
         Ok(s) => s,
         Err(err) => {
             let status = match err {
                 DirectoryError::Offline => mux::STATUS_OFFLINE,
                 DirectoryError::Draining => mux::STATUS_DRAINING,
+                DirectoryError::NotSupported => mux::STATUS_NOT_SUPPORTED,
                 _ => mux::STATUS_REFUSED,
             };
             if matches!(err, DirectoryError::Draining) {

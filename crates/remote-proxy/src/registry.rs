@@ -386,6 +386,18 @@ impl SessionView for LocalDirectory {
     async fn open_stream(&self, device: DeviceId) -> Result<BoxStream, DirectoryError> {
         Ok(Box::new(self.open_device_stream(device).await?))
     }
+
+    async fn open_tcp(
+        &self,
+        device: DeviceId,
+        target: &tunnel::preamble::TcpTarget,
+    ) -> Result<BoxStream, DirectoryError> {
+        let stream = self
+            .open_stream_to(device, Target::Tcp(target.clone()))
+            .await?
+            .ok_or(DirectoryError::NotSupported)?;
+        Ok(Box::new(stream))
+    }
 }
 
 impl LocalDirectory {
@@ -443,7 +455,7 @@ impl LocalDirectory {
         if preamble {
             use tokio::io::AsyncWriteExt;
             stream
-                .write_all(target.line())
+                .write_all(&target.line())
                 .await
                 .map_err(|e| DirectoryError::Stream(e.to_string()))?;
         }

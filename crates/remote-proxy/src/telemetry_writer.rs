@@ -217,9 +217,7 @@ impl Writer {
             if let Some(latest) = state.latest.take_if(|l| {
                 quiet
                     || everything
-                    || state
-                        .latest_written
-                        .is_none_or(|at| now - at >= window_ms)
+                    || state.latest_written.is_none_or(|at| now - at >= window_ms)
                     || state.written_outcome.0 != l.outcome
                     || state.written_outcome.1 != l.error
             }) {
@@ -463,7 +461,10 @@ mod tests {
         let quiet = 600_000;
         // The first scrape is written at the next pass.
         w.take(ok(d, 1_000, 30.0));
-        assert_eq!(latest_of(&w.batch(1_100, quiet, window, false)), [(1_000, "ok".into())]);
+        assert_eq!(
+            latest_of(&w.batch(1_100, quiet, window, false)),
+            [(1_000, "ok".into())]
+        );
         // Later ones with the same outcome wait for the window…
         w.take(ok(d, 16_000, 31.0));
         assert!(w.batch(16_100, quiet, window, false).latest.is_empty());
@@ -473,20 +474,33 @@ mod tests {
         w.take(ok(d, 61_000, 33.0));
         let b = w.batch(61_100, quiet, window, false);
         assert_eq!(latest_of(&b), [(61_000, "ok".into())]);
-        assert!(b.latest[0].figures.contains("33"), "{}", b.latest[0].figures);
+        assert!(
+            b.latest[0].figures.contains("33"),
+            "{}",
+            b.latest[0].figures
+        );
         // A failure is written at once, and so is the recovery after it.
         w.take(Scraped {
             device: d,
             at_ms: 76_000,
             outcome: Outcome::Failed("timeout", "no answer".into()),
         });
-        assert_eq!(latest_of(&w.batch(76_100, quiet, window, false)), [(76_000, "failed".into())]);
+        assert_eq!(
+            latest_of(&w.batch(76_100, quiet, window, false)),
+            [(76_000, "failed".into())]
+        );
         w.take(ok(d, 91_000, 34.0));
-        assert_eq!(latest_of(&w.batch(91_100, quiet, window, false)), [(91_000, "ok".into())]);
+        assert_eq!(
+            latest_of(&w.batch(91_100, quiet, window, false)),
+            [(91_000, "ok".into())]
+        );
         // A held scrape is written when the writer stops.
         w.take(ok(d, 106_000, 35.0));
         assert!(w.batch(106_100, quiet, window, false).latest.is_empty());
-        assert_eq!(latest_of(&w.batch(106_200, quiet, window, true)), [(106_000, "ok".into())]);
+        assert_eq!(
+            latest_of(&w.batch(106_200, quiet, window, true)),
+            [(106_000, "ok".into())]
+        );
         // Nothing new: nothing written.
         assert!(w.batch(200_000, quiet, window, true).latest.is_empty());
     }
@@ -500,7 +514,10 @@ mod tests {
         w.take(ok(d, 16_000, 31.0));
         assert!(w.batch(16_100, 30_000, 60_000, false).latest.is_empty());
         // Not scraped for longer than `quiet`: written, and the device forgotten.
-        assert_eq!(latest_of(&w.batch(50_000, 30_000, 60_000, false)), [(16_000, "ok".into())]);
+        assert_eq!(
+            latest_of(&w.batch(50_000, 30_000, 60_000, false)),
+            [(16_000, "ok".into())]
+        );
         assert!(w.devices.is_empty());
     }
 }

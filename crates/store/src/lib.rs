@@ -22,8 +22,8 @@ pub use error::StoreError;
 pub use health::{Delivery, DeviceHealth, HealthRules, Webhook, MAX_WEBHOOKS_PER_OWNER};
 pub use housekeeping::Swept;
 pub use model::{
-    Device, DeviceAuth, DeviceQuery, DeviceSort, NewDevice, RedeemedTicket, SessionRecord, User,
-    UserClaims,
+    Device, DeviceAuth, DeviceQuery, DeviceSort, NewDevice, RedeemedTicket, SessionKind,
+    SessionRecord, User, UserClaims,
 };
 pub use pairing::{ExchangeError, PairingCode};
 pub use telemetry::{LatestRow, RollupRow, SeriesRow, TelemetryBatch, TelemetrySwept, WindowRow};

@@ -26,6 +26,25 @@ pub struct UserClaims {
     pub name: Option<String>,
 }
 
+/// Which door a session opens: the console's cookie, or a bearer token
+/// (the `edge` CLI, ADR 028). A session is presented only the way it was
+/// made for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionKind {
+    Browser,
+    Bearer,
+}
+
+impl SessionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Browser => "browser",
+            Self::Bearer => "bearer",
+        }
+    }
+}
+
 /// A server-side user session (only the hash of its id is stored).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
@@ -34,6 +53,9 @@ pub struct SessionRecord {
     pub created_at: i64,
     pub last_seen_at: i64,
     pub expires_at: i64,
+    pub kind: SessionKind,
+    /// What the client called itself (bearer sessions: `edge CLI on HOST`).
+    pub label: Option<String>,
 }
 
 /// A paired edge box.

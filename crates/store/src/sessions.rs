@@ -1,6 +1,6 @@
 //! Server-side user sessions, looked up by the hash of the session id.
 
-use crate::{parse_id, SessionRecord, Store, StoreError};
+use crate::{parse_id, SessionKind, SessionRecord, Store, StoreError};
 use edge_core::{DeviceId, UserId};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -28,6 +28,33 @@ impl Store {
         .bind(now)
         .bind(expires_at)
         .bind(idp_sid)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Store a new bearer session (ADR 028) for `user`, named `label` in
+    /// listings; as [`Store::create_session`] otherwise.
+    pub async fn create_bearer_session(
+        &self,
+        id_hash: &str,
+        public_id: &str,
+        user: UserId,
+        (now, expires_at): (i64, i64),
+        idp_sid: Option<&str>,
+        label: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO user_sessions (id_hash, public_id, user_id, created_at, last_seen_at, expires_at, idp_sid, kind, label)
+             VALUES ($1, $2, $3, $4, $4, $5, $6, 'bearer', $7)",
+        )
+        .bind(id_hash)
+        .bind(public_id)
+        .bind(user.to_string())
+        .bind(now)
+        .bind(expires_at)
+        .bind(idp_sid)
+        .bind(label)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -210,6 +237,11 @@ fn session_from_row(row: &AnyRow) -> Result<SessionRecord, StoreError> {
         created_at: row.try_get("created_at")?,
         last_seen_at: row.try_get("last_seen_at")?,
         expires_at: row.try_get("expires_at")?,
+        kind: match row.try_get::<String, _>("kind")?.as_str() {
+            "bearer" => SessionKind::Bearer,
+            _ => SessionKind::Browser,
+        },
+        label: row.try_get("label")?,
     })
 }
 

@@ -599,7 +599,25 @@ impl Stack {
 
     /// Start an in-process agent for `device`, piping to the box at `target`.
     pub fn agent_to(&self, device: &TestDevice, target: SocketAddr) -> AgentHandle {
-        self.spawn_agent(device, vec![self.tunnel_url()], target)
+        self.spawn_agent(device, vec![self.tunnel_url()], target, Vec::new())
+    }
+
+    /// Start an in-process agent for `device` piping to the sim box, whose
+    /// `--allow` list names `allow` (forward targets, ADR 027).
+    pub fn agent_allowing(&self, device: &TestDevice, allow: &[SocketAddr]) -> AgentHandle {
+        let allow = allow
+            .iter()
+            .map(|a| a.to_string().parse().unwrap())
+            .collect();
+        self.spawn_agent(device, vec![self.tunnel_url()], self.sim_addr, allow)
+    }
+
+    /// A bearer session (the `edge` CLI's, ADR 028) for `user`: the token.
+    pub async fn bearer(&self, user: UserId) -> Secret {
+        api_server::session::start_bearer_session(&self.state, user, None, "edge CLI on test")
+            .await
+            .unwrap()
+            .0
     }
 
     fn spawn_agent(
@@ -607,10 +625,12 @@ impl Stack {
         device: &TestDevice,
         relays: Vec<String>,
         target: SocketAddr,
+        allow: Vec<tunnel::preamble::TcpTarget>,
     ) -> AgentHandle {
         let mut settings =
             edge_agent::config::AgentSettings::new(relays[0].clone(), target.to_string());
         settings.relays = relays;
+        settings.allow = allow;
         settings.backoff_min = Duration::from_millis(50);
         settings.backoff_max = Duration::from_millis(500);
         settings.tls = self.client_tls.clone();
@@ -841,7 +861,7 @@ impl Stack {
 
     /// Start an in-process agent for `device` that knows several relays.
     pub fn agent_via_any(&self, device: &TestDevice, relays: Vec<String>) -> AgentHandle {
-        self.spawn_agent(device, relays, self.sim_addr)
+        self.spawn_agent(device, relays, self.sim_addr, Vec::new())
     }
 
     /// A state-changing call through the API as `user` (cookie and `X-CSRF`).

@@ -48,7 +48,9 @@ async fn the_public_list_is_exactly_what_it_should_be() {
             "/api/auth/login",
             "/api/auth/callback",
             "/api/auth/backchannel-logout",
-            "/api/pairing/exchange"
+            "/api/pairing/exchange",
+            "/api/cli/login",
+            "/api/cli/login/poll"
         ]
     );
     let paths: Vec<_> = route_table().iter().map(|r| r.path).collect();
