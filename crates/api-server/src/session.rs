@@ -98,11 +98,7 @@ pub async fn start_login_session(
     user: UserId,
     idp_sid: Option<&str>,
 ) -> Result<String, ApiError> {
-    let id = SessionId::generate();
-    let public_id = edge_core::Secret::random(12).expose().to_owned();
-    let now = now_ms();
-    let lifetime = i64::try_from(state.settings.session_lifetime.as_millis()).unwrap_or(i64::MAX);
-    let expires = now.saturating_add(lifetime);
+    let (id, public_id, now, expires) = fresh_session(state);
     state
         .store
         .create_session(&id.hash(), &public_id, user, now, expires, idp_sid)
@@ -112,7 +108,19 @@ pub async fn start_login_session(
     let value = state
         .cookies
         .sign(name, SESSION_PURPOSE, id.expose(), expires);
-    Ok(set_cookie(secure, name, &value, lifetime / 1000))
+    Ok(set_cookie(secure, name, &value, (expires - now) / 1000))
+}
+
+/// A new session's id, public id, start and end (ms).
+fn fresh_session(state: &AppState) -> (SessionId, String, i64, i64) {
+    let now = now_ms();
+    let lifetime = i64::try_from(state.settings.session_lifetime.as_millis()).unwrap_or(i64::MAX);
+    (
+        SessionId::generate(),
+        edge_core::Secret::random(12).expose().to_owned(),
+        now,
+        now.saturating_add(lifetime),
+    )
 }
 
 /// Start a bearer session (ADR 028) for `user`, named `label` in "my
@@ -123,11 +131,7 @@ pub async fn start_bearer_session(
     idp_sid: Option<&str>,
     label: &str,
 ) -> Result<(edge_core::Secret, i64), ApiError> {
-    let id = SessionId::generate();
-    let public_id = edge_core::Secret::random(12).expose().to_owned();
-    let now = now_ms();
-    let lifetime = i64::try_from(state.settings.session_lifetime.as_millis()).unwrap_or(i64::MAX);
-    let expires = now.saturating_add(lifetime);
+    let (id, public_id, now, expires) = fresh_session(state);
     state
         .store
         .create_bearer_session(

@@ -138,22 +138,55 @@ async fn start_forward(
     (child, addr)
 }
 
+/// A stack, alice with an online device whose agent allows an echo
+/// service, and `edge forward` to it running as alice.
+struct Forwarding {
+    stack: Stack,
+    alice: testkit::TestUser,
+    device: testkit::TestDevice,
+    service: SocketAddr,
+    local: SocketAddr,
+    config: PathBuf,
+    _agent: testkit::AgentHandle,
+    _forward: Child,
+    _tmp: tempfile::TempDir,
+}
+
+impl Forwarding {
+    async fn start() -> Self {
+        let stack = Stack::start().await;
+        let alice = stack.user("alice").await;
+        let device = stack.device(alice.id).await;
+        let service = echo_service().await;
+        let agent = stack.agent_allowing(&device, &[service]);
+        stack.wait_online(device.id).await;
+        let (tmp, config) = logged_in(&stack, alice.id).await;
+        let (forward, local) = start_forward(
+            &stack.api(""),
+            &config,
+            &device.id.to_string(),
+            &format!("0:{service}"),
+        )
+        .await;
+        Self {
+            stack,
+            alice,
+            device,
+            service,
+            local,
+            config,
+            _agent: agent,
+            _forward: forward,
+            _tmp: tmp,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_forward_carries_64_mib_both_ways_and_several_run_at_once() {
-    let stack = Stack::start().await;
-    let alice = stack.user("alice").await;
-    let device = stack.device(alice.id).await;
-    let service = echo_service().await;
-    let _agent = stack.agent_allowing(&device, &[service]);
-    stack.wait_online(device.id).await;
-    let (_tmp, config) = logged_in(&stack, alice.id).await;
-    let (_fwd, local) = start_forward(
-        &stack.api(""),
-        &config,
-        &device.id.to_string(),
-        &format!("0:{service}"),
-    )
-    .await;
+    let f = Forwarding::start().await;
+    let (stack, alice, device, service, local) =
+        (&f.stack, &f.alice, &f.device, f.service, f.local);
 
     let data = payload(64 * MIB, 7);
     let sent: [u8; 32] = Sha256::digest(&data).into();
@@ -195,7 +228,7 @@ async fn a_forward_carries_64_mib_both_ways_and_several_run_at_once() {
         }
     })
     .await;
-    let audit = stack.get_json(&alice, "/api/audit").await;
+    let audit = stack.get_json(alice, "/api/audit").await;
     let closed: Vec<serde_json::Value> = audit
         .as_array()
         .unwrap()
@@ -392,20 +425,8 @@ async fn a_go_device_answers_target_not_supported_and_keeps_working() {
 
 #[tokio::test]
 async fn logging_out_ends_an_open_forward_within_a_second() {
-    let stack = Stack::start().await;
-    let alice = stack.user("alice").await;
-    let device = stack.device(alice.id).await;
-    let service = echo_service().await;
-    let _agent = stack.agent_allowing(&device, &[service]);
-    stack.wait_online(device.id).await;
-    let (_tmp, config) = logged_in(&stack, alice.id).await;
-    let (_fwd, local) = start_forward(
-        &stack.api(""),
-        &config,
-        &device.id.to_string(),
-        &format!("0:{service}"),
-    )
-    .await;
+    let f = Forwarding::start().await;
+    let (stack, config, local) = (&f.stack, &f.config, f.local);
     let mut conn = TcpStream::connect(local).await.unwrap();
     conn.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 4];
@@ -414,7 +435,7 @@ async fn logging_out_ends_an_open_forward_within_a_second() {
 
     let out = within(
         "edge logout",
-        edge(&stack.api(""), &config).arg("logout").output(),
+        edge(&stack.api(""), config).arg("logout").output(),
     )
     .await
     .unwrap();
@@ -429,7 +450,7 @@ async fn logging_out_ends_an_open_forward_within_a_second() {
     })
     .await;
     // Logged out here too: the next call says so (exit code 3).
-    let out = edge(&stack.api(""), &config)
+    let out = edge(&stack.api(""), config)
         .arg("devices")
         .output()
         .await

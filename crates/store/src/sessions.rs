@@ -18,19 +18,8 @@ impl Store {
         expires_at: i64,
         idp_sid: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO user_sessions (id_hash, public_id, user_id, created_at, last_seen_at, expires_at, idp_sid)
-             VALUES ($1, $2, $3, $4, $4, $5, $6)",
-        )
-        .bind(id_hash)
-        .bind(public_id)
-        .bind(user.to_string())
-        .bind(now)
-        .bind(expires_at)
-        .bind(idp_sid)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.insert_session(id_hash, public_id, user, (now, expires_at), idp_sid, None)
+            .await
     }
 
     /// Store a new bearer session (ADR 028) for `user`, named `label` in
@@ -40,13 +29,32 @@ impl Store {
         id_hash: &str,
         public_id: &str,
         user: UserId,
-        (now, expires_at): (i64, i64),
+        times: (i64, i64),
         idp_sid: Option<&str>,
         label: &str,
     ) -> Result<(), StoreError> {
+        self.insert_session(id_hash, public_id, user, times, idp_sid, Some(label))
+            .await
+    }
+
+    /// A session row: a bearer session when `label` is given.
+    async fn insert_session(
+        &self,
+        id_hash: &str,
+        public_id: &str,
+        user: UserId,
+        (now, expires_at): (i64, i64),
+        idp_sid: Option<&str>,
+        label: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let kind = if label.is_some() {
+            SessionKind::Bearer
+        } else {
+            SessionKind::Browser
+        };
         sqlx::query(
             "INSERT INTO user_sessions (id_hash, public_id, user_id, created_at, last_seen_at, expires_at, idp_sid, kind, label)
-             VALUES ($1, $2, $3, $4, $4, $5, $6, 'bearer', $7)",
+             VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8)",
         )
         .bind(id_hash)
         .bind(public_id)
@@ -54,6 +62,7 @@ impl Store {
         .bind(now)
         .bind(expires_at)
         .bind(idp_sid)
+        .bind(kind.as_str())
         .bind(label)
         .execute(&self.pool)
         .await?;
