@@ -1,18 +1,29 @@
-//! Logins from a terminal (ADR 028): the `edge` CLI asks for a device login
-//! (`POST /api/cli/login`), shows the user the provider's code and page,
-//! and polls (`POST /api/cli/login/poll`) until the user approved it there.
-//! The api-server runs the provider's device authorization grant with its
-//! own client, hands the device code to the CLI sealed (signed with the
-//! cookie keys, bound to this purpose, an expiry and the client's name),
-//! keeps nothing between the calls, and ends the login with a bearer
-//! session: listed under "my sessions", revoked by `POST /api/auth/logout`.
+//! Logins from a terminal (ADR 028), each ending with a bearer session
+//! (listed under "my sessions", revoked by `POST /api/auth/logout`):
+//!
+//! - The device login: the `edge` CLI asks for one (`POST /api/cli/login`),
+//!   shows the user the provider's code and page, and polls
+//!   (`POST /api/cli/login/poll`) until the user approved it there. The
+//!   api-server runs the provider's device authorization grant with its
+//!   own client and hands the device code to the CLI sealed (signed with
+//!   the cookie keys, bound to this purpose, an expiry and the client's
+//!   name).
+//! - The loopback login (RFC 8252, for providers without a device
+//!   endpoint): the CLI listens on `127.0.0.1`, and the user opens
+//!   `GET /api/cli/authorize` in a browser, signing in to the console as
+//!   usual if needed; the api-server sends the browser to the CLI's port
+//!   with a short-lived sealed code bound to the CLI's PKCE challenge, and
+//!   the CLI trades code and verifier at `POST /api/cli/login/code`.
+//!
+//! Nothing is kept between the calls.
 
 use crate::error::ApiError;
-use crate::extract::ApiJson;
-use crate::session;
+use crate::extract::{ApiJson, ApiQuery};
+use crate::session::{self, CurrentUser};
 use crate::state::AppState;
 use auth::device_login::DevicePoll;
-use axum::extract::State;
+use axum::extract::{OriginalUri, State};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use edge_core::error_body::ErrorBody;
@@ -22,6 +33,11 @@ use serde::{Deserialize, Serialize};
 /// The name and purpose the sealed login is signed under.
 const SEAL_NAME: &str = "edge_cli_login";
 const SEAL_PURPOSE: &str = "cli-device-login";
+/// The name and purpose the loopback login's code is signed under.
+const CODE_NAME: &str = "edge_cli_code";
+const CODE_PURPOSE: &str = "cli-loopback-code";
+/// How long the loopback login's code is good for.
+const CODE_TTL_MS: i64 = 120_000;
 /// The longest client name kept.
 const MAX_CLIENT_NAME: usize = 80;
 /// Request bodies of both routes, at most.
@@ -72,12 +88,7 @@ pub async fn start(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<StartLogin>,
 ) -> Result<Json<LoginStarted>, ApiError> {
-    let client = req
-        .client
-        .as_deref()
-        .map(|c| edge_core::text::display_safe_bounded(c, MAX_CLIENT_NAME))
-        .filter(|c| !c.is_empty())
-        .unwrap_or_else(|| "edge CLI".to_owned());
+    let client = client_name(req.client.as_deref());
     let login = state
         .oidc
         .start_device_login()
@@ -187,4 +198,174 @@ fn status(s: &'static str) -> LoginPolled {
         token: None,
         expires_at: None,
     }
+}
+
+/// The query of the loopback login's first step.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuthorizeQuery {
+    /// The CLI's port on `127.0.0.1` (1024 or above).
+    port: u16,
+    /// `BASE64URL(SHA-256(verifier))`, 43 characters (PKCE S256).
+    challenge: String,
+    /// Echoed back to the CLI.
+    state: String,
+    /// What the CLI calls itself.
+    client: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SealedCode {
+    user: String,
+    challenge: String,
+    client: String,
+}
+
+fn url_safe(s: &str, min: usize, max: usize) -> bool {
+    (min..=max).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The loopback login (RFC 8252): a signed-in browser is sent to the CLI's
+/// port on `127.0.0.1` with a two-minute code bound to the CLI's PKCE
+/// challenge; a browser without a session signs in first and comes back.
+#[utoipa::path(
+    get,
+    path = "/api/cli/authorize",
+    tag = "auth",
+    params(AuthorizeQuery),
+    responses(
+        (status = 302, description = "to the CLI's loopback port with a code, or to the login first"),
+        (status = 400, description = "malformed port, challenge or state", body = ErrorBody)
+    )
+)]
+pub async fn authorize(
+    user: Option<CurrentUser>,
+    State(state): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    ApiQuery(q): ApiQuery<AuthorizeQuery>,
+) -> Result<Response, ApiError> {
+    if q.port < 1024 || !url_safe(&q.challenge, 43, 43) || !url_safe(&q.state, 8, 128) {
+        return Err(ApiError::BadRequest(
+            "port (1024 or above), challenge (PKCE S256) and state are required".into(),
+        ));
+    }
+    let Some(user) = user.filter(|u| u.via == store::SessionKind::Browser) else {
+        let back = uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
+        let to = format!(
+            "/api/auth/login?return_to={}",
+            url::form_urlencoded::byte_serialize(back.as_bytes()).collect::<String>()
+        );
+        return Ok(found(&to));
+    };
+    let client = client_name(q.client.as_deref());
+    let sealed = serde_json::to_vec(&SealedCode {
+        user: user.id.to_string(),
+        challenge: q.challenge,
+        client,
+    })
+    .map_err(|_| ApiError::Internal)?;
+    let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed);
+    let code = state
+        .cookies
+        .sign(CODE_NAME, CODE_PURPOSE, &value, now_ms() + CODE_TTL_MS);
+    let mut to = url::Url::parse(&format!("http://127.0.0.1:{}/callback", q.port))
+        .map_err(|_| ApiError::Internal)?;
+    to.query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", &q.state);
+    Ok(found(to.as_str()))
+}
+
+/// A `302` to `location`, never cached.
+fn found(location: &str) -> Response {
+    let mut res = http::StatusCode::FOUND.into_response();
+    if let Ok(v) = http::HeaderValue::from_str(location) {
+        res.headers_mut().insert(http::header::LOCATION, v);
+    }
+    res.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    res
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct TradeCode {
+    code: String,
+    /// The PKCE verifier whose S256 challenge the code is bound to.
+    verifier: String,
+}
+
+/// The loopback login's last step: the code and the PKCE verifier for a
+/// bearer session.
+#[utoipa::path(
+    post,
+    path = "/api/cli/login/code",
+    tag = "auth",
+    request_body = TradeCode,
+    responses(
+        (status = 200, description = "done, with the bearer token", body = LoginPolled),
+        (status = 400, description = "the code is expired, not ours, or not for this verifier (`login_failed`)", body = ErrorBody)
+    )
+)]
+pub async fn trade_code(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<TradeCode>,
+) -> Result<Json<LoginPolled>, ApiError> {
+    let refused = || ApiError::LoginFailed("the code is expired or not for this client".into());
+    let sealed = state
+        .cookies
+        .verify(CODE_NAME, CODE_PURPOSE, req.code.trim(), now_ms())
+        .ok()
+        .and_then(|v| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(v)
+                .ok()
+        })
+        .and_then(|v| serde_json::from_slice::<SealedCode>(&v).ok())
+        .ok_or_else(refused)?;
+    use sha2::Digest;
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(req.verifier.as_bytes()));
+    let matches: bool = subtle_eq(challenge.as_bytes(), sealed.challenge.as_bytes());
+    let user: edge_core::UserId = sealed.user.parse().map_err(|_| refused())?;
+    if !matches {
+        state.metrics.login("failed", "pkce");
+        return Err(refused());
+    }
+    let (token, expires_at) =
+        session::start_bearer_session(&state, user, None, &sealed.client).await?;
+    state
+        .store
+        .audit(
+            user,
+            "login",
+            None,
+            serde_json::json!({ "client": sealed.client, "via": "loopback" }),
+        )
+        .await?;
+    state.metrics.login("ok", "none");
+    tracing::info!(%user, "user logged in from a terminal (loopback)");
+    Ok(Json(LoginPolled {
+        status: "done",
+        token: Some(token.expose().to_owned()),
+        expires_at: Some(expires_at),
+    }))
+}
+
+/// Constant-time equality of two byte strings.
+fn subtle_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What the client calls itself, display-safe and bounded.
+fn client_name(raw: Option<&str>) -> String {
+    raw.map(|c| edge_core::text::display_safe_bounded(c, MAX_CLIENT_NAME))
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "edge CLI".to_owned())
 }

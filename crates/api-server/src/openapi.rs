@@ -32,6 +32,8 @@ use utoipa::OpenApi;
         auth_routes::backchannel_logout,
         cli_login::start,
         cli_login::poll,
+        cli_login::authorize,
+        cli_login::trade_code,
         auth_routes::me,
         auth_routes::logout,
         auth_routes::list_sessions,

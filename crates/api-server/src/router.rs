@@ -19,7 +19,9 @@ use http::Method;
 /// pending-login cookie plus the provider's code), the provider's
 /// back-channel logout (its credential is the signed logout token), and the
 /// pairing exchange (the code is its credential), and the terminal's
-/// device login (its sealed login is its credential). Device origins have a
+/// logins (the sealed login or code is their credential; the loopback
+/// login's first step reads the session but sends a signed-out browser to
+/// the login instead of answering 401). Device origins have a
 /// router of their own (`device_origin`), entered only with a ticket. `/api/auth/status` reads the session but
 /// answers `signed_in: false` instead of 401 and returns nothing else.
 pub const PUBLIC_ROUTES: &[&str] = &[
@@ -36,6 +38,8 @@ pub const PUBLIC_ROUTES: &[&str] = &[
     "/api/pairing/exchange",
     "/api/cli/login",
     "/api/cli/login/poll",
+    "/api/cli/authorize",
+    "/api/cli/login/code",
 ];
 
 /// Methods `any(...)` routes are checked with.
@@ -97,6 +101,12 @@ pub fn route_table() -> Vec<RouteDef> {
             "/api/cli/login/poll",
             &[M::POST],
             post(cli_login::poll).layer(DefaultBodyLimit::max(cli_login::BODY_LIMIT)),
+        ),
+        route("/api/cli/authorize", &[M::GET], get(cli_login::authorize)),
+        route(
+            "/api/cli/login/code",
+            &[M::POST],
+            post(cli_login::trade_code).layer(DefaultBodyLimit::max(cli_login::BODY_LIMIT)),
         ),
         route("/api/auth/me", &[M::GET], get(auth_routes::me)),
         route("/api/auth/logout", &[M::POST], post(auth_routes::logout)),

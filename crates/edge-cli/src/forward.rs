@@ -124,7 +124,7 @@ pub async fn forward(api: Api, device: String, spec: Spec) -> Result<(), CliErro
         let (mut conn, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                eprintln!("edge: accept failed: {e}");
+                say!("edge: accept failed: {e}");
                 continue;
             }
         };
@@ -142,10 +142,10 @@ pub async fn forward(api: Api, device: String, spec: Spec) -> Result<(), CliErro
                     )
                     .await
                     {
-                        eprintln!("edge: forward for {peer} ended: {e}");
+                        say!("edge: forward for {peer} ended: {e}");
                     }
                 }
-                Err(e) => eprintln!("edge: forward for {peer} refused: {e}"),
+                Err(e) => say!("edge: forward for {peer} refused: {e}"),
             }
         });
     }

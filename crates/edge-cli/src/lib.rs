@@ -5,6 +5,15 @@
 //! OpenSSH `ProxyCommand` (`edge ssh`). Every failure names the server's
 //! error code and request id.
 
+/// A line to the user on standard error; a closed stderr (the caller
+/// stopped reading) is never a reason to fail.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod api;
 pub mod credentials;
 pub mod forward;
@@ -47,8 +56,14 @@ pub struct Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Log in with your Member Center account (device login: open the page
-    /// shown, confirm the code).
-    Login,
+    /// shown, confirm the code; or, where the provider has none, through a
+    /// browser on this machine).
+    Login {
+        /// Sign in through a browser on this machine (loopback redirect)
+        /// instead of the device login.
+        #[arg(long)]
+        browser: bool,
+    },
     /// End this terminal's session on the server and forget it here.
     Logout,
     /// Who you are logged in as.
@@ -190,7 +205,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             clap_complete::generate(shell, &mut cmd, "edge", &mut std::io::stdout());
             Ok(())
         }
-        Command::Login => login::login(&g).await,
+        Command::Login { browser } => login::login(&g, browser).await,
         Command::Logout => login::logout(&g).await,
         Command::Whoami(o) => {
             let api = api::Api::logged_in(&g)?;

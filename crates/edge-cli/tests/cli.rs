@@ -704,6 +704,79 @@ async fn edge_login_works_against_the_embedded_dev_provider() {
     assert!(actions.iter().any(|a| a == "login"), "{actions:?}");
 }
 
+#[tokio::test]
+async fn edge_login_through_a_browser_on_this_machine() {
+    let stack = Stack::start().await;
+    let config = tempfile::tempdir().unwrap();
+    let mut login = edge(&stack.api(""), config.path())
+        .args(["login", "--browser"])
+        .spawn()
+        .unwrap();
+    let stderr = login.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let page = within("the page to open", async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("edge login ended early");
+            if let Some(url) = line.trim().strip_prefix(&stack.api("/api/cli/authorize")) {
+                break format!("/api/cli/authorize{url}");
+            }
+        }
+    })
+    .await;
+    // Signed out, the page sends the browser to the login first, and the
+    // login back to the page.
+    let mut b = testkit::browser::Browser::new();
+    let first = b.get(&stack.api(&page)).await;
+    assert_eq!(first.status(), 302);
+    assert!(testkit::browser::Browser::location(&first)
+        .starts_with(&stack.api("/api/auth/login?return_to=")));
+    let callback = stack.dev_login_until_callback(&mut b, "alice", &page).await;
+    let signed_in = b.get(&callback).await;
+    assert_eq!(
+        testkit::browser::Browser::location(&signed_in),
+        stack.api(&page)
+    );
+    let to_cli = b.get(&stack.api(&page)).await;
+    assert_eq!(to_cli.status(), 302);
+    let to_cli = url::Url::parse(&testkit::browser::Browser::location(&to_cli)).unwrap();
+    assert_eq!(
+        to_cli.host_str(),
+        Some("127.0.0.1"),
+        "only ever to loopback"
+    );
+    let code = to_cli
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    // The code is bound to the CLI's verifier: another is refused.
+    let stolen = reqwest::Client::new()
+        .post(stack.api("/api/cli/login/code"))
+        .json(&serde_json::json!({ "code": code, "verifier": "0".repeat(64) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stolen.status(), 400);
+    // Another state is not the login the CLI waits for.
+    let mut wrong = to_cli.clone();
+    wrong.set_query(Some("code=x&state=not-ours"));
+    assert_eq!(b.get(wrong.as_str()).await.status(), 400);
+    assert_eq!(b.get(to_cli.as_str()).await.status(), 200);
+    let status = within("edge login to finish", login.wait()).await.unwrap();
+    assert!(status.success());
+    let out = edge(&stack.api(""), config.path())
+        .args(["whoami", "-o", "json"])
+        .output()
+        .await
+        .unwrap();
+    let me: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(me["email"], "alice@example.test");
+}
+
 /// The `action` of a page's first form and all its hidden inputs.
 fn form(html: &str) -> Option<(String, Vec<(String, String)>)> {
     let start = html.find("<form")?;

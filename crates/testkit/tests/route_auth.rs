@@ -50,7 +50,9 @@ async fn the_public_list_is_exactly_what_it_should_be() {
             "/api/auth/backchannel-logout",
             "/api/pairing/exchange",
             "/api/cli/login",
-            "/api/cli/login/poll"
+            "/api/cli/login/poll",
+            "/api/cli/authorize",
+            "/api/cli/login/code"
         ]
     );
     let paths: Vec<_> = route_table().iter().map(|r| r.path).collect();
