@@ -179,8 +179,7 @@ async fn open_channel(
 }
 
 /// One channel stream: read the device (and target) it asks for, answer,
-/// then pipe
-/// (logging under the request id the api-server sent along).
+/// then pipe (logging under the request id the api-server sent along).
 async fn serve_channel_stream(relay: Arc<Relay>, mut caller: tunnel::StreamHandle) {
     let asked =
         match tokio::time::timeout(MUX_REQUEST_TIMEOUT, mux::read_request(&mut caller)).await {
