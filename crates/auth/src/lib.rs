@@ -6,6 +6,7 @@
 
 pub mod cookie;
 pub mod device_login;
+pub mod logout_token;
 pub mod oidc;
 pub mod pending;
 pub mod session_id;

@@ -5,6 +5,7 @@
 //! use [`Relay::serve`] with listeners they bound themselves.
 
 pub mod config;
+pub mod device_stream;
 pub mod error;
 pub mod internal;
 pub mod leases;

@@ -4,23 +4,21 @@
 //! already has a session closes the old one with GoAway(0). An index by
 //! owner answers "this user's sessions" without scanning every tunnel.
 
+pub use crate::device_stream::DeviceStream;
 use async_trait::async_trait;
 use directory::{
     BoxStream, ConnectionId, DirectoryError, NodeId, SessionRegistry, SessionSummary, SessionView,
 };
 use edge_core::{DeviceId, UserId};
 use std::collections::{HashMap, HashSet};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tunnel::preamble::Target;
 use tunnel::pump::Activity;
-use tunnel::{Control, StreamHandle};
+use tunnel::Control;
 
 /// What the relay holds for one live tunnel.
 pub struct LiveSession {
@@ -447,11 +445,7 @@ impl LocalDirectory {
             .await
             .map_err(|_| DirectoryError::Timeout)?
             .map_err(|e| DirectoryError::Stream(e.to_string()))?;
-        let mut stream = DeviceStream {
-            inner: stream,
-            permit: Some(permit),
-            released,
-        };
+        let mut stream = DeviceStream::new(stream, permit, released);
         if preamble {
             use tokio::io::AsyncWriteExt;
             stream
@@ -460,89 +454,5 @@ impl LocalDirectory {
                 .map_err(|e| DirectoryError::Stream(e.to_string()))?;
         }
         Ok(Some(stream))
-    }
-}
-
-/// A yamux stream to a device, holding one of its session's stream permits.
-pub struct DeviceStream {
-    inner: StreamHandle,
-    permit: Option<OwnedSemaphorePermit>,
-    released: Arc<tokio::sync::Notify>,
-}
-
-impl Drop for DeviceStream {
-    fn drop(&mut self) {
-        // The permit goes back before the wake-up, so a drain that wakes
-        // counts this stream as closed.
-        drop(self.permit.take());
-        self.released.notify_waiters();
-    }
-}
-
-impl AsyncRead for DeviceStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for DeviceStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl tunnel::splice::ChunkRead for DeviceStream {
-    fn poll_read_chunk(
-        &mut self,
-        cx: &mut Context<'_>,
-        max: usize,
-    ) -> Poll<std::io::Result<Option<bytes::BytesMut>>> {
-        self.inner.poll_read_chunk(cx, max)
-    }
-}
-
-impl tunnel::splice::ChunkWrite for DeviceStream {
-    fn poll_write_chunk(
-        &mut self,
-        cx: &mut Context<'_>,
-        data: &mut bytes::BytesMut,
-    ) -> Poll<std::io::Result<usize>> {
-        self.inner.poll_write_chunk(cx, data)
-    }
-
-    fn poll_flush_chunks(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        tunnel::splice::ChunkWrite::poll_flush_chunks(&mut self.inner, cx)
-    }
-
-    fn poll_shutdown_chunks(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        tunnel::splice::ChunkWrite::poll_shutdown_chunks(&mut self.inner, cx)
     }
 }
