@@ -28,7 +28,8 @@ pub struct LoginQuery {
     return_to: Option<String>,
 }
 
-fn redirect(location: &str, cookies: &[String]) -> Result<Response, ApiError> {
+/// A `302` to `location`, never cached, setting `cookies`.
+pub(crate) fn redirect(location: &str, cookies: &[String]) -> Result<Response, ApiError> {
     let mut res = StatusCode::FOUND.into_response();
     res.headers_mut().insert(
         header::LOCATION,

@@ -23,7 +23,7 @@ use crate::session::{self, CurrentUser};
 use crate::state::AppState;
 use auth::device_login::DevicePoll;
 use axum::extract::{OriginalUri, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use base64::Engine;
 use edge_core::error_body::ErrorBody;
@@ -96,14 +96,12 @@ pub async fn start(
         .ok_or(ApiError::DeviceLoginUnsupported)?;
     let expires =
         now_ms().saturating_add(i64::try_from(login.expires_in.min(3600)).unwrap_or(0) * 1000);
-    let sealed = serde_json::to_vec(&Sealed {
+    let sealed = Sealed {
         code: login.device_code.expose().to_owned(),
         client,
-    })
-    .map_err(|_| ApiError::Internal)?;
-    let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed);
+    };
     Ok(Json(LoginStarted {
-        login: state.cookies.sign(SEAL_NAME, SEAL_PURPOSE, &value, expires),
+        login: seal(&state, (SEAL_NAME, SEAL_PURPOSE), &sealed, expires)?,
         user_code: login.user_code,
         verification_uri: login.verification_uri,
         verification_uri_complete: login.verification_uri_complete,
@@ -145,16 +143,7 @@ pub async fn poll(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<PollLogin>,
 ) -> Result<Json<LoginPolled>, ApiError> {
-    let sealed = state
-        .cookies
-        .verify(SEAL_NAME, SEAL_PURPOSE, req.login.trim(), now_ms())
-        .ok()
-        .and_then(|v| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(v)
-                .ok()
-        })
-        .and_then(|v| serde_json::from_slice::<Sealed>(&v).ok())
+    let sealed: Sealed = unseal(&state, (SEAL_NAME, SEAL_PURPOSE), &req.login)
         .ok_or_else(|| ApiError::LoginFailed("no such login, or it expired".into()))?;
     let code = edge_core::Secret::new(sealed.code);
     let identity = match state.oidc.poll_device_login(&code).await {
@@ -171,18 +160,27 @@ pub async fn poll(
         }
     };
     let user = crate::auth_routes::upsert_identity(&state, &identity).await?;
-    let (token, expires_at) =
-        session::start_bearer_session(&state, user, identity.sid.as_deref(), &sealed.client)
-            .await?;
-    state
-        .store
-        .audit(
-            user,
-            "login",
-            None,
-            serde_json::json!({ "issuer": identity.issuer, "client": sealed.client }),
-        )
-        .await?;
+    let detail = serde_json::json!({ "issuer": identity.issuer, "client": sealed.client });
+    done(
+        &state,
+        user,
+        identity.sid.as_deref(),
+        &sealed.client,
+        detail,
+    )
+    .await
+}
+
+/// End a terminal's login: its bearer session, the audit row, the metric.
+async fn done(
+    state: &AppState,
+    user: edge_core::UserId,
+    idp_sid: Option<&str>,
+    client: &str,
+    detail: serde_json::Value,
+) -> Result<Json<LoginPolled>, ApiError> {
+    let (token, expires_at) = session::start_bearer_session(state, user, idp_sid, client).await?;
+    state.store.audit(user, "login", None, detail).await?;
     state.metrics.login("ok", "none");
     tracing::info!(%user, "user logged in from a terminal");
     Ok(Json(LoginPolled {
@@ -190,6 +188,36 @@ pub async fn poll(
         token: Some(token.expose().to_owned()),
         expires_at: Some(expires_at),
     }))
+}
+
+/// `value` as JSON, base64url, signed with the cookie keys under `(name,
+/// purpose)` until `expires` (ms): readable by its holder, unforgeable.
+fn seal<T: Serialize>(
+    state: &AppState,
+    (name, purpose): (&str, &str),
+    value: &T,
+    expires: i64,
+) -> Result<String, ApiError> {
+    let json = serde_json::to_vec(value).map_err(|_| ApiError::Internal)?;
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+    Ok(state.cookies.sign(name, purpose, &encoded, expires))
+}
+
+/// What [`seal`] sealed, if `raw` is ours, for `(name, purpose)`, and not
+/// expired.
+fn unseal<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    (name, purpose): (&str, &str),
+    raw: &str,
+) -> Option<T> {
+    let encoded = state
+        .cookies
+        .verify(name, purpose, raw.trim(), now_ms())
+        .ok()?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .ok()?;
+    serde_json::from_slice(&json).ok()
 }
 
 fn status(s: &'static str) -> LoginPolled {
@@ -260,38 +288,25 @@ pub async fn authorize(
             "/api/auth/login?return_to={}",
             url::form_urlencoded::byte_serialize(back.as_bytes()).collect::<String>()
         );
-        return Ok(found(&to));
+        return crate::auth_routes::redirect(&to, &[]);
     };
-    let client = client_name(q.client.as_deref());
-    let sealed = serde_json::to_vec(&SealedCode {
+    let sealed = SealedCode {
         user: user.id.to_string(),
         challenge: q.challenge,
-        client,
-    })
-    .map_err(|_| ApiError::Internal)?;
-    let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed);
-    let code = state
-        .cookies
-        .sign(CODE_NAME, CODE_PURPOSE, &value, now_ms() + CODE_TTL_MS);
+        client: client_name(q.client.as_deref()),
+    };
+    let code = seal(
+        &state,
+        (CODE_NAME, CODE_PURPOSE),
+        &sealed,
+        now_ms() + CODE_TTL_MS,
+    )?;
     let mut to = url::Url::parse(&format!("http://127.0.0.1:{}/callback", q.port))
         .map_err(|_| ApiError::Internal)?;
     to.query_pairs_mut()
         .append_pair("code", &code)
         .append_pair("state", &q.state);
-    Ok(found(to.as_str()))
-}
-
-/// A `302` to `location`, never cached.
-fn found(location: &str) -> Response {
-    let mut res = http::StatusCode::FOUND.into_response();
-    if let Ok(v) = http::HeaderValue::from_str(location) {
-        res.headers_mut().insert(http::header::LOCATION, v);
-    }
-    res.headers_mut().insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    res
+    crate::auth_routes::redirect(to.as_str(), &[])
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -318,17 +333,8 @@ pub async fn trade_code(
     ApiJson(req): ApiJson<TradeCode>,
 ) -> Result<Json<LoginPolled>, ApiError> {
     let refused = || ApiError::LoginFailed("the code is expired or not for this client".into());
-    let sealed = state
-        .cookies
-        .verify(CODE_NAME, CODE_PURPOSE, req.code.trim(), now_ms())
-        .ok()
-        .and_then(|v| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(v)
-                .ok()
-        })
-        .and_then(|v| serde_json::from_slice::<SealedCode>(&v).ok())
-        .ok_or_else(refused)?;
+    let sealed: SealedCode =
+        unseal(&state, (CODE_NAME, CODE_PURPOSE), &req.code).ok_or_else(refused)?;
     use sha2::Digest;
     let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(sha2::Sha256::digest(req.verifier.as_bytes()));
@@ -338,24 +344,8 @@ pub async fn trade_code(
         state.metrics.login("failed", "pkce");
         return Err(refused());
     }
-    let (token, expires_at) =
-        session::start_bearer_session(&state, user, None, &sealed.client).await?;
-    state
-        .store
-        .audit(
-            user,
-            "login",
-            None,
-            serde_json::json!({ "client": sealed.client, "via": "loopback" }),
-        )
-        .await?;
-    state.metrics.login("ok", "none");
-    tracing::info!(%user, "user logged in from a terminal (loopback)");
-    Ok(Json(LoginPolled {
-        status: "done",
-        token: Some(token.expose().to_owned()),
-        expires_at: Some(expires_at),
-    }))
+    let detail = serde_json::json!({ "client": sealed.client, "via": "loopback" });
+    done(&state, user, None, &sealed.client, detail).await
 }
 
 /// Constant-time equality of two byte strings.
