@@ -338,7 +338,7 @@ pub async fn trade_code(
     use sha2::Digest;
     let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(sha2::Sha256::digest(req.verifier.as_bytes()));
-    let matches: bool = subtle_eq(challenge.as_bytes(), sealed.challenge.as_bytes());
+    let matches = edge_core::Secret::new(challenge).ct_eq(&sealed.challenge);
     let user: edge_core::UserId = sealed.user.parse().map_err(|_| refused())?;
     if !matches {
         state.metrics.login("failed", "pkce");
@@ -346,11 +346,6 @@ pub async fn trade_code(
     }
     let detail = serde_json::json!({ "client": sealed.client, "via": "loopback" });
     done(&state, user, None, &sealed.client, detail).await
-}
-
-/// Constant-time equality of two byte strings.
-fn subtle_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// What the client calls itself, display-safe and bounded.

@@ -73,7 +73,6 @@ pub async fn forward(
     let device: DeviceId = id.parse().map_err(|_| ApiError::NotFound)?;
     owner_behind(&state, &user.session_hash, device, Check::Activity)
         .await?
-        .filter(|owner| *owner == user.id)
         .ok_or(ApiError::NotFound)?;
     if user.via != SessionKind::Bearer {
         return Err(ApiError::BearerRequired);

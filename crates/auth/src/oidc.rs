@@ -170,12 +170,7 @@ pub fn issuer_allowed(issuer: &str) -> bool {
     };
     match url.scheme() {
         "https" => true,
-        "http" => match url.host() {
-            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            None => false,
-        },
+        "http" => edge_core::net::is_loopback_url(&url),
         _ => false,
     }
 }

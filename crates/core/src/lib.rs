@@ -6,6 +6,7 @@ pub mod client_addr;
 pub mod error_body;
 pub mod ids;
 pub mod metrics;
+pub mod net;
 pub mod pairing_code;
 pub mod ratelimit;
 pub mod request_id;

@@ -5,7 +5,7 @@
 //! `authorization_pending` until then, and tokens once (the grant is gone
 //! after). One-second polling interval: this is for local development.
 
-use crate::{authenticate, issue, oauth_error, DevIdp, DEMO_USERS};
+use crate::{authenticate, issue, oauth_error, DevIdp, Refusal, DEMO_USERS};
 use axum::extract::{Form, Query, State};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
@@ -38,16 +38,13 @@ pub async fn authorize(
     State(idp): State<DevIdp>,
     headers: HeaderMap,
     Form(f): Form<AuthorizeForm>,
-) -> Response {
-    let client_id = match authenticate(
+) -> Result<Response, Refusal> {
+    let client_id = authenticate(
         &idp,
         &headers,
         f.client_id.as_deref(),
         f.client_secret.as_deref(),
-    ) {
-        Ok(id) => id,
-        Err(refusal) => return refusal.into_response(),
-    };
+    )?;
     let device_code = edge_core::Secret::random(24).expose().to_owned();
     let user_code = user_code();
     idp.0
@@ -64,7 +61,7 @@ pub async fn authorize(
             },
         );
     let page = format!("{}/device", idp.0.issuer);
-    Json(serde_json::json!({
+    Ok(Json(serde_json::json!({
         "device_code": device_code,
         "user_code": user_code,
         "verification_uri": page,
@@ -72,7 +69,7 @@ pub async fn authorize(
         "expires_in": DEVICE_TTL_SECS,
         "interval": 1,
     }))
-    .into_response()
+    .into_response())
 }
 
 /// Eight letters from an alphabet without look-alikes, `XXXX-XXXX`.

@@ -437,17 +437,14 @@ async fn token(
     State(idp): State<DevIdp>,
     headers: HeaderMap,
     Form(f): Form<TokenForm>,
-) -> Response {
-    let client_id = match authenticate(
+) -> Result<Response, Refusal> {
+    let client_id = authenticate(
         &idp,
         &headers,
         f.client_id.as_deref(),
         f.client_secret.as_deref(),
-    ) {
-        Ok(id) => id,
-        Err(refusal) => return refusal.into_response(),
-    };
-    match f.grant_type.as_str() {
+    )?;
+    Ok(match f.grant_type.as_str() {
         "authorization_code" => code_grant(&idp, client_id, f),
         device::GRANT => device::token(&idp, client_id, f.device_code.as_deref()),
         _ => oauth_error(
@@ -455,7 +452,7 @@ async fn token(
             "unsupported_grant_type",
             "only authorization_code and the device code",
         ),
-    }
+    })
 }
 
 /// The authorization-code grant: a single-use code, its client and

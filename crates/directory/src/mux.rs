@@ -70,15 +70,14 @@ pub async fn write_request<S: AsyncWrite + Unpin>(
     device: DeviceId,
     target: Option<&TcpTarget>,
 ) -> std::io::Result<()> {
-    let mut line = device.to_string();
+    use std::fmt::Write as _;
+    let mut line = String::with_capacity(REQUEST_LEN + MAX_REST);
+    let _ = write!(line, "{device}");
     if let Some(id) = edge_core::request_id::current() {
-        line.push(' ');
-        line.push_str(&id.to_string());
+        let _ = write!(line, " {id}");
     }
     if let Some(t) = target {
-        line.push(' ');
-        line.push_str(TARGET_KEY);
-        line.push_str(&t.to_string());
+        let _ = write!(line, " {TARGET_KEY}{t}");
     }
     line.push('\n');
     stream.write_all(line.as_bytes()).await?;

@@ -70,23 +70,13 @@ pub fn check_transport(url: &str, insecure_plaintext: bool) -> Result<(), crate:
         .map_err(|e| crate::AgentError::Config(format!("invalid URL {url:?}: {e}")))?;
     match parsed.scheme() {
         "wss" | "https" => Ok(()),
-        "ws" | "http" if insecure_plaintext || is_loopback(&parsed) => Ok(()),
+        "ws" | "http" if insecure_plaintext || edge_core::net::is_loopback_url(&parsed) => Ok(()),
         "ws" | "http" => Err(crate::AgentError::Config(format!(
             "{url} is plaintext to a non-loopback address: use wss:// or https:// (or --insecure-plaintext)"
         ))),
         other => Err(crate::AgentError::Config(format!(
             "unsupported URL scheme {other:?}"
         ))),
-    }
-}
-
-/// Whether `url`'s host is loopback (`localhost`, 127.0.0.0/8, ::1).
-pub fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
     }
 }
 

@@ -28,12 +28,7 @@ pub fn server_of(g: &Global, stored: Option<&Credential>) -> Result<String, CliE
     let server = server.trim_end_matches('/').to_owned();
     let url = url::Url::parse(&server)
         .map_err(|e| CliError::Usage(format!("--server {server:?}: {e}")))?;
-    let loopback = match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
+    let loopback = edge_core::net::is_loopback_url(&url);
     match url.scheme() {
         "https" => Ok(server),
         "http" if loopback || g.insecure_plaintext => Ok(server),
