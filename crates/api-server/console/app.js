@@ -1,6 +1,6 @@
 // Edge console: one page over the api-server's JSON API, same origin only.
 // Views are picked by the URL fragment (#/devices, #/devices/<id>, #/pair,
-// #/sessions, #/audit). Every element is built with textContent (never
+// #/sessions, #/service-accounts, #/audit). Every element is built with textContent (never
 // innerHTML), every state-changing call sends X-CSRF: 1, every API error is
 // shown with the server's message, and a 401 turns the page into a sign-in
 // prompt. Polling timers belong to the current view and stop when it changes.
@@ -537,6 +537,7 @@ async function viewSessions(token) {
     const sessions = await api("GET", "/api/auth/sessions");
     if (token !== viewToken) return;
     body.replaceChildren(...sessions.map((s) => h("tr", {},
+      h("td", {}, s.kind === "bearer" ? "Terminal" + (s.client ? " (" + s.client + ")" : "") : "Browser"),
       h("td", {}, when(s.created_at), s.current ? h("strong", {}, " (this browser)") : null),
       h("td", {}, ago(s.last_seen_at)),
       h("td", {}, when(s.expires_at)),
@@ -548,7 +549,95 @@ async function viewSessions(token) {
   }
   show(h("h1", {}, "My sessions"),
     h("table", { id: "sessions" },
-      tableHead("Signed in", "Last active", "Expires", ""), body));
+      tableHead("Kind", "Signed in", "Last active", "Expires", ""), body));
+  await refresh();
+}
+
+// ---- service accounts ----------------------------------------------------
+
+const SCOPES = [
+  ["devices:read", "Read devices and telemetry"],
+  ["devices:manage", "Manage devices (rename, label, delete, rotate, pair)"],
+  ["devices:remote", "Remote access (proxied API, edge forward)"],
+];
+
+/** A secret shown once, with how to use it. */
+function secretCard(title, clientId, secret, extra) {
+  return h("div", { class: "card", id: "sa-secret" },
+    h("h2", {}, title),
+    h("p", {}, "Client id: ", h("code", { id: "sa-client-id" }, clientId)),
+    h("p", {}, "Client secret (shown once; store it now):"),
+    h("pre", { id: "sa-client-secret" }, secret),
+    extra ? h("p", { class: "hint" }, extra) : null,
+    h("p", { class: "hint" }, "From a script: ", h("code", {}, "EDGE_CLIENT_ID=" + clientId + " EDGE_CLIENT_SECRET=… edge devices"),
+      ", or get a token with the client_credentials grant at ", h("code", {}, location.origin + "/api/oauth/token"), "."));
+}
+
+async function viewServiceAccounts(token) {
+  const out = h("div", { "aria-live": "polite" });
+  const body = h("tbody");
+  const name = h("input", { id: "sa-name", type: "text", maxlength: 100, required: true });
+  const boxes = SCOPES.map(([value, label]) => {
+    const box = h("input", { type: "checkbox", value, id: "sa-scope-" + value.replace(":", "-") });
+    return [box, h("label", { class: "check" }, box, " " + label)];
+  });
+  const selector = h("input", { id: "sa-selector", type: "text", placeholder: "site=berlin, line=2" });
+  const days = h("input", { id: "sa-days", type: "number", min: 1, max: 3650, placeholder: "never" });
+
+  async function refresh() {
+    const accounts = await api("GET", "/api/service-accounts");
+    if (token !== viewToken) return;
+    body.replaceChildren(...accounts.map((a) => h("tr", {},
+      h("td", {}, a.name),
+      h("td", {}, h("code", {}, a.id)),
+      h("td", {}, a.scopes.join(", ")),
+      h("td", {}, a.selector.length ? a.selector.join(", ") : "all devices"),
+      h("td", {}, String(a.secrets.length) + (a.public_jwk ? " + key" : "")),
+      h("td", {}, ago(a.last_used_at)),
+      h("td", {}, a.expires_at ? when(a.expires_at) : "never"),
+      h("td", {},
+        h("button", { type: "button", class: "secondary", onclick: () => attempt(async () => {
+          const r = await api("POST", "/api/service-accounts/" + encodeURIComponent(a.id) + "/secrets", {});
+          out.replaceChildren(secretCard("New secret for " + a.name, a.id, r.client_secret,
+            "The older secrets keep working until " + when(r.previous_expire_at) + "."));
+          await refresh();
+        }) }, "Rotate secret"), " ",
+        h("button", { type: "button", class: "danger", onclick: () => attempt(async () => {
+          if (!(await confirmAction("Delete " + a.name + "?", "Its tokens stop working at once and its open connections close.", "Delete"))) return;
+          await api("DELETE", "/api/service-accounts/" + encodeURIComponent(a.id));
+          notice("Service account deleted.");
+          await refresh();
+        }) }, "Delete")))));
+  }
+
+  const form = h("form", { class: "card", id: "sa-form", onsubmit: (ev) => {
+    ev.preventDefault();
+    attempt(async () => {
+      const scopes = boxes.filter(([b]) => b.checked).map(([b]) => b.value);
+      const req = {
+        name: name.value,
+        scopes,
+        selector: selector.value.split(",").map((l) => l.trim()).filter((l) => l),
+      };
+      if (days.value) req.expires_at = Date.now() + Number(days.value) * 86400000;
+      const made = await api("POST", "/api/service-accounts", req);
+      out.replaceChildren(secretCard("Service account " + made.account.name, made.client_id, made.client_secret));
+      form.reset();
+      await refresh();
+    });
+  } },
+    h("h2", {}, "New service account"),
+    h("p", {}, h("label", { for: "sa-name" }, "Name"), " ", name),
+    h("fieldset", {}, h("legend", {}, "Scopes"), boxes.map(([, l]) => h("div", {}, l))),
+    h("p", {}, h("label", { for: "sa-selector" }, "Only devices with all these labels (optional)"), " ", selector),
+    h("p", {}, h("label", { for: "sa-days" }, "Expires after (days, optional)"), " ", days),
+    h("button", { type: "submit", id: "sa-create" }, "Create service account"));
+
+  show(h("h1", {}, "Service accounts"),
+    h("p", {}, "Service accounts let scripts and CI act on your devices without your browser session. Each gets short-lived tokens with the scopes you give it, and sees only the devices its labels select."),
+    form, out,
+    h("table", { id: "service-accounts" },
+      tableHead("Name", "Client id", "Scopes", "Devices", "Secrets", "Last used", "Expires", ""), body));
   await refresh();
 }
 
@@ -607,6 +696,7 @@ async function route() {
     if (page === "devices" && arg) await viewDevice(token, decodeURIComponent(arg));
     else if (page === "pair") await viewPair(token);
     else if (page === "sessions") await viewSessions(token);
+    else if (page === "service-accounts") await viewServiceAccounts(token);
     else if (page === "audit") await viewAudit(token, Number(arg) || 0);
     else await viewDevices(token);
   } catch (err) {

@@ -13,7 +13,6 @@
 //! silently dropped. At shutdown the channel closes and the task writes
 //! everything left.
 
-use edge_core::UserId;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,14 +115,14 @@ impl AuditWriter {
     /// Record `action` for `user`; never waits on the queue.
     pub fn record(
         &self,
-        user: UserId,
+        actor: impl Into<store::Actor>,
         action: &'static str,
         target: Option<String>,
         detail: serde_json::Value,
     ) {
         self.health.recorded.fetch_add(1, Ordering::Relaxed);
         let event = NewAuditEvent {
-            user,
+            actor: actor.into(),
             action,
             target,
             detail,
@@ -231,7 +230,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    async fn actions(store: &Store, user: UserId) -> usize {
+    async fn actions(store: &Store, user: edge_core::UserId) -> usize {
         store.audit_events(user, 100, 0).await.unwrap().len()
     }
 

@@ -15,7 +15,7 @@ use crate::audit_writer::AuditWriter;
 use crate::error::ApiError;
 use axum::body::Body;
 use directory::{BoxStream, DirectoryError, Retiring, SessionView};
-use edge_core::{DeviceId, UserId};
+use edge_core::DeviceId;
 use hyper_util::client::legacy::connect::{capture_connection, Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use store::Actor;
 
 /// Host suffix of pool keys; `.invalid` never resolves (RFC 6761).
 const KEY_SUFFIX: &str = ".box.invalid";
@@ -87,10 +88,10 @@ impl BoxClient {
         move || opened.load(Ordering::Relaxed)
     }
 
-    /// Send `req` (origin-form path in its URI) to `device` for `user`.
+    /// Send `req` (origin-form path in its URI) to `device` for `actor`.
     pub async fn send(
         &self,
-        user: UserId,
+        actor: &Actor,
         device: DeviceId,
         mut req: http::Request<Body>,
     ) -> Result<http::Response<hyper::body::Incoming>, ApiError> {
@@ -99,7 +100,7 @@ impl BoxClient {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        *req.uri_mut() = format!("http://{device}.{user}{KEY_SUFFIX}{path}")
+        *req.uri_mut() = format!("http://{}{path}", pool_key(device, actor))
             .parse()
             .map_err(|_| ApiError::BadRequest("cannot forward this request path".into()))?;
         let connection = capture_connection(&mut req);
@@ -143,11 +144,33 @@ struct Connector {
     opened: Arc<AtomicU64>,
 }
 
-/// The device and user a pool key names.
-fn parse_key(uri: &http::Uri) -> Option<(DeviceId, UserId)> {
+/// The pool key (an authority) of `actor`'s connections to `device`:
+/// `<device>.<user>[.<service account>].box.invalid`, so a person's and
+/// each of their service accounts' requests never share a connection,
+/// and each connection is audited under the one who made it.
+fn pool_key(device: DeviceId, actor: &Actor) -> String {
+    match &actor.service_account {
+        Some(sa) => format!("{device}.{}.{sa}{KEY_SUFFIX}", actor.user),
+        None => format!("{device}.{}{KEY_SUFFIX}", actor.user),
+    }
+}
+
+/// The device and actor a pool key names.
+fn parse_key(uri: &http::Uri) -> Option<(DeviceId, Actor)> {
     let host = uri.host()?.strip_suffix(KEY_SUFFIX)?;
-    let (device, user) = host.split_once('.')?;
-    Some((device.parse().ok()?, user.parse().ok()?))
+    let mut parts = host.split('.');
+    let (device, user) = (parts.next()?, parts.next()?);
+    let service_account = parts.next().map(str::to_owned);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((
+        device.parse().ok()?,
+        Actor {
+            user: user.parse().ok()?,
+            service_account,
+        },
+    ))
 }
 
 impl tower::Service<http::Uri> for Connector {
@@ -162,7 +185,7 @@ impl tower::Service<http::Uri> for Connector {
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let (device, user) = parse_key(&uri)
+            let (device, actor) = parse_key(&uri)
                 .ok_or_else(|| DirectoryError::Relay("malformed box pool key".into()))?;
             let (stream, retiring) = tokio::time::timeout(
                 this.connect_timeout,
@@ -172,7 +195,7 @@ impl tower::Service<http::Uri> for Connector {
             .map_err(|_| DirectoryError::Timeout)??;
             this.opened.fetch_add(1, Ordering::Relaxed);
             this.audit.record(
-                user,
+                actor.clone(),
                 "remote_access_opened",
                 Some(device.to_string()),
                 serde_json::json!({}),
@@ -188,7 +211,7 @@ impl tower::Service<http::Uri> for Connector {
                 from_device: 0,
                 started: Instant::now(),
                 audit: this.audit,
-                user,
+                actor,
                 device,
             }))
         })
@@ -209,7 +232,7 @@ pub struct Audited {
     from_device: u64,
     started: Instant,
     audit: AuditWriter,
-    user: UserId,
+    actor: Actor,
     device: DeviceId,
 }
 
@@ -319,7 +342,7 @@ impl tokio::io::AsyncWrite for Audited {
 impl Drop for Audited {
     fn drop(&mut self) {
         self.audit.record(
-            self.user,
+            self.actor.clone(),
             "remote_access_closed",
             Some(self.device.to_string()),
             serde_json::json!({
@@ -336,10 +359,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pool_keys_name_one_device_and_one_user() {
-        let (d, u) = (DeviceId::new(), UserId::new());
-        let uri: http::Uri = format!("http://{d}.{u}{KEY_SUFFIX}/x?y").parse().unwrap();
-        assert_eq!(parse_key(&uri), Some((d, u)));
+    fn pool_keys_name_one_device_and_one_actor() {
+        let (d, u) = (DeviceId::new(), edge_core::UserId::new());
+        let person = Actor::from(u);
+        let uri: http::Uri = format!("http://{}/x?y", pool_key(d, &person))
+            .parse()
+            .unwrap();
+        assert_eq!(parse_key(&uri), Some((d, person.clone())));
+        let robot = Actor {
+            user: u,
+            service_account: Some("sa-0123abcd".into()),
+        };
+        let uri: http::Uri = format!("http://{}/", pool_key(d, &robot)).parse().unwrap();
+        assert_eq!(parse_key(&uri), Some((d, robot.clone())));
+        assert_ne!(pool_key(d, &person), pool_key(d, &robot));
         let other: http::Uri = format!("http://{d}.{u}.example.net/").parse().unwrap();
         assert_eq!(parse_key(&other), None);
     }

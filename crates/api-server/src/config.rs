@@ -127,6 +127,15 @@ pub struct Config {
         hide_env_values = true
     )]
     pub session_lifetime_secs: u64,
+    /// A service account's access token lives this long, in seconds (1 to
+    /// 86,400).
+    #[arg(
+        long,
+        env = "API_SERVER_SERVICE_TOKEN_LIFETIME_SECS",
+        default_value_t = DEFAULT_SERVICE_TOKEN_LIFETIME.as_secs(),
+        hide_env_values = true
+    )]
+    pub service_token_lifetime_secs: u64,
     /// Time to get a stream to the device through the relay, in seconds.
     #[arg(
         long,
@@ -369,6 +378,8 @@ pub struct Config {
 
 /// How often a session's last-seen time is written, at most.
 pub const DEFAULT_SESSION_TOUCH_EVERY: Duration = Duration::from_secs(60);
+/// How long a service account's access token lives.
+pub const DEFAULT_SERVICE_TOKEN_LIFETIME: Duration = Duration::from_secs(900);
 
 /// Checked settings the handlers use.
 #[derive(Debug, Clone)]
@@ -381,6 +392,8 @@ pub struct Settings {
     /// the store); the idle limit is therefore exact to within it.
     pub session_touch_every: Duration,
     pub session_lifetime: Duration,
+    /// Lifetime of a service account's access token (the token endpoint's).
+    pub service_token_lifetime: Duration,
     pub proxy_connect_timeout: Duration,
     pub proxy_first_byte_timeout: Duration,
     /// Idle keep-alive connections to boxes live this long (zero: none kept).
@@ -488,6 +501,7 @@ impl Settings {
             session_idle: Duration::from_secs(1800),
             session_touch_every: DEFAULT_SESSION_TOUCH_EVERY,
             session_lifetime: Duration::from_secs(43_200),
+            service_token_lifetime: DEFAULT_SERVICE_TOKEN_LIFETIME,
             proxy_connect_timeout: Duration::from_secs(5),
             proxy_first_byte_timeout: Duration::from_secs(30),
             box_idle: Duration::from_secs(4),
@@ -584,6 +598,8 @@ impl Config {
         }
         s.session_idle = Duration::from_secs(self.session_idle_secs.max(1));
         s.session_lifetime = Duration::from_secs(self.session_lifetime_secs.max(1));
+        s.service_token_lifetime =
+            Duration::from_secs(self.service_token_lifetime_secs.clamp(1, 86_400));
         s.proxy_connect_timeout = Duration::from_secs(self.proxy_connect_timeout_secs.max(1));
         s.proxy_first_byte_timeout = Duration::from_secs(self.proxy_first_byte_timeout_secs.max(1));
         s.box_idle = Duration::from_secs(self.box_idle_secs.min(300));

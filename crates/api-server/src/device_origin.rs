@@ -149,7 +149,7 @@ async fn enter(
     };
     let allowed = proxy::owner_behind(&state, &redeemed.session_hash, device, Check::Activity)
         .await?
-        == Some(redeemed.user_id);
+        .is_some_and(|actor| actor.user == redeemed.user_id);
     if !allowed {
         return Ok(access_page(
             StatusCode::FORBIDDEN,
@@ -202,11 +202,11 @@ async fn access_of(
                 .ok()
         })
         .ok_or(ApiError::DeviceAccessRequired)?;
-    let user = proxy::owner_behind(state, &session_hash, device, Check::Activity)
+    let actor = proxy::owner_behind(state, &session_hash, device, Check::Activity)
         .await?
         .ok_or(ApiError::DeviceAccessRequired)?;
     Ok(Access {
-        user,
+        actor,
         session_hash,
         device,
     })

@@ -13,7 +13,7 @@
 
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
-use crate::session::CurrentUser;
+use crate::session::{CurrentUser, ManageDevices, ReadDevices, Scoped};
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -239,6 +239,7 @@ pub(crate) async fn owned(
         .store
         .device(user.id, parse(id)?)
         .await?
+        .filter(|d| user.sees(&d.labels))
         .ok_or(ApiError::NotFound)
 }
 
@@ -271,7 +272,7 @@ pub struct DeviceFilter {
     )
 )]
 pub async fn list(
-    user: CurrentUser,
+    user: Scoped<ReadDevices>,
     State(state): State<AppState>,
     ApiQuery(f): ApiQuery<DeviceFilter>,
 ) -> Result<Json<Vec<DeviceView>>, ApiError> {
@@ -318,6 +319,7 @@ pub async fn list(
         search,
         health,
         among,
+        labels: user.selector().to_vec(),
         sort,
         limit,
         offset,
@@ -372,7 +374,7 @@ pub async fn list(
     )
 )]
 pub async fn get(
-    user: CurrentUser,
+    user: Scoped<ReadDevices>,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceView>, ApiError> {
@@ -412,7 +414,7 @@ fn valid_metrics_path(p: &str) -> bool {
     )
 )]
 pub async fn update(
-    user: CurrentUser,
+    user: Scoped<ManageDevices>,
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<DevicePatch>,
@@ -466,7 +468,7 @@ pub async fn update(
         state
             .store
             .audit(
-                user.id,
+                user.actor(),
                 "device_renamed",
                 Some(&target),
                 serde_json::json!({ "from": before.name, "to": after.name }),
@@ -477,7 +479,7 @@ pub async fn update(
         state
             .store
             .audit(
-                user.id,
+                user.actor(),
                 "device_metrics_path_changed",
                 Some(&target),
                 serde_json::json!({ "metrics_path": after.metrics_path }),
@@ -488,7 +490,7 @@ pub async fn update(
         state
             .store
             .audit(
-                user.id,
+                user.actor(),
                 "device_labels_changed",
                 Some(&target),
                 serde_json::json!({ "labels": after.labels }),
@@ -535,18 +537,23 @@ async fn close_tunnel(state: &AppState, device: DeviceId) -> Result<(), ApiError
     )
 )]
 pub async fn delete(
-    user: CurrentUser,
+    user: Scoped<ManageDevices>,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let device = parse(&id)?;
+    let device = owned(&state, &user, &id).await?.id;
     if !state.store.delete_device(user.id, device).await? {
         return Err(ApiError::NotFound);
     }
     state.access_changes.notify();
     state
         .store
-        .audit(user.id, "device_deleted", Some(&id), serde_json::json!({}))
+        .audit(
+            user.actor(),
+            "device_deleted",
+            Some(&id),
+            serde_json::json!({}),
+        )
         .await?;
     close_tunnel(&state, device).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -575,11 +582,11 @@ pub struct Rotated {
     )
 )]
 pub async fn rotate(
-    user: CurrentUser,
+    user: Scoped<ManageDevices>,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Rotated>, ApiError> {
-    let device = parse(&id)?;
+    let device = owned(&state, &user, &id).await?.id;
     let token = DeviceToken::generate();
     if !state
         .store
@@ -591,7 +598,7 @@ pub async fn rotate(
     state
         .store
         .audit(
-            user.id,
+            user.actor(),
             "credential_rotated",
             Some(&id),
             serde_json::json!({}),
@@ -621,7 +628,7 @@ pub async fn rotate(
     )
 )]
 pub async fn disconnect(
-    user: CurrentUser,
+    user: Scoped<ManageDevices>,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {

@@ -79,6 +79,11 @@ pub enum ApiError {
     BearerRequired,
     #[error("the identity provider offers no device login")]
     DeviceLoginUnsupported,
+    #[error("this credential's scopes do not cover this route")]
+    InsufficientScope,
+    /// The token endpoint's errors, in RFC 6749 §5.2's own body.
+    #[error("{0}")]
+    OAuth(#[from] OAuthError),
     #[error("internal error")]
     Internal,
     #[error("configuration: {0}")]
@@ -127,6 +132,8 @@ impl ApiError {
             Self::DeviceLoginUnsupported => {
                 (StatusCode::NOT_IMPLEMENTED, "device_login_unsupported")
             }
+            Self::InsufficientScope => (StatusCode::FORBIDDEN, "insufficient_scope"),
+            Self::OAuth(e) => (e.status(), e.code()),
             Self::Internal | Self::Config(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -134,6 +141,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let Self::OAuth(e) = self {
+            return e.into_response();
+        }
         let (status, code) = self.status_and_code();
         if status.is_server_error() {
             tracing::info!(code, status = status.as_u16(), "request failed");
@@ -209,5 +219,63 @@ impl From<auth::oidc::OidcError> for ApiError {
             }
             OidcError::Config(_) => Self::Internal,
         }
+    }
+}
+
+/// An error of the OAuth token endpoint (RFC 6749 §5.2), answered as
+/// `{"error": code, "error_description": message}` with `Cache-Control:
+/// no-store`, the shape OAuth client libraries read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OAuthError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Unknown client, wrong secret or key, expired account or secret:
+    /// one answer for all, so a caller learns nothing of which.
+    /// `basic`: the client tried HTTP Basic (the answer then challenges it).
+    #[error("client authentication failed")]
+    InvalidClient { basic: bool },
+    #[error("only the client_credentials grant is supported here")]
+    UnsupportedGrantType,
+    #[error("the requested scope is unknown or beyond the client's")]
+    InvalidScope,
+}
+
+impl OAuthError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidClient { .. } => "invalid_client",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidScope => "invalid_scope",
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": self.code(),
+            "error_description": self.to_string(),
+        });
+        let mut res = (self.status(), axum::Json(body)).into_response();
+        let headers = res.headers_mut();
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        if matches!(self, Self::InvalidClient { basic: true }) {
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Basic realm=\"edge\""),
+            );
+        }
+        res
     }
 }

@@ -1,6 +1,6 @@
 //! Port forwarding (ADR 027): `GET /api/devices/{id}/forward?target=HOST:PORT`
-//! with `Upgrade: edge-forward` and a bearer session (the `edge` CLI's or,
-//! later, a service account's) becomes a raw byte pipe to that TCP service
+//! with `Upgrade: edge-forward` and a bearer session (the `edge` CLI's, or
+//! a service account's with `devices:remote`) becomes a raw byte pipe to that TCP service
 //! on the device's side: api-server → relay (the channel's `tcp=` request)
 //! → agent (a `tcp` preamble, checked against its allow-list) → the
 //! service. The agent's answer is read before the `101`, so a refused
@@ -12,7 +12,7 @@
 use crate::error::ApiError;
 use crate::extract::ApiQuery;
 use crate::proxy::{access_ends, owner_behind, Access};
-use crate::session::{Check, CurrentUser};
+use crate::session::{Check, RemoteAccess, Scoped};
 use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -27,7 +27,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use store::SessionKind;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tunnel::preamble::{self, TcpTarget};
 
@@ -56,7 +55,7 @@ pub struct ForwardQuery {
         (status = 101, description = "the connection is now a byte pipe to the target (`Upgrade: edge-forward`)"),
         (status = 400, description = "no `Upgrade: edge-forward`, or a malformed target", body = ErrorBody),
         (status = 401, description = "no valid bearer session", body = ErrorBody),
-        (status = 403, description = "a browser session (`bearer_required`), or the agent does not allow the target (`target_not_allowed`)", body = ErrorBody),
+        (status = 403, description = "a browser session (`bearer_required`), a service account without `devices:remote` (`insufficient_scope`), or the agent does not allow the target (`target_not_allowed`)", body = ErrorBody),
         (status = 404, description = "no such device of the caller's", body = ErrorBody),
         (status = 409, description = "the device's agent reaches only its local service (`target_not_supported`)", body = ErrorBody),
         (status = 502, description = "the relay, the device or the target cannot be reached", body = ErrorBody),
@@ -64,17 +63,17 @@ pub struct ForwardQuery {
     )
 )]
 pub async fn forward(
-    user: CurrentUser,
+    user: Scoped<RemoteAccess>,
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<ForwardQuery>,
     mut req: Request,
 ) -> Result<Response, ApiError> {
     let device: DeviceId = id.parse().map_err(|_| ApiError::NotFound)?;
-    owner_behind(&state, &user.session_hash, device, Check::Activity)
+    let actor = owner_behind(&state, &user.session_hash, device, Check::Activity)
         .await?
         .ok_or(ApiError::NotFound)?;
-    if user.via != SessionKind::Bearer {
+    if !user.is_bearer() {
         return Err(ApiError::BearerRequired);
     }
     let target: TcpTarget = q
@@ -111,12 +110,12 @@ pub async fn forward(
         Err(_) => return Err(ApiError::DeviceTimeout),
     };
     let access = Access {
-        user: user.id,
-        session_hash: user.session_hash,
+        actor,
+        session_hash: user.0.session_hash,
         device,
     };
     state.audit.record(
-        user.id,
+        access.actor.clone(),
         "forward_opened",
         Some(device.to_string()),
         serde_json::json!({ "target": target.to_string() }),
@@ -178,7 +177,7 @@ async fn pipe(
     };
     tracing::info!(device = %access.device, %target, ended, "forward closed");
     state.audit.record(
-        access.user,
+        access.actor.clone(),
         "forward_closed",
         Some(access.device.to_string()),
         serde_json::json!({

@@ -6,8 +6,8 @@
 
 use crate::state::AppState;
 use crate::{
-    auth_routes, cli_login, console, device_origin, devices, forward, health, pairing, proxy,
-    system, telemetry, webhooks,
+    auth_routes, cli_login, console, device_origin, devices, forward, health, oauth, pairing,
+    proxy, service_accounts, system, telemetry, webhooks,
 };
 use axum::extract::State;
 use axum::Json;
@@ -51,6 +51,14 @@ use utoipa::OpenApi;
         device_origin::create_ticket,
         forward::forward,
         devices::audit,
+        oauth::token,
+        service_accounts::list,
+        service_accounts::create,
+        service_accounts::get,
+        service_accounts::delete,
+        service_accounts::rotate,
+        service_accounts::revoke_secret,
+        service_accounts::set_key,
         telemetry::latest,
         telemetry::series,
         telemetry::fleet,
@@ -70,6 +78,7 @@ use utoipa::OpenApi;
         (name = "pairing", description = "Pairing codes and their exchange by a box"),
         (name = "devices", description = "The caller's devices"),
         (name = "telemetry", description = "What each box reports: its last scrape, time series, fleet queries; health rules; webhooks"),
+        (name = "service-accounts", description = "Owners' clients for scripts and CI: the client_credentials token endpoint and the accounts' management"),
         (name = "proxy", description = "Requests forwarded to a box's local service"),
         (name = "system", description = "Health, readiness, this document"),
         (name = "console", description = "The web console's files"),
@@ -81,8 +90,11 @@ pub struct ApiDoc;
 pub const SESSION_SCHEME: &str = "session";
 /// Name of the scheme that is the `X-CSRF` header.
 pub const CSRF_SCHEME: &str = "csrf";
-/// Name of the scheme that is a bearer session (the `edge` CLI's).
+/// Name of the scheme that is a bearer session (the `edge` CLI's, or a
+/// service account's token).
 pub const BEARER_SCHEME: &str = "bearer";
+/// Name of the scheme that is a service account's HTTP Basic credential.
+pub const CLIENT_BASIC_SCHEME: &str = "client_basic";
 
 struct SecuritySchemes;
 
@@ -102,7 +114,18 @@ impl utoipa::Modify for SecuritySchemes {
                 utoipa::openapi::security::HttpBuilder::new()
                     .scheme(utoipa::openapi::security::HttpAuthScheme::Bearer)
                     .description(Some(
-                        "A bearer session from the device login (`edge login`); never from a browser",
+                        "A bearer session from the device login (`edge login`), or a service account's access token from `POST /api/oauth/token`; never from a browser",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            CLIENT_BASIC_SCHEME,
+            SecurityScheme::Http(
+                utoipa::openapi::security::HttpBuilder::new()
+                    .scheme(utoipa::openapi::security::HttpAuthScheme::Basic)
+                    .description(Some(
+                        "A service account's client id and secret (`client_secret_basic`), at the token endpoint only",
                     ))
                     .build(),
             ),

@@ -8,7 +8,7 @@
 
 use crate::error::ApiError;
 use crate::extract::ApiJson;
-use crate::session::CurrentUser;
+use crate::session::{ManageDevices, Scoped};
 use crate::state::AppState;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
@@ -62,7 +62,7 @@ pub struct CreatedCode {
     )
 )]
 pub async fn create_code(
-    user: CurrentUser,
+    user: Scoped<ManageDevices>,
     State(state): State<AppState>,
 ) -> Result<(StatusCode, Json<CreatedCode>), ApiError> {
     let pending = state
@@ -89,7 +89,7 @@ pub async fn create_code(
     state
         .store
         .audit(
-            user.id,
+            user.actor(),
             "pairing_code_created",
             Some(&created.id),
             serde_json::json!({ "expires_at": created.expires_at }),
@@ -117,7 +117,7 @@ pub async fn create_code(
     )
 )]
 pub async fn list_codes(
-    user: CurrentUser,
+    user: Scoped<ManageDevices>,
     State(state): State<AppState>,
 ) -> Result<Json<Vec<store::PairingCode>>, ApiError> {
     Ok(Json(
@@ -140,7 +140,7 @@ pub async fn list_codes(
     )
 )]
 pub async fn cancel_code(
-    user: CurrentUser,
+    user: Scoped<ManageDevices>,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -149,7 +149,7 @@ pub async fn cancel_code(
         state
             .store
             .audit(
-                user.id,
+                user.actor(),
                 "pairing_code_cancelled",
                 Some(id),
                 serde_json::json!({}),

@@ -10,7 +10,9 @@
 //! device's origin kept from the browser).
 
 use crate::error::ApiError;
-use crate::session::{check_csrf, live_session_of, presented_session, session_and_device, Check};
+use crate::session::{
+    check_csrf, live_session_of, presented_session, session_and_device, Check, Reach,
+};
 use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
@@ -29,7 +31,8 @@ pub use proxy_rules::{box_request_headers, box_response_headers, Door};
 /// Who may reach which device, re-checked for as long as a connection lives.
 #[derive(Debug, Clone)]
 pub struct Access {
-    pub user: UserId,
+    /// The owner, and the service account acting for them if one is.
+    pub actor: store::Actor,
     pub session_hash: String,
     pub device: DeviceId,
 }
@@ -96,19 +99,26 @@ async fn console_forward(
 ) -> Result<Response, ApiError> {
     let (hash, via) = presented_session(&state, req.headers())?.ok_or(ApiError::Unauthenticated)?;
     let device: Option<DeviceId> = raw_id.parse().ok();
-    let (user, owns) = match device {
+    let (actor, reach) = match device {
         Some(device) => session_and_device(&state, &hash, device, Check::Activity).await?,
-        None => (live_session_of(&state, &hash, via).await?, false),
+        None => (
+            live_session_of(&state, &hash, via).await?.into(),
+            Reach::Hidden,
+        ),
     };
     if via == store::SessionKind::Browser {
         check_csrf(req.method(), req.headers(), &state.settings.public_origin)?;
     }
-    let device = device.filter(|_| owns).ok_or(ApiError::NotFound)?;
+    let device = match reach {
+        Reach::Granted => device.ok_or(ApiError::NotFound)?,
+        Reach::NoScope => return Err(ApiError::InsufficientScope),
+        Reach::Hidden => return Err(ApiError::NotFound),
+    };
     if crate::hygiene::from_browser(req.headers()) {
         return Err(ApiError::UseDeviceOrigin);
     }
     let access = Access {
-        user,
+        actor,
         session_hash: hash,
         device,
     };
@@ -118,7 +128,7 @@ async fn console_forward(
     forward(&state, access, remote, req, door).await
 }
 
-/// The device `raw_id` when the caller owns it; 404 otherwise.
+/// The device `raw_id` when `user` owns it; 404 otherwise.
 pub async fn authorize(state: &AppState, user: UserId, raw_id: &str) -> Result<DeviceId, ApiError> {
     let device: DeviceId = raw_id.parse().map_err(|_| ApiError::NotFound)?;
     state
@@ -242,7 +252,7 @@ async fn forward_counted(
     let outbound = outbound_request(state, &parts, body, target, remote, &door, upgrade.as_ref())?;
     let response = tokio::time::timeout(
         state.settings.proxy_first_byte_timeout,
-        state.boxes.send(access.user, access.device, outbound),
+        state.boxes.send(&access.actor, access.device, outbound),
     )
     .await
     .map_err(|_| ApiError::DeviceTimeout)??;
@@ -322,14 +332,15 @@ pub async fn access_ends(state: &AppState, access: &Access) {
 
 async fn still_allowed(state: &AppState, access: &Access) -> Result<bool, ApiError> {
     Ok(
-        owner_behind(state, &access.session_hash, access.device, Check::Recheck).await?
-            == Some(access.user),
+        owner_behind(state, &access.session_hash, access.device, Check::Recheck)
+            .await?
+            .is_some_and(|actor| actor == access.actor),
     )
 }
 
-/// The user behind the session stored under `session_hash`, when that
-/// session is live and the user owns `device`; `None` when either is not
-/// so. Store failures are errors, not answers. The one check behind
+/// Who is behind the session stored under `session_hash`, when that
+/// session is live and may reach `device` ([`Reach::Granted`]); `None`
+/// otherwise. Store failures are errors, not answers. The one check behind
 /// entering a device origin, every request there, and every open
 /// connection's re-check.
 pub async fn owner_behind(
@@ -337,9 +348,9 @@ pub async fn owner_behind(
     session_hash: &str,
     device: DeviceId,
     check: Check,
-) -> Result<Option<UserId>, ApiError> {
+) -> Result<Option<store::Actor>, ApiError> {
     match session_and_device(state, session_hash, device, check).await {
-        Ok((user, owns)) => Ok(owns.then_some(user)),
+        Ok((actor, reach)) => Ok((reach == Reach::Granted).then_some(actor)),
         Err(ApiError::Unauthenticated) => Ok(None),
         Err(err) => Err(err),
     }

@@ -5,8 +5,8 @@
 
 use crate::state::AppState;
 use crate::{
-    auth_routes, cli_login, console, device_origin, devices, forward, health, hygiene, pairing,
-    proxy, system, telemetry, webhooks,
+    auth_routes, cli_login, console, device_origin, devices, forward, health, hygiene, oauth,
+    pairing, proxy, service_accounts, system, telemetry, webhooks,
 };
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, delete, get, post, MethodRouter};
@@ -18,7 +18,9 @@ use http::Method;
 /// readiness, the two halves of the login (the callback's credential is the
 /// pending-login cookie plus the provider's code), the provider's
 /// back-channel logout (its credential is the signed logout token), and the
-/// pairing exchange (the code is its credential), and the terminal's
+/// pairing exchange (the code is its credential), the OAuth token
+/// endpoint (the client's secret or signed assertion is its credential),
+/// and the terminal's
 /// logins (the sealed login or code is their credential; the loopback
 /// login's first step reads the session but sends a signed-out browser to
 /// the login instead of answering 401). Device origins have a
@@ -40,6 +42,7 @@ pub const PUBLIC_ROUTES: &[&str] = &[
     "/api/cli/login/poll",
     "/api/cli/authorize",
     "/api/cli/login/code",
+    "/api/oauth/token",
 ];
 
 /// Methods `any(...)` routes are checked with.
@@ -191,6 +194,36 @@ pub fn route_table() -> Vec<RouteDef> {
             get(webhooks::deliveries),
         ),
         route("/api/audit", &[M::GET], get(devices::audit)),
+        route(
+            oauth::TOKEN_PATH,
+            &[M::POST],
+            post(oauth::token).layer(DefaultBodyLimit::max(oauth::BODY_LIMIT)),
+        ),
+        route(
+            "/api/service-accounts",
+            &[M::GET, M::POST],
+            get(service_accounts::list).post(service_accounts::create),
+        ),
+        route(
+            "/api/service-accounts/{id}",
+            &[M::GET, M::DELETE],
+            get(service_accounts::get).delete(service_accounts::delete),
+        ),
+        route(
+            "/api/service-accounts/{id}/secrets",
+            &[M::POST],
+            post(service_accounts::rotate),
+        ),
+        route(
+            "/api/service-accounts/{id}/secrets/{secret_id}",
+            &[M::DELETE],
+            delete(service_accounts::revoke_secret),
+        ),
+        route(
+            "/api/service-accounts/{id}/key",
+            &[M::PUT],
+            axum::routing::put(service_accounts::set_key),
+        ),
         route(
             "/api/devices/{id}/proxy/",
             ANY_METHODS,

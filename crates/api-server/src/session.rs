@@ -11,6 +11,12 @@
 //! cookie beside it); each kind of session opens only its own door. Any
 //! other `Authorization` is not ours and is ignored here.
 //!
+//! Service accounts' access tokens (ADR 029) are bearers too, of kind
+//! `service`: they carry scopes and a label selector. [`CurrentUser`]
+//! refuses them (403 `insufficient_scope`); a handler that serves them
+//! takes [`Scoped`] with the scope it needs, so a route is closed to
+//! service accounts unless its signature opens it.
+//!
 //! Cookies: `HttpOnly`, `Path=/`, no `Domain`, `Secure` and the `__Host-`
 //! prefix unless `--cookie-insecure` (plain-http local development).
 //! `SameSite=Lax` for both: the pending-login cookie must survive the
@@ -22,11 +28,13 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use auth::SessionId;
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
+use edge_core::scope::Scope;
 use edge_core::time::now_ms;
 use edge_core::{DeviceId, UserId};
 use http::request::Parts;
 use http::{header, Method};
-use store::SessionKind;
+use std::marker::PhantomData;
+use store::{Actor, ServiceGrant, SessionKind};
 
 /// Purpose bound into the session cookie's MAC.
 pub const SESSION_PURPOSE: &str = "session";
@@ -82,8 +90,42 @@ pub struct CurrentUser {
     pub id: UserId,
     /// Hash of the session id the request came with.
     pub session_hash: String,
-    /// How the session was presented (a cookie, or a bearer token).
+    /// The session's kind: the console's cookie, a person's bearer (the
+    /// `edge` CLI) or a service account's access token.
     pub via: SessionKind,
+    /// A service account's token: what it was granted. `None`: a person.
+    pub service: Option<ServiceGrant>,
+}
+
+impl CurrentUser {
+    /// Who an audit event is recorded under: the owner, and the service
+    /// account when one acts.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            user: self.id,
+            service_account: self.service.as_ref().map(|g| g.account.clone()),
+        }
+    }
+
+    /// Labels a device must all carry to be seen (a person: none).
+    pub fn selector(&self) -> &[String] {
+        self.service.as_ref().map_or(&[], |g| &g.selector[..])
+    }
+
+    /// Whether a device carrying `labels` is visible to the caller.
+    pub fn sees(&self, labels: &[String]) -> bool {
+        self.service.as_ref().is_none_or(|g| g.admits(labels))
+    }
+
+    /// Whether the caller may do what `scope` names (a person may do all).
+    pub fn may(&self, scope: Scope) -> bool {
+        self.service.as_ref().is_none_or(|g| g.scopes.grants(scope))
+    }
+
+    /// Whether the session is a bearer (a person's CLI or a service account).
+    pub fn is_bearer(&self) -> bool {
+        matches!(self.via, SessionKind::Bearer | SessionKind::Service)
+    }
 }
 
 /// Start a new session for `user`; returns the `Set-Cookie` header value.
@@ -262,24 +304,57 @@ pub async fn live_session(state: &AppState, hash: &str) -> Result<UserId, ApiErr
     live_session_of(state, hash, SessionKind::Browser).await
 }
 
-/// [`live_session`] for a session of `kind` (another kind is no session).
+/// [`live_session`] for a session presented through `door`'s kind (a
+/// cookie names only browser sessions; a bearer, a person's or a service
+/// account's); another kind is no session.
 pub async fn live_session_of(
     state: &AppState,
     hash: &str,
-    kind: SessionKind,
+    door: SessionKind,
 ) -> Result<UserId, ApiError> {
+    Ok(live_record(state, hash, door).await?.user_id)
+}
+
+/// The live session record behind [`live_session_of`].
+async fn live_record(
+    state: &AppState,
+    hash: &str,
+    door: SessionKind,
+) -> Result<store::SessionRecord, ApiError> {
     let record = state
         .store
         .session(hash)
         .await?
-        .filter(|r| r.kind == kind)
+        .filter(|r| door_of(r.kind) == door)
         .ok_or(ApiError::Unauthenticated)?;
-    still_live(state, hash, &record, Check::Activity).await
+    still_live(state, hash, &record, Check::Activity).await?;
+    Ok(record)
 }
 
-/// The user behind the session under `hash` (as [`live_session`]) and
-/// whether they own `device`, read in one statement: the check behind
-/// every proxied request and every open connection's re-check.
+/// How a session of `kind` is presented: a browser session by its cookie,
+/// every other by `Authorization: Bearer`.
+fn door_of(kind: SessionKind) -> SessionKind {
+    match kind {
+        SessionKind::Browser => SessionKind::Browser,
+        SessionKind::Bearer | SessionKind::Service => SessionKind::Bearer,
+    }
+}
+
+/// Whether a session may reach a device remotely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Its user owns the device (and a service account's selector admits
+    /// it and it holds `devices:remote`).
+    Granted,
+    /// A service account that sees the device but lacks `devices:remote`.
+    NoScope,
+    /// Not the caller's, or outside a service account's selector: a 404.
+    Hidden,
+}
+
+/// Who is behind the session under `hash` (as [`live_session`]) and
+/// whether they may reach `device`, read in one statement: the check
+/// behind every proxied request and every open connection's re-check.
 /// A grant is remembered for `access_cache_ttl` (under a second; emptied
 /// at once when this replica ends a session or deletes a device).
 pub async fn session_and_device(
@@ -287,22 +362,34 @@ pub async fn session_and_device(
     hash: &str,
     device: DeviceId,
     check: Check,
-) -> Result<(UserId, bool), ApiError> {
+) -> Result<(Actor, Reach), ApiError> {
     let ttl = state.settings.access_cache_ttl;
-    if let Some(user) = state.access_changes.granted(hash, device, ttl) {
-        return Ok((user, true));
+    if let Some(actor) = state.access_changes.granted(hash, device, ttl) {
+        return Ok((actor, Reach::Granted));
     }
     let generation = state.access_changes.generation();
-    let (record, owns) = state
+    let (record, labels) = state
         .store
         .session_access(hash, device)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
     let user = still_live(state, hash, &record, check).await?;
-    if owns && !ttl.is_zero() {
-        state.access_changes.grant(hash, device, user, generation);
+    let reach = match (&labels, &record.service) {
+        (None, _) => Reach::Hidden,
+        (Some(labels), Some(grant)) if !grant.admits(labels) => Reach::Hidden,
+        (Some(_), Some(grant)) if !grant.scopes.grants(Scope::DevicesRemote) => Reach::NoScope,
+        (Some(_), _) => Reach::Granted,
+    };
+    let actor = Actor {
+        user,
+        service_account: record.service.map(|g| g.account),
+    };
+    if reach == Reach::Granted && !ttl.is_zero() {
+        state
+            .access_changes
+            .grant(hash, device, actor.clone(), generation);
     }
-    Ok((user, owns))
+    Ok((actor, reach))
 }
 
 /// Whether a session check is the user's own activity (a request they
@@ -337,21 +424,91 @@ async fn still_live(
     Ok(record.user_id)
 }
 
+/// The caller of a request, whatever kind of session it presents.
+async fn any_caller(parts: &Parts, state: &AppState) -> Result<CurrentUser, ApiError> {
+    let (hash, door) =
+        presented_session(state, &parts.headers)?.ok_or(ApiError::Unauthenticated)?;
+    let record = live_record(state, &hash, door).await?;
+    if door == SessionKind::Browser {
+        check_csrf(&parts.method, &parts.headers, &state.settings.public_origin)?;
+    }
+    Ok(CurrentUser {
+        id: record.user_id,
+        session_hash: hash,
+        via: record.kind,
+        service: record.service,
+    })
+}
+
+/// A person (the console or the `edge` CLI): service accounts' tokens
+/// get 403 `insufficient_scope` from every route that takes this.
 impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let (hash, via) =
-            presented_session(state, &parts.headers)?.ok_or(ApiError::Unauthenticated)?;
-        let id = live_session_of(state, &hash, via).await?;
-        if via == SessionKind::Browser {
-            check_csrf(&parts.method, &parts.headers, &state.settings.public_origin)?;
+        let caller = any_caller(parts, state).await?;
+        if caller.service.is_some() {
+            return Err(ApiError::InsufficientScope);
         }
-        Ok(Self {
-            id,
-            session_hash: hash,
-            via,
-        })
+        Ok(caller)
+    }
+}
+
+/// What a route needs of a service account's token: a scope, or (for
+/// [`AnyScope`]) only a live token.
+pub trait NeedsScope {
+    const SCOPE: Option<Scope>;
+}
+
+/// Listing and reading devices and their telemetry.
+#[derive(Debug)]
+pub struct ReadDevices;
+/// Changing, deleting and pairing devices.
+#[derive(Debug)]
+pub struct ManageDevices;
+/// Reaching a box (the proxied API, `edge forward`).
+#[derive(Debug)]
+pub struct RemoteAccess;
+/// Any live token (its own logout).
+#[derive(Debug)]
+pub struct AnyScope;
+
+impl NeedsScope for ReadDevices {
+    const SCOPE: Option<Scope> = Some(Scope::DevicesRead);
+}
+impl NeedsScope for ManageDevices {
+    const SCOPE: Option<Scope> = Some(Scope::DevicesManage);
+}
+impl NeedsScope for RemoteAccess {
+    const SCOPE: Option<Scope> = Some(Scope::DevicesRemote);
+}
+impl NeedsScope for AnyScope {
+    const SCOPE: Option<Scope> = None;
+}
+
+/// A person, or a service account whose token holds `S`'s scope (403
+/// `insufficient_scope` otherwise). Dereferences to [`CurrentUser`],
+/// whose [`CurrentUser::sees`] applies the account's label selector.
+#[derive(Debug)]
+pub struct Scoped<S>(pub CurrentUser, PhantomData<S>);
+
+impl<S> std::ops::Deref for Scoped<S> {
+    type Target = CurrentUser;
+
+    fn deref(&self) -> &CurrentUser {
+        &self.0
+    }
+}
+
+impl<S: NeedsScope + Send> FromRequestParts<AppState> for Scoped<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = any_caller(parts, state).await?;
+        if S::SCOPE.is_some_and(|scope| !caller.may(scope)) {
+            return Err(ApiError::InsufficientScope);
+        }
+        Ok(Self(caller, PhantomData))
     }
 }
 

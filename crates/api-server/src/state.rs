@@ -49,7 +49,7 @@ struct GrantCache {
     generation: u64,
     entries: std::collections::HashMap<
         (String, edge_core::DeviceId),
-        (edge_core::UserId, std::time::Instant),
+        (store::Actor, std::time::Instant),
     >,
 }
 
@@ -70,16 +70,16 @@ impl AccessChanges {
         self.wake.subscribe()
     }
 
-    /// The user granted `device` under `session_hash` within `ttl`.
+    /// Who was granted `device` under `session_hash` within `ttl`.
     pub fn granted(
         &self,
         session_hash: &str,
         device: edge_core::DeviceId,
         ttl: std::time::Duration,
-    ) -> Option<edge_core::UserId> {
+    ) -> Option<store::Actor> {
         let cache = self.granted.lock().ok()?;
-        let (user, at) = cache.entries.get(&(session_hash.to_owned(), device))?;
-        (at.elapsed() < ttl).then_some(*user)
+        let (actor, at) = cache.entries.get(&(session_hash.to_owned(), device))?;
+        (at.elapsed() < ttl).then(|| actor.clone())
     }
 
     /// The change generation now; pass it to [`Self::grant`] after the
@@ -93,7 +93,7 @@ impl AccessChanges {
         &self,
         session_hash: &str,
         device: edge_core::DeviceId,
-        user: edge_core::UserId,
+        actor: store::Actor,
         generation: u64,
     ) {
         if let Ok(mut cache) = self.granted.lock() {
@@ -105,7 +105,7 @@ impl AccessChanges {
             }
             cache.entries.insert(
                 (session_hash.to_owned(), device),
-                (user, std::time::Instant::now()),
+                (actor, std::time::Instant::now()),
             );
         }
     }
@@ -203,9 +203,9 @@ mod tests {
     #[test]
     fn a_grant_is_reused_until_a_change_empties_the_cache() {
         let changes = AccessChanges::default();
-        let (device, user) = (DeviceId::new(), UserId::new());
+        let (device, user) = (DeviceId::new(), store::Actor::from(UserId::new()));
         assert_eq!(changes.granted("s", device, TTL), None);
-        changes.grant("s", device, user, changes.generation());
+        changes.grant("s", device, user.clone(), changes.generation());
         assert_eq!(changes.granted("s", device, TTL), Some(user));
         assert_eq!(changes.granted("other", device, TTL), None);
         assert_eq!(changes.granted("s", DeviceId::new(), TTL), None);
@@ -216,7 +216,7 @@ mod tests {
     #[test]
     fn a_check_that_raced_a_change_is_not_cached() {
         let changes = AccessChanges::default();
-        let (device, user) = (DeviceId::new(), UserId::new());
+        let (device, user) = (DeviceId::new(), store::Actor::from(UserId::new()));
         let before = changes.generation();
         changes.notify();
         changes.grant("s", device, user, before);
@@ -226,7 +226,7 @@ mod tests {
     #[test]
     fn a_grant_older_than_the_ttl_is_not_used() {
         let changes = AccessChanges::default();
-        let (device, user) = (DeviceId::new(), UserId::new());
+        let (device, user) = (DeviceId::new(), store::Actor::from(UserId::new()));
         changes.grant("s", device, user, changes.generation());
         assert_eq!(changes.granted("s", device, Duration::ZERO), None);
     }

@@ -9,7 +9,7 @@
 use crate::devices::owned;
 use crate::error::ApiError;
 use crate::extract::ApiQuery;
-use crate::session::CurrentUser;
+use crate::session::{ReadDevices, Scoped};
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::Json;
@@ -88,7 +88,7 @@ impl TelemetryView {
     )
 )]
 pub async fn latest(
-    user: CurrentUser,
+    user: Scoped<ReadDevices>,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<TelemetryView>, ApiError> {
@@ -181,7 +181,7 @@ fn valid_metric(m: &str) -> bool {
     )
 )]
 pub async fn series(
-    user: CurrentUser,
+    user: Scoped<ReadDevices>,
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<SeriesQuery>,
@@ -327,7 +327,7 @@ pub struct FleetMatch {
     )
 )]
 pub async fn fleet(
-    user: CurrentUser,
+    user: Scoped<ReadDevices>,
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<FleetQuery>,
 ) -> Result<Json<Vec<FleetMatch>>, ApiError> {
@@ -394,6 +394,7 @@ pub async fn fleet(
         .devices(user.id)
         .await?
         .into_iter()
+        .filter(|d| user.sees(&d.labels))
         .map(|d| (d.id, d.name))
         .collect();
     let mut out: Vec<FleetMatch> = ranges

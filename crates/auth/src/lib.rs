@@ -4,8 +4,10 @@
 //! users in (the only way a user is authenticated), in the browser's code
 //! flow or, from a terminal, the device authorization grant.
 
+pub mod client_assertion;
 pub mod cookie;
 pub mod device_login;
+pub mod jws;
 pub mod logout_token;
 pub mod oidc;
 pub mod pending;

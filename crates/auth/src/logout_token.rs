@@ -4,9 +4,8 @@
 //! `aud`, the `iat` window, `exp`, the `events` claim, no `nonce`, and
 //! `sid` or `sub`. The caller enforces `jti` single use.
 
-use crate::oidc::{decode_part, Metadata, OidcClient, OidcError, ALLOWED_ALGS};
-use openidconnect::core::CoreJwsSigningAlgorithm;
-use openidconnect::JsonWebKey;
+use crate::jws::{verify_compact, JwsError};
+use crate::oidc::{decode_part, OidcClient, OidcError};
 
 /// What a verified logout token asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,10 +29,10 @@ impl OidcClient {
     /// section 2.6). Replay (`jti`) is the caller's to check.
     pub async fn verify_logout_token(&self, token: &str) -> Result<LogoutRequest, OidcError> {
         let m = self.metadata().await?;
-        match verify_jws(&m, token) {
+        match verify_compact(m.jwks().keys(), token) {
             Err(JwsError::NoKey) => {
                 let m = self.refresh_jwks().await?;
-                verify_jws(&m, token)
+                verify_compact(m.jwks().keys(), token)
             }
             other => other,
         }
@@ -49,67 +48,6 @@ impl OidcClient {
             skew,
         )
         .map_err(|detail| OidcError::invalid("logout_token", detail))
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum JwsError {
-    #[error("not a compact JWS")]
-    Malformed,
-    #[error("algorithm not allowed")]
-    Algorithm,
-    #[error("critical header parameters are not supported")]
-    Critical,
-    #[error("no provider key matches")]
-    NoKey,
-    #[error("bad signature")]
-    Signature,
-}
-
-/// Check a compact JWS against the provider's keys: allowed algorithm,
-/// no `crit`, a key with the header's `kid` (or any usable key when it has
-/// none) whose signature verifies. Verification itself is openidconnect's.
-fn verify_jws(m: &Metadata, token: &str) -> Result<(), JwsError> {
-    use base64::Engine;
-    let mut parts = token.split('.');
-    let (Some(h), Some(c), Some(sig), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(JwsError::Malformed);
-    };
-    let header = decode_part(token, 0).ok_or(JwsError::Malformed)?;
-    if header.get("crit").is_some() {
-        return Err(JwsError::Critical);
-    }
-    let alg: CoreJwsSigningAlgorithm = header
-        .get("alg")
-        .cloned()
-        .and_then(|a| serde_json::from_value(a).ok())
-        .ok_or(JwsError::Algorithm)?;
-    if !ALLOWED_ALGS.contains(&alg) {
-        return Err(JwsError::Algorithm);
-    }
-    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(sig)
-        .map_err(|_| JwsError::Malformed)?;
-    let kid = header.get("kid").and_then(|k| k.as_str());
-    let message = format!("{h}.{c}");
-    let mut candidates = m
-        .jwks()
-        .keys()
-        .iter()
-        .filter(|k| kid.is_none() || k.key_id().map(|id| id.as_str()) == kid)
-        .peekable();
-    if candidates.peek().is_none() {
-        return Err(JwsError::NoKey);
-    }
-    if candidates.any(|k| {
-        k.verify_signature(&alg, message.as_bytes(), &signature)
-            .is_ok()
-    }) {
-        Ok(())
-    } else {
-        Err(JwsError::Signature)
     }
 }
 

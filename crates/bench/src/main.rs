@@ -86,6 +86,7 @@ async fn start_edge_forward(
         config_dir: Some(config.clone()),
         ca_file: None,
         insecure_plaintext: false,
+        client_id: None,
     };
     edge_cli::credentials::save(
         &global,

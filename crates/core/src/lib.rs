@@ -10,6 +10,7 @@ pub mod net;
 pub mod pairing_code;
 pub mod ratelimit;
 pub mod request_id;
+pub mod scope;
 pub mod secret;
 pub mod serve;
 pub mod shutdown;

@@ -39,7 +39,70 @@ pub fn server_of(g: &Global, stored: Option<&Credential>) -> Result<String, CliE
     }
 }
 
+/// A service account's client secret, from the environment only (never a
+/// flag: it would show in the process list).
+pub const CLIENT_SECRET_ENV: &str = "EDGE_CLIENT_SECRET";
+
 impl Api {
+    /// A client with the credential to act with: with `--client-id` (or
+    /// `EDGE_CLIENT_ID`) and `EDGE_CLIENT_SECRET`, a service account's
+    /// fresh access token (ADR 029); else the stored login.
+    pub async fn acting(g: &Global) -> Result<Self, CliError> {
+        let Some(client_id) = g.client_id.as_deref() else {
+            return Self::logged_in(g);
+        };
+        let secret = std::env::var(CLIENT_SECRET_ENV)
+            .map(Secret::new)
+            .map_err(|_| {
+                CliError::Usage(format!(
+                    "--client-id needs the secret in {CLIENT_SECRET_ENV}"
+                ))
+            })?;
+        let anon = Self::new(g, server_of(g, None)?, None)?;
+        let token = anon.client_credentials(client_id, &secret).await?;
+        Ok(Self {
+            token: Some(token),
+            ..anon
+        })
+    }
+
+    /// A service account's access token from the token endpoint
+    /// (`client_credentials`, `client_secret_basic`).
+    async fn client_credentials(&self, id: &str, secret: &Secret) -> Result<Secret, CliError> {
+        let encode =
+            |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let res = self
+            .http
+            .post(format!("{}/api/oauth/token", self.server))
+            .basic_auth(encode(id), Some(encode(secret.expose())))
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body("grant_type=client_credentials")
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = res.status().as_u16();
+        let bytes = res.bytes().await.map_err(|e| self.unreachable(e))?;
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        match body["access_token"].as_str() {
+            Some(token) if status == 200 => Ok(Secret::new(token)),
+            _ => Err(CliError::Api {
+                status,
+                code: body["error"]
+                    .as_str()
+                    .unwrap_or("unexpected_answer")
+                    .to_owned(),
+                message: body["error_description"]
+                    .as_str()
+                    .unwrap_or("the token endpoint refused the client")
+                    .to_owned(),
+                request_id: None,
+            }),
+        }
+    }
+
     /// A client without a session (for the login itself).
     pub fn anonymous(g: &Global) -> Result<Self, CliError> {
         let stored = credentials::load(g)?;
@@ -226,6 +289,7 @@ mod tests {
             config_dir: None,
             ca_file: None,
             insecure_plaintext: insecure,
+            client_id: None,
         }
     }
 

@@ -110,6 +110,7 @@ mod tests {
             config_dir: Some(tmp.path().join("edge")),
             ca_file: None,
             insecure_plaintext: false,
+            client_id: None,
         };
         assert!(load(&g).unwrap().is_none());
         let c = Credential {

@@ -2,8 +2,9 @@
 //! provider's device login, then use the REST API as that user with a
 //! bearer session (tables for people, `-o json` for scripts), forward
 //! local ports to TCP services on a box (`edge forward`) and serve as an
-//! OpenSSH `ProxyCommand` (`edge ssh`). Every failure names the server's
-//! error code and request id.
+//! OpenSSH `ProxyCommand` (`edge ssh`). Scripts can act as a service
+//! account instead (`--client-id` and `EDGE_CLIENT_SECRET`, ADR 029).
+//! Every failure names the server's error code and request id.
 
 /// A line to the user on standard error; a closed stderr (the caller
 /// stopped reading) is never a reason to fail.
@@ -51,6 +52,11 @@ pub struct Global {
     /// crosses the network in clear text).
     #[arg(long, global = true, default_value_t = false)]
     pub insecure_plaintext: bool,
+    /// Act as this service account (its secret in EDGE_CLIENT_SECRET): each
+    /// command gets a short-lived token with the client_credentials grant
+    /// instead of using the stored login.
+    #[arg(long, global = true, env = "EDGE_CLIENT_ID", hide_env_values = true)]
+    pub client_id: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -208,19 +214,19 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Login { browser } => login::login(&g, browser).await,
         Command::Logout => login::logout(&g).await,
         Command::Whoami(o) => {
-            let api = api::Api::logged_in(&g)?;
+            let api = api::Api::acting(&g).await?;
             let me = api.get("/api/auth/me").await?;
             output::print_one(&me, o.format, &["id", "email", "name"]);
             Ok(())
         }
         Command::Devices(args) => {
-            let api = api::Api::logged_in(&g)?;
+            let api = api::Api::acting(&g).await?;
             let devices = api.devices(args.status, &args.label).await?;
             output::print_devices(&devices, args.output.format);
             Ok(())
         }
         Command::Device(DeviceCommand::Show { device, output: o }) => {
-            let api = api::Api::logged_in(&g)?;
+            let api = api::Api::acting(&g).await?;
             let id = api.resolve(&device).await?;
             let d = api.get(&format!("/api/devices/{id}")).await?;
             output::print_one(
@@ -242,7 +248,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::PairCode(o) => {
-            let api = api::Api::logged_in(&g)?;
+            let api = api::Api::acting(&g).await?;
             let code = api
                 .post("/api/pairing/codes", &serde_json::json!({}))
                 .await?;
@@ -250,7 +256,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Rotate { device, output: o } => {
-            let api = api::Api::logged_in(&g)?;
+            let api = api::Api::acting(&g).await?;
             let id = api.resolve(&device).await?;
             let done = api
                 .post(
@@ -268,12 +274,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         } => {
             let spec = spec.or(local).unwrap_or_default();
             let spec: forward::Spec = spec.parse()?;
-            let api = api::Api::logged_in(&g)?;
+            let api = api::Api::acting(&g).await?;
             let id = api.resolve(&device).await?;
             forward::forward(api, id, spec).await
         }
         Command::Ssh { device, port, host } => {
-            let api = api::Api::logged_in(&g)?;
+            let api = api::Api::acting(&g).await?;
             let id = api.resolve(&device).await?;
             let target = forward::target(&host, port)?;
             forward::stdio(&api, &id, &target).await

@@ -44,6 +44,7 @@ async fn logged_in(stack: &Stack, user: edge_core::UserId) -> (tempfile::TempDir
         config_dir: Some(dir.clone()),
         ca_file: None,
         insecure_plaintext: false,
+        client_id: None,
     };
     credentials::save(
         &g,
@@ -904,6 +905,7 @@ async fn edge_login_uses_the_device_grant_of_a_certified_provider() {
         config_dir: Some(config.path().to_owned()),
         ca_file: None,
         insecure_plaintext: false,
+        client_id: None,
     })
     .unwrap()
     .unwrap();

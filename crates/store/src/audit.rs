@@ -6,10 +6,27 @@ use edge_core::{time::now_ms, UserId};
 use serde::Serialize;
 use sqlx::Row;
 
+/// Who an event is recorded under: always the owning user; and the
+/// service account that acted for them, when one did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub user: UserId,
+    pub service_account: Option<String>,
+}
+
+impl From<UserId> for Actor {
+    fn from(user: UserId) -> Self {
+        Self {
+            user,
+            service_account: None,
+        }
+    }
+}
+
 /// An event to append (the batch writer's unit).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewAuditEvent {
-    pub user: UserId,
+    pub actor: Actor,
     pub action: &'static str,
     pub target: Option<String>,
     pub detail: serde_json::Value,
@@ -23,21 +40,24 @@ pub struct AuditEvent {
     pub id: String,
     pub action: String,
     pub target: Option<String>,
+    /// The service account that acted (the owner's own actions: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
     #[schema(value_type = Object)]
     pub detail: serde_json::Value,
     pub created_at: i64,
 }
 
 impl Store {
-    /// Append an event for `user`.
+    /// Append an event for `actor` (a user, or a service account and its owner).
     pub async fn audit(
         &self,
-        user: UserId,
+        actor: impl Into<Actor>,
         action: &str,
         target: Option<&str>,
         detail: serde_json::Value,
     ) -> Result<(), StoreError> {
-        self.audit_on(&self.pool, user, action, target, detail, now_ms())
+        self.audit_on(&self.pool, actor, action, target, detail, now_ms())
             .await
     }
 
@@ -55,7 +75,7 @@ impl Store {
         for e in events {
             self.audit_on(
                 &mut *tx,
-                e.user,
+                e.actor.clone(),
                 e.action,
                 e.target.as_deref(),
                 e.detail.clone(),
@@ -72,7 +92,7 @@ impl Store {
     pub(crate) async fn audit_on<'e, E>(
         &self,
         exec: E,
-        user: UserId,
+        actor: impl Into<Actor>,
         action: &str,
         target: Option<&str>,
         detail: serde_json::Value,
@@ -81,20 +101,22 @@ impl Store {
     where
         E: sqlx::Executor<'e, Database = sqlx::Any>,
     {
+        let actor = actor.into();
         let seq = self
             .audit_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         sqlx::query(
-            "INSERT INTO audit_events (id, seq, user_id, action, target, detail, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO audit_events (id, seq, user_id, action, target, detail, created_at, service_account)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(uuid::Uuid::new_v4().simple().to_string())
         .bind(seq)
-        .bind(user.to_string())
+        .bind(actor.user.to_string())
         .bind(action)
         .bind(target)
         .bind(detail.to_string())
         .bind(at)
+        .bind(actor.service_account)
         .execute(exec)
         .await?;
         Ok(())
@@ -122,6 +144,7 @@ impl Store {
                     id: r.try_get("id")?,
                     action: r.try_get("action")?,
                     target: r.try_get("target")?,
+                    service_account: r.try_get("service_account")?,
                     detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
                     created_at: r.try_get("created_at")?,
                 })

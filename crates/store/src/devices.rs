@@ -170,6 +170,17 @@ impl Store {
             let p = next();
             sql.push_str(&format!(" AND COALESCE(h.state, 'unknown') = {p}"));
         }
+        for _ in &q.labels {
+            let p = next();
+            sql.push_str(&match self.backend {
+                crate::Backend::Sqlite => {
+                    format!(" AND EXISTS (SELECT 1 FROM json_each(d.labels) l WHERE l.value = {p})")
+                }
+                crate::Backend::Postgres => format!(
+                    " AND EXISTS (SELECT 1 FROM jsonb_array_elements_text(d.labels::jsonb) l WHERE l = {p})"
+                ),
+            });
+        }
         let ids: Vec<String> = match &q.among {
             Some((_, ids)) => ids.iter().map(ToString::to_string).collect(),
             None => Vec::new(),
@@ -200,6 +211,9 @@ impl Store {
         }
         if let Some(h) = &q.health {
             query = query.bind(h.clone());
+        }
+        for label in &q.labels {
+            query = query.bind(label.clone());
         }
         for id in &ids {
             query = query.bind(id.clone());

@@ -12,20 +12,25 @@ mod health;
 mod housekeeping;
 mod model;
 mod pairing;
+mod service_accounts;
 mod sessions;
 mod telemetry;
 mod tickets;
 mod users;
 
-pub use audit::{AuditEvent, NewAuditEvent};
+pub use audit::{Actor, AuditEvent, NewAuditEvent};
 pub use error::StoreError;
 pub use health::{Delivery, DeviceHealth, HealthRules, Webhook, MAX_WEBHOOKS_PER_OWNER};
 pub use housekeeping::Swept;
 pub use model::{
-    Device, DeviceAuth, DeviceQuery, DeviceSort, NewDevice, RedeemedTicket, SessionKind,
-    SessionRecord, User, UserClaims,
+    Device, DeviceAuth, DeviceQuery, DeviceSort, NewDevice, RedeemedTicket, ServiceGrant,
+    SessionKind, SessionRecord, User, UserClaims,
 };
 pub use pairing::{ExchangeError, PairingCode};
+pub use service_accounts::{
+    NewServiceAccount, ServiceAccount, ServiceSecret, MAX_SECRETS_PER_ACCOUNT,
+    MAX_SERVICE_ACCOUNTS_PER_OWNER,
+};
 pub use telemetry::{LatestRow, RollupRow, SeriesRow, TelemetryBatch, TelemetrySwept, WindowRow};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};

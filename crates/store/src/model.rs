@@ -34,6 +34,8 @@ pub struct UserClaims {
 pub enum SessionKind {
     Browser,
     Bearer,
+    /// A service account's access token (client_credentials).
+    Service,
 }
 
 impl SessionKind {
@@ -41,6 +43,7 @@ impl SessionKind {
         match self {
             Self::Browser => "browser",
             Self::Bearer => "bearer",
+            Self::Service => "service",
         }
     }
 }
@@ -56,6 +59,25 @@ pub struct SessionRecord {
     pub kind: SessionKind,
     /// What the client called itself (bearer sessions: `edge CLI on HOST`).
     pub label: Option<String>,
+    /// A service account's token: what it was issued with.
+    pub service: Option<ServiceGrant>,
+}
+
+/// What a service account's access token carries: the account, the
+/// scopes it was granted and the label selector bounding its devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceGrant {
+    pub account: String,
+    pub scopes: edge_core::scope::Scopes,
+    /// Labels a device must all carry to be seen (empty: every device).
+    pub selector: Vec<String>,
+}
+
+impl ServiceGrant {
+    /// Whether a device with `labels` is inside the selector.
+    pub fn admits(&self, labels: &[String]) -> bool {
+        self.selector.iter().all(|want| labels.contains(want))
+    }
 }
 
 /// A paired edge box.
@@ -120,6 +142,8 @@ pub struct DeviceQuery {
     pub health: Option<String>,
     /// `(true, ids)`: only these devices; `(false, ids)`: all but these.
     pub among: Option<(bool, Vec<DeviceId>)>,
+    /// Only devices carrying every one of these labels (exactly).
+    pub labels: Vec<String>,
     pub sort: DeviceSort,
     pub limit: i64,
     pub offset: i64,

@@ -1,6 +1,7 @@
 //! Server-side user sessions, looked up by the hash of the session id.
 
-use crate::{parse_id, SessionKind, SessionRecord, Store, StoreError};
+use crate::{parse_id, ServiceGrant, SessionKind, SessionRecord, Store, StoreError};
+use edge_core::scope::Scopes;
 use edge_core::{DeviceId, UserId};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -165,16 +166,17 @@ impl Store {
             .transpose()
     }
 
-    /// The session stored under `id_hash` and whether its user owns the live
-    /// device `device`, in one statement (the proxied path's only read).
+    /// The session stored under `id_hash` and, when its user owns the live
+    /// device `device`, that device's labels (a service token's selector is
+    /// judged on them), in one statement (the proxied path's only read).
     /// Expiry is the caller's call.
     pub async fn session_access(
         &self,
         id_hash: &str,
         device: DeviceId,
-    ) -> Result<Option<(SessionRecord, bool)>, StoreError> {
+    ) -> Result<Option<(SessionRecord, Option<Vec<String>>)>, StoreError> {
         let Some(row) = sqlx::query(
-            "SELECT s.*, (SELECT COUNT(*) FROM devices d WHERE d.id = $2 AND d.owner_id = s.user_id AND d.revoked_at IS NULL) AS owns \
+            "SELECT s.*, (SELECT d.labels FROM devices d WHERE d.id = $2 AND d.owner_id = s.user_id AND d.revoked_at IS NULL) AS owned_labels \
              FROM user_sessions s WHERE s.id_hash = $1",
         )
         .bind(id_hash)
@@ -184,8 +186,11 @@ impl Store {
         else {
             return Ok(None);
         };
-        let owns: i64 = row.try_get("owns")?;
-        Ok(Some((session_from_row(&row)?, owns > 0)))
+        let labels = row
+            .try_get::<Option<String>, _>("owned_labels")?
+            .map(|l| parse_labels(&l))
+            .transpose()?;
+        Ok(Some((session_from_row(&row)?, labels)))
     }
 
     /// Record activity on a session.
@@ -207,14 +212,15 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// The caller's live sessions, newest first.
+    /// The caller's live sessions, newest first (their service accounts'
+    /// tokens are listed with those accounts, not here).
     pub async fn sessions_of(
         &self,
         user: UserId,
         now: i64,
     ) -> Result<Vec<SessionRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT * FROM user_sessions WHERE user_id = $1 AND expires_at > $2 ORDER BY created_at DESC",
+            "SELECT * FROM user_sessions WHERE user_id = $1 AND expires_at > $2 AND service_account IS NULL ORDER BY created_at DESC",
         )
         .bind(user.to_string())
         .bind(now)
@@ -230,7 +236,7 @@ impl Store {
         user: UserId,
         public_id: &str,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM user_sessions WHERE user_id = $1 AND public_id = $2")
+        let done = sqlx::query("DELETE FROM user_sessions WHERE user_id = $1 AND public_id = $2 AND service_account IS NULL")
             .bind(user.to_string())
             .bind(public_id)
             .execute(&self.pool)
@@ -248,10 +254,32 @@ fn session_from_row(row: &AnyRow) -> Result<SessionRecord, StoreError> {
         expires_at: row.try_get("expires_at")?,
         kind: match row.try_get::<String, _>("kind")?.as_str() {
             "bearer" => SessionKind::Bearer,
+            "service" => SessionKind::Service,
             _ => SessionKind::Browser,
         },
         label: row.try_get("label")?,
+        service: grant_from_row(row)?,
     })
+}
+
+/// The grant columns of a service token's row (`None` on other sessions).
+fn grant_from_row(row: &AnyRow) -> Result<Option<ServiceGrant>, StoreError> {
+    let Some(account) = row.try_get::<Option<String>, _>("service_account")? else {
+        return Ok(None);
+    };
+    let scopes: Option<String> = row.try_get("scopes")?;
+    let selector: Option<String> = row.try_get("selector")?;
+    Ok(Some(ServiceGrant {
+        account,
+        scopes: Scopes::parse(scopes.as_deref().unwrap_or_default())
+            .map_err(|_| StoreError::Corrupt("scopes".into()))?,
+        selector: parse_labels(selector.as_deref().unwrap_or("[]"))?,
+    }))
+}
+
+/// A JSON array of labels, as the devices and service accounts keep them.
+pub(crate) fn parse_labels(json: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(json).map_err(|_| StoreError::Corrupt("labels".into()))
 }
 
 /// The delete of [`Store::delete_idp_sessions`] on `conn` (a pooled
@@ -267,7 +295,7 @@ async fn delete_idp_sessions_on(
             // A session whose login named no sid can only be matched by
             // its user.
             sqlx::query(
-                "DELETE FROM user_sessions WHERE (idp_sid = $1 OR idp_sid IS NULL) AND user_id IN
+                "DELETE FROM user_sessions WHERE service_account IS NULL AND (idp_sid = $1 OR idp_sid IS NULL) AND user_id IN
                  (SELECT id FROM users WHERE issuer = $2 AND subject = $3)",
             )
             .bind(sid)
@@ -278,7 +306,7 @@ async fn delete_idp_sessions_on(
         }
         (None, Some(sid)) => {
             sqlx::query(
-                "DELETE FROM user_sessions WHERE idp_sid = $1 AND user_id IN
+                "DELETE FROM user_sessions WHERE service_account IS NULL AND idp_sid = $1 AND user_id IN
                  (SELECT id FROM users WHERE issuer = $2)",
             )
             .bind(sid)
@@ -288,7 +316,7 @@ async fn delete_idp_sessions_on(
         }
         (Some(subject), None) => {
             sqlx::query(
-                "DELETE FROM user_sessions WHERE user_id IN
+                "DELETE FROM user_sessions WHERE service_account IS NULL AND user_id IN
                  (SELECT id FROM users WHERE issuer = $1 AND subject = $2)",
             )
             .bind(issuer)

@@ -787,3 +787,184 @@ async fn telemetry_batches_store_every_row_and_the_later_of_a_repeat() {
         assert_eq!(s.len(), 1);
     }
 }
+
+#[tokio::test]
+async fn service_accounts_rotate_with_overlap_revoke_and_take_their_tokens_with_them() {
+    use edge_core::scope::{Scope, Scopes};
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for store in backends(dir.path()).await {
+        let alice = store.upsert_user("iss", "alice", None, None).await.unwrap();
+        let bob = store.upsert_user("iss", "bob", None, None).await.unwrap();
+        let scopes = Scopes::new(vec![Scope::DevicesRead, Scope::DevicesRemote]);
+        let selector = vec!["site=a".to_owned()];
+        let now = 1_000_000;
+        let made = store
+            .create_service_account(&store::NewServiceAccount {
+                id: "sa-1",
+                owner: alice.id,
+                name: "ci",
+                scopes: &scopes,
+                selector: &selector,
+                public_jwk: None,
+                expires_at: Some(now + 10_000),
+                secret: ("sk-1", "hash-1"),
+                now,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (made.scopes.clone(), made.selector.clone()),
+            (scopes.clone(), selector.clone())
+        );
+        assert_eq!(made.secrets.len(), 1);
+        // Owners see only their own.
+        assert!(store
+            .service_account_of(bob.id, "sa-1")
+            .await
+            .unwrap()
+            .is_none());
+        assert!(store.service_accounts_of(bob.id).await.unwrap().is_empty());
+        assert!(!store.delete_service_account(bob.id, "sa-1").await.unwrap());
+        assert!(store
+            .rotate_service_secret(bob.id, "sa-1", ("sk-x", "hash-x"), now, now)
+            .await
+            .unwrap()
+            .is_none());
+
+        // A rotation keeps the old secret until the overlap ends.
+        let (found, secret) = store
+            .service_account_by_secret("hash-1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((found.id.as_str(), secret.expires_at), ("sa-1", None));
+        store
+            .rotate_service_secret(alice.id, "sa-1", ("sk-2", "hash-2"), now + 1, now + 500)
+            .await
+            .unwrap()
+            .unwrap();
+        let (_, old) = store
+            .service_account_by_secret("hash-1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(old.expires_at, Some(now + 500));
+        let (_, new) = store
+            .service_account_by_secret("hash-2")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(new.expires_at, None);
+
+        // A token carries its grant; revoking its secret ends it.
+        let grant = store::ServiceGrant {
+            account: "sa-1".into(),
+            scopes: scopes.clone(),
+            selector: selector.clone(),
+        };
+        store
+            .issue_service_token(
+                &found,
+                ("tok-1", "pub-1"),
+                (now, now + 900_000),
+                &grant,
+                Some("sk-2"),
+            )
+            .await
+            .unwrap();
+        let record = store.session("tok-1").await.unwrap().unwrap();
+        assert_eq!(
+            (record.kind, record.user_id),
+            (store::SessionKind::Service, alice.id)
+        );
+        assert_eq!(record.service.as_ref(), Some(&grant));
+        assert!(
+            store.sessions_of(alice.id, now).await.unwrap().is_empty(),
+            "tokens are not 'my sessions'"
+        );
+        let used = store
+            .service_account_of(alice.id, "sa-1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(used.last_used_at, Some(now));
+        assert_eq!(
+            used.secrets
+                .iter()
+                .find(|s| s.id == "sk-2")
+                .unwrap()
+                .last_used_at,
+            Some(now)
+        );
+        assert!(!store
+            .revoke_service_secret(bob.id, "sa-1", "sk-2")
+            .await
+            .unwrap());
+        assert!(store
+            .revoke_service_secret(alice.id, "sa-1", "sk-2")
+            .await
+            .unwrap());
+        assert!(store.session("tok-1").await.unwrap().is_none());
+        assert!(store
+            .service_account_by_secret("hash-2")
+            .await
+            .unwrap()
+            .is_none());
+
+        // Deleting the account ends every token it holds.
+        store
+            .issue_service_token(
+                &found,
+                ("tok-2", "pub-2"),
+                (now, now + 900_000),
+                &grant,
+                Some("sk-1"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.service_tokens_live("sa-1", now).await.unwrap(), 1);
+        assert!(store
+            .delete_service_account(alice.id, "sa-1")
+            .await
+            .unwrap());
+        assert!(store.session("tok-2").await.unwrap().is_none());
+        assert!(store
+            .service_account_by_secret("hash-1")
+            .await
+            .unwrap()
+            .is_none());
+
+        // The quota holds.
+        for i in 0..store::MAX_SERVICE_ACCOUNTS_PER_OWNER {
+            let (id, sk, hash) = (format!("sa-q{i}"), format!("sk-q{i}"), format!("h-q{i}"));
+            store
+                .create_service_account(&store::NewServiceAccount {
+                    id: &id,
+                    owner: bob.id,
+                    name: "n",
+                    scopes: &scopes,
+                    selector: &[],
+                    public_jwk: None,
+                    expires_at: None,
+                    secret: (&sk, &hash),
+                    now,
+                })
+                .await
+                .unwrap();
+        }
+        let over = store
+            .create_service_account(&store::NewServiceAccount {
+                id: "sa-over",
+                owner: bob.id,
+                name: "n",
+                scopes: &scopes,
+                selector: &[],
+                public_jwk: None,
+                expires_at: None,
+                secret: ("sk-over", "h-over"),
+                now,
+            })
+            .await;
+        assert!(matches!(over, Err(store::StoreError::QuotaExceeded)));
+    }
+}

@@ -620,6 +620,56 @@ impl Stack {
             .0
     }
 
+    /// A service account of `user`'s made through the API (ADR 029) with
+    /// `scopes` and `selector`: its client id and first secret.
+    pub async fn service_account(
+        &self,
+        user: &TestUser,
+        scopes: &[&str],
+        selector: &[&str],
+    ) -> (String, Secret) {
+        let res = self
+            .send_as(http::Method::POST, user, "/api/service-accounts")
+            .json(&serde_json::json!({ "name": "ci", "scopes": scopes, "selector": selector }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201, "service account creation");
+        let made: serde_json::Value = res.json().await.unwrap();
+        (
+            made["client_id"].as_str().unwrap().to_owned(),
+            Secret::new(made["client_secret"].as_str().unwrap()),
+        )
+    }
+
+    /// The token endpoint's answer to a `client_credentials` request with
+    /// HTTP Basic `id:secret` and the extra form `fields`.
+    pub async fn token_request(
+        &self,
+        id: &str,
+        secret: &str,
+        fields: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut form = vec![("grant_type", "client_credentials")];
+        form.extend_from_slice(fields);
+        self.http
+            .post(self.api("/api/oauth/token"))
+            .basic_auth(id, Some(secret))
+            .form(&form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A service account's access token (`client_credentials`).
+    pub async fn service_token(&self, id: &str, secret: &Secret) -> Secret {
+        let res = self.token_request(id, secret.expose(), &[]).await;
+        assert_eq!(res.status(), 200, "token request");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["token_type"], "Bearer");
+        Secret::new(body["access_token"].as_str().unwrap())
+    }
+
     fn spawn_agent(
         &self,
         device: &TestDevice,

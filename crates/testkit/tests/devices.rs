@@ -1,6 +1,8 @@
 //! The devices API with live status, and strict tenant isolation: for every
 //! route in the route table that takes an object id, another user's object
-//! is a 404 byte-identical to a missing one, and the object is unchanged.
+//! is a 404 byte-identical to a missing one, and the object is unchanged,
+//! whether the caller comes with the console's cookie, a terminal's bearer
+//! or a service account's token.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -210,6 +212,13 @@ async fn another_tenants_objects_are_indistinguishable_from_missing_ones() {
     let hook_id = hook["id"].as_str().unwrap().to_owned();
     let sessions = stack.get_json(&alice, "/api/auth/sessions").await;
     let session_id = sessions[0]["id"].as_str().unwrap().to_owned();
+    let (account_id, _) = stack.service_account(&alice, &["devices:read"], &[]).await;
+    let secret_id = stack
+        .get_json(&alice, &format!("/api/service-accounts/{account_id}"))
+        .await["secrets"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // Which of alice's objects each id-taking route names.
     let object_for = |path: &str| -> (String, String) {
@@ -221,16 +230,32 @@ async fn another_tenants_objects_are_indistinguishable_from_missing_ones() {
             (hook_id.clone(), "0123456789abcdef0123456789abcdef".into())
         } else if path.starts_with("/api/auth/sessions/") {
             (session_id.clone(), "0123456789abcdef01234567".into())
+        } else if path.starts_with("/api/service-accounts/") {
+            (account_id.clone(), "sa-0123456789abcdef01234567".into())
         } else {
             panic!("route {path} takes an id but the matrix does not know its object: add it");
         }
     };
 
-    // Bob with the console's cookie, and Bob from a terminal (a bearer
-    // session, ADR 028): the same answers.
+    // Bob with the console's cookie, Bob from a terminal (a bearer
+    // session, ADR 028), and Bob's service account with every scope (ADR
+    // 029): the same answers, but that a service account is refused (403
+    // `insufficient_scope`, just as for a missing object) on the routes
+    // that are people's only.
     let bob_bearer = format!("Bearer {}", stack.bearer(bob.id).await.expose());
+    let (bob_sa, bob_secret) = stack
+        .service_account(
+            &bob,
+            &["devices:read", "devices:manage", "devices:remote"],
+            &[],
+        )
+        .await;
+    let bob_service = format!(
+        "Bearer {}",
+        stack.service_token(&bob_sa, &bob_secret).await.expose()
+    );
     let mut checked = 0;
-    for (bearer, route) in [false, true]
+    for (door, route) in ["cookie", "bearer", "service"]
         .into_iter()
         .flat_map(|b| route_table().into_iter().map(move |r| (b, r)))
     {
@@ -238,15 +263,29 @@ async fn another_tenants_objects_are_indistinguishable_from_missing_ones() {
             continue;
         }
         let (theirs, missing) = object_for(route.path);
+        let people_only = !(route.path.starts_with("/api/devices/")
+            || route.path.starts_with("/api/pairing/codes/"))
+            || route.path.ends_with("/ui-ticket");
+        let expected = if door == "service" && people_only {
+            403
+        } else {
+            404
+        };
         for method in route.methods {
             let send = |id: &str| {
-                let url = fill(route.path, id);
-                let req = if bearer {
-                    reqwest::Client::new()
+                let url = fill(route.path, id).replace("{secret_id}", &secret_id);
+                let req = match door {
+                    "cookie" => stack.send_as(method.clone(), &bob, &url),
+                    token => reqwest::Client::new()
                         .request(method.clone(), stack.api(&url))
-                        .header("authorization", &bob_bearer)
-                } else {
-                    stack.send_as(method.clone(), &bob, &url)
+                        .header(
+                            "authorization",
+                            if token == "bearer" {
+                                &bob_bearer
+                            } else {
+                                &bob_service
+                            },
+                        ),
                 };
                 req.json(&serde_json::json!({ "name": "pwned", "labels": ["x"] }))
                     .send()
@@ -255,14 +294,14 @@ async fn another_tenants_objects_are_indistinguishable_from_missing_ones() {
             let b = send(&missing).await.unwrap();
             assert_eq!(
                 a.status(),
-                404,
-                "{method} {} on alice's object (bearer: {bearer})",
+                expected,
+                "{method} {} on alice's object ({door})",
                 route.path
             );
             assert_eq!(
                 b.status(),
-                404,
-                "{method} {} on a missing object",
+                expected,
+                "{method} {} on a missing object ({door})",
                 route.path
             );
             assert_eq!(
@@ -274,7 +313,7 @@ async fn another_tenants_objects_are_indistinguishable_from_missing_ones() {
             checked += 1;
         }
     }
-    assert!(checked >= 30, "only {checked} route/method pairs checked");
+    assert!(checked >= 60, "only {checked} route/method pairs checked");
 
     // Alice's objects are unchanged.
     let d = stack.store.device(alice.id, dev.id).await.unwrap().unwrap();
@@ -300,8 +339,19 @@ async fn another_tenants_objects_are_indistinguishable_from_missing_ones() {
         .unwrap()
         .iter()
         .all(|e| e["action"] != "device_renamed"));
+    // Bob's log holds his service account and its token, nothing else.
     let bob_audit = stack.get_json(&bob, "/api/audit").await;
-    assert!(bob_audit.as_array().unwrap().is_empty(), "{bob_audit}");
+    let bob_actions: Vec<&str> = bob_audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        bob_actions,
+        ["service_token_issued", "service_account_created"],
+        "{bob_audit}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,7 +52,8 @@ async fn the_public_list_is_exactly_what_it_should_be() {
             "/api/cli/login",
             "/api/cli/login/poll",
             "/api/cli/authorize",
-            "/api/cli/login/code"
+            "/api/cli/login/code",
+            "/api/oauth/token"
         ]
     );
     let paths: Vec<_> = route_table().iter().map(|r| r.path).collect();
