@@ -518,6 +518,143 @@ async fn devices_list_as_json_and_as_a_table_and_resolve_by_name() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("forward"));
 }
 
+/// `edge` acting as a service account (ADR 029): `--client-id` in its
+/// environment, the secret in `EDGE_CLIENT_SECRET`, no stored login.
+fn edge_as(server: &str, config: &Path, client_id: &str, secret: &Secret) -> Command {
+    let mut cmd = edge(server, config);
+    cmd.env("EDGE_CLIENT_ID", client_id)
+        .env("EDGE_CLIENT_SECRET", secret.expose());
+    cmd
+}
+
+#[tokio::test]
+async fn a_service_account_lists_its_selector_forwards_and_is_cut_when_deleted() {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let device = stack.device(alice.id).await;
+    let labels = vec!["ci".to_owned()];
+    stack
+        .store
+        .update_device(alice.id, device.id, None, Some(&labels))
+        .await
+        .unwrap()
+        .unwrap();
+    let _hidden = stack.device(alice.id).await;
+    let service = echo_service().await;
+    let _agent = stack.agent_allowing(&device, &[service]);
+    stack.wait_online(device.id).await;
+    let (client_id, secret) = stack
+        .service_account(&alice, &["devices:read", "devices:remote"], &["ci"])
+        .await;
+    let empty = tempfile::tempdir().unwrap();
+    let config = empty.path().join("edge");
+
+    // The list holds the selector's device only.
+    let out = edge_as(&stack.api(""), &config, &client_id, &secret)
+        .args(["devices", "-o", "json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [device.id.to_string()]);
+
+    // A wrong secret is the token endpoint's invalid_client, exit 3.
+    let out = edge_as(
+        &stack.api(""),
+        &config,
+        &client_id,
+        &Secret::new("edge_sk_wrong"),
+    )
+    .arg("devices")
+    .output()
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_client"));
+
+    // A forward as the account carries bytes both ways.
+    let mut child = edge_as(&stack.api(""), &config, &client_id, &secret)
+        .args(["forward", &device.id.to_string(), &format!("0:{service}")])
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = within(
+        "the forward's first line",
+        BufReader::new(stdout).lines().next_line(),
+    )
+    .await
+    .unwrap()
+    .expect("edge forward printed nothing");
+    let local: SocketAddr = line
+        .strip_prefix("Forwarding ")
+        .and_then(|l| l.split(" -> ").next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let data = payload(MIB, 9);
+    let sent: [u8; 32] = Sha256::digest(&data).into();
+    let conn = TcpStream::connect(local).await.unwrap();
+    assert_eq!(
+        within("1 MiB both ways", round_trip(conn, &data)).await,
+        sent
+    );
+
+    // Deleting the account ends an open forward within a second.
+    let mut conn = TcpStream::connect(local).await.unwrap();
+    conn.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    within("the echo", conn.read_exact(&mut buf)).await.unwrap();
+    let res = stack
+        .send_as(
+            reqwest::Method::DELETE,
+            &alice,
+            &format!("/api/service-accounts/{client_id}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    within_for(Duration::from_secs(1), "the forward to end", async {
+        let mut rest = Vec::new();
+        let _ = conn.read_to_end(&mut rest).await;
+    })
+    .await;
+
+    // Audited under the account and its owner.
+    within("the forwards' audit rows", async {
+        loop {
+            let events = stack.store.audit_events(alice.id, 100, 0).await.unwrap();
+            let closed = events
+                .iter()
+                .filter(|e| {
+                    e.action == "forward_closed"
+                        && e.service_account.as_deref() == Some(client_id.as_str())
+                })
+                .count();
+            if closed == 2 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let events = stack.store.audit_events(alice.id, 100, 0).await.unwrap();
+    assert!(events.iter().any(|e| e.action == "forward_closed"
+        && e.detail["ended"] == "access_ended"
+        && e.detail["bytes_to_device"] == 4));
+}
+
 fn which(cmd: &str) -> Option<PathBuf> {
     ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
         .iter()
