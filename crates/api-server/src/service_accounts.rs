@@ -168,7 +168,7 @@ pub fn checked_jwk(jwk: &serde_json::Value) -> Result<(), ApiError> {
     get,
     path = "/api/service-accounts",
     tag = "service-accounts",
-    security(("session" = []), ("bearer" = [])),
+    security(("session" = [])),
     responses(
         (status = 200, description = "the caller's service accounts (never a secret)", body = Vec<ServiceAccount>),
         (status = 401, description = "no valid session", body = ErrorBody),
@@ -188,7 +188,7 @@ pub async fn list(
     path = "/api/service-accounts",
     tag = "service-accounts",
     request_body = NewAccount,
-    security(("session" = [], "csrf" = []), ("bearer" = [])),
+    security(("session" = [], "csrf" = [])),
     responses(
         (status = 201, description = "the account and its first secret, shown once", body = CreatedAccount),
         (status = 400, description = "malformed request", body = ErrorBody),
@@ -255,7 +255,7 @@ pub async fn create(
     path = "/api/service-accounts/{id}",
     tag = "service-accounts",
     params(("id" = String, Path, description = "service account id")),
-    security(("session" = []), ("bearer" = [])),
+    security(("session" = [])),
     responses(
         (status = 200, description = "one service account", body = ServiceAccount),
         (status = 401, description = "no valid session", body = ErrorBody),
@@ -283,7 +283,7 @@ pub async fn get(
     path = "/api/service-accounts/{id}",
     tag = "service-accounts",
     params(("id" = String, Path, description = "service account id")),
-    security(("session" = [], "csrf" = []), ("bearer" = [])),
+    security(("session" = [], "csrf" = [])),
     responses(
         (status = 204, description = "deleted; its tokens end, and with them its open connections"),
         (status = 401, description = "no valid session", body = ErrorBody),
@@ -320,7 +320,7 @@ pub async fn delete(
     tag = "service-accounts",
     params(("id" = String, Path, description = "service account id")),
     request_body = Rotation,
-    security(("session" = [], "csrf" = []), ("bearer" = [])),
+    security(("session" = [], "csrf" = [])),
     responses(
         (status = 201, description = "a new secret, shown once; the older ones work until `previous_expire_at`", body = RotatedSecret),
         (status = 400, description = "malformed request", body = ErrorBody),
@@ -386,7 +386,7 @@ pub async fn rotate(
     path = "/api/service-accounts/{id}/secrets/{secret_id}",
     tag = "service-accounts",
     params(("id" = String, Path, description = "service account id"), ("secret_id" = String, Path, description = "secret id")),
-    security(("session" = [], "csrf" = []), ("bearer" = [])),
+    security(("session" = [], "csrf" = [])),
     responses(
         (status = 204, description = "revoked; tokens issued for it end"),
         (status = 401, description = "no valid session", body = ErrorBody),
@@ -427,7 +427,7 @@ pub async fn revoke_secret(
     tag = "service-accounts",
     params(("id" = String, Path, description = "service account id")),
     request_body = KeyUpdate,
-    security(("session" = [], "csrf" = []), ("bearer" = [])),
+    security(("session" = [], "csrf" = [])),
     responses(
         (status = 200, description = "the account with its new key", body = ServiceAccount),
         (status = 400, description = "not a usable public key", body = ErrorBody),
