@@ -256,6 +256,44 @@ try {
   assert.equal(otherStatus.signed_in, false, "the ended session still works");
   await other.close();
 
+  step("service accounts: create one (its secret shown once), use it, rotate, delete");
+  await page.getByRole("link", { name: "Service accounts" }).click();
+  await page.getByRole("heading", { name: "Service accounts" }).waitFor();
+  await page.getByLabel("Name", { exact: true }).fill("nightly CI");
+  await page.getByLabel(/Read devices/).check();
+  await page.getByLabel(/Remote access/).check();
+  await page.getByLabel(/Only devices with all these labels/).fill("site=lab");
+  await page.getByRole("button", { name: "Create service account" }).click();
+  await page.locator("#sa-client-secret").waitFor();
+  const firstSecret = await page.locator("#sa-client-secret").textContent();
+  const clientId = await page.locator("#sa-client-id").textContent();
+  assert.match(firstSecret, /^edge_sk_[0-9a-f]{64}$/);
+  const saRow = page.locator("#service-accounts tbody tr", { hasText: "nightly CI" });
+  await saRow.waitFor();
+  assert.match(await saRow.textContent(), /devices:read, devices:remote.*site=lab/);
+  const tokenStatus = await page.evaluate(async ([id, secret]) => {
+    const r = await fetch("/api/oauth/token", {
+      method: "POST",
+      headers: { Authorization: "Basic " + btoa(id + ":" + secret), "Content-Type": "application/x-www-form-urlencoded" },
+      body: "grant_type=client_credentials",
+    });
+    return r.status;
+  }, [clientId, firstSecret]);
+  assert.equal(tokenStatus, 200, "the shown secret gets a token");
+  await assertClean(page);
+  const saShot = join(artifacts, "console-service-accounts.png");
+  await page.screenshot({ path: saShot, fullPage: true });
+  console.log(`screenshot of the service accounts page: ${saShot}`);
+  await saRow.getByRole("button", { name: "Rotate secret" }).click();
+  await page.getByText(/The older secrets keep working until/).waitFor();
+  assert.notEqual(await page.locator("#sa-client-secret").textContent(), firstSecret);
+  await saRow.getByRole("button", { name: "Delete" }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Delete" }).click();
+  await page.getByRole("status").filter({ hasText: "Service account deleted." }).waitFor();
+  await saRow.waitFor({ state: "detached" });
+  await page.getByRole("link", { name: "Sessions" }).click();
+  await page.getByRole("heading", { name: "My sessions" }).waitFor();
+
   step("sign out");
   await page.getByRole("button", { name: "Sign out" }).click();
   await page.getByText("You are signed out.").waitFor();
