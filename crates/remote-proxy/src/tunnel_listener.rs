@@ -181,11 +181,80 @@ struct Admitted {
     started: std::time::Instant,
 }
 
+/// One tunnel's life in four named phases: upgrade the connection,
+/// register the session (directory, lease), supervise it until it ends
+/// (byte tallies, credential re-checks), then tear it down.
 async fn run_tunnel(
     relay: Arc<Relay>,
     on_upgrade: OnUpgrade,
     admitted: Admitted,
     _permit: OwnedSemaphorePermit,
+) {
+    let Some(ws) = upgrade_connection(&relay, on_upgrade, &admitted).await else {
+        return;
+    };
+    let (tunnel, driver) = register(&relay, ws, admitted).await;
+    let session_end = supervise(&relay, &tunnel, driver).await;
+    teardown(&relay, tunnel, session_end).await;
+}
+
+/// The WebSocket of an admitted connection, within the handshake timeout;
+/// `None` (counted) when the upgrade failed or timed out.
+async fn upgrade_connection(
+    relay: &Relay,
+    on_upgrade: OnUpgrade,
+    admitted: &Admitted,
+) -> Option<upgrade::UpgradedWs> {
+    let (device, remote) = (admitted.auth.device_id, admitted.remote);
+    // Boxed: the handshake's state is freed once it is done instead of
+    // sizing every idle tunnel's task for it.
+    match tokio::time::timeout(
+        relay.limits.handshake_timeout,
+        Box::pin(upgrade::websocket(on_upgrade, upgrade::relay_ws_config())),
+    )
+    .await
+    {
+        Ok(Ok(ws)) => {
+            relay.metrics.connect("accepted");
+            Some(ws)
+        }
+        Ok(Err(err)) => {
+            tracing::info!(%device, %remote, error = %err, "tunnel upgrade failed");
+            relay.metrics.connect("handshake_failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!(%device, %remote, "tunnel upgrade timed out");
+            relay.metrics.connect("handshake_timeout");
+            None
+        }
+    }
+}
+
+/// A registered tunnel: what supervising and tearing it down need.
+struct Tunnel {
+    device: DeviceId,
+    remote: SocketAddr,
+    token_hash: String,
+    conn: directory::ConnectionId,
+    lease: directory::leases::Lease,
+    activity: Arc<Activity>,
+    cancel: tokio_util::sync::CancellationToken,
+    closed_for: Arc<std::sync::OnceLock<&'static str>>,
+    metrics_path: Arc<std::sync::RwLock<Option<String>>>,
+    pump_task: pump::Ended,
+}
+
+/// Start the pump and the yamux session over `ws`, register the session
+/// in the directory and take the device's lease; the tunnel and the
+/// session's driver, which runs until the session ends.
+async fn register(
+    relay: &Relay,
+    ws: upgrade::UpgradedWs,
+    admitted: Admitted,
+) -> (
+    Tunnel,
+    impl std::future::Future<Output = session::SessionEnd>,
 ) {
     let Admitted {
         auth,
@@ -198,27 +267,6 @@ async fn run_tunnel(
     let device = auth.device_id;
     let metrics_path = Arc::new(std::sync::RwLock::new(auth.metrics_path.clone()));
     let limits = &relay.limits;
-    // Boxed: the handshake's state is freed once it is done instead of
-    // sizing every idle tunnel's task for it.
-    let ws = match tokio::time::timeout(
-        limits.handshake_timeout,
-        Box::pin(upgrade::websocket(on_upgrade, upgrade::relay_ws_config())),
-    )
-    .await
-    {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(err)) => {
-            tracing::info!(%device, %remote, error = %err, "tunnel upgrade failed");
-            relay.metrics.connect("handshake_failed");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(%device, %remote, "tunnel upgrade timed out");
-            relay.metrics.connect("handshake_timeout");
-            return;
-        }
-    };
-    relay.metrics.connect("accepted");
     let activity = Activity::new();
     let (io, pump_task) = pump::spawn(
         ws,
@@ -276,8 +324,30 @@ async fn run_tunnel(
         }
     }
     tracing::info!(%device, %remote, "tunnel up");
-    mark_seen(&relay, device).await;
+    mark_seen(relay, device).await;
+    let tunnel = Tunnel {
+        device,
+        remote,
+        token_hash,
+        conn,
+        lease,
+        activity,
+        cancel,
+        closed_for,
+        metrics_path,
+        pump_task,
+    };
+    (tunnel, driver)
+}
 
+/// Drive the session until it ends, moving its byte counts into the
+/// relay's metrics and closing it when its credential is revoked.
+async fn supervise(
+    relay: &Relay,
+    tunnel: &Tunnel,
+    driver: impl std::future::Future<Output = session::SessionEnd>,
+) -> session::SessionEnd {
+    let limits = &relay.limits;
     // The session's bytes reach the relay's counters this often (liveness
     // is the session's own activity; leases have their keeper).
     let mut tally = tokio::time::interval(limits.idle_timeout / 4);
@@ -287,34 +357,42 @@ async fn run_tunnel(
     );
     tokio::pin!(driver);
     let mut counted = (0, 0);
-    let session_end = loop {
+    let end = loop {
         tokio::select! {
             end = &mut driver => break end,
-            _ = tally.tick() => counted = count_bytes(&relay, &activity, counted),
+            _ = tally.tick() => counted = count_bytes(relay, &tunnel.activity, counted),
             _ = recheck.tick() => {
-                if credential_revoked(&relay, &token_hash, &metrics_path).await {
+                if credential_revoked(relay, &tunnel.token_hash, &tunnel.metrics_path).await {
+                    let (device, remote) = (tunnel.device, tunnel.remote);
                     tracing::info!(%device, %remote, "credential revoked; closing the tunnel");
-                    let _ = closed_for.set("revoked");
-                    cancel.cancel();
+                    let _ = tunnel.closed_for.set("revoked");
+                    tunnel.cancel.cancel();
                 }
             }
         }
     };
-    count_bytes(&relay, &activity, counted);
-    relay.directory.cleanup(device, conn).await;
+    count_bytes(relay, &tunnel.activity, counted);
+    end
+}
+
+/// Leave the directory, release the lease, stop the pump and record why
+/// the tunnel ended.
+async fn teardown(relay: &Relay, tunnel: Tunnel, session_end: session::SessionEnd) {
+    let (device, remote) = (tunnel.device, tunnel.remote);
+    relay.directory.cleanup(device, tunnel.conn).await;
     if let Some(leases) = relay.leases() {
-        if let Err(err) = leases.release(device, &lease).await {
+        if let Err(err) = leases.release(device, &tunnel.lease).await {
             tracing::warn!(%device, error = %err, "cannot release the device's lease");
         }
     }
-    mark_seen(&relay, device).await;
-    cancel.cancel();
-    let transport_end = pump_task.await;
+    mark_seen(relay, device).await;
+    tunnel.cancel.cancel();
+    let transport_end = tunnel.pump_task.await;
     relay.metrics.ended(end_reason(
         &session_end,
         transport_end.as_ref().ok(),
-        closed_for.get().copied(),
-        activity.protocol_error(),
+        tunnel.closed_for.get().copied(),
+        tunnel.activity.protocol_error(),
     ));
     let transport_end = match transport_end {
         Ok(end) => end.to_string(),
