@@ -154,13 +154,49 @@ fn failed(reason: &'static str) -> impl FnOnce(ApiError) -> Failed {
     move |e| (e, reason)
 }
 
+/// The callback in named steps: the provider's answer and our pending
+/// login checked, the code exchanged and the ID token verified, then the
+/// user's session started.
 async fn finish_callback(
     state: &AppState,
     headers: HeaderMap,
     q: CallbackQuery,
 ) -> Result<Response, Failed> {
-    let secure = state.settings.cookie_secure;
-    let pending_name = pending_cookie_name(secure);
+    let pending_name = pending_cookie_name(state.settings.cookie_secure);
+    let (pending, code) = checked_callback(state, &headers, q, pending_name)?;
+    let identity = state
+        .oidc
+        .finish_login(&code, &pending)
+        .await
+        .map_err(|e| {
+            let reason = e.reason();
+            (ApiError::from(e), reason)
+        })?;
+    let session_cookie = start_user_session(state, &headers, &identity).await?;
+    let return_to = if is_local_path(&pending.return_to) {
+        pending.return_to
+    } else {
+        "/".into()
+    };
+    redirect(
+        &return_to,
+        &[
+            session_cookie,
+            set_cookie(state.settings.cookie_secure, pending_name, "", 0),
+        ],
+    )
+    .map_err(failed("error"))
+}
+
+/// The pending login (from its signed cookie) and the provider's code,
+/// when the provider's answer is no error, carries code and state, and
+/// the state is the one this login sent.
+fn checked_callback(
+    state: &AppState,
+    headers: &HeaderMap,
+    q: CallbackQuery,
+    pending_name: &str,
+) -> Result<(PendingLogin, String), Failed> {
     if let Some(err) = q.error {
         let code: String = err
             .chars()
@@ -172,7 +208,7 @@ async fn finish_callback(
             "provider_error",
         ));
     }
-    let pending = read_cookie(&headers, pending_name)
+    let pending = read_cookie(headers, pending_name)
         .and_then(|raw| {
             state
                 .cookies
@@ -197,19 +233,21 @@ async fn finish_callback(
     if !pending.state_matches(&returned_state) {
         return Err((ApiError::LoginFailed("state mismatch".into()), "state"));
     }
-    let identity = state
-        .oidc
-        .finish_login(&code, &pending)
-        .await
-        .map_err(|e| {
-            let reason = e.reason();
-            (ApiError::from(e), reason)
-        })?;
-    let user = upsert_identity(state, &identity)
+    Ok((pending, code))
+}
+
+/// The verified user's record updated, any session the browser held
+/// ended (session fixation), a fresh session started and the login
+/// audited; the new session's `Set-Cookie`.
+async fn start_user_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    identity: &auth::oidc::Identity,
+) -> Result<String, Failed> {
+    let user = upsert_identity(state, identity)
         .await
         .map_err(failed("error"))?;
-    // Session fixation defence: whatever session the browser held is dead.
-    if let Some(old) = presented_session_hash(state, &headers) {
+    if let Some(old) = presented_session_hash(state, headers) {
         state
             .store
             .delete_session(&old)
@@ -230,16 +268,7 @@ async fn finish_callback(
         .await
         .map_err(|e| failed("error")(e.into()))?;
     tracing::info!(%user, "user logged in");
-    let return_to = if is_local_path(&pending.return_to) {
-        pending.return_to
-    } else {
-        "/".into()
-    };
-    redirect(
-        &return_to,
-        &[session_cookie, set_cookie(secure, pending_name, "", 0)],
-    )
-    .map_err(failed("error"))
+    Ok(session_cookie)
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

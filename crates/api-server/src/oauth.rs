@@ -251,16 +251,42 @@ pub async fn token(
         }
         .into());
     }
-    let scopes = match fields.get("scope") {
-        None => account.scopes.clone(),
-        Some(asked) => {
-            let asked = Scopes::parse(asked).map_err(|_| OAuthError::InvalidScope)?;
-            if asked.is_empty() || !account.scopes.covers(&asked) {
-                return Err(OAuthError::InvalidScope.into());
-            }
-            asked
-        }
+    let scopes = granted_scopes(&account, fields.get("scope").map(String::as_str))?;
+    let method = match auth {
+        ClientAuth::Basic { .. } => "client_secret_basic",
+        ClientAuth::Assertion(_) => "private_key_jwt",
     };
+    let body = issue(&state, &account, scopes, secret_id.as_deref(), method, now).await?;
+    let mut res = Json(body).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
+}
+
+/// The scopes a token gets: those asked for (`scope`, a subset of the
+/// account's; `invalid_scope` otherwise), or all of the account's.
+fn granted_scopes(account: &ServiceAccount, asked: Option<&str>) -> Result<Scopes, OAuthError> {
+    let Some(asked) = asked else {
+        return Ok(account.scopes.clone());
+    };
+    let asked = Scopes::parse(asked).map_err(|_| OAuthError::InvalidScope)?;
+    if asked.is_empty() || !account.scopes.covers(&asked) {
+        return Err(OAuthError::InvalidScope);
+    }
+    Ok(asked)
+}
+
+/// Issue `account` a token with `scopes` (a bearer session of kind
+/// `service`, never outliving the account) and audit it under the
+/// account and its owner.
+async fn issue(
+    state: &AppState,
+    account: &ServiceAccount,
+    scopes: Scopes,
+    secret_id: Option<&str>,
+    method: &'static str,
+    now: i64,
+) -> Result<TokenResponse, ApiError> {
     let lifetime =
         i64::try_from(state.settings.service_token_lifetime.as_millis()).unwrap_or(i64::MAX);
     let expires = account
@@ -278,17 +304,13 @@ pub async fn token(
     state
         .store
         .issue_service_token(
-            &account,
+            account,
             (&bearer_hash(&id), &public_id),
             (now, expires),
             &grant,
-            secret_id.as_deref(),
+            secret_id,
         )
         .await?;
-    let method = match auth {
-        ClientAuth::Basic { .. } => "client_secret_basic",
-        ClientAuth::Assertion(_) => "private_key_jwt",
-    };
     state
         .store
         .audit(
@@ -301,16 +323,12 @@ pub async fn token(
             serde_json::json!({ "scope": grant.scopes.to_string(), "auth": method, "expires_at": expires }),
         )
         .await?;
-    let mut res = Json(TokenResponse {
+    Ok(TokenResponse {
         access_token: format!("{BEARER_PREFIX}{}", id.expose()),
         token_type: "Bearer",
         expires_in: (expires - now) / 1000,
         scope: grant.scopes.to_string(),
     })
-    .into_response();
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(res)
 }
 
 #[cfg(test)]

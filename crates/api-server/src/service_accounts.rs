@@ -96,6 +96,20 @@ pub struct KeyUpdate {
     public_jwk: Option<serde_json::Value>,
 }
 
+/// Record a change to one of the caller's service accounts.
+async fn audit(
+    state: &AppState,
+    user: &CurrentUser,
+    action: &str,
+    account: &str,
+    detail: serde_json::Value,
+) -> Result<(), ApiError> {
+    Ok(state
+        .store
+        .audit(user.id, action, Some(account), detail)
+        .await?)
+}
+
 /// The id of the caller's service account `raw` (404 otherwise): checked
 /// before a body is read, so another owner's id answers as a missing one
 /// whatever the body.
@@ -231,15 +245,7 @@ pub async fn create(
             now,
         })
         .await?;
-    state
-        .store
-        .audit(
-            user.id,
-            "service_account_created",
-            Some(&id),
-            serde_json::json!({ "name": account.name, "scopes": account.scopes.to_string(), "selector": account.selector }),
-        )
-        .await?;
+    audit(&state, &user, "service_account_created", &id, serde_json::json!({ "name": account.name, "scopes": account.scopes.to_string(), "selector": account.selector })).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedAccount {
@@ -302,15 +308,14 @@ pub async fn delete(
         return Err(ApiError::NotFound);
     }
     state.access_changes.notify();
-    state
-        .store
-        .audit(
-            user.id,
-            "service_account_deleted",
-            Some(id),
-            serde_json::json!({}),
-        )
-        .await?;
+    audit(
+        &state,
+        &user,
+        "service_account_deleted",
+        id,
+        serde_json::json!({}),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -362,15 +367,14 @@ pub async fn rotate(
     if overlap == 0 {
         state.access_changes.notify();
     }
-    state
-        .store
-        .audit(
-            user.id,
-            "service_secret_rotated",
-            Some(id),
-            serde_json::json!({ "secret": made.id, "overlap_secs": overlap }),
-        )
-        .await?;
+    audit(
+        &state,
+        &user,
+        "service_secret_rotated",
+        id,
+        serde_json::json!({ "secret": made.id, "overlap_secs": overlap }),
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(RotatedSecret {
@@ -409,15 +413,14 @@ pub async fn revoke_secret(
         return Err(ApiError::NotFound);
     }
     state.access_changes.notify();
-    state
-        .store
-        .audit(
-            user.id,
-            "service_secret_revoked",
-            Some(id),
-            serde_json::json!({ "secret": secret_id }),
-        )
-        .await?;
+    audit(
+        &state,
+        &user,
+        "service_secret_revoked",
+        id,
+        serde_json::json!({ "secret": secret_id }),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -455,15 +458,14 @@ pub async fn set_key(
     {
         return Err(ApiError::NotFound);
     }
-    state
-        .store
-        .audit(
-            user.id,
-            "service_key_changed",
-            Some(id),
-            serde_json::json!({ "has_key": update.public_jwk.is_some() }),
-        )
-        .await?;
+    audit(
+        &state,
+        &user,
+        "service_key_changed",
+        id,
+        serde_json::json!({ "has_key": update.public_jwk.is_some() }),
+    )
+    .await?;
     get(user, State(state), Path(id.to_owned())).await
 }
 

@@ -935,36 +935,29 @@ async fn service_accounts_rotate_with_overlap_revoke_and_take_their_tokens_with_
             .is_none());
 
         // The quota holds.
+        let plain = |i: String| {
+            let (store, scopes) = (&store, &scopes);
+            async move {
+                let (id, sk, hash) = (format!("sa-{i}"), format!("sk-{i}"), format!("h-{i}"));
+                store
+                    .create_service_account(&store::NewServiceAccount {
+                        id: &id,
+                        owner: bob.id,
+                        name: "n",
+                        scopes,
+                        selector: &[],
+                        public_jwk: None,
+                        expires_at: None,
+                        secret: (&sk, &hash),
+                        now,
+                    })
+                    .await
+            }
+        };
         for i in 0..store::MAX_SERVICE_ACCOUNTS_PER_OWNER {
-            let (id, sk, hash) = (format!("sa-q{i}"), format!("sk-q{i}"), format!("h-q{i}"));
-            store
-                .create_service_account(&store::NewServiceAccount {
-                    id: &id,
-                    owner: bob.id,
-                    name: "n",
-                    scopes: &scopes,
-                    selector: &[],
-                    public_jwk: None,
-                    expires_at: None,
-                    secret: (&sk, &hash),
-                    now,
-                })
-                .await
-                .unwrap();
+            plain(format!("q{i}")).await.unwrap();
         }
-        let over = store
-            .create_service_account(&store::NewServiceAccount {
-                id: "sa-over",
-                owner: bob.id,
-                name: "n",
-                scopes: &scopes,
-                selector: &[],
-                public_jwk: None,
-                expires_at: None,
-                secret: ("sk-over", "h-over"),
-                now,
-            })
-            .await;
+        let over = plain("over".into()).await;
         assert!(matches!(over, Err(store::StoreError::QuotaExceeded)));
     }
 }
