@@ -1,4 +1,4 @@
-//! What a service account may do (issue 28): its scopes, as OAuth scope
+//! What a service account may do (ADR 029): its scopes, as OAuth scope
 //! tokens (RFC 6749 §3.3) and as a small set. `devices:manage` includes
 //! reading; remote access is its own grant and includes nothing else.
 
