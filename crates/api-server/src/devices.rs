@@ -392,6 +392,21 @@ pub struct DevicePatch {
     metrics_path: Option<String>,
 }
 
+/// Labels as they are stored (a device's, or a service account's
+/// selector): each made display-safe; `None` unless there are at most 20,
+/// each of 1 to 40 characters.
+pub(crate) fn checked_labels(labels: &[String]) -> Option<Vec<String>> {
+    let labels: Vec<String> = labels
+        .iter()
+        .map(|l| edge_core::text::display_safe(l))
+        .collect();
+    let fits = labels.len() <= 20
+        && labels
+            .iter()
+            .all(|l| !l.trim().is_empty() && l.chars().count() <= 40);
+    fits.then_some(labels)
+}
+
 /// A metrics path: `/` then at most 200 visible ASCII characters.
 fn valid_metrics_path(p: &str) -> bool {
     p.starts_with('/') && p.len() <= 200 && p.bytes().all(|b| b.is_ascii_graphic())
@@ -427,22 +442,13 @@ pub async fn update(
             "name must be 1 to 100 characters".into(),
         ));
     }
-    let labels: Option<Vec<String>> = patch.labels.map(|ls| {
-        ls.iter()
-            .map(|l| edge_core::text::display_safe(l))
-            .collect()
-    });
-    if let Some(labels) = &labels {
-        if labels.len() > 20
-            || labels
-                .iter()
-                .any(|l| l.trim().is_empty() || l.chars().count() > 40)
-        {
-            return Err(ApiError::BadRequest(
-                "up to 20 labels of 1 to 40 characters".into(),
-            ));
-        }
-    }
+    let labels = patch
+        .labels
+        .map(|ls| {
+            checked_labels(&ls)
+                .ok_or_else(|| ApiError::BadRequest("up to 20 labels of 1 to 40 characters".into()))
+        })
+        .transpose()?;
     if let Some(path) = &patch.metrics_path {
         if !path.is_empty() && !valid_metrics_path(path) {
             return Err(ApiError::BadRequest(

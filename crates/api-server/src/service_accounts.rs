@@ -155,19 +155,9 @@ fn checked(
     if scopes.is_empty() {
         return Err(ApiError::BadRequest("give at least one scope".into()));
     }
-    let selector: Vec<String> = selector
-        .iter()
-        .map(|l| edge_core::text::display_safe(l))
-        .collect();
-    if selector.len() > 20
-        || selector
-            .iter()
-            .any(|l| l.trim().is_empty() || l.chars().count() > 40)
-    {
-        return Err(ApiError::BadRequest(
-            "selector: up to 20 labels of 1 to 40 characters".into(),
-        ));
-    }
+    let selector = crate::devices::checked_labels(selector).ok_or_else(|| {
+        ApiError::BadRequest("selector: up to 20 labels of 1 to 40 characters".into())
+    })?;
     Ok((name, scopes, selector))
 }
 

@@ -454,10 +454,9 @@ impl FromRequestParts<AppState> for CurrentUser {
     }
 }
 
-/// What a route needs of a service account's token: a scope, or (for
-/// [`AnyScope`]) only a live token.
+/// The scope a route needs of a service account's token.
 pub trait NeedsScope {
-    const SCOPE: Option<Scope>;
+    const SCOPE: Scope;
 }
 
 /// Listing and reading devices and their telemetry.
@@ -469,21 +468,15 @@ pub struct ManageDevices;
 /// Reaching a box (the proxied API, `edge forward`).
 #[derive(Debug)]
 pub struct RemoteAccess;
-/// Any live token (its own logout).
-#[derive(Debug)]
-pub struct AnyScope;
 
 impl NeedsScope for ReadDevices {
-    const SCOPE: Option<Scope> = Some(Scope::DevicesRead);
+    const SCOPE: Scope = Scope::DevicesRead;
 }
 impl NeedsScope for ManageDevices {
-    const SCOPE: Option<Scope> = Some(Scope::DevicesManage);
+    const SCOPE: Scope = Scope::DevicesManage;
 }
 impl NeedsScope for RemoteAccess {
-    const SCOPE: Option<Scope> = Some(Scope::DevicesRemote);
-}
-impl NeedsScope for AnyScope {
-    const SCOPE: Option<Scope> = None;
+    const SCOPE: Scope = Scope::DevicesRemote;
 }
 
 /// A person, or a service account whose token holds `S`'s scope (403
@@ -505,7 +498,7 @@ impl<S: NeedsScope + Send> FromRequestParts<AppState> for Scoped<S> {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let caller = any_caller(parts, state).await?;
-        if S::SCOPE.is_some_and(|scope| !caller.may(scope)) {
+        if !caller.may(S::SCOPE) {
             return Err(ApiError::InsufficientScope);
         }
         Ok(Self(caller, PhantomData))

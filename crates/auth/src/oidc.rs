@@ -558,7 +558,7 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 /// Part `index` (0 header, 1 claims) of a compact JWS, decoded as JSON.
-pub fn decode_part(token: &str, index: usize) -> Option<serde_json::Value> {
+pub(crate) fn decode_part(token: &str, index: usize) -> Option<serde_json::Value> {
     use base64::Engine;
     let part = token.split('.').nth(index)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD

@@ -58,6 +58,16 @@ async fn logged_in(stack: &Stack, user: edge_core::UserId) -> (tempfile::TempDir
     (tmp, dir)
 }
 
+/// The ids in `edge devices -o json`'s output.
+fn device_ids(stdout: &[u8]) -> Vec<String> {
+    let list: serde_json::Value = serde_json::from_slice(stdout).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// A TCP echo service on the "box's" side.
 async fn echo_service() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -478,14 +488,11 @@ async fn devices_list_as_json_and_as_a_table_and_resolve_by_name() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ids: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, [online.id.to_string()], "alice's online device only");
+    assert_eq!(
+        device_ids(&out.stdout),
+        [online.id.to_string()],
+        "alice's online device only"
+    );
     let out = edge(&stack.api(""), &config)
         .args(["devices"])
         .output()
@@ -560,14 +567,7 @@ async fn a_service_account_lists_its_selector_forwards_and_is_cut_when_deleted()
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ids: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, [device.id.to_string()]);
+    assert_eq!(device_ids(&out.stdout), [device.id.to_string()]);
 
     // A wrong secret is the token endpoint's invalid_client, exit 3.
     let out = edge_as(
@@ -632,24 +632,18 @@ async fn a_service_account_lists_its_selector_forwards_and_is_cut_when_deleted()
     .await;
 
     // Audited under the account and its owner.
-    within("the forwards' audit rows", async {
-        loop {
-            let events = stack.store.audit_events(alice.id, 100, 0).await.unwrap();
-            let closed = events
+    let events = stack
+        .audit_events_until(alice.id, "the forwards' audit rows", |events| {
+            events
                 .iter()
                 .filter(|e| {
                     e.action == "forward_closed"
                         && e.service_account.as_deref() == Some(client_id.as_str())
                 })
-                .count();
-            if closed == 2 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    let events = stack.store.audit_events(alice.id, 100, 0).await.unwrap();
+                .count()
+                == 2
+        })
+        .await;
     assert!(events.iter().any(|e| e.action == "forward_closed"
         && e.detail["ended"] == "access_ended"
         && e.detail["bytes_to_device"] == 4));

@@ -6,13 +6,19 @@ use edge_core::{time::now_ms, DeviceId, UserId};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+/// A JSON array of labels, as devices and service accounts' selectors
+/// keep them.
+pub(crate) fn parse_labels(json: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(json).map_err(|_| StoreError::Corrupt("labels".into()))
+}
+
 pub(crate) fn device_from_row(row: &AnyRow) -> Result<Device, StoreError> {
     let labels: String = row.try_get("labels")?;
     Ok(Device {
         id: parse_id(row, "id")?,
         owner_id: parse_id(row, "owner_id")?,
         name: row.try_get("name")?,
-        labels: serde_json::from_str(&labels).map_err(|_| StoreError::Corrupt("labels".into()))?,
+        labels: parse_labels(&labels)?,
         model: row.try_get("model")?,
         serial: row.try_get("serial")?,
         agent_version: row.try_get("agent_version")?,

@@ -6,7 +6,7 @@
 //! except the token endpoint's lookups, whose credential is the secret or
 //! the signed assertion itself.
 
-use crate::sessions::parse_labels;
+use crate::devices::parse_labels;
 use crate::{parse_id, ServiceGrant, SessionKind, Store, StoreError};
 use edge_core::scope::Scopes;
 use edge_core::UserId;

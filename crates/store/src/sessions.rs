@@ -1,5 +1,6 @@
 //! Server-side user sessions, looked up by the hash of the session id.
 
+use crate::devices::parse_labels;
 use crate::{parse_id, ServiceGrant, SessionKind, SessionRecord, Store, StoreError};
 use edge_core::scope::Scopes;
 use edge_core::{DeviceId, UserId};
@@ -275,11 +276,6 @@ fn grant_from_row(row: &AnyRow) -> Result<Option<ServiceGrant>, StoreError> {
             .map_err(|_| StoreError::Corrupt("scopes".into()))?,
         selector: parse_labels(selector.as_deref().unwrap_or("[]"))?,
     }))
-}
-
-/// A JSON array of labels, as the devices and service accounts keep them.
-pub(crate) fn parse_labels(json: &str) -> Result<Vec<String>, StoreError> {
-    serde_json::from_str(json).map_err(|_| StoreError::Corrupt("labels".into()))
 }
 
 /// The delete of [`Store::delete_idp_sessions`] on `conn` (a pooled

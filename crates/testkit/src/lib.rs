@@ -945,6 +945,26 @@ impl Stack {
             .collect()
     }
 
+    /// `user`'s audit events (newest first, up to 200) once `done` holds
+    /// for them (the audit writer batches; this waits for its rows).
+    pub async fn audit_events_until(
+        &self,
+        user: UserId,
+        what: &str,
+        done: impl Fn(&[store::AuditEvent]) -> bool,
+    ) -> Vec<store::AuditEvent> {
+        within(what, async {
+            loop {
+                let events = self.store.audit_events(user, 200, 0).await.unwrap();
+                if done(&events) {
+                    return events;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+    }
+
     /// A GET through the API with `user`'s cookie.
     pub fn get(&self, user: &TestUser, url: &str) -> reqwest::RequestBuilder {
         self.http.get(url).header("cookie", &user.cookie)

@@ -191,20 +191,14 @@ async fn a_token_sees_only_its_selector_and_does_only_what_its_scopes_allow() {
     // This token asked for remote access only: no reads.
     assert_eq!(get_with(&stack, &rtoken, "/api/devices").await, 403);
 
-    within("the remote access audit row", async {
-        loop {
-            let events = stack.store.audit_events(alice.id, 200, 0).await.unwrap();
-            if events.iter().any(|e| {
+    let events = stack
+        .audit_events_until(alice.id, "the remote access audit row", |events| {
+            events.iter().any(|e| {
                 e.action == "remote_access_opened"
                     && e.service_account.as_deref() == Some(remote.as_str())
-            }) {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    let events = stack.store.audit_events(alice.id, 200, 0).await.unwrap();
+            })
+        })
+        .await;
     let issued: Vec<_> = events
         .iter()
         .filter(|e| e.action == "service_token_issued")
