@@ -109,11 +109,11 @@ fn client_auth(
                 .map_err(|_| refused())?;
             let raw = String::from_utf8(raw).map_err(|_| refused())?;
             let (id, secret) = raw.split_once(':').ok_or_else(refused)?;
+            // Form-url-decoded (§2.3.1): `+` is a space, `%XX` a byte.
             let decode = |s: &str| -> String {
-                url::form_urlencoded::parse(format!("x={s}").as_bytes())
-                    .next()
-                    .map(|(_, v)| v.into_owned())
-                    .unwrap_or_default()
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
             };
             Ok(ClientAuth::Basic {
                 id: decode(id),
@@ -347,7 +347,7 @@ mod tests {
 
     #[test]
     fn basic_credentials_are_form_url_decoded() {
-        let b64 = base64::engine::general_purpose::STANDARD.encode("sa-1:edge_sk_a%2Bb");
+        let b64 = base64::engine::general_purpose::STANDARD.encode("sa-1:edge_sk_a%2Bb%26c=d+e");
         let h = headers(&[FORM, ("authorization", &format!("Basic {b64}"))]);
         let fields = form_fields(&h, b"grant_type=client_credentials").unwrap();
         let auth = client_auth(&h, &fields).unwrap();
@@ -355,7 +355,10 @@ mod tests {
         let ClientAuth::Basic { id, secret } = auth else {
             panic!("not basic: {auth:?}");
         };
-        assert_eq!((id.as_str(), secret.expose()), ("sa-1", "edge_sk_a+b"));
+        assert_eq!(
+            (id.as_str(), secret.expose()),
+            ("sa-1", "edge_sk_a+b&c=d e")
+        );
     }
 
     #[test]
