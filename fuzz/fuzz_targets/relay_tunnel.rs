@@ -9,21 +9,13 @@ use edge_fuzz::{messages, runtime, send_all, websocket_pair, PER_INPUT};
 use libfuzzer_sys::fuzz_target;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tunnel::pump::{self, Activity, PumpConfig};
 use tunnel::session;
 
 fuzz_target!(|data: &[u8]| {
     runtime().block_on(async {
         let (ours, mut device) =
             websocket_pair(true, Some(tunnel::upgrade::relay_ws_config())).await;
-        let activity = Activity::new();
-        let (io, pump_task) = pump::spawn(
-            ours,
-            PumpConfig {
-                idle_timeout: Duration::from_secs(5),
-            },
-            activity.clone(),
-        );
+        let (io, pump_task, activity) = edge_fuzz::pumped(ours);
         let cancel = CancellationToken::new();
         let (mut control, driver) = session::client(
             io,

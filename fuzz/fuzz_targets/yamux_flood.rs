@@ -13,7 +13,6 @@ use libfuzzer_sys::fuzz_target;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-use tunnel::pump::{self, Activity, PumpConfig};
 use tunnel::session;
 
 /// The relay's write (and ping) deadline in this target.
@@ -39,14 +38,7 @@ fuzz_target!(|data: &[u8]| {
     runtime().block_on(async {
         let (ours, mut device) =
             websocket_pair(true, Some(tunnel::upgrade::relay_ws_config())).await;
-        let activity = Activity::new();
-        let (io, pump_task) = pump::spawn(
-            ours,
-            PumpConfig {
-                idle_timeout: Duration::from_secs(5),
-            },
-            activity.clone(),
-        );
+        let (io, pump_task, activity) = edge_fuzz::pumped(ours);
         let cancel = CancellationToken::new();
         let (_control, driver) = session::client(
             io,

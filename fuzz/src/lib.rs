@@ -65,3 +65,24 @@ pub async fn send_all(peer: &mut WebSocketStream<DuplexStream>, msgs: Vec<Vec<u8
     }
     let _ = peer.close(None).await;
 }
+
+/// The pump over `ours` as the product starts it (five seconds of idle
+/// allowed): the frame I/O a yamux session runs on, the pump's task, and
+/// the activity clock they share.
+pub fn pumped(
+    ours: WebSocketStream<DuplexStream>,
+) -> (
+    tunnel::pump::WsIo<DuplexStream>,
+    tunnel::pump::Ended,
+    std::sync::Arc<tunnel::pump::Activity>,
+) {
+    let activity = tunnel::pump::Activity::new();
+    let (io, pump_task) = tunnel::pump::spawn(
+        ours,
+        tunnel::pump::PumpConfig {
+            idle_timeout: Duration::from_secs(5),
+        },
+        activity.clone(),
+    );
+    (io, pump_task, activity)
+}

@@ -5,7 +5,7 @@
 //! `GET /api/auth/sessions`, `DELETE /api/auth/sessions/{id}`.
 //! Tokens never reach the browser; only the session cookie does.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ChangeErrors, SessionErrors};
 use crate::extract::ApiQuery;
 use crate::session::{
     self, pending_cookie_name, presented_session_hash, read_cookie, set_cookie, CurrentUser,
@@ -301,8 +301,7 @@ async fn me_of(state: &AppState, user: &CurrentUser) -> Result<Me, ApiError> {
     security(("session" = [])),
     responses(
         (status = 200, description = "the signed-in user", body = Me),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        SessionErrors
     )
 )]
 pub async fn me(user: CurrentUser, State(state): State<AppState>) -> Result<Json<Me>, ApiError> {
@@ -357,9 +356,7 @@ pub struct LoggedOut {
     security(("session" = [], "csrf" = [])),
     responses(
         (status = 200, description = "signed out; the provider's end-session URL if it has one", body = LoggedOut),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        ChangeErrors
     )
 )]
 pub async fn logout(
@@ -406,8 +403,7 @@ pub struct SessionView {
     security(("session" = [])),
     responses(
         (status = 200, description = "the caller's sessions", body = Vec<SessionView>),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        SessionErrors
     )
 )]
 pub async fn list_sessions(
@@ -445,10 +441,8 @@ pub async fn list_sessions(
     security(("session" = [], "csrf" = [])),
     responses(
         (status = 204, description = "the session ended"),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
         (status = 404, description = "no such resource of the caller's", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        ChangeErrors
     )
 )]
 pub async fn end_session(

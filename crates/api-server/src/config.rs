@@ -115,7 +115,7 @@ pub struct Config {
     #[arg(
         long,
         env = "API_SERVER_SESSION_IDLE_SECS",
-        default_value_t = 1800,
+        default_value_t = DEFAULT_SESSION_IDLE.as_secs(),
         hide_env_values = true
     )]
     pub session_idle_secs: u64,
@@ -123,7 +123,7 @@ pub struct Config {
     #[arg(
         long,
         env = "API_SERVER_SESSION_LIFETIME_SECS",
-        default_value_t = 43_200,
+        default_value_t = DEFAULT_SESSION_LIFETIME.as_secs(),
         hide_env_values = true
     )]
     pub session_lifetime_secs: u64,
@@ -140,7 +140,7 @@ pub struct Config {
     #[arg(
         long,
         env = "API_SERVER_PROXY_CONNECT_TIMEOUT_SECS",
-        default_value_t = 5,
+        default_value_t = DEFAULT_PROXY_CONNECT_TIMEOUT.as_secs(),
         hide_env_values = true
     )]
     pub proxy_connect_timeout_secs: u64,
@@ -148,7 +148,7 @@ pub struct Config {
     #[arg(
         long,
         env = "API_SERVER_PROXY_FIRST_BYTE_TIMEOUT_SECS",
-        default_value_t = 30,
+        default_value_t = DEFAULT_PROXY_FIRST_BYTE_TIMEOUT.as_secs(),
         hide_env_values = true
     )]
     pub proxy_first_byte_timeout_secs: u64,
@@ -158,7 +158,7 @@ pub struct Config {
     #[arg(
         long,
         env = "API_SERVER_BOX_IDLE_SECS",
-        default_value_t = 4,
+        default_value_t = DEFAULT_BOX_IDLE.as_secs(),
         hide_env_values = true
     )]
     pub box_idle_secs: u64,
@@ -232,7 +232,7 @@ pub struct Config {
     #[arg(
         long,
         env = "API_SERVER_PAIRING_CODE_SECS",
-        default_value_t = 600,
+        default_value_t = DEFAULT_PAIRING_CODE_LIFETIME.as_secs(),
         hide_env_values = true
     )]
     pub pairing_code_secs: u64,
@@ -268,7 +268,7 @@ pub struct Config {
     #[arg(
         long,
         env = "API_SERVER_MAX_BODY_BYTES",
-        default_value_t = 65_536,
+        default_value_t = DEFAULT_MAX_BODY_BYTES,
         hide_env_values = true
     )]
     pub max_body_bytes: usize,
@@ -277,7 +277,7 @@ pub struct Config {
     #[arg(
         long,
         env = "API_SERVER_BODY_IDLE_TIMEOUT_SECS",
-        default_value_t = 30,
+        default_value_t = DEFAULT_BODY_IDLE_TIMEOUT.as_secs(),
         hide_env_values = true
     )]
     pub body_idle_timeout_secs: u64,
@@ -294,7 +294,7 @@ pub struct Config {
     #[arg(
         long,
         env = "API_SERVER_MAX_PENDING_CODES_PER_USER",
-        default_value_t = 10,
+        default_value_t = DEFAULT_MAX_PENDING_CODES_PER_USER,
         hide_env_values = true
     )]
     pub max_pending_codes_per_user: u32,
@@ -302,7 +302,7 @@ pub struct Config {
     #[arg(
         long,
         env = "API_SERVER_MAX_DEVICES_PER_USER",
-        default_value_t = 500,
+        default_value_t = DEFAULT_MAX_DEVICES_PER_USER,
         hide_env_values = true
     )]
     pub max_devices_per_user: u32,
@@ -310,7 +310,7 @@ pub struct Config {
     #[arg(
         long,
         env = "API_SERVER_AUDIT_RETENTION_DAYS",
-        default_value_t = 400,
+        default_value_t = DEFAULT_AUDIT_RETENTION_DAYS,
         hide_env_values = true
     )]
     pub audit_retention_days: u32,
@@ -318,7 +318,7 @@ pub struct Config {
     #[arg(
         long,
         env = "API_SERVER_TELEMETRY_RAW_RETENTION_HOURS",
-        default_value_t = 48,
+        default_value_t = DEFAULT_TELEMETRY_RAW_RETENTION_HOURS,
         hide_env_values = true
     )]
     pub telemetry_raw_retention_hours: u32,
@@ -326,7 +326,7 @@ pub struct Config {
     #[arg(
         long,
         env = "API_SERVER_TELEMETRY_ROLLUP_RETENTION_DAYS",
-        default_value_t = 400,
+        default_value_t = DEFAULT_TELEMETRY_ROLLUP_RETENTION_DAYS,
         hide_env_values = true
     )]
     pub telemetry_rollup_retention_days: u32,
@@ -335,7 +335,7 @@ pub struct Config {
     #[arg(
         long,
         env = "API_SERVER_HEALTH_INTERVAL_SECS",
-        default_value_t = 30,
+        default_value_t = DEFAULT_HEALTH_INTERVAL.as_secs(),
         hide_env_values = true
     )]
     pub health_interval_secs: u64,
@@ -349,7 +349,7 @@ pub struct Config {
     #[arg(
         long,
         env = "API_SERVER_HOUSEKEEPING_INTERVAL_SECS",
-        default_value_t = 600,
+        default_value_t = DEFAULT_HOUSEKEEPING_INTERVAL.as_secs(),
         hide_env_values = true
     )]
     pub housekeeping_interval_secs: u64,
@@ -374,6 +374,48 @@ pub struct Config {
         hide_env_values = true
     )]
     pub log_format: LogFormat,
+}
+
+// One named default per setting: the flags' defaults and `Settings`'
+// (what tests and embedders start from) are these, so they cannot drift.
+
+/// How long a session may sit unused.
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(1800);
+/// How long a session lasts at most.
+pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(43_200);
+/// Bound on reaching a box through its relay.
+pub const DEFAULT_PROXY_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on a box's first response byte.
+pub const DEFAULT_PROXY_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an idle keep-alive connection to a box is kept.
+pub const DEFAULT_BOX_IDLE: Duration = Duration::from_secs(4);
+/// How long a pairing code is valid.
+pub const DEFAULT_PAIRING_CODE_LIFETIME: Duration = Duration::from_secs(600);
+/// A request body idle this long fails.
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often device health is evaluated.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the scheduled sweep runs.
+pub const DEFAULT_HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(600);
+/// Largest JSON/form body of an API route.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 65_536;
+/// Pairing codes one user may hold at once.
+pub const DEFAULT_MAX_PENDING_CODES_PER_USER: u32 = 10;
+/// Devices one user may own.
+pub const DEFAULT_MAX_DEVICES_PER_USER: u32 = 500;
+/// How long audit events are kept, days.
+pub const DEFAULT_AUDIT_RETENTION_DAYS: u32 = 400;
+/// How long raw telemetry windows are kept, hours.
+pub const DEFAULT_TELEMETRY_RAW_RETENTION_HOURS: u32 = 48;
+/// How long telemetry rollups are kept, days.
+pub const DEFAULT_TELEMETRY_ROLLUP_RETENTION_DAYS: u32 = 400;
+
+fn days(n: u32) -> Duration {
+    Duration::from_secs(u64::from(n) * 86_400)
+}
+
+fn hours(n: u32) -> Duration {
+    Duration::from_secs(u64::from(n) * 3600)
 }
 
 /// How often a session's last-seen time is written, at most.
@@ -482,15 +524,15 @@ impl Settings {
             device_access_recheck: Duration::from_millis(500),
             access_cache_ttl: Duration::from_millis(500),
             tunnel_close_attempts: 3,
-            max_body_bytes: 65_536,
-            body_idle_timeout: Duration::from_secs(30),
-            max_pending_codes_per_user: 10,
-            max_devices_per_user: 500,
-            audit_retention: Duration::from_secs(400 * 86_400),
-            housekeeping_interval: Duration::from_secs(600),
-            telemetry_raw_retention: Duration::from_secs(48 * 3600),
-            telemetry_rollup_retention: Duration::from_secs(400 * 86_400),
-            health_interval: Duration::from_secs(30),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
+            max_pending_codes_per_user: DEFAULT_MAX_PENDING_CODES_PER_USER,
+            max_devices_per_user: DEFAULT_MAX_DEVICES_PER_USER,
+            audit_retention: days(DEFAULT_AUDIT_RETENTION_DAYS),
+            housekeeping_interval: DEFAULT_HOUSEKEEPING_INTERVAL,
+            telemetry_raw_retention: hours(DEFAULT_TELEMETRY_RAW_RETENTION_HOURS),
+            telemetry_rollup_retention: days(DEFAULT_TELEMETRY_ROLLUP_RETENTION_DAYS),
+            health_interval: DEFAULT_HEALTH_INTERVAL,
             webhook_allow_private: false,
             webhook_poll: Duration::from_secs(1),
             webhook_retry_base: Duration::from_secs(10),
@@ -498,14 +540,14 @@ impl Settings {
             public_origin: public_origin.to_owned(),
             public_scheme: scheme.to_owned(),
             cookie_secure,
-            session_idle: Duration::from_secs(1800),
+            session_idle: DEFAULT_SESSION_IDLE,
             session_touch_every: DEFAULT_SESSION_TOUCH_EVERY,
-            session_lifetime: Duration::from_secs(43_200),
+            session_lifetime: DEFAULT_SESSION_LIFETIME,
             service_token_lifetime: DEFAULT_SERVICE_TOKEN_LIFETIME,
-            proxy_connect_timeout: Duration::from_secs(5),
-            proxy_first_byte_timeout: Duration::from_secs(30),
-            box_idle: Duration::from_secs(4),
-            pairing_code_lifetime: Duration::from_secs(600),
+            proxy_connect_timeout: DEFAULT_PROXY_CONNECT_TIMEOUT,
+            proxy_first_byte_timeout: DEFAULT_PROXY_FIRST_BYTE_TIMEOUT,
+            box_idle: DEFAULT_BOX_IDLE,
+            pairing_code_lifetime: DEFAULT_PAIRING_CODE_LIFETIME,
         })
     }
 }
@@ -608,13 +650,10 @@ impl Config {
         s.body_idle_timeout = Duration::from_secs(self.body_idle_timeout_secs.max(1));
         s.max_pending_codes_per_user = self.max_pending_codes_per_user.max(1);
         s.max_devices_per_user = self.max_devices_per_user.max(1);
-        s.audit_retention =
-            Duration::from_secs(u64::from(self.audit_retention_days.max(1)) * 86_400);
+        s.audit_retention = days(self.audit_retention_days.max(1));
         s.housekeeping_interval = Duration::from_secs(self.housekeeping_interval_secs.max(10));
-        s.telemetry_raw_retention =
-            Duration::from_secs(u64::from(self.telemetry_raw_retention_hours.max(1)) * 3600);
-        s.telemetry_rollup_retention =
-            Duration::from_secs(u64::from(self.telemetry_rollup_retention_days.max(1)) * 86_400);
+        s.telemetry_raw_retention = hours(self.telemetry_raw_retention_hours.max(1));
+        s.telemetry_rollup_retention = days(self.telemetry_rollup_retention_days.max(1));
         s.health_interval = Duration::from_secs(self.health_interval_secs.clamp(1, 3600));
         s.webhook_allow_private = self.webhook_allow_private;
         Ok(s)

@@ -8,7 +8,7 @@
 //! workers and cross-site subrequests are refused. Nothing here is reachable
 //! on the console's origin, and no secret ever appears in a URL.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ChangeErrors};
 use crate::extract::ApiForm;
 use crate::hygiene;
 use crate::proxy::{self, Access, Door};
@@ -34,7 +34,7 @@ pub const ENTER_PATH: &str = "/__edge/enter";
 
 /// The device origins' router. Each request carries the [`DeviceId`] its
 /// `Host` names as an extension (set by the host dispatch,
-/// `hygiene::dispatch`).
+/// `router::dispatch`).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route(ENTER_PATH, post(enter))
@@ -61,10 +61,8 @@ pub struct Ticket {
     security(("session" = [], "csrf" = [])),
     responses(
         (status = 200, description = "a single-use ticket to enter the device's own origin", body = Ticket),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
         (status = 404, description = "no such resource of the caller's", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        ChangeErrors
     )
 )]
 pub async fn create_ticket(

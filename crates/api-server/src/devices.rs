@@ -11,7 +11,7 @@
 //! when the relay cannot close the live tunnel; the relay's own periodic
 //! credential check closes it within its interval (30 s by default).
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ChangeErrors, SessionErrors};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::session::{CurrentUser, ManageDevices, ReadDevices, Scoped};
 use crate::state::AppState;
@@ -22,7 +22,6 @@ use directory::LiveStatus;
 use edge_core::error_body::ErrorBody;
 use edge_core::{DeviceId, DeviceToken};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use store::Device;
 
 /// `?limit=&offset=` on list routes (limit 1..=200, default 50).
@@ -202,20 +201,16 @@ async fn view_live(state: &AppState, d: Device) -> DeviceView {
         .and_then(|o| o.as_ref())
         .map(|s| relay_name(&s.node));
     let live = live.map(|o| o.as_ref().map(LiveStatus::from));
-    let telemetry = match state.store.telemetry_latest(d.owner_id, &[d.id]).await {
-        Ok(mut rows) => rows.remove(&d.id),
-        Err(err) => {
-            tracing::warn!(error = %err, "device telemetry unavailable");
-            None
-        }
-    };
-    let health = match state.store.device_health(d.owner_id, &[d.id]).await {
-        Ok(mut rows) => rows.remove(&d.id),
-        Err(err) => {
-            tracing::warn!(error = %err, "device health unavailable");
-            None
-        }
-    };
+    let telemetry = or_left_out(
+        "telemetry",
+        state.store.telemetry_latest(d.owner_id, &[d.id]).await,
+    )
+    .and_then(|mut rows| rows.remove(&d.id));
+    let health = or_left_out(
+        "health",
+        state.store.device_health(d.owner_id, &[d.id]).await,
+    )
+    .and_then(|mut rows| rows.remove(&d.id));
     let mut v = view(
         d,
         Presence::of(live.as_ref().map(|o| o.as_ref())),
@@ -224,6 +219,16 @@ async fn view_live(state: &AppState, d: Device) -> DeviceView {
     );
     v.relay = relay;
     v
+}
+
+/// `result`'s value, or nothing (logged): a part of a device's view that
+/// cannot be read now is left out rather than failing the answer.
+fn or_left_out<T, E: std::fmt::Display>(part: &'static str, result: Result<T, E>) -> Option<T> {
+    result
+        .map_err(
+            |err| tracing::warn!(error = %err, part, "a part of the device view is unavailable"),
+        )
+        .ok()
 }
 
 fn parse(id: &str) -> Result<DeviceId, ApiError> {
@@ -267,8 +272,7 @@ pub struct DeviceFilter {
     responses(
         (status = 200, description = "a page of the caller's devices with live status", body = Vec<DeviceView>),
         (status = 400, description = "malformed request", body = ErrorBody),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        SessionErrors
     )
 )]
 pub async fn list(
@@ -276,6 +280,35 @@ pub async fn list(
     State(state): State<AppState>,
     ApiQuery(f): ApiQuery<DeviceFilter>,
 ) -> Result<Json<Vec<DeviceView>>, ApiError> {
+    let query = device_query(&state, &user, f).await?;
+    let devices = state.store.devices_query(user.id, &query).await?;
+    let ids: Vec<DeviceId> = devices.iter().map(|d| d.id).collect();
+    let live = or_left_out("status", state.directory.statuses(user.id, &ids).await);
+    let telemetry = or_left_out(
+        "telemetry",
+        state.store.telemetry_latest(user.id, &ids).await,
+    )
+    .unwrap_or_default();
+    let health =
+        or_left_out("health", state.store.device_health(user.id, &ids).await).unwrap_or_default();
+    Ok(Json(
+        devices
+            .into_iter()
+            .map(|d| {
+                let status = Presence::of(live.as_ref().map(|m| m.get(&d.id)));
+                let (figures, h) = (telemetry.get(&d.id), health.get(&d.id));
+                view(d, status, figures, h)
+            })
+            .collect(),
+    ))
+}
+
+/// The store's query for `f`, checked, within what `user` may see.
+async fn device_query(
+    state: &AppState,
+    user: &CurrentUser,
+    f: DeviceFilter,
+) -> Result<store::DeviceQuery, ApiError> {
     let (limit, offset) = Page {
         limit: f.limit,
         offset: f.offset,
@@ -315,7 +348,7 @@ pub async fn list(
     let search =
         f.q.map(|q| edge_core::text::display_safe_bounded(&q, 100))
             .filter(|q| !q.is_empty());
-    let query = store::DeviceQuery {
+    Ok(store::DeviceQuery {
         search,
         health,
         among,
@@ -323,41 +356,7 @@ pub async fn list(
         sort,
         limit,
         offset,
-    };
-    let devices = state.store.devices_query(user.id, &query).await?;
-    let ids: Vec<DeviceId> = devices.iter().map(|d| d.id).collect();
-    let live: Option<HashMap<DeviceId, LiveStatus>> =
-        match state.directory.statuses(user.id, &ids).await {
-            Ok(found) => Some(found),
-            Err(err) => {
-                tracing::warn!(error = %err, "device status unavailable");
-                None
-            }
-        };
-    let telemetry = match state.store.telemetry_latest(user.id, &ids).await {
-        Ok(rows) => rows,
-        Err(err) => {
-            tracing::warn!(error = %err, "device telemetry unavailable");
-            HashMap::new()
-        }
-    };
-    let health = match state.store.device_health(user.id, &ids).await {
-        Ok(rows) => rows,
-        Err(err) => {
-            tracing::warn!(error = %err, "device health unavailable");
-            HashMap::new()
-        }
-    };
-    Ok(Json(
-        devices
-            .into_iter()
-            .map(|d| {
-                let status = Presence::of(live.as_ref().map(|m| m.get(&d.id)));
-                let (figures, h) = (telemetry.get(&d.id), health.get(&d.id));
-                view(d, status, figures, h)
-            })
-            .collect(),
-    ))
+    })
 }
 
 #[utoipa::path(
@@ -368,9 +367,8 @@ pub async fn list(
     security(("session" = [])),
     responses(
         (status = 200, description = "one device", body = DeviceView),
-        (status = 401, description = "no valid session", body = ErrorBody),
         (status = 404, description = "no such resource of the caller's", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        SessionErrors
     )
 )]
 pub async fn get(
@@ -421,11 +419,9 @@ fn valid_metrics_path(p: &str) -> bool {
     responses(
         (status = 200, description = "updated", body = DeviceView),
         (status = 400, description = "malformed request", body = ErrorBody),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
         (status = 404, description = "no such resource of the caller's", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        ChangeErrors
     )
 )]
 pub async fn update(
@@ -535,11 +531,9 @@ async fn close_tunnel(state: &AppState, device: DeviceId) -> Result<(), ApiError
     security(("session" = [], "csrf" = [])),
     responses(
         (status = 204, description = "deleted; its tunnel is closed"),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
         (status = 404, description = "no such resource of the caller's", body = ErrorBody),
         (status = 502, description = "deleted, but the tunnel could not be closed yet", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        ChangeErrors
     )
 )]
 pub async fn delete(
@@ -580,11 +574,9 @@ pub struct Rotated {
     security(("session" = [], "csrf" = [])),
     responses(
         (status = 200, description = "the new credential, shown once; the old one stops working", body = Rotated),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
         (status = 404, description = "no such resource of the caller's", body = ErrorBody),
         (status = 502, description = "rotated, but the tunnel could not be closed yet", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        ChangeErrors
     )
 )]
 pub async fn rotate(
@@ -625,12 +617,10 @@ pub async fn rotate(
     security(("session" = [], "csrf" = [])),
     responses(
         (status = 204, description = "the tunnel is closed (the agent reconnects)"),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
         (status = 404, description = "no such resource of the caller's", body = ErrorBody),
         (status = 502, description = "the relay could not be reached", body = ErrorBody),
         (status = 503, description = "the device directory is unavailable", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        ChangeErrors
     )
 )]
 pub async fn disconnect(
@@ -652,8 +642,7 @@ pub async fn disconnect(
     responses(
         (status = 200, description = "a page of the caller's audit events, newest first", body = Vec<store::AuditEvent>),
         (status = 400, description = "malformed request", body = ErrorBody),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        SessionErrors
     )
 )]
 pub async fn audit(

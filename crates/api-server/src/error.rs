@@ -3,7 +3,7 @@
 
 use axum::response::{IntoResponse, Response};
 use directory::DirectoryError;
-use edge_core::error_body::error_response;
+use edge_core::error_body::{error_response, ErrorBody};
 use http::StatusCode;
 
 /// `Retry-After` when the database or the audit trail cannot be written.
@@ -278,4 +278,30 @@ impl IntoResponse for OAuthError {
         }
         res
     }
+}
+
+/// The answers any route for a signed-in caller may give besides its own
+/// (401 without a valid session, 500), written once for the routes'
+/// `#[utoipa::path(responses(..))]`.
+#[derive(utoipa::IntoResponses)]
+pub enum SessionErrors {
+    #[response(status = 401, description = "no valid session")]
+    NoSession(ErrorBody),
+    #[response(status = 500, description = "internal error")]
+    Internal(ErrorBody),
+}
+
+/// [`SessionErrors`] and the 403 of a state-changing route called
+/// cross-site.
+#[derive(utoipa::IntoResponses)]
+pub enum ChangeErrors {
+    #[response(status = 401, description = "no valid session")]
+    NoSession(ErrorBody),
+    #[response(
+        status = 403,
+        description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)"
+    )]
+    CrossSite(ErrorBody),
+    #[response(status = 500, description = "internal error")]
+    Internal(ErrorBody),
 }

@@ -8,7 +8,7 @@
 //! offline longer than the rule's minutes is. The owner's rules are read
 //! and replaced here too.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ChangeErrors, SessionErrors};
 use crate::extract::ApiJson;
 use crate::session::CurrentUser;
 use crate::state::AppState;
@@ -255,8 +255,7 @@ impl From<HealthRules> for Rules {
     security(("session" = [])),
     responses(
         (status = 200, description = "the caller's health rules (defaults until set)", body = Rules),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        SessionErrors
     )
 )]
 pub async fn get_rules(
@@ -275,9 +274,7 @@ pub async fn get_rules(
     responses(
         (status = 200, description = "the rules as stored", body = Rules),
         (status = 400, description = "a rule out of range", body = ErrorBody),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        ChangeErrors
     )
 )]
 pub async fn put_rules(

@@ -1,19 +1,17 @@
 //! What every response of the api-server carries and which requests it
-//! refuses before any handler runs: the host dispatch between the console's
-//! origin and device origins, the fetch-metadata rule against cross-site
-//! requests on the console origin, the idle timeout on every request body,
+//! refuses before any handler runs (the router's host dispatch applies
+//! them): the fetch-metadata rule against cross-site requests on the
+//! console origin, the idle timeout on every request body,
 //! `no-store` on API answers (they carry credentials, codes and personal
 //! data), HSTS whenever cookies are Secure, and resource isolation for the
 //! console.
 
 use crate::error::ApiError;
-use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http::{header, HeaderValue, Method};
-use std::convert::Infallible;
 use tower::ServiceExt;
 
 /// HSTS value sent when cookies are Secure (one year).
@@ -64,49 +62,35 @@ pub fn cross_site_refused(method: &Method, path: &str, headers: &http::HeaderMap
         && navigable_cross_site(path))
 }
 
-/// Wrap the console router and the device-origin router in one service:
-/// requests whose `Host` names a device origin go to `devices` (with the
-/// device id as an extension), all others to `console` after the
-/// cross-site rule; both get the headers above.
-pub fn dispatch(state: AppState, console: Router, devices: Router) -> Router {
-    let service = tower::service_fn(move |req: Request| {
-        let (state, console, devices) = (state.clone(), console.clone(), devices.clone());
-        async move {
-            let secure = state.settings.cookie_secure;
-            let idle = state.settings.body_idle_timeout;
-            let mut req =
-                req.map(|body| Body::new(tower_http::timeout::TimeoutBody::new(idle, body)));
-            let device = req
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .and_then(|h| state.settings.device_origins.device_of_host(h));
-            let mut res = match device {
-                Some(device) => {
-                    req.extensions_mut().insert(device);
-                    devices.oneshot(req).await?
-                }
-                None => {
-                    let path = req.uri().path().to_owned();
-                    let mut res = if cross_site_refused(req.method(), &path, req.headers()) {
-                        ApiError::CrossSite.into_response()
-                    } else {
-                        console.oneshot(req).await?
-                    };
-                    console_headers(&mut res, &path);
-                    res
-                }
-            };
-            if secure {
-                res.headers_mut().insert(
-                    header::STRICT_TRANSPORT_SECURITY,
-                    HeaderValue::from_static(HSTS),
-                );
-            }
-            Ok::<Response, Infallible>(res)
+/// `req` with its body bounded by the idle timeout.
+pub(crate) fn with_idle_body(req: Request, idle: std::time::Duration) -> Request {
+    req.map(|body| Body::new(tower_http::timeout::TimeoutBody::new(idle, body)))
+}
+
+/// A console-origin request: refused when cross-site, else answered by
+/// `console`; the answer gets the console's headers.
+pub(crate) async fn console_request(console: Router, req: Request) -> Response {
+    let path = req.uri().path().to_owned();
+    let mut res = if cross_site_refused(req.method(), &path, req.headers()) {
+        ApiError::CrossSite.into_response()
+    } else {
+        match console.oneshot(req).await {
+            Ok(res) => res,
+            Err(never) => match never {},
         }
-    });
-    Router::new().fallback_service(service)
+    };
+    console_headers(&mut res, &path);
+    res
+}
+
+/// HSTS on every answer when cookies are Secure.
+pub(crate) fn strict_transport(res: &mut Response, secure: bool) {
+    if secure {
+        res.headers_mut().insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static(HSTS),
+        );
+    }
 }
 
 /// Headers on the console origin: API answers are `no-store` (unless the

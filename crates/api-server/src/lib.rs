@@ -3,6 +3,7 @@
 //! forwards requests to devices through the relay's internal port. `run` is
 //! what the binary calls; tests build the same router with [`build_app`].
 
+pub mod app;
 pub mod audit_writer;
 pub mod auth_routes;
 pub mod box_client;
@@ -36,10 +37,9 @@ pub use state::{AppParts, AppState};
 
 use auth::{CookieKey, CookieKeys};
 use config::Config;
-use directory::{NodeId, RelayDirectory, StaticNode};
+use directory::NodeId;
 use edge_core::serve::{serve, ServeOptions};
 use error::ApiError;
-use std::sync::Arc;
 use std::time::Duration;
 use store::Store;
 use tokio_util::sync::CancellationToken;
@@ -63,9 +63,6 @@ fn key_file(
         })
 }
 
-/// Remote-access audit events that may queue before writes go inline.
-const AUDIT_QUEUE: usize = 8192;
-
 /// Start the api-server from configuration and run it until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ApiError> {
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -81,109 +78,15 @@ pub async fn run_on(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ApiError> {
-    let settings = config.settings()?;
-    let store = Store::connect(&config.database_url())
-        .await
-        .map_err(|e| ApiError::Config(format!("database: {e}")))?;
-    let internal_secret = edge_core::secret::internal_secret(&config.internal_secret_path())
-        .map_err(|e| ApiError::Config(format!("internal secret: {e}")))?;
-    let signing = CookieKey::new(key_file(
-        config.session_key_file.as_deref(),
-        &config.data_dir,
-        "session-key",
-    )?)
-    .ok_or_else(|| ApiError::Config("session key shorter than 32 bytes".into()))?;
-    let pairing_key = key_file(
-        config.pairing_key_file.as_deref(),
-        &config.data_dir,
-        "pairing-key",
-    )?;
-    let mut retired = Vec::new();
-    for path in &config.retired_session_key_files {
-        let key = edge_core::secret::read_file(path)
-            .ok()
-            .and_then(CookieKey::new)
-            .ok_or_else(|| ApiError::Config(format!("retired key {} unusable", path.display())))?;
-        retired.push(key);
-    }
-    let relay_tls = edge_tls::client_config(config.relay_ca_file.as_deref())
-        .map_err(|e| ApiError::Config(format!("relay CA: {e}")))?;
-    let redis = match &config.redis_url {
-        Some(url) => Some(
-            directory::leases::RedisConn::connect(
-                url,
-                Duration::from_millis(config.redis_timeout_ms.clamp(50, 30_000)),
-            )
-            .await
-            .map_err(|e| ApiError::Config(format!("redis: {e}")))?,
-        ),
-        None => None,
-    };
-    let pairing_limits = Arc::new(state::PairingLimits::default());
-    let metrics = metrics::ApiMetrics::default();
-    let locator: Arc<dyn directory::NodeLocator> = match redis {
-        Some(redis) => {
-            let shared = directory::shared_limits::SharedBuckets::new(redis.clone());
-            pairing_limits.per_address.share(shared.clone());
-            pairing_limits.global.share(shared);
-            Arc::new(directory::leases::RedisLocator::new(
-                redis,
-                directory::leases::LeaseKey::derive(&internal_secret),
-                metrics.forged_directory_entries.clone(),
-            ))
-        }
-        None => Arc::new(StaticNode(NodeId(config.relay_url.clone()))),
-    };
-    let multi_node = config.redis_url.is_some();
-    let mut directory = RelayDirectory::new(
-        locator,
-        internal_secret,
-        settings.proxy_connect_timeout,
-        settings.proxy_connect_timeout,
-    )
-    .with_tls(relay_tls);
-    if multi_node {
-        directory = directory.requiring_tls_off_loopback();
-    }
-    let oidc = auth::oidc::OidcClient::new(config.oidc(&settings)?)
-        .map_err(|e| ApiError::Config(e.to_string()))?;
-    if let Some(service) = config.service_client()? {
-        tracing::info!(client_id = %service.client_id, "service client configured (reserved, not used yet)");
-    }
-    if let Err(err) = oidc.warm_up().await {
-        tracing::warn!(error = %err, "OpenID Provider discovery failed; retrying on first login");
-    }
-    let (audit, audit_task) = audit_writer::AuditWriter::start(store.clone(), AUDIT_QUEUE);
-    let directory: Arc<dyn directory::SessionView> = Arc::new(directory);
-    let boxes = box_client::BoxClient::new(
-        directory.clone(),
-        audit.clone(),
-        settings.proxy_connect_timeout,
-        settings.box_idle,
-    );
-    let state = AppState::from(AppParts {
-        audit,
-        store,
-        directory,
-        boxes,
-        cookies: CookieKeys::new(signing, retired),
-        oidc: Arc::new(oidc),
-        settings: Arc::new(settings),
-        pairing_limits,
-        access_changes: Arc::default(),
-        pairing_key,
-        metrics,
-        signals: Arc::default(),
-    });
+    let app = assemble(&config).await?;
     if let Some(addr) = config.metrics_listen.0 {
-        edge_core::metrics::spawn(addr, state.exposition(), shutdown.clone())
+        edge_core::metrics::spawn(addr, app.state.exposition(), shutdown.clone())
             .await
             .map_err(|e| ApiError::Config(format!("metrics listener {addr}: {e}")))?;
     }
     let listen = listener
         .local_addr()
         .map_err(|e| ApiError::Config(format!("listener: {e}")))?;
-    tracing::info!(%listen, relay = %config.relay_url, "api-server listening");
     let opts = ServeOptions {
         drain_timeout: Duration::from_secs(config.drain_timeout_secs),
         max_connections_per_client: config.max_connections_per_client,
@@ -193,15 +96,15 @@ pub async fn run_on(
             .map_err(|e| ApiError::Config(format!("--trusted-proxies: {e}")))?,
         ..ServeOptions::default()
     };
-    let sweeper = tokio::spawn(housekeeping::run(state.clone(), shutdown.clone()));
-    let health = tokio::spawn(health::run(state.clone(), shutdown.clone()));
-    let deliveries = tokio::spawn(webhooks::run(state.clone(), shutdown.clone()));
-    serve(listener, build_app(state), opts, shutdown).await;
+    tracing::info!(%listen, relay = %config.relay_url, "api-server listening");
+    let sweeper = tokio::spawn(housekeeping::run(app.state.clone(), shutdown.clone()));
+    let [health, deliveries] = app.spawn_tasks(&shutdown);
+    serve(listener, build_app(app.state.clone()), opts, shutdown).await;
     let _ = tokio::join!(sweeper, health, deliveries);
     // Every handle is gone with the router: the writer drains and ends.
     if tokio::time::timeout(
         Duration::from_secs(config.drain_timeout_secs.max(1)),
-        audit_task,
+        app.into_audit_task(),
     )
     .await
     .is_err()
@@ -210,4 +113,73 @@ pub async fn run_on(
     }
     tracing::info!("api-server stopped");
     Ok(())
+}
+
+/// The api-server's parts from configuration (store, keys, relays,
+/// provider), wired by the same builder the test stack uses.
+async fn assemble(config: &Config) -> Result<app::App, ApiError> {
+    let settings = config.settings()?;
+    let store = Store::connect(&config.database_url())
+        .await
+        .map_err(|e| ApiError::Config(format!("database: {e}")))?;
+    let internal_secret = edge_core::secret::internal_secret(&config.internal_secret_path())
+        .map_err(|e| ApiError::Config(format!("internal secret: {e}")))?;
+    let pairing_key = key_file(
+        config.pairing_key_file.as_deref(),
+        &config.data_dir,
+        "pairing-key",
+    )?;
+    let relay_tls = edge_tls::client_config(config.relay_ca_file.as_deref())
+        .map_err(|e| ApiError::Config(format!("relay CA: {e}")))?;
+    let relays = match &config.redis_url {
+        Some(url) => app::RelayNodes::Leases(
+            directory::leases::RedisConn::connect(
+                url,
+                Duration::from_millis(config.redis_timeout_ms.clamp(50, 30_000)),
+            )
+            .await
+            .map_err(|e| ApiError::Config(format!("redis: {e}")))?,
+        ),
+        None => app::RelayNodes::One(NodeId(config.relay_url.clone())),
+    };
+    let oidc = auth::oidc::OidcClient::new(config.oidc(&settings)?)
+        .map_err(|e| ApiError::Config(e.to_string()))?;
+    if let Some(service) = config.service_client()? {
+        tracing::info!(client_id = %service.client_id, "service client configured (reserved, not used yet)");
+    }
+    if let Err(err) = oidc.warm_up().await {
+        tracing::warn!(error = %err, "OpenID Provider discovery failed; retrying on first login");
+    }
+    Ok(app::AppBuilder {
+        store,
+        settings,
+        oidc,
+        internal_secret,
+        cookies: cookie_keys(config)?,
+        pairing_key,
+        relays,
+        relay_tls: Some(relay_tls),
+    }
+    .build())
+}
+
+/// The session cookie's signing key and the retired keys still accepted.
+fn cookie_keys(config: &Config) -> Result<CookieKeys, ApiError> {
+    let signing = CookieKey::new(key_file(
+        config.session_key_file.as_deref(),
+        &config.data_dir,
+        "session-key",
+    )?)
+    .ok_or_else(|| ApiError::Config("session key shorter than 32 bytes".into()))?;
+    let retired = config
+        .retired_session_key_files
+        .iter()
+        .map(|path| {
+            edge_core::secret::read_file(path)
+                .ok()
+                .and_then(CookieKey::new)
+                .ok_or_else(|| ApiError::Config(format!("retired key {} unusable", path.display())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(CookieKeys::new(signing, retired))
 }

@@ -1,14 +1,12 @@
 //! The API contract: an OpenAPI 3.1 document generated (utoipa) from the
 //! handlers' `#[utoipa::path]` annotations and the types they take and
-//! return, served at `GET /api/openapi.json`. The session cookie, the
-//! `X-CSRF` header and the bearer session are its security schemes. A test checks that every
-//! route of the route table is in it.
+//! return, gathered with the routes (`router.rs`) and served at
+//! `GET /api/openapi.json`. Its frame is here: title, tags, the security
+//! schemes (the session cookie, the `X-CSRF` header, the bearer session,
+//! a service account's Basic credential) and the proxy's entries.
 
+use crate::proxy;
 use crate::state::AppState;
-use crate::{
-    auth_routes, cli_login, console, device_origin, devices, forward, health, oauth, pairing,
-    proxy, service_accounts, system, telemetry, webhooks,
-};
 use axum::extract::State;
 use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
@@ -20,58 +18,10 @@ use utoipa::OpenApi;
         title = "Edge AI cloud API",
         description = "Sign in through the Member Center, pair boxes, see them and reach them. Requests that change state need `X-CSRF: 1` besides the session cookie; errors are `{\"error\": {\"code\", \"message\", \"request_id\"}}`."
     ),
-    paths(
-        console::index,
-        console::asset,
-        console::favicon,
-        system::health,
-        system::ready,
-        auth_routes::status,
-        auth_routes::login,
-        auth_routes::callback,
-        auth_routes::backchannel_logout,
-        cli_login::start,
-        cli_login::poll,
-        cli_login::authorize,
-        cli_login::trade_code,
-        auth_routes::me,
-        auth_routes::logout,
-        auth_routes::list_sessions,
-        auth_routes::end_session,
-        pairing::list_codes,
-        pairing::create_code,
-        pairing::cancel_code,
-        pairing::exchange,
-        devices::list,
-        devices::get,
-        devices::update,
-        devices::delete,
-        devices::rotate,
-        devices::disconnect,
-        device_origin::create_ticket,
-        forward::forward,
-        devices::audit,
-        oauth::token,
-        service_accounts::list,
-        service_accounts::create,
-        service_accounts::get,
-        service_accounts::delete,
-        service_accounts::rotate,
-        service_accounts::revoke_secret,
-        service_accounts::set_key,
-        telemetry::latest,
-        telemetry::series,
-        telemetry::fleet,
-        health::get_rules,
-        health::put_rules,
-        webhooks::list,
-        webhooks::create,
-        webhooks::delete,
-        webhooks::deliveries,
-        proxy::forward_root,
-        proxy::forward_path,
-        openapi_json,
-    ),
+    // Every other route's entry comes with its route (`router.rs`,
+    // `routes!`); the proxy's are routed by hand (a wildcard path, any
+    // method) and documented here.
+    paths(proxy::forward_root, proxy::forward_path),
     modifiers(&SecuritySchemes),
     tags(
         (name = "auth", description = "Login (OpenID Connect), the session, logout"),
@@ -136,7 +86,7 @@ impl utoipa::Modify for SecuritySchemes {
 /// The document for this deployment: the session cookie's scheme is added
 /// here because its name depends on whether cookies are `Secure`.
 pub fn document(cookie_secure: bool) -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
+    let mut doc = crate::router::document().clone();
     doc.components
         .get_or_insert_with(Default::default)
         .add_security_scheme(
@@ -177,10 +127,10 @@ mod tests {
         let paths = doc["paths"].as_object().unwrap();
         let mut missing = Vec::new();
         for def in crate::router::route_table() {
-            for method in def.methods {
+            for method in &def.methods {
                 let key = method.as_str().to_ascii_lowercase();
                 let found = paths
-                    .get(&doc_path(def.path))
+                    .get(&doc_path(&def.path))
                     .is_some_and(|item| item.get(&key).is_some());
                 if !found {
                     missing.push(format!("{} {}", method, def.path));
@@ -194,7 +144,7 @@ mod tests {
         // And nothing in the document that the table does not serve.
         let table: Vec<String> = crate::router::route_table()
             .iter()
-            .map(|d| doc_path(d.path))
+            .map(|d| doc_path(&d.path))
             .collect();
         for path in paths.keys() {
             assert!(table.contains(path), "{path} is documented but not routed");

@@ -6,7 +6,7 @@
 //! Failed exchanges are rate-limited per client address and globally.
 //! Codes are stored as HMAC-SHA256 under the server's pairing key.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ChangeErrors, SessionErrors};
 use crate::extract::ApiJson;
 use crate::session::{ManageDevices, Scoped};
 use crate::state::AppState;
@@ -55,10 +55,8 @@ pub struct CreatedCode {
     security(("session" = [], "csrf" = [])),
     responses(
         (status = 201, description = "a new code, shown once", body = CreatedCode),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
         (status = 409, description = "too many unused codes", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        ChangeErrors
     )
 )]
 pub async fn create_code(
@@ -112,8 +110,7 @@ pub async fn create_code(
     security(("session" = [])),
     responses(
         (status = 200, description = "the caller's unused codes (never the codes themselves)", body = Vec<store::PairingCode>),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        SessionErrors
     )
 )]
 pub async fn list_codes(
@@ -133,10 +130,8 @@ pub async fn list_codes(
     security(("session" = [], "csrf" = [])),
     responses(
         (status = 204, description = "cancelled"),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
         (status = 404, description = "no such resource of the caller's", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        ChangeErrors
     )
 )]
 pub async fn cancel_code(

@@ -1,6 +1,10 @@
-//! Every route of the api-server, in one table. `build_app` builds the
-//! router from [`route_table`], and the auth test walks the same table, so a
-//! route cannot exist without being checked. Handlers that need a caller take
+//! Every route of the api-server, declared once: each handler's
+//! `#[utoipa::path]` names its method and path, `routes!` (utoipa-axum)
+//! makes of it both the axum route and its OpenAPI entry, and the
+//! [`route_table`] that the auth and isolation tests walk is read back
+//! from that document, so a route cannot exist without being documented
+//! and checked. A route is public when its entry asks for no credential.
+//! Handlers that need a caller take
 //! [`CurrentUser`](crate::session::CurrentUser) in their signature.
 
 use crate::state::AppState;
@@ -8,44 +12,20 @@ use crate::{
     auth_routes, cli_login, console, device_origin, devices, forward, health, hygiene, oauth,
     pairing, proxy, service_accounts, system, telemetry, webhooks,
 };
-use axum::extract::DefaultBodyLimit;
-use axum::routing::{any, delete, get, post, MethodRouter};
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::response::Response;
+use std::convert::Infallible;
+use tower::ServiceExt;
+use axum::routing::any;
 use axum::Router;
 use http::Method;
+use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::OpenApi;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
-/// Routes reachable without a session: the console's static files (they
-/// hold no data; the page asks the API, which checks the session), health,
-/// readiness, the two halves of the login (the callback's credential is the
-/// pending-login cookie plus the provider's code), the provider's
-/// back-channel logout (its credential is the signed logout token), and the
-/// pairing exchange (the code is its credential), the OAuth token
-/// endpoint (the client's secret or signed assertion is its credential),
-/// and the terminal's
-/// logins (the sealed login or code is their credential; the loopback
-/// login's first step reads the session but sends a signed-out browser to
-/// the login instead of answering 401). Device origins have a
-/// router of their own (`device_origin`), entered only with a ticket. `/api/auth/status` reads the session but
-/// answers `signed_in: false` instead of 401 and returns nothing else.
-pub const PUBLIC_ROUTES: &[&str] = &[
-    "/",
-    "/console/{file}",
-    "/favicon.ico",
-    "/api/health",
-    "/api/ready",
-    "/api/openapi.json",
-    "/api/auth/status",
-    "/api/auth/login",
-    "/api/auth/callback",
-    "/api/auth/backchannel-logout",
-    "/api/pairing/exchange",
-    "/api/cli/login",
-    "/api/cli/login/poll",
-    "/api/cli/authorize",
-    "/api/cli/login/code",
-    "/api/oauth/token",
-];
-
-/// Methods `any(...)` routes are checked with.
+/// Methods the proxy's routes are checked with (they take any).
 pub const ANY_METHODS: &[Method] = &[
     Method::GET,
     Method::POST,
@@ -54,195 +34,139 @@ pub const ANY_METHODS: &[Method] = &[
     Method::DELETE,
 ];
 
-/// One route: its path, the methods it answers, and its handlers.
+/// One route as the tests walk it: its path as routed, the methods it
+/// answers, and whether it is public (its document entry asks for no
+/// credential, or accepts none: the console's files, health, readiness,
+/// this document, the two halves of the login, the provider's back-channel
+/// logout, the pairing exchange, the terminal's logins and the OAuth token
+/// endpoint, each with a credential of its own or none to guard).
 pub struct RouteDef {
-    pub path: &'static str,
-    pub methods: &'static [Method],
-    pub handler: MethodRouter<AppState>,
+    pub path: String,
+    pub methods: Vec<Method>,
+    pub public: bool,
 }
 
-fn route(
-    path: &'static str,
-    methods: &'static [Method],
-    handler: MethodRouter<AppState>,
-) -> RouteDef {
-    RouteDef {
-        path,
-        methods,
-        handler,
-    }
+/// The proxy's paths as routed: every method, and the rest of the path
+/// as a wildcard, which OpenAPI cannot say (the document has them as
+/// `{path}`, one operation per method, from `openapi::ApiDoc`).
+const PROXY_PATHS: [&str; 2] = [
+    "/api/devices/{id}/proxy/",
+    "/api/devices/{id}/proxy/{*path}",
+];
+
+/// Every documented route, declared once: `routes!` (utoipa-axum) takes
+/// each handler's method and path from its `#[utoipa::path]` and gives
+/// both the axum route and the document's entry.
+fn documented() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(console::index))
+        .routes(routes!(console::asset))
+        .routes(routes!(console::favicon))
+        .routes(routes!(system::health))
+        .routes(routes!(system::ready))
+        .routes(routes!(crate::openapi::openapi_json))
+        .routes(routes!(auth_routes::status))
+        .routes(routes!(auth_routes::login))
+        .routes(routes!(auth_routes::callback))
+        .routes(routes!(auth_routes::backchannel_logout))
+        .routes(routes!(cli_login::start).layer(DefaultBodyLimit::max(cli_login::BODY_LIMIT)))
+        .routes(routes!(cli_login::poll).layer(DefaultBodyLimit::max(cli_login::BODY_LIMIT)))
+        .routes(routes!(cli_login::authorize))
+        .routes(routes!(cli_login::trade_code).layer(DefaultBodyLimit::max(cli_login::BODY_LIMIT)))
+        .routes(routes!(auth_routes::me))
+        .routes(routes!(auth_routes::logout))
+        .routes(routes!(auth_routes::list_sessions))
+        .routes(routes!(auth_routes::end_session))
+        .routes(routes!(pairing::list_codes, pairing::create_code))
+        .routes(routes!(pairing::cancel_code))
+        .routes(
+            routes!(pairing::exchange).layer(DefaultBodyLimit::max(pairing::EXCHANGE_BODY_LIMIT)),
+        )
+        .routes(routes!(devices::list))
+        .routes(routes!(devices::get, devices::update, devices::delete))
+        .routes(routes!(devices::rotate))
+        .routes(routes!(devices::disconnect))
+        .routes(routes!(device_origin::create_ticket))
+        .routes(routes!(forward::forward))
+        .routes(routes!(telemetry::latest))
+        .routes(routes!(telemetry::series))
+        .routes(routes!(telemetry::fleet))
+        .routes(routes!(health::get_rules, health::put_rules))
+        .routes(routes!(webhooks::list, webhooks::create))
+        .routes(routes!(webhooks::delete))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(devices::audit))
+        .routes(routes!(oauth::token).layer(DefaultBodyLimit::max(oauth::BODY_LIMIT)))
+        .routes(routes!(service_accounts::list, service_accounts::create))
+        .routes(routes!(service_accounts::get, service_accounts::delete))
+        .routes(routes!(service_accounts::rotate))
+        .routes(routes!(service_accounts::revoke_secret))
+        .routes(routes!(service_accounts::set_key))
+        .route(PROXY_PATHS[0], any(proxy::forward_root))
+        .route(PROXY_PATHS[1], any(proxy::forward_path))
 }
 
-/// The route table.
+/// The document the routes make (security schemes and the proxy's
+/// entries included), built once.
+pub(crate) fn document() -> &'static OpenApi {
+    static DOC: std::sync::OnceLock<OpenApi> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| documented().split_for_parts().1)
+}
+
+/// The routes as the tests walk them, read from the document (and the
+/// proxy's two, which take any method).
 pub fn route_table() -> Vec<RouteDef> {
-    use Method as M;
-    vec![
-        route("/", &[M::GET], get(console::index)),
-        route("/console/{file}", &[M::GET], get(console::asset)),
-        route("/favicon.ico", &[M::GET], get(console::favicon)),
-        route("/api/health", &[M::GET], get(system::health)),
-        route("/api/ready", &[M::GET], get(system::ready)),
-        route(
-            "/api/openapi.json",
-            &[M::GET],
-            get(crate::openapi::openapi_json),
-        ),
-        route("/api/auth/status", &[M::GET], get(auth_routes::status)),
-        route("/api/auth/login", &[M::GET], get(auth_routes::login)),
-        route("/api/auth/callback", &[M::GET], get(auth_routes::callback)),
-        route(
-            "/api/auth/backchannel-logout",
-            &[M::POST],
-            post(auth_routes::backchannel_logout),
-        ),
-        route(
-            "/api/cli/login",
-            &[M::POST],
-            post(cli_login::start).layer(DefaultBodyLimit::max(cli_login::BODY_LIMIT)),
-        ),
-        route(
-            "/api/cli/login/poll",
-            &[M::POST],
-            post(cli_login::poll).layer(DefaultBodyLimit::max(cli_login::BODY_LIMIT)),
-        ),
-        route("/api/cli/authorize", &[M::GET], get(cli_login::authorize)),
-        route(
-            "/api/cli/login/code",
-            &[M::POST],
-            post(cli_login::trade_code).layer(DefaultBodyLimit::max(cli_login::BODY_LIMIT)),
-        ),
-        route("/api/auth/me", &[M::GET], get(auth_routes::me)),
-        route("/api/auth/logout", &[M::POST], post(auth_routes::logout)),
-        route(
-            "/api/auth/sessions",
-            &[M::GET],
-            get(auth_routes::list_sessions),
-        ),
-        route(
-            "/api/auth/sessions/{id}",
-            &[M::DELETE],
-            delete(auth_routes::end_session),
-        ),
-        route(
-            "/api/pairing/codes",
-            &[M::GET, M::POST],
-            get(pairing::list_codes).post(pairing::create_code),
-        ),
-        route(
-            "/api/pairing/codes/{id}",
-            &[M::DELETE],
-            delete(pairing::cancel_code),
-        ),
-        route(
-            "/api/pairing/exchange",
-            &[M::POST],
-            post(pairing::exchange).layer(DefaultBodyLimit::max(pairing::EXCHANGE_BODY_LIMIT)),
-        ),
-        route("/api/devices", &[M::GET], get(devices::list)),
-        route(
-            "/api/devices/{id}",
-            &[M::GET, M::PATCH, M::DELETE],
-            get(devices::get)
-                .patch(devices::update)
-                .delete(devices::delete),
-        ),
-        route(
-            "/api/devices/{id}/credential",
-            &[M::POST],
-            post(devices::rotate),
-        ),
-        route(
-            "/api/devices/{id}/disconnect",
-            &[M::POST],
-            post(devices::disconnect),
-        ),
-        route(
-            "/api/devices/{id}/ui-ticket",
-            &[M::POST],
-            post(device_origin::create_ticket),
-        ),
-        route(
-            "/api/devices/{id}/forward",
-            &[M::GET],
-            get(forward::forward),
-        ),
-        route(
-            "/api/devices/{id}/telemetry",
-            &[M::GET],
-            get(telemetry::latest),
-        ),
-        route(
-            "/api/devices/{id}/telemetry/series",
-            &[M::GET],
-            get(telemetry::series),
-        ),
-        route("/api/telemetry/fleet", &[M::GET], get(telemetry::fleet)),
-        route(
-            "/api/health-rules",
-            &[M::GET, M::PUT],
-            get(health::get_rules).put(health::put_rules),
-        ),
-        route(
-            "/api/webhooks",
-            &[M::GET, M::POST],
-            get(webhooks::list).post(webhooks::create),
-        ),
-        route("/api/webhooks/{id}", &[M::DELETE], delete(webhooks::delete)),
-        route(
-            "/api/webhooks/{id}/deliveries",
-            &[M::GET],
-            get(webhooks::deliveries),
-        ),
-        route("/api/audit", &[M::GET], get(devices::audit)),
-        route(
-            oauth::TOKEN_PATH,
-            &[M::POST],
-            post(oauth::token).layer(DefaultBodyLimit::max(oauth::BODY_LIMIT)),
-        ),
-        route(
-            "/api/service-accounts",
-            &[M::GET, M::POST],
-            get(service_accounts::list).post(service_accounts::create),
-        ),
-        route(
-            "/api/service-accounts/{id}",
-            &[M::GET, M::DELETE],
-            get(service_accounts::get).delete(service_accounts::delete),
-        ),
-        route(
-            "/api/service-accounts/{id}/secrets",
-            &[M::POST],
-            post(service_accounts::rotate),
-        ),
-        route(
-            "/api/service-accounts/{id}/secrets/{secret_id}",
-            &[M::DELETE],
-            delete(service_accounts::revoke_secret),
-        ),
-        route(
-            "/api/service-accounts/{id}/key",
-            &[M::PUT],
-            axum::routing::put(service_accounts::set_key),
-        ),
-        route(
-            "/api/devices/{id}/proxy/",
-            ANY_METHODS,
-            any(proxy::forward_root),
-        ),
-        route(
-            "/api/devices/{id}/proxy/{*path}",
-            ANY_METHODS,
-            any(proxy::forward_path),
-        ),
+    let doc = document();
+    let mut table: Vec<RouteDef> = doc
+        .paths
+        .paths
+        .iter()
+        .filter(|(path, _)| !path.starts_with("/api/devices/{id}/proxy/"))
+        .map(|(path, item)| {
+            let operations = operations(item);
+            RouteDef {
+                path: path.clone(),
+                methods: operations.iter().map(|(m, _)| m.clone()).collect(),
+                public: operations.iter().all(|(_, op)| asks_no_credential(op)),
+            }
+        })
+        .collect();
+    table.extend(PROXY_PATHS.iter().map(|path| RouteDef {
+        path: (*path).to_owned(),
+        methods: ANY_METHODS.to_vec(),
+        public: false,
+    }));
+    table
+}
+
+/// The operations of `item`, with their methods.
+fn operations(item: &PathItem) -> Vec<(Method, &Operation)> {
+    [
+        (Method::GET, &item.get),
+        (Method::POST, &item.post),
+        (Method::PUT, &item.put),
+        (Method::PATCH, &item.patch),
+        (Method::DELETE, &item.delete),
     ]
+    .into_iter()
+    .filter_map(|(m, op)| op.as_ref().map(|op| (m, op)))
+    .collect()
+}
+
+/// No security requirement, or an empty one among them (any caller).
+fn asks_no_credential(op: &Operation) -> bool {
+    op.security.as_ref().is_none_or(|reqs| {
+        reqs.iter().any(|r| {
+            serde_json::to_value(r).is_ok_and(|v| v.as_object().is_some_and(|o| o.is_empty()))
+        })
+    })
 }
 
 /// Build the application: the console origin's router from the route
 /// table, the device origins' router, and the host dispatch between them.
 pub fn build_app(state: AppState) -> Router {
-    let console = route_table()
-        .into_iter()
-        .fold(Router::new(), |r, def| r.route(def.path, def.handler))
+    let (console, _) = documented().split_for_parts();
+    let console = console
         .fallback(system::not_found)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
@@ -256,6 +180,33 @@ pub fn build_app(state: AppState) -> Router {
             state.metrics.clone(),
             crate::metrics::count_http,
         ));
-    hygiene::dispatch(state, console, devices)
+    dispatch(state, console, devices)
         .layer(axum::middleware::from_fn(edge_core::request_id::middleware))
+}
+
+/// Both origins as one service: a request whose `Host` names a device
+/// origin goes to `devices` (with the device id as an extension), any
+/// other to `console`, each under the [`hygiene`] rules.
+fn dispatch(state: AppState, console: Router, devices: Router) -> Router {
+    let service = tower::service_fn(move |req: Request| {
+        let (state, console, devices) = (state.clone(), console.clone(), devices.clone());
+        async move {
+            let mut req = hygiene::with_idle_body(req, state.settings.body_idle_timeout);
+            let device = req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| state.settings.device_origins.device_of_host(h));
+            let mut res = match device {
+                Some(device) => {
+                    req.extensions_mut().insert(device);
+                    devices.oneshot(req).await?
+                }
+                None => hygiene::console_request(console, req).await,
+            };
+            hygiene::strict_transport(&mut res, state.settings.cookie_secure);
+            Ok::<Response, Infallible>(res)
+        }
+    });
+    Router::new().fallback_service(service)
 }

@@ -253,6 +253,36 @@ pub fn session_cookie_pair(
     )
 }
 
+/// A session of `user` made directly in `store`, lasting `lifetime_ms`,
+/// and its `Cookie` header value signed with the session key the
+/// api-server keeps in `data_dir` (made there when missing): how
+/// harnesses that start the api-server binary over a data directory they
+/// own (benchmarks, soak, fault tests) sign a user in without a provider.
+pub async fn sign_in_over_data_dir(
+    store: &store::Store,
+    data_dir: &std::path::Path,
+    user: edge_core::UserId,
+    via: &str,
+    lifetime_ms: i64,
+) -> Result<String, ApiError> {
+    let key = edge_core::secret::load_or_create_file(&data_dir.join("session-key"))
+        .map_err(|e| ApiError::Config(format!("session key: {e}")))?;
+    let key = auth::CookieKey::new(key)
+        .ok_or_else(|| ApiError::Config("session key shorter than 32 bytes".into()))?;
+    let cookies = auth::CookieKeys::new(key, vec![]);
+    let sid = SessionId::generate();
+    let now = edge_core::time::now_ms();
+    store
+        .create_session(&sid.hash(), via, user, now, now + lifetime_ms, None)
+        .await?;
+    Ok(session_cookie_pair(
+        &cookies,
+        false,
+        &sid,
+        now + lifetime_ms,
+    ))
+}
+
 /// The value of cookie `name` in the request, if present.
 pub fn read_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     headers

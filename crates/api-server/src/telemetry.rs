@@ -7,7 +7,7 @@
 //! raw windows; longer or older ones from the five-minute rollups.
 
 use crate::devices::owned;
-use crate::error::ApiError;
+use crate::error::{ApiError, SessionErrors};
 use crate::extract::ApiQuery;
 use crate::session::{ReadDevices, Scoped};
 use crate::state::AppState;
@@ -16,7 +16,7 @@ use axum::Json;
 use box_metrics::codec;
 use edge_core::error_body::ErrorBody;
 use edge_core::time::now_ms;
-use edge_core::DeviceId;
+use edge_core::{DeviceId, UserId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -82,9 +82,8 @@ impl TelemetryView {
     security(("session" = [])),
     responses(
         (status = 200, description = "the device's last scrape and figures", body = TelemetryView),
-        (status = 401, description = "no valid session", body = ErrorBody),
         (status = 404, description = "no such device of the caller's", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        SessionErrors
     )
 )]
 pub async fn latest(
@@ -175,9 +174,8 @@ fn valid_metric(m: &str) -> bool {
     responses(
         (status = 200, description = "the metric's series over the range", body = SeriesView),
         (status = 400, description = "malformed request", body = ErrorBody),
-        (status = 401, description = "no valid session", body = ErrorBody),
         (status = 404, description = "no such device of the caller's", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        SessionErrors
     )
 )]
 pub async fn series(
@@ -187,80 +185,24 @@ pub async fn series(
     ApiQuery(q): ApiQuery<SeriesQuery>,
 ) -> Result<Json<SeriesView>, ApiError> {
     let device = owned(&state, &user, &id).await?;
-    let metric = q.metric.unwrap_or_default();
+    let metric = q.metric.clone().unwrap_or_default();
     if !valid_metric(&metric) {
         return Err(ApiError::BadRequest("metric must be a metric name".into()));
     }
-    let now = now_ms();
-    let to = q.to.unwrap_or(now);
-    let from = q.from.unwrap_or(to - 3_600_000);
-    if from >= to || to - from > MAX_RANGE_MS {
-        return Err(ApiError::BadRequest(
-            "from must be before to, at most 400 days apart".into(),
-        ));
-    }
-    let raw_horizon =
-        now - i64::try_from(state.settings.telemetry_raw_retention.as_millis()).unwrap_or(i64::MAX);
-    let mut step = q
-        .step
-        .unwrap_or(0)
-        .max((to - from + MAX_POINTS - 1) / MAX_POINTS)
-        .max(1_000);
-    let raw = step < BUCKET_MS && from >= raw_horizon;
-    if !raw {
-        step = (step + BUCKET_MS - 1) / BUCKET_MS * BUCKET_MS;
-    }
-    let from = from - from.rem_euclid(step);
-    let steps = usize::try_from((to - from) / step + 1).unwrap_or(0);
+    let grid = Grid::of(&q, now_ms(), state.settings.telemetry_raw_retention)?;
     let known = state
         .store
         .telemetry_series(user.id, device.id, Some(&metric))
         .await?;
     let mut cells: HashMap<u32, Vec<Cell>> = known
         .iter()
-        .map(|s| (s.series_id, vec![Cell::default(); steps]))
+        .map(|s| (s.series_id, vec![Cell::default(); grid.steps]))
         .collect();
-    let slot = |t: i64| -> Option<usize> {
-        (t >= from && t <= to)
-            .then(|| usize::try_from((t - from) / step).ok())
-            .flatten()
-            .filter(|i| *i < steps)
-    };
     if !cells.is_empty() {
-        if raw {
-            for row in state
-                .store
-                .telemetry_windows(user.id, device.id, from, to)
-                .await?
-            {
-                let Ok(w) = codec::decode(row.start_ms, &row.data) else {
-                    tracing::warn!(device = %device.id, start = row.start_ms, "corrupt telemetry window");
-                    continue;
-                };
-                for (id, col) in &w.series {
-                    let Some(c) = cells.get_mut(id) else { continue };
-                    for (t, v) in w.times.iter().zip(&col.values) {
-                        if let (Some(i), Some(v)) = (slot(*t), v) {
-                            c[i].add(*v, 1.0, *v, *v);
-                        }
-                    }
-                }
-            }
+        if grid.raw {
+            fill_from_windows(&state, user.id, device.id, &grid, &mut cells).await?;
         } else {
-            for row in state
-                .store
-                .telemetry_rollups(user.id, &[device.id], from - WINDOW_MS, to)
-                .await?
-            {
-                for (bucket, sums) in rollups(&row) {
-                    let Some(i) = slot(bucket) else { continue };
-                    for s in sums {
-                        if let Some(c) = cells.get_mut(&s.id) {
-                            c[i].add(s.avg, f64::from(s.count), s.min, s.max);
-                        }
-                    }
-                }
-            }
+            fill_from_rollups(&state, user.id, device.id, &grid, &mut cells).await?;
         }
     }
     let series = known
@@ -277,13 +219,119 @@ pub async fn series(
         .collect();
     Ok(Json(SeriesView {
         metric,
-        from,
-        to,
-        step,
-        source: if raw { "raw" } else { "rollup" },
-        timestamps: (0..steps as i64).map(|i| from + i * step).collect(),
+        from: grid.from,
+        to: grid.to,
+        step: grid.step,
+        source: if grid.raw { "raw" } else { "rollup" },
+        timestamps: (0..grid.steps as i64)
+            .map(|i| grid.from + i * grid.step)
+            .collect(),
         series,
     }))
+}
+
+/// The time steps a series answer has: from raw windows when the step is
+/// under a rollup bucket and the range is within raw retention, else from
+/// rollups at whole buckets.
+struct Grid {
+    from: i64,
+    to: i64,
+    step: i64,
+    steps: usize,
+    raw: bool,
+}
+
+impl Grid {
+    fn of(q: &SeriesQuery, now: i64, raw_retention: std::time::Duration) -> Result<Self, ApiError> {
+        let to = q.to.unwrap_or(now);
+        let from = q.from.unwrap_or(to - 3_600_000);
+        if from >= to || to - from > MAX_RANGE_MS {
+            return Err(ApiError::BadRequest(
+                "from must be before to, at most 400 days apart".into(),
+            ));
+        }
+        let raw_horizon = now - i64::try_from(raw_retention.as_millis()).unwrap_or(i64::MAX);
+        let mut step = q
+            .step
+            .unwrap_or(0)
+            .max((to - from + MAX_POINTS - 1) / MAX_POINTS)
+            .max(1_000);
+        let raw = step < BUCKET_MS && from >= raw_horizon;
+        if !raw {
+            step = (step + BUCKET_MS - 1) / BUCKET_MS * BUCKET_MS;
+        }
+        let from = from - from.rem_euclid(step);
+        let steps = usize::try_from((to - from) / step + 1).unwrap_or(0);
+        Ok(Self {
+            from,
+            to,
+            step,
+            steps,
+            raw,
+        })
+    }
+
+    /// The step time `t` falls in.
+    fn slot(&self, t: i64) -> Option<usize> {
+        (t >= self.from && t <= self.to)
+            .then(|| usize::try_from((t - self.from) / self.step).ok())
+            .flatten()
+            .filter(|i| *i < self.steps)
+    }
+}
+
+/// Add the raw samples of `device`'s windows to the cells of their series.
+async fn fill_from_windows(
+    state: &AppState,
+    user: UserId,
+    device: DeviceId,
+    grid: &Grid,
+    cells: &mut HashMap<u32, Vec<Cell>>,
+) -> Result<(), ApiError> {
+    for row in state
+        .store
+        .telemetry_windows(user, device, grid.from, grid.to)
+        .await?
+    {
+        let Ok(w) = codec::decode(row.start_ms, &row.data) else {
+            tracing::warn!(device = %device, start = row.start_ms, "corrupt telemetry window");
+            continue;
+        };
+        for (id, col) in &w.series {
+            let Some(c) = cells.get_mut(id) else { continue };
+            for (t, v) in w.times.iter().zip(&col.values) {
+                if let (Some(i), Some(v)) = (grid.slot(*t), v) {
+                    c[i].add(*v, 1.0, *v, *v);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Add `device`'s five-minute rollups to the cells of their series.
+async fn fill_from_rollups(
+    state: &AppState,
+    user: UserId,
+    device: DeviceId,
+    grid: &Grid,
+    cells: &mut HashMap<u32, Vec<Cell>>,
+) -> Result<(), ApiError> {
+    for row in state
+        .store
+        .telemetry_rollups(user, &[device], grid.from - WINDOW_MS, grid.to)
+        .await?
+    {
+        for (bucket, sums) in rollups(&row) {
+            let Some(i) = grid.slot(bucket) else { continue };
+            for s in sums {
+                if let Some(c) = cells.get_mut(&s.id) {
+                    c[i].add(s.avg, f64::from(s.count), s.min, s.max);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `?metric=&label=&below=|above=&hours=`: the caller's devices whose
@@ -322,8 +370,7 @@ pub struct FleetMatch {
     responses(
         (status = 200, description = "the caller's devices whose metric crossed the threshold", body = Vec<FleetMatch>),
         (status = 400, description = "malformed request", body = ErrorBody),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        SessionErrors
     )
 )]
 pub async fn fleet(
@@ -347,48 +394,13 @@ pub async fn fleet(
                 .ok_or_else(|| ApiError::BadRequest("label must be name=value".into()))?,
         ),
     };
-    let hours = q.hours.unwrap_or(24).clamp(1, 9_600);
-    let to = now_ms();
-    let from = to - hours * 3_600_000;
-    let series: Vec<store::SeriesRow> = state
-        .store
-        .telemetry_series_of_metric(user.id, &q.metric)
-        .await?
-        .into_iter()
-        .filter(|s| {
-            label.is_none_or(|(k, v)| {
-                serde_json::from_str::<BTreeMap<String, String>>(&s.labels)
-                    .is_ok_and(|m| m.get(k).map(String::as_str) == Some(v))
-            })
-        })
-        .collect();
+    let series = matching_series(&state, user.id, &q.metric, label).await?;
     let wanted: HashMap<(DeviceId, u32), &store::SeriesRow> = series
         .iter()
         .map(|s| ((s.device_id, s.series_id), s))
         .collect();
-    let mut devices: Vec<DeviceId> = series.iter().map(|s| s.device_id).collect();
-    devices.sort_unstable_by_key(|d| d.to_string());
-    devices.dedup();
-    let mut ranges: BTreeMap<(DeviceId, u32), (f64, f64)> = BTreeMap::new();
-    for row in state
-        .store
-        .telemetry_rollups(user.id, &devices, from - WINDOW_MS, to)
-        .await?
-    {
-        let sums = rollups(&row)
-            .into_iter()
-            .filter(|(bucket, _)| *bucket >= from - BUCKET_MS)
-            .flat_map(|(_, sums)| sums);
-        for s in sums {
-            if wanted.contains_key(&(row.device_id, s.id)) {
-                let r = ranges
-                    .entry((row.device_id, s.id))
-                    .or_insert((f64::INFINITY, f64::NEG_INFINITY));
-                r.0 = r.0.min(s.min);
-                r.1 = r.1.max(s.max);
-            }
-        }
-    }
+    let hours = q.hours.unwrap_or(24).clamp(1, 9_600);
+    let ranges = ranges_since(&state, user.id, &wanted, now_ms() - hours * 3_600_000).await?;
     let names: HashMap<DeviceId, String> = state
         .store
         .devices(user.id)
@@ -415,4 +427,59 @@ pub async fn fleet(
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name).then(a.device_id.cmp(&b.device_id)));
     Ok(Json(out))
+}
+
+/// The caller's series of `metric`, with label `name=value` when given.
+async fn matching_series(
+    state: &AppState,
+    user: UserId,
+    metric: &str,
+    label: Option<(&str, &str)>,
+) -> Result<Vec<store::SeriesRow>, ApiError> {
+    Ok(state
+        .store
+        .telemetry_series_of_metric(user, metric)
+        .await?
+        .into_iter()
+        .filter(|s| {
+            label.is_none_or(|(k, v)| {
+                serde_json::from_str::<BTreeMap<String, String>>(&s.labels)
+                    .is_ok_and(|m| m.get(k).map(String::as_str) == Some(v))
+            })
+        })
+        .collect())
+}
+
+/// The lowest and highest value of each `wanted` series in the five-minute
+/// rollups since `from`.
+async fn ranges_since(
+    state: &AppState,
+    user: UserId,
+    wanted: &HashMap<(DeviceId, u32), &store::SeriesRow>,
+    from: i64,
+) -> Result<BTreeMap<(DeviceId, u32), (f64, f64)>, ApiError> {
+    let mut devices: Vec<DeviceId> = wanted.keys().map(|(d, _)| *d).collect();
+    devices.sort_unstable_by_key(|d| d.to_string());
+    devices.dedup();
+    let mut ranges: BTreeMap<(DeviceId, u32), (f64, f64)> = BTreeMap::new();
+    for row in state
+        .store
+        .telemetry_rollups(user, &devices, from - WINDOW_MS, now_ms())
+        .await?
+    {
+        let sums = rollups(&row)
+            .into_iter()
+            .filter(|(bucket, _)| *bucket >= from - BUCKET_MS)
+            .flat_map(|(_, sums)| sums);
+        for s in sums {
+            if wanted.contains_key(&(row.device_id, s.id)) {
+                let r = ranges
+                    .entry((row.device_id, s.id))
+                    .or_insert((f64::INFINITY, f64::NEG_INFINITY));
+                r.0 = r.0.min(s.min);
+                r.1 = r.1.max(s.max);
+            }
+        }
+    }
+    Ok(ranges)
 }

@@ -11,7 +11,7 @@
 //! again at each delivery, which connects to the address it checked (no
 //! DNS rebinding) and follows no redirect.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ChangeErrors, SessionErrors};
 use crate::extract::ApiJson;
 use crate::session::CurrentUser;
 use crate::state::AppState;
@@ -285,8 +285,7 @@ pub struct DeliveryView {
     security(("session" = [])),
     responses(
         (status = 200, description = "the caller's webhooks", body = Vec<WebhookView>),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        SessionErrors
     )
 )]
 pub async fn list(
@@ -317,10 +316,8 @@ pub async fn list(
     responses(
         (status = 201, description = "the webhook and its secret, shown once", body = CreatedWebhook),
         (status = 400, description = "the URL is malformed or refused (`webhook_url_refused`)", body = ErrorBody),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
         (status = 409, description = "as many webhooks as an account may have", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        ChangeErrors
     )
 )]
 pub async fn create(
@@ -359,10 +356,8 @@ pub async fn create(
     security(("session" = [], "csrf" = [])),
     responses(
         (status = 204, description = "deleted, with its delivery log"),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
         (status = 404, description = "no such webhook of the caller's", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        ChangeErrors
     )
 )]
 pub async fn delete(
@@ -391,9 +386,8 @@ pub async fn delete(
     security(("session" = [])),
     responses(
         (status = 200, description = "the webhook's newest 100 deliveries", body = Vec<DeliveryView>),
-        (status = 401, description = "no valid session", body = ErrorBody),
         (status = 404, description = "no such webhook of the caller's", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody)
+        SessionErrors
     )
 )]
 pub async fn deliveries(

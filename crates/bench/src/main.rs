@@ -13,7 +13,7 @@
 use bench::{load, procs, rathole, tunnels};
 
 use anyhow::{Context, Result};
-use auth::{CookieKey, CookieKeys, SessionId};
+use auth::SessionId;
 use clap::Parser;
 use directory::SessionView;
 use edge_core::{DeviceToken, Secret};
@@ -209,20 +209,20 @@ async fn main() -> Result<()> {
     let db_url = format!("sqlite://{}", data.path().join("edge.db").display());
     let store = Store::connect(&db_url).await?;
     let (tunnel_port, internal_port, api_port, box_port) =
-        (free_port()?, free_port()?, free_port()?, free_port()?);
+        (free_port(), free_port(), free_port(), free_port());
     let relay_url = format!("ws://127.0.0.1:{tunnel_port}/tunnel");
 
     let user = store
         .upsert_user("https://bench", "bench", None, Some("bench"))
         .await?;
-    let key = edge_core::secret::load_or_create_file(&data.path().join("session-key"))?;
-    let cookies = CookieKeys::new(CookieKey::new(key).context("key")?, vec![]);
-    let sid = SessionId::generate();
-    let now = edge_core::time::now_ms();
-    store
-        .create_session(&sid.hash(), "bench", user.id, now, now + 3_600_000, None)
-        .await?;
-    let cookie = api_server::session::session_cookie_pair(&cookies, false, &sid, now + 3_600_000);
+    let cookie = api_server::session::sign_in_over_data_dir(
+        &store,
+        data.path(),
+        user.id,
+        "bench",
+        3_600_000,
+    )
+    .await?;
     let dev = store
         .create_device(
             user.id,
@@ -259,7 +259,7 @@ async fn main() -> Result<()> {
             .stdout(Stdio::null())
             .spawn()?,
     )?;
-    wait_port(internal_port).await?;
+    wait_port(internal_port).await;
     let api_pid = procs.keep(
         Command::new(bin(&bindir, "api-server")?)
             .args([
@@ -285,9 +285,9 @@ async fn main() -> Result<()> {
             .stdout(Stdio::null())
             .spawn()?,
     )?;
-    wait_port(api_port).await?;
-    wait_port(box_port).await?;
-    let rss_empty = rss_kib(relay_pid)?;
+    wait_port(api_port).await;
+    wait_port(box_port).await;
+    let rss_empty = rss_kib(relay_pid);
     let agent_pid = procs.keep(
         Command::new(bin(&bindir, "edge-agent")?)
             .args([
@@ -387,7 +387,7 @@ async fn main() -> Result<()> {
         for (i, (_, base, cookie)) in paths.iter().enumerate() {
             let url = format!("{base}/test/download?bytes={n}");
             bulk[i].push(load::download(&client, &url, *cookie, n).await?);
-            let before = (cpu_ms(api_pid)?, cpu_ms(relay_pid)?, cpu_ms(agent_pid)?);
+            let before = (cpu_ms(api_pid), cpu_ms(relay_pid), cpu_ms(agent_pid));
             small[i].push(
                 load::small_requests(
                     &format!("{base}/api/info"),
@@ -398,7 +398,7 @@ async fn main() -> Result<()> {
                 .await?,
             );
             if paths[i].0 == "ours, full path" {
-                let after = (cpu_ms(api_pid)?, cpu_ms(relay_pid)?, cpu_ms(agent_pid)?);
+                let after = (cpu_ms(api_pid), cpu_ms(relay_pid), cpu_ms(agent_pid));
                 cpu.0 += after.0 - before.0;
                 cpu.1 += after.1 - before.1;
                 cpu.2 += after.2 - before.2;
@@ -473,7 +473,7 @@ async fn main() -> Result<()> {
     );
     println!(
         "  edge forward's own CPU over the runs      {} ms",
-        cpu_ms(forward_pid)?
+        cpu_ms(forward_pid)
     );
     if let Some((api, relay, agent)) = cpu {
         let per_k = |ms: u64| ms as f64 * 1000.0 / proxied;
@@ -491,7 +491,7 @@ async fn main() -> Result<()> {
     let made = Instant::now();
     let tokens = tunnels::pair_devices(&store, user.id, cli.idle_tunnels, "idle-").await?;
     let made = made.elapsed();
-    let rss_one = rss_kib(relay_pid)?;
+    let rss_one = rss_kib(relay_pid);
     let cancel = CancellationToken::new();
     let internal = format!("http://127.0.0.1:{internal_port}/internal/v1/sessions");
     let start = Instant::now();
@@ -501,7 +501,7 @@ async fn main() -> Result<()> {
     let connect_all = registered - start;
     // Let the relay's allocator settle before reading its memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_many = rss_kib(relay_pid)?;
+    let rss_many = rss_kib(relay_pid);
     println!(
         "  devices paired for it             {:>9.1} s (store writes, not measured below)",
         made.as_secs_f64()

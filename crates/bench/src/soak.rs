@@ -379,8 +379,8 @@ async fn main() -> Result<()> {
     let db_path = data.path().join("edge.db");
     let db_url = format!("sqlite://{}", db_path.display());
     let store = store::Store::connect(&db_url).await?;
-    let (tunnel_port, internal_port, relay_metrics) = (free_port()?, free_port()?, free_port()?);
-    let (api_port, api_metrics, box_port) = (free_port()?, free_port()?, free_port()?);
+    let (tunnel_port, internal_port, relay_metrics) = (free_port(), free_port(), free_port());
+    let (api_port, api_metrics, box_port) = (free_port(), free_port(), free_port());
     let relay_url = format!("ws://127.0.0.1:{tunnel_port}/tunnel");
     let target = format!("127.0.0.1:{box_port}");
     let env = [
@@ -401,7 +401,7 @@ async fn main() -> Result<()> {
             .spawn()?)
     };
     let mut relay = relay_cmd()?;
-    wait_port(internal_port).await?;
+    wait_port(internal_port).await;
     let mut api = Command::new(bin(&bindir, "api-server")?)
         .args(["--listen", &format!("127.0.0.1:{api_port}")])
         .args(["--relay-url", &format!("http://127.0.0.1:{internal_port}")])
@@ -420,8 +420,8 @@ async fn main() -> Result<()> {
             .stdout(Stdio::from(std::io::stderr()))
             .spawn()?,
     )?;
-    wait_port(api_port).await?;
-    wait_port(box_port).await?;
+    wait_port(api_port).await;
+    wait_port(box_port).await;
     // Idle keep-alive connections are dropped before the api-server's own
     // 10 s idle limit, so a request never races the server's close.
     let http = reqwest::Client::builder()
@@ -433,15 +433,14 @@ async fn main() -> Result<()> {
     let user = store
         .upsert_user("https://soak", "soak", None, Some("soak"))
         .await?;
-    let key = edge_core::secret::load_or_create_file(&data.path().join("session-key"))?;
-    let cookies = auth::CookieKeys::new(auth::CookieKey::new(key).context("key")?, vec![]);
-    let sid = auth::SessionId::generate();
-    let now = edge_core::time::now_ms();
-    let lifetime = 24 * 3_600_000;
-    store
-        .create_session(&sid.hash(), "soak", user.id, now, now + lifetime, None)
-        .await?;
-    let cookie = api_server::session::session_cookie_pair(&cookies, false, &sid, now + lifetime);
+    let cookie = api_server::session::sign_in_over_data_dir(
+        &store,
+        data.path(),
+        user.id,
+        "soak",
+        24 * 3_600_000,
+    )
+    .await?;
 
     // Pair every device through the real exchange (a few codes at a time:
     // a user may hold only so many pending codes).
@@ -556,7 +555,7 @@ async fn main() -> Result<()> {
     relay.start_kill()?;
     let _ = relay.wait().await;
     relay = relay_cmd()?;
-    wait_port(internal_port).await?;
+    wait_port(internal_port).await;
     let relay_back = Instant::now();
     let all_back = futures_util::stream::iter(0..shared.devices.len())
         .map(|d| {
@@ -576,7 +575,7 @@ async fn main() -> Result<()> {
 
     // Start figures once the restarted relay carries everything again.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let start_rss = (rss_kib(relay_pid_now)?, rss_kib(api_pid)?);
+    let start_rss = (rss_kib(relay_pid_now), rss_kib(api_pid));
     // Memory every 5 s until the workers stop: growth is judged from the
     // end of warm-up (a third of the measured time) to the end, so the
     // restarted relay filling its allocator is not taken for a trend.
@@ -586,7 +585,7 @@ async fn main() -> Result<()> {
         tokio::spawn(async move {
             let mut samples = Vec::new();
             while !stop.is_cancelled() {
-                if let (Ok(r), Ok(a)) = (rss_kib(relay_pid_now), rss_kib(api_pid)) {
+                if let (r @ 1.., a @ 1..) = (rss_kib(relay_pid_now), rss_kib(api_pid)) {
                     samples.push((measured_from.elapsed(), r, a));
                 }
                 tokio::select! {
@@ -615,7 +614,7 @@ async fn main() -> Result<()> {
             if let Agent::Process(child) = &agents[d] {
                 let pid = child.id().context("agent pid")?;
                 let window = shared.faults.open(Some(d));
-                bench::procs::signal(pid, "STOP")?;
+                bench::procs::signal(pid, "STOP");
                 // Meanwhile: kill and restart a few agents.
                 let until = Instant::now() + Duration::from_secs(20);
                 while Instant::now() < until {
@@ -634,7 +633,7 @@ async fn main() -> Result<()> {
                     shared.faults.close(w);
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
-                bench::procs::signal(pid, "CONT")?;
+                bench::procs::signal(pid, "CONT");
                 frozen += 1;
                 if shared.routable(d, Duration::from_secs(60)).await.is_none() {
                     bail!("thawed agent {d} did not come back");
@@ -658,7 +657,7 @@ async fn main() -> Result<()> {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let end_rss = (rss_kib(relay_pid_now)?, rss_kib(api_pid)?);
+    let end_rss = (rss_kib(relay_pid_now), rss_kib(api_pid));
     let samples = rss_samples.await.unwrap_or_default();
     let warm_at = samples.last().map_or(Duration::ZERO, |l| l.0) / 3;
     let warm_rss = samples
@@ -676,7 +675,7 @@ async fn main() -> Result<()> {
         sample(&api_page, "edge_api_remote_access_sessions_opened").unwrap_or(-1.0) as i64;
     let lost = sample(&api_page, "edge_api_audit_events_lost").unwrap_or(-1.0) as i64;
     // SIGTERM: the api-server writes every pending audit event and exits.
-    bench::procs::signal(api_pid, "TERM")?;
+    bench::procs::signal(api_pid, "TERM");
     let exited = tokio::time::timeout(Duration::from_secs(30), api.wait()).await;
     if !matches!(exited, Ok(Ok(s)) if s.success()) {
         bail!("the api-server did not exit cleanly after SIGTERM: {exited:?}");

@@ -22,14 +22,12 @@
 //! Run: `cargo build --release --bins && target/release/edge-telemetry-bench`
 
 use anyhow::{bail, Context, Result};
-use auth::{CookieKey, CookieKeys, SessionId};
 use bench::procs::{self, bin, cpu_ms, free_port, wait_port, Procs};
 use box_metrics::figures::resolution_exp;
 use box_metrics::recorder::Recorder;
 use box_metrics::{AllowList, Tracker};
 use clap::Parser;
 use edge_core::{DeviceId, DeviceToken};
-use futures_util::StreamExt;
 use remote_proxy::telemetry_writer::{closed_rows, BUCKET_MS, WINDOW_MS};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -101,7 +99,7 @@ fn replay(device: DeviceId, start: i64, span_ms: i64, every_ms: i64) -> Result<T
                     out.series.push(store::SeriesRow {
                         device_id: device,
                         series_id: id,
-                        metric: k.metric.clone(),
+                        metric: k.metric.to_string(),
                         labels: "{}".into(),
                     });
                 }
@@ -169,41 +167,13 @@ async fn storage(devices: usize) -> Result<(f64, f64, f64, f64)> {
 /// Hold one tunnel per token; each stream answers one scrape with the
 /// device's sim-box body.
 async fn fleet(tokens: Vec<DeviceToken>, relay: &str, cancel: CancellationToken) -> Result<()> {
-    let url = relay.to_owned();
-    let mut dials = futures_util::stream::iter(tokens.into_iter().map(|t| {
-        let url = url.clone();
-        tokio::spawn(async move {
-            tunnel::dial::dial(&url, &t, "bench-telemetry/1", Default::default(), None)
-                .await
-                .map_err(|e| anyhow::anyhow!("tunnel: {e}"))
-        })
-    }))
-    .buffer_unordered(256);
-    while let Some(ws) = dials.next().await {
-        let ws = ws??;
-        let cancel = cancel.clone();
+    bench::tunnels::hold(tokens, relay, "bench-telemetry/1", cancel, || {
         let sim = Arc::new(sim_box::metrics::SimMetrics::default());
-        tokio::spawn(async move {
-            let activity = tunnel::pump::Activity::new();
-            let (io, _pump) = tunnel::pump::spawn(
-                ws,
-                tunnel::pump::PumpConfig {
-                    idle_timeout: Duration::from_secs(3600),
-                },
-                activity.clone(),
-            );
-            tunnel::session::serve(
-                io,
-                tunnel::session::device_config(),
-                cancel,
-                activity,
-                move |s| {
-                    tokio::spawn(answer(s, sim.clone()));
-                },
-            )
-            .await;
-        });
-    }
+        move |s| {
+            tokio::spawn(answer(s, sim.clone()));
+        }
+    })
+    .await?;
     Ok(())
 }
 
@@ -293,7 +263,7 @@ async fn relay_phase(
     interval_secs: u64,
     client: &reqwest::Client,
 ) -> Result<Phase> {
-    let (tunnel_port, internal_port, metrics_port) = (free_port()?, free_port()?, free_port()?);
+    let (tunnel_port, internal_port, metrics_port) = (free_port(), free_port(), free_port());
     let mut procs = Procs::default();
     let relay_pid = procs.keep(
         Command::new(bin(&bindir()?, "remote-proxy")?)
@@ -308,7 +278,7 @@ async fn relay_phase(
             .stdout(Stdio::null())
             .spawn()?,
     )?;
-    wait_port(internal_port).await?;
+    wait_port(internal_port).await;
     let cancel = CancellationToken::new();
     let connect = Instant::now();
     fleet(
@@ -340,10 +310,10 @@ async fn relay_phase(
     );
     tokio::time::sleep(Duration::from_secs(cli.interval_secs)).await;
     let (ok0, skipped0) = scrapes(client, metrics_port).await?;
-    let cpu0 = cpu_ms(relay_pid)?;
+    let cpu0 = cpu_ms(relay_pid);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(cli.window_secs)).await;
-    let cpu = cpu_ms(relay_pid)? - cpu0;
+    let cpu = cpu_ms(relay_pid) - cpu0;
     let secs = t0.elapsed().as_secs_f64();
     let (ok1, skipped1) = scrapes(client, metrics_port).await?;
     Ok(Phase {
@@ -449,15 +419,15 @@ async fn main() -> Result<()> {
         ..week
     };
     store.write_telemetry(&week).await?;
-    let key = edge_core::secret::load_or_create_file(&data.path().join("session-key"))?;
-    let cookies = CookieKeys::new(CookieKey::new(key).context("key")?, vec![]);
-    let sid = SessionId::generate();
-    let now = edge_core::time::now_ms();
-    store
-        .create_session(&sid.hash(), "bench", user.id, now, now + 3_600_000, None)
-        .await?;
-    let cookie = api_server::session::session_cookie_pair(&cookies, false, &sid, now + 3_600_000);
-    let api_port = free_port()?;
+    let cookie = api_server::session::sign_in_over_data_dir(
+        &store,
+        data.path(),
+        user.id,
+        "bench",
+        3_600_000,
+    )
+    .await?;
+    let api_port = free_port();
     let mut procs = Procs::default();
     procs.keep(
         Command::new(bin(&bindir, "api-server")?)
@@ -473,7 +443,7 @@ async fn main() -> Result<()> {
             .stdout(Stdio::null())
             .spawn()?,
     )?;
-    wait_port(api_port).await?;
+    wait_port(api_port).await;
     let base = format!("http://127.0.0.1:{api_port}");
     let pages: Vec<String> = (0..5)
         .map(|p| format!("{base}/api/devices?limit=200&offset={}", p * 200))
@@ -485,7 +455,7 @@ async fn main() -> Result<()> {
     let series = vec![format!(
         "{base}/api/devices/{}/telemetry/series?metric=inference_fps&from={}",
         extra.id,
-        now - 7 * DAY_MS
+        edge_core::time::now_ms() - 7 * DAY_MS
     )];
     let (p50, p99) = latency(&client, &cookie, &series, cli.requests).await?;
     println!("  7-day series of one device (2,016 five-minute rollups): p50 {p50:.1} ms, p99 {p99:.1} ms");

@@ -45,6 +45,23 @@ pub async fn connect_all(
     relay_url: &str,
     cancel: CancellationToken,
 ) -> Result<Duration> {
+    hold(tokens, relay_url, "bench-idle/1", cancel, || drop).await
+}
+
+/// Connect one tunnel per token as agent `agent` (with `DIALS_IN_FLIGHT`
+/// at once) and keep them open until `cancel`, each session handing the
+/// streams the relay opens to a handler from `handler`; returns how long
+/// connecting all took.
+pub async fn hold<H>(
+    tokens: Vec<DeviceToken>,
+    relay_url: &str,
+    agent: &'static str,
+    cancel: CancellationToken,
+    handler: impl Fn() -> H,
+) -> Result<Duration>
+where
+    H: FnMut(tunnel::StreamHandle) + Send + 'static,
+{
     let start = Instant::now();
     let url = relay_url.to_owned();
     // Each dial is its own task, so the handshakes of this load generator
@@ -52,15 +69,15 @@ pub async fn connect_all(
     let mut dials = futures_util::stream::iter(tokens.into_iter().map(|t| {
         let url = url.clone();
         tokio::spawn(async move {
-            tunnel::dial::dial(&url, &t, "bench-idle/1", Default::default(), None)
+            tunnel::dial::dial(&url, &t, agent, Default::default(), None)
                 .await
-                .map_err(|e| anyhow::anyhow!("idle tunnel: {e}"))
+                .map_err(|e| anyhow::anyhow!("tunnel: {e}"))
         })
     }))
     .buffer_unordered(DIALS_IN_FLIGHT);
     while let Some(ws) = dials.next().await {
         let ws = ws??;
-        let cancel = cancel.clone();
+        let (cancel, on_stream) = (cancel.clone(), handler());
         tokio::spawn(async move {
             let activity = tunnel::pump::Activity::new();
             let (io, _pump) = tunnel::pump::spawn(
@@ -70,7 +87,7 @@ pub async fn connect_all(
                 },
                 activity.clone(),
             );
-            tunnel::session::serve(io, tunnel::session::device_config(), cancel, activity, drop)
+            tunnel::session::serve(io, tunnel::session::device_config(), cancel, activity, on_stream)
                 .await;
         });
     }

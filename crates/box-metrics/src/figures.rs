@@ -9,26 +9,49 @@
 
 use crate::exposition::{Exposition, Kind, Sample};
 use serde::Serialize;
+use smallvec::SmallVec;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
-/// One series: a metric name and its labels, sorted by label name.
+/// A metric or label name: the cloud's own names are borrowed, a box's
+/// copied.
+pub type Name = Cow<'static, str>;
+
+/// One series: a metric name and its labels, sorted by label name. A
+/// derived series (nearly all of them) costs one allocation per label
+/// value and none for its names or its one or two labels.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SeriesKey {
-    pub metric: String,
-    pub labels: Vec<(String, String)>,
+    pub metric: Name,
+    pub labels: SmallVec<[(Name, String); 2]>,
 }
 
 impl SeriesKey {
+    /// Any series; names are copied (a box's own, an allow-listed metric).
     pub fn new(metric: &str, labels: &[(&str, &str)]) -> Self {
-        let mut labels: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
+        Self::sorted(
+            Cow::Owned(metric.to_owned()),
+            labels
+                .iter()
+                .map(|(k, v)| (Cow::Owned((*k).to_owned()), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    /// A series the cloud derives: its names are the cloud's constants.
+    pub fn derived(metric: &'static str, labels: &[(&'static str, &str)]) -> Self {
+        Self::sorted(
+            Cow::Borrowed(metric),
+            labels
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(*k), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    fn sorted(metric: Name, mut labels: SmallVec<[(Name, String); 2]>) -> Self {
         labels.sort();
-        Self {
-            metric: metric.to_owned(),
-            labels,
-        }
+        Self { metric, labels }
     }
 
     /// The canonical text form, `metric{a="x",b="y"}` (quotes and
@@ -140,12 +163,12 @@ impl Figures {
     /// its latest ping round trip.
     pub fn add_tunnel(&mut self, connected_secs: f64, rtt_secs: Option<f64>) {
         self.values.push((
-            SeriesKey::new(names::TUNNEL_CONNECTED, &[]),
+            SeriesKey::derived(names::TUNNEL_CONNECTED, &[]),
             connected_secs.max(0.0),
         ));
         if let Some(rtt) = rtt_secs {
             self.values
-                .push((SeriesKey::new(names::TUNNEL_RTT, &[]), rtt));
+                .push((SeriesKey::derived(names::TUNNEL_RTT, &[]), rtt));
         }
         self.values.sort_by(|a, b| a.0.cmp(&b.0));
     }
@@ -266,6 +289,93 @@ struct Gathered<'a> {
     network: BTreeMap<(&'a str, &'a str), f64>,
 }
 
+impl<'a> Gathered<'a> {
+    /// Take one stored sample: into the families derived figures come
+    /// from, or straight into `out` as a gauge.
+    fn take(&mut self, out: &mut Figures, s: &'a Sample<'a>, kind: Kind, at_ms: i64) {
+        use names::*;
+        let g = self;
+        let gauge =
+            |out: &mut Figures, metric: &'static str, labels: &[(&'static str, &str)], v: f64| {
+                out.values.push((SeriesKey::derived(metric, labels), v));
+            };
+        let l = |name: &str| s.label(name).unwrap_or("");
+        let v = s.value;
+        match s.name {
+            "edge_host_cpu_seconds_total" => *g.cpu.entry(l("mode")).or_default() += v,
+            "edge_host_cpus" => gauge(out, CPUS, &[], v),
+            "edge_host_memory_bytes" => {
+                g.memory.insert(l("kind"), v);
+            }
+            "edge_host_filesystem_bytes" => {
+                g.disks
+                    .entry(l("mountpoint"))
+                    .or_default()
+                    .insert(l("kind"), v);
+            }
+            "edge_host_load1" => gauge(out, LOAD1, &[], v),
+            "edge_host_boot_time_seconds" => {
+                gauge(out, UPTIME, &[], (at_ms as f64 / 1000.0 - v).max(0.0));
+            }
+            "edge_host_temperature_celsius" => {
+                gauge(out, HOST_TEMP, &[("sensor", l("sensor"))], v);
+            }
+            "edge_host_network_bytes_total" => {
+                *g.network.entry((l("device"), l("direction"))).or_default() += v;
+            }
+            "edge_accel_utilization_ratio" => {
+                gauge(out, ACCEL_UTIL, &[("accel", l("accel"))], v);
+            }
+            "edge_accel_memory_bytes" => {
+                g.accel_memory
+                    .entry(l("accel"))
+                    .or_default()
+                    .insert(l("kind"), v);
+            }
+            "edge_accel_temperature_celsius" => {
+                gauge(out, ACCEL_TEMP, &[("accel", l("accel"))], v);
+            }
+            "edge_accel_power_watts" => {
+                gauge(out, ACCEL_POWER, &[("accel", l("accel"))], v);
+            }
+            "edge_accel_throttled" => {
+                gauge(out, ACCEL_THROTTLED, &[("accel", l("accel"))], v);
+            }
+            "edge_inference_frames_total" => *g.frames.entry(l("model")).or_default() += v,
+            "edge_inference_dropped_frames_total" => {
+                *g.dropped.entry(l("model")).or_default() += v;
+            }
+            "edge_inference_latency_seconds_sum" => {
+                *g.latency_sum.entry(l("model")).or_default() += v;
+            }
+            "edge_inference_latency_seconds_count" => {
+                *g.latency_count.entry(l("model")).or_default() += v;
+            }
+            "edge_inference_latency_seconds_bucket" => {
+                let le = match s.label("le") {
+                    Some("+Inf") => f64::INFINITY,
+                    Some(le) => le.parse().unwrap_or(f64::NAN),
+                    None => f64::NAN,
+                };
+                if !le.is_nan() {
+                    g.latency_buckets
+                        .entry(l("model"))
+                        .or_default()
+                        .push((le, v));
+                }
+            }
+            "edge_model_info" => out.models.push(ModelInfo {
+                model: l("model").to_owned(),
+                version: l("version").to_owned(),
+                runtime: l("runtime").to_owned(),
+            }),
+            "edge_stream_up" => gauge(out, STREAM_UP, &[("stream", l("stream"))], v),
+            "edge_agent_reconnects_total" => gauge(out, AGENT_RECONNECTS, &[], v),
+            _ => extra(out, s, kind),
+        }
+    }
+}
+
 impl Tracker {
     /// The figures of scrape `e`, taken at `at_ms`.
     pub fn figures(
@@ -274,12 +384,8 @@ impl Tracker {
         at_ms: i64,
         allow: &AllowList,
     ) -> Result<Figures, FigureError> {
-        use names::*;
         let mut out = Figures::default();
         let mut g = Gathered::default();
-        let gauge = |out: &mut Figures, metric: &str, labels: &[(&str, &str)], v: f64| {
-            out.values.push((SeriesKey::new(metric, labels), v));
-        };
         for s in &e.samples {
             let stored = is_contract(s.name) || allow.allows(s.name);
             if !stored {
@@ -288,80 +394,7 @@ impl Tracker {
             if !s.value.is_finite() {
                 return Err(FigureError::NonFinite(s.name.to_owned()));
             }
-            let l = |name: &str| s.label(name).unwrap_or("");
-            let v = s.value;
-            match s.name {
-                "edge_host_cpu_seconds_total" => *g.cpu.entry(l("mode")).or_default() += v,
-                "edge_host_cpus" => gauge(&mut out, CPUS, &[], v),
-                "edge_host_memory_bytes" => {
-                    g.memory.insert(l("kind"), v);
-                }
-                "edge_host_filesystem_bytes" => {
-                    g.disks
-                        .entry(l("mountpoint"))
-                        .or_default()
-                        .insert(l("kind"), v);
-                }
-                "edge_host_load1" => gauge(&mut out, LOAD1, &[], v),
-                "edge_host_boot_time_seconds" => {
-                    gauge(&mut out, UPTIME, &[], (at_ms as f64 / 1000.0 - v).max(0.0));
-                }
-                "edge_host_temperature_celsius" => {
-                    gauge(&mut out, HOST_TEMP, &[("sensor", l("sensor"))], v);
-                }
-                "edge_host_network_bytes_total" => {
-                    *g.network.entry((l("device"), l("direction"))).or_default() += v;
-                }
-                "edge_accel_utilization_ratio" => {
-                    gauge(&mut out, ACCEL_UTIL, &[("accel", l("accel"))], v);
-                }
-                "edge_accel_memory_bytes" => {
-                    g.accel_memory
-                        .entry(l("accel"))
-                        .or_default()
-                        .insert(l("kind"), v);
-                }
-                "edge_accel_temperature_celsius" => {
-                    gauge(&mut out, ACCEL_TEMP, &[("accel", l("accel"))], v);
-                }
-                "edge_accel_power_watts" => {
-                    gauge(&mut out, ACCEL_POWER, &[("accel", l("accel"))], v);
-                }
-                "edge_accel_throttled" => {
-                    gauge(&mut out, ACCEL_THROTTLED, &[("accel", l("accel"))], v);
-                }
-                "edge_inference_frames_total" => *g.frames.entry(l("model")).or_default() += v,
-                "edge_inference_dropped_frames_total" => {
-                    *g.dropped.entry(l("model")).or_default() += v;
-                }
-                "edge_inference_latency_seconds_sum" => {
-                    *g.latency_sum.entry(l("model")).or_default() += v;
-                }
-                "edge_inference_latency_seconds_count" => {
-                    *g.latency_count.entry(l("model")).or_default() += v;
-                }
-                "edge_inference_latency_seconds_bucket" => {
-                    let le = match s.label("le") {
-                        Some("+Inf") => f64::INFINITY,
-                        Some(le) => le.parse().unwrap_or(f64::NAN),
-                        None => f64::NAN,
-                    };
-                    if !le.is_nan() {
-                        g.latency_buckets
-                            .entry(l("model"))
-                            .or_default()
-                            .push((le, v));
-                    }
-                }
-                "edge_model_info" => out.models.push(ModelInfo {
-                    model: l("model").to_owned(),
-                    version: l("version").to_owned(),
-                    runtime: l("runtime").to_owned(),
-                }),
-                "edge_stream_up" => gauge(&mut out, STREAM_UP, &[("stream", l("stream"))], v),
-                "edge_agent_reconnects_total" => gauge(&mut out, AGENT_RECONNECTS, &[], v),
-                _ => extra(&mut out, s, e.kind_of(s.name)),
-            }
+            g.take(&mut out, s, e.kind_of(s.name), at_ms);
         }
         self.derive(&mut out, g, at_ms);
         // Finite inputs can still give an infinite figure (a sum or a rate
@@ -375,89 +408,23 @@ impl Tracker {
     }
 
     fn derive(&mut self, out: &mut Figures, g: Gathered<'_>, at_ms: i64) {
-        use names::*;
-        let mut next: HashMap<String, Reading> = HashMap::new();
-        let mut rate = |key: String, value: f64| -> Option<f64> {
-            let prev = self.prev.get(&key).copied();
-            next.insert(key, Reading { value, at_ms });
-            let prev = prev?;
-            let dt = (at_ms - prev.at_ms) as f64 / 1000.0;
-            (dt > 0.0 && value >= prev.value).then(|| (value - prev.value) / dt)
+        let mut rates = Rates {
+            prev: &self.prev,
+            next: HashMap::new(),
+            at_ms,
         };
-        if !g.cpu.is_empty() {
-            let total: f64 = g.cpu.values().sum();
-            let idle = g.cpu.get("idle").copied().unwrap_or(0.0)
-                + g.cpu.get("iowait").copied().unwrap_or(0.0);
-            let (dt, di) = (
-                rate("cpu:total".into(), total),
-                rate("cpu:idle".into(), idle),
-            );
-            if let (Some(dt), Some(di)) = (dt, di) {
-                if dt > 0.0 {
-                    out.values
-                        .push((SeriesKey::new(CPU, &[]), (1.0 - di / dt).clamp(0.0, 1.0)));
-                }
-            }
-        }
-        if let (Some(total), Some(avail)) = (g.memory.get("total"), g.memory.get("available")) {
-            if *total > 0.0 {
-                out.values.push((
-                    SeriesKey::new(MEMORY, &[]),
-                    (1.0 - avail / total).clamp(0.0, 1.0),
-                ));
-            }
-        }
-        for (mount, kinds) in &g.disks {
-            if let (Some(size), Some(avail)) = (kinds.get("size"), kinds.get("avail")) {
-                if *size > 0.0 {
-                    let used = (1.0 - avail / size).clamp(0.0, 1.0);
-                    out.values
-                        .push((SeriesKey::new(DISK, &[("mountpoint", mount)]), used));
-                }
-            }
-        }
-        for (accel, kinds) in &g.accel_memory {
-            if let (Some(total), Some(used)) = (kinds.get("total"), kinds.get("used")) {
-                if *total > 0.0 {
-                    let ratio = (used / total).clamp(0.0, 1.0);
-                    out.values
-                        .push((SeriesKey::new(ACCEL_MEMORY, &[("accel", accel)]), ratio));
-                }
-            }
-        }
-        for ((device, direction), v) in &g.network {
-            if let Some(r) = rate(format!("net:{device}:{direction}"), *v) {
-                let key = SeriesKey::new(NETWORK, &[("device", device), ("direction", direction)]);
-                out.values.push((key, r));
-            }
-        }
-        for (model, v) in &g.frames {
-            if let Some(r) = rate(format!("frames:{model}"), *v) {
-                out.values
-                    .push((SeriesKey::new(FPS, &[("model", model)]), r));
-            }
-        }
-        for (model, v) in &g.dropped {
-            if let Some(r) = rate(format!("dropped:{model}"), *v) {
-                out.values
-                    .push((SeriesKey::new(DROPPED_FPS, &[("model", model)]), r));
-            }
-        }
-        for (model, sum) in &g.latency_sum {
-            let Some(count) = g.latency_count.get(model) else {
-                continue;
-            };
-            let ds = rate(format!("lsum:{model}"), *sum);
-            let dc = rate(format!("lcount:{model}"), *count);
-            if let (Some(ds), Some(dc)) = (ds, dc) {
-                if dc > 0.0 {
-                    out.values
-                        .push((SeriesKey::new(LATENCY, &[("model", model)]), ds / dc));
-                }
-            }
-        }
+        host_figures(out, &g, &mut rates);
+        inference_figures(out, &g, &mut rates);
+        self.prev = rates.next;
+        self.latency_p95(out, g.latency_buckets);
+    }
+
+    /// Each model's 95th percentile latency between the previous scrape's
+    /// bucket counts and these, which the next scrape compares with.
+    fn latency_p95(&mut self, out: &mut Figures, buckets: BTreeMap<&str, Vec<(f64, f64)>>) {
+        use names::LATENCY_P95;
         let mut next_buckets = HashMap::new();
-        for (model, mut buckets) in g.latency_buckets {
+        for (model, mut buckets) in buckets {
             buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
             // One count per bound (a box that repeats a bound keeps the last).
             buckets.dedup_by(|later, earlier| {
@@ -470,13 +437,124 @@ impl Tracker {
             if let Some(prev) = self.prev_buckets.get(model) {
                 if let Some(p95) = quantile(0.95, prev, &buckets) {
                     out.values
-                        .push((SeriesKey::new(LATENCY_P95, &[("model", model)]), p95));
+                        .push((SeriesKey::derived(LATENCY_P95, &[("model", model)]), p95));
                 }
             }
             next_buckets.insert(model.to_owned(), buckets);
         }
-        self.prev = next;
         self.prev_buckets = next_buckets;
+    }
+}
+
+/// Counter readings of one scrape, turned into rates against the
+/// previous scrape's; `next` is what the next scrape compares with.
+struct Rates<'p> {
+    prev: &'p HashMap<String, Reading>,
+    next: HashMap<String, Reading>,
+    at_ms: i64,
+}
+
+impl Rates<'_> {
+    /// Per second since the previous reading of `key`; `None` on the
+    /// first reading, a reset or no time passed.
+    fn rate(&mut self, key: String, value: f64) -> Option<f64> {
+        let prev = self.prev.get(&key).copied();
+        self.next.insert(
+            key,
+            Reading {
+                value,
+                at_ms: self.at_ms,
+            },
+        );
+        let prev = prev?;
+        let dt = (self.at_ms - prev.at_ms) as f64 / 1000.0;
+        (dt > 0.0 && value >= prev.value).then(|| (value - prev.value) / dt)
+    }
+}
+
+/// The host's derived figures: CPU busy, memory and disk use, accelerator
+/// memory, network rates.
+fn host_figures(out: &mut Figures, g: &Gathered<'_>, rates: &mut Rates<'_>) {
+    use names::*;
+    if !g.cpu.is_empty() {
+        let total: f64 = g.cpu.values().sum();
+        let idle =
+            g.cpu.get("idle").copied().unwrap_or(0.0) + g.cpu.get("iowait").copied().unwrap_or(0.0);
+        let (dt, di) = (
+            rates.rate("cpu:total".into(), total),
+            rates.rate("cpu:idle".into(), idle),
+        );
+        if let (Some(dt), Some(di)) = (dt, di) {
+            if dt > 0.0 {
+                out.values.push((
+                    SeriesKey::derived(CPU, &[]),
+                    (1.0 - di / dt).clamp(0.0, 1.0),
+                ));
+            }
+        }
+    }
+    if let (Some(total), Some(avail)) = (g.memory.get("total"), g.memory.get("available")) {
+        if *total > 0.0 {
+            out.values.push((
+                SeriesKey::derived(MEMORY, &[]),
+                (1.0 - avail / total).clamp(0.0, 1.0),
+            ));
+        }
+    }
+    for (mount, kinds) in &g.disks {
+        if let (Some(size), Some(avail)) = (kinds.get("size"), kinds.get("avail")) {
+            if *size > 0.0 {
+                let used = (1.0 - avail / size).clamp(0.0, 1.0);
+                out.values
+                    .push((SeriesKey::derived(DISK, &[("mountpoint", mount)]), used));
+            }
+        }
+    }
+    for (accel, kinds) in &g.accel_memory {
+        if let (Some(total), Some(used)) = (kinds.get("total"), kinds.get("used")) {
+            if *total > 0.0 {
+                let ratio = (used / total).clamp(0.0, 1.0);
+                out.values
+                    .push((SeriesKey::derived(ACCEL_MEMORY, &[("accel", accel)]), ratio));
+            }
+        }
+    }
+    for ((device, direction), v) in &g.network {
+        if let Some(r) = rates.rate(format!("net:{device}:{direction}"), *v) {
+            let key = SeriesKey::derived(NETWORK, &[("device", device), ("direction", direction)]);
+            out.values.push((key, r));
+        }
+    }
+}
+
+/// The inference figures: frames and dropped frames per second and mean
+/// latency per model.
+fn inference_figures(out: &mut Figures, g: &Gathered<'_>, rates: &mut Rates<'_>) {
+    use names::*;
+    for (model, v) in &g.frames {
+        if let Some(r) = rates.rate(format!("frames:{model}"), *v) {
+            out.values
+                .push((SeriesKey::derived(FPS, &[("model", model)]), r));
+        }
+    }
+    for (model, v) in &g.dropped {
+        if let Some(r) = rates.rate(format!("dropped:{model}"), *v) {
+            out.values
+                .push((SeriesKey::derived(DROPPED_FPS, &[("model", model)]), r));
+        }
+    }
+    for (model, sum) in &g.latency_sum {
+        let Some(count) = g.latency_count.get(model) else {
+            continue;
+        };
+        let ds = rates.rate(format!("lsum:{model}"), *sum);
+        let dc = rates.rate(format!("lcount:{model}"), *count);
+        if let (Some(ds), Some(dc)) = (ds, dc) {
+            if dc > 0.0 {
+                out.values
+                    .push((SeriesKey::derived(LATENCY, &[("model", model)]), ds / dc));
+            }
+        }
     }
 }
 
@@ -652,6 +730,10 @@ mod tests {
         assert_eq!(a.text(), "m{a=\"x\\\"y\",b=\"2\"}");
         assert_eq!(a.id(), b.id());
         assert_ne!(a.id(), SeriesKey::new("m", &[]).id());
+        // A derived key is the same series as one with copied names.
+        let derived = SeriesKey::derived("m", &[("b", "2"), ("a", "x\"y")]);
+        assert_eq!(derived, a);
+        assert_eq!(derived.id(), a.id());
     }
 
     /// Series ids are stored: the allocation-free hash gives what hashing
@@ -660,7 +742,7 @@ mod tests {
     fn series_ids_keep_their_values() {
         fn by_text(k: &SeriesKey) -> u32 {
             let text = if k.labels.is_empty() {
-                k.metric.clone()
+                k.metric.to_string()
             } else {
                 let labels: Vec<String> = k
                     .labels

@@ -5,6 +5,7 @@
 pub mod client_addr;
 pub mod error_body;
 pub mod ids;
+pub mod io;
 pub mod metrics;
 pub mod net;
 pub mod pairing_code;

@@ -269,28 +269,14 @@ pub async fn serve_tls(
                 _slot: slot,
             },
         };
-        let app = app.clone();
-        let shutdown = shutdown.clone();
-        let tls = tls.clone();
-        let opts = opts.clone();
-        tracker.spawn(async move {
-            match tls {
-                None => serve_connection(stream, remote, app, opts, shutdown).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(opts.header_read_timeout, acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(stream)) => {
-                            serve_connection(stream, remote, app, opts, shutdown).await;
-                        }
-                        Ok(Err(err)) => {
-                            tracing::debug!(error = %err, %remote, "TLS handshake failed");
-                        }
-                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
-                    }
-                }
-            }
-        });
+        tracker.spawn(handshake_and_serve(
+            stream,
+            remote,
+            app.clone(),
+            opts.clone(),
+            tls.clone(),
+            shutdown.clone(),
+        ));
     }
     drop(listener);
     tracker.close();
@@ -299,6 +285,26 @@ pub async fn serve_tls(
         .is_err()
     {
         tracing::warn!("drain timeout elapsed with connections still open");
+    }
+}
+
+/// The TLS handshake when there is TLS (bounded like a request head),
+/// then the connection.
+async fn handshake_and_serve(
+    stream: HeldIo<tokio::net::TcpStream>,
+    remote: std::net::SocketAddr,
+    app: Router,
+    opts: ServeOptions,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
+    let Some(acceptor) = tls else {
+        return serve_connection(stream, remote, app, opts, shutdown).await;
+    };
+    match tokio::time::timeout(opts.header_read_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => serve_connection(stream, remote, app, opts, shutdown).await,
+        Ok(Err(err)) => tracing::debug!(error = %err, %remote, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
     }
 }
 

@@ -92,38 +92,13 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
             format!("{origin}/api/auth/callback"),
         )],
     );
-    // Metrics on ephemeral loopback ports (logged): several devstacks may
-    // run side by side.
-    let interval = cli.telemetry_interval_secs.to_string();
-    let relay_cfg = remote_proxy::config::Config::parse_from([
-        "remote-proxy",
-        "--data-dir",
+    let (relay_cfg, api_cfg) = configs(
         &data,
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--telemetry-interval-secs",
-        &interval,
-        "--telemetry-window-write-secs",
-        &interval,
-    ]);
-    let api_cfg = api_server::config::Config::parse_from([
-        "api-server",
-        "--data-dir",
-        &data,
-        "--relay-url",
-        &relay_internal,
-        "--public-origin",
-        &origin,
-        "--cookie-insecure",
-        "--oidc-issuer",
+        cli.telemetry_interval_secs,
         &issuer,
-        "--oidc-client-id",
-        CLIENT_ID,
-        "--health-interval-secs",
-        &interval,
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ]);
+        &origin,
+        &relay_internal,
+    );
     let sim = TcpListener::bind("127.0.0.1:0").await?;
     let sim_addr = sim.local_addr()?;
     let credential = cli.data_dir.join("agent/credential");
@@ -154,6 +129,99 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
         Ok(())
     });
 
+    let addresses = Addresses {
+        origin,
+        issuer,
+        relay_tunnel,
+        relay_internal,
+    };
+    print_banner(&addresses, &credential, &cli.data_dir);
+    let settings =
+        edge_agent::config::AgentSettings::new(addresses.relay_tunnel, sim_addr.to_string());
+    tasks.spawn(simulated_box_agent(credential, settings, shutdown.clone()));
+    until_first_failure(tasks, &shutdown).await
+}
+
+/// The relay's and the api-server's configuration for this stack.
+fn configs(
+    data: &str,
+    telemetry_interval_secs: u64,
+    issuer: &str,
+    origin: &str,
+    relay_internal: &str,
+) -> (remote_proxy::config::Config, api_server::config::Config) {
+    // Metrics on ephemeral loopback ports (logged): several devstacks may
+    // run side by side.
+    let interval = telemetry_interval_secs.to_string();
+    let relay_cfg = remote_proxy::config::Config::parse_from([
+        "remote-proxy",
+        "--data-dir",
+        data,
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--telemetry-interval-secs",
+        &interval,
+        "--telemetry-window-write-secs",
+        &interval,
+    ]);
+    let api_cfg = api_server::config::Config::parse_from([
+        "api-server",
+        "--data-dir",
+        data,
+        "--relay-url",
+        relay_internal,
+        "--public-origin",
+        origin,
+        "--cookie-insecure",
+        "--oidc-issuer",
+        issuer,
+        "--oidc-client-id",
+        CLIENT_ID,
+        "--health-interval-secs",
+        &interval,
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    (relay_cfg, api_cfg)
+}
+
+/// Wait for every task; the first to fail stops the others, and its error
+/// is the result.
+async fn until_first_failure(
+    mut tasks: tokio::task::JoinSet<Result<()>>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let mut failure = None;
+    while let Some(done) = tasks.join_next().await {
+        let result = done.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(err) = result {
+            eprintln!("devstack: {err:#}; stopping everything");
+            shutdown.cancel();
+            failure.get_or_insert(err);
+        }
+    }
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+/// Where the stack's parts listen.
+struct Addresses {
+    origin: String,
+    issuer: String,
+    relay_tunnel: String,
+    relay_internal: String,
+}
+
+/// Tell the newcomer what runs where and how to pair the simulated box.
+fn print_banner(a: &Addresses, credential: &Path, data_dir: &Path) {
+    let Addresses {
+        origin,
+        issuer,
+        relay_tunnel,
+        relay_internal,
+    } = a;
     let pair_hint = if credential == Path::new("data/agent/credential") {
         String::new()
     } else {
@@ -180,24 +248,8 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
     println!("    provider:  {issuer} (development OpenID Provider)");
     println!(
         "    data:      {} (kept for the next run)\n",
-        cli.data_dir.display()
+        data_dir.display()
     );
-
-    let settings = edge_agent::config::AgentSettings::new(relay_tunnel, sim_addr.to_string());
-    tasks.spawn(simulated_box_agent(credential, settings, shutdown.clone()));
-    let mut failure = None;
-    while let Some(done) = tasks.join_next().await {
-        let result = done.map_err(anyhow::Error::from).and_then(|r| r);
-        if let Err(err) = result {
-            eprintln!("devstack: {err:#}; stopping everything");
-            shutdown.cancel();
-            failure.get_or_insert(err);
-        }
-    }
-    match failure {
-        Some(err) => Err(err),
-        None => Ok(()),
-    }
 }
 
 /// The simulated box's agent: runs with the credential in `path` and

@@ -427,16 +427,12 @@ async fn two_relays_and_two_api_servers_survive_a_relay_kill_and_a_redis_outage(
     all_reachable(&http, &[&api_1, &api_2], &cookie, &devices).await;
 
     // 6: one pairing code, 50 exchanges at once over both api-servers.
-    let code: serde_json::Value = http
-        .post(format!("{api_1}/api/pairing/codes"))
-        .header("cookie", &cookie)
-        .header("x-csrf", "1")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let code: serde_json::Value = testkit::checks::json_answer(
+        http.post(format!("{api_1}/api/pairing/codes"))
+            .header("cookie", &cookie)
+            .header("x-csrf", "1"),
+    )
+    .await;
     let code = code["code"].as_str().unwrap().to_owned();
     let wins = futures_util::future::join_all((0..50).map(|i| {
         let (http, code) = (&http, code.as_str());

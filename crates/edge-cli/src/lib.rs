@@ -202,6 +202,20 @@ impl CliError {
     }
 }
 
+/// The fields `edge device show` prints as a table.
+const DEVICE_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "status",
+    "labels",
+    "model",
+    "serial",
+    "agent_version",
+    "relay",
+    "connected_since",
+    "last_seen_at",
+];
+
 /// Run a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let g = cli.global;
@@ -229,22 +243,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let api = api::Api::acting(&g).await?;
             let id = api.resolve(&device).await?;
             let d = api.get(&format!("/api/devices/{id}")).await?;
-            output::print_one(
-                &d,
-                o.format,
-                &[
-                    "id",
-                    "name",
-                    "status",
-                    "labels",
-                    "model",
-                    "serial",
-                    "agent_version",
-                    "relay",
-                    "connected_since",
-                    "last_seen_at",
-                ],
-            );
+            output::print_one(&d, o.format, DEVICE_FIELDS);
             Ok(())
         }
         Command::PairCode(o) => {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::str::FromStr;
 use std::time::Duration;
-use testkit::{go_device, oidc_provider, within, within_for, Idp, Stack, StackOptions};
+use testkit::{go_device, oidc_provider, within, within_for, Stack};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
@@ -949,20 +949,7 @@ async fn edge_login_uses_the_device_grant_of_a_certified_provider() {
     if oidc_provider::available().is_none() {
         return;
     }
-    let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let callback = format!("http://{}/api/auth/callback", api.local_addr().unwrap());
-    let secret = Secret::random(24);
-    let provider = oidc_provider::start(&callback, secret.expose()).await;
-    let stack = Stack::start_with(StackOptions {
-        idp: Idp::External {
-            api_listener: api,
-            issuer: provider.issuer.clone(),
-            client_id: "confidential-client".into(),
-            client_secret: Some(secret),
-        },
-        ..StackOptions::default()
-    })
-    .await;
+    let (stack, provider) = oidc_provider::stack_with("confidential-client", true).await;
     let config = tempfile::tempdir().unwrap();
     let mut login = edge(&stack.api(""), config.path())
         .arg("login")
@@ -1040,15 +1027,12 @@ async fn edge_login_uses_the_device_grant_of_a_certified_provider() {
     })
     .unwrap()
     .unwrap();
-    let sessions: serde_json::Value = reqwest::Client::new()
-        .get(stack.api("/api/auth/sessions"))
-        .bearer_auth(stored.token.expose())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sessions: serde_json::Value = testkit::checks::json_answer(
+        reqwest::Client::new()
+            .get(stack.api("/api/auth/sessions"))
+            .bearer_auth(stored.token.expose()),
+    )
+    .await;
     let current = sessions
         .as_array()
         .unwrap()

@@ -159,9 +159,14 @@ pub async fn run(relay: Arc<Relay>, settings: TelemetrySettings, shutdown: Cance
         relay.metrics.clone(),
         relay.telemetry_writes.clone(),
     ));
-    let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
-    let trackers: Arc<Mutex<HashMap<DeviceId, Tracker>>> = Arc::default();
-    let settings = Arc::new(settings);
+    let turn = Turn {
+        relay: relay.clone(),
+        slots: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+        trackers: Arc::default(),
+        settings: Arc::new(settings),
+        tx,
+        wait: interval / 2,
+    };
     // A tick is a 150th of the interval (100 ms at 15 s): scrapes start
     // within that of their phase, and wait for a slot when a tick's share
     // outnumbers the free ones.
@@ -188,50 +193,59 @@ pub async fn run(relay: Arc<Relay>, settings: TelemetrySettings, shutdown: Cance
                 .collect()
         });
         if rebuilt {
-            forget_departed(&trackers, &schedule);
+            forget_departed(&turn.trackers, &schedule);
         }
         for device in schedule.due(last, now, interval_ms) {
-            let (relay, settings, trackers, tx, slots) = (
-                relay.clone(),
-                settings.clone(),
-                trackers.clone(),
-                tx.clone(),
-                slots.clone(),
-            );
-            scrapes.spawn(async move {
-                // A slot within half an interval, or this turn is skipped.
-                let Ok(Ok(permit)) =
-                    tokio::time::timeout(interval / 2, slots.acquire_owned()).await
-                else {
-                    relay.metrics.telemetry_skipped.inc();
-                    return;
-                };
-                let Some(scraped) = scrape(&relay, &settings, &trackers, device).await else {
-                    // It left this relay since the schedule was built.
-                    return;
-                };
-                relay
-                    .metrics
-                    .telemetry_scrapes
-                    .get_or_create(&[("outcome", scraped.outcome.label())])
-                    .inc();
-                // The slot is free once the box answered: a writer busy
-                // with the store must not hold scrapes back.
-                drop(permit);
-                let _ = tx.send(scraped).await;
-            });
+            scrapes.spawn(turn.clone().take(device));
         }
         last = now;
     }
     // Scrapes still running are abandoned (their streams close with the
     // tunnels); the writer then stores what it holds.
     scrapes.shutdown().await;
-    drop(tx);
+    drop(turn);
     if tokio::time::timeout(WRITER_STOP_TIMEOUT, writer)
         .await
         .is_err()
     {
         tracing::warn!("the telemetry writer did not finish storing in time");
+    }
+}
+
+/// What each device's turn needs: the scraper's shared parts.
+#[derive(Clone)]
+struct Turn {
+    relay: Arc<Relay>,
+    slots: Arc<Semaphore>,
+    trackers: Arc<Mutex<HashMap<DeviceId, Tracker>>>,
+    settings: Arc<TelemetrySettings>,
+    tx: mpsc::Sender<Scraped>,
+    /// How long a turn waits for a free slot before it is skipped.
+    wait: Duration,
+}
+
+impl Turn {
+    /// `device`'s turn: a slot, the scrape, its result to the writer.
+    async fn take(self, device: DeviceId) {
+        let metrics = &self.relay.metrics;
+        let Ok(Ok(permit)) = tokio::time::timeout(self.wait, self.slots.acquire_owned()).await
+        else {
+            metrics.telemetry_skipped.inc();
+            return;
+        };
+        let Some(scraped) = scrape(&self.relay, &self.settings, &self.trackers, device).await
+        else {
+            // It left this relay since the schedule was built.
+            return;
+        };
+        metrics
+            .telemetry_scrapes
+            .get_or_create(&[("outcome", scraped.outcome.label())])
+            .inc();
+        // The slot is free once the box answered: a writer busy with the
+        // store must not hold scrapes back.
+        drop(permit);
+        let _ = self.tx.send(scraped).await;
     }
 }
 

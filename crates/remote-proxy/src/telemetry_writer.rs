@@ -58,6 +58,13 @@ pub struct Scraped {
     pub outcome: Outcome,
 }
 
+/// A device's last scrape, before its row is made.
+struct Latest {
+    scraped_at: i64,
+    outcome: &'static str,
+    error: Option<String>,
+}
+
 /// What the writer keeps per device.
 struct DeviceState {
     /// The hour the open window belongs to.
@@ -70,12 +77,13 @@ struct DeviceState {
     /// Figures JSON of the last good scrape (kept across failures).
     figures: String,
     last_ok_at: Option<i64>,
-    /// The last scrape, not yet written.
-    latest: Option<LatestRow>,
+    /// The last scrape, not yet written (its row is made when it is: most
+    /// scrapes are followed by another before the row is due).
+    latest: Option<Latest>,
     /// When the last scrape was last written (ms; `None`: never), and its
     /// outcome and error then.
     latest_written: Option<i64>,
-    written_outcome: (String, Option<String>),
+    written_outcome: (&'static str, Option<String>),
     last_seen: i64,
 }
 
@@ -91,7 +99,7 @@ impl Default for DeviceState {
             last_ok_at: None,
             latest: None,
             latest_written: None,
-            written_outcome: (String::new(), None),
+            written_outcome: ("", None),
             last_seen: 0,
         }
     }
@@ -106,11 +114,11 @@ struct Writer {
 
 /// The stored form of the last figures (`telemetry_latest.figures`):
 /// `{"series":[{"metric","labels":{..},"value"}],"models":[..]}`,
-/// serialised straight from the figures, each value at the resolution the
-/// windows keep (shorter rows, rewritten at every scrape).
-fn figures_json(f: &Figures) -> String {
+/// serialised straight from the figures into `out`'s buffer (reused: this
+/// runs at every scrape), each value at the resolution the windows keep.
+fn figures_json_into(f: &Figures, out: &mut String) {
     use serde::ser::{SerializeMap, Serializer};
-    struct Labels<'a>(&'a [(String, String)]);
+    struct Labels<'a>(&'a [(box_metrics::figures::Name, String)]);
     impl serde::Serialize for Labels<'_> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             let mut m = s.serialize_map(Some(self.0.len()))?;
@@ -143,7 +151,12 @@ fn figures_json(f: &Figures) -> String {
             .collect(),
         models: &f.models,
     };
-    serde_json::to_string(&stored).unwrap_or_else(|_| "{}".to_owned())
+    let mut buf = std::mem::take(out).into_bytes();
+    buf.clear();
+    *out = match serde_json::to_writer(&mut buf, &stored) {
+        Ok(()) => String::from_utf8(buf).unwrap_or_else(|_| "{}".to_owned()),
+        Err(_) => "{}".to_owned(),
+    };
 }
 
 impl Writer {
@@ -164,12 +177,12 @@ impl Writer {
                         let labels: serde_json::Map<String, serde_json::Value> = key
                             .labels
                             .iter()
-                            .map(|(a, b)| (a.clone(), b.clone().into()))
+                            .map(|(a, b)| (a.to_string(), b.clone().into()))
                             .collect();
                         self.pending.series.push(SeriesRow {
                             device_id: s.device,
                             series_id: id,
-                            metric: key.metric.clone(),
+                            metric: key.metric.to_string(),
                             labels: serde_json::Value::Object(labels).to_string(),
                         });
                     }
@@ -181,7 +194,7 @@ impl Writer {
                     state.window.push(s.at_ms, &values);
                 }
                 state.window_dirty = true;
-                state.figures = figures_json(&figures);
+                figures_json_into(&figures, &mut state.figures);
                 state.last_ok_at = Some(s.at_ms);
                 ("ok", None)
             }
@@ -191,13 +204,10 @@ impl Writer {
         if state.figures.is_empty() {
             state.figures = "{}".into();
         }
-        state.latest = Some(LatestRow {
-            device_id: s.device,
+        state.latest = Some(Latest {
             scraped_at: s.at_ms,
-            outcome: outcome.into(),
+            outcome,
             error,
-            last_ok_at: state.last_ok_at,
-            figures: state.figures.clone(),
         });
     }
 
@@ -222,8 +232,15 @@ impl Writer {
                     || state.written_outcome.1 != l.error
             }) {
                 state.latest_written = Some(now);
-                state.written_outcome = (latest.outcome.clone(), latest.error.clone());
-                self.pending.latest.push(latest);
+                state.written_outcome = (latest.outcome, latest.error.clone());
+                self.pending.latest.push(LatestRow {
+                    device_id: *device,
+                    scraped_at: latest.scraped_at,
+                    outcome: latest.outcome.into(),
+                    error: latest.error,
+                    last_ok_at: state.last_ok_at,
+                    figures: state.figures.clone(),
+                });
             }
             if (quiet || everything) && !state.window.is_empty() {
                 close(*device, state, &mut self.pending);
@@ -410,8 +427,10 @@ mod tests {
                 runtime: "rknn".into(),
             }],
         };
-        let stored: serde_json::Value =
-            serde_json::from_str(&figures_json(&figures)).unwrap_or_default();
+        // Written over an earlier, longer text: nothing of it is left.
+        let mut text = "x".repeat(4096);
+        figures_json_into(&figures, &mut text);
+        let stored: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         assert_eq!(
             stored,
             serde_json::json!({

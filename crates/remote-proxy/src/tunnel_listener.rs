@@ -245,27 +245,21 @@ struct Tunnel {
     pump_task: pump::Ended,
 }
 
-/// Start the pump and the yamux session over `ws`, register the session
-/// in the directory and take the device's lease; the tunnel and the
-/// session's driver, which runs until the session ends.
-async fn register(
+/// A yamux session running over a tunnel's WebSocket.
+struct Started<D> {
+    control: tunnel::Control,
+    driver: D,
+    activity: Arc<Activity>,
+    cancel: tokio_util::sync::CancellationToken,
+    pump_task: pump::Ended,
+}
+
+/// Start the pump and the yamux session (the relay's side: it opens the
+/// streams) over `ws`, within the relay's limits.
+fn start_session(
     relay: &Relay,
     ws: upgrade::UpgradedWs,
-    admitted: Admitted,
-) -> (
-    Tunnel,
-    impl std::future::Future<Output = session::SessionEnd>,
-) {
-    let Admitted {
-        auth,
-        token_hash,
-        remote,
-        agent_version,
-        preamble,
-        started,
-    } = admitted;
-    let device = auth.device_id;
-    let metrics_path = Arc::new(std::sync::RwLock::new(auth.metrics_path.clone()));
+) -> Started<impl std::future::Future<Output = session::SessionEnd> + Send> {
     let limits = &relay.limits;
     let activity = Activity::new();
     let (io, pump_task) = pump::spawn(
@@ -286,6 +280,44 @@ async fn register(
         cancel.clone(),
         activity.clone(),
     );
+    Started {
+        control,
+        driver,
+        activity,
+        cancel,
+        pump_task,
+    }
+}
+
+/// Start the session over `ws`, register it in the directory and take
+/// the device's lease; the tunnel and the session's driver, which runs
+/// until the session ends.
+async fn register(
+    relay: &Relay,
+    ws: upgrade::UpgradedWs,
+    admitted: Admitted,
+) -> (
+    Tunnel,
+    impl std::future::Future<Output = session::SessionEnd>,
+) {
+    let Admitted {
+        auth,
+        token_hash,
+        remote,
+        agent_version,
+        preamble,
+        started,
+    } = admitted;
+    let device = auth.device_id;
+    let metrics_path = Arc::new(std::sync::RwLock::new(auth.metrics_path.clone()));
+    let limits = &relay.limits;
+    let Started {
+        control,
+        driver,
+        activity,
+        cancel,
+        pump_task,
+    } = start_session(relay, ws);
     let now = now_ms();
     let summary = SessionSummary {
         device_id: device,

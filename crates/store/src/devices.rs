@@ -148,81 +148,23 @@ impl Store {
         owner: UserId,
         q: &DeviceQuery,
     ) -> Result<Vec<Device>, StoreError> {
-        let mut sql = String::from(
-            "SELECT d.* FROM devices d LEFT JOIN device_health h ON h.device_id = d.id
-             WHERE d.owner_id = $1 AND d.revoked_at IS NULL",
-        );
-        let mut n = 1;
-        let mut next = || {
-            n += 1;
-            format!("${n}")
-        };
-        let search = q.search.as_ref().map(|s| {
-            let escaped = s
-                .to_lowercase()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            format!("%{escaped}%")
-        });
-        if search.is_some() {
-            let p = next();
-            sql.push_str(&format!(
-                " AND (LOWER(d.name) LIKE {p} ESCAPE '\\' OR LOWER(COALESCE(d.serial, '')) LIKE {p} ESCAPE '\\'
-                   OR LOWER(d.labels) LIKE {p} ESCAPE '\\')"
-            ));
-        }
-        if q.health.is_some() {
-            let p = next();
-            sql.push_str(&format!(" AND COALESCE(h.state, 'unknown') = {p}"));
-        }
-        for _ in &q.labels {
-            let p = next();
-            sql.push_str(&match self.backend {
-                crate::Backend::Sqlite => {
-                    format!(" AND EXISTS (SELECT 1 FROM json_each(d.labels) l WHERE l.value = {p})")
-                }
-                crate::Backend::Postgres => format!(
-                    " AND EXISTS (SELECT 1 FROM jsonb_array_elements_text(d.labels::jsonb) l WHERE l = {p})"
-                ),
-            });
-        }
-        let ids: Vec<String> = match &q.among {
-            Some((_, ids)) => ids.iter().map(ToString::to_string).collect(),
-            None => Vec::new(),
-        };
-        if let Some((inside, _)) = &q.among {
-            let marks: Vec<String> = ids.iter().map(|_| next()).collect();
-            let list = if marks.is_empty() {
-                "''".to_owned()
-            } else {
-                marks.join(",")
-            };
-            sql.push_str(&format!(
-                " AND d.id {} IN ({list})",
-                if *inside { "" } else { "NOT" }
-            ));
-        }
+        let (filter, values) = self.device_filter(q);
         let order = match q.sort {
             DeviceSort::Created => "d.created_at, d.id",
             DeviceSort::CreatedDesc => "d.created_at DESC, d.id",
             DeviceSort::Name => "LOWER(d.name), d.id",
             DeviceSort::NameDesc => "LOWER(d.name) DESC, d.id",
         };
-        let (lp, op) = (next(), next());
-        sql.push_str(&format!(" ORDER BY {order} LIMIT {lp} OFFSET {op}"));
+        let limit = values.len() + 2;
+        let sql = format!(
+            "SELECT d.* FROM devices d LEFT JOIN device_health h ON h.device_id = d.id
+             WHERE d.owner_id = $1 AND d.revoked_at IS NULL{filter}
+             ORDER BY {order} LIMIT ${limit} OFFSET ${}",
+            limit + 1
+        );
         let mut query = sqlx::query(&sql).bind(owner.to_string());
-        if let Some(s) = &search {
-            query = query.bind(s.clone());
-        }
-        if let Some(h) = &q.health {
-            query = query.bind(h.clone());
-        }
-        for label in &q.labels {
-            query = query.bind(label.clone());
-        }
-        for id in &ids {
-            query = query.bind(id.clone());
+        for value in values {
+            query = query.bind(value);
         }
         query
             .bind(q.limit)
@@ -232,6 +174,55 @@ impl Store {
             .iter()
             .map(device_from_row)
             .collect()
+    }
+
+    /// The conditions of `q` beyond the owner's, as SQL with placeholders
+    /// from `$2` on, and the values they take, in order.
+    fn device_filter(&self, q: &DeviceQuery) -> (String, Vec<String>) {
+        let mut sql = String::new();
+        let mut values = Vec::new();
+        let mut param = |value: String| {
+            values.push(value);
+            format!("${}", values.len() + 1)
+        };
+        if let Some(s) = &q.search {
+            let escaped = s
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            let p = param(format!("%{escaped}%"));
+            sql.push_str(&format!(
+                " AND (LOWER(d.name) LIKE {p} ESCAPE '\\' OR LOWER(COALESCE(d.serial, '')) LIKE {p} ESCAPE '\\'
+                   OR LOWER(d.labels) LIKE {p} ESCAPE '\\')"
+            ));
+        }
+        if let Some(health) = &q.health {
+            let p = param(health.clone());
+            sql.push_str(&format!(" AND COALESCE(h.state, 'unknown') = {p}"));
+        }
+        for label in &q.labels {
+            let p = param(label.clone());
+            sql.push_str(&match self.backend {
+                crate::Backend::Sqlite => {
+                    format!(" AND EXISTS (SELECT 1 FROM json_each(d.labels) l WHERE l.value = {p})")
+                }
+                crate::Backend::Postgres => format!(
+                    " AND EXISTS (SELECT 1 FROM jsonb_array_elements_text(d.labels::jsonb) l WHERE l = {p})"
+                ),
+            });
+        }
+        if let Some((inside, ids)) = &q.among {
+            let marks: Vec<String> = ids.iter().map(|id| param(id.to_string())).collect();
+            let list = if marks.is_empty() {
+                "''".to_owned()
+            } else {
+                marks.join(",")
+            };
+            let not = if *inside { "" } else { "NOT" };
+            sql.push_str(&format!(" AND d.id {not} IN ({list})"));
+        }
+        (sql, values)
     }
 
     /// Set (or, with `None`, clear) the metrics path of the caller's

@@ -36,6 +36,15 @@ pub enum ExchangeError {
     Store(#[from] StoreError),
 }
 
+/// One exchange's parts, passed between its steps.
+struct Exchange<'a> {
+    owner: UserId,
+    device: DeviceId,
+    code_id: &'a str,
+    new: &'a NewDevice,
+    now: i64,
+}
+
 impl Store {
     /// Store a new code (by hash) for `owner`.
     pub async fn create_pairing_code(
@@ -126,95 +135,22 @@ impl Store {
         now: i64,
         max_devices: i64,
     ) -> Result<(Device, String), ExchangeError> {
-        let row = sqlx::query(
-            "SELECT id, owner_id FROM pairing_codes WHERE code_hash = $1 AND used_at IS NULL
-             AND cancelled_at IS NULL AND expires_at > $2",
-        )
-        .bind(code_hash)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from)?
-        .ok_or(ExchangeError::InvalidCode)?;
-        let code_id: String = row.try_get("id").map_err(StoreError::from)?;
-        let owner: UserId = parse_id(&row, "owner_id")?;
-        let device = DeviceId::new();
-
+        let (code_id, owner) = self.live_code(code_hash, now).await?;
+        let ex = Exchange {
+            owner,
+            device: DeviceId::new(),
+            code_id: &code_id,
+            new,
+            now,
+        };
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
-        if self.backend == crate::Backend::Postgres {
-            // READ COMMITTED lets two exchanges each count before the
-            // other commits; holding the owner's row makes them take turns.
-            // (SQLite has one writer at a time, and the transaction begins
-            // with a write.)
-            sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
-                .bind(owner.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::from)?;
-        }
-        sqlx::query(
-            "INSERT INTO devices (id, owner_id, name, labels, model, serial, agent_version, created_at)
-             VALUES ($1, $2, $3, '[]', $4, $5, $6, $7)",
-        )
-        .bind(device.to_string())
-        .bind(owner.to_string())
-        .bind(&new.name)
-        .bind(new.model.as_deref())
-        .bind(new.serial.as_deref())
-        .bind(new.agent_version.as_deref())
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-        // Counted after the insert, so the transaction begins with a write
-        // (SQLite cannot upgrade a read under contention); with the owner's
-        // row locked on PostgreSQL, the quota is exact for concurrent
-        // exchanges on both.
-        let owned: i64 = sqlx::query(
-            "SELECT COUNT(*) AS n FROM devices WHERE owner_id = $1 AND revoked_at IS NULL",
-        )
-        .bind(owner.to_string())
-        .fetch_one(&mut *tx)
-        .await
-        .and_then(|r| r.try_get("n"))
-        .map_err(StoreError::from)?;
-        if owned > max_devices {
+        if let Err(err) = self.insert_within_quota(&mut tx, &ex, max_devices).await {
             let _ = tx.rollback().await;
-            return Err(ExchangeError::DeviceQuota(owned - 1));
+            return Err(err);
         }
-        sqlx::query("INSERT INTO device_credentials (token_hash, device_id, created_at) VALUES ($1, $2, $3)")
-            .bind(token_hash)
-            .bind(device.to_string())
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-        let marked = if self.fault_mark_used() {
-            Err(StoreError::Injected)
-        } else {
-            sqlx::query(
-                "UPDATE pairing_codes SET used_at = $1, device_id = $2
-                 WHERE id = $3 AND used_at IS NULL AND cancelled_at IS NULL AND expires_at > $1",
-            )
-            .bind(now)
-            .bind(device.to_string())
-            .bind(&code_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)
-            .map(|d| d.rows_affected())
-        };
-        let marked = match marked {
-            Ok(1) => self
-                .audit_exchange(&mut tx, owner, device, &code_id, new)
-                .await
-                .map(|()| 1),
-            other => other,
-        };
-        match marked {
-            Ok(1) => {
-                tx.commit().await.map_err(StoreError::from)?;
-            }
+        let used = self.use_code(&mut tx, &ex, token_hash).await;
+        match used {
+            Ok(1) => tx.commit().await.map_err(StoreError::from)?,
             Ok(_) => {
                 tx.rollback().await.map_err(StoreError::from)?;
                 return Err(ExchangeError::InvalidCode);
@@ -234,10 +170,118 @@ impl Store {
             }
         }
         let dev = self
-            .device(owner, device)
+            .device(owner, ex.device)
             .await?
             .ok_or(StoreError::NotFound)?;
         Ok((dev, code_id))
+    }
+
+    /// The id and creator of the live code with `code_hash`.
+    async fn live_code(
+        &self,
+        code_hash: &str,
+        now: i64,
+    ) -> Result<(String, UserId), ExchangeError> {
+        let row = sqlx::query(
+            "SELECT id, owner_id FROM pairing_codes WHERE code_hash = $1 AND used_at IS NULL
+             AND cancelled_at IS NULL AND expires_at > $2",
+        )
+        .bind(code_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from)?
+        .ok_or(ExchangeError::InvalidCode)?;
+        let code_id: String = row.try_get("id").map_err(StoreError::from)?;
+        Ok((code_id, parse_id(&row, "owner_id")?))
+    }
+
+    /// The exchange's first step: the new device, refused past the owner's
+    /// quota (the caller rolls back).
+    async fn insert_within_quota(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        ex: &Exchange<'_>,
+        max_devices: i64,
+    ) -> Result<(), ExchangeError> {
+        let (owner, new) = (ex.owner, ex.new);
+        if self.backend == crate::Backend::Postgres {
+            // READ COMMITTED lets two exchanges each count before the
+            // other commits; holding the owner's row makes them take turns.
+            // (SQLite has one writer at a time, and the transaction begins
+            // with a write.)
+            sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+                .bind(owner.to_string())
+                .execute(&mut **tx)
+                .await
+                .map_err(StoreError::from)?;
+        }
+        sqlx::query(
+            "INSERT INTO devices (id, owner_id, name, labels, model, serial, agent_version, created_at)
+             VALUES ($1, $2, $3, '[]', $4, $5, $6, $7)",
+        )
+        .bind(ex.device.to_string())
+        .bind(owner.to_string())
+        .bind(&new.name)
+        .bind(new.model.as_deref())
+        .bind(new.serial.as_deref())
+        .bind(new.agent_version.as_deref())
+        .bind(ex.now)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::from)?;
+        // Counted after the insert, so the transaction begins with a write
+        // (SQLite cannot upgrade a read under contention); with the owner's
+        // row locked on PostgreSQL, the quota is exact for concurrent
+        // exchanges on both.
+        let owned: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM devices WHERE owner_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(owner.to_string())
+        .fetch_one(&mut **tx)
+        .await
+        .and_then(|r| r.try_get("n"))
+        .map_err(StoreError::from)?;
+        if owned > max_devices {
+            return Err(ExchangeError::DeviceQuota(owned - 1));
+        }
+        Ok(())
+    }
+
+    /// The exchange's second step: the device's credential, the code
+    /// marked used (conditionally: 1 when it still was live) and, then,
+    /// the audit events.
+    async fn use_code(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        ex: &Exchange<'_>,
+        token_hash: &str,
+    ) -> Result<u64, StoreError> {
+        let (device, now) = (ex.device, ex.now);
+        sqlx::query("INSERT INTO device_credentials (token_hash, device_id, created_at) VALUES ($1, $2, $3)")
+            .bind(token_hash)
+            .bind(device.to_string())
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        if self.fault_mark_used() {
+            return Err(StoreError::Injected);
+        }
+        let marked = sqlx::query(
+            "UPDATE pairing_codes SET used_at = $1, device_id = $2
+             WHERE id = $3 AND used_at IS NULL AND cancelled_at IS NULL AND expires_at > $1",
+        )
+        .bind(now)
+        .bind(device.to_string())
+        .bind(ex.code_id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if marked == 1 {
+            self.audit_exchange(tx, ex.owner, device, ex.code_id, ex.new)
+                .await?;
+        }
+        Ok(marked)
     }
 }
 

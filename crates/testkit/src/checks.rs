@@ -9,6 +9,20 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+/// Send `req` (bounded) and read its answer's JSON body, whatever the
+/// status.
+pub async fn json_answer(req: reqwest::RequestBuilder) -> serde_json::Value {
+    within("a JSON answer", async {
+        req.send()
+            .await
+            .expect("the request is answered")
+            .json()
+            .await
+            .expect("the answer is JSON")
+    })
+    .await
+}
+
 /// `GET /api/info` through the proxy.
 pub async fn info(stack: &Stack, user: &TestUser, device: DeviceId) -> serde_json::Value {
     let res = within(

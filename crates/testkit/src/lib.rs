@@ -22,10 +22,11 @@ pub mod redis;
 pub mod statements;
 pub mod tls;
 
+use api_server::app::{AppBuilder, RelayNodes};
 use api_server::config::Settings;
-use api_server::{AppParts, AppState};
+use api_server::AppState;
 use auth::{CookieKey, CookieKeys};
-use directory::{NodeId, RelayDirectory, StaticNode};
+use directory::{NodeId, RelayDirectory};
 use edge_core::{DeviceId, DeviceToken, Secret, UserId};
 use remote_proxy::config::Limits;
 use remote_proxy::{Relay, RelayTls};
@@ -434,64 +435,27 @@ impl Stack {
             ca_file: oidc_ca,
         })
         .unwrap();
-        let redis = match &opts.redis_url {
-            Some(url) => Some(
+        let relays = match &opts.redis_url {
+            Some(url) => RelayNodes::Leases(
                 directory::leases::RedisConn::connect(url, REDIS_TIMEOUT)
                     .await
                     .unwrap(),
             ),
-            None => None,
+            None => RelayNodes::One(NodeId(node_url(&opts.relay_tls, internal_addr))),
         };
-        let metrics = api_server::metrics::ApiMetrics::default();
-        let locator: Arc<dyn directory::NodeLocator> = match &redis {
-            Some(redis) => Arc::new(directory::leases::RedisLocator::new(
-                redis.clone(),
-                directory::leases::LeaseKey::derive(&secret),
-                metrics.forged_directory_entries.clone(),
-            )),
-            None => Arc::new(StaticNode(NodeId(node_url(&opts.relay_tls, internal_addr)))),
-        };
-        let mut directory = RelayDirectory::new(
-            locator,
-            secret.clone(),
-            settings.proxy_connect_timeout,
-            settings.proxy_connect_timeout,
-        );
-        if let Some(tls) = opts.client_tls.clone() {
-            directory = directory.with_tls(tls);
-        }
-        let relay_client = directory.clone();
-        let (audit, _audit_task) =
-            api_server::audit_writer::AuditWriter::start(store.clone(), 8192);
-        let directory: Arc<dyn directory::SessionView> = Arc::new(directory);
-        let boxes = api_server::box_client::BoxClient::new(
-            directory.clone(),
-            audit.clone(),
-            settings.proxy_connect_timeout,
-            settings.box_idle,
-        );
-        let pairing_limits = Arc::new(api_server::state::PairingLimits::default());
-        if let Some(redis) = redis {
-            let shared = directory::shared_limits::SharedBuckets::new(redis);
-            pairing_limits.per_address.share(shared.clone());
-            pairing_limits.global.share(shared);
-        }
-        let state = AppState::from(AppParts {
-            audit,
+        let app = AppBuilder {
             store: store.clone(),
-            directory,
-            boxes,
+            settings,
+            oidc,
+            internal_secret: secret.clone(),
             cookies: CookieKeys::new(CookieKey::new(Secret::random(32)).unwrap(), vec![]),
-            oidc: Arc::new(oidc),
-            settings: Arc::new(settings),
-            pairing_limits,
-            access_changes: Arc::default(),
             pairing_key: Secret::random(32),
-            metrics,
-            signals: Arc::default(),
-        });
-        tokio::spawn(api_server::health::run(state.clone(), shutdown.clone()));
-        tokio::spawn(api_server::webhooks::run(state.clone(), shutdown.clone()));
+            relays,
+            relay_tls: opts.client_tls.clone(),
+        }
+        .build();
+        app.spawn_tasks(&shutdown);
+        let (state, relay_client) = (app.state.clone(), app.relay_client.clone());
         tokio::spawn(edge_core::serve::serve(
             api,
             api_server::build_app(state.clone()),

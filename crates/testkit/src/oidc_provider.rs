@@ -69,3 +69,28 @@ pub async fn start(redirect_uri: &str, confidential_secret: &str) -> Provider {
         _child: child,
     }
 }
+
+/// A stack signing in through a fresh provider as `client_id` (with a
+/// secret when `confidential`), and the provider.
+pub async fn stack_with(client_id: &str, confidential: bool) -> (crate::Stack, Provider) {
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let callback = format!(
+        "http://{}/api/auth/callback",
+        api.local_addr().expect("bound")
+    );
+    let secret = edge_core::Secret::random(24);
+    let provider = start(&callback, secret.expose()).await;
+    let stack = crate::Stack::start_with(crate::StackOptions {
+        idp: crate::Idp::External {
+            api_listener: api,
+            issuer: provider.issuer.clone(),
+            client_id: client_id.into(),
+            client_secret: confidential.then_some(secret),
+        },
+        ..crate::StackOptions::default()
+    })
+    .await;
+    (stack, provider)
+}

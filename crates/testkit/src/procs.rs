@@ -5,7 +5,6 @@
 //! about itself (its metrics). Processes are killed when dropped.
 
 use crate::within;
-use auth::{CookieKey, CookieKeys, SessionId};
 use edge_core::{DeviceId, DeviceToken, UserId};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -62,6 +61,29 @@ pub fn rss_kib(pid: u32) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// User + system CPU time `pid` has used so far, in milliseconds (0 once
+/// it is gone).
+pub fn cpu_ms(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // The fields after the command name (which may hold spaces) in
+    // parentheses; utime and stime are fields 14 and 15 of the whole line,
+    // 11 and 12 here, in clock ticks of 10 ms on Linux.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) * 10
 }
 
 /// The value of an unlabelled sample `name` in a Prometheus text page.
@@ -187,16 +209,15 @@ impl ProcStack {
     /// A session of `user` in the store, its cookie signed with the key
     /// the api-server made in the data directory.
     async fn sign_in(&self) -> String {
-        let key = edge_core::secret::load_or_create_file(&self.data.path().join("session-key"))
-            .expect("session key");
-        let cookies = CookieKeys::new(CookieKey::new(key).expect("key"), vec![]);
-        let sid = SessionId::generate();
-        let now = edge_core::time::now_ms();
-        self.store
-            .create_session(&sid.hash(), "faults", self.user, now, now + 3_600_000, None)
-            .await
-            .expect("session");
-        api_server::session::session_cookie_pair(&cookies, false, &sid, now + 3_600_000)
+        api_server::session::sign_in_over_data_dir(
+            &self.store,
+            self.data.path(),
+            self.user,
+            "faults",
+            3_600_000,
+        )
+        .await
+        .expect("a session in the store")
     }
 
     pub fn tunnel_url(&self) -> String {

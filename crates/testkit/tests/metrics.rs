@@ -48,14 +48,9 @@ async fn prometheus_sees_logins_pairings_proxied_requests_and_refused_tunnels() 
     let mut browser = stack.browser();
     assert_eq!(stack.dev_login(&mut browser, "alice").await.status(), 302);
     let alice = stack.user("alice").await;
-    let code: serde_json::Value = stack
-        .send_as(Method::POST, &alice, "/api/pairing/codes")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let code: serde_json::Value =
+        testkit::checks::json_answer(stack.send_as(Method::POST, &alice, "/api/pairing/codes"))
+            .await;
     let paired = stack
         .http
         .post(stack.api("/api/pairing/exchange"))

@@ -8,9 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use edge_core::Secret;
 use testkit::browser::Browser;
-use testkit::{oidc_provider, Idp, Stack, StackOptions};
+use testkit::oidc_provider;
 
 /// The `action` of the first form in an HTML page and its hidden `prompt`.
 fn form_of(html: &str) -> (String, String) {
@@ -28,20 +27,8 @@ fn form_of(html: &str) -> (String, String) {
 }
 
 async fn login_through_provider(client_id: &str, confidential: bool) {
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let callback = format!("http://{}/api/auth/callback", api.local_addr().unwrap());
-    let secret = Secret::random(24);
-    let provider = oidc_provider::start(&callback, secret.expose()).await;
-    let stack = Stack::start_with(StackOptions {
-        idp: Idp::External {
-            api_listener: api,
-            issuer: provider.issuer.clone(),
-            client_id: client_id.into(),
-            client_secret: confidential.then_some(secret),
-        },
-        ..StackOptions::default()
-    })
-    .await;
+    let (stack, provider) = oidc_provider::stack_with(client_id, confidential).await;
+    let callback = stack.api("/api/auth/callback");
 
     let mut b = Browser::new();
     let start = b

@@ -186,16 +186,13 @@ async fn second_connection_wins_and_the_first_gets_goaway() {
         "no GoAway(0) in {bytes:?}"
     );
     assert_eq!(stack.relay().directory.len(), 1);
-    let sessions: serde_json::Value = stack
-        .http
-        .get(stack.internal_url("/internal/v1/sessions"))
-        .bearer_auth(stack.internal_secret().expose())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sessions: serde_json::Value = testkit::checks::json_answer(
+        stack
+            .http
+            .get(stack.internal_url("/internal/v1/sessions"))
+            .bearer_auth(stack.internal_secret().expose()),
+    )
+    .await;
     assert_eq!(sessions.as_array().map(Vec::len), Some(1));
     assert_eq!(sessions[0]["device_id"], dev.id.to_string());
     assert_eq!(sessions[0]["owner_id"], owner.id.to_string());

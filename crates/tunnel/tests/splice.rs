@@ -14,7 +14,7 @@ use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tunnel::session::{client_hearing, device_config, serve, FrameIo, Plain};
 use tunnel::splice::splice;
@@ -122,15 +122,7 @@ impl FrameIo for Recording {
     }
 }
 
-impl AsyncRead for Recording {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
+edge_core::read_through_inner!(impl for Recording);
 
 impl AsyncWrite for Recording {
     fn poll_write(
