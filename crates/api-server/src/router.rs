@@ -14,11 +14,11 @@ use crate::{
 };
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::response::Response;
-use std::convert::Infallible;
-use tower::ServiceExt;
 use axum::routing::any;
 use axum::Router;
 use http::Method;
+use std::convert::Infallible;
+use tower::ServiceExt;
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::OpenApi;
 use utoipa::OpenApi as _;

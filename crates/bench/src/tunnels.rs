@@ -87,8 +87,14 @@ where
                 },
                 activity.clone(),
             );
-            tunnel::session::serve(io, tunnel::session::device_config(), cancel, activity, on_stream)
-                .await;
+            tunnel::session::serve(
+                io,
+                tunnel::session::device_config(),
+                cancel,
+                activity,
+                on_stream,
+            )
+            .await;
         });
     }
     Ok(start.elapsed())
