@@ -37,6 +37,29 @@ pub struct Access {
     pub device: DeviceId,
 }
 
+/// What the proxy answers itself instead of the box.
+#[derive(utoipa::IntoResponses)]
+pub enum ProxyErrors {
+    #[response(status = 401, description = "no valid session")]
+    NoSession(ErrorBody),
+    #[response(
+        status = 403,
+        description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)"
+    )]
+    CrossSite(ErrorBody),
+    #[response(status = 404, description = "no such resource of the caller's")]
+    NotFound(ErrorBody),
+    #[response(status = 502, description = "the relay or the box cannot be reached")]
+    Unreachable(ErrorBody),
+    #[response(
+        status = 503,
+        description = "the device is offline, or the directory is unavailable"
+    )]
+    Offline(ErrorBody),
+    #[response(status = 504, description = "the box did not answer in time")]
+    Timeout(ErrorBody),
+}
+
 #[utoipa::path(
     method(get, post, put, patch, delete),
     path = "/api/devices/{id}/proxy/",
@@ -45,12 +68,7 @@ pub struct Access {
     security(("session" = [], "csrf" = [])),
     responses(
         (status = "default", description = "the box's own answer, passed through"),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
-        (status = 404, description = "no such resource of the caller's", body = ErrorBody),
-        (status = 502, description = "the relay or the box cannot be reached", body = ErrorBody),
-        (status = 503, description = "the device is offline, or the directory is unavailable", body = ErrorBody),
-        (status = 504, description = "the box did not answer in time", body = ErrorBody)
+        ProxyErrors
     )
 )]
 pub async fn forward_root(
@@ -70,12 +88,7 @@ pub async fn forward_root(
     security(("session" = [], "csrf" = [])),
     responses(
         (status = "default", description = "the box's own answer, passed through"),
-        (status = 401, description = "no valid session", body = ErrorBody),
-        (status = 403, description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)", body = ErrorBody),
-        (status = 404, description = "no such resource of the caller's", body = ErrorBody),
-        (status = 502, description = "the relay or the box cannot be reached", body = ErrorBody),
-        (status = 503, description = "the device is offline, or the directory is unavailable", body = ErrorBody),
-        (status = 504, description = "the box did not answer in time", body = ErrorBody)
+        ProxyErrors
     )
 )]
 pub async fn forward_path(
