@@ -7,9 +7,13 @@
 //! `--metrics-listen` (`edge_core::metrics`).
 
 use crate::error::ApiError;
+use crate::state::AppState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use edge_core::metrics::prometheus_client::encoding::{
+    EncodeLabel, EncodeLabelSet, LabelSetEncoder,
+};
 use edge_core::metrics::prometheus_client::metrics::counter::Counter;
 use edge_core::metrics::prometheus_client::metrics::family::Family;
 use edge_core::metrics::prometheus_client::metrics::gauge::Gauge;
@@ -19,14 +23,57 @@ use std::time::Instant;
 
 type Labels1 = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
-type HttpLabels = [(&'static str, String); 3];
-type RouteMethod = [(&'static str, String); 2];
+
+/// An HTTP request's labels, made without allocating: the route template
+/// is the router's own (shared), the method and status class are static.
+/// Without a status they are the latency histogram's labels.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HttpLabels {
+    route: Route,
+    method: &'static str,
+    status: Option<&'static str>,
+}
+
+/// The matched route template, or `unmatched`.
+#[derive(Clone, Debug)]
+struct Route(Option<MatchedPath>);
+
+impl Route {
+    fn as_str(&self) -> &str {
+        self.0.as_ref().map_or("unmatched", MatchedPath::as_str)
+    }
+}
+
+impl PartialEq for Route {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Route {}
+
+impl std::hash::Hash for Route {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl EncodeLabelSet for HttpLabels {
+    fn encode(&self, mut encoder: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        ("route", self.route.as_str()).encode(encoder.encode_label())?;
+        ("method", self.method).encode(encoder.encode_label())?;
+        if let Some(status) = self.status {
+            ("status", status).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
 
 /// Every api-server metric; cheap to clone (each is a shared handle).
 #[derive(Clone)]
 pub struct ApiMetrics {
     pub http_requests: Family<HttpLabels, Counter>,
-    pub http_duration: Family<RouteMethod, Histogram>,
+    pub http_duration: Family<HttpLabels, Histogram>,
     pub proxied: Family<Labels1, Counter>,
     pub proxy_first_byte: Histogram,
     pub logins: Family<Labels2, Counter>,
@@ -196,22 +243,25 @@ fn known_method(m: &http::Method) -> &'static str {
 
 /// Count and time each request by its route template (`unmatched` when
 /// no route matched: a raw path never becomes a label).
-pub async fn count_http(State(metrics): State<ApiMetrics>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = known_method(req.method()).to_owned();
+pub async fn count_http(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let mut labels = HttpLabels {
+        route: Route(req.extensions().get::<MatchedPath>().cloned()),
+        method: known_method(req.method()),
+        status: None,
+    };
     let started = Instant::now();
     let res = next.run(req).await;
+    let metrics = &state.metrics;
     metrics
         .http_duration
-        .get_or_create(&[("route", route.clone()), ("method", method.clone())])
+        .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
-    let class = format!("{}xx", res.status().as_u16() / 100);
-    metrics
-        .http_requests
-        .get_or_create(&[("route", route), ("method", method), ("status", class)])
-        .inc();
+    const CLASSES: [&str; 10] = [
+        "0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx",
+    ];
+    labels.status = CLASSES
+        .get(usize::from(res.status().as_u16() / 100))
+        .copied();
+    metrics.http_requests.get_or_create(&labels).inc();
     res
 }

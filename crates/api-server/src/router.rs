@@ -170,14 +170,14 @@ pub fn build_app(state: AppState) -> Router {
         .fallback(system::not_found)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
-            state.metrics.clone(),
+            state.clone(),
             crate::metrics::count_http,
         ))
         .with_state(state.clone());
     let devices = device_origin::router(state.clone())
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
-            state.metrics.clone(),
+            state.clone(),
             crate::metrics::count_http,
         ));
     dispatch(state, console, devices)

@@ -289,16 +289,17 @@ struct Gathered<'a> {
     network: BTreeMap<(&'a str, &'a str), f64>,
 }
 
+/// A derived gauge straight from a sample.
+fn gauge(out: &mut Figures, metric: &'static str, labels: &[(&'static str, &str)], v: f64) {
+    out.values.push((SeriesKey::derived(metric, labels), v));
+}
+
 impl<'a> Gathered<'a> {
     /// Take one stored sample: into the families derived figures come
     /// from, or straight into `out` as a gauge.
     fn take(&mut self, out: &mut Figures, s: &'a Sample<'a>, kind: Kind, at_ms: i64) {
         use names::*;
         let g = self;
-        let gauge =
-            |out: &mut Figures, metric: &'static str, labels: &[(&'static str, &str)], v: f64| {
-                out.values.push((SeriesKey::derived(metric, labels), v));
-            };
         let l = |name: &str| s.label(name).unwrap_or("");
         let v = s.value;
         match s.name {

@@ -210,54 +210,59 @@ impl SimMetrics {
             "edge_accel_throttled{{accel=\"npu0\"}} {}",
             u8::from(throttled)
         ));
-        line("# TYPE edge_inference_frames_total counter".into());
-        for m in &st.models {
-            line(format!(
-                "edge_inference_frames_total{{model=\"{}\",stream=\"{}\"}} {:.0}",
-                m.name, m.stream, m.frames
-            ));
-        }
-        line("# TYPE edge_inference_dropped_frames_total counter".into());
-        for m in &st.models {
-            line(format!(
-                "edge_inference_dropped_frames_total{{model=\"{}\",stream=\"{}\"}} {:.0}",
-                m.name, m.stream, m.dropped
-            ));
-        }
-        line("# TYPE edge_inference_latency_seconds histogram".into());
-        for m in &st.models {
-            for (k, bound) in BOUNDS.iter().enumerate() {
-                line(format!(
-                    "edge_inference_latency_seconds_bucket{{model=\"{}\",le=\"{bound}\"}} {:.0}",
-                    m.name, m.buckets[k]
-                ));
-            }
-            line(format!(
-                "edge_inference_latency_seconds_bucket{{model=\"{}\",le=\"+Inf\"}} {:.0}",
-                m.name, m.buckets[6]
-            ));
-            line(format!(
-                "edge_inference_latency_seconds_sum{{model=\"{}\"}} {:.4}",
-                m.name, m.latency_sum
-            ));
-            line(format!(
-                "edge_inference_latency_seconds_count{{model=\"{}\"}} {:.0}",
-                m.name, m.buckets[6]
-            ));
-        }
-        for m in &st.models {
-            line(format!(
-                "edge_model_info{{model=\"{}\",version=\"{}\",runtime=\"rknn\"}} 1",
-                m.name, m.version
-            ));
-            line(format!("edge_stream_up{{stream=\"{}\"}} 1", m.stream));
-        }
+        write_inference(&mut line, &st.models);
         line("# A figure outside the contract: kept only if allow-listed.".into());
         line(format!(
             "sim_queue_depth {}",
             (3.0 + 2.0 * st.noise()).round()
         ));
         out
+    }
+}
+
+/// The inference families' lines for `models`.
+fn write_inference(line: &mut impl FnMut(String), models: &[Model]) {
+    line("# TYPE edge_inference_frames_total counter".into());
+    for m in models {
+        line(format!(
+            "edge_inference_frames_total{{model=\"{}\",stream=\"{}\"}} {:.0}",
+            m.name, m.stream, m.frames
+        ));
+    }
+    line("# TYPE edge_inference_dropped_frames_total counter".into());
+    for m in models {
+        line(format!(
+            "edge_inference_dropped_frames_total{{model=\"{}\",stream=\"{}\"}} {:.0}",
+            m.name, m.stream, m.dropped
+        ));
+    }
+    line("# TYPE edge_inference_latency_seconds histogram".into());
+    for m in models {
+        for (k, bound) in BOUNDS.iter().enumerate() {
+            line(format!(
+                "edge_inference_latency_seconds_bucket{{model=\"{}\",le=\"{bound}\"}} {:.0}",
+                m.name, m.buckets[k]
+            ));
+        }
+        line(format!(
+            "edge_inference_latency_seconds_bucket{{model=\"{}\",le=\"+Inf\"}} {:.0}",
+            m.name, m.buckets[6]
+        ));
+        line(format!(
+            "edge_inference_latency_seconds_sum{{model=\"{}\"}} {:.4}",
+            m.name, m.latency_sum
+        ));
+        line(format!(
+            "edge_inference_latency_seconds_count{{model=\"{}\"}} {:.0}",
+            m.name, m.buckets[6]
+        ));
+    }
+    for m in models {
+        line(format!(
+            "edge_model_info{{model=\"{}\",version=\"{}\",runtime=\"rknn\"}} 1",
+            m.name, m.version
+        ));
+        line(format!("edge_stream_up{{stream=\"{}\"}} 1", m.stream));
     }
 }
 
