@@ -37,16 +37,10 @@ pub struct Access {
     pub device: DeviceId,
 }
 
-/// What the proxy answers itself instead of the box.
+/// What the proxy answers itself instead of the box, besides
+/// [`ChangeErrors`](crate::error::ChangeErrors).
 #[derive(utoipa::IntoResponses)]
 pub enum ProxyErrors {
-    #[response(status = 401, description = "no valid session")]
-    NoSession(ErrorBody),
-    #[response(
-        status = 403,
-        description = "cross-site request (missing `X-CSRF: 1` or foreign `Origin`)"
-    )]
-    CrossSite(ErrorBody),
     #[response(status = 404, description = "no such resource of the caller's")]
     NotFound(ErrorBody),
     #[response(status = 502, description = "the relay or the box cannot be reached")]
@@ -68,6 +62,7 @@ pub enum ProxyErrors {
     security(("session" = [], "csrf" = [])),
     responses(
         (status = "default", description = "the box's own answer, passed through"),
+        crate::error::ChangeErrors,
         ProxyErrors
     )
 )]
@@ -88,6 +83,7 @@ pub async fn forward_root(
     security(("session" = [], "csrf" = [])),
     responses(
         (status = "default", description = "the box's own answer, passed through"),
+        crate::error::ChangeErrors,
         ProxyErrors
     )
 )]

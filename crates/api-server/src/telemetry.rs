@@ -199,11 +199,7 @@ pub async fn series(
         .map(|s| (s.series_id, vec![Cell::default(); grid.steps]))
         .collect();
     if !cells.is_empty() {
-        if grid.raw {
-            fill_from_windows(&state, user.id, device.id, &grid, &mut cells).await?;
-        } else {
-            fill_from_rollups(&state, user.id, device.id, &grid, &mut cells).await?;
-        }
+        fill(&state, user.id, device.id, &grid, &mut cells).await?;
     }
     let series = known
         .iter()
@@ -280,46 +276,39 @@ impl Grid {
     }
 }
 
-/// Add the raw samples of `device`'s windows to the cells of their series.
-async fn fill_from_windows(
+/// Add `device`'s stored values to the cells of their series: the raw
+/// samples of its windows, or its five-minute rollups, as `grid` says.
+async fn fill(
     state: &AppState,
     user: UserId,
     device: DeviceId,
     grid: &Grid,
     cells: &mut HashMap<u32, Vec<Cell>>,
 ) -> Result<(), ApiError> {
-    for row in state
-        .store
-        .telemetry_windows(user, device, grid.from, grid.to)
-        .await?
-    {
-        let Ok(w) = codec::decode(row.start_ms, &row.data) else {
-            tracing::warn!(device = %device, start = row.start_ms, "corrupt telemetry window");
-            continue;
-        };
-        for (id, col) in &w.series {
-            let Some(c) = cells.get_mut(id) else { continue };
-            for (t, v) in w.times.iter().zip(&col.values) {
-                if let (Some(i), Some(v)) = (grid.slot(*t), v) {
-                    c[i].add(*v, 1.0, *v, *v);
+    let store = &state.store;
+    if grid.raw {
+        for row in store
+            .telemetry_windows(user, device, grid.from, grid.to)
+            .await?
+        {
+            let Ok(w) = codec::decode(row.start_ms, &row.data) else {
+                tracing::warn!(device = %device, start = row.start_ms, "corrupt telemetry window");
+                continue;
+            };
+            for (id, col) in &w.series {
+                let Some(c) = cells.get_mut(id) else { continue };
+                for (t, v) in w.times.iter().zip(&col.values) {
+                    if let (Some(i), Some(v)) = (grid.slot(*t), v) {
+                        c[i].add(*v, 1.0, *v, *v);
+                    }
                 }
             }
         }
+        return Ok(());
     }
-    Ok(())
-}
-
-/// Add `device`'s five-minute rollups to the cells of their series.
-async fn fill_from_rollups(
-    state: &AppState,
-    user: UserId,
-    device: DeviceId,
-    grid: &Grid,
-    cells: &mut HashMap<u32, Vec<Cell>>,
-) -> Result<(), ApiError> {
-    for row in state
-        .store
-        .telemetry_rollups(user, &[device], grid.from - WINDOW_MS, grid.to)
+    let from = grid.from - WINDOW_MS;
+    for row in store
+        .telemetry_rollups(user, &[device], from, grid.to)
         .await?
     {
         for (bucket, sums) in rollups(&row) {

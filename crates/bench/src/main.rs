@@ -215,14 +215,7 @@ async fn main() -> Result<()> {
     let user = store
         .upsert_user("https://bench", "bench", None, Some("bench"))
         .await?;
-    let cookie = api_server::session::sign_in_over_data_dir(
-        &store,
-        data.path(),
-        user.id,
-        "bench",
-        3_600_000,
-    )
-    .await?;
+    let cookie = bench::sign_in(&store, data.path(), user.id).await?;
     let dev = store
         .create_device(
             user.id,

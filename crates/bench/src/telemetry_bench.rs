@@ -419,14 +419,7 @@ async fn main() -> Result<()> {
         ..week
     };
     store.write_telemetry(&week).await?;
-    let cookie = api_server::session::sign_in_over_data_dir(
-        &store,
-        data.path(),
-        user.id,
-        "bench",
-        3_600_000,
-    )
-    .await?;
+    let cookie = bench::sign_in(&store, data.path(), user.id).await?;
     let api_port = free_port();
     let mut procs = Procs::default();
     procs.keep(
