@@ -659,6 +659,29 @@ impl Config {
         Ok(s)
     }
 
+    /// How the listener serves: connection limits and timeouts, checked.
+    pub fn serve_options(&self) -> Result<edge_core::serve::ServeOptions, ApiError> {
+        Ok(edge_core::serve::ServeOptions {
+            drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+            max_connections_per_client: self.max_connections_per_client,
+            max_header_bytes: self.max_header_bytes,
+            header_read_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
+            trusted_proxies: edge_core::client_addr::TrustedProxies::parse(&self.trusted_proxies)
+                .map_err(|e| ApiError::Config(format!("--trusted-proxies: {e}")))?,
+            ..edge_core::serve::ServeOptions::default()
+        })
+    }
+
+    /// How long stopping waits for queued audit events (at least a second).
+    pub fn audit_drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs.max(1))
+    }
+
+    /// Bound on one Redis command (50 ms to 30 s).
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms.clamp(50, 30_000))
+    }
+
     pub fn internal_secret_path(&self) -> PathBuf {
         self.internal_secret_file
             .clone()

@@ -38,9 +38,8 @@ pub use state::{AppParts, AppState};
 use auth::{CookieKey, CookieKeys};
 use config::Config;
 use directory::NodeId;
-use edge_core::serve::{serve, ServeOptions};
+use edge_core::serve::serve;
 use error::ApiError;
-use std::time::Duration;
 use store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -87,27 +86,16 @@ pub async fn run_on(
     let listen = listener
         .local_addr()
         .map_err(|e| ApiError::Config(format!("listener: {e}")))?;
-    let opts = ServeOptions {
-        drain_timeout: Duration::from_secs(config.drain_timeout_secs),
-        max_connections_per_client: config.max_connections_per_client,
-        max_header_bytes: config.max_header_bytes,
-        header_read_timeout: Duration::from_secs(config.header_timeout_secs.max(1)),
-        trusted_proxies: edge_core::client_addr::TrustedProxies::parse(&config.trusted_proxies)
-            .map_err(|e| ApiError::Config(format!("--trusted-proxies: {e}")))?,
-        ..ServeOptions::default()
-    };
+    let opts = config.serve_options()?;
     tracing::info!(%listen, relay = %config.relay_url, "api-server listening");
     let sweeper = tokio::spawn(housekeeping::run(app.state.clone(), shutdown.clone()));
     let [health, deliveries] = app.spawn_tasks(&shutdown);
     serve(listener, build_app(app.state.clone()), opts, shutdown).await;
     let _ = tokio::join!(sweeper, health, deliveries);
     // Every handle is gone with the router: the writer drains and ends.
-    if tokio::time::timeout(
-        Duration::from_secs(config.drain_timeout_secs.max(1)),
-        app.into_audit_task(),
-    )
-    .await
-    .is_err()
+    if tokio::time::timeout(config.audit_drain_timeout(), app.into_audit_task())
+        .await
+        .is_err()
     {
         tracing::warn!("audit events still queued after the drain timeout");
     }
@@ -133,12 +121,9 @@ async fn assemble(config: &Config) -> Result<app::App, ApiError> {
         .map_err(|e| ApiError::Config(format!("relay CA: {e}")))?;
     let relays = match &config.redis_url {
         Some(url) => app::RelayNodes::Leases(
-            directory::leases::RedisConn::connect(
-                url,
-                Duration::from_millis(config.redis_timeout_ms.clamp(50, 30_000)),
-            )
-            .await
-            .map_err(|e| ApiError::Config(format!("redis: {e}")))?,
+            directory::leases::RedisConn::connect(url, config.redis_timeout())
+                .await
+                .map_err(|e| ApiError::Config(format!("redis: {e}")))?,
         ),
         None => app::RelayNodes::One(NodeId(config.relay_url.clone())),
     };

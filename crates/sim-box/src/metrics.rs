@@ -84,6 +84,40 @@ impl State {
         self.rng ^= self.rng << 17;
         (self.rng >> 11) as f64 / (1u64 << 52) as f64 - 1.0
     }
+
+    /// Move the counters on to `t` seconds after start (slower while
+    /// `throttled`).
+    fn advance(&mut self, t: f64, throttled: bool) {
+        let dt = (t - self.last).max(0.0);
+        self.last = t;
+        let busy = 0.35 + 0.1 * (t / 60.0).sin() + 0.03 * self.noise();
+        self.cpu[0] += dt * 4.0 * (1.0 - busy);
+        self.cpu[1] += dt * 4.0 * busy * 0.8;
+        self.cpu[2] += dt * 4.0 * busy * 0.2;
+        let (rx, tx) = (
+            250_000.0 * (1.0 + 0.2 * self.noise()),
+            40_000.0 * (1.0 + 0.2 * self.noise()),
+        );
+        self.net[0] += dt * rx;
+        self.net[1] += dt * tx;
+        let slow = if throttled { 0.6 } else { 1.0 };
+        for i in 0..2 {
+            let n = self.noise();
+            let m = &mut self.models[i];
+            let fps = m.fps * slow * (1.0 + 0.05 * n);
+            let frames = fps * dt;
+            m.frames += frames;
+            m.dropped += frames * if throttled { 0.05 } else { 0.002 };
+            let mean = m.latency / slow;
+            m.latency_sum += frames * mean;
+            // Latencies spread evenly over [mean/2, 3 mean/2].
+            for (k, bound) in BOUNDS.iter().enumerate() {
+                let share = ((bound - mean / 2.0) / mean).clamp(0.0, 1.0);
+                m.buckets[k] += frames * share;
+            }
+            m.buckets[6] += frames;
+        }
+    }
 }
 
 /// The NPU's temperature and whether it throttles, `t` seconds in.
@@ -109,39 +143,11 @@ impl SimMetrics {
     /// in seconds; `t` should not go back).
     pub fn render_at(&self, t: f64) -> String {
         let (temp, throttled) = thermal(t);
-        let mut st = match self.state.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let dt = (t - st.last).max(0.0);
-        st.last = t;
-        let busy = 0.35 + 0.1 * (t / 60.0).sin() + 0.03 * st.noise();
-        st.cpu[0] += dt * 4.0 * (1.0 - busy);
-        st.cpu[1] += dt * 4.0 * busy * 0.8;
-        st.cpu[2] += dt * 4.0 * busy * 0.2;
-        let (rx, tx) = (
-            250_000.0 * (1.0 + 0.2 * st.noise()),
-            40_000.0 * (1.0 + 0.2 * st.noise()),
-        );
-        st.net[0] += dt * rx;
-        st.net[1] += dt * tx;
-        let slow = if throttled { 0.6 } else { 1.0 };
-        for i in 0..2 {
-            let n = st.noise();
-            let m = &mut st.models[i];
-            let fps = m.fps * slow * (1.0 + 0.05 * n);
-            let frames = fps * dt;
-            m.frames += frames;
-            m.dropped += frames * if throttled { 0.05 } else { 0.002 };
-            let mean = m.latency / slow;
-            m.latency_sum += frames * mean;
-            // Latencies spread evenly over [mean/2, 3 mean/2].
-            for (k, bound) in BOUNDS.iter().enumerate() {
-                let share = ((bound - mean / 2.0) / mean).clamp(0.0, 1.0);
-                m.buckets[k] += frames * share;
-            }
-            m.buckets[6] += frames;
-        }
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        st.advance(t, throttled);
         let load = 1.2 + 0.4 * (t / 90.0).sin();
         let avail_mem = 3.4e9 + 2.0e8 * (t / 120.0).sin();
         let disk_avail = 21.0e9 - t * 1_000.0;
@@ -188,28 +194,7 @@ impl SimMetrics {
             "edge_host_network_bytes_total{{device=\"eth0\",direction=\"tx\"}} {:.0}",
             st.net[1]
         ));
-        line(format!(
-            "edge_accel_utilization_ratio{{accel=\"npu0\"}} {util:.3}"
-        ));
-        line(format!(
-            "edge_accel_memory_bytes{{accel=\"npu0\",kind=\"total\"}} {}",
-            4u64 << 30
-        ));
-        line(format!(
-            "edge_accel_memory_bytes{{accel=\"npu0\",kind=\"used\"}} {}",
-            1_900_000_000u64
-        ));
-        line(format!(
-            "edge_accel_temperature_celsius{{accel=\"npu0\"}} {temp:.1}"
-        ));
-        line(format!(
-            "edge_accel_power_watts{{accel=\"npu0\"}} {:.2}",
-            4.0 + 4.0 * util
-        ));
-        line(format!(
-            "edge_accel_throttled{{accel=\"npu0\"}} {}",
-            u8::from(throttled)
-        ));
+        write_accel(&mut line, util, temp, throttled);
         write_inference(&mut line, &st.models);
         line("# A figure outside the contract: kept only if allow-listed.".into());
         line(format!(
@@ -218,6 +203,32 @@ impl SimMetrics {
         ));
         out
     }
+}
+
+/// The accelerator's lines: utilisation `util`, temperature `temp`.
+fn write_accel(line: &mut impl FnMut(String), util: f64, temp: f64, throttled: bool) {
+    line(format!(
+        "edge_accel_utilization_ratio{{accel=\"npu0\"}} {util:.3}"
+    ));
+    line(format!(
+        "edge_accel_memory_bytes{{accel=\"npu0\",kind=\"total\"}} {}",
+        4u64 << 30
+    ));
+    line(format!(
+        "edge_accel_memory_bytes{{accel=\"npu0\",kind=\"used\"}} {}",
+        1_900_000_000u64
+    ));
+    line(format!(
+        "edge_accel_temperature_celsius{{accel=\"npu0\"}} {temp:.1}"
+    ));
+    line(format!(
+        "edge_accel_power_watts{{accel=\"npu0\"}} {:.2}",
+        4.0 + 4.0 * util
+    ));
+    line(format!(
+        "edge_accel_throttled{{accel=\"npu0\"}} {}",
+        u8::from(throttled)
+    ));
 }
 
 /// The inference families' lines for `models`.
