@@ -6,6 +6,7 @@
 pub mod load;
 pub mod procs;
 pub mod rathole;
+pub mod scaling;
 pub mod tunnels;
 
 /// The benches' signed-in user: a session of `user` for an hour, made in

@@ -10,7 +10,7 @@
 //!
 //! Run: `cargo build --release --bins && target/release/edge-bench`
 
-use bench::{load, procs, rathole, tunnels};
+use bench::{load, procs, rathole, scaling, tunnels};
 
 use anyhow::{Context, Result};
 use auth::SessionId;
@@ -52,6 +52,10 @@ struct Cli {
     /// The rathole binary (default: `rathole` on PATH).
     #[arg(long)]
     rathole: Option<PathBuf>,
+    /// Also print how the figures grow: requests at 1, 64 and 512
+    /// connections, idle tunnels at 1,000, 10,000 and 100,000.
+    #[arg(long)]
+    scaling: bool,
 }
 
 /// Start `edge forward` (the real CLI, with a bearer session of `user`)
@@ -244,9 +248,12 @@ async fn main() -> Result<()> {
             // Every simulated device is one owner's and dials from loopback.
             .args([
                 "--max-tunnels-per-owner",
-                &(cli.idle_tunnels + 16).to_string(),
+                &(cli.idle_tunnels.max(if cli.scaling { 100_000 } else { 0 }) + 16).to_string(),
             ])
             .args(["--max-connections-per-client", "0"])
+            // The scaling steps' 512 connections go to one device, beyond
+            // the default cap of its concurrent streams (256).
+            .args(["--max-streams-per-session", "1024"])
             .args(["--metrics-listen", "127.0.0.1:0"])
             .envs(env)
             .stdout(Stdio::null())
@@ -266,6 +273,9 @@ async fn main() -> Result<()> {
                 "http://127.0.0.1:9",
                 "--metrics-listen",
                 "127.0.0.1:0",
+                // The load comes from one address.
+                "--max-connections-per-client",
+                "0",
             ])
             .envs(env)
             .stdout(Stdio::null())
@@ -479,18 +489,65 @@ async fn main() -> Result<()> {
         );
     }
 
+    let internal = format!("http://127.0.0.1:{internal_port}/internal/v1/sessions");
+    if cli.scaling {
+        let mut steps: Vec<scaling::Path<'_>> = paths
+            .iter()
+            .filter(|(name, _, _)| *name == "rathole 0.5, tcp" || *name == "ours, full path")
+            .map(|(name, base, cookie)| scaling::Path {
+                name,
+                base,
+                cookie: *cookie,
+            })
+            .collect();
+        steps.sort_by_key(|p| p.name != "rathole 0.5, tcp");
+        scaling::requests(&steps, cli.requests).await?;
+        let relay = scaling::Relay {
+            pid: relay_pid,
+            tunnel_url: &relay_url,
+            sessions_url: &internal,
+            secret: secret.expose(),
+            already: 1,
+        };
+        scaling::tunnels(&store, user.id, &relay, nofile).await?;
+    } else {
+        idle_tunnels(
+            &cli,
+            &store,
+            user.id,
+            (relay_pid, rss_empty),
+            &relay_url,
+            &internal,
+            &secret,
+        )
+        .await?;
+    }
+    drop(procs);
+    Ok(())
+}
+
+/// The relay with `cli.idle_tunnels` idle tunnels: connect time and memory.
+async fn idle_tunnels(
+    cli: &Cli,
+    store: &Store,
+    owner: edge_core::UserId,
+    (relay_pid, rss_empty): (u32, u64),
+    relay_url: &str,
+    internal: &str,
+    secret: &Secret,
+) -> Result<()> {
+    let client = reqwest::Client::builder().no_proxy().build()?;
     println!();
     println!("remote-proxy with {} idle tunnels", cli.idle_tunnels);
     let made = Instant::now();
-    let tokens = tunnels::pair_devices(&store, user.id, cli.idle_tunnels, "idle-").await?;
+    let tokens = tunnels::pair_devices(store, owner, cli.idle_tunnels, "idle-").await?;
     let made = made.elapsed();
     let rss_one = rss_kib(relay_pid);
     let cancel = CancellationToken::new();
-    let internal = format!("http://127.0.0.1:{internal_port}/internal/v1/sessions");
     let start = Instant::now();
-    let dialled = tunnels::connect_all(tokens, &relay_url, cancel.clone()).await?;
+    let dialled = tunnels::connect_all(tokens, relay_url, cancel.clone()).await?;
     let registered =
-        tunnels::wait_registered(&client, &internal, secret.expose(), cli.idle_tunnels + 1).await?;
+        tunnels::wait_registered(&client, internal, secret.expose(), cli.idle_tunnels + 1).await?;
     let connect_all = registered - start;
     // Let the relay's allocator settle before reading its memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -513,6 +570,5 @@ async fn main() -> Result<()> {
         rss_many.saturating_sub(rss_one) as f64 / cli.idle_tunnels.max(1) as f64
     );
     cancel.cancel();
-    drop(procs);
     Ok(())
 }

@@ -107,6 +107,44 @@ pub async fn wait_registered(
     secret: &str,
     want: usize,
 ) -> Result<Instant> {
+    wait_for(
+        client,
+        internal_url,
+        secret,
+        &format!("at least {want}"),
+        |n| n >= want,
+    )
+    .await
+}
+
+/// Wait until the relay lists at most `at_most` sessions (closed tunnels
+/// gone).
+pub async fn wait_drained(
+    client: &reqwest::Client,
+    internal_url: &str,
+    secret: &str,
+    at_most: usize,
+) -> Result<()> {
+    wait_for(
+        client,
+        internal_url,
+        secret,
+        &format!("at most {at_most}"),
+        |n| n <= at_most,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Poll the relay's session list (two minutes at most) until its length
+/// is `done`; returns when it was.
+async fn wait_for(
+    client: &reqwest::Client,
+    internal_url: &str,
+    secret: &str,
+    what: &str,
+    done: impl Fn(usize) -> bool,
+) -> Result<Instant> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let list: serde_json::Value = client
@@ -116,11 +154,11 @@ pub async fn wait_registered(
             .await?
             .json()
             .await?;
-        if list.as_array().map(Vec::len) >= Some(want) {
+        if done(list.as_array().map_or(0, Vec::len)) {
             return Ok(Instant::now());
         }
         if Instant::now() > deadline {
-            bail!("the relay never listed {want} sessions");
+            bail!("the relay never listed {what} sessions");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
