@@ -10,7 +10,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use auth::{CookieKey, CookieKeys, SessionId};
 use edge_core::{DeviceId, DeviceToken};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -191,16 +190,15 @@ async fn two_relays_and_two_api_servers_survive_a_relay_kill_and_a_redis_outage(
         .upsert_user("https://cluster", "alice", None, Some("alice"))
         .await
         .unwrap();
-    let key =
-        edge_core::secret::load_or_create_file(&cluster.data.path().join("session-key")).unwrap();
-    let cookies = CookieKeys::new(CookieKey::new(key).unwrap(), vec![]);
-    let sid = SessionId::generate();
-    let now = edge_core::time::now_ms();
-    store
-        .create_session(&sid.hash(), "cluster", user.id, now, now + 3_600_000, None)
-        .await
-        .unwrap();
-    let cookie = api_server::session::session_cookie_pair(&cookies, false, &sid, now + 3_600_000);
+    let cookie = api_server::session::sign_in_over_data_dir(
+        &store,
+        cluster.data.path(),
+        user.id,
+        "cluster",
+        3_600_000,
+    )
+    .await
+    .unwrap();
 
     // 100 Rust agents that know both relays, and one Go device on B.
     let stop_agents = CancellationToken::new();
