@@ -193,9 +193,12 @@ async fn run_tunnel(
     let Some(ws) = upgrade_connection(&relay, on_upgrade, &admitted).await else {
         return;
     };
-    let (tunnel, driver) = register(&relay, ws, admitted).await;
+    // Registering and tearing down wait on the store and Redis; boxed,
+    // their state lives only while they run instead of sizing every idle
+    // tunnel's task for it (as the handshake's, below).
+    let (tunnel, driver) = Box::pin(register(&relay, ws, admitted)).await;
     let session_end = supervise(&relay, &tunnel, driver).await;
-    teardown(&relay, tunnel, session_end).await;
+    Box::pin(teardown(&relay, tunnel, session_end)).await;
 }
 
 /// The WebSocket of an admitted connection, within the handshake timeout;
@@ -394,7 +397,9 @@ async fn supervise(
             end = &mut driver => break end,
             _ = tally.tick() => counted = count_bytes(relay, &tunnel.activity, counted),
             _ = recheck.tick() => {
-                if credential_revoked(relay, &tunnel.token_hash, &tunnel.metrics_path).await {
+                // Boxed for the same reason: a store read, now and then.
+                let check = credential_revoked(relay, &tunnel.token_hash, &tunnel.metrics_path);
+                if Box::pin(check).await {
                     let (device, remote) = (tunnel.device, tunnel.remote);
                     tracing::info!(%device, %remote, "credential revoked; closing the tunnel");
                     let _ = tunnel.closed_for.set("revoked");
