@@ -138,13 +138,5 @@ pub async fn tunnels(
 /// files and epoll entries live there (the whole machine's, so other
 /// work moves it too).
 fn slab_kib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Slab:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    crate::procs::kib_field("/proc/meminfo", "Slab:")
 }
