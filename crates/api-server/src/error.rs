@@ -305,3 +305,18 @@ pub enum ChangeErrors {
     #[response(status = 500, description = "internal error")]
     Internal(ErrorBody),
 }
+
+/// [`SessionErrors`] and the 403 of a change only a person may make: one
+/// called cross-site, or with a service account's token.
+#[derive(utoipa::IntoResponses)]
+pub enum PersonChangeErrors {
+    #[response(status = 401, description = "no valid session")]
+    NoSession(ErrorBody),
+    #[response(
+        status = 403,
+        description = "cross-site request, or a service account's token"
+    )]
+    NotAPerson(ErrorBody),
+    #[response(status = 500, description = "internal error")]
+    Internal(ErrorBody),
+}

@@ -7,7 +7,7 @@
 //! a service account's own token cannot manage accounts. Every change is
 //! audited under the owner.
 
-use crate::error::{ApiError, SessionErrors};
+use crate::error::{ApiError, PersonChangeErrors, SessionErrors};
 use crate::extract::{public_id, ApiJson};
 use crate::session::CurrentUser;
 use crate::state::AppState;
@@ -195,10 +195,9 @@ pub async fn list(
     responses(
         (status = 201, description = "the account and its first secret, shown once", body = CreatedAccount),
         (status = 400, description = "malformed request", body = ErrorBody),
-        (status = 403, description = "cross-site request, or a service account's token", body = ErrorBody),
         (status = 409, description = "as many service accounts as an owner may have", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),
-        SessionErrors
+        PersonChangeErrors
     )
 )]
 pub async fn create(
@@ -279,9 +278,8 @@ pub async fn get(
     security(("session" = [], "csrf" = [])),
     responses(
         (status = 204, description = "deleted; its tokens end, and with them its open connections"),
-        (status = 403, description = "cross-site request, or a service account's token", body = ErrorBody),
         (status = 404, description = "no such resource of the caller's", body = ErrorBody),
-        SessionErrors
+        PersonChangeErrors
     )
 )]
 pub async fn delete(
@@ -315,10 +313,9 @@ pub async fn delete(
     responses(
         (status = 201, description = "a new secret, shown once; the older ones work until `previous_expire_at`", body = RotatedSecret),
         (status = 400, description = "malformed request", body = ErrorBody),
-        (status = 403, description = "cross-site request, or a service account's token", body = ErrorBody),
         (status = 404, description = "no such resource of the caller's", body = ErrorBody),
         (status = 409, description = "the account holds as many secrets as it may", body = ErrorBody),
-        SessionErrors
+        PersonChangeErrors
     )
 )]
 pub async fn rotate(
@@ -378,9 +375,8 @@ pub async fn rotate(
     security(("session" = [], "csrf" = [])),
     responses(
         (status = 204, description = "revoked; tokens issued for it end"),
-        (status = 403, description = "cross-site request, or a service account's token", body = ErrorBody),
         (status = 404, description = "no such resource of the caller's", body = ErrorBody),
-        SessionErrors
+        PersonChangeErrors
     )
 )]
 pub async fn revoke_secret(
@@ -418,9 +414,8 @@ pub async fn revoke_secret(
     responses(
         (status = 200, description = "the account with its new key", body = ServiceAccount),
         (status = 400, description = "not a usable public key", body = ErrorBody),
-        (status = 403, description = "cross-site request, or a service account's token", body = ErrorBody),
         (status = 404, description = "no such resource of the caller's", body = ErrorBody),
-        SessionErrors
+        PersonChangeErrors
     )
 )]
 pub async fn set_key(

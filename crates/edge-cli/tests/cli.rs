@@ -59,6 +59,18 @@ async fn logged_in(stack: &Stack, user: edge_core::UserId) -> (tempfile::TempDir
 }
 
 /// The ids in `edge devices -o json`'s output.
+/// Run `cmd` to its end: its standard output, the run having succeeded
+/// (its standard error shown otherwise).
+async fn succeeded(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 fn device_ids(stdout: &[u8]) -> Vec<String> {
     let list: serde_json::Value = serde_json::from_slice(stdout).unwrap();
     list.as_array()
@@ -478,18 +490,12 @@ async fn devices_list_as_json_and_as_a_table_and_resolve_by_name() {
     let (online, _agent) = stack.online_device(alice.id).await;
     let _offline = stack.device(bob.id).await;
     let (_tmp, config) = logged_in(&stack, alice.id).await;
-    let out = edge(&stack.api(""), &config)
-        .args(["devices", "-o", "json", "--status", "online"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(
+        edge(&stack.api(""), &config).args(["devices", "-o", "json", "--status", "online"]),
+    )
+    .await;
     assert_eq!(
-        device_ids(&out.stdout),
+        device_ids(&stdout),
         [online.id.to_string()],
         "alice's online device only"
     );
@@ -557,17 +563,11 @@ async fn a_service_account_lists_its_selector_forwards_and_is_cut_when_deleted()
     let config = empty.path().join("edge");
 
     // The list holds the selector's device only.
-    let out = edge_as(&stack.api(""), &config, &client_id, &secret)
-        .args(["devices", "-o", "json"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(device_ids(&out.stdout), [device.id.to_string()]);
+    let stdout = succeeded(
+        edge_as(&stack.api(""), &config, &client_id, &secret).args(["devices", "-o", "json"]),
+    )
+    .await;
+    assert_eq!(device_ids(&stdout), [device.id.to_string()]);
 
     // A wrong secret is the token endpoint's invalid_client, exit 3.
     let out = edge_as(
@@ -1002,17 +1002,9 @@ async fn edge_login_uses_the_device_grant_of_a_certified_provider() {
     .unwrap();
     assert!(status.success());
 
-    let out = edge(&stack.api(""), config.path())
-        .args(["whoami", "-o", "json"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let me: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stdout =
+        succeeded(edge(&stack.api(""), config.path()).args(["whoami", "-o", "json"])).await;
+    let me: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
     assert_eq!(
         me["email"], "alice@example.test",
         "the provider's user, claims from UserInfo"
