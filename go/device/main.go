@@ -4,6 +4,8 @@
 // serves HTTP on the streams the relay opens (http.Serve over the session,
 // each stream wrapped so a read deadline interrupts a pending Read: see
 // deadlineListener). It exposes the same test endpoints as the Rust sim-box.
+// With -listen ADDR it dials nothing and serves them with plain net/http
+// instead: a Go box that edge-bench puts behind edge-agent and rathole.
 //
 // Build in GOPATH mode against Debian's packages:
 //
@@ -220,7 +222,11 @@ func main() {
 	caFile := flag.String("ca", "", "PEM file of a private CA to trust for wss:// (besides the system roots)")
 	reconnect := flag.Bool("reconnect", false, "dial again (with backoff) whenever the session ends")
 	metrics := flag.Bool("metrics", false, "serve /metrics (telemetry contract figures); without it the device has none, as most in the field")
+	listen := flag.String("listen", "", "serve the endpoints with plain net/http on this address instead of dialing a relay (a Go box for edge-bench)")
 	flag.Parse()
+	if *listen != "" {
+		log.Fatal(http.ListenAndServe(*listen, mux(*metrics)))
+	}
 	token := os.Getenv("EDGE_DEVICE_TOKEN")
 	if token == "" {
 		log.Fatal("EDGE_DEVICE_TOKEN is required")

@@ -3,11 +3,13 @@
 //! us, and many idle tunnels. `edge-bench` measures speed and memory;
 //! `edge-soak` runs 1,000 boxes under faults and counts what was lost.
 
+pub mod clients;
 pub mod load;
 pub mod procs;
 pub mod rathole;
 pub mod scaling;
 pub mod tunnels;
+pub mod wrk;
 
 /// The benches' signed-in user: a session of `user` for an hour, made in
 /// `store` with the key of the api-server over `data_dir`; its cookie.

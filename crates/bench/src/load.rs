@@ -76,6 +76,17 @@ pub struct Latency {
     pub errors: usize,
 }
 
+/// The run with the median request rate.
+pub fn median(v: &mut [Latency]) -> Latency {
+    v.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    v[v.len() / 2]
+}
+
+/// `d` in milliseconds.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 /// `total` GETs of `url` from `conc` connections.
 pub async fn small_requests(
     url: &str,

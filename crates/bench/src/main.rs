@@ -5,19 +5,20 @@
 //! box, in the same run, and the `edge` CLI forwarding a local port to the
 //! box through the whole path. It prints, for each path, bulk throughput and
 //! small-request rate with p50/p99, our ratios to rathole, CPU per 1,000
-//! proxied requests, and how fast and how cheaply the relay holds N idle
-//! tunnels. Stops by itself (well under 3 minutes on 2 cores).
+//! proxied requests, small requests by box (sim-box, a Go `net/http` box)
+//! and by client (its own, wrk), and how fast and how cheaply the relay
+//! holds N idle tunnels. Stops by itself (about 4 minutes on 2 cores).
 //!
 //! Run: `cargo build --release --bins && target/release/edge-bench`
 
-use bench::{load, procs, rathole, scaling, tunnels};
+use bench::{clients, load, procs, rathole, scaling, tunnels, wrk};
 
 use anyhow::{Context, Result};
 use auth::SessionId;
 use clap::Parser;
 use directory::SessionView;
 use edge_core::{DeviceToken, Secret};
-use load::Latency;
+use load::{ms, Latency};
 use procs::{bin, cpu_ms, free_port, rss_kib, wait_port, Procs};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -56,6 +57,90 @@ struct Cli {
     /// connections, idle tunnels at 1,000, 10,000 and 100,000.
     #[arg(long)]
     scaling: bool,
+    /// Seconds each wrk run lasts in the by-box-and-client table.
+    #[arg(long, default_value_t = 3)]
+    wrk_secs: u64,
+}
+
+/// Start the Go `net/http` box (`go/device -listen`) with its own device
+/// and edge-agent, and rathole's tcp transport to it: the box's base URLs
+/// through rathole and through our proxy route. `None` (with the reason
+/// printed) when Go or Debian's Go packages are missing.
+#[allow(clippy::too_many_arguments)]
+async fn start_go_box(
+    bindir: &std::path::Path,
+    store: &Store,
+    user: edge_core::UserId,
+    relay_url: &str,
+    data: &std::path::Path,
+    rathole: &std::path::Path,
+    api_port: u16,
+    procs: &mut Procs,
+) -> Result<Option<(String, String)>> {
+    let go = match testkit::go_device::build() {
+        Ok(go) => go,
+        Err(why) => {
+            println!("Go box: skipped ({why})");
+            return Ok(None);
+        }
+    };
+    let port = free_port();
+    procs.keep(
+        Command::new(go)
+            .args(["-listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .spawn()?,
+    )?;
+    wait_port(port).await;
+    let dev = store
+        .create_device(
+            user,
+            &NewDevice {
+                name: "bench-go-box".into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let token = DeviceToken::generate();
+    store.add_credential(dev.id, &token.hash()).await?;
+    procs.keep(
+        Command::new(bin(bindir, "edge-agent")?)
+            .args(["run", "--relay", relay_url])
+            .args(["--target", &format!("127.0.0.1:{port}")])
+            .env("EDGE_AGENT_TOKEN", token.expose())
+            .env("EDGE_DATA_DIR", data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    )?;
+    let through_rathole = rathole::start(rathole, "tcp", "go", port, data, procs).await?;
+    Ok(Some((
+        format!("http://127.0.0.1:{through_rathole}"),
+        format!("http://127.0.0.1:{api_port}/api/devices/{}/proxy", dev.id),
+    )))
+}
+
+/// Wait (up to 20 s) until `base/api/info` answers 2xx.
+async fn until_answers(
+    client: &reqwest::Client,
+    name: &str,
+    base: &str,
+    cookie: Option<&str>,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut req = client.get(format!("{base}/api/info"));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        if req.send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("{name} never answered");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Start `edge forward` (the real CLI, with a bearer session of `user`)
@@ -140,16 +225,6 @@ struct Row {
 fn median_f(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or_default()
-}
-
-/// The round with the median request rate.
-fn median_latency(v: &mut [Latency]) -> Latency {
-    v.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 fn ratio(ours: f64, theirs: Option<f64>) -> String {
@@ -309,7 +384,8 @@ async fn main() -> Result<()> {
     let mut rathole_ports = Vec::new();
     if let Some(rh) = &rathole_bin {
         for transport in ["tcp", "websocket"] {
-            let port = rathole::start(rh, transport, box_port, data.path(), &mut procs).await?;
+            let port =
+                rathole::start(rh, transport, "sim", box_port, data.path(), &mut procs).await?;
             rathole_ports.push((transport, port));
         }
     }
@@ -342,21 +418,29 @@ async fn main() -> Result<()> {
     paths.push(("ours, full path", ours.clone(), Some(cookie.as_str())));
     paths.push(("ours, edge forward", format!("http://{forward_addr}"), None));
     for (name, base, cookie) in &paths {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let mut req = client.get(format!("{base}/api/info"));
-            if let Some(c) = cookie {
-                req = req.header("cookie", *c);
-            }
-            if req.send().await.is_ok_and(|r| r.status().is_success()) {
-                break;
-            }
-            if Instant::now() > deadline {
-                anyhow::bail!("{name} never answered");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        until_answers(&client, name, base, *cookie).await?;
     }
+    let go_box = match &rathole_bin {
+        Some(rh) => {
+            let go = start_go_box(
+                &bindir,
+                &store,
+                user.id,
+                &relay_url,
+                data.path(),
+                rh,
+                api_port,
+                &mut procs,
+            )
+            .await?;
+            if let Some((rathole, ours)) = &go {
+                until_answers(&client, "Go box through rathole", rathole, None).await?;
+                until_answers(&client, "Go box, full path", ours, Some(&cookie)).await?;
+            }
+            go
+        }
+        None => None,
+    };
 
     println!(
         "edge-bench on {} cores, open-file limit {nofile}; one run, loopback only",
@@ -416,7 +500,7 @@ async fn main() -> Result<()> {
         .map(|((name, _, _), (b, s))| Row {
             name,
             bulk: median_f(b),
-            small: median_latency(s),
+            small: load::median(s),
         })
         .collect();
     let relay_only = median_f(&mut relay_only);
@@ -453,12 +537,18 @@ async fn main() -> Result<()> {
     println!();
     println!("against rathole:");
     println!(
-        "  small requests, full path / rathole-tcp  {}  (target ≥ 0.5×; p99 {:.2} ms, target ≤ 10 ms)",
+        "  small requests, full path / rathole-tcp  {}  (target ≥ 0.8×)",
         ratio(full.small.rps, rh_tcp.map(|r| r.small.rps)),
-        ms(full.small.p99)
     );
     println!(
-        "  bulk, full path / rathole-websocket      {}  (target ≥ 0.8×)",
+        "  p99, full path / rathole-tcp             {}  (target ≤ 1.5×)",
+        ratio(
+            full.small.p99.as_secs_f64(),
+            rh_tcp.map(|r| r.small.p99.as_secs_f64())
+        ),
+    );
+    println!(
+        "  bulk, full path / rathole-websocket      {}  (target ≥ 1.0×)",
         ratio(full.bulk, rh_ws.map(|r| r.bulk))
     );
     println!(
@@ -487,6 +577,32 @@ async fn main() -> Result<()> {
             per_k(relay),
             per_k(agent)
         );
+    }
+
+    if let Some((_, rathole_sim)) = rathole_ports.iter().find(|(t, _)| *t == "tcp") {
+        let mut boxes = vec![clients::BoxPaths {
+            name: "sim-box",
+            rathole_tcp: format!("http://127.0.0.1:{rathole_sim}"),
+            ours: ours.clone(),
+            cookie: &cookie,
+        }];
+        if let Some((rathole, ours)) = &go_box {
+            boxes.push(clients::BoxPaths {
+                name: "Go box",
+                rathole_tcp: rathole.clone(),
+                ours: ours.clone(),
+                cookie: &cookie,
+            });
+        }
+        let wrk = wrk::find();
+        let drive = clients::Drive {
+            wrk: wrk.as_deref(),
+            requests: cli.requests,
+            wrk_for: Duration::from_secs(cli.wrk_secs),
+            connections: cli.concurrency,
+            rounds: cli.rounds,
+        };
+        clients::compare(&boxes, &drive).await?;
     }
 
     let internal = format!("http://127.0.0.1:{internal_port}/internal/v1/sessions");
@@ -565,7 +681,7 @@ async fn idle_tunnels(
     println!("  RSS at start (no tunnels)         {:>9} KiB", rss_empty);
     println!("  RSS after the runs (1 tunnel)     {:>9} KiB", rss_one);
     println!(
-        "  RSS with the idle tunnels         {:>9} KiB  (+{:.1} KiB per tunnel; target ≤ 16 KiB)",
+        "  RSS with the idle tunnels         {:>9} KiB  (+{:.1} KiB per tunnel; target ≤ 12 KiB)",
         rss_many,
         rss_many.saturating_sub(rss_one) as f64 / cli.idle_tunnels.max(1) as f64
     );

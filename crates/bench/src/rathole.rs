@@ -20,10 +20,12 @@ pub fn find(explicit: Option<&Path>) -> Option<PathBuf> {
 }
 
 /// Start rathole with `transport` (`tcp` or `websocket`) forwarding to
-/// `box_port`; returns the port that reaches the box through it.
+/// `box_port` (its files in `dir` named after `label`); returns the port
+/// that reaches the box through it.
 pub async fn start(
     rathole: &Path,
     transport: &str,
+    label: &str,
     box_port: u16,
     dir: &Path,
     procs: &mut Procs,
@@ -36,7 +38,7 @@ pub async fn start(
             String::new()
         }
     };
-    let server = dir.join(format!("rathole-{transport}-server.toml"));
+    let server = dir.join(format!("rathole-{label}-{transport}-server.toml"));
     std::fs::write(
         &server,
         format!(
@@ -44,7 +46,7 @@ pub async fn start(
             transport_block("server")
         ),
     )?;
-    let client = dir.join(format!("rathole-{transport}-client.toml"));
+    let client = dir.join(format!("rathole-{label}-{transport}-client.toml"));
     std::fs::write(
         &client,
         format!(

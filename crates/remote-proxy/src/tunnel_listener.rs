@@ -248,10 +248,16 @@ struct Tunnel {
     pump_task: pump::Ended,
 }
 
+/// The future that drives a tunnel's yamux session, on the heap once: the
+/// session is most of an idle tunnel's memory, and a future moved through
+/// the `async fn`s above it would be held in each one's state twice (as
+/// passed and as bound).
+type Driver<D> = std::pin::Pin<Box<D>>;
+
 /// A yamux session running over a tunnel's WebSocket.
 struct Started<D> {
     control: tunnel::Control,
-    driver: D,
+    driver: Driver<D>,
     activity: Arc<Activity>,
     cancel: tokio_util::sync::CancellationToken,
     pump_task: pump::Ended,
@@ -285,7 +291,7 @@ fn start_session(
     );
     Started {
         control,
-        driver,
+        driver: Box::pin(driver),
         activity,
         cancel,
         pump_task,
@@ -301,7 +307,7 @@ async fn register(
     admitted: Admitted,
 ) -> (
     Tunnel,
-    impl std::future::Future<Output = session::SessionEnd>,
+    Driver<impl std::future::Future<Output = session::SessionEnd>>,
 ) {
     let Admitted {
         auth,
@@ -380,7 +386,7 @@ async fn register(
 async fn supervise(
     relay: &Relay,
     tunnel: &Tunnel,
-    driver: impl std::future::Future<Output = session::SessionEnd>,
+    mut driver: Driver<impl std::future::Future<Output = session::SessionEnd>>,
 ) -> session::SessionEnd {
     let limits = &relay.limits;
     // The session's bytes reach the relay's counters this often (liveness
@@ -390,7 +396,6 @@ async fn supervise(
         tokio::time::Instant::now() + limits.credential_recheck,
         limits.credential_recheck,
     );
-    tokio::pin!(driver);
     let mut counted = (0, 0);
     let end = loop {
         tokio::select! {

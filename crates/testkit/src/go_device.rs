@@ -55,12 +55,18 @@ fn which(cmd: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The built Go device (built once per process), or why it cannot be
+/// built here.
+pub fn build() -> Result<PathBuf, String> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT.get_or_init(build_once).clone()
+}
+
 /// The built Go device, or `None` (test should skip) when Go is missing and
 /// interop is not required. Panics when required and unavailable.
 pub fn binary() -> Option<PathBuf> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match BUILT.get_or_init(build_once) {
-        Ok(p) => Some(p.clone()),
+    match build() {
+        Ok(p) => Some(p),
         Err(e) if crate::interop_required() => {
             panic!("Go interop peer required but unavailable: {e}")
         }

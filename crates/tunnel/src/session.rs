@@ -142,46 +142,54 @@ where
     (control, drive(session, cancel, activity, on_stream))
 }
 
-async fn drive<T, F>(
+/// The future that drives `session` until it ends. Written as a function
+/// returning an `async move` block, not as an `async fn`: an `async fn`
+/// keeps each argument twice in its state (as passed, and as its local
+/// binding), and the session is most of the state of every idle tunnel on
+/// a relay.
+#[allow(clippy::manual_async_fn)]
+fn drive<T, F>(
     mut session: Session<T>,
     cancel: CancellationToken,
     activity: Arc<Activity>,
     mut on_stream: F,
-) -> SessionEnd
+) -> impl Future<Output = SessionEnd> + Send
 where
     T: FrameIo + Send + 'static,
     F: FnMut(StreamHandle) + Send,
 {
-    loop {
-        tokio::select! {
-            item = session.next() => match item {
-                Some(Ok(stream)) => on_stream(stream),
-                Some(Err(err)) => {
-                    if err.kind() == std::io::ErrorKind::InvalidData {
-                        activity.mark_protocol_error();
+    async move {
+        loop {
+            tokio::select! {
+                item = session.next() => match item {
+                    Some(Ok(stream)) => on_stream(stream),
+                    Some(Err(err)) => {
+                        if err.kind() == std::io::ErrorKind::InvalidData {
+                            activity.mark_protocol_error();
+                        }
+                        return SessionEnd::Error(err.to_string());
                     }
-                    return SessionEnd::Error(err.to_string());
-                }
-                None => return SessionEnd::PeerGone,
-            },
-            _ = cancel.cancelled() => break,
+                    None => return SessionEnd::PeerGone,
+                },
+                _ = cancel.cancelled() => break,
+            }
         }
-    }
-    // Send GoAway(0) and keep the session polled until it is flushed.
-    let mut control = session.control();
-    let close = control.close();
-    tokio::pin!(close);
-    let grace = tokio::time::sleep(CLOSE_GRACE);
-    tokio::pin!(grace);
-    loop {
-        tokio::select! {
-            _ = &mut close => break,
-            _ = &mut grace => break,
-            item = session.next() => match item {
-                Some(Ok(stream)) => drop(stream),
-                Some(Err(_)) | None => break,
-            },
+        // Send GoAway(0) and keep the session polled until it is flushed.
+        let mut control = session.control();
+        let close = control.close();
+        tokio::pin!(close);
+        let grace = tokio::time::sleep(CLOSE_GRACE);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                _ = &mut close => break,
+                _ = &mut grace => break,
+                item = session.next() => match item {
+                    Some(Ok(stream)) => drop(stream),
+                    Some(Err(_)) | None => break,
+                },
+            }
         }
+        SessionEnd::Closed
     }
-    SessionEnd::Closed
 }
