@@ -86,6 +86,7 @@ impl AppBuilder {
             audit.clone(),
             timeout,
             self.settings.box_idle,
+            self.settings.box_idle_per_device,
         );
         let state = AppState::from(AppParts {
             audit,

@@ -10,6 +10,11 @@
 //! authorized before it is handed here. A connection through a relay node
 //! that started draining serves no further request (it is poisoned after
 //! its response), so the node's streams end and its devices move on.
+//! Idle connections hold streams of the device's session, whose number
+//! the relay bounds (`--max-streams-per-session`): when the session
+//! refuses a stream, the device's idle connections are told to end and
+//! the stream is asked for again, so kept connections never starve a new
+//! request, another user's or an `edge forward`'s.
 
 use crate::audit_writer::AuditWriter;
 use crate::error::ApiError;
@@ -19,28 +24,80 @@ use edge_core::DeviceId;
 use hyper_util::client::legacy::connect::{capture_connection, Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use store::Actor;
 
 /// Host suffix of pool keys; `.invalid` never resolves (RFC 6761).
 const KEY_SUFFIX: &str = ".box.invalid";
-/// Idle connections kept per user and device.
-const MAX_IDLE_PER_KEY: usize = 64;
 /// A connection through a draining node that has been quiet this long
 /// since its last response bytes is idle in the pool: it ends itself, so
 /// the node's stream closes and its drain need not wait for the pool.
 const RETIRE_QUIET: Duration = Duration::from_secs(1);
+
+/// Pauses before a refused stream is asked for again, once the device's
+/// idle connections were told to end (their streams close within a round
+/// trip to the relay).
+const RECLAIM_PAUSES: [Duration; 4] = [
+    Duration::from_millis(5),
+    Duration::from_millis(20),
+    Duration::from_millis(50),
+    Duration::from_millis(150),
+];
 
 /// The pooled client of every box.
 #[derive(Clone)]
 pub struct BoxClient {
     client: Client<Connector, Body>,
     opened: Arc<AtomicU64>,
+    idle: Arc<IdleFlags>,
+}
+
+/// One flag per device that its pooled connections watch: set, the idle
+/// ones end at once and the busy ones after their answer. A device's flag
+/// is replaced once set, so connections opened later watch a new one.
+#[derive(Default)]
+struct IdleFlags {
+    devices: Mutex<Flags>,
+}
+
+#[derive(Default)]
+struct Flags {
+    by_device: HashMap<DeviceId, Retiring>,
+    /// Past this many entries, flags no connection holds are dropped.
+    prune_at: usize,
+}
+
+impl IdleFlags {
+    /// The flag a connection to `device` opened now watches.
+    fn flag(&self, device: DeviceId) -> Retiring {
+        let mut flags = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        if flags.by_device.len() >= flags.prune_at.max(1024) {
+            flags.by_device.retain(|_, f| f.holders() > 1);
+            flags.prune_at = flags.by_device.len() * 2;
+        }
+        flags.by_device.entry(device).or_default().clone()
+    }
+
+    /// Tell `device`'s pooled connections to end when idle; whether any
+    /// was watching.
+    fn reclaim(&self, device: DeviceId) -> bool {
+        let flag = self
+            .devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_device
+            .remove(&device);
+        flag.is_some_and(|f| {
+            f.set();
+            f.holders() > 1
+        })
+    }
 }
 
 impl std::fmt::Debug for BoxClient {
@@ -51,28 +108,52 @@ impl std::fmt::Debug for BoxClient {
 
 impl BoxClient {
     /// A client that opens streams through `directory` (each within
-    /// `connect_timeout`) and keeps idle connections for `idle`.
+    /// `connect_timeout`) and keeps up to `idle_per_key` idle connections
+    /// per user and device for `idle`.
     pub fn new(
         directory: Arc<dyn SessionView>,
         audit: AuditWriter,
         connect_timeout: Duration,
         idle: Duration,
+        idle_per_key: usize,
     ) -> Self {
         let opened = Arc::new(AtomicU64::new(0));
+        let flags = Arc::new(IdleFlags::default());
         let connector = Connector {
             directory,
             audit,
             connect_timeout,
             opened: opened.clone(),
+            idle: flags.clone(),
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(idle)
-            .pool_max_idle_per_host(if idle.is_zero() { 0 } else { MAX_IDLE_PER_KEY })
+            .pool_max_idle_per_host(if idle.is_zero() { 0 } else { idle_per_key })
             .set_host(false)
             .build(connector);
-        Self { client, opened }
+        Self {
+            client,
+            opened,
+            idle: flags,
+        }
+    }
+
+    /// `open()`'s stream to `device`; when the device's session refuses it
+    /// (its streams are all taken) and pooled connections to the device
+    /// are open, they are told to end when idle and the stream is asked
+    /// for again a few times. For streams outside the pool too (`edge
+    /// forward`'s).
+    pub async fn reclaiming<T, Fut>(
+        &self,
+        device: DeviceId,
+        open: impl FnMut() -> Fut,
+    ) -> Result<T, DirectoryError>
+    where
+        Fut: Future<Output = Result<T, DirectoryError>>,
+    {
+        reclaiming(&self.idle, device, open).await
     }
 
     /// Streams opened to boxes so far (a request on a warm connection
@@ -119,6 +200,28 @@ impl BoxClient {
     }
 }
 
+async fn reclaiming<T, Fut>(
+    idle: &IdleFlags,
+    device: DeviceId,
+    mut open: impl FnMut() -> Fut,
+) -> Result<T, DirectoryError>
+where
+    Fut: Future<Output = Result<T, DirectoryError>>,
+{
+    let mut result = open().await;
+    if !matches!(result, Err(DirectoryError::Stream(_))) || !idle.reclaim(device) {
+        return result;
+    }
+    for pause in RECLAIM_PAUSES {
+        tokio::time::sleep(pause).await;
+        result = open().await;
+        if !matches!(result, Err(DirectoryError::Stream(_))) {
+            break;
+        }
+    }
+    result
+}
+
 /// What a failed box request means to the caller.
 fn failure(err: &hyper_util::client::legacy::Error) -> ApiError {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
@@ -142,6 +245,7 @@ struct Connector {
     audit: AuditWriter,
     connect_timeout: Duration,
     opened: Arc<AtomicU64>,
+    idle: Arc<IdleFlags>,
 }
 
 /// The pool key (an authority) of `actor`'s connections to `device`:
@@ -187,12 +291,11 @@ impl tower::Service<http::Uri> for Connector {
         Box::pin(async move {
             let (device, actor) = parse_key(&uri)
                 .ok_or_else(|| DirectoryError::Relay("malformed box pool key".into()))?;
-            let (stream, retiring) = tokio::time::timeout(
-                this.connect_timeout,
-                this.directory.open_stream_retiring(device),
-            )
-            .await
-            .map_err(|_| DirectoryError::Timeout)??;
+            let open = || this.directory.open_stream_retiring(device);
+            let (stream, retiring) =
+                tokio::time::timeout(this.connect_timeout, reclaiming(&this.idle, device, open))
+                    .await
+                    .map_err(|_| DirectoryError::Timeout)??;
             this.opened.fetch_add(1, Ordering::Relaxed);
             this.audit.record(
                 actor.clone(),
@@ -203,6 +306,7 @@ impl tower::Service<http::Uri> for Connector {
             Ok(TokioIo::new(Audited {
                 inner: stream,
                 retiring,
+                reclaim: this.idle.flag(device),
                 idle_since: None,
                 retire_wait: None,
                 quiet: None,
@@ -223,6 +327,8 @@ impl tower::Service<http::Uri> for Connector {
 pub struct Audited {
     inner: BoxStream,
     retiring: Retiring,
+    /// Set when a stream to the device was refused: end once idle.
+    reclaim: Retiring,
     /// When the last response bytes arrived, unless a request was written
     /// since (then the connection is busy, not idle).
     idle_since: Option<Instant>,
@@ -264,20 +370,32 @@ impl tokio::io::AsyncRead for Audited {
 }
 
 impl Audited {
-    /// Whether this connection sits idle (quiet for [`RETIRE_QUIET`] since
-    /// its last response) on a node that is draining; arranges a wake-up
-    /// for when that may become true.
+    /// Whether this connection sits idle and was asked to end (its device
+    /// refused a stream), or idle for [`RETIRE_QUIET`] since its last
+    /// response on a node that is draining; arranges a wake-up for when
+    /// that may become true.
     fn retired(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(since) = self.idle_since else {
             return false;
         };
+        if self.reclaim.is_set() {
+            return true;
+        }
         if !self.retiring.is_set() {
-            let retiring = self.retiring.clone();
-            let wait = self
-                .retire_wait
-                .get_or_insert_with(|| Box::pin(retiring.until_set()));
+            let (retiring, reclaim) = (self.retiring.clone(), self.reclaim.clone());
+            let wait = self.retire_wait.get_or_insert_with(|| {
+                Box::pin(async move {
+                    tokio::select! {
+                        () = retiring.until_set() => {}
+                        () = reclaim.until_set() => {}
+                    }
+                })
+            });
             if wait.as_mut().poll(cx).is_pending() {
                 return false;
+            }
+            if self.reclaim.is_set() {
+                return true;
             }
         }
         let due = tokio::time::Instant::from_std(since + RETIRE_QUIET);

@@ -162,6 +162,17 @@ pub struct Config {
         hide_env_values = true
     )]
     pub box_idle_secs: u64,
+    /// Idle keep-alive connections kept per user and device. Each holds one
+    /// of the device's streams on its relay (`--max-streams-per-session`);
+    /// when the device's session refuses a new stream they are told to end,
+    /// so they never starve a new request.
+    #[arg(
+        long,
+        env = "API_SERVER_BOX_IDLE_PER_DEVICE",
+        default_value_t = DEFAULT_BOX_IDLE_PER_DEVICE,
+        hide_env_values = true
+    )]
+    pub box_idle_per_device: usize,
     /// OpenID Provider (Member Center) issuer URL; exact string match with
     /// the discovered `issuer`. Required.
     #[arg(long, env = "API_SERVER_OIDC_ISSUER", hide_env_values = true)]
@@ -389,6 +400,9 @@ pub const DEFAULT_PROXY_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_PROXY_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an idle keep-alive connection to a box is kept.
 pub const DEFAULT_BOX_IDLE: Duration = Duration::from_secs(4);
+/// Idle keep-alive connections kept per user and device: the relay's
+/// default number of streams per device session.
+pub const DEFAULT_BOX_IDLE_PER_DEVICE: usize = 256;
 /// How long a pairing code is valid.
 pub const DEFAULT_PAIRING_CODE_LIFETIME: Duration = Duration::from_secs(600);
 /// A request body idle this long fails.
@@ -440,6 +454,8 @@ pub struct Settings {
     pub proxy_first_byte_timeout: Duration,
     /// Idle keep-alive connections to boxes live this long (zero: none kept).
     pub box_idle: Duration,
+    /// Idle keep-alive connections kept per user and device.
+    pub box_idle_per_device: usize,
     pub pairing_code_lifetime: Duration,
     /// Where box content is served: one origin per device.
     pub device_origins: DeviceOrigins,
@@ -547,6 +563,7 @@ impl Settings {
             proxy_connect_timeout: DEFAULT_PROXY_CONNECT_TIMEOUT,
             proxy_first_byte_timeout: DEFAULT_PROXY_FIRST_BYTE_TIMEOUT,
             box_idle: DEFAULT_BOX_IDLE,
+            box_idle_per_device: DEFAULT_BOX_IDLE_PER_DEVICE,
             pairing_code_lifetime: DEFAULT_PAIRING_CODE_LIFETIME,
         })
     }
@@ -645,6 +662,7 @@ impl Config {
         s.proxy_connect_timeout = Duration::from_secs(self.proxy_connect_timeout_secs.max(1));
         s.proxy_first_byte_timeout = Duration::from_secs(self.proxy_first_byte_timeout_secs.max(1));
         s.box_idle = Duration::from_secs(self.box_idle_secs.min(300));
+        s.box_idle_per_device = self.box_idle_per_device.min(65_536);
         s.pairing_code_lifetime = Duration::from_secs(self.pairing_code_secs.clamp(60, 86_400));
         s.max_body_bytes = self.max_body_bytes.max(1024);
         s.body_idle_timeout = Duration::from_secs(self.body_idle_timeout_secs.max(1));

@@ -95,7 +95,10 @@ pub async fn forward(
     if state.audit.is_failing() {
         return Err(ApiError::AuditUnavailable);
     }
-    let mut stream = state.directory.open_tcp(device, &target).await?;
+    let mut stream = state
+        .boxes
+        .reclaiming(device, || state.directory.open_tcp(device, &target))
+        .await?;
     let first = match tokio::time::timeout(ANSWER_TIMEOUT, preamble::read_answer(&mut stream)).await
     {
         Ok(Ok(Ok(first))) => first,

@@ -351,6 +351,9 @@ async fn main() -> Result<()> {
                 // The load comes from one address.
                 "--max-connections-per-client",
                 "0",
+                // The scaling step's 512 connections all stay kept.
+                "--box-idle-per-device",
+                "512",
             ])
             .envs(env)
             .stdout(Stdio::null())

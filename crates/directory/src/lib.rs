@@ -107,6 +107,11 @@ impl Retiring {
         self.0.changed.notify_waiters();
     }
 
+    /// How many handles of this flag exist (this one included).
+    pub fn holders(&self) -> usize {
+        std::sync::Arc::strong_count(&self.0)
+    }
+
     /// Resolves once the flag is set.
     pub async fn until_set(self) {
         loop {

@@ -82,3 +82,53 @@ async fn a_session_carries_at_most_its_stream_limit() {
     );
     drop(b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_box_connections_give_their_streams_to_a_new_request() {
+    let mut opts = tight();
+    opts.limits.ping_interval = Duration::from_millis(100);
+    // Kept connections stay for the whole test unless told to end.
+    opts.settings_hook = |s| s.box_idle = Duration::from_secs(60);
+    let stack = Stack::start_with(opts).await;
+    let owner = stack.user("owner").await;
+    let (dev, _agent) = stack.online_device(owner.id).await;
+    // Two requests at once leave two kept connections: both of the
+    // session's streams.
+    let slow = stack.proxy_url(dev.id, "/test/delay?ms=300");
+    let (a, b) = tokio::join!(
+        stack.get(&owner, &slow).send(),
+        stack.get(&owner, &slow).send()
+    );
+    assert_eq!(
+        (a.unwrap().status().as_u16(), b.unwrap().status().as_u16()),
+        (200, 200)
+    );
+    assert_eq!(stack.state.boxes.streams_opened(), 2);
+    let dir = stack.relay().directory.clone();
+    assert!(
+        matches!(
+            dir.open_stream(dev.id).await,
+            Err(directory::DirectoryError::Stream(_))
+        ),
+        "the kept connections hold the session's every stream"
+    );
+    // A service account's requests never share the person's connections:
+    // its request needs a stream of its own, and gets one.
+    let (id, secret) = stack
+        .service_account(&owner, &["devices:remote"], &[])
+        .await;
+    let token = stack.service_token(&id, &secret).await;
+    let res = stack
+        .http
+        .get(stack.proxy_url(dev.id, "/api/info"))
+        .bearer_auth(token.expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        200,
+        "a new request is not starved by kept ones"
+    );
+    assert_eq!(stack.state.boxes.streams_opened(), 3);
+}
