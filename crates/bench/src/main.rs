@@ -17,14 +17,14 @@ use anyhow::{Context, Result};
 use auth::SessionId;
 use clap::Parser;
 use directory::SessionView;
-use edge_core::{DeviceToken, Secret};
+use edge_core::Secret;
 use load::{ms, Latency};
 use procs::{bin, cpu_ms, free_port, rss_kib, wait_port, Procs};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use store::{NewDevice, Store};
+use store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
@@ -92,17 +92,7 @@ async fn start_go_box(
             .spawn()?,
     )?;
     wait_port(port).await;
-    let dev = store
-        .create_device(
-            user,
-            &NewDevice {
-                name: "bench-go-box".into(),
-                ..Default::default()
-            },
-        )
-        .await?;
-    let token = DeviceToken::generate();
-    store.add_credential(dev.id, &token.hash()).await?;
+    let (dev, token) = tunnels::pair_device(store, user, "bench-go-box".into()).await?;
     procs.keep(
         Command::new(bin(bindir, "edge-agent")?)
             .args(["run", "--relay", relay_url])
@@ -116,7 +106,7 @@ async fn start_go_box(
     let through_rathole = rathole::start(rathole, "tcp", "go", port, data, procs).await?;
     Ok(Some((
         format!("http://127.0.0.1:{through_rathole}"),
-        format!("http://127.0.0.1:{api_port}/api/devices/{}/proxy", dev.id),
+        format!("http://127.0.0.1:{api_port}/api/devices/{dev}/proxy"),
     )))
 }
 
@@ -295,17 +285,7 @@ async fn main() -> Result<()> {
         .upsert_user("https://bench", "bench", None, Some("bench"))
         .await?;
     let cookie = bench::sign_in(&store, data.path(), user.id).await?;
-    let dev = store
-        .create_device(
-            user.id,
-            &NewDevice {
-                name: "bench-box".into(),
-                ..Default::default()
-            },
-        )
-        .await?;
-    let token = DeviceToken::generate();
-    store.add_credential(dev.id, &token.hash()).await?;
+    let (dev, token) = tunnels::pair_device(&store, user.id, "bench-box".into()).await?;
 
     let env = [
         ("EDGE_DATA_DIR", data.path().to_str().context("path")?),
@@ -399,13 +379,13 @@ async fn main() -> Result<()> {
         user.id,
         data.path(),
         &format!("http://127.0.0.1:{api_port}"),
-        &dev.id.to_string(),
+        &dev.to_string(),
         box_port,
         &mut procs,
     )
     .await?;
     let client = reqwest::Client::builder().no_proxy().build()?;
-    let ours = format!("http://127.0.0.1:{api_port}/api/devices/{}/proxy", dev.id);
+    let ours = format!("http://127.0.0.1:{api_port}/api/devices/{dev}/proxy");
     let direct = format!("http://127.0.0.1:{box_port}");
     // Every path answers before anything is measured.
     let mut paths: Vec<(&'static str, String, Option<&str>)> =
@@ -494,7 +474,7 @@ async fn main() -> Result<()> {
                 cpu.2 += after.2 - before.2;
             }
         }
-        relay_only.push(relay_only_download(&relay_client, dev.id, n).await?);
+        relay_only.push(relay_only_download(&relay_client, dev, n).await?);
         upload.push(load::upload(&client, &format!("{ours}/test/upload"), &cookie, n).await?);
     }
     let rows: Vec<Row> = paths

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use tokio::process::Child;
 
-pub use testkit::procs::{cpu_ms, free_port, kib_field, rss_kib, signal, wait_port};
+pub use testkit::procs::{cpu_ms, free_port, kib_field, on_path, rss_kib, signal, wait_port};
 
 /// Every child of the run; killed on drop.
 #[derive(Default)]

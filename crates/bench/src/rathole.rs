@@ -12,11 +12,7 @@ pub fn find(explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = explicit {
         return p.is_file().then(|| p.to_owned());
     }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("rathole"))
-            .find(|p| p.is_file())
-    })
+    crate::procs::on_path("rathole")
 }
 
 /// Start rathole with `transport` (`tcp` or `websocket`) forwarding to

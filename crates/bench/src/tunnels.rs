@@ -9,6 +9,27 @@ use futures_util::StreamExt;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// Pair one device of `owner` named `name` with a fresh credential: its
+/// id and credential.
+pub async fn pair_device(
+    store: &store::Store,
+    owner: edge_core::UserId,
+    name: String,
+) -> Result<(edge_core::DeviceId, DeviceToken)> {
+    let d = store
+        .create_device(
+            owner,
+            &store::NewDevice {
+                name,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let t = DeviceToken::generate();
+    store.add_credential(d.id, &t.hash()).await?;
+    Ok((d.id, t))
+}
+
 /// Pair `n` devices of `owner` named `<prefix><i>`, each with a fresh
 /// credential; returns the credentials.
 pub async fn pair_devices(
@@ -19,17 +40,7 @@ pub async fn pair_devices(
 ) -> Result<Vec<DeviceToken>> {
     let mut tokens = Vec::with_capacity(n);
     for i in 0..n {
-        let d = store
-            .create_device(
-                owner,
-                &store::NewDevice {
-                    name: format!("{prefix}{i:05}"),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let t = DeviceToken::generate();
-        store.add_credential(d.id, &t.hash()).await?;
+        let (_, t) = pair_device(store, owner, format!("{prefix}{i:05}")).await?;
         tokens.push(t);
     }
     Ok(tokens)

@@ -11,11 +11,7 @@ use tokio::process::Command;
 
 /// The wrk binary on `PATH`, if any.
 pub fn find() -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("wrk"))
-            .find(|p| p.is_file())
-    })
+    crate::procs::on_path("wrk")
 }
 
 /// GET `url` (with `cookie`, if any) from `connections` connections on two

@@ -15,8 +15,8 @@ fn repo_root() -> PathBuf {
 }
 
 fn build_once() -> Result<PathBuf, String> {
-    let go =
-        which("go").ok_or("the `go` toolchain is not installed (apt-get install golang-go)")?;
+    let go = crate::procs::on_path("go")
+        .ok_or("the `go` toolchain is not installed (apt-get install golang-go)")?;
     for pkg in ["github.com/hashicorp/yamux", "github.com/gorilla/websocket"] {
         if !Path::new(GOPATH).join("src").join(pkg).exists() {
             return Err(format!(
@@ -45,14 +45,6 @@ fn build_once() -> Result<PathBuf, String> {
     }
     std::fs::rename(&tmp, &out).map_err(|e| e.to_string())?;
     Ok(out)
-}
-
-fn which(cmd: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(cmd))
-        .find(|p| p.is_file())
 }
 
 /// The built Go device (built once per process), or why it cannot be

@@ -13,6 +13,15 @@ use store::{NewDevice, Store};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
+/// The program `cmd` in a directory of `PATH`, if any.
+pub fn on_path(cmd: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(cmd))
+            .find(|p| p.is_file())
+    })
+}
+
 /// A free loopback port (bound, then released, so a child can take it).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
