@@ -589,6 +589,8 @@ async fn main() -> Result<()> {
     }
 
     let internal = format!("http://127.0.0.1:{internal_port}/internal/v1/sessions");
+    // The boxes' own tunnels, up before the idle ones.
+    let already = 1 + usize::from(go_box.is_some());
     if cli.scaling {
         let mut steps: Vec<scaling::Path<'_>> = paths
             .iter()
@@ -606,7 +608,7 @@ async fn main() -> Result<()> {
             tunnel_url: &relay_url,
             sessions_url: &internal,
             secret: secret.expose(),
-            already: 1,
+            already,
         };
         scaling::tunnels(&store, user.id, &relay, nofile).await?;
     } else {
@@ -614,7 +616,7 @@ async fn main() -> Result<()> {
             &cli,
             &store,
             user.id,
-            (relay_pid, rss_empty),
+            (relay_pid, rss_empty, already),
             &relay_url,
             &internal,
             &secret,
@@ -630,7 +632,7 @@ async fn idle_tunnels(
     cli: &Cli,
     store: &Store,
     owner: edge_core::UserId,
-    (relay_pid, rss_empty): (u32, u64),
+    (relay_pid, rss_empty, already): (u32, u64, usize),
     relay_url: &str,
     internal: &str,
     secret: &Secret,
@@ -645,8 +647,13 @@ async fn idle_tunnels(
     let cancel = CancellationToken::new();
     let start = Instant::now();
     let dialled = tunnels::connect_all(tokens, relay_url, cancel.clone()).await?;
-    let registered =
-        tunnels::wait_registered(&client, internal, secret.expose(), cli.idle_tunnels + 1).await?;
+    let registered = tunnels::wait_registered(
+        &client,
+        internal,
+        secret.expose(),
+        cli.idle_tunnels + already,
+    )
+    .await?;
     let connect_all = registered - start;
     // Let the relay's allocator settle before reading its memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -662,7 +669,10 @@ async fn idle_tunnels(
         dialled.as_secs_f64()
     );
     println!("  RSS at start (no tunnels)         {:>9} KiB", rss_empty);
-    println!("  RSS after the runs (1 tunnel)     {:>9} KiB", rss_one);
+    println!(
+        "  RSS after the runs ({already} tunnels)    {:>9} KiB",
+        rss_one
+    );
     println!(
         "  RSS with the idle tunnels         {:>9} KiB  (+{:.1} KiB per tunnel; target ≤ 12 KiB)",
         rss_many,
