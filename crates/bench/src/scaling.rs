@@ -40,7 +40,7 @@ pub async fn requests(paths: &[Path<'_>], requests: usize) -> Result<()> {
         }
         print!("  {:<26}", p.name);
         for l in &row {
-            print!(" {:>9.0} {:>8.2}", l.rps, l.p99.as_secs_f64() * 1e3);
+            print!(" {:>9.0} {:>8.2}", l.rps, load::ms(l.p99));
         }
         let errors: usize = row.iter().map(|l| l.errors).sum();
         if errors > 0 {
