@@ -14,9 +14,12 @@
 //! the relay bounds (`--max-streams-per-session`): when the session
 //! refuses a stream, the device's idle connections are told to end and
 //! the stream is asked for again, so kept connections never starve a new
-//! request, another user's or an `edge forward`'s.
+//! request, another user's or an `edge forward`'s. Bodiless requests
+//! without an upgrade (most of them) skip hyper's client: `box_wire`
+//! sends them on streams it keeps itself, opened and audited here alike.
 
 use crate::audit_writer::AuditWriter;
+use crate::box_wire::{self, Kept, WireBody};
 use crate::error::ApiError;
 use axum::body::Body;
 use directory::{BoxStream, DirectoryError, Retiring, SessionView};
@@ -54,6 +57,7 @@ const RECLAIM_PAUSES: [Duration; 4] = [
 #[derive(Clone)]
 pub struct BoxClient {
     client: Client<Connector, Body>,
+    connector: Connector,
     opened: Arc<AtomicU64>,
     idle: Arc<IdleFlags>,
 }
@@ -61,9 +65,10 @@ pub struct BoxClient {
 /// One flag per device that its pooled connections watch: set, the idle
 /// ones end at once and the busy ones after their answer. A device's flag
 /// is replaced once set, so connections opened later watch a new one.
-#[derive(Default)]
+/// Beside them, the streams `box_wire` keeps, ended with the flag.
 struct IdleFlags {
     devices: Mutex<Flags>,
+    kept: Arc<Kept>,
 }
 
 #[derive(Default)]
@@ -87,16 +92,18 @@ impl IdleFlags {
     /// Tell `device`'s pooled connections to end when idle; whether any
     /// was watching.
     fn reclaim(&self, device: DeviceId) -> bool {
+        let kept = self.kept.end_device(device);
         let flag = self
             .devices
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .by_device
             .remove(&device);
-        flag.is_some_and(|f| {
+        let pooled = flag.is_some_and(|f| {
             f.set();
             f.holders() > 1
-        })
+        });
+        kept || pooled
     }
 }
 
@@ -118,7 +125,10 @@ impl BoxClient {
         idle_per_key: usize,
     ) -> Self {
         let opened = Arc::new(AtomicU64::new(0));
-        let flags = Arc::new(IdleFlags::default());
+        let flags = Arc::new(IdleFlags {
+            devices: Mutex::default(),
+            kept: Arc::new(Kept::new(idle, idle_per_key)),
+        });
         let connector = Connector {
             directory,
             audit,
@@ -132,9 +142,10 @@ impl BoxClient {
             .pool_idle_timeout(idle)
             .pool_max_idle_per_host(if idle.is_zero() { 0 } else { idle_per_key })
             .set_host(false)
-            .build(connector);
+            .build(connector.clone());
         Self {
             client,
+            connector,
             opened,
             idle: flags,
         }
@@ -167,6 +178,43 @@ impl BoxClient {
     pub fn streams_opened_probe(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
         let opened = self.opened.clone();
         move || opened.load(Ordering::Relaxed)
+    }
+
+    /// Send a bodiless request without an upgrade (its `head`, made by
+    /// [`box_wire::request_head`]) to `device` for `actor`, on a stream
+    /// kept from an earlier answer when there is one. An idempotent
+    /// request that met a kept stream's end before any answer is sent
+    /// again once, on a new stream.
+    pub async fn exchange(
+        &self,
+        actor: &Actor,
+        device: DeviceId,
+        method: &http::Method,
+        head: &[u8],
+    ) -> Result<http::Response<WireBody>, ApiError> {
+        let kept = &self.idle.kept;
+        let mut reused = kept.take(device, actor);
+        loop {
+            let from_kept = reused.is_some();
+            let io = match reused.take() {
+                Some(io) => io,
+                None => self
+                    .connector
+                    .open(device, actor.clone(), true)
+                    .await
+                    .map_err(|err| ApiError::from_directory(&err))?,
+            };
+            match box_wire::exchange(io, head, method, kept, device, actor.clone()).await {
+                Ok(res) => return Ok(res),
+                Err((err, answered)) => {
+                    tracing::debug!(%device, error = %err, "box request failed");
+                    if from_kept && !answered && method.is_idempotent() {
+                        continue;
+                    }
+                    return Err(ApiError::DeviceUnreachable);
+                }
+            }
+        }
     }
 
     /// Send `req` (origin-form path in its URI) to `device` for `actor`.
@@ -291,33 +339,47 @@ impl tower::Service<http::Uri> for Connector {
         Box::pin(async move {
             let (device, actor) = parse_key(&uri)
                 .ok_or_else(|| DirectoryError::Relay("malformed box pool key".into()))?;
-            let open = || this.directory.open_stream_retiring(device);
-            let (stream, retiring) =
-                tokio::time::timeout(this.connect_timeout, reclaiming(&this.idle, device, open))
-                    .await
-                    .map_err(|_| DirectoryError::Timeout)??;
-            this.opened.fetch_add(1, Ordering::Relaxed);
-            this.audit.record(
-                actor.clone(),
-                "remote_access_opened",
-                Some(device.to_string()),
-                serde_json::json!({}),
-            );
-            Ok(TokioIo::new(Audited {
-                inner: stream,
-                retiring,
-                reclaim: this.idle.flag(device),
-                idle_since: None,
-                retire_wait: None,
-                quiet: None,
+            Ok(TokioIo::new(this.open(device, actor, false).await?))
+        })
+    }
+}
 
-                to_device: 0,
-                from_device: 0,
-                started: Instant::now(),
-                audit: this.audit,
-                actor,
-                device,
-            }))
+impl Connector {
+    /// A new audited stream to `device` for `actor`, within the connect
+    /// timeout; `kept_by_caller` when `box_wire` keeps it (then it never
+    /// ends itself: its keeper looks at [`Audited::spent`]).
+    async fn open(
+        &self,
+        device: DeviceId,
+        actor: Actor,
+        kept_by_caller: bool,
+    ) -> Result<Audited, DirectoryError> {
+        let open = || self.directory.open_stream_retiring(device);
+        let (stream, retiring) =
+            tokio::time::timeout(self.connect_timeout, reclaiming(&self.idle, device, open))
+                .await
+                .map_err(|_| DirectoryError::Timeout)??;
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        self.audit.record(
+            actor.clone(),
+            "remote_access_opened",
+            Some(device.to_string()),
+            serde_json::json!({}),
+        );
+        Ok(Audited {
+            inner: stream,
+            retiring,
+            reclaim: self.idle.flag(device),
+            kept_by_caller,
+            idle_since: None,
+            retire_wait: None,
+            quiet: None,
+            to_device: 0,
+            from_device: 0,
+            started: Instant::now(),
+            audit: self.audit.clone(),
+            actor,
+            device,
         })
     }
 }
@@ -329,6 +391,8 @@ pub struct Audited {
     retiring: Retiring,
     /// Set when a stream to the device was refused: end once idle.
     reclaim: Retiring,
+    /// Kept between requests by `box_wire`, which ends it itself.
+    kept_by_caller: bool,
     /// When the last response bytes arrived, unless a request was written
     /// since (then the connection is busy, not idle).
     idle_since: Option<Instant>,
@@ -361,7 +425,7 @@ impl tokio::io::AsyncRead for Audited {
             self.from_device += n as u64;
             self.idle_since = Some(Instant::now());
         }
-        if res.is_pending() && self.retired(cx) {
+        if res.is_pending() && !self.kept_by_caller && self.retired(cx) {
             // End of stream: hyper drops the idle connection.
             return Poll::Ready(Ok(()));
         }
@@ -370,6 +434,12 @@ impl tokio::io::AsyncRead for Audited {
 }
 
 impl Audited {
+    /// Whether this stream may serve no further request: its relay node
+    /// is draining, or its device ran out of streams.
+    pub(crate) fn spent(&self) -> bool {
+        self.retiring.is_set() || self.reclaim.is_set()
+    }
+
     /// Whether this connection sits idle and was asked to end (its device
     /// refused a stream), or idle for [`RETIRE_QUIET`] since its last
     /// response on a node that is draining; arranges a wake-up for when

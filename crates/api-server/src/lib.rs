@@ -7,6 +7,7 @@ pub mod app;
 pub mod audit_writer;
 pub mod auth_routes;
 pub mod box_client;
+pub mod box_wire;
 pub mod cli_login;
 pub mod config;
 pub mod console;

@@ -21,6 +21,7 @@ use edge_core::error_body::ErrorBody;
 use edge_core::{DeviceId, UserId};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
+use hyper::body::Body as _;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -258,7 +259,23 @@ async fn forward_counted(
         None
     };
     let (parts, body) = req.into_parts();
+    let bodiless = upgrade.is_none() && body.is_end_stream();
     let outbound = outbound_request(state, &parts, body, target, remote, &door, upgrade.as_ref())?;
+    if bodiless {
+        // Most requests: on a stream this task drives itself (`box_wire`).
+        let target = outbound.uri().path_and_query().map_or("/", |p| p.as_str());
+        let head = crate::box_wire::request_head(outbound.method(), target, outbound.headers());
+        let response = tokio::time::timeout(
+            state.settings.proxy_first_byte_timeout,
+            state
+                .boxes
+                .exchange(&access.actor, access.device, outbound.method(), &head),
+        )
+        .await
+        .map_err(|_| ApiError::DeviceTimeout)??;
+        let (parts, body) = response.into_parts();
+        return Ok(answer(parts, Body::new(body), &door));
+    }
     let response = tokio::time::timeout(
         state.settings.proxy_first_byte_timeout,
         state.boxes.send(&access.actor, access.device, outbound),
@@ -276,10 +293,15 @@ async fn forward_counted(
         ));
     }
     let (parts, body) = response.into_parts();
-    let mut res = Response::new(Body::new(body));
+    Ok(answer(parts, Body::new(body), &door))
+}
+
+/// The box's answer as the caller gets it, through `door`'s header rules.
+fn answer(parts: http::response::Parts, body: Body, door: &Door) -> Response {
+    let mut res = Response::new(body);
     *res.status_mut() = parts.status;
-    *res.headers_mut() = box_response_headers(&parts.headers, &door);
-    Ok(res)
+    *res.headers_mut() = box_response_headers(&parts.headers, door);
+    res
 }
 
 /// Answer 101 and splice the two upgraded connections, until either side
