@@ -350,6 +350,11 @@ pub struct Config {
         hide_env_values = true
     )]
     pub health_interval_secs: u64,
+    /// Answer every proxied request through the router, none through the
+    /// proxy's lane (ADR 032): a switch to compare the two, or to step
+    /// around the lane.
+    #[arg(long, env = "API_SERVER_NO_PROXY_LANE", hide_env_values = true)]
+    pub no_proxy_lane: bool,
     /// Let owners register webhooks on loopback, private and link-local
     /// addresses (a receiver inside your own network). Off: such URLs are
     /// refused, at registration and again at each delivery.

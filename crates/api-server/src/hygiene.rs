@@ -96,7 +96,7 @@ pub(crate) fn strict_transport(res: &mut Response, secure: bool) {
 /// Headers on the console origin: API answers are `no-store` (unless the
 /// box's own answer through the proxy route says otherwise) and not
 /// readable by other sites' pages.
-fn console_headers(res: &mut Response, path: &str) {
+pub(crate) fn console_headers(res: &mut Response, path: &str) {
     let h = res.headers_mut();
     let proxied = path.starts_with("/api/devices/") && path.contains("/proxy");
     if path.starts_with("/api/") && !proxied {

@@ -25,6 +25,7 @@ pub mod oauth;
 pub mod openapi;
 pub mod pairing;
 pub mod proxy;
+pub mod proxy_lane;
 pub mod router;
 pub mod service_accounts;
 pub mod session;
@@ -87,7 +88,10 @@ pub async fn run_on(
     let listen = listener
         .local_addr()
         .map_err(|e| ApiError::Config(format!("listener: {e}")))?;
-    let opts = config.serve_options()?;
+    let mut opts = config.serve_options()?;
+    if !config.no_proxy_lane {
+        opts.lane = Some(proxy_lane::handle(app.state.clone()));
+    }
     tracing::info!(%listen, relay = %config.relay_url, "api-server listening");
     let sweeper = tokio::spawn(housekeeping::run(app.state.clone(), shutdown.clone()));
     let [health, deliveries] = app.spawn_tasks(&shutdown);

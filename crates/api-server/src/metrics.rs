@@ -34,13 +34,22 @@ pub struct HttpLabels {
     status: Option<&'static str>,
 }
 
-/// The matched route template, or `unmatched`.
+/// The matched route template (the router's, or one named by a handler
+/// outside it), or `unmatched`.
 #[derive(Clone, Debug)]
-struct Route(Option<MatchedPath>);
+enum Route {
+    Matched(MatchedPath),
+    Named(&'static str),
+    Unmatched,
+}
 
 impl Route {
     fn as_str(&self) -> &str {
-        self.0.as_ref().map_or("unmatched", MatchedPath::as_str)
+        match self {
+            Self::Matched(m) => m.as_str(),
+            Self::Named(n) => n,
+            Self::Unmatched => "unmatched",
+        }
     }
 }
 
@@ -85,6 +94,9 @@ pub struct ApiMetrics {
     pub audit_recorded: Gauge,
     pub remote_access_opened: Gauge,
     pub forged_directory_entries: Counter,
+    /// Requests the proxy's lane answered (the rest of the proxied ones
+    /// went through the router).
+    pub lane_requests: Counter,
 }
 
 impl Default for ApiMetrics {
@@ -103,6 +115,7 @@ impl Default for ApiMetrics {
             audit_recorded: Gauge::default(),
             remote_access_opened: Gauge::default(),
             forged_directory_entries: Counter::default(),
+            lane_requests: Counter::default(),
         }
     }
 }
@@ -131,6 +144,11 @@ impl ApiMetrics {
             "proxied_requests",
             "Requests proxied to boxes by outcome (ok, offline, timeout, unreachable, directory_unavailable, audit_unavailable, store_unavailable, error)",
             self.proxied.clone(),
+        );
+        r.register(
+            "proxy_lane_requests",
+            "Requests answered by the proxy's lane, ahead of the router",
+            self.lane_requests.clone(),
         );
         r.register(
             "proxy_first_byte_seconds",
@@ -210,6 +228,41 @@ impl ApiMetrics {
         self.proxied.get_or_create(&[("outcome", outcome)]).inc();
     }
 
+    /// A request answered outside the router (by the proxy's lane) on
+    /// `route`, counted as [`count_http`] counts the router's.
+    pub fn http_request(
+        &self,
+        route: &'static str,
+        method: &http::Method,
+        status: http::StatusCode,
+        started: Instant,
+    ) {
+        self.lane_requests.inc();
+        self.observe_http(Route::Named(route), known_method(method), status, started);
+    }
+
+    fn observe_http(
+        &self,
+        route: Route,
+        method: &'static str,
+        status: http::StatusCode,
+        started: Instant,
+    ) {
+        let mut labels = HttpLabels {
+            route,
+            method,
+            status: None,
+        };
+        self.http_duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        const CLASSES: [&str; 10] = [
+            "0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx",
+        ];
+        labels.status = CLASSES.get(usize::from(status.as_u16() / 100)).copied();
+        self.http_requests.get_or_create(&labels).inc();
+    }
+
     pub fn login(&self, outcome: &'static str, reason: &'static str) {
         self.logins
             .get_or_create(&[("outcome", outcome), ("reason", reason)])
@@ -244,24 +297,16 @@ fn known_method(m: &http::Method) -> &'static str {
 /// Count and time each request by its route template (`unmatched` when
 /// no route matched: a raw path never becomes a label).
 pub async fn count_http(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let mut labels = HttpLabels {
-        route: Route(req.extensions().get::<MatchedPath>().cloned()),
-        method: known_method(req.method()),
-        status: None,
-    };
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .cloned()
+        .map_or(Route::Unmatched, Route::Matched);
+    let method = known_method(req.method());
     let started = Instant::now();
     let res = next.run(req).await;
-    let metrics = &state.metrics;
-    metrics
-        .http_duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    const CLASSES: [&str; 10] = [
-        "0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx",
-    ];
-    labels.status = CLASSES
-        .get(usize::from(res.status().as_u16() / 100))
-        .copied();
-    metrics.http_requests.get_or_create(&labels).inc();
+    state
+        .metrics
+        .observe_http(route, method, res.status(), started);
     res
 }

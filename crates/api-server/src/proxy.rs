@@ -101,7 +101,7 @@ pub async fn forward_path(
 /// (the cookie, or a bearer from the `edge` CLI), the CSRF rule (cookies
 /// only) and ownership are checked here with one store read (not through
 /// `CurrentUser`, which would cost a second).
-async fn console_forward(
+pub(crate) async fn console_forward(
     state: AppState,
     raw_id: String,
     remote: SocketAddr,

@@ -49,7 +49,7 @@ pub struct RouteDef {
 /// The proxy's paths as routed: every method, and the rest of the path
 /// as a wildcard, which OpenAPI cannot say (the document has them as
 /// `{path}`, one operation per method, from `openapi::ApiDoc`).
-const PROXY_PATHS: [&str; 2] = [
+pub(crate) const PROXY_PATHS: [&str; 2] = [
     "/api/devices/{id}/proxy/",
     "/api/devices/{id}/proxy/{*path}",
 ];

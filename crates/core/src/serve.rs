@@ -8,13 +8,15 @@
 //! given before the request body was read, and a graceful drain when the
 //! shutdown token fires. Nothing slow runs on the
 //! accept path: the TLS handshake runs in the connection's own task, under
-//! the same timeout as reading the request head.
+//! the same timeout as reading the request head. A [`Lane`], when given,
+//! sees each connection first and may answer requests ahead of the router.
 
 use axum::extract::ConnectInfo;
 use axum::Router;
 use http::HeaderValue;
 use hyper::body::{Body as _, Bytes, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -47,6 +49,8 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: TrustedProxies,
+    /// Requests answered ahead of the router, if any.
+    pub lane: Option<LaneHandle>,
 }
 
 impl Default for ServeOptions {
@@ -58,7 +62,97 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             trusted_proxies: TrustedProxies::default(),
+            lane: None,
         }
+    }
+}
+
+/// A connection's byte stream, whatever it runs over (TCP, TLS).
+pub trait LaneIo: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> LaneIo for T {}
+
+/// A connection as a [`Lane`] gets it, and gives it back.
+pub struct LaneConn {
+    pub io: Box<dyn LaneIo>,
+    /// Bytes read from `io` and not answered yet: the router reads them
+    /// first when the connection is handed back.
+    pub read: bytes::BytesMut,
+    pub remote: std::net::SocketAddr,
+    /// The listener's limits, which hold for the lane's requests too.
+    pub opts: ServeOptions,
+    /// Fired when the server starts draining: the lane finishes the
+    /// request in hand (saying `Connection: close`) and ends the connection.
+    pub shutdown: CancellationToken,
+}
+
+/// Requests a server answers itself ahead of its router, on the same
+/// connection: a lane serves a connection's requests for as long as it
+/// wants them, then hands the connection back with the bytes it read and
+/// did not answer, and the router serves it from there on. `None`: the
+/// lane ended the connection.
+pub trait Lane: Send + Sync + 'static {
+    fn serve(&self, conn: LaneConn) -> Pin<Box<dyn Future<Output = Option<LaneConn>> + Send>>;
+}
+
+/// A shared [`Lane`] in [`ServeOptions`].
+#[derive(Clone)]
+pub struct LaneHandle(pub Arc<dyn Lane>);
+
+impl std::fmt::Debug for LaneHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LaneHandle")
+    }
+}
+
+/// A connection handed back by a lane: what it read first, then the rest.
+struct Rewound {
+    read: Bytes,
+    io: Box<dyn LaneIo>,
+}
+
+impl AsyncRead for Rewound {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewound {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -299,12 +393,41 @@ async fn handshake_and_serve(
     shutdown: CancellationToken,
 ) {
     let Some(acceptor) = tls else {
-        return serve_connection(stream, remote, app, opts, shutdown).await;
+        return lane_then_router(stream, remote, app, opts, shutdown).await;
     };
     match tokio::time::timeout(opts.header_read_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => serve_connection(stream, remote, app, opts, shutdown).await,
+        Ok(Ok(stream)) => lane_then_router(stream, remote, app, opts, shutdown).await,
         Ok(Err(err)) => tracing::debug!(error = %err, %remote, "TLS handshake failed"),
         Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+    }
+}
+
+/// The lane first, if there is one, then the router for what it hands back.
+async fn lane_then_router<I>(
+    io: I,
+    remote: std::net::SocketAddr,
+    app: Router,
+    opts: ServeOptions,
+    shutdown: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(lane) = opts.lane.clone() else {
+        return serve_connection(io, remote, app, opts, shutdown).await;
+    };
+    let conn = LaneConn {
+        io: Box::new(io),
+        read: bytes::BytesMut::new(),
+        remote,
+        opts: opts.clone(),
+        shutdown: shutdown.clone(),
+    };
+    if let Some(conn) = lane.0.serve(conn).await {
+        let io = Rewound {
+            read: conn.read.freeze(),
+            io: conn.io,
+        };
+        serve_connection(io, remote, app, opts, shutdown).await;
     }
 }
 

@@ -456,10 +456,14 @@ impl Stack {
         .build();
         app.spawn_tasks(&shutdown);
         let (state, relay_client) = (app.state.clone(), app.relay_client.clone());
+        let api_serve = edge_core::serve::ServeOptions {
+            lane: Some(api_server::proxy_lane::handle(state.clone())),
+            ..opts.api_serve.clone()
+        };
         tokio::spawn(edge_core::serve::serve(
             api,
             api_server::build_app(state.clone()),
-            opts.api_serve.clone(),
+            api_serve,
             shutdown.clone(),
         ));
 

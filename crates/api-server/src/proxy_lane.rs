@@ -1,0 +1,459 @@
+//! The proxy's lane (ADR 032): `GET /api/devices/{id}/proxy/...` from
+//! programs, answered straight off the connection ahead of hyper's server
+//! and the router. It reads request heads itself (`httparse`), runs the
+//! proxy route's own handler (`proxy::console_forward`, so every check and
+//! error is the route's) and writes the answer with what the router's
+//! layers add: the request id, the console's headers, HSTS, the HTTP
+//! metrics. Anything else (another route or method, a body, an upgrade, a
+//! browser's request, a head it cannot read) hands the connection to the
+//! router, with the bytes read so far, for the rest of its life; the
+//! router then answers exactly as it would have.
+
+use crate::hygiene;
+use crate::state::AppState;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::response::{IntoResponse, Response};
+use bytes::{Buf, Bytes};
+use edge_core::client_addr::ClientIp;
+use edge_core::request_id::{self, RequestId};
+use edge_core::serve::{Lane, LaneConn, LaneIo};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use hyper::body::Body as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The proxy route's templates, as the HTTP metrics name them.
+const ROOT_ROUTE: &str = crate::router::PROXY_PATHS[0];
+const PATH_ROUTE: &str = crate::router::PROXY_PATHS[1];
+/// Most headers a request the lane takes may carry.
+const MAX_HEADERS: usize = 64;
+/// Answer bytes gathered before they are written.
+const WRITE_GATHER: usize = 16 * 1024;
+
+/// Headers that make a request the router's: bodies, upgrades,
+/// expectations, and anything a browser sends (the route refuses
+/// browsers, and the router says how).
+const ROUTER_HEADERS: &[&str] = &[
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+    "origin",
+    "sec-fetch-site",
+    "sec-fetch-mode",
+    "sec-fetch-dest",
+];
+
+/// The lane over the api-server's state.
+pub struct ProxyLane {
+    state: AppState,
+}
+
+impl ProxyLane {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+/// The lane as a listener takes it.
+pub fn handle(state: AppState) -> edge_core::serve::LaneHandle {
+    edge_core::serve::LaneHandle(std::sync::Arc::new(ProxyLane::new(state)))
+}
+
+impl Lane for ProxyLane {
+    fn serve(&self, conn: LaneConn) -> Pin<Box<dyn Future<Output = Option<LaneConn>> + Send>> {
+        Box::pin(serve(self.state.clone(), conn))
+    }
+}
+
+/// A request the lane takes.
+struct Taken {
+    req: http::Request<Body>,
+    raw_id: String,
+    route: &'static str,
+    /// The client asked to close after the answer.
+    close: bool,
+}
+
+/// What the bytes read so far hold.
+enum Inspected {
+    /// Not a whole head yet.
+    Partial,
+    /// A request the lane takes, and the length of its head.
+    Take(Box<Taken>, usize),
+    /// A request for the router.
+    HandOver,
+}
+
+async fn serve(state: AppState, mut conn: LaneConn) -> Option<LaneConn> {
+    let mut out = Vec::with_capacity(WRITE_GATHER);
+    loop {
+        let (taken, len) = match next_request(&state, &mut conn).await {
+            Next::Take(taken, len) => (taken, len),
+            Next::HandOver => return Some(conn),
+            Next::Closed => return None,
+        };
+        conn.read.advance(len);
+        let Taken {
+            req,
+            raw_id,
+            route,
+            close,
+        } = *taken;
+        let res = answer(&state, req, raw_id, route, conn.remote).await;
+        let close = close || conn.shutdown.is_cancelled();
+        if write_answer(&mut conn.io, res, close, &mut out)
+            .await
+            .is_err()
+            || close
+        {
+            let _ = conn.io.shutdown().await;
+            return None;
+        }
+    }
+}
+
+enum Next {
+    Take(Box<Taken>, usize),
+    HandOver,
+    Closed,
+}
+
+/// Read until a whole request head is in, within the header timeout; a
+/// connection idle at shutdown, silent past the timeout or closed ends.
+async fn next_request(state: &AppState, conn: &mut LaneConn) -> Next {
+    let deadline = tokio::time::Instant::now() + conn.opts.header_read_timeout;
+    loop {
+        if !conn.read.is_empty() {
+            match inspect(state, &conn.read, conn) {
+                Inspected::Take(taken, len) => return Next::Take(taken, len),
+                Inspected::HandOver => return Next::HandOver,
+                Inspected::Partial if conn.read.len() >= conn.opts.max_header_bytes => {
+                    // The router answers 431.
+                    return Next::HandOver;
+                }
+                Inspected::Partial => {}
+            }
+        }
+        if conn.read.capacity() - conn.read.len() < 1024 {
+            conn.read.reserve(4096);
+        }
+        let idle = conn.read.is_empty();
+        tokio::select! {
+            () = conn.shutdown.cancelled(), if idle => return Next::Closed,
+            read = tokio::time::timeout_at(deadline, conn.io.read_buf(&mut conn.read)) => match read {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Next::Closed,
+            },
+        }
+    }
+}
+
+/// Whether `buf` starts with a request the lane takes.
+fn inspect(state: &AppState, buf: &[u8], conn: &LaneConn) -> Inspected {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut slots);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Inspected::Partial,
+        Err(_) => return Inspected::HandOver,
+    };
+    match take(state, &parsed, conn) {
+        Some(taken) => Inspected::Take(Box::new(taken), len),
+        None => Inspected::HandOver,
+    }
+}
+
+/// `GET /api/devices/{id}/proxy/{rest}` over HTTP/1.1 without a body, an
+/// upgrade or a browser's headers, for the console's origin: the request,
+/// ready for the route's handler.
+fn take(state: &AppState, parsed: &httparse::Request<'_, '_>, conn: &LaneConn) -> Option<Taken> {
+    if parsed.version != Some(1) || parsed.method != Some("GET") {
+        return None;
+    }
+    let target = parsed.path?;
+    let (raw_id, rest) = proxy_target(target)?;
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut close = false;
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        if ROUTER_HEADERS.contains(&name.as_str()) {
+            return None;
+        }
+        let value = HeaderValue::from_bytes(h.value).ok()?;
+        if name == header::CONTENT_LENGTH && value.as_bytes() != b"0" {
+            return None;
+        }
+        if name == header::CONNECTION {
+            let tokens = value.to_str().ok()?;
+            for token in tokens.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case("upgrade") {
+                    return None;
+                }
+            }
+        }
+        headers.append(name, value);
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if host.is_some_and(|h| state.settings.device_origins.device_of_host(h).is_some()) {
+        return None;
+    }
+    let uri: http::Uri = target.parse().ok()?;
+    let client = ClientIp(
+        conn.opts
+            .trusted_proxies
+            .client_ip(conn.remote.ip(), &headers),
+    );
+    let mut req = http::Request::new(Body::empty());
+    *req.method_mut() = Method::GET;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    req.extensions_mut().insert(ConnectInfo(conn.remote));
+    req.extensions_mut().insert(client);
+    Some(Taken {
+        req,
+        raw_id: raw_id.to_owned(),
+        route: if rest.is_empty() {
+            ROOT_ROUTE
+        } else {
+            PATH_ROUTE
+        },
+        close,
+    })
+}
+
+/// The device id and the rest of the path in `/api/devices/{id}/proxy/{rest}`
+/// (query excluded); an id with anything but `A-Z a-z 0-9 - _` (an
+/// escape, say) is the router's.
+fn proxy_target(target: &str) -> Option<(&str, &str)> {
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let after = path.strip_prefix("/api/devices/")?;
+    let (id, rest) = after.split_once('/')?;
+    let rest = rest.strip_prefix("proxy/")?;
+    let plain = !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+    plain.then_some((id, rest))
+}
+
+/// The route's answer with everything the router's layers add.
+async fn answer(
+    state: &AppState,
+    req: http::Request<Body>,
+    raw_id: String,
+    route: &'static str,
+    remote: std::net::SocketAddr,
+) -> Response {
+    let id = req
+        .headers()
+        .get(&request_id::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(RequestId::parse)
+        .unwrap_or_else(RequestId::generate);
+    let path_of = req.uri().path().to_owned();
+    let mut res = request_id::scope(id.clone(), async {
+        let started = Instant::now();
+        let res = crate::proxy::console_forward(state.clone(), raw_id, remote, req)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+        state
+            .metrics
+            .http_request(route, &Method::GET, res.status(), started);
+        res
+    })
+    .await;
+    hygiene::console_headers(&mut res, &path_of);
+    hygiene::strict_transport(&mut res, state.settings.cookie_secure);
+    if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+        res.headers_mut().insert(request_id::HEADER, v);
+    }
+    res
+}
+
+/// Write `res` as HTTP/1.1: its length when the body knows it, else
+/// chunks; `Connection: close` when `close`. A body that fails ends the
+/// connection (the caller sees a cut answer, as from the router).
+async fn write_answer(
+    io: &mut Box<dyn LaneIo>,
+    res: Response,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let (parts, mut body) = res.into_parts();
+    let status = parts.status;
+    let bodiless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let length = body.size_hint().exact();
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if matches!(
+            *name,
+            header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::CONNECTION
+        ) {
+            continue;
+        }
+        push_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        push_header(out, b"date", date_now().as_bytes());
+    }
+    if close {
+        push_header(out, b"connection", b"close");
+    }
+    let chunked = !bodiless && length.is_none();
+    match length {
+        _ if bodiless => {}
+        Some(n) => push_header(out, b"content-length", n.to_string().as_bytes()),
+        None => push_header(out, b"transfer-encoding", b"chunked"),
+    }
+    out.extend_from_slice(b"\r\n");
+    let mut sent = 0u64;
+    if !bodiless {
+        while let Some(frame) = next_frame(io, &mut body, out).await? {
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(err) => {
+                    // What came is sent, then the connection is cut.
+                    let _ = io.write_all(out).await;
+                    return Err(std::io::Error::other(err));
+                }
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            sent += data.len() as u64;
+            if length.is_some_and(|n| sent > n) {
+                return Err(std::io::Error::other("body longer than its length"));
+            }
+            if chunked {
+                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            }
+            write_data(io, out, data).await?;
+            if chunked {
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        if length.is_some_and(|n| sent != n) {
+            return Err(std::io::Error::other("body shorter than its length"));
+        }
+        if chunked {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
+    io.write_all(out).await?;
+    out.clear();
+    io.flush().await
+}
+
+/// The body's next frame; what is gathered in `out` is written first
+/// when the frame is not there yet, so a slow body's head and early
+/// pieces are not held back.
+async fn next_frame(
+    io: &mut Box<dyn LaneIo>,
+    body: &mut Body,
+    out: &mut Vec<u8>,
+) -> std::io::Result<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+    let polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await;
+    if let Poll::Ready(frame) = polled {
+        return Ok(frame);
+    }
+    if !out.is_empty() {
+        io.write_all(out).await?;
+        out.clear();
+        io.flush().await?;
+    }
+    Ok(std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await)
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Gather `data` after `out`, or write both when that grows large (a big
+/// piece is written as it is, not copied).
+async fn write_data(
+    io: &mut Box<dyn LaneIo>,
+    out: &mut Vec<u8>,
+    mut data: Bytes,
+) -> std::io::Result<()> {
+    if out.len() + data.len() <= WRITE_GATHER {
+        out.extend_from_slice(&data);
+        return Ok(());
+    }
+    let mut head = &out[..];
+    while !head.is_empty() || !data.is_empty() {
+        let bufs = [std::io::IoSlice::new(head), std::io::IoSlice::new(&data)];
+        let n = io.write_vectored(&bufs).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        data.advance(n - from_head);
+    }
+    out.clear();
+    Ok(())
+}
+
+/// `Date` in IMF-fixdate, made at most once a second per thread.
+fn date_now() -> String {
+    thread_local! {
+        static CACHED: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHED.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != second || c.1.is_empty() {
+            *c = (second, httpdate::fmt_http_date(now));
+        }
+        c.1.clone()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_proxy_route_with_a_plain_id_is_taken() {
+        assert_eq!(
+            proxy_target("/api/devices/dev-1_a/proxy/x/y?q=1"),
+            Some(("dev-1_a", "x/y"))
+        );
+        assert_eq!(proxy_target("/api/devices/d/proxy/"), Some(("d", "")));
+        assert_eq!(proxy_target("/api/devices/d/proxy"), None);
+        assert_eq!(proxy_target("/api/devices//proxy/"), None);
+        assert_eq!(proxy_target("/api/devices/d%2F/proxy/"), None);
+        assert_eq!(proxy_target("/api/devices/d/other/"), None);
+        assert_eq!(proxy_target("/api/devices/d/e/proxy/"), None);
+        assert_eq!(proxy_target("/api/devices"), None);
+    }
+
+    #[test]
+    fn dates_are_imf_fixdate() {
+        let d = date_now();
+        assert!(httpdate::parse_http_date(&d).is_ok(), "{d}");
+        assert!(d.ends_with(" GMT"));
+    }
+}

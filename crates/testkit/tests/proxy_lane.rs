@@ -1,0 +1,226 @@
+//! The proxy's lane (ADR 032) against a box that answers in every framing
+//! HTTP/1.1 allows and in several it does not: what the caller gets, which
+//! streams are kept, and that the lane's answers are the router's.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use testkit::{within, AgentHandle, Stack, TestDevice, TestUser};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What the scripted box answers to each path; it closes the connection
+/// after `/to-end`, `/short` and `/bad-chunk`.
+fn scripted_answer(path: &str) -> &'static [u8] {
+    match path {
+        "/plain" => b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-box: plain\r\ncontent-length: 5\r\n\r\nplain",
+        "/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-box: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n",
+        "/to-end" => b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end",
+        "/interim" => b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        "/empty" => b"HTTP/1.1 204 No Content\r\nx-box: empty\r\n\r\n",
+        "/ambiguous" => b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "/conflict" => b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
+        "/short" => b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
+        "/bad-chunk" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n",
+        "/extra" => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA",
+        _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+    }
+}
+
+/// A box that answers from [`scripted_answer`]; counts its connections.
+async fn scripted_box() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut chunk = [0u8; 4096];
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    if tcp.write_all(scripted_answer(&path)).await.is_err() {
+                        return;
+                    }
+                    if matches!(path.as_str(), "/to-end" | "/short" | "/bad-chunk") {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+async fn scripted_stack() -> (Stack, TestUser, TestDevice, Arc<AtomicUsize>, AgentHandle) {
+    let stack = Stack::start().await;
+    let alice = stack.user("alice").await;
+    let (addr, accepted) = scripted_box().await;
+    let dev = stack.device(alice.id).await;
+    let agent = stack.agent_to(&dev, addr);
+    stack.wait_online(dev.id).await;
+    (stack, alice, dev, accepted, agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lane_reads_every_framing_a_box_may_use_and_refuses_ambiguous_ones() {
+    let (stack, alice, dev, _, _agent) = scripted_stack().await;
+    let before = stack.state.metrics.lane_requests.get();
+    let get = |path: &str| stack.get(&alice, &stack.proxy_url(dev.id, path)).send();
+
+    let chunked = get("/chunked").await.unwrap();
+    assert_eq!(chunked.status(), 200);
+    assert_eq!(chunked.headers()["x-box"], "chunked");
+    assert!(chunked.headers().get("x-trailer").is_none());
+    assert_eq!(chunked.text().await.unwrap(), "hello, world");
+
+    let to_end = get("/to-end").await.unwrap();
+    assert_eq!(to_end.status(), 200);
+    assert_eq!(to_end.text().await.unwrap(), "until the end");
+
+    let interim = get("/interim").await.unwrap();
+    assert_eq!(interim.status(), 200, "an early hint is passed over");
+    assert_eq!(interim.text().await.unwrap(), "ok");
+
+    let empty = get("/empty").await.unwrap();
+    assert_eq!(empty.status(), 204);
+    assert_eq!(empty.headers()["x-box"], "empty");
+
+    for ambiguous in ["/ambiguous", "/conflict"] {
+        let res = get(ambiguous).await.unwrap();
+        assert_eq!(res.status(), 502, "{ambiguous}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "device_unreachable", "{ambiguous}");
+    }
+    for cut in ["/short", "/bad-chunk"] {
+        let res = get(cut).await.unwrap();
+        assert_eq!(res.status(), 200, "{cut}: the head was fine");
+        assert!(
+            res.bytes().await.is_err(),
+            "{cut}: the body must not pass as whole"
+        );
+    }
+
+    // None of that cost more than its own stream.
+    let plain = get("/plain").await.unwrap();
+    assert_eq!(plain.headers()["x-box"], "plain");
+    assert_eq!(plain.text().await.unwrap(), "plain");
+    assert!(
+        stack.state.metrics.lane_requests.get() >= before + 9,
+        "the lane answered these"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_streams_whose_answer_ended_cleanly_are_kept() {
+    let (stack, alice, dev, accepted, _agent) = scripted_stack().await;
+    let get = |path: &str| stack.get(&alice, &stack.proxy_url(dev.id, path)).send();
+    for _ in 0..5 {
+        assert_eq!(get("/plain").await.unwrap().text().await.unwrap(), "plain");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one stream served all five"
+    );
+    let opened = stack.state.boxes.streams_opened();
+
+    // A box that sends more than its answer loses its stream.
+    assert_eq!(get("/extra").await.unwrap().text().await.unwrap(), "ok");
+    assert_eq!(get("/plain").await.unwrap().text().await.unwrap(), "plain");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    // So does one whose answer runs to the stream's end.
+    assert_eq!(
+        get("/to-end").await.unwrap().text().await.unwrap(),
+        "until the end"
+    );
+    assert_eq!(get("/plain").await.unwrap().text().await.unwrap(), "plain");
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    assert_eq!(stack.state.boxes.streams_opened(), opened + 2);
+}
+
+/// Send `requests` on one connection and read until it closes.
+async fn exchange_on_one_connection(stack: &Stack, requests: &[String]) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(stack.api_addr)
+        .await
+        .unwrap();
+    tcp.write_all(requests.concat().as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    within("the answers", tcp.read_to_end(&mut out))
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The answers' heads, each as its sorted header lines without the ones
+/// that differ between any two answers (date, request id).
+fn heads(raw: &str) -> Vec<Vec<String>> {
+    raw.split("HTTP/1.1 ")
+        .skip(1)
+        .map(|answer| {
+            let head = answer.split("\r\n\r\n").next().unwrap();
+            let mut lines: Vec<String> = head
+                .lines()
+                .map(str::to_ascii_lowercase)
+                .filter(|l| !l.starts_with("date:") && !l.starts_with("x-request-id:"))
+                .collect();
+            lines.sort();
+            lines
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lane_answers_as_the_router_does() {
+    let (stack, alice, dev, _, _agent) = scripted_stack().await;
+    let host = stack.api_addr;
+    let request = |path: &str, close: bool| {
+        format!(
+            "GET {path} HTTP/1.1\r\nhost: {host}\r\ncookie: {}\r\n{}\r\n",
+            alice.cookie,
+            if close { "connection: close\r\n" } else { "" }
+        )
+    };
+    let proxied = |p: &str| format!("/api/devices/{}/proxy{p}", dev.id);
+    for path in ["/plain", "/chunked", "/empty", "/conflict"] {
+        // Pipelined on one connection: both answered by the lane.
+        let lane = exchange_on_one_connection(
+            &stack,
+            &[
+                request(&proxied(path), false),
+                request(&proxied(path), true),
+            ],
+        )
+        .await;
+        // A router request first hands the connection to the router.
+        let router = exchange_on_one_connection(
+            &stack,
+            &[
+                request("/api/devices", false),
+                request(&proxied(path), true),
+            ],
+        )
+        .await;
+        let (lane, router) = (heads(&lane), heads(&router));
+        assert_eq!(lane.len(), 2, "{path}: two answers on the lane");
+        assert_eq!(router.len(), 2, "{path}: two answers from the router");
+        assert_eq!(lane[1], router[1], "{path}: the same answer either way");
+        assert!(
+            lane[1].contains(&"connection: close".to_owned()),
+            "{path}: {:?}",
+            lane[1]
+        );
+        assert!(!lane[0].contains(&"connection: close".to_owned()));
+    }
+}
