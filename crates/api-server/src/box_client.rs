@@ -423,7 +423,9 @@ impl tokio::io::AsyncRead for Audited {
         let n = buf.filled().len() - before;
         if n > 0 {
             self.from_device += n as u64;
-            self.idle_since = Some(Instant::now());
+            if !self.kept_by_caller {
+                self.idle_since = Some(Instant::now());
+            }
         }
         if res.is_pending() && !self.kept_by_caller && self.retired(cx) {
             // End of stream: hyper drops the idle connection.

@@ -184,7 +184,9 @@ fn take(state: &AppState, parsed: &httparse::Request<'_, '_>, conn: &LaneConn) -
             return None;
         }
         let value = HeaderValue::from_bytes(h.value).ok()?;
-        if name == header::CONTENT_LENGTH && value.as_bytes() != b"0" {
+        if name == header::CONTENT_LENGTH
+            && (value.as_bytes() != b"0" || headers.contains_key(&name))
+        {
             return None;
         }
         if name == header::CONNECTION {

@@ -224,3 +224,39 @@ async fn the_lane_answers_as_the_router_does() {
         assert!(!lane[0].contains(&"connection: close".to_owned()));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_with_a_body_an_upgrade_or_from_a_browser_are_the_routers() {
+    let (stack, alice, dev, _, _agent) = scripted_stack().await;
+    let target = format!("/api/devices/{}/proxy/plain", dev.id);
+    let host = stack.api_addr;
+    let cookie = &alice.cookie;
+    let cases = [
+        format!("GET {target} HTTP/1.1\r\nhost: {host}\r\ncookie: {cookie}\r\ncontent-length: 3\r\nconnection: close\r\n\r\nabc"),
+        format!("GET {target} HTTP/1.1\r\nhost: {host}\r\ncookie: {cookie}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n0\r\n\r\n"),
+        format!("GET {target} HTTP/1.1\r\nhost: {host}\r\ncookie: {cookie}\r\ncontent-length: 0\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"),
+        format!("GET {target} HTTP/1.1\r\nhost: {host}\r\ncookie: {cookie}\r\nconnection: upgrade, close\r\nupgrade: websocket\r\n\r\n"),
+        format!("GET {target} HTTP/1.1\r\nhost: {host}\r\ncookie: {cookie}\r\nsec-fetch-site: none\r\nconnection: close\r\n\r\n"),
+        format!("GET {target} HTTP/1.1\r\nhost: {host}\r\ncookie: {cookie}\r\norigin: http://{host}\r\nconnection: close\r\n\r\n"),
+        format!("GET {target} HTTP/1.0\r\nhost: {host}\r\ncookie: {cookie}\r\n\r\n"),
+        format!("POST {target} HTTP/1.1\r\nhost: {host}\r\ncookie: {cookie}\r\nconnection: close\r\n\r\n"),
+        format!("GET /api/devices/{}%2D/proxy/plain HTTP/1.1\r\nhost: {host}\r\ncookie: {cookie}\r\nconnection: close\r\n\r\n", dev.id),
+    ];
+    let before = stack.state.metrics.lane_requests.get();
+    for case in &cases {
+        let answer = exchange_on_one_connection(&stack, std::slice::from_ref(case)).await;
+        assert!(answer.starts_with("HTTP/1."), "{case:?} got {answer:?}");
+    }
+    assert_eq!(
+        stack.state.metrics.lane_requests.get(),
+        before,
+        "the router answered every one"
+    );
+    // And the lane does take the plain request.
+    let plain = format!(
+        "GET {target} HTTP/1.1\r\nhost: {host}\r\ncookie: {cookie}\r\nconnection: close\r\n\r\n"
+    );
+    let answer = exchange_on_one_connection(&stack, &[plain]).await;
+    assert!(answer.ends_with("plain"), "{answer:?}");
+    assert_eq!(stack.state.metrics.lane_requests.get(), before + 1);
+}
