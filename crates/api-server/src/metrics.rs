@@ -230,7 +230,7 @@ impl ApiMetrics {
 
     /// A request answered outside the router (by the proxy's lane) on
     /// `route`, counted as [`count_http`] counts the router's.
-    pub fn http_request(
+    pub fn lane_answered(
         &self,
         route: &'static str,
         method: &http::Method,

@@ -266,7 +266,7 @@ async fn answer(
             .unwrap_or_else(IntoResponse::into_response);
         state
             .metrics
-            .http_request(route, &Method::GET, res.status(), started);
+            .lane_answered(route, &Method::GET, res.status(), started);
         res
     })
     .await;

@@ -77,7 +77,6 @@ async fn prometheus_sees_logins_pairings_proxied_requests_and_refused_tunnels() 
         (r#"edge_api_pairing_exchanges_total{outcome="ok"}"#, 1.0),
         (r#"edge_api_proxied_requests_total{outcome="ok"}"#, 1.0),
         (r#"edge_api_proxy_first_byte_seconds_count"#, 1.0),
-        (r#"edge_api_proxy_lane_requests_total"#, 1.0),
         (
             r#"edge_api_http_requests_total{route="/api/devices/{id}/proxy/{*path}",method="GET",status="2xx"}"#,
             1.0,
