@@ -105,57 +105,6 @@ impl std::fmt::Debug for LaneHandle {
     }
 }
 
-/// A connection handed back by a lane: what it read first, then the rest.
-struct Rewound {
-    read: Bytes,
-    io: Box<dyn LaneIo>,
-}
-
-impl AsyncRead for Rewound {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if !self.read.is_empty() {
-            let n = self.read.len().min(buf.remaining());
-            buf.put_slice(&self.read.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Rewound {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 /// Open connections per client address.
 #[derive(Default)]
 struct PerClient(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
@@ -253,10 +202,13 @@ struct Held {
     _slot: Option<ClientSlot>,
 }
 
-/// A byte stream that holds its connection's [`Held`] places.
+/// A connection's byte stream: what a lane read and handed back first,
+/// then the socket's; it holds the connection's [`Held`] places (the
+/// stream a lane hands back holds them inside).
 struct HeldIo<I> {
     io: I,
-    _held: Held,
+    _held: Option<Held>,
+    read: Bytes,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for HeldIo<I> {
@@ -265,6 +217,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for HeldIo<I> {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
@@ -358,10 +315,11 @@ pub async fn serve_tls(
         };
         let stream = HeldIo {
             io: stream,
-            _held: Held {
+            _held: Some(Held {
                 _permit: permit,
                 _slot: slot,
-            },
+            }),
+            read: Bytes::new(),
         };
         tracker.spawn(handshake_and_serve(
             stream,
@@ -423,9 +381,10 @@ async fn lane_then_router<I>(
         shutdown: shutdown.clone(),
     };
     if let Some(conn) = lane.0.serve(conn).await {
-        let io = Rewound {
-            read: conn.read.freeze(),
+        let io = HeldIo {
             io: conn.io,
+            _held: None,
+            read: conn.read.freeze(),
         };
         serve_connection(io, remote, app, opts, shutdown).await;
     }
