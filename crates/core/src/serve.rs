@@ -5,7 +5,9 @@
 //! optional TLS,
 //! a header-read (handshake) timeout and size bound, the client address of
 //! each request ([`ClientIp`]), upgrades, `Connection: close` on an answer
-//! given before the request body was read, and a graceful drain when the
+//! given before the request body was read (and the connection read to its
+//! end before it closes, so the answer is not lost to a reset), and a
+//! graceful drain when the
 //! shutdown token fires. Nothing slow runs on the
 //! accept path: the TLS handshake runs in the connection's own task, under
 //! the same timeout as reading the request head. A [`Lane`], when given,
@@ -401,12 +403,18 @@ async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let trusted = opts.trusted_proxies.clone();
+    let linger = Arc::new(AtomicBool::new(false));
+    let io = Lingering {
+        io: Some(io),
+        linger: linger.clone(),
+    };
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         let client = ClientIp(trusted.client_ip(remote.ip(), req.headers()));
         req.extensions_mut().insert(ConnectInfo(remote));
         req.extensions_mut().insert(client);
         let (req, read) = ReadToEnd::wrap(req);
         let answer = app.clone().oneshot(req);
+        let linger = linger.clone();
         async move {
             let mut res = answer.await?;
             if read.is_some_and(|r| !r.load(Ordering::Acquire))
@@ -414,6 +422,7 @@ async fn serve_connection<I>(
             {
                 res.headers_mut()
                     .insert(http::header::CONNECTION, CLOSE.clone());
+                linger.store(true, Ordering::Release);
             }
             Ok::<_, std::convert::Infallible>(res)
         }
@@ -438,6 +447,92 @@ async fn serve_connection<I>(
 }
 
 static CLOSE: HeaderValue = HeaderValue::from_static("close");
+
+/// A connection's stream that, when it was answered before its request
+/// body was read, is not simply dropped: closing a socket with unread
+/// bytes resets it, and the reset can destroy the answer before the
+/// client reads it. Such a stream is half-closed and read to its end (or
+/// for [`REFUSE_LINGER`]) in a task of its own, as an over-cap refusal is.
+struct Lingering<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
+    io: Option<I>,
+    linger: Arc<AtomicBool>,
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<I> {
+    fn drop(&mut self) {
+        let Some(mut io) = self.io.take() else { return };
+        if !self.linger.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = tokio::time::timeout(REFUSE_LINGER, async {
+                let _ = io.shutdown().await;
+                let mut sink = [0u8; 8192];
+                while io.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+            })
+            .await;
+        });
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for Lingering<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.io.as_mut() {
+            Some(io) => Pin::new(io).poll_read(cx, buf),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Lingering<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.io.as_mut() {
+            Some(io) => Pin::new(io).poll_write(cx, buf),
+            None => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.io.as_mut() {
+            Some(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            None => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.as_ref().is_some_and(|io| io.is_write_vectored())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.io.as_mut() {
+            Some(io) => Pin::new(io).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.io.as_mut() {
+            Some(io) => Pin::new(io).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
 
 /// A request body that records when it has been read to its end. hyper
 /// closes a connection whose request body was left unread, but it may
