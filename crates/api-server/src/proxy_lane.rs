@@ -35,17 +35,10 @@ const MAX_HEADERS: usize = 64;
 const WRITE_GATHER: usize = 16 * 1024;
 
 /// Headers that make a request the router's: bodies, upgrades,
-/// expectations, and anything a browser sends (the route refuses
-/// browsers, and the router says how).
-const ROUTER_HEADERS: &[&str] = &[
-    "transfer-encoding",
-    "upgrade",
-    "expect",
-    "origin",
-    "sec-fetch-site",
-    "sec-fetch-mode",
-    "sec-fetch-dest",
-];
+/// expectations, and a page's `Origin`. A browser's fetch metadata does
+/// too ([`hygiene::from_browser`]): the route refuses browsers, and the
+/// router says how.
+const ROUTER_HEADERS: &[&str] = &["transfer-encoding", "upgrade", "expect", "origin"];
 
 /// The lane over the api-server's state.
 pub struct ProxyLane {
@@ -200,6 +193,9 @@ fn take(state: &AppState, parsed: &httparse::Request<'_, '_>, conn: &LaneConn) -
             }
         }
         headers.append(name, value);
+    }
+    if hygiene::from_browser(&headers) {
+        return None;
     }
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     if host.is_some_and(|h| state.settings.device_origins.device_of_host(h).is_some()) {
