@@ -98,6 +98,8 @@ impl AppBuilder {
             settings: Arc::new(self.settings),
             pairing_limits,
             access_changes: Arc::default(),
+            verified_cookies: Default::default(),
+            verified_bearers: Default::default(),
             pairing_key: self.pairing_key,
             metrics,
             signals: Arc::default(),

@@ -32,6 +32,7 @@ pub mod session;
 pub mod state;
 pub mod system;
 pub mod telemetry;
+pub mod verified_credentials;
 pub mod webhooks;
 
 pub use router::build_app;

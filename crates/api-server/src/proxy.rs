@@ -19,7 +19,7 @@ use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::response::Response;
 use edge_core::error_body::ErrorBody;
 use edge_core::{DeviceId, UserId};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 use hyper::body::Body as _;
 use hyper::upgrade::OnUpgrade;
@@ -149,12 +149,14 @@ pub async fn authorize(state: &AppState, user: UserId, raw_id: &str) -> Result<D
     Ok(device)
 }
 
-/// The path and query the box sees.
+/// The path and query the box sees, in origin form (a path under the
+/// console door's prefix starts with its own `/`).
 fn target_path(req: &Request, door: &Door) -> Result<String, ApiError> {
     let path = req.uri().path();
     let rest = match door {
         Door::ConsoleApi { prefix } => path
             .strip_prefix(prefix.as_str())
+            .filter(|rest| rest.starts_with('/'))
             .ok_or(ApiError::NotFound)?,
         Door::DeviceOrigin { .. } => path,
     };
@@ -164,18 +166,22 @@ fn target_path(req: &Request, door: &Door) -> Result<String, ApiError> {
     })
 }
 
-/// The request as the box receives it.
-fn outbound_request(
+/// The headers the box receives: the caller's `headers` through the
+/// header rules (in place), and the proxy's own (`Host`, `X-Forwarded-*`,
+/// the upgrade asked for).
+fn outbound_headers(
     state: &AppState,
-    parts: &http::request::Parts,
-    body: Body,
-    target: String,
+    parts: &mut http::request::Parts,
     remote: SocketAddr,
     door: &Door,
     upgrade: Option<&HeaderValue>,
-) -> Result<http::Request<Body>, ApiError> {
+) -> HeaderMap {
     let device_origin = matches!(door, Door::DeviceOrigin { .. });
-    let (mut headers, _) = box_request_headers(&parts.headers, device_origin);
+    let caller_host = match door {
+        Door::ConsoleApi { .. } => parts.headers.get(header::HOST).cloned(),
+        Door::DeviceOrigin { host } => host.clone(),
+    };
+    let (mut headers, _) = box_request_headers(std::mem::take(&mut parts.headers), device_origin);
     headers.insert(header::HOST, HeaderValue::from_static("localhost"));
     let client = parts
         .extensions
@@ -193,37 +199,19 @@ fn outbound_request(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
     );
-    match door {
-        Door::ConsoleApi { prefix } => {
-            if let Some(host) = parts.headers.get(header::HOST) {
-                headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
-            }
-            if let Ok(v) = HeaderValue::from_str(prefix) {
-                headers.insert(HeaderName::from_static("x-forwarded-prefix"), v);
-            }
-        }
-        Door::DeviceOrigin { host } => {
-            if let Some(host) = host {
-                headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
-            }
+    if let Some(host) = caller_host {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
+    if let Door::ConsoleApi { prefix } = door {
+        if let Ok(v) = HeaderValue::from_str(prefix) {
+            headers.insert(HeaderName::from_static("x-forwarded-prefix"), v);
         }
     }
     if let Some(proto) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto.clone());
     }
-    let mut outbound = http::Request::builder()
-        .method(parts.method.clone())
-        .uri(target)
-        .version(Version::HTTP_11)
-        .body(if upgrade.is_some() {
-            Body::empty()
-        } else {
-            body
-        })
-        .map_err(|_| ApiError::BadRequest("cannot forward this request".into()))?;
-    *outbound.headers_mut() = headers;
-    Ok(outbound)
+    headers
 }
 
 /// Forward one request through `door` for `access`.
@@ -258,24 +246,34 @@ async fn forward_counted(
     } else {
         None
     };
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let bodiless = upgrade.is_none() && body.is_end_stream();
-    let outbound = outbound_request(state, &parts, body, target, remote, &door, upgrade.as_ref())?;
+    let headers = outbound_headers(state, &mut parts, remote, &door, upgrade.as_ref());
     if bodiless {
         // Most requests: on a stream this task drives itself (`box_wire`).
-        let target = outbound.uri().path_and_query().map_or("/", |p| p.as_str());
-        let head = crate::box_wire::request_head(outbound.method(), target, outbound.headers());
+        let head = crate::box_wire::request_head(&parts.method, &target, &headers);
         let response = tokio::time::timeout(
             state.settings.proxy_first_byte_timeout,
             state
                 .boxes
-                .exchange(&access.actor, access.device, outbound.method(), &head),
+                .exchange(&access.actor, access.device, &parts.method, &head),
         )
         .await
         .map_err(|_| ApiError::DeviceTimeout)??;
         let (parts, body) = response.into_parts();
         return Ok(answer(parts, Body::new(body), &door));
     }
+    let mut outbound = http::Request::builder()
+        .method(parts.method)
+        .uri(target)
+        .version(Version::HTTP_11)
+        .body(if upgrade.is_some() {
+            Body::empty()
+        } else {
+            body
+        })
+        .map_err(|_| ApiError::BadRequest("cannot forward this request".into()))?;
+    *outbound.headers_mut() = headers;
     let response = tokio::time::timeout(
         state.settings.proxy_first_byte_timeout,
         state.boxes.send(&access.actor, access.device, outbound),
@@ -300,7 +298,7 @@ async fn forward_counted(
 fn answer(parts: http::response::Parts, body: Body, door: &Door) -> Response {
     let mut res = Response::new(body);
     *res.status_mut() = parts.status;
-    *res.headers_mut() = box_response_headers(&parts.headers, door);
+    *res.headers_mut() = box_response_headers(parts.headers, door);
     res
 }
 

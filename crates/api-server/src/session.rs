@@ -224,7 +224,11 @@ pub fn presented_session(
             return Err(ApiError::BearerFromBrowser);
         }
         let id = bearer.ok_or(ApiError::Unauthenticated)?;
-        return Ok(Some((bearer_hash(&id), SessionKind::Bearer)));
+        let hash = state
+            .verified_bearers
+            .session_hash(id.expose(), now_ms(), || Some((bearer_hash(&id), i64::MAX)))
+            .ok_or(ApiError::Unauthenticated)?;
+        return Ok(Some((hash, SessionKind::Bearer)));
     }
     Ok(presented_session_hash(state, headers).map(|h| (h, SessionKind::Browser)))
 }
@@ -300,11 +304,14 @@ pub fn read_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a s
 pub fn presented_session_hash(state: &AppState, headers: &http::HeaderMap) -> Option<String> {
     let name = cookie_name(state.settings.cookie_secure);
     let raw = read_cookie(headers, name)?;
-    let value = state
-        .cookies
-        .verify(name, SESSION_PURPOSE, raw, now_ms())
-        .ok()?;
-    SessionId::from_cookie_value(&value).map(|id| id.hash())
+    let now = now_ms();
+    state.verified_cookies.session_hash(raw, now, || {
+        let (value, expires_at) = state
+            .cookies
+            .verify_until(name, SESSION_PURPOSE, raw, now)
+            .ok()?;
+        SessionId::from_cookie_value(&value).map(|id| (id.hash(), expires_at))
+    })
 }
 
 /// Every method but GET, HEAD and OPTIONS needs `X-CSRF: 1`; any request

@@ -163,6 +163,10 @@ pub struct AppParts {
     /// Pooled keep-alive connections to boxes, over the directory's streams.
     pub boxes: crate::box_client::BoxClient,
     pub cookies: CookieKeys,
+    /// Session cookies whose signature was checked, by value.
+    pub verified_cookies: crate::verified_credentials::VerifiedCredentials,
+    /// Bearer tokens whose session hash was taken, by value.
+    pub verified_bearers: crate::verified_credentials::VerifiedCredentials,
     /// The OpenID Connect relying party: the only way users authenticate.
     pub oidc: Arc<OidcClient>,
     pub settings: Arc<Settings>,

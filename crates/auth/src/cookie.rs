@@ -91,6 +91,19 @@ impl CookieKeys {
         raw: &str,
         now_ms: i64,
     ) -> Result<String, CookieError> {
+        self.verify_until(name, purpose, raw, now_ms)
+            .map(|(value, _)| value)
+    }
+
+    /// Check a cookie value; returns the carried value and the signed
+    /// expiry (Unix ms) after which the same value no longer verifies.
+    pub fn verify_until(
+        &self,
+        name: &str,
+        purpose: &str,
+        raw: &str,
+        now_ms: i64,
+    ) -> Result<(String, i64), CookieError> {
         let mut parts = raw.rsplitn(3, '.');
         let (Some(tag), Some(expiry), Some(value)) = (parts.next(), parts.next(), parts.next())
         else {
@@ -111,7 +124,7 @@ impl CookieKeys {
         if now_ms >= expiry {
             return Err(CookieError::Expired);
         }
-        Ok(value.to_owned())
+        Ok((value.to_owned(), expiry))
     }
 }
 
@@ -130,6 +143,10 @@ mod tests {
         assert_eq!(
             keys.verify("session", "session", &c, 5_000),
             Ok("abc".into())
+        );
+        assert_eq!(
+            keys.verify_until("session", "session", &c, 5_000),
+            Ok(("abc".into(), 10_000))
         );
         assert_eq!(
             keys.verify("session", "session", &c, 10_000),

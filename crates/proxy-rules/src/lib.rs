@@ -5,7 +5,7 @@
 //! outlive the user's access) never reach the caller. The api-server's
 //! proxy applies them; the `proxy_headers` fuzz target drives them alone.
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: &[&str] = &[
@@ -72,25 +72,32 @@ pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
         .flatten()
 }
 
-/// Copy end-to-end headers: drop hop-by-hop ones and those named in
-/// `Connection`, plus anything in `extra`.
-fn end_to_end(src: &HeaderMap, extra: &[&str]) -> HeaderMap {
-    let listed: Vec<String> = src
+/// Keep end-to-end headers: drop hop-by-hop ones and those named in
+/// `Connection`, plus anything in `extra`. In place (no header is copied),
+/// so the order of the names left may change; the order of one name's
+/// values does not.
+fn end_to_end(mut headers: HeaderMap, extra: &[&str]) -> HeaderMap {
+    let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    let mut out = HeaderMap::with_capacity(src.len());
-    for (name, value) in src {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || extra.contains(&n) || listed.iter().any(|l| l == n) {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
+    // The names present are looked over once (a request has few), rather
+    // than each name that may not pass looked up.
+    let dropped: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            HOP_BY_HOP.contains(&n) || extra.contains(&n) || listed.contains(name)
+        })
+        .cloned()
+        .collect();
+    for name in dropped {
+        headers.remove(name);
     }
-    out
+    headers
 }
 
 /// Cookie names that are ours (or could pass for ours): the platform's
@@ -161,7 +168,7 @@ pub fn box_upgrade_headers(src: &HeaderMap, door: &Door) -> HeaderMap {
 }
 
 /// The box's response headers as the browser may see them.
-pub fn box_response_headers(src: &HeaderMap, door: &Door) -> HeaderMap {
+pub fn box_response_headers(src: HeaderMap, door: &Door) -> HeaderMap {
     let mut out = end_to_end(src, BOX_HEADERS_DROPPED);
     filter_box_cookies(&mut out, door);
     if !out.contains_key(header::X_CONTENT_TYPE_OPTIONS) {
@@ -193,22 +200,25 @@ pub fn box_response_headers(src: &HeaderMap, door: &Door) -> HeaderMap {
 /// no caller credentials), and on a device origin the caller's cookies
 /// without ours; with the upgrade the caller asked for, if any.
 pub fn box_request_headers(
-    src: &HeaderMap,
+    src: HeaderMap,
     device_origin: bool,
 ) -> (HeaderMap, Option<HeaderValue>) {
+    let upgrade = requested_upgrade(&src);
+    let cookies = if device_origin {
+        box_cookies(&src)
+    } else {
+        None
+    };
     let mut headers = end_to_end(src, NOT_FORWARDED);
-    if device_origin {
-        if let Some(cookies) = box_cookies(src) {
-            headers.insert(header::COOKIE, cookies);
-        }
+    if let Some(cookies) = cookies {
+        headers.insert(header::COOKIE, cookies);
     }
-    (headers, requested_upgrade(src))
+    (headers, upgrade)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderName;
 
     #[test]
     fn hop_by_hop_and_connection_listed_headers_are_dropped() {
@@ -224,9 +234,28 @@ mod tests {
         );
         h.insert(header::COOKIE, HeaderValue::from_static("a=b"));
         h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
-        let out = end_to_end(&h, NOT_FORWARDED);
+        let out = end_to_end(h, NOT_FORWARDED);
         assert_eq!(out.len(), 1);
         assert!(out.contains_key(header::ACCEPT));
+    }
+
+    #[test]
+    fn listed_names_are_matched_without_case_and_kept_values_keep_their_order() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("X-Hop , ,"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-other"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("2"));
+        for v in ["a", "b", "c"] {
+            h.append(header::VARY, HeaderValue::from_static(v));
+        }
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::ETAG, HeaderValue::from_static("\"e\""));
+        let out = end_to_end(h, &[]);
+        assert_eq!(out.len(), 4);
+        let vary: Vec<_> = out.get_all(header::VARY).iter().collect();
+        assert_eq!(vary, ["a", "b", "c"]);
+        assert_eq!(out[header::ETAG], "\"e\"");
     }
 
     #[test]
@@ -263,7 +292,7 @@ mod tests {
         ] {
             h.append(header::SET_COOKIE, HeaderValue::from_static(c));
         }
-        let out = box_response_headers(&h, &device_door());
+        let out = box_response_headers(h.clone(), &device_door());
         let kept: Vec<_> = out
             .get_all(header::SET_COOKIE)
             .iter()
@@ -271,7 +300,7 @@ mod tests {
             .collect();
         assert_eq!(kept, ["theme", "box_session"]);
         let console = box_response_headers(
-            &h,
+            h,
             &Door::ConsoleApi {
                 prefix: "/p".into(),
             },
@@ -294,22 +323,23 @@ mod tests {
         ] {
             h.insert(HeaderName::from_static(n), HeaderValue::from_static(v));
         }
-        let out = box_response_headers(&h, &device_door());
-        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        let out = box_response_headers(h, &device_door());
+        let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
         assert_eq!(
             names,
-            ["content-type", "x-content-type-options", "cache-control"]
+            ["cache-control", "content-type", "x-content-type-options"]
         );
         assert_eq!(out[header::CACHE_CONTROL], "private");
         // The box's own choices are kept.
         let mut own = HeaderMap::new();
         own.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         assert_eq!(
-            box_response_headers(&own, &device_door())[header::CACHE_CONTROL],
+            box_response_headers(own.clone(), &device_door())[header::CACHE_CONTROL],
             "no-store"
         );
         let console = box_response_headers(
-            &own,
+            own,
             &Door::ConsoleApi {
                 prefix: "/p".into(),
             },
