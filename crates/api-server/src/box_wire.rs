@@ -242,41 +242,53 @@ pub(crate) struct Head {
     pub status: StatusCode,
     pub version: Version,
     pub headers: HeaderMap,
-    /// Bytes of the head, to be taken off the buffer.
-    len: usize,
 }
 
-/// The answer head at the start of `buf`: `None` until all of it is there.
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, WireError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut slots);
-    let len = match res.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
-            return Err(WireError::Malformed("answer head too large"))
+/// The answer head at the start of `buf`, taken off it: `None` (and `buf`
+/// left as it is) until all of it is there. Header values are slices of
+/// the head's bytes, not copies.
+fn take_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> {
+    // Where each header's name and value lie in the head.
+    let mut fields = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let (status, version, count, len) = {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut slots);
+        let len = match res.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+                return Err(WireError::Malformed("answer head too large"))
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(WireError::Malformed("too many headers"))
+            }
+            Err(_) => return Err(WireError::Malformed("bad answer head")),
+        };
+        if len > MAX_HEAD {
+            return Err(WireError::Malformed("answer head too large"));
         }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(WireError::Malformed("too many headers"))
+        let status = res
+            .code
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .ok_or(WireError::Malformed("bad status"))?;
+        let version = match res.version {
+            Some(1) => Version::HTTP_11,
+            _ => Version::HTTP_10,
+        };
+        let base = buf.as_ptr() as usize;
+        for (field, h) in fields.iter_mut().zip(res.headers.iter()) {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            *field = (name, name + h.name.len(), value, value + h.value.len());
         }
-        Err(_) => return Err(WireError::Malformed("bad answer head")),
+        (status, version, res.headers.len(), len)
     };
-    if len > MAX_HEAD {
-        return Err(WireError::Malformed("answer head too large"));
-    }
-    let status = res
-        .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or(WireError::Malformed("bad status"))?;
-    let version = match res.version {
-        Some(1) => Version::HTTP_11,
-        _ => Version::HTTP_10,
-    };
-    let mut headers = HeaderMap::with_capacity(res.headers.len());
-    for h in res.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
+    let bytes = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(name_at, name_end, value_at, value_end) in &fields[..count] {
+        let name = HeaderName::from_bytes(&bytes[name_at..name_end])
             .map_err(|_| WireError::Malformed("bad header name"))?;
-        let value = HeaderValue::from_bytes(h.value)
+        let value = HeaderValue::from_maybe_shared(bytes.slice(value_at..value_end))
             .map_err(|_| WireError::Malformed("bad header value"))?;
         headers.append(name, value);
     }
@@ -284,8 +296,15 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, WireError> {
         status,
         version,
         headers,
-        len,
     }))
+}
+
+/// The answer head at the start of `buf` and its length in bytes.
+#[cfg(test)]
+fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, WireError> {
+    let mut rest = BytesMut::from(buf);
+    let head = take_head(&mut rest)?;
+    Ok(head.map(|h| (h, buf.len() - rest.len())))
 }
 
 /// How the answer to a `method` request with `head` is framed, and
@@ -609,7 +628,7 @@ pub(crate) async fn exchange(
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut interim = 0;
     let head = loop {
-        match parse_head(&buf) {
+        match take_head(&mut buf) {
             Err(e) => return Err((e, true)),
             Ok(Some(h)) if h.status.is_informational() => {
                 // 101 was not asked for; 100 and 103 are passed over.
@@ -617,7 +636,6 @@ pub(crate) async fn exchange(
                     return Err((WireError::Malformed("unexpected interim answer"), true));
                 }
                 interim += 1;
-                buf.advance(h.len);
                 continue;
             }
             Ok(Some(h)) => break h,
@@ -633,7 +651,6 @@ pub(crate) async fn exchange(
         }
     };
     let (framing, keep) = framing(method, &head).map_err(|e| (e, true))?;
-    buf.advance(head.len);
     let remaining = match framing {
         Framing::Length(n) => n,
         _ => 0,
@@ -664,7 +681,7 @@ mod tests {
     use hyper::body::Body as _;
 
     fn head_of(raw: &str) -> Head {
-        parse_head(raw.as_bytes()).unwrap().unwrap()
+        parse_head(raw.as_bytes()).unwrap().unwrap().0
     }
 
     #[test]
@@ -672,11 +689,14 @@ mod tests {
         assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n")
             .unwrap()
             .is_none());
-        let h = head_of("HTTP/1.1 201 Created\r\nx-a: 1\r\nx-a: 2\r\n\r\nbody");
+        let (h, len) = parse_head(b"HTTP/1.1 201 Created\r\nx-a: 1\r\nx-a: 2\r\n\r\nbody")
+            .unwrap()
+            .unwrap();
         assert_eq!(h.status, StatusCode::CREATED);
-        assert_eq!(h.headers.get_all("x-a").iter().count(), 2);
+        let values: Vec<_> = h.headers.get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
         assert_eq!(
-            h.len,
+            len,
             "HTTP/1.1 201 Created\r\nx-a: 1\r\nx-a: 2\r\n\r\n".len()
         );
         assert!(parse_head(b"HTTP/1.1 20 OK\r\n\r\n").is_err());
@@ -852,14 +872,14 @@ mod tests {
                     wire.push(b'H');
                 }
             }
-            let Ok(Some(head)) = parse_head(&wire) else {
+            let Ok(Some((head, len))) = parse_head(&wire) else {
                 continue;
             };
             let Ok((framing, _)) = framing(&Method::GET, &head) else {
                 continue;
             };
-            if let Ok(body) = decode(framing, &wire[head.len..]).await {
-                assert!(body.len() <= wire.len() - head.len, "{wire:?}");
+            if let Ok(body) = decode(framing, &wire[len..]).await {
+                assert!(body.len() <= wire.len() - len, "{wire:?}");
                 decoded += 1;
             }
         }

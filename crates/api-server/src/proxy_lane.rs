@@ -317,6 +317,9 @@ async fn write_answer(
         None => push_header(out, b"transfer-encoding", b"chunked"),
     }
     out.extend_from_slice(b"\r\n");
+    // The head is written out: its headers (which may hold on to the
+    // box's read buffer) are not kept for the body's length.
+    drop(parts);
     let mut sent = 0u64;
     if !bodiless {
         while let Some(frame) = next_frame(io, &mut body, out).await? {
