@@ -970,6 +970,20 @@ impl Stack {
         created_ms: i64,
         expires_ms: i64,
     ) -> String {
+        let signed_until = edge_core::time::now_ms() + 3_600_000;
+        self.session_cookie_signed_until(user, created_ms, expires_ms, signed_until)
+            .await
+    }
+
+    /// As [`Self::session_cookie_at`], with the cookie signed to stop
+    /// verifying at `signed_until_ms`: for testing the cookie's own expiry.
+    pub async fn session_cookie_signed_until(
+        &self,
+        user: UserId,
+        created_ms: i64,
+        expires_ms: i64,
+        signed_until_ms: i64,
+    ) -> String {
         let id = auth::SessionId::generate();
         self.store
             .create_session(
@@ -983,12 +997,14 @@ impl Stack {
             .await
             .unwrap();
         let name = api_server::session::cookie_name(false);
-        let exp = edge_core::time::now_ms() + 3_600_000;
         format!(
             "{name}={}",
-            self.state
-                .cookies
-                .sign(name, api_server::session::SESSION_PURPOSE, id.expose(), exp)
+            self.state.cookies.sign(
+                name,
+                api_server::session::SESSION_PURPOSE,
+                id.expose(),
+                signed_until_ms
+            )
         )
     }
 }

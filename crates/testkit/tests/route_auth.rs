@@ -5,6 +5,8 @@
 //! extractor makes `every_non_public_route_requires_a_session` fail, because
 //! that route would answer something other than 401 to these requests. The
 //! public list itself is asserted, so growing it is a visible decision.
+//! A cookie the api-server remembered as checked (ADR 033) stops working
+//! at its signed expiry.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -176,4 +178,38 @@ async fn every_non_public_route_requires_a_session() {
         .await
         .unwrap();
     assert_eq!(me.status(), 200);
+}
+
+/// A cookie that worked (and was remembered, ADR 033) stops working at
+/// the expiry it was signed with, though its session lives on; a copy
+/// with one byte of its signature changed never works.
+#[tokio::test]
+async fn a_cookie_that_worked_is_refused_from_its_signed_expiry() {
+    let stack = Stack::start().await;
+    let user = stack.user("alice").await;
+    let signed_until = now_ms() + 1_500;
+    let cookie = stack
+        .session_cookie_signed_until(user.id, now_ms(), now_ms() + 3_600_000, signed_until)
+        .await;
+    let status = |cookie: String| {
+        let req = stack
+            .http
+            .get(stack.api("/api/devices"))
+            .header("cookie", cookie);
+        async move { req.send().await.unwrap().status() }
+    };
+    let forged = {
+        let mut v = cookie.clone().into_bytes();
+        let tag = cookie.rfind('.').unwrap() + 1;
+        v[tag] = if v[tag] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(v).unwrap()
+    };
+    assert_eq!(status(cookie.clone()).await, 200);
+    assert_eq!(status(cookie.clone()).await, 200);
+    assert_eq!(status(forged.clone()).await, 401);
+    // The only signal is the clock: wait for the signed expiry to pass.
+    let left = u64::try_from(signed_until - now_ms()).unwrap_or(0);
+    tokio::time::sleep(std::time::Duration::from_millis(left + 10)).await;
+    assert_eq!(status(cookie).await, 401);
+    assert_eq!(status(forged).await, 401);
 }
