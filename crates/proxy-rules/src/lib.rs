@@ -77,13 +77,7 @@ pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
 /// so the order of the names left may change; the order of one name's
 /// values does not.
 fn end_to_end(mut headers: HeaderMap, extra: &[&str]) -> HeaderMap {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
+    let listed = connection_listed(&headers);
     // The names present are looked over once (a request has few), rather
     // than each name that may not pass looked up.
     let dropped: Vec<HeaderName> = headers
@@ -98,6 +92,17 @@ fn end_to_end(mut headers: HeaderMap, extra: &[&str]) -> HeaderMap {
         headers.remove(name);
     }
     headers
+}
+
+/// The header names `Connection` lists (RFC 9110 §7.6.1).
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
 }
 
 /// Cookie names that are ours (or could pass for ours): the platform's
@@ -204,7 +209,8 @@ pub fn box_request_headers(
     device_origin: bool,
 ) -> (HeaderMap, Option<HeaderValue>) {
     let upgrade = requested_upgrade(&src);
-    let cookies = if device_origin {
+    // A `Cookie` that `Connection` lists is this hop's alone.
+    let cookies = if device_origin && !connection_listed(&src).contains(&header::COOKIE) {
         box_cookies(&src)
     } else {
         None
@@ -349,6 +355,18 @@ mod tests {
             "sandbox; default-src 'none'"
         );
         assert_eq!(console[header::CONTENT_DISPOSITION], "attachment");
+    }
+
+    #[test]
+    fn a_cookie_that_connection_lists_is_not_rebuilt_for_the_box() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("theme=dark"));
+        assert_eq!(
+            box_request_headers(h.clone(), true).0[header::COOKIE],
+            "theme=dark"
+        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("Cookie"));
+        assert!(!box_request_headers(h, true).0.contains_key(header::COOKIE));
     }
 
     #[test]
