@@ -150,7 +150,21 @@ async fn login_pair_run_use_delete() {
     // The audit log, read with a fresh login (which adds one more `login`).
     let mut b2 = Browser::new();
     assert_eq!(stack.dev_login(&mut b2, "alice").await.status(), 302);
-    let events = json(b2.get(&stack.api("/api/audit?limit=200")).await).await;
+    // The remote-access session ended with the tunnel; its record goes
+    // through the audit writer (ADR 018), so it may land a moment later.
+    let events = within("remote_access_closed in the audit log", async {
+        loop {
+            let events = json(b2.get(&stack.api("/api/audit?limit=200")).await).await;
+            let closed = events
+                .as_array()
+                .is_some_and(|a| a.iter().any(|e| e["action"] == "remote_access_closed"));
+            if closed {
+                return events;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
     let count = |action: &str| {
         events
             .as_array()
