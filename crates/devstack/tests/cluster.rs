@@ -371,12 +371,24 @@ async fn two_relays_and_two_api_servers_survive_a_relay_kill_and_a_redis_outage(
             };
             let (http, cookie, d) = (http.clone(), cookie.clone(), *d);
             tokio::spawn(async move {
-                http.get(format!("{api}/api/devices/{d}/proxy/test/delay?ms=1500"))
+                let res = http
+                    .get(format!("{api}/api/devices/{d}/proxy/test/delay?ms=1500"))
                     .header("cookie", cookie)
                     .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-                    .unwrap_or(0)
+                    .await;
+                match res {
+                    Ok(r) if r.status() == 200 => 200,
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        // Which refusal it was, for the failure below.
+                        println!(
+                            "slow request to {d}: {status} {}",
+                            r.text().await.unwrap_or_default()
+                        );
+                        status
+                    }
+                    Err(_) => 0,
+                }
             })
         }));
     let slow = tokio::spawn(slow);
@@ -384,7 +396,29 @@ async fn two_relays_and_two_api_servers_survive_a_relay_kill_and_a_redis_outage(
     nix_kill(&relay_b, "TERM");
     let during = futures_util::future::join_all(agents_on_b.iter().map(|d| {
         let (http, api, cookie) = (&http, api_2.as_str(), cookie.as_str());
-        async move { info_status(http, api, cookie, *d).await }
+        async move {
+            let res = http
+                .get(format!("{api}/api/devices/{d}/proxy/api/info"))
+                .header("cookie", cookie)
+                .send()
+                .await;
+            match res {
+                Ok(r) if r.status() == 200 => 200,
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    // Which refusal it was, for the failure below.
+                    println!(
+                        "request to {d} during the drain: {status} {}",
+                        r.text().await.unwrap_or_default()
+                    );
+                    status
+                }
+                Err(e) => {
+                    println!("request to {d} during the drain: {e}");
+                    0
+                }
+            }
+        }
     }))
     .await;
     let failed_during = during.iter().filter(|s| **s != 200).count();

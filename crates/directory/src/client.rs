@@ -46,6 +46,9 @@ pub struct RelayDirectory {
     channels: Arc<std::sync::Mutex<HashMap<NodeId, ChannelSlot>>>,
     /// TCP connections made to relay nodes so far.
     connections: Arc<AtomicU64>,
+    /// When a node last said it is draining: its devices are between
+    /// nodes for a moment, without a lease (see `open_stream_retiring`).
+    last_drain: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
 /// A live channel to one node: the control that opens streams, and the
@@ -91,6 +94,7 @@ impl RelayDirectory {
             tls_off_loopback: false,
             channels: Arc::default(),
             connections: Arc::default(),
+            last_drain: Arc::default(),
         }
     }
 
@@ -127,6 +131,7 @@ impl RelayDirectory {
         let ended = CancellationToken::new();
         let draining = Retiring::default();
         let notice = draining.clone();
+        let last_drain = self.last_drain.clone();
         let (control, driver) = tunnel::session::client_hearing(
             tunnel::session::Plain(TokioIo::new(upgraded)),
             mux::config(),
@@ -136,13 +141,19 @@ impl RelayDirectory {
                 // The node's only stream toward us is its drain notice.
                 drop(stream);
                 notice.set();
+                note_drain(&last_drain);
             },
         );
         let marker = ended.clone();
         let name = node.0.clone();
+        let (drained, last_drain) = (draining.clone(), self.last_drain.clone());
         tokio::spawn(async move {
             let end = driver.await;
             marker.cancel();
+            if drained.is_set() {
+                // A drained node's last devices left it just now.
+                note_drain(&last_drain);
+            }
             tracing::debug!(node = %name, %end, "relay channel ended");
         });
         let ch = Channel {
@@ -436,8 +447,21 @@ impl SessionView for RelayDirectory {
         device: DeviceId,
     ) -> Result<(BoxStream, Retiring), DirectoryError> {
         let deadline = tokio::time::Instant::now() + RELOCATE_FOR;
-        let mut node = self.node_for(device).await?;
         let mut moving = false;
+        let mut node = loop {
+            match self.node_for(device).await {
+                // While a node drains, its devices hold no lease between
+                // leaving it and reaching the next node: look again.
+                Err(DirectoryError::Offline) if self.drained_within(RELOCATE_FOR) => {
+                    moving = true;
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(DirectoryError::Offline);
+                    }
+                    tokio::time::sleep(RELOCATE_EVERY).await;
+                }
+                found => break found?,
+            }
+        };
         loop {
             let err = match self.open_on(&node, device, None).await {
                 Err(DirectoryError::Draining) => {
@@ -460,6 +484,24 @@ impl SessionView for RelayDirectory {
                 node = next;
             }
         }
+    }
+}
+
+/// Remember that a node said it is draining, now.
+fn note_drain(last: &std::sync::Mutex<Option<tokio::time::Instant>>) {
+    if let Ok(mut last) = last.lock() {
+        *last = Some(tokio::time::Instant::now());
+    }
+}
+
+impl RelayDirectory {
+    /// Whether a node said it is draining within `window`.
+    fn drained_within(&self, window: Duration) -> bool {
+        self.last_drain
+            .lock()
+            .ok()
+            .and_then(|last| *last)
+            .is_some_and(|at| at.elapsed() < window)
     }
 }
 
@@ -510,6 +552,7 @@ impl RelayDirectory {
             mux::STATUS_OFFLINE => Err(DirectoryError::Offline),
             mux::STATUS_DRAINING => {
                 draining.set();
+                note_drain(&self.last_drain);
                 Err(DirectoryError::Draining)
             }
             mux::STATUS_NOT_SUPPORTED => Err(DirectoryError::NotSupported),
