@@ -446,15 +446,17 @@ impl SessionView for RelayDirectory {
         &self,
         device: DeviceId,
     ) -> Result<(BoxStream, Retiring), DirectoryError> {
-        let deadline = tokio::time::Instant::now() + RELOCATE_FOR;
+        let started = tokio::time::Instant::now();
+        let deadline = started + RELOCATE_FOR;
         let mut moving = false;
         let mut node = loop {
             match self.node_for(device).await {
                 // While a node drains, its devices hold no lease between
-                // leaving it and reaching the next node: look again.
+                // leaving it and reaching the next node: look again, for
+                // a while (a device that does not come back is offline).
                 Err(DirectoryError::Offline) if self.drained_within(RELOCATE_FOR) => {
                     moving = true;
-                    if tokio::time::Instant::now() >= deadline {
+                    if started.elapsed() >= LEASE_GAP_FOR {
                         return Err(DirectoryError::Offline);
                     }
                     tokio::time::sleep(RELOCATE_EVERY).await;
@@ -527,6 +529,9 @@ fn is_loopback_authority(authority: &str) -> bool {
 /// How long a request waits for a draining node's device to reconnect
 /// elsewhere, and how often it looks.
 const RELOCATE_FOR: Duration = Duration::from_secs(5);
+/// How long a device without a lease is looked for again after a node
+/// said it is draining (then it is answered offline).
+const LEASE_GAP_FOR: Duration = Duration::from_secs(2);
 const RELOCATE_EVERY: Duration = Duration::from_millis(50);
 
 impl RelayDirectory {
