@@ -320,7 +320,19 @@ async fn two_relays_and_two_api_servers_survive_a_relay_kill_and_a_redis_outage(
 
     // 5: a device on A connects to B: one session, on B; A's closes within 1 s.
     let (mover, mover_token) = new_device(&store, user.id, "mover").await;
-    let on_a_session = testkit::serve_raw(testkit::dial_raw_at(&tunnel_a, &mover_token).await);
+    // Relay A has just restarted, and the 100 agents are reconnecting to
+    // it: a dial may be turned away, and a device dials again, as agents do.
+    let dialed = within("the mover's tunnel to A", async {
+        loop {
+            match testkit::try_dial_raw_at(&tunnel_a, &mover_token).await {
+                Ok(ws) => break ws,
+                Err(err) => println!("the mover's dial to A failed ({err}); dialing again"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let on_a_session = testkit::serve_raw(dialed);
     within("mover leased to A", async {
         while redis.lease_nodes(&[mover]).await[0].as_deref() != Some(node_a.as_str()) {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -183,9 +183,15 @@ fn node_url(tls: &RelayTls, internal: SocketAddr) -> String {
 
 /// Dial a plain `ws://` relay URL as a device with `token`.
 pub async fn dial_raw_at(url: &str, token: &DeviceToken) -> tunnel::dial::DialedWs {
-    tunnel::dial::dial(url, token, "raw-test/1", Default::default(), None)
-        .await
-        .unwrap()
+    try_dial_raw_at(url, token).await.unwrap()
+}
+
+/// [`dial_raw_at`], with the dial's error for the caller to judge.
+pub async fn try_dial_raw_at(
+    url: &str,
+    token: &DeviceToken,
+) -> Result<tunnel::dial::DialedWs, tunnel::dial::DialError> {
+    tunnel::dial::dial(url, token, "raw-test/1", Default::default(), None).await
 }
 
 /// Serve a dialed tunnel as a bare device that resets every stream and
