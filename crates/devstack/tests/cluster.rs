@@ -97,6 +97,23 @@ async fn info_status(http: &reqwest::Client, api: &str, cookie: &str, device: De
         .unwrap_or(0)
 }
 
+/// The status `req` gets (0 when it fails); a refusal is printed with its
+/// body, so a failed assertion says which error it was.
+async fn status_of(req: reqwest::RequestBuilder, what: &str) -> u16 {
+    match req.send().await {
+        Ok(r) if r.status() == 200 => 200,
+        Ok(r) => {
+            let status = r.status().as_u16();
+            println!("{what}: {status} {}", r.text().await.unwrap_or_default());
+            status
+        }
+        Err(err) => {
+            println!("{what}: {err}");
+            0
+        }
+    }
+}
+
 /// Wait until every device answers 200 through every api-server.
 async fn all_reachable(http: &reqwest::Client, apis: &[&str], cookie: &str, devices: &[DeviceId]) {
     within("every device reachable through every api-server", async {
@@ -383,24 +400,10 @@ async fn two_relays_and_two_api_servers_survive_a_relay_kill_and_a_redis_outage(
             };
             let (http, cookie, d) = (http.clone(), cookie.clone(), *d);
             tokio::spawn(async move {
-                let res = http
+                let req = http
                     .get(format!("{api}/api/devices/{d}/proxy/test/delay?ms=1500"))
-                    .header("cookie", cookie)
-                    .send()
-                    .await;
-                match res {
-                    Ok(r) if r.status() == 200 => 200,
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        // Which refusal it was, for the failure below.
-                        println!(
-                            "slow request to {d}: {status} {}",
-                            r.text().await.unwrap_or_default()
-                        );
-                        status
-                    }
-                    Err(_) => 0,
-                }
+                    .header("cookie", cookie);
+                status_of(req, &format!("slow request to {d}")).await
             })
         }));
     let slow = tokio::spawn(slow);
@@ -409,27 +412,10 @@ async fn two_relays_and_two_api_servers_survive_a_relay_kill_and_a_redis_outage(
     let during = futures_util::future::join_all(agents_on_b.iter().map(|d| {
         let (http, api, cookie) = (&http, api_2.as_str(), cookie.as_str());
         async move {
-            let res = http
+            let req = http
                 .get(format!("{api}/api/devices/{d}/proxy/api/info"))
-                .header("cookie", cookie)
-                .send()
-                .await;
-            match res {
-                Ok(r) if r.status() == 200 => 200,
-                Ok(r) => {
-                    let status = r.status().as_u16();
-                    // Which refusal it was, for the failure below.
-                    println!(
-                        "request to {d} during the drain: {status} {}",
-                        r.text().await.unwrap_or_default()
-                    );
-                    status
-                }
-                Err(e) => {
-                    println!("request to {d} during the drain: {e}");
-                    0
-                }
-            }
+                .header("cookie", cookie);
+            status_of(req, &format!("request to {d} during the drain")).await
         }
     }))
     .await;
