@@ -74,8 +74,9 @@ enum Chunk {
     Trailers(usize),
 }
 
-/// Idle kept streams, by device; each remembers its actor and since when
-/// it is idle, the newest last.
+/// Idle kept streams, by device; each remembers its actor, its shard
+/// (ADR 034: it travels on that shard's relay channel, and is taken again
+/// only there) and since when it is idle, the newest last.
 pub(crate) struct Kept {
     by_device: Mutex<HashMap<DeviceId, Vec<KeptStream>>>,
     idle: Duration,
@@ -85,6 +86,7 @@ pub(crate) struct Kept {
 
 struct KeptStream {
     actor: Actor,
+    shard: usize,
     io: Audited,
     since: Instant,
 }
@@ -105,14 +107,19 @@ impl Kept {
         self.by_device.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A kept stream of `actor`'s to `device` that is still open, if any.
+    /// A kept stream of `actor`'s to `device`, kept on this shard, that is
+    /// still open, if any.
     pub(crate) fn take(&self, device: DeviceId, actor: &Actor) -> Option<Audited> {
+        let shard = edge_core::shard::current();
         let mut ended = Vec::new();
         let found = {
             let mut map = self.lock();
             let list = map.get_mut(&device)?;
             let mut found = None;
-            while let Some(at) = list.iter().rposition(|k| k.actor == *actor) {
+            while let Some(at) = list
+                .iter()
+                .rposition(|k| k.actor == *actor && k.shard == shard)
+            {
                 let mut kept = list.remove(at);
                 if self.usable(&kept) && open_and_quiet(&mut kept.io) {
                     found = Some(kept.io);
@@ -150,6 +157,7 @@ impl Kept {
             };
             list.push(KeptStream {
                 actor,
+                shard: edge_core::shard::current(),
                 io,
                 since: Instant::now(),
             });

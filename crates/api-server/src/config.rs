@@ -355,6 +355,12 @@ pub struct Config {
     /// around the lane.
     #[arg(long, env = "API_SERVER_NO_PROXY_LANE", hide_env_values = true)]
     pub no_proxy_lane: bool,
+    /// Threads that serve connections, each a single-threaded runtime
+    /// with its own relay channels (ADR 034); accepted connections go to
+    /// each in turn. Default: one per CPU. 0: connections are served by
+    /// the main multi-threaded runtime instead.
+    #[arg(long, env = "API_SERVER_SHARDS", hide_env_values = true)]
+    pub shards: Option<usize>,
     /// Let owners register webhooks on loopback, private and link-local
     /// addresses (a receiver inside your own network). Off: such URLs are
     /// refused, at registration and again at each delivery.
@@ -416,6 +422,9 @@ pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
 /// How often the scheduled sweep runs.
 pub const DEFAULT_HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(600);
+/// Most shards (`--shards`): more threads than this serve no machine
+/// better.
+pub const MAX_SHARDS: usize = 256;
 /// Largest JSON/form body of an API route.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 65_536;
 /// Pairing codes one user may hold at once.
@@ -693,6 +702,13 @@ impl Config {
                 .map_err(|e| ApiError::Config(format!("--trusted-proxies: {e}")))?,
             ..edge_core::serve::ServeOptions::default()
         })
+    }
+
+    /// How many shards serve connections (0: none, the main runtime does).
+    pub fn shard_count(&self) -> usize {
+        self.shards
+            .unwrap_or_else(edge_core::shard::default_count)
+            .min(MAX_SHARDS)
     }
 
     /// How long stopping waits for queued audit events (at least a second).

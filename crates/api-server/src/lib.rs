@@ -93,7 +93,13 @@ pub async fn run_on(
     if !config.no_proxy_lane {
         opts.lane = Some(proxy_lane::handle(app.state.clone()));
     }
-    tracing::info!(%listen, relay = %config.relay_url, "api-server listening");
+    let shards = config.shard_count();
+    if shards > 0 {
+        let started = edge_core::shard::Shards::start(shards, "api")
+            .map_err(|e| ApiError::Config(format!("shard threads: {e}")))?;
+        opts.shards = Some(std::sync::Arc::new(started));
+    }
+    tracing::info!(%listen, relay = %config.relay_url, shards, "api-server listening");
     let sweeper = tokio::spawn(housekeeping::run(app.state.clone(), shutdown.clone()));
     let [health, deliveries] = app.spawn_tasks(&shutdown);
     serve(listener, build_app(app.state.clone()), opts, shutdown).await;

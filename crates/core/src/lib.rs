@@ -14,6 +14,7 @@ pub mod request_id;
 pub mod scope;
 pub mod secret;
 pub mod serve;
+pub mod shard;
 pub mod shutdown;
 pub mod telemetry;
 pub mod text;

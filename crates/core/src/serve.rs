@@ -12,6 +12,8 @@
 //! accept path: the TLS handshake runs in the connection's own task, under
 //! the same timeout as reading the request head. A [`Lane`], when given,
 //! sees each connection first and may answer requests ahead of the router.
+//! With [`Shards`](crate::shard::Shards), each accepted connection is
+//! served on the next shard's runtime instead of the accepting one.
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -53,6 +55,9 @@ pub struct ServeOptions {
     pub trusted_proxies: TrustedProxies,
     /// Requests answered ahead of the router, if any.
     pub lane: Option<LaneHandle>,
+    /// Runtimes that accepted connections are handed to in turn (ADR
+    /// 034); `None`: each connection is a task of the accepting runtime.
+    pub shards: Option<Arc<crate::shard::Shards>>,
 }
 
 impl Default for ServeOptions {
@@ -65,6 +70,7 @@ impl Default for ServeOptions {
             drain_timeout: Duration::from_secs(10),
             trusted_proxies: TrustedProxies::default(),
             lane: None,
+            shards: None,
         }
     }
 }
@@ -315,22 +321,52 @@ pub async fn serve_tls(
             Some(Some(slot)) => Some(slot),
             None => None,
         };
-        let stream = HeldIo {
-            io: stream,
-            _held: Some(Held {
-                _permit: permit,
-                _slot: slot,
-            }),
-            read: Bytes::new(),
+        let held = Held {
+            _permit: permit,
+            _slot: slot,
         };
-        tracker.spawn(handshake_and_serve(
-            stream,
-            remote,
-            app.clone(),
-            opts.clone(),
-            tls.clone(),
-            shutdown.clone(),
-        ));
+        let (app, tls, shutdown) = (app.clone(), tls.clone(), shutdown.clone());
+        let Some(shards) = opts.shards.clone() else {
+            let stream = HeldIo {
+                io: stream,
+                _held: Some(held),
+                read: Bytes::new(),
+            };
+            tracker.spawn(handshake_and_serve(
+                stream,
+                remote,
+                app,
+                opts.clone(),
+                tls,
+                shutdown,
+            ));
+            continue;
+        };
+        // The socket leaves this runtime's reactor for the shard's, so
+        // its readiness wakes the shard's thread, not this one.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::debug!(error = %err, %remote, "accepted socket unusable");
+                continue;
+            }
+        };
+        let opts = opts.clone();
+        shards.spawn(tracker.track_future(async move {
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(err) => {
+                    tracing::debug!(error = %err, %remote, "accepted socket unusable");
+                    return;
+                }
+            };
+            let stream = HeldIo {
+                io: stream,
+                _held: Some(held),
+                read: Bytes::new(),
+            };
+            handshake_and_serve(stream, remote, app, opts, tls, shutdown).await;
+        }));
     }
     drop(listener);
     tracker.close();

@@ -40,10 +40,12 @@ pub struct RelayDirectory {
     /// Refuse `http://` nodes off loopback (multi-node mode: node URLs come
     /// from Redis, and each connection carries the internal secret).
     tls_off_loopback: bool,
-    /// The channel slot of each node. The map's lock is held only to find
-    /// a slot; connecting holds that node's slot alone, so a node that
-    /// answers nothing never delays requests to the others.
-    channels: Arc<std::sync::Mutex<HashMap<NodeId, ChannelSlot>>>,
+    /// The channel slot of each node, one per shard (ADR 034: a shard's
+    /// requests and its channel's session task share its thread). The
+    /// map's lock is held only to find a slot; connecting holds that
+    /// slot alone, so a node that answers nothing never delays requests
+    /// to the others.
+    channels: Arc<std::sync::Mutex<HashMap<(NodeId, usize), ChannelSlot>>>,
     /// TCP connections made to relay nodes so far.
     connections: Arc<AtomicU64>,
     /// When a node last said it is draining: its devices are between
@@ -104,14 +106,18 @@ impl RelayDirectory {
         self.connections.load(Ordering::Relaxed)
     }
 
-    /// The channel to `node`, opened now if there is none (or it ended).
+    /// The channel to `node` of the shard this runs on, opened now if
+    /// there is none (or it ended).
     async fn channel(&self, node: &NodeId) -> Result<Channel, DirectoryError> {
         let slot = {
             let mut channels = self
                 .channels
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            channels.entry(node.clone()).or_default().clone()
+            channels
+                .entry((node.clone(), edge_core::shard::current()))
+                .or_default()
+                .clone()
         };
         let mut slot = slot.lock().await;
         if let Some(ch) = slot.as_ref() {

@@ -320,6 +320,52 @@ async fn the_channel_is_reopened_after_the_relay_restarts() {
     assert_eq!(stack.relay_client.connections_opened(), before + 1);
 }
 
+/// ADR 034: a sharded api-server serves each connection on one shard, and
+/// each shard reaches the relay on a channel of its own, which its later
+/// requests reuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_shard_reaches_the_relay_on_a_channel_of_its_own() {
+    let shards = edge_core::shard::Shards::start(2, "test").unwrap();
+    let stack = Stack::start_with(testkit::StackOptions {
+        api_serve: edge_core::serve::ServeOptions {
+            shards: Some(std::sync::Arc::new(shards)),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let alice = stack.user("alice").await;
+    let (dev, _agent) = stack.online_device(alice.id).await;
+    let before = stack.relay_client.connections_opened();
+    // Two clients, two connections: the listener hands them to the two
+    // shards in turn.
+    let clients: Vec<reqwest::Client> = (0..2)
+        .map(|_| reqwest::Client::builder().no_proxy().build().unwrap())
+        .collect();
+    let url = stack.proxy_url(dev.id, "/api/info");
+    for _ in 0..5 {
+        for client in &clients {
+            let res = within(
+                "info",
+                client.get(&url).header("cookie", &alice.cookie).send(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(res.status(), 200);
+            let info: serde_json::Value = res.json().await.unwrap();
+            assert_eq!(info["model"], "SIM-1");
+        }
+    }
+    assert_eq!(
+        stack.relay_client.connections_opened(),
+        before + 2,
+        "one channel per shard, reused by its later requests"
+    );
+    // Many connections at once, over both shards: the same two channels.
+    assert_eq!(checks::concurrent(&stack, &alice, dev.id, 50).await, 50);
+    assert_eq!(stack.relay_client.connections_opened(), before + 2);
+}
+
 /// One request id, from the caller to the error body, the response header,
 /// and the log lines of both the api-server and the relay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
