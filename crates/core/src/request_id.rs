@@ -59,9 +59,15 @@ pub fn current() -> Option<RequestId> {
 }
 
 /// Run `fut` as part of request `id`: in its scope and under its span.
-pub async fn scope<F: std::future::Future>(id: RequestId, fut: F) -> F::Output {
+/// Not an `async fn`: that would hold `fut` twice (as its argument and
+/// inside the scope), and a request's future is kilobytes, copied each
+/// time it moves.
+pub fn scope<F: std::future::Future>(
+    id: RequestId,
+    fut: F,
+) -> impl std::future::Future<Output = F::Output> {
     let span = tracing::info_span!("request", request_id = %id);
-    CURRENT.scope(id, fut.instrument(span)).await
+    CURRENT.scope(id, fut.instrument(span))
 }
 
 /// Middleware: give the request its id, serve it in the id's scope, and

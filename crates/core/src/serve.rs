@@ -351,7 +351,12 @@ pub async fn serve_tls(
                 continue;
             }
         };
-        let opts = opts.clone();
+        // The connection does not hold the shards: the last one would
+        // otherwise keep them running for as long as it lives.
+        let opts = ServeOptions {
+            shards: None,
+            ..opts.clone()
+        };
         shards.spawn(tracker.track_future(async move {
             let stream = match tokio::net::TcpStream::from_std(stream) {
                 Ok(stream) => stream,

@@ -33,6 +33,9 @@ async fn schemathesis(stack: &Stack, headers: &[String], extra: &[&str]) -> (boo
         .args(["--hypothesis-seed", "14"])
         .args(["--hypothesis-derandomize"])
         .args(["--workers", "2"])
+        // A request left unanswered fails the run naming that request,
+        // instead of stalling the whole run until its bound.
+        .arg("--request-timeout=60000")
         // The document is OpenAPI 3.1 (utoipa 5); schemathesis 3.x reads
         // it behind this switch.
         .arg("--experimental=openapi-3.1")
