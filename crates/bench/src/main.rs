@@ -555,11 +555,17 @@ async fn main() -> Result<()> {
         let per_k = |ms: u64| ms as f64 * 1000.0 / proxied;
         println!();
         println!(
-            "CPU per 1,000 proxied small requests (user + system): api-server {:.0} ms, remote-proxy {:.0} ms, edge-agent {:.0} ms",
+            "CPU per 1,000 proxied small requests (user + system): api-server {:.1} ms, remote-proxy {:.1} ms, edge-agent {:.1} ms",
             per_k(api),
             per_k(relay),
             per_k(agent)
         );
+        if relay > 0 {
+            println!(
+                "  api-server / remote-proxy               {:.2}×  (target ≤ 1.5×)",
+                api as f64 / relay as f64
+            );
+        }
     }
 
     if let Some((_, rathole_sim)) = rathole_ports.iter().find(|(t, _)| *t == "tcp") {
