@@ -219,6 +219,17 @@ struct HeldIo<I> {
     read: Bytes,
 }
 
+impl<I> HeldIo<I> {
+    /// A freshly accepted connection's stream, holding its places.
+    fn new(io: I, held: Held) -> Self {
+        Self {
+            io,
+            _held: Some(held),
+            read: Bytes::new(),
+        }
+    }
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for HeldIo<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -327,11 +338,7 @@ pub async fn serve_tls(
         };
         let (app, tls, shutdown) = (app.clone(), tls.clone(), shutdown.clone());
         let Some(shards) = opts.shards.clone() else {
-            let stream = HeldIo {
-                io: stream,
-                _held: Some(held),
-                read: Bytes::new(),
-            };
+            let stream = HeldIo::new(stream, held);
             tracker.spawn(handshake_and_serve(
                 stream,
                 remote,
@@ -344,12 +351,8 @@ pub async fn serve_tls(
         };
         // The socket leaves this runtime's reactor for the shard's, so
         // its readiness wakes the shard's thread, not this one.
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(err) => {
-                tracing::debug!(error = %err, %remote, "accepted socket unusable");
-                continue;
-            }
+        let Some(stream) = usable(stream.into_std(), remote) else {
+            continue;
         };
         // The connection does not hold the shards: the last one would
         // otherwise keep them running for as long as it lives.
@@ -358,18 +361,10 @@ pub async fn serve_tls(
             ..opts.clone()
         };
         shards.spawn(tracker.track_future(async move {
-            let stream = match tokio::net::TcpStream::from_std(stream) {
-                Ok(stream) => stream,
-                Err(err) => {
-                    tracing::debug!(error = %err, %remote, "accepted socket unusable");
-                    return;
-                }
+            let Some(stream) = usable(tokio::net::TcpStream::from_std(stream), remote) else {
+                return;
             };
-            let stream = HeldIo {
-                io: stream,
-                _held: Some(held),
-                read: Bytes::new(),
-            };
+            let stream = HeldIo::new(stream, held);
             handshake_and_serve(stream, remote, app, opts, tls, shutdown).await;
         }));
     }
@@ -381,6 +376,14 @@ pub async fn serve_tls(
     {
         tracing::warn!("drain timeout elapsed with connections still open");
     }
+}
+
+/// An accepted socket moved between reactors, or `None` (logged) when it
+/// could not be.
+fn usable<T>(moved: std::io::Result<T>, remote: std::net::SocketAddr) -> Option<T> {
+    moved
+        .map_err(|err| tracing::debug!(error = %err, %remote, "accepted socket unusable"))
+        .ok()
 }
 
 /// The TLS handshake when there is TLS (bounded like a request head),
