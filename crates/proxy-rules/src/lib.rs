@@ -76,8 +76,17 @@ pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
 /// `Connection`, plus anything in `extra`. In place (no header is copied),
 /// so the order of the names left may change; the order of one name's
 /// values does not.
-fn end_to_end(mut headers: HeaderMap, extra: &[&str]) -> HeaderMap {
+fn end_to_end(headers: HeaderMap, extra: &[&str]) -> HeaderMap {
     let listed = connection_listed(&headers);
+    end_to_end_without(headers, extra, &listed)
+}
+
+/// [`end_to_end`], with the names `Connection` lists already read.
+fn end_to_end_without(
+    mut headers: HeaderMap,
+    extra: &[&str],
+    listed: &[HeaderName],
+) -> HeaderMap {
     // The names present are looked over once (a request has few), rather
     // than each name that may not pass looked up.
     let dropped: Vec<HeaderName> = headers
@@ -209,13 +218,14 @@ pub fn box_request_headers(
     device_origin: bool,
 ) -> (HeaderMap, Option<HeaderValue>) {
     let upgrade = requested_upgrade(&src);
+    let listed = connection_listed(&src);
     // A `Cookie` that `Connection` lists is this hop's alone.
-    let cookies = if device_origin && !connection_listed(&src).contains(&header::COOKIE) {
+    let cookies = if device_origin && !listed.contains(&header::COOKIE) {
         box_cookies(&src)
     } else {
         None
     };
-    let mut headers = end_to_end(src, NOT_FORWARDED);
+    let mut headers = end_to_end_without(src, NOT_FORWARDED, &listed);
     if let Some(cookies) = cookies {
         headers.insert(header::COOKIE, cookies);
     }
