@@ -50,7 +50,29 @@ pub struct RelayDirectory {
     connections: Arc<AtomicU64>,
     /// When a node last said it is draining: its devices are between
     /// nodes for a moment, without a lease (see `open_stream_retiring`).
-    last_drain: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+    last_drain: LastDrain,
+}
+
+/// When a node last said it is draining; shared by every channel.
+#[derive(Clone, Default)]
+struct LastDrain(Arc<std::sync::Mutex<Option<tokio::time::Instant>>>);
+
+impl LastDrain {
+    /// A node said it is draining, now.
+    fn note(&self) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// Whether a node said it is draining within `window`.
+    fn within(&self, window: Duration) -> bool {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|last| *last)
+            .is_some_and(|at| at.elapsed() < window)
+    }
 }
 
 /// A live channel to one node: the control that opens streams, and the
@@ -96,7 +118,7 @@ impl RelayDirectory {
             tls_off_loopback: false,
             channels: Arc::default(),
             connections: Arc::default(),
-            last_drain: Arc::default(),
+            last_drain: LastDrain::default(),
         }
     }
 
@@ -147,7 +169,7 @@ impl RelayDirectory {
                 // The node's only stream toward us is its drain notice.
                 drop(stream);
                 notice.set();
-                note_drain(&last_drain);
+                last_drain.note();
             },
         );
         let marker = ended.clone();
@@ -158,7 +180,7 @@ impl RelayDirectory {
             marker.cancel();
             if drained.is_set() {
                 // A drained node's last devices left it just now.
-                note_drain(&last_drain);
+                last_drain.note();
             }
             tracing::debug!(node = %name, %end, "relay channel ended");
         });
@@ -460,7 +482,7 @@ impl SessionView for RelayDirectory {
                 // While a node drains, its devices hold no lease between
                 // leaving it and reaching the next node: look again, for
                 // a while (a device that does not come back is offline).
-                Err(DirectoryError::Offline) if self.drained_within(RELOCATE_FOR) => {
+                Err(DirectoryError::Offline) if self.last_drain.within(RELOCATE_FOR) => {
                     moving = true;
                     if started.elapsed() >= LEASE_GAP_FOR {
                         return Err(DirectoryError::Offline);
@@ -492,24 +514,6 @@ impl SessionView for RelayDirectory {
                 node = next;
             }
         }
-    }
-}
-
-/// Remember that a node said it is draining, now.
-fn note_drain(last: &std::sync::Mutex<Option<tokio::time::Instant>>) {
-    if let Ok(mut last) = last.lock() {
-        *last = Some(tokio::time::Instant::now());
-    }
-}
-
-impl RelayDirectory {
-    /// Whether a node said it is draining within `window`.
-    fn drained_within(&self, window: Duration) -> bool {
-        self.last_drain
-            .lock()
-            .ok()
-            .and_then(|last| *last)
-            .is_some_and(|at| at.elapsed() < window)
     }
 }
 
@@ -563,7 +567,7 @@ impl RelayDirectory {
             mux::STATUS_OFFLINE => Err(DirectoryError::Offline),
             mux::STATUS_DRAINING => {
                 draining.set();
-                note_drain(&self.last_drain);
+                self.last_drain.note();
                 Err(DirectoryError::Draining)
             }
             mux::STATUS_NOT_SUPPORTED => Err(DirectoryError::NotSupported),
