@@ -87,10 +87,20 @@ impl Cluster {
     }
 }
 
-/// Status of `GET <api>/api/devices/<id>/proxy/api/info` as `cookie`.
-async fn info_status(http: &reqwest::Client, api: &str, cookie: &str, device: DeviceId) -> u16 {
+/// `GET <api>/api/devices/<id>/proxy/api/info` as `cookie`.
+fn info_request(
+    http: &reqwest::Client,
+    api: &str,
+    cookie: &str,
+    device: DeviceId,
+) -> reqwest::RequestBuilder {
     http.get(format!("{api}/api/devices/{device}/proxy/api/info"))
         .header("cookie", cookie)
+}
+
+/// Status of [`info_request`] (0 when it fails).
+async fn info_status(http: &reqwest::Client, api: &str, cookie: &str, device: DeviceId) -> u16 {
+    info_request(http, api, cookie, device)
         .send()
         .await
         .map(|r| r.status().as_u16())
@@ -412,9 +422,7 @@ async fn two_relays_and_two_api_servers_survive_a_relay_kill_and_a_redis_outage(
     let during = futures_util::future::join_all(agents_on_b.iter().map(|d| {
         let (http, api, cookie) = (&http, api_2.as_str(), cookie.as_str());
         async move {
-            let req = http
-                .get(format!("{api}/api/devices/{d}/proxy/api/info"))
-                .header("cookie", cookie);
+            let req = info_request(http, api, cookie, *d);
             status_of(req, &format!("request to {d} during the drain")).await
         }
     }))

@@ -161,7 +161,7 @@ async fn login_pair_run_use_delete() {
             if closed {
                 return events;
             }
-            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     })
     .await;

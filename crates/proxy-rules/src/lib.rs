@@ -82,11 +82,7 @@ fn end_to_end(headers: HeaderMap, extra: &[&str]) -> HeaderMap {
 }
 
 /// [`end_to_end`], with the names `Connection` lists already read.
-fn end_to_end_without(
-    mut headers: HeaderMap,
-    extra: &[&str],
-    listed: &[HeaderName],
-) -> HeaderMap {
+fn end_to_end_without(mut headers: HeaderMap, extra: &[&str], listed: &[HeaderName]) -> HeaderMap {
     // The names present are looked over once (a request has few), rather
     // than each name that may not pass looked up.
     let dropped: Vec<HeaderName> = headers
