@@ -13,11 +13,11 @@
 //! upgrade take the pooled client (`box_client`).
 
 use crate::box_client::Audited;
+use crate::FastMap;
 use bytes::{Buf, Bytes, BytesMut};
 use edge_core::DeviceId;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use hyper::body::{Frame, SizeHint};
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
@@ -78,7 +78,7 @@ enum Chunk {
 /// (ADR 034: it travels on that shard's relay channel, and is taken again
 /// only there) and since when it is idle, the newest last.
 pub(crate) struct Kept {
-    by_device: Mutex<HashMap<DeviceId, Vec<KeptStream>>>,
+    by_device: Mutex<FastMap<DeviceId, Vec<KeptStream>>>,
     idle: Duration,
     per_key: usize,
     sweeping: std::sync::Once,
@@ -96,14 +96,14 @@ impl Kept {
     /// none when either is zero.
     pub(crate) fn new(idle: Duration, per_key: usize) -> Self {
         Self {
-            by_device: Mutex::new(HashMap::new()),
+            by_device: Mutex::new(FastMap::default()),
             idle,
             per_key,
             sweeping: std::sync::Once::new(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Vec<KeptStream>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FastMap<DeviceId, Vec<KeptStream>>> {
         self.by_device.lock().unwrap_or_else(|e| e.into_inner())
     }
 

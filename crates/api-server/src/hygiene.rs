@@ -97,11 +97,18 @@ pub(crate) fn strict_transport(res: &mut Response, secure: bool) {
 /// box's own answer through the proxy route says otherwise) and not
 /// readable by other sites' pages.
 pub(crate) fn console_headers(res: &mut Response, path: &str) {
-    let h = res.headers_mut();
     let proxied = path.starts_with("/api/devices/") && path.contains("/proxy");
     if path.starts_with("/api/") && !proxied {
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        res.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
+    proxied_console_headers(res);
+}
+
+/// [`console_headers`] of an answer through the proxy route, whose
+/// caching is the box's to say.
+pub(crate) fn proxied_console_headers(res: &mut Response) {
+    let h = res.headers_mut();
     h.entry(header::X_CONTENT_TYPE_OPTIONS)
         .or_insert(HeaderValue::from_static("nosniff"));
     h.insert(

@@ -35,6 +35,11 @@ pub mod telemetry;
 pub mod verified_credentials;
 pub mod webhooks;
 
+/// The map for tables looked up on every proxied request: foldhash,
+/// randomly seeded per map, in place of SipHash (ADR 035). Their keys are
+/// ours (device ids, session hashes) or credentials already verified.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub use router::build_app;
 pub use state::{AppParts, AppState};
 

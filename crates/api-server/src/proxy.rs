@@ -187,7 +187,12 @@ fn outbound_headers(
         .extensions
         .get::<edge_core::client_addr::ClientIp>()
         .map_or(remote.ip(), |c| c.0);
-    if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
+    // Formatted in place: an address is at most 45 characters.
+    let mut text = [0u8; 64];
+    let mut rest = &mut text[..];
+    let formatted = std::io::Write::write_fmt(&mut rest, format_args!("{client}")).is_ok();
+    let len = 64 - rest.len();
+    if let (true, Ok(v)) = (formatted, HeaderValue::from_bytes(&text[..len])) {
         headers.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
     let scheme = match door {

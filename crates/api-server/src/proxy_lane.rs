@@ -12,7 +12,6 @@
 use crate::hygiene;
 use crate::state::AppState;
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes};
 use edge_core::client_addr::ClientIp;
@@ -83,8 +82,12 @@ enum Inspected {
 
 async fn serve(state: AppState, mut conn: LaneConn) -> Option<LaneConn> {
     let mut out = Vec::with_capacity(WRITE_GATHER);
+    // One wait for the server's drain, for the connection's whole life: a
+    // wait made and dropped around every read registered with the token
+    // and left it again, per request.
+    let mut draining = std::pin::pin!(conn.shutdown.clone().cancelled_owned());
     loop {
-        let (taken, len) = match next_request(&state, &mut conn).await {
+        let (taken, len) = match next_request(&state, &mut conn, draining.as_mut()).await {
             Next::Take(taken, len) => (taken, len),
             Next::HandOver => return Some(conn),
             Next::Closed => return None,
@@ -117,7 +120,11 @@ enum Next {
 
 /// Read until a whole request head is in, within the header timeout; a
 /// connection idle at shutdown, silent past the timeout or closed ends.
-async fn next_request(state: &AppState, conn: &mut LaneConn) -> Next {
+async fn next_request(
+    state: &AppState,
+    conn: &mut LaneConn,
+    mut draining: Pin<&mut tokio_util::sync::WaitForCancellationFutureOwned>,
+) -> Next {
     let deadline = tokio::time::Instant::now() + conn.opts.header_read_timeout;
     loop {
         if !conn.read.is_empty() {
@@ -136,7 +143,7 @@ async fn next_request(state: &AppState, conn: &mut LaneConn) -> Next {
         }
         let idle = conn.read.is_empty();
         tokio::select! {
-            () = conn.shutdown.cancelled(), if idle => return Next::Closed,
+            () = draining.as_mut(), if idle => return Next::Closed,
             read = tokio::time::timeout_at(deadline, conn.io.read_buf(&mut conn.read)) => match read {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return Next::Closed,
@@ -211,7 +218,6 @@ fn take(state: &AppState, parsed: &httparse::Request<'_, '_>, conn: &LaneConn) -
     *req.method_mut() = Method::GET;
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
-    req.extensions_mut().insert(ConnectInfo(conn.remote));
     req.extensions_mut().insert(client);
     Some(Taken {
         req,
@@ -254,7 +260,6 @@ async fn answer(
         .and_then(|v| v.to_str().ok())
         .and_then(RequestId::parse)
         .unwrap_or_else(RequestId::generate);
-    let path_of = req.uri().path().to_owned();
     let mut res = request_id::scope(id.clone(), async {
         let started = Instant::now();
         let res = crate::proxy::console_forward(state.clone(), raw_id, remote, req)
@@ -266,7 +271,7 @@ async fn answer(
         res
     })
     .await;
-    hygiene::console_headers(&mut res, &path_of);
+    hygiene::proxied_console_headers(&mut res);
     hygiene::strict_transport(&mut res, state.settings.cookie_secure);
     if let Ok(v) = HeaderValue::from_str(id.as_str()) {
         res.headers_mut().insert(request_id::HEADER, v);
@@ -305,7 +310,7 @@ async fn write_answer(
         push_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if !parts.headers.contains_key(header::DATE) {
-        push_header(out, b"date", date_now().as_bytes());
+        with_date(|date| push_header(out, b"date", date.as_bytes()));
     }
     if close {
         push_header(out, b"connection", b"close");
@@ -313,7 +318,10 @@ async fn write_answer(
     let chunked = !bodiless && length.is_none();
     match length {
         _ if bodiless => {}
-        Some(n) => push_header(out, b"content-length", n.to_string().as_bytes()),
+        Some(n) => {
+            let mut digits = [0u8; 20];
+            push_header(out, b"content-length", decimal(n, &mut digits));
+        }
         None => push_header(out, b"transfer-encoding", b"chunked"),
     }
     out.extend_from_slice(b"\r\n");
@@ -414,8 +422,22 @@ async fn write_data(
     Ok(())
 }
 
-/// `Date` in IMF-fixdate, made at most once a second per thread.
-fn date_now() -> String {
+/// `n` in decimal, written at the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+/// Call `f` with `Date` in IMF-fixdate, made at most once a second per
+/// thread.
+fn with_date<R>(f: impl FnOnce(&str) -> R) -> R {
     thread_local! {
         static CACHED: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
     }
@@ -428,7 +450,7 @@ fn date_now() -> String {
         if c.0 != second || c.1.is_empty() {
             *c = (second, httpdate::fmt_http_date(now));
         }
-        c.1.clone()
+        f(&c.1)
     })
 }
 
@@ -453,8 +475,16 @@ mod tests {
 
     #[test]
     fn dates_are_imf_fixdate() {
-        let d = date_now();
+        let d = with_date(str::to_owned);
         assert!(httpdate::parse_http_date(&d).is_ok(), "{d}");
         assert!(d.ends_with(" GMT"));
+    }
+
+    #[test]
+    fn lengths_are_written_in_decimal() {
+        for n in [0, 7, 10, 65_536, 1_000_000_007, u64::MAX] {
+            let mut buf = [0u8; 20];
+            assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes());
+        }
     }
 }

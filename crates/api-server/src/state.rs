@@ -42,16 +42,19 @@ pub struct AccessChanges {
     granted: std::sync::Mutex<GrantCache>,
 }
 
-/// Granted (session hash, device) checks and when they were made.
+/// Granted (session hash, device) checks and when they were made, by
+/// session hash and then device, so a lookup borrows the hash it is
+/// given instead of copying it into a key.
 #[derive(Debug, Default)]
 struct GrantCache {
     /// Bumped by every change, so a check that raced one is not cached.
     generation: u64,
-    entries: std::collections::HashMap<
-        (String, edge_core::DeviceId),
-        (store::Actor, std::time::Instant),
-    >,
+    entries: crate::FastMap<String, crate::FastMap<edge_core::DeviceId, Grant>>,
+    /// Grants held, over every session.
+    len: usize,
 }
+
+type Grant = (store::Actor, std::time::Instant);
 
 /// Entries the grant cache holds at most (emptied when full).
 const MAX_GRANTS: usize = 16_384;
@@ -62,6 +65,7 @@ impl AccessChanges {
         if let Ok(mut cache) = self.granted.lock() {
             cache.generation = cache.generation.wrapping_add(1);
             cache.entries.clear();
+            cache.len = 0;
         }
         self.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -78,7 +82,7 @@ impl AccessChanges {
         ttl: std::time::Duration,
     ) -> Option<store::Actor> {
         let cache = self.granted.lock().ok()?;
-        let (actor, at) = cache.entries.get(&(session_hash.to_owned(), device))?;
+        let (actor, at) = cache.entries.get(session_hash)?.get(&device)?;
         (at.elapsed() < ttl).then(|| actor.clone())
     }
 
@@ -100,13 +104,18 @@ impl AccessChanges {
             if cache.generation != generation {
                 return;
             }
-            if cache.entries.len() >= MAX_GRANTS {
+            if cache.len >= MAX_GRANTS {
                 cache.entries.clear();
+                cache.len = 0;
             }
-            cache.entries.insert(
-                (session_hash.to_owned(), device),
-                (actor, std::time::Instant::now()),
-            );
+            let grant = (actor, std::time::Instant::now());
+            let devices = match cache.entries.get_mut(session_hash) {
+                Some(devices) => devices,
+                None => cache.entries.entry(session_hash.to_owned()).or_default(),
+            };
+            if devices.insert(device, grant).is_none() {
+                cache.len += 1;
+            }
         }
     }
 }

@@ -8,7 +8,7 @@
 //! session still exists, and may reach what it asks for, is not this
 //! cache's business: that is checked on every request, as before.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::sync::Mutex;
 
 /// Credentials remembered at most, per kind; the map is emptied when full
@@ -18,7 +18,7 @@ const MAX_ENTRIES: usize = 8_192;
 /// The session hashes of recently presented credentials of one kind.
 #[derive(Default)]
 pub struct VerifiedCredentials {
-    entries: Mutex<HashMap<Box<str>, Verified>>,
+    entries: Mutex<FastMap<Box<str>, Verified>>,
 }
 
 struct Verified {
@@ -77,7 +77,7 @@ impl VerifiedCredentials {
         None
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Verified>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FastMap<Box<str>, Verified>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 

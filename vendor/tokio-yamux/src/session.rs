@@ -95,7 +95,7 @@ pub struct Session<T> {
     // 8-frame queue was full: head-of-line blocking, then ping timeouts).
     // A peer that queues more than the largest receive window on a stream
     // breaks the protocol and gets GoAway(ProtocolError).
-    streams: HashMap<StreamId, (UnboundedSender<Frame>, Arc<AtomicU32>)>,
+    streams: HashMap<StreamId, (UnboundedSender<Frame>, Arc<AtomicU32>), foldhash::fast::RandomState>,
     // The StreamHandle not yet been polled
     pending_streams: VecDeque<StreamHandle>,
     // The buffer which will send to underlying network
