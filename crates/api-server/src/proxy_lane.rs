@@ -82,12 +82,15 @@ enum Inspected {
 
 async fn serve(state: AppState, mut conn: LaneConn) -> Option<LaneConn> {
     let mut out = Vec::with_capacity(WRITE_GATHER);
-    // One wait for the server's drain, for the connection's whole life: a
-    // wait made and dropped around every read registered with the token
-    // and left it again, per request.
-    let mut draining = std::pin::pin!(conn.shutdown.clone().cancelled_owned());
+    // One wait for the server's drain and one timer for the header
+    // timeout, for the connection's whole life: made and dropped around
+    // every read, each registered and left again per request.
+    let mut waits = Waits {
+        draining: std::pin::pin!(conn.shutdown.clone().cancelled_owned()),
+        head_timer: std::pin::pin!(tokio::time::sleep(conn.opts.header_read_timeout)),
+    };
     loop {
-        let (taken, len) = match next_request(&state, &mut conn, draining.as_mut()).await {
+        let (taken, len) = match next_request(&state, &mut conn, &mut waits).await {
             Next::Take(taken, len) => (taken, len),
             Next::HandOver => return Some(conn),
             Next::Closed => return None,
@@ -118,13 +121,20 @@ enum Next {
     Closed,
 }
 
+/// What a connection's reads wait on besides the caller.
+struct Waits<'a> {
+    /// The server's drain.
+    draining: Pin<&'a mut tokio_util::sync::WaitForCancellationFutureOwned>,
+    /// Set for the header timeout of a request read before; when it
+    /// fires early for the request being read, it is set again for that
+    /// one's (deadlines only move later), so a request that comes in time
+    /// costs the timer nothing.
+    head_timer: Pin<&'a mut tokio::time::Sleep>,
+}
+
 /// Read until a whole request head is in, within the header timeout; a
 /// connection idle at shutdown, silent past the timeout or closed ends.
-async fn next_request(
-    state: &AppState,
-    conn: &mut LaneConn,
-    mut draining: Pin<&mut tokio_util::sync::WaitForCancellationFutureOwned>,
-) -> Next {
+async fn next_request(state: &AppState, conn: &mut LaneConn, waits: &mut Waits<'_>) -> Next {
     let deadline = tokio::time::Instant::now() + conn.opts.header_read_timeout;
     loop {
         if !conn.read.is_empty() {
@@ -143,9 +153,15 @@ async fn next_request(
         }
         let idle = conn.read.is_empty();
         tokio::select! {
-            () = draining.as_mut(), if idle => return Next::Closed,
-            read = tokio::time::timeout_at(deadline, conn.io.read_buf(&mut conn.read)) => match read {
-                Ok(Ok(n)) if n > 0 => {}
+            () = waits.draining.as_mut(), if idle => return Next::Closed,
+            () = waits.head_timer.as_mut() => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Next::Closed;
+                }
+                waits.head_timer.as_mut().reset(deadline);
+            }
+            read = conn.io.read_buf(&mut conn.read) => match read {
+                Ok(n) if n > 0 => {}
                 _ => return Next::Closed,
             },
         }

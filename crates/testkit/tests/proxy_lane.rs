@@ -260,3 +260,60 @@ async fn requests_with_a_body_an_upgrade_or_from_a_browser_are_the_routers() {
     assert!(answer.ends_with("plain"), "{answer:?}");
     assert_eq!(stack.state.metrics.lane_requests.get(), before + 1);
 }
+
+/// The header timeout runs from the end of each answer, not from the
+/// connection's start: requests that come within it, each later than the
+/// timeout after the first, are all served by the lane; then silence ends
+/// the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lanes_header_timeout_runs_from_each_answer() {
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+    let stack = Stack::start_with(testkit::StackOptions {
+        api_serve: edge_core::serve::ServeOptions {
+            header_read_timeout: TIMEOUT,
+            ..edge_core::serve::ServeOptions::default()
+        },
+        ..testkit::StackOptions::default()
+    })
+    .await;
+    let alice = stack.user("alice").await;
+    let (addr, _) = scripted_box().await;
+    let dev = stack.device(alice.id).await;
+    let _agent = stack.agent_to(&dev, addr);
+    stack.wait_online(dev.id).await;
+    let request = format!(
+        "GET /api/devices/{}/proxy/plain HTTP/1.1\r\nhost: {}\r\ncookie: {}\r\n\r\n",
+        dev.id, stack.api_addr, alice.cookie
+    );
+    let before = stack.state.metrics.lane_requests.get();
+    let mut tcp = tokio::net::TcpStream::connect(stack.api_addr)
+        .await
+        .unwrap();
+    let opened = std::time::Instant::now();
+    for n in 0..3 {
+        if n > 0 {
+            // The time passing is what is tested: 0.6 of the timeout
+            // between answers, so the third request comes after the
+            // timeout counted from the connection's start.
+            tokio::time::sleep(TIMEOUT.mul_f32(0.6)).await;
+        }
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let answer = within("an answer", testkit::checks::read_response(&mut tcp)).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "request {n}: {answer:?}"
+        );
+        assert!(answer.ends_with("plain"), "request {n}: {answer:?}");
+    }
+    assert!(
+        opened.elapsed() > TIMEOUT,
+        "the last request came late enough"
+    );
+    assert_eq!(stack.state.metrics.lane_requests.get(), before + 3);
+    // Silence: the lane ends the connection by itself.
+    let mut rest = Vec::new();
+    within("the idle connection closed", tcp.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+}
