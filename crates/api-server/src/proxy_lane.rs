@@ -83,8 +83,8 @@ enum Inspected {
 async fn serve(state: AppState, mut conn: LaneConn) -> Option<LaneConn> {
     let mut out = Vec::with_capacity(WRITE_GATHER);
     // One wait for the server's drain and one timer for the header
-    // timeout, for the connection's whole life: made and dropped around
-    // every read, each registered and left again per request.
+    // timeout, kept for the connection's whole life. Made and dropped
+    // around every read, each was registered and left again per request.
     let mut waits = Waits {
         draining: std::pin::pin!(conn.shutdown.clone().cancelled_owned()),
         head_timer: std::pin::pin!(tokio::time::sleep(conn.opts.header_read_timeout)),
