@@ -1,5 +1,5 @@
 //! The log lines of the platform's own crates (info and above), as the
-//! human format prints them with their span context, kept in memory so a
+//! human format prints them with their request ids, kept in memory so a
 //! test can follow a request id through the api-server's and the relay's
 //! lines. Installed by [`crate::init_logs`].
 
@@ -43,6 +43,7 @@ where
     tracing_subscriber::fmt::layer()
         .with_ansi(false)
         .with_writer(Capture)
+        .map_event_format(|f| edge_core::telemetry::RequestIdFormat::human(f.with_ansi(false)))
         .with_filter(
             Targets::new()
                 .with_target("api_server", tracing::Level::INFO)
