@@ -127,9 +127,8 @@ impl Kept {
                 }
                 ended.push(kept);
             }
-            if list.is_empty() {
-                map.remove(&device);
-            }
+            // An empty list stays (the sweep removes it): the device's
+            // next answer puts its stream back without a new list.
             found
         };
         drop(ended);
@@ -256,12 +255,16 @@ pub(crate) struct Head {
 /// left as it is) until all of it is there. Header values are slices of
 /// the head's bytes, not copies.
 fn take_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> {
-    // Where each header's name and value lie in the head.
-    let mut fields = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    // Where each header's name and value lie in the head (a head is at
+    // most `MAX_HEAD` bytes, so `u32` holds any offset).
+    let mut fields = [[0u32; 4]; MAX_HEADERS];
     let (status, version, count, len) = {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut res = httparse::Response::new(&mut slots);
-        let len = match res.parse(buf) {
+        let mut slots =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut res, buf, &mut slots);
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
                 return Err(WireError::Malformed("answer head too large"))
@@ -284,16 +287,23 @@ fn take_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> {
             _ => Version::HTTP_10,
         };
         let base = buf.as_ptr() as usize;
+        let at = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
         for (field, h) in fields.iter_mut().zip(res.headers.iter()) {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            *field = (name, name + h.name.len(), value, value + h.value.len());
+            let (name, value) = (at(h.name.as_bytes()), at(h.value));
+            *field = [
+                name,
+                name + h.name.len() as u32,
+                value,
+                value + h.value.len() as u32,
+            ];
         }
         (status, version, res.headers.len(), len)
     };
     let bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(name_at, name_end, value_at, value_end) in &fields[..count] {
+    // Room for the headers the proxy and the server add to the answer.
+    let mut headers = HeaderMap::with_capacity(count + 8);
+    for field in &fields[..count] {
+        let [name_at, name_end, value_at, value_end] = field.map(|at| at as usize);
         let name = HeaderName::from_bytes(&bytes[name_at..name_end])
             .map_err(|_| WireError::Malformed("bad header name"))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(value_at..value_end))
@@ -636,7 +646,13 @@ pub(crate) async fn exchange(
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut interim = 0;
     let head = loop {
-        match take_head(&mut buf) {
+        // Nothing to read a head from before the first bytes come.
+        let taken = if buf.is_empty() {
+            Ok(None)
+        } else {
+            take_head(&mut buf)
+        };
+        match taken {
             Err(e) => return Err((e, true)),
             Ok(Some(h)) if h.status.is_informational() => {
                 // 101 was not asked for; 100 and 103 are passed over.

@@ -260,7 +260,8 @@ async fn forward(
         Err(err) => return Err(err),
     };
     let host = req.headers().get(header::HOST).cloned();
-    proxy::forward(&state, access, remote, req, Door::DeviceOrigin { host }).await
+    let client = proxy::client_of(&req, remote);
+    proxy::forward(&state, access, client, req, Door::DeviceOrigin { host }).await
 }
 
 #[cfg(test)]

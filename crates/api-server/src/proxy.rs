@@ -24,7 +24,7 @@ use http::{StatusCode, Version};
 use hyper::body::Body as _;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use proxy_rules::requested_upgrade;
 pub use proxy_rules::{box_request_headers, box_response_headers, Door};
@@ -73,7 +73,8 @@ pub async fn forward_root(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    console_forward(state, id, remote, req).await
+    let client = client_of(&req, remote);
+    console_forward(state, id, client, req).await
 }
 
 #[utoipa::path(
@@ -94,7 +95,16 @@ pub async fn forward_path(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    console_forward(state, id, remote, req).await
+    let client = client_of(&req, remote);
+    console_forward(state, id, client, req).await
+}
+
+/// The caller's address as the router's layers found it: the client a
+/// trusted proxy names, else the peer.
+pub(crate) fn client_of(req: &Request, remote: SocketAddr) -> IpAddr {
+    req.extensions()
+        .get::<edge_core::client_addr::ClientIp>()
+        .map_or(remote.ip(), |c| c.0)
 }
 
 /// The console-origin door: programs only, never browsers. The session
@@ -104,7 +114,7 @@ pub async fn forward_path(
 pub(crate) async fn console_forward(
     state: AppState,
     raw_id: String,
-    remote: SocketAddr,
+    client: IpAddr,
     req: Request,
 ) -> Result<Response, ApiError> {
     let (hash, via) = presented_session(&state, req.headers())?.ok_or(ApiError::Unauthenticated)?;
@@ -132,11 +142,17 @@ pub(crate) async fn console_forward(
         session_hash: hash,
         device,
     };
-    let door = Door::ConsoleApi {
-        prefix: format!("/api/devices/{raw_id}/proxy"),
-    };
-    forward(&state, access, remote, req, door).await
+    let mut prefix = String::with_capacity(PREFIX_HEAD.len() + raw_id.len() + PREFIX_TAIL.len());
+    prefix.push_str(PREFIX_HEAD);
+    prefix.push_str(&raw_id);
+    prefix.push_str(PREFIX_TAIL);
+    let door = Door::ConsoleApi { prefix };
+    forward(&state, access, client, req, door).await
 }
+
+/// The console door's prefix is `PREFIX_HEAD`, the device id, `PREFIX_TAIL`.
+const PREFIX_HEAD: &str = "/api/devices/";
+const PREFIX_TAIL: &str = "/proxy";
 
 /// The device `raw_id` when `user` owns it; 404 otherwise.
 pub async fn authorize(state: &AppState, user: UserId, raw_id: &str) -> Result<DeviceId, ApiError> {
@@ -172,7 +188,7 @@ fn target_path(req: &Request, door: &Door) -> Result<String, ApiError> {
 fn outbound_headers(
     state: &AppState,
     parts: &mut http::request::Parts,
-    remote: SocketAddr,
+    client: IpAddr,
     door: &Door,
     upgrade: Option<&HeaderValue>,
 ) -> HeaderMap {
@@ -183,10 +199,6 @@ fn outbound_headers(
     };
     let (mut headers, _) = box_request_headers(std::mem::take(&mut parts.headers), device_origin);
     headers.insert(header::HOST, HeaderValue::from_static("localhost"));
-    let client = parts
-        .extensions
-        .get::<edge_core::client_addr::ClientIp>()
-        .map_or(remote.ip(), |c| c.0);
     // Formatted in place: an address is at most 45 characters.
     let mut text = [0u8; 64];
     let mut rest = &mut text[..];
@@ -223,12 +235,12 @@ fn outbound_headers(
 pub async fn forward(
     state: &AppState,
     access: Access,
-    remote: SocketAddr,
+    client: IpAddr,
     req: Request,
     door: Door,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
-    let result = forward_counted(state, access, remote, req, door).await;
+    let result = forward_counted(state, access, client, req, door).await;
     state.metrics.proxied(&result, started);
     result
 }
@@ -236,7 +248,7 @@ pub async fn forward(
 async fn forward_counted(
     state: &AppState,
     access: Access,
-    remote: SocketAddr,
+    client: IpAddr,
     mut req: Request,
     door: Door,
 ) -> Result<Response, ApiError> {
@@ -253,7 +265,7 @@ async fn forward_counted(
     };
     let (mut parts, body) = req.into_parts();
     let bodiless = upgrade.is_none() && body.is_end_stream();
-    let headers = outbound_headers(state, &mut parts, remote, &door, upgrade.as_ref());
+    let headers = outbound_headers(state, &mut parts, client, &door, upgrade.as_ref());
     if bodiless {
         // Most requests: on a stream this task drives itself (`box_wire`).
         let head = crate::box_wire::request_head(&parts.method, &target, &headers);

@@ -14,7 +14,6 @@ use crate::state::AppState;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes};
-use edge_core::client_addr::ClientIp;
 use edge_core::request_id::{self, RequestId};
 use edge_core::serve::{Lane, LaneConn, LaneIo};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -64,6 +63,8 @@ impl Lane for ProxyLane {
 /// A request the lane takes.
 struct Taken {
     req: http::Request<Body>,
+    /// The caller: the client a trusted proxy names, else the peer.
+    client: std::net::IpAddr,
     raw_id: String,
     route: &'static str,
     /// The client asked to close after the answer.
@@ -74,8 +75,8 @@ struct Taken {
 enum Inspected {
     /// Not a whole head yet.
     Partial,
-    /// A request the lane takes, and the length of its head.
-    Take(Box<Taken>, usize),
+    /// A request the lane takes, its head split off the bytes read.
+    Take(Box<Taken>),
     /// A request for the router.
     HandOver,
 }
@@ -90,19 +91,19 @@ async fn serve(state: AppState, mut conn: LaneConn) -> Option<LaneConn> {
         head_timer: std::pin::pin!(tokio::time::sleep(conn.opts.header_read_timeout)),
     };
     loop {
-        let (taken, len) = match next_request(&state, &mut conn, &mut waits).await {
-            Next::Take(taken, len) => (taken, len),
+        let taken = match next_request(&state, &mut conn, &mut waits).await {
+            Next::Take(taken) => taken,
             Next::HandOver => return Some(conn),
             Next::Closed => return None,
         };
-        conn.read.advance(len);
         let Taken {
             req,
+            client,
             raw_id,
             route,
             close,
         } = *taken;
-        let res = answer(&state, req, raw_id, route, conn.remote).await;
+        let res = answer(&state, req, raw_id, route, client).await;
         let close = close || conn.shutdown.is_cancelled();
         if write_answer(&mut conn.io, res, close, &mut out)
             .await
@@ -116,7 +117,7 @@ async fn serve(state: AppState, mut conn: LaneConn) -> Option<LaneConn> {
 }
 
 enum Next {
-    Take(Box<Taken>, usize),
+    Take(Box<Taken>),
     HandOver,
     Closed,
 }
@@ -138,8 +139,8 @@ async fn next_request(state: &AppState, conn: &mut LaneConn, waits: &mut Waits<'
     let deadline = tokio::time::Instant::now() + conn.opts.header_read_timeout;
     loop {
         if !conn.read.is_empty() {
-            match inspect(state, &conn.read, conn) {
-                Inspected::Take(taken, len) => return Next::Take(taken, len),
+            match inspect(state, conn) {
+                Inspected::Take(taken) => return Next::Take(taken),
                 Inspected::HandOver => return Next::HandOver,
                 Inspected::Partial if conn.read.len() >= conn.opts.max_header_bytes => {
                     // The router answers 431.
@@ -168,45 +169,78 @@ async fn next_request(state: &AppState, conn: &mut LaneConn, waits: &mut Waits<'
     }
 }
 
-/// Whether `buf` starts with a request the lane takes.
-fn inspect(state: &AppState, buf: &[u8], conn: &LaneConn) -> Inspected {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut slots);
-    let len = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Inspected::Partial,
-        Err(_) => return Inspected::HandOver,
+/// Whether the bytes read start with a request the lane takes. A taken
+/// request's head is split off the read buffer and its header values and
+/// path are slices of it, not copies; a head read whole but handed over
+/// is put back first.
+fn inspect(state: &AppState, conn: &mut LaneConn) -> Inspected {
+    let (len, fields, count, path_at, close) = {
+        let mut slots =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut []);
+        let len = match parsed.parse_with_uninit_headers(&conn.read, &mut slots) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Inspected::Partial,
+            Err(_) => return Inspected::HandOver,
+        };
+        let Some(close) = plain_get(&parsed) else {
+            return Inspected::HandOver;
+        };
+        // Where the path and each header's name and value lie in the head
+        // (offsets and lengths; a head fits `max_header_bytes`).
+        let base = conn.read.as_ptr() as usize;
+        let at = |part: &[u8]| [(part.as_ptr() as usize - base) as u32, part.len() as u32];
+        let path_at = parsed.path.map_or([0, 0], |p| at(p.as_bytes()));
+        let mut fields = [[[0u32; 2]; 2]; MAX_HEADERS];
+        for (field, h) in fields.iter_mut().zip(parsed.headers.iter()) {
+            *field = [at(h.name.as_bytes()), at(h.value)];
+        }
+        (len, fields, parsed.headers.len(), path_at, close)
     };
-    match take(state, &parsed, conn) {
-        Some(taken) => Inspected::Take(Box::new(taken), len),
-        None => Inspected::HandOver,
+    let head = conn.read.split_to(len).freeze();
+    match take(state, &head, &fields[..count], path_at, close, conn) {
+        Some(taken) => Inspected::Take(Box::new(taken)),
+        None => {
+            let mut whole = bytes::BytesMut::with_capacity(head.len() + conn.read.len());
+            whole.extend_from_slice(&head);
+            whole.extend_from_slice(&conn.read);
+            conn.read = whole;
+            Inspected::HandOver
+        }
     }
 }
 
-/// `GET /api/devices/{id}/proxy/{rest}` over HTTP/1.1 without a body, an
-/// upgrade or a browser's headers, for the console's origin: the request,
-/// ready for the route's handler.
-fn take(state: &AppState, parsed: &httparse::Request<'_, '_>, conn: &LaneConn) -> Option<Taken> {
+/// Whether `parsed` is a `GET` over HTTP/1.1 for the proxy route, without
+/// a body, an upgrade or a header that is the router's; if so, whether the
+/// client asked to close after the answer.
+fn plain_get(parsed: &httparse::Request<'_, '_>) -> Option<bool> {
     if parsed.version != Some(1) || parsed.method != Some("GET") {
         return None;
     }
-    let target = parsed.path?;
-    let (raw_id, rest) = proxy_target(target)?;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    proxy_target(parsed.path?)?;
     let mut close = false;
+    let mut lengths = 0;
     for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        if ROUTER_HEADERS.contains(&name.as_str()) {
+        let name = h.name;
+        if ROUTER_HEADERS.iter().any(|r| name.eq_ignore_ascii_case(r)) {
             return None;
         }
-        let value = HeaderValue::from_bytes(h.value).ok()?;
-        if name == header::CONTENT_LENGTH
-            && (value.as_bytes() != b"0" || headers.contains_key(&name))
-        {
-            return None;
+        if name.eq_ignore_ascii_case("content-length") {
+            lengths += 1;
+            if h.value != b"0" || lengths > 1 {
+                return None;
+            }
         }
-        if name == header::CONNECTION {
-            let tokens = value.to_str().ok()?;
+        if name.eq_ignore_ascii_case("connection") {
+            // Visible ASCII only, as `HeaderValue::to_str` takes it.
+            if !h
+                .value
+                .iter()
+                .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+            {
+                return None;
+            }
+            let tokens = std::str::from_utf8(h.value).ok()?;
             for token in tokens.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
                     close = true;
@@ -215,6 +249,30 @@ fn take(state: &AppState, parsed: &httparse::Request<'_, '_>, conn: &LaneConn) -
                 }
             }
         }
+    }
+    Some(close)
+}
+
+/// Where a part of a request head lies in it: offset and length.
+type Span = [u32; 2];
+
+/// `GET /api/devices/{id}/proxy/{rest}` ([`plain_get`]) from a program,
+/// for the console's origin: the request, ready for the route's handler,
+/// its parts slices of `head`.
+fn take(
+    state: &AppState,
+    head: &Bytes,
+    fields: &[[Span; 2]],
+    path_at: Span,
+    close: bool,
+    conn: &LaneConn,
+) -> Option<Taken> {
+    let range = |[at, len]: Span| at as usize..(at + len) as usize;
+    // Room for the headers the proxy adds before the box sees them.
+    let mut headers = HeaderMap::with_capacity(fields.len() + 6);
+    for &[name, value] in fields {
+        let name = HeaderName::from_bytes(&head[range(name)]).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(range(value))).ok()?;
         headers.append(name, value);
     }
     if hygiene::from_browser(&headers) {
@@ -224,25 +282,29 @@ fn take(state: &AppState, parsed: &httparse::Request<'_, '_>, conn: &LaneConn) -
     if host.is_some_and(|h| state.settings.device_origins.device_of_host(h).is_some()) {
         return None;
     }
-    let uri: http::Uri = target.parse().ok()?;
-    let client = ClientIp(
-        conn.opts
-            .trusted_proxies
-            .client_ip(conn.remote.ip(), &headers),
-    );
+    let uri = http::Uri::from_maybe_shared(head.slice(range(path_at))).ok()?;
+    let (raw_id, rest) = proxy_target(uri.path())?;
+    let route = if rest.is_empty() {
+        ROOT_ROUTE
+    } else {
+        PATH_ROUTE
+    };
+    let raw_id = raw_id.to_owned();
+    // Passed on as it is, not as the router's `ClientIp` extension: a
+    // request's extensions are a map allocated, filled and dropped.
+    let client = conn
+        .opts
+        .trusted_proxies
+        .client_ip(conn.remote.ip(), &headers);
     let mut req = http::Request::new(Body::empty());
     *req.method_mut() = Method::GET;
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
-    req.extensions_mut().insert(client);
     Some(Taken {
         req,
-        raw_id: raw_id.to_owned(),
-        route: if rest.is_empty() {
-            ROOT_ROUTE
-        } else {
-            PATH_ROUTE
-        },
+        client,
+        raw_id,
+        route,
         close,
     })
 }
@@ -268,7 +330,7 @@ async fn answer(
     req: http::Request<Body>,
     raw_id: String,
     route: &'static str,
-    remote: std::net::SocketAddr,
+    client: std::net::IpAddr,
 ) -> Response {
     let id = req
         .headers()
@@ -278,7 +340,7 @@ async fn answer(
         .unwrap_or_else(RequestId::generate);
     let mut res = request_id::scope(id.clone(), async {
         let started = Instant::now();
-        let res = crate::proxy::console_forward(state.clone(), raw_id, remote, req)
+        let res = crate::proxy::console_forward(state.clone(), raw_id, client, req)
             .await
             .unwrap_or_else(IntoResponse::into_response);
         state

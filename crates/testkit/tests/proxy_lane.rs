@@ -252,6 +252,23 @@ async fn requests_with_a_body_an_upgrade_or_from_a_browser_are_the_routers() {
         before,
         "the router answered every one"
     );
+    // A head the lane read whole before it saw it was a browser's goes to
+    // the router whole, and so do the bytes after it: the router answers
+    // both requests, in order.
+    let pair = [
+        format!("GET {target} HTTP/1.1\r\nhost: {host}\r\ncookie: {cookie}\r\nsec-fetch-mode: cors\r\n\r\n"),
+        format!("GET {target} HTTP/1.1\r\nhost: {host}\r\ncookie: {cookie}\r\nconnection: close\r\n\r\n"),
+    ];
+    let answer = exchange_on_one_connection(&stack, &pair).await;
+    let statuses: Vec<&str> = answer
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .map(|a| a.get(..3).unwrap_or(a))
+        .collect();
+    assert_eq!(statuses, ["403", "200"], "{answer:?}");
+    assert!(answer.contains("use_device_origin"), "{answer:?}");
+    assert!(answer.ends_with("plain"), "{answer:?}");
+    assert_eq!(stack.state.metrics.lane_requests.get(), before);
     // And the lane does take the plain request.
     let plain = format!(
         "GET {target} HTTP/1.1\r\nhost: {host}\r\ncookie: {cookie}\r\nconnection: close\r\n\r\n"
