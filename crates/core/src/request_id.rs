@@ -87,8 +87,8 @@ pub fn current() -> Option<RequestId> {
 
 /// Run `fut` as part of request `id`: in its scope, where [`current`] and
 /// every log line see the id. A task-local, not a `tracing` span: a span
-/// per request was made, entered and left at each poll, and closed, about
-/// 2.5 % of the api-server's CPU per proxied request (ADR 036). Not an
+/// per request was made, formatted, entered and left at each poll, and
+/// closed, work on every request for the rare line written (ADR 036). Not an
 /// `async fn`: that would hold `fut` twice (as its argument and inside
 /// the scope), and a request's future is kilobytes, copied each time it
 /// moves.
