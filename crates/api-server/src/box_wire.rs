@@ -147,7 +147,11 @@ impl Kept {
         let dropped = {
             let mut map = self.lock();
             let list = map.entry(device).or_default();
-            let dropped = if list.iter().filter(|k| k.actor == actor).count() >= self.per_key {
+            // The list is counted only when it could hold `per_key` of
+            // this actor's streams.
+            let full = list.len() >= self.per_key
+                && list.iter().filter(|k| k.actor == actor).count() >= self.per_key;
+            let dropped = if full {
                 list.iter()
                     .position(|k| k.actor == actor)
                     .map(|oldest| list.remove(oldest))

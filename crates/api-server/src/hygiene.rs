@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use http::{header, HeaderValue, Method};
+use http::{header, HeaderName, HeaderValue, Method};
 use tower::ServiceExt;
 
 /// HSTS value sent when cookies are Secure (one year).
@@ -28,24 +28,30 @@ fn navigable_cross_site(path: &str) -> bool {
         || path == "/api/auth/callback"
 }
 
+/// Fetch metadata's names, made once: a name given as a string is parsed
+/// again at each lookup, and these are looked up on every request.
+const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+const SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
+const SEC_FETCH_DEST: HeaderName = HeaderName::from_static("sec-fetch-dest");
+
 /// The `Sec-Fetch-Site` a browser sent (`None` from programs).
 pub fn fetch_site(headers: &http::HeaderMap) -> Option<&str> {
-    headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+    headers.get(SEC_FETCH_SITE).and_then(|v| v.to_str().ok())
 }
 
 /// Whether a browser marked the request a top-level navigation.
 pub fn is_navigation(headers: &http::HeaderMap) -> bool {
     headers
-        .get("sec-fetch-mode")
+        .get(SEC_FETCH_MODE)
         .is_some_and(|v| v.as_bytes() == b"navigate")
 }
 
 /// Whether a browser sent the request: every current browser sends fetch
 /// metadata (`Sec-Fetch-*`) with every request; programs do not.
 pub fn from_browser(headers: &http::HeaderMap) -> bool {
-    ["sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest"]
+    [SEC_FETCH_SITE, SEC_FETCH_MODE, SEC_FETCH_DEST]
         .iter()
-        .any(|h| headers.contains_key(*h))
+        .any(|h| headers.contains_key(h))
 }
 
 /// The fetch-metadata rule on the console origin: a request a browser marks
@@ -105,6 +111,9 @@ pub(crate) fn console_headers(res: &mut Response, path: &str) {
     proxied_console_headers(res);
 }
 
+const CROSS_ORIGIN_RESOURCE_POLICY: HeaderName =
+    HeaderName::from_static("cross-origin-resource-policy");
+
 /// [`console_headers`] of an answer through the proxy route, whose
 /// caching is the box's to say.
 pub(crate) fn proxied_console_headers(res: &mut Response) {
@@ -112,7 +121,7 @@ pub(crate) fn proxied_console_headers(res: &mut Response) {
     h.entry(header::X_CONTENT_TYPE_OPTIONS)
         .or_insert(HeaderValue::from_static("nosniff"));
     h.insert(
-        http::HeaderName::from_static("cross-origin-resource-policy"),
+        CROSS_ORIGIN_RESOURCE_POLICY,
         HeaderValue::from_static("same-origin"),
     );
 }

@@ -182,6 +182,13 @@ fn target_path(req: &Request, door: &Door) -> Result<String, ApiError> {
     })
 }
 
+/// The proxy's own request headers, made once (a `from_static` called at
+/// run time checks its name each time).
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+
 /// The headers the box receives: the caller's `headers` through the
 /// header rules (in place), and the proxy's own (`Host`, `X-Forwarded-*`,
 /// the upgrade asked for).
@@ -205,7 +212,7 @@ fn outbound_headers(
     let formatted = std::io::Write::write_fmt(&mut rest, format_args!("{client}")).is_ok();
     let len = 64 - rest.len();
     if let (true, Ok(v)) = (formatted, HeaderValue::from_bytes(&text[..len])) {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
     let scheme = match door {
         Door::ConsoleApi { .. } => state.settings.public_scheme.as_str(),
@@ -213,15 +220,15 @@ fn outbound_headers(
         Door::DeviceOrigin { .. } => "http",
     };
     headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
     );
     if let Some(host) = caller_host {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
     if let Door::ConsoleApi { prefix } = door {
         if let Ok(v) = HeaderValue::from_str(prefix) {
-            headers.insert(HeaderName::from_static("x-forwarded-prefix"), v);
+            headers.insert(X_FORWARDED_PREFIX, v);
         }
     }
     if let Some(proto) = upgrade {
