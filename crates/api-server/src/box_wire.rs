@@ -13,6 +13,7 @@
 //! upgrade take the pooled client (`box_client`).
 
 use crate::box_client::Audited;
+use crate::head_span;
 use crate::FastMap;
 use bytes::{Buf, Bytes, BytesMut};
 use edge_core::DeviceId;
@@ -259,9 +260,8 @@ pub(crate) struct Head {
 /// left as it is) until all of it is there. Header values are slices of
 /// the head's bytes, not copies.
 fn take_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> {
-    // Where each header's name and value lie in the head (a head is at
-    // most `MAX_HEAD` bytes, so `u32` holds any offset).
-    let mut fields = [[0u32; 4]; MAX_HEADERS];
+    // Where each header's name and value lie in the head.
+    let mut fields = [[[0u32; 2]; 2]; MAX_HEADERS];
     let (status, version, count, len) = {
         let mut slots =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -290,15 +290,10 @@ fn take_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> {
             Some(1) => Version::HTTP_11,
             _ => Version::HTTP_10,
         };
-        let base = buf.as_ptr() as usize;
-        let at = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
         for (field, h) in fields.iter_mut().zip(res.headers.iter()) {
-            let (name, value) = (at(h.name.as_bytes()), at(h.value));
             *field = [
-                name,
-                name + h.name.len() as u32,
-                value,
-                value + h.value.len() as u32,
+                head_span::of(buf, h.name.as_bytes()),
+                head_span::of(buf, h.value),
             ];
         }
         (status, version, res.headers.len(), len)
@@ -306,11 +301,10 @@ fn take_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> {
     let bytes = buf.split_to(len).freeze();
     // Room for the headers the proxy and the server add to the answer.
     let mut headers = HeaderMap::with_capacity(count + 8);
-    for field in &fields[..count] {
-        let [name_at, name_end, value_at, value_end] = field.map(|at| at as usize);
-        let name = HeaderName::from_bytes(&bytes[name_at..name_end])
+    for &[name, value] in &fields[..count] {
+        let name = HeaderName::from_bytes(&bytes[head_span::range(name)])
             .map_err(|_| WireError::Malformed("bad header name"))?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(value_at..value_end))
+        let value = HeaderValue::from_maybe_shared(bytes.slice(head_span::range(value)))
             .map_err(|_| WireError::Malformed("bad header value"))?;
         headers.append(name, value);
     }

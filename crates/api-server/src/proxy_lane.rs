@@ -9,6 +9,7 @@
 //! router, with the bytes read so far, for the rest of its life; the
 //! router then answers exactly as it would have.
 
+use crate::head_span::{self, range, Span};
 use crate::hygiene;
 use crate::state::AppState;
 use axum::body::Body;
@@ -174,7 +175,7 @@ async fn next_request(state: &AppState, conn: &mut LaneConn, waits: &mut Waits<'
 /// path are slices of it, not copies; a head read whole but handed over
 /// is put back first.
 fn inspect(state: &AppState, conn: &mut LaneConn) -> Inspected {
-    let (len, fields, count, path_at, close) = {
+    let (len, fields, count, path_at, plain) = {
         let mut slots =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut []);
@@ -183,22 +184,26 @@ fn inspect(state: &AppState, conn: &mut LaneConn) -> Inspected {
             Ok(httparse::Status::Partial) => return Inspected::Partial,
             Err(_) => return Inspected::HandOver,
         };
-        let Some(close) = plain_get(&parsed) else {
+        let Some((close, raw_id, route)) = plain_get(&parsed) else {
             return Inspected::HandOver;
         };
-        // Where the path and each header's name and value lie in the head
-        // (offsets and lengths; a head fits `max_header_bytes`).
-        let base = conn.read.as_ptr() as usize;
-        let at = |part: &[u8]| [(part.as_ptr() as usize - base) as u32, part.len() as u32];
+        // Where the path, the device id and each header's name and value
+        // lie in the head.
+        let at = |part: &[u8]| head_span::of(&conn.read, part);
         let path_at = parsed.path.map_or([0, 0], |p| at(p.as_bytes()));
         let mut fields = [[[0u32; 2]; 2]; MAX_HEADERS];
         for (field, h) in fields.iter_mut().zip(parsed.headers.iter()) {
             *field = [at(h.name.as_bytes()), at(h.value)];
         }
-        (len, fields, parsed.headers.len(), path_at, close)
+        let plain = Plain {
+            close,
+            id_at: at(raw_id.as_bytes()),
+            route,
+        };
+        (len, fields, parsed.headers.len(), path_at, plain)
     };
     let head = conn.read.split_to(len).freeze();
-    match take(state, &head, &fields[..count], path_at, close, conn) {
+    match take(state, &head, &fields[..count], path_at, plain, conn) {
         Some(taken) => Inspected::Take(Box::new(taken)),
         None => {
             let mut whole = bytes::BytesMut::with_capacity(head.len() + conn.read.len());
@@ -210,14 +215,30 @@ fn inspect(state: &AppState, conn: &mut LaneConn) -> Inspected {
     }
 }
 
+/// What [`plain_get`] found in a head the lane takes.
+struct Plain {
+    /// The client asked to close after the answer.
+    close: bool,
+    /// Where the device id lies in the head.
+    id_at: Span,
+    /// The proxy route's template the path matches.
+    route: &'static str,
+}
+
 /// Whether `parsed` is a `GET` over HTTP/1.1 for the proxy route, without
 /// a body, an upgrade or a header that is the router's; if so, whether the
-/// client asked to close after the answer.
-fn plain_get(parsed: &httparse::Request<'_, '_>) -> Option<bool> {
+/// client asked to close after the answer, the device id in the path, and
+/// the route's template.
+fn plain_get<'b>(parsed: &httparse::Request<'_, 'b>) -> Option<(bool, &'b str, &'static str)> {
     if parsed.version != Some(1) || parsed.method != Some("GET") {
         return None;
     }
-    proxy_target(parsed.path?)?;
+    let (raw_id, rest) = proxy_target(parsed.path?)?;
+    let route = if rest.is_empty() {
+        ROOT_ROUTE
+    } else {
+        PATH_ROUTE
+    };
     let mut close = false;
     let mut lengths = 0;
     for h in parsed.headers.iter() {
@@ -250,11 +271,8 @@ fn plain_get(parsed: &httparse::Request<'_, '_>) -> Option<bool> {
             }
         }
     }
-    Some(close)
+    Some((close, raw_id, route))
 }
-
-/// Where a part of a request head lies in it: offset and length.
-type Span = [u32; 2];
 
 /// `GET /api/devices/{id}/proxy/{rest}` ([`plain_get`]) from a program,
 /// for the console's origin: the request, ready for the route's handler,
@@ -264,10 +282,9 @@ fn take(
     head: &Bytes,
     fields: &[[Span; 2]],
     path_at: Span,
-    close: bool,
+    plain: Plain,
     conn: &LaneConn,
 ) -> Option<Taken> {
-    let range = |[at, len]: Span| at as usize..(at + len) as usize;
     // Room for the headers the proxy adds before the box sees them.
     let mut headers = HeaderMap::with_capacity(fields.len() + 6);
     for &[name, value] in fields {
@@ -283,13 +300,10 @@ fn take(
         return None;
     }
     let uri = http::Uri::from_maybe_shared(head.slice(range(path_at))).ok()?;
-    let (raw_id, rest) = proxy_target(uri.path())?;
-    let route = if rest.is_empty() {
-        ROOT_ROUTE
-    } else {
-        PATH_ROUTE
-    };
-    let raw_id = raw_id.to_owned();
+    // Checked by `plain_get`: `A-Z a-z 0-9 - _` only.
+    let raw_id = std::str::from_utf8(&head[range(plain.id_at)])
+        .ok()?
+        .to_owned();
     // Passed on as it is, not as the router's `ClientIp` extension: a
     // request's extensions are a map allocated, filled and dropped.
     let client = conn
@@ -304,8 +318,8 @@ fn take(
         req,
         client,
         raw_id,
-        route,
-        close,
+        route: plain.route,
+        close: plain.close,
     })
 }
 
@@ -396,10 +410,7 @@ async fn write_answer(
     let chunked = !bodiless && length.is_none();
     match length {
         _ if bodiless => {}
-        Some(n) => {
-            let mut digits = [0u8; 20];
-            push_header(out, b"content-length", decimal(n, &mut digits));
-        }
+        Some(n) => push_content_length(out, n),
         None => push_header(out, b"transfer-encoding", b"chunked"),
     }
     out.extend_from_slice(b"\r\n");
@@ -500,17 +511,13 @@ async fn write_data(
     Ok(())
 }
 
-/// `n` in decimal, written at the end of `buf`.
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
+/// `Content-Length: n`, without a string made for the number.
+fn push_content_length(out: &mut Vec<u8>, n: u64) {
+    push_header(
+        out,
+        b"content-length",
+        itoa::Buffer::new().format(n).as_bytes(),
+    );
 }
 
 /// Call `f` with `Date` in IMF-fixdate, made at most once a second per
@@ -561,8 +568,9 @@ mod tests {
     #[test]
     fn lengths_are_written_in_decimal() {
         for n in [0, 7, 10, 65_536, 1_000_000_007, u64::MAX] {
-            let mut buf = [0u8; 20];
-            assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes());
+            let mut out = Vec::new();
+            push_content_length(&mut out, n);
+            assert_eq!(out, format!("content-length: {n}\r\n").as_bytes());
         }
     }
 }
