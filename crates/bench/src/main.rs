@@ -103,7 +103,9 @@ async fn start_go_box(
             .stdout(Stdio::null())
             .spawn()?,
     )?;
-    let through_rathole = rathole::start(rathole, "tcp", "go", port, data, procs).await?;
+    let through_rathole = rathole::start(rathole, "tcp", "go", port, data, procs)
+        .await?
+        .port;
     Ok(Some((
         format!("http://127.0.0.1:{through_rathole}"),
         format!("http://127.0.0.1:{api_port}/api/devices/{dev}/proxy"),
@@ -365,11 +367,16 @@ async fn main() -> Result<()> {
     )?;
     let rathole_bin = rathole::find(cli.rathole.as_deref());
     let mut rathole_ports = Vec::new();
+    // rathole-tcp's server and client, whose CPU is set beside ours.
+    let mut rathole_tcp_pids = None;
     if let Some(rh) = &rathole_bin {
         for transport in ["tcp", "websocket"] {
-            let port =
+            let started =
                 rathole::start(rh, transport, "sim", box_port, data.path(), &mut procs).await?;
-            rathole_ports.push((transport, port));
+            if transport == "tcp" {
+                rathole_tcp_pids = Some(started.pids);
+            }
+            rathole_ports.push((transport, started.port));
         }
     }
 
@@ -453,11 +460,13 @@ async fn main() -> Result<()> {
     let mut small: Vec<Vec<Latency>> = vec![Vec::new(); paths.len()];
     let (mut relay_only, mut upload) = (Vec::new(), Vec::new());
     let mut cpu = (0u64, 0u64, 0u64);
+    let mut rathole_cpu = 0u64;
     for _ in 0..cli.rounds.max(1) {
         for (i, (_, base, cookie)) in paths.iter().enumerate() {
             let url = format!("{base}/test/download?bytes={n}");
             bulk[i].push(load::download(&client, &url, *cookie, n).await?);
             let before = (cpu_ms(api_pid), cpu_ms(relay_pid), cpu_ms(agent_pid));
+            let rathole_before = rathole_tcp_pids.map_or(0, |p| p.map(cpu_ms).iter().sum());
             small[i].push(
                 load::small_requests(
                     &format!("{base}/api/info"),
@@ -472,6 +481,11 @@ async fn main() -> Result<()> {
                 cpu.0 += after.0 - before.0;
                 cpu.1 += after.1 - before.1;
                 cpu.2 += after.2 - before.2;
+            }
+            if paths[i].0 == "rathole 0.5, tcp" {
+                if let Some(pids) = rathole_tcp_pids {
+                    rathole_cpu += pids.map(cpu_ms).iter().sum::<u64>() - rathole_before;
+                }
             }
         }
         relay_only.push(relay_only_download(&relay_client, dev, n).await?);
@@ -564,6 +578,18 @@ async fn main() -> Result<()> {
             println!(
                 "  api-server / remote-proxy               {:.2}×  (target ≤ 1.5×)",
                 api as f64 / relay as f64
+            );
+        }
+        // The box and the client cost the same on both paths; the
+        // tunnel's own processes are what a request's rate shares the
+        // machine's cores with.
+        if rathole_tcp_pids.is_some() && rathole_cpu > 0 {
+            let ours = api + relay + agent;
+            println!(
+                "  the tunnel's processes: ours {:.1} ms (the three above), rathole-tcp {:.1} ms (server + client): {:.2}×",
+                per_k(ours),
+                per_k(rathole_cpu),
+                ours as f64 / rathole_cpu as f64
             );
         }
     }

@@ -15,9 +15,16 @@ pub fn find(explicit: Option<&Path>) -> Option<PathBuf> {
     crate::procs::on_path("rathole")
 }
 
+/// A rathole server and client, started.
+pub struct Started {
+    /// The port that reaches the box through them.
+    pub port: u16,
+    /// The server's and the client's process ids.
+    pub pids: [u32; 2],
+}
+
 /// Start rathole with `transport` (`tcp` or `websocket`) forwarding to
-/// `box_port` (its files in `dir` named after `label`); returns the port
-/// that reaches the box through it.
+/// `box_port` (its files in `dir` named after `label`).
 pub async fn start(
     rathole: &Path,
     transport: &str,
@@ -25,7 +32,7 @@ pub async fn start(
     box_port: u16,
     dir: &Path,
     procs: &mut Procs,
-) -> Result<u16> {
+) -> Result<Started> {
     let (control, exposed) = (free_port(), free_port());
     let transport_block = |side: &str| {
         if transport == "websocket" {
@@ -50,8 +57,12 @@ pub async fn start(
             transport_block("client")
         ),
     )?;
-    for (mode, file) in [("--server", &server), ("--client", &client)] {
-        procs.keep(
+    let mut pids = [0; 2];
+    for (i, (mode, file)) in [("--server", &server), ("--client", &client)]
+        .into_iter()
+        .enumerate()
+    {
+        pids[i] = procs.keep(
             Command::new(rathole)
                 .arg(mode)
                 .arg(file)
@@ -64,5 +75,8 @@ pub async fn start(
         }
     }
     wait_port(exposed).await;
-    Ok(exposed)
+    Ok(Started {
+        port: exposed,
+        pids,
+    })
 }
