@@ -8,6 +8,7 @@ pub mod load;
 pub mod procs;
 pub mod rathole;
 pub mod scaling;
+pub mod storm;
 pub mod tunnels;
 pub mod wrk;
 

@@ -11,7 +11,7 @@
 //!
 //! Run: `cargo build --release --bins && target/release/edge-bench`
 
-use bench::{clients, load, procs, rathole, scaling, tunnels, wrk};
+use bench::{clients, load, procs, rathole, scaling, storm, tunnels, wrk};
 
 use anyhow::{Context, Result};
 use auth::SessionId;
@@ -60,6 +60,12 @@ struct Cli {
     /// Seconds each wrk run lasts in the by-box-and-client table.
     #[arg(long, default_value_t = 3)]
     wrk_secs: u64,
+    /// Last, a connect storm: this many agents (the agent's own reconnect
+    /// loop) hold tunnels, the relay is killed and started again, and the
+    /// time until it holds them all again is printed, with proxied
+    /// requests' latency meanwhile. 0: no storm.
+    #[arg(long, default_value_t = 0)]
+    storm: usize,
 }
 
 /// Start the Go `net/http` box (`go/device -listen`) with its own device
@@ -294,28 +300,37 @@ async fn main() -> Result<()> {
         ("RUST_LOG", "warn"),
     ];
     let mut procs = Procs::default();
-    let relay_pid = procs.keep(
-        Command::new(bin(&bindir, "remote-proxy")?)
-            .args([
-                "--tunnel-listen",
-                &format!("127.0.0.1:{tunnel_port}"),
-                "--internal-listen",
-                &format!("127.0.0.1:{internal_port}"),
-            ])
-            // Every simulated device is one owner's and dials from loopback.
-            .args([
-                "--max-tunnels-per-owner",
-                &(cli.idle_tunnels.max(if cli.scaling { 100_000 } else { 0 }) + 16).to_string(),
-            ])
-            .args(["--max-connections-per-client", "0"])
-            // The scaling steps' 512 connections go to one device, beyond
-            // the default cap of its concurrent streams (256).
-            .args(["--max-streams-per-session", "1024"])
-            .args(["--metrics-listen", "127.0.0.1:0"])
-            .envs(env)
-            .stdout(Stdio::null())
-            .spawn()?,
-    )?;
+    let relay_metrics_port = free_port();
+    // Every simulated device is one owner's and dials from loopback.
+    let most_tunnels = cli
+        .idle_tunnels
+        .max(if cli.scaling { 100_000 } else { 0 })
+        .max(cli.storm)
+        + 16;
+    // The same relay each time it starts (the storm starts it again).
+    let relay_command = || -> Result<Command> {
+        let mut cmd = Command::new(bin(&bindir, "remote-proxy")?);
+        cmd.args([
+            "--tunnel-listen",
+            &format!("127.0.0.1:{tunnel_port}"),
+            "--internal-listen",
+            &format!("127.0.0.1:{internal_port}"),
+        ])
+        .args(["--max-tunnels-per-owner", &most_tunnels.to_string()])
+        .args(["--max-tunnels", &most_tunnels.max(50_000).to_string()])
+        .args(["--max-connections-per-client", "0"])
+        // The scaling steps' 512 connections go to one device, beyond
+        // the default cap of its concurrent streams (256).
+        .args(["--max-streams-per-session", "1024"])
+        .args([
+            "--metrics-listen",
+            &format!("127.0.0.1:{relay_metrics_port}"),
+        ])
+        .envs(env)
+        .stdout(Stdio::null());
+        Ok(cmd)
+    };
+    let relay_pid = procs.keep(relay_command()?.spawn()?)?;
     wait_port(internal_port).await;
     let api_pid = procs.keep(
         Command::new(bin(&bindir, "api-server")?)
@@ -460,13 +475,13 @@ async fn main() -> Result<()> {
     let mut small: Vec<Vec<Latency>> = vec![Vec::new(); paths.len()];
     let (mut relay_only, mut upload) = (Vec::new(), Vec::new());
     let mut cpu = (0u64, 0u64, 0u64);
-    let mut rathole_cpu = 0u64;
+    let mut rathole_cpu = (0u64, 0u64);
     for _ in 0..cli.rounds.max(1) {
         for (i, (_, base, cookie)) in paths.iter().enumerate() {
             let url = format!("{base}/test/download?bytes={n}");
             bulk[i].push(load::download(&client, &url, *cookie, n).await?);
             let before = (cpu_ms(api_pid), cpu_ms(relay_pid), cpu_ms(agent_pid));
-            let rathole_before = rathole_tcp_pids.map_or(0, |p| p.map(cpu_ms).iter().sum());
+            let rathole_before = rathole_tcp_pids.map_or([0, 0], |p| p.map(cpu_ms));
             small[i].push(
                 load::small_requests(
                     &format!("{base}/api/info"),
@@ -484,7 +499,9 @@ async fn main() -> Result<()> {
             }
             if paths[i].0 == "rathole 0.5, tcp" {
                 if let Some(pids) = rathole_tcp_pids {
-                    rathole_cpu += pids.map(cpu_ms).iter().sum::<u64>() - rathole_before;
+                    let after = pids.map(cpu_ms);
+                    rathole_cpu.0 += after[0] - rathole_before[0];
+                    rathole_cpu.1 += after[1] - rathole_before[1];
                 }
             }
         }
@@ -583,13 +600,16 @@ async fn main() -> Result<()> {
         // The box and the client cost the same on both paths; the
         // tunnel's own processes are what a request's rate shares the
         // machine's cores with.
-        if rathole_tcp_pids.is_some() && rathole_cpu > 0 {
+        let theirs = rathole_cpu.0 + rathole_cpu.1;
+        if rathole_tcp_pids.is_some() && theirs > 0 {
             let ours = api + relay + agent;
             println!(
-                "  the tunnel's processes: ours {:.1} ms (the three above), rathole-tcp {:.1} ms (server + client): {:.2}×",
+                "  the tunnel's processes: ours {:.1} ms (the three above), rathole-tcp {:.1} ms (server {:.1} + client {:.1}): {:.2}×",
                 per_k(ours),
-                per_k(rathole_cpu),
-                ours as f64 / rathole_cpu as f64
+                per_k(theirs),
+                per_k(rathole_cpu.0),
+                per_k(rathole_cpu.1),
+                ours as f64 / theirs as f64
             );
         }
     }
@@ -654,6 +674,31 @@ async fn main() -> Result<()> {
             &secret,
         )
         .await?;
+    }
+    if cli.storm > 0 {
+        // The steps before closed their tunnels; the storm counts its own.
+        let client = reqwest::Client::builder().no_proxy().build()?;
+        tunnels::wait_drained(&client, &internal, secret.expose(), already).await?;
+        let storm = storm::Storm {
+            agents: cli.storm,
+            relay_pid,
+            relay_url: &relay_url,
+            tunnel_port,
+            metrics_url: &format!("http://127.0.0.1:{relay_metrics_port}/metrics"),
+            already,
+            // No service behind the storm's agents: the relay's telemetry
+            // scrapes of them (each device every 15 s) end at once at the
+            // agent, instead of 1,000 a second loading the one sim-box
+            // that also answers the timed requests.
+            target: &format!("127.0.0.1:{}", free_port()),
+            proxied_url: &format!("{ours}/api/info"),
+            cookie: &cookie,
+        };
+        let restart = async {
+            procs.kill(relay_pid).await?;
+            procs.keep(relay_command()?.spawn()?)
+        };
+        storm::run(&storm, &store, user.id, nofile, restart).await?;
     }
     drop(procs);
     Ok(())

@@ -7,7 +7,9 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use tokio::process::Child;
 
-pub use testkit::procs::{cpu_ms, free_port, kib_field, on_path, rss_kib, signal, wait_port};
+pub use testkit::procs::{
+    cpu_ms, free_port, kib_field, metric, on_path, rss_kib, signal, wait_port,
+};
 
 /// Every child of the run; killed on drop.
 #[derive(Default)]
@@ -27,6 +29,20 @@ impl Procs {
         let pid = child.id().context("child has no pid")?;
         self.0.push(child);
         Ok(pid)
+    }
+
+    /// SIGKILL the kept child `pid` and wait until it is gone (its ports
+    /// free again).
+    pub async fn kill(&mut self, pid: u32) -> Result<()> {
+        let at = self
+            .0
+            .iter()
+            .position(|c| c.id() == Some(pid))
+            .context("no such child")?;
+        let mut child = self.0.swap_remove(at);
+        child.start_kill()?;
+        child.wait().await?;
+        Ok(())
     }
 }
 

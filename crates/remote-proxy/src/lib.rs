@@ -12,6 +12,7 @@ pub mod leases;
 pub mod metrics;
 pub mod registry;
 pub mod scrape;
+pub mod seen;
 pub mod telemetry_writer;
 pub mod tunnel_listener;
 
@@ -44,6 +45,8 @@ pub struct Relay {
     /// credential is looked up, so bad tokens cannot drive the store.
     bad_credentials: edge_core::ratelimit::KeyedLimiter<std::net::IpAddr>,
     tunnel_slots: Arc<Semaphore>,
+    /// Devices' last-seen times, written in batches ([`seen`]).
+    pub seen: Arc<seen::Seen>,
     tunnels: TaskTracker,
     shutdown: CancellationToken,
     /// Cancelled when the node starts draining.
@@ -74,6 +77,7 @@ impl Relay {
             ),
             bad_credentials: edge_core::ratelimit::KeyedLimiter::new(BAD_CREDENTIAL_BURST, 1.0),
             tunnel_slots: Arc::new(Semaphore::new(limits.max_tunnels)),
+            seen: Arc::default(),
             limits,
             internal_secret,
             tunnels: TaskTracker::new(),
@@ -178,6 +182,14 @@ impl Relay {
                 stop_serving.cancel();
             }
         };
+        // Stopped once the tunnels have ended, so their last times are
+        // written too.
+        let stop_seen = CancellationToken::new();
+        let seen_writer = tokio::spawn(seen::run(
+            self.seen.clone(),
+            self.store.clone(),
+            stop_seen.clone(),
+        ));
         let scraper = tokio::spawn(scrape::run(
             self.clone(),
             self.limits.telemetry.clone(),
@@ -214,6 +226,8 @@ impl Relay {
         {
             tracing::warn!("tunnels still open after the drain timeout");
         }
+        stop_seen.cancel();
+        let _ = seen_writer.await;
     }
 
     /// Drain this node (SIGTERM): refuse new tunnels with 503 `draining`,

@@ -365,7 +365,7 @@ async fn register(
         }
     }
     tracing::info!(%device, %remote, "tunnel up");
-    mark_seen(relay, device).await;
+    relay.seen.note(device, now_ms());
     let tunnel = Tunnel {
         device,
         remote,
@@ -427,7 +427,7 @@ async fn teardown(relay: &Relay, tunnel: Tunnel, session_end: session::SessionEn
             tracing::warn!(%device, error = %err, "cannot release the device's lease");
         }
     }
-    mark_seen(relay, device).await;
+    relay.seen.note(device, now_ms());
     tunnel.cancel.cancel();
     let transport_end = tunnel.pump_task.await;
     relay.metrics.ended(end_reason(
@@ -495,13 +495,5 @@ async fn credential_revoked(
             tracing::warn!(error = %err, "cannot re-check a tunnel's credential");
             false
         }
-    }
-}
-
-/// Keep the device's last-seen time in the store (shown for offline
-/// devices); a store error is logged, never fatal to the tunnel.
-async fn mark_seen(relay: &Relay, device: DeviceId) {
-    if let Err(err) = relay.store.mark_device_seen(device, now_ms()).await {
-        tracing::warn!(%device, error = %err, "could not record last-seen time");
     }
 }

@@ -80,11 +80,28 @@ impl Store {
     /// Record that the relay saw the device's tunnel at `at` (ms); no owner
     /// scope, as the relay acts for the device, not for a user.
     pub async fn mark_device_seen(&self, device: DeviceId, at: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE devices SET last_seen_at = $1 WHERE id = $2")
-            .bind(at)
+        self.mark_devices_seen(&[(device, at)]).await
+    }
+
+    /// [`mark_device_seen`](Self::mark_device_seen) for many devices, in
+    /// one transaction: a time never moves back (an older time noted late
+    /// changes nothing).
+    pub async fn mark_devices_seen(&self, seen: &[(DeviceId, i64)]) -> Result<(), StoreError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (device, at) in seen {
+            sqlx::query(
+                "UPDATE devices SET last_seen_at = $1 WHERE id = $2 AND (last_seen_at IS NULL OR last_seen_at < $3)",
+            )
+            .bind(*at)
             .bind(device.to_string())
-            .execute(&self.pool)
+            .bind(*at)
+            .execute(&mut *tx)
             .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

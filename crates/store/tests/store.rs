@@ -50,6 +50,60 @@ async fn users_upsert_by_issuer_and_subject() {
 }
 
 #[tokio::test]
+async fn last_seen_times_are_written_in_one_batch_and_never_move_back() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for store in backends(dir.path()).await {
+        let owner = store
+            .upsert_user("iss", "seen", None, None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut devices = Vec::new();
+        for name in ["a", "b", "c"] {
+            let d = store
+                .create_device(
+                    owner.id,
+                    &NewDevice {
+                        name: name.into(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            devices.push(d.id);
+        }
+        let seen = |at: i64| devices[..2].iter().map(|d| (*d, at)).collect::<Vec<_>>();
+        store
+            .mark_devices_seen(&seen(2_000))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // An older time, noted late, changes nothing.
+        store
+            .mark_devices_seen(&seen(1_000))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        store
+            .mark_devices_seen(&[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut times = Vec::new();
+        for d in &devices {
+            let dev = store
+                .device(owner.id, *d)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|| panic!("device {d}"));
+            times.push(dev.last_seen_at);
+        }
+        assert_eq!(
+            times,
+            [Some(2_000), Some(2_000), None],
+            "{:?}",
+            store.backend()
+        );
+    }
+}
+
+#[tokio::test]
 async fn devices_are_scoped_to_their_owner() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     for store in backends(dir.path()).await {

@@ -88,6 +88,8 @@ async fn an_offline_device_shows_when_it_was_last_seen() {
     assert_eq!(online["last_seen_at"], online["last_heard_from"]);
     agent.stop().await;
     stack.wait_offline(dev.id).await;
+    // The relay writes last-seen times in batches, a few times a second.
+    testkit::within("last-seen times written", stack.relay().seen.settled()).await;
     let offline = get().await;
     assert_eq!(offline["status"], "offline");
     let seen = offline["last_seen_at"].as_i64().expect("last_seen_at set");
