@@ -5,8 +5,9 @@
 //! then takes a few transactions a second rather than one per box, and
 //! the other writers sharing it (the api-server's audit and sessions) are
 //! not queued behind them. What is noted when the relay stops is written
-//! before it ends; a write that fails is logged and the times are noted
-//! again with the next ones (a device's time never moves back).
+//! before it ends. Times a write could not store are noted again for the
+//! next pass (a device's time never moves back); a store that keeps
+//! failing is logged once, and again when it recovers.
 
 use edge_core::DeviceId;
 use std::collections::HashMap;
@@ -56,23 +57,28 @@ impl Seen {
         *time = (*time).max(at);
     }
 
-    /// Write what is noted; on failure it is noted again for the next pass.
-    pub async fn write(&self, store: &Store) {
+    /// Write what is noted; what a failed transaction held is noted again
+    /// for the next pass, and the first failure is returned.
+    pub async fn write(&self, store: &Store) -> Result<(), store::StoreError> {
         let taken: Vec<(DeviceId, i64)> = {
             let mut state = self.state();
             state.writing = true;
             std::mem::take(&mut state.pending).into_iter().collect()
         };
+        let mut result = Ok(());
         for batch in taken.chunks(BATCH) {
             if let Err(err) = store.mark_devices_seen(batch).await {
-                tracing::warn!(devices = batch.len(), error = %err, "could not record last-seen times");
                 for &(device, at) in batch {
                     self.note(device, at);
+                }
+                if result.is_ok() {
+                    result = Err(err);
                 }
             }
         }
         self.state().writing = false;
         self.passes.send_modify(|n| *n += 1);
+        result
     }
 
     /// Resolves once nothing noted is left unwritten: what a test of
@@ -97,13 +103,27 @@ impl Seen {
 pub async fn run(seen: Arc<Seen>, store: Store, stop: CancellationToken) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
-            _ = tick.tick() => seen.write(&store).await,
+            _ = tick.tick() => match seen.write(&store).await {
+                Ok(()) if failing => {
+                    tracing::info!("last-seen times recorded again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(err) if !failing => {
+                    tracing::warn!(error = %err, "could not record last-seen times; retrying");
+                    failing = true;
+                }
+                Err(_) => {}
+            },
         }
     }
-    seen.write(&store).await;
+    if let Err(err) = seen.write(&store).await {
+        tracing::warn!(error = %err, "could not record the last last-seen times");
+    }
 }
 
 #[cfg(test)]

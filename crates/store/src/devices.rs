@@ -77,14 +77,9 @@ impl Store {
         .collect()
     }
 
-    /// Record that the relay saw the device's tunnel at `at` (ms); no owner
-    /// scope, as the relay acts for the device, not for a user.
-    pub async fn mark_device_seen(&self, device: DeviceId, at: i64) -> Result<(), StoreError> {
-        self.mark_devices_seen(&[(device, at)]).await
-    }
-
-    /// [`mark_device_seen`](Self::mark_device_seen) for many devices, in
-    /// one transaction: a time never moves back (an older time noted late
+    /// Record that the relay saw each device's tunnel at its time (ms), in
+    /// one transaction; no owner scope, as the relay acts for the devices,
+    /// not for a user. A time never moves back (an older time noted late
     /// changes nothing).
     pub async fn mark_devices_seen(&self, seen: &[(DeviceId, i64)]) -> Result<(), StoreError> {
         if seen.is_empty() {
