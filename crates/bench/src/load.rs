@@ -136,15 +136,19 @@ pub async fn small_requests(
     }
     let elapsed = start.elapsed();
     all.sort();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
     Ok(Latency {
         rps: all.len() as f64 / elapsed.as_secs_f64(),
-        p50: pct(0.50),
-        p99: pct(0.99),
+        p50: percentile(&all, 0.50),
+        p99: percentile(&all, 0.99),
         errors,
     })
+}
+
+/// The `p` quantile (0 to 1) of `sorted` latencies; zero when there are
+/// none.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
 }

@@ -21,6 +21,7 @@
 //! (CI: `target/debug/edge-soak --duration-secs 60`).
 
 use anyhow::{bail, Context, Result};
+use bench::load::percentile;
 use bench::procs::{bin, free_port, rss_kib, wait_port, Procs};
 use clap::Parser;
 use edge_core::{DeviceId, DeviceToken, Secret};
@@ -336,13 +337,6 @@ fn start_task_agent(relay: &str, target: &str, token: &DeviceToken) -> Agent {
         token,
         CancellationToken::new(),
     )))
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
 fn fds(pid: u32) -> usize {
@@ -724,8 +718,8 @@ async fn main() -> Result<()> {
     );
     println!(
         "agents killed {killed_agents}, routable again after restart: p50 {:?}, p99 {:?}; agent processes frozen (SIGSTOP ~20 s) {frozen}",
-        pct(&routable_again, 0.5),
-        pct(&routable_again, 0.99)
+        percentile(&routable_again, 0.5),
+        percentile(&routable_again, 0.99)
     );
     for (i, name) in ["remote-proxy", "api-server"].into_iter().enumerate() {
         let pick = |p: (u64, u64)| if i == 0 { p.0 } else { p.1 };

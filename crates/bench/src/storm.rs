@@ -329,16 +329,11 @@ impl Percentiles {
             }
         }
         took.sort();
-        let pct = |p: f64| {
-            took.get(((took.len() as f64 * p) as usize).min(took.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or_default()
-        };
         Self {
             answered: took.len(),
             failed,
-            p50: pct(0.50),
-            p99: pct(0.99),
+            p50: crate::load::percentile(&took, 0.50),
+            p99: crate::load::percentile(&took, 0.99),
             max: took.last().copied().unwrap_or_default(),
         }
     }
