@@ -19,7 +19,7 @@
 //! sends them on streams it keeps itself, opened and audited here alike.
 
 use crate::audit_writer::AuditWriter;
-use crate::box_wire::{self, Kept, WireBody};
+use crate::box_wire::{self, Kept};
 use crate::error::ApiError;
 use axum::body::Body;
 use directory::{BoxStream, DirectoryError, Retiring, SessionView};
@@ -191,7 +191,7 @@ impl BoxClient {
         device: DeviceId,
         method: &http::Method,
         head: &[u8],
-    ) -> Result<http::Response<WireBody>, ApiError> {
+    ) -> Result<box_wire::Answer, ApiError> {
         let kept = &self.idle.kept;
         let mut reused = kept.take(device, actor);
         loop {

@@ -13,11 +13,11 @@
 //! upgrade take the pooled client (`box_client`).
 
 use crate::box_client::Audited;
-use crate::head_span;
 use crate::FastMap;
 use bytes::{Buf, Bytes, BytesMut};
+use edge_core::fields::{span_of, valid_value, Fields, RawFields};
 use edge_core::DeviceId;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use http::{header, HeaderMap, Method, StatusCode, Version};
 use hyper::body::{Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -248,21 +248,41 @@ pub(crate) fn request_head(method: &Method, target: &str, headers: &HeaderMap) -
     head
 }
 
-/// An answer head read from the box.
+/// An answer head read from the box: its fields as they were sent, slices
+/// of the head's bytes.
 #[derive(Debug)]
-pub(crate) struct Head {
+pub struct Head {
     pub status: StatusCode,
     pub version: Version,
-    pub headers: HeaderMap,
+    pub fields: RawFields,
+}
+
+/// A box's answer: its head, and its body reading on from the stream.
+pub struct Answer {
+    pub head: Head,
+    pub body: WireBody,
+}
+
+impl Answer {
+    /// The answer as a response with a header map, for the router's side
+    /// (`None` when a field is not one `http` takes; the stream is then
+    /// not kept).
+    pub fn into_response(self) -> Option<http::Response<WireBody>> {
+        // Room for the headers the proxy and the server add.
+        let headers = self.head.fields.to_header_map(8)?;
+        let mut res = http::Response::new(self.body);
+        *res.status_mut() = self.head.status;
+        *res.version_mut() = self.head.version;
+        *res.headers_mut() = headers;
+        Some(res)
+    }
 }
 
 /// The answer head at the start of `buf`, taken off it: `None` (and `buf`
 /// left as it is) until all of it is there. Header values are slices of
-/// the head's bytes, not copies.
+/// the head's bytes, not copies; they are checked as `http` checks them.
 fn take_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> {
-    // Where each header's name and value lie in the head.
-    let mut fields = [[[0u32; 2]; 2]; MAX_HEADERS];
-    let (status, version, count, len) = {
+    let (status, version, fields, len) = {
         let mut slots =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut res = httparse::Response::new(&mut []);
@@ -290,28 +310,21 @@ fn take_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> {
             Some(1) => Version::HTTP_11,
             _ => Version::HTTP_10,
         };
-        for (field, h) in fields.iter_mut().zip(res.headers.iter()) {
-            *field = [
-                head_span::of(buf, h.name.as_bytes()),
-                head_span::of(buf, h.value),
-            ];
+        // Where each header's name and value lie in the head.
+        let mut fields = Vec::with_capacity(res.headers.len());
+        for h in res.headers.iter() {
+            if !valid_value(h.value) {
+                return Err(WireError::Malformed("bad header value"));
+            }
+            fields.push([span_of(buf, h.name.as_bytes()), span_of(buf, h.value)]);
         }
-        (status, version, res.headers.len(), len)
+        (status, version, fields, len)
     };
     let bytes = buf.split_to(len).freeze();
-    // Room for the headers the proxy and the server add to the answer.
-    let mut headers = HeaderMap::with_capacity(count + 8);
-    for &[name, value] in &fields[..count] {
-        let name = HeaderName::from_bytes(&bytes[head_span::range(name)])
-            .map_err(|_| WireError::Malformed("bad header name"))?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(head_span::range(value)))
-            .map_err(|_| WireError::Malformed("bad header value"))?;
-        headers.append(name, value);
-    }
     Ok(Some(Head {
         status,
         version,
-        headers,
+        fields: RawFields::new(bytes, fields),
     }))
 }
 
@@ -326,20 +339,18 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, WireError> {
 /// How the answer to a `method` request with `head` is framed, and
 /// whether the stream may carry another request after it.
 fn framing(method: &Method, head: &Head) -> Result<(Framing, bool), WireError> {
-    let h = &head.headers;
+    let h = &head.fields;
     let keep = head.version == Version::HTTP_11
         && !h
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .any(|v| has_token(v.as_bytes(), b"close"));
-    let te = h.get_all(http::header::TRANSFER_ENCODING);
-    let has_te = te.iter().next().is_some();
-    let mut lengths = h.get_all(http::header::CONTENT_LENGTH).iter();
+            .values_of(&header::CONNECTION)
+            .any(|v| has_token(v, b"close"));
+    let has_te = h.has(&header::TRANSFER_ENCODING);
+    let mut lengths = h.values_of(&header::CONTENT_LENGTH);
     let length = match lengths.next() {
         None => None,
         Some(first) => {
-            let n = content_length(first.as_bytes())?;
-            if lengths.any(|v| content_length(v.as_bytes()).ok() != Some(n)) {
+            let n = content_length(first)?;
+            if lengths.any(|v| content_length(v).ok() != Some(n)) {
                 return Err(WireError::Malformed("conflicting content-length"));
             }
             Some(n)
@@ -359,9 +370,9 @@ fn framing(method: &Method, head: &Head) -> Result<(Framing, bool), WireError> {
             ));
         }
         // Only `chunked`, once and last, is ours to decode.
-        let codings: Vec<&[u8]> = te
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        let codings: Vec<&[u8]> = h
+            .values_of(&header::TRANSFER_ENCODING)
+            .flat_map(|v| v.split(|b| *b == b','))
             .map(trim)
             .collect();
         return match codings.as_slice() {
@@ -638,7 +649,7 @@ pub(crate) async fn exchange(
     kept: &Arc<Kept>,
     device: DeviceId,
     actor: Actor,
-) -> Result<http::Response<WireBody>, (WireError, bool)> {
+) -> Result<Answer, (WireError, bool)> {
     io.write_all(head).await.map_err(|e| (e.into(), false))?;
     io.flush().await.map_err(|e| (e.into(), false))?;
     let mut buf = BytesMut::with_capacity(8 * 1024);
@@ -690,16 +701,13 @@ pub(crate) async fn exchange(
     if framing == Framing::Empty {
         body.finish();
     }
-    let mut res = http::Response::new(body);
-    *res.status_mut() = head.status;
-    *res.version_mut() = head.version;
-    *res.headers_mut() = head.headers;
-    Ok(res)
+    Ok(Answer { head, body })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
     use hyper::body::Body as _;
 
     fn head_of(raw: &str) -> Head {
@@ -715,8 +723,11 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(h.status, StatusCode::CREATED);
-        let values: Vec<_> = h.headers.get_all("x-a").iter().collect();
-        assert_eq!(values, ["1", "2"]);
+        let values: Vec<_> = h
+            .fields
+            .values_of(&http::HeaderName::from_static("x-a"))
+            .collect();
+        assert_eq!(values, [b"1", b"2"]);
         assert_eq!(
             len,
             "HTTP/1.1 201 Created\r\nx-a: 1\r\nx-a: 2\r\n\r\n".len()

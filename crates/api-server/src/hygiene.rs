@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use edge_core::fields::Fields;
 use http::{header, HeaderName, HeaderValue, Method};
 use tower::ServiceExt;
 
@@ -48,10 +49,10 @@ pub fn is_navigation(headers: &http::HeaderMap) -> bool {
 
 /// Whether a browser sent the request: every current browser sends fetch
 /// metadata (`Sec-Fetch-*`) with every request; programs do not.
-pub fn from_browser(headers: &http::HeaderMap) -> bool {
+pub fn from_browser(headers: &impl Fields) -> bool {
     [SEC_FETCH_SITE, SEC_FETCH_MODE, SEC_FETCH_DEST]
         .iter()
-        .any(|h| headers.contains_key(h))
+        .any(|h| headers.has(h))
 }
 
 /// The fetch-metadata rule on the console origin: a request a browser marks

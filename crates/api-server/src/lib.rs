@@ -17,7 +17,6 @@ pub mod devices;
 pub mod error;
 pub mod extract;
 pub mod forward;
-mod head_span;
 pub mod health;
 pub mod housekeeping;
 pub mod hygiene;

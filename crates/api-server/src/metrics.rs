@@ -223,7 +223,7 @@ impl ApiMetrics {
     }
 
     /// Count a proxied request that ended so, `first_byte` after it began.
-    pub fn proxied(&self, result: &Result<Response, ApiError>, started: Instant) {
+    pub fn proxied<T>(&self, result: &Result<T, ApiError>, started: Instant) {
         let outcome = match result {
             Ok(_) => {
                 self.proxy_first_byte
@@ -380,7 +380,7 @@ mod tests {
         let ok = || Ok(Response::new(axum::body::Body::empty()));
         m.proxied(&ok(), started);
         m.proxied(&ok(), started);
-        m.proxied(&Err(ApiError::DeviceOffline), started);
+        m.proxied(&Err::<(), _>(ApiError::DeviceOffline), started);
 
         let text = scrape(&m);
         let requests = |method: &str, class: &str| {

@@ -9,6 +9,7 @@
 //! `Authorization` kept from the box, box headers that could act beyond the
 //! device's origin kept from the browser).
 
+use crate::box_wire;
 use crate::error::ApiError;
 use crate::session::{
     check_csrf, live_session_of, presented_session, session_and_device, Check, Reach,
@@ -18,6 +19,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::response::Response;
 use edge_core::error_body::ErrorBody;
+use edge_core::fields::{Fields, RawFields};
 use edge_core::{DeviceId, UserId};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
@@ -117,24 +119,36 @@ pub(crate) async fn console_forward(
     client: IpAddr,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let (hash, via) = presented_session(&state, req.headers())?.ok_or(ApiError::Unauthenticated)?;
+    let (access, prefix) = console_access(&state, &raw_id, req.method(), req.headers()).await?;
+    forward(&state, access, client, req, Door::ConsoleApi { prefix }).await
+}
+
+/// The console door's checks on a request's `headers`, however they are
+/// held: who may reach the device `raw_id`, and the door's path prefix.
+async fn console_access(
+    state: &AppState,
+    raw_id: &str,
+    method: &http::Method,
+    headers: &impl Fields,
+) -> Result<(Access, String), ApiError> {
+    let (hash, via) = presented_session(state, headers)?.ok_or(ApiError::Unauthenticated)?;
     let device: Option<DeviceId> = raw_id.parse().ok();
     let (actor, reach) = match device {
-        Some(device) => session_and_device(&state, &hash, device, Check::Activity).await?,
+        Some(device) => session_and_device(state, &hash, device, Check::Activity).await?,
         None => (
-            live_session_of(&state, &hash, via).await?.into(),
+            live_session_of(state, &hash, via).await?.into(),
             Reach::Hidden,
         ),
     };
     if via == store::SessionKind::Browser {
-        check_csrf(req.method(), req.headers(), &state.settings.public_origin)?;
+        check_csrf(method, headers, &state.settings.public_origin)?;
     }
     let device = match reach {
         Reach::Granted => device.ok_or(ApiError::NotFound)?,
         Reach::NoScope => return Err(ApiError::InsufficientScope),
         Reach::Hidden => return Err(ApiError::NotFound),
     };
-    if crate::hygiene::from_browser(req.headers()) {
+    if crate::hygiene::from_browser(headers) {
         return Err(ApiError::UseDeviceOrigin);
     }
     let access = Access {
@@ -144,10 +158,112 @@ pub(crate) async fn console_forward(
     };
     let mut prefix = String::with_capacity(PREFIX_HEAD.len() + raw_id.len() + PREFIX_TAIL.len());
     prefix.push_str(PREFIX_HEAD);
-    prefix.push_str(&raw_id);
+    prefix.push_str(raw_id);
     prefix.push_str(PREFIX_TAIL);
-    let door = Door::ConsoleApi { prefix };
-    forward(&state, access, client, req, door).await
+    Ok((access, prefix))
+}
+
+/// The console door for a bodiless `GET` that the proxy's lane read
+/// (ADR 037): the checks of [`console_forward`] on the caller's fields as
+/// they came, the box's request head written from them by the same header
+/// rules, and the box's answer as it came (the lane writes it through the
+/// rules). `target` is the request target, the door's prefix included.
+pub(crate) async fn lane_forward(
+    state: &AppState,
+    raw_id: &str,
+    client: IpAddr,
+    fields: &RawFields,
+    target: &[u8],
+) -> Result<box_wire::Answer, ApiError> {
+    let started = std::time::Instant::now();
+    let result = async {
+        let (access, prefix) = console_access(state, raw_id, &http::Method::GET, fields).await?;
+        if state.audit.is_failing() {
+            return Err(ApiError::AuditUnavailable);
+        }
+        let rest = target
+            .strip_prefix(prefix.as_bytes())
+            .filter(|rest| rest.starts_with(b"/"))
+            .ok_or(ApiError::NotFound)?;
+        let head = lane_request_head(state, fields, rest, client, &prefix);
+        tokio::time::timeout(
+            state.settings.proxy_first_byte_timeout,
+            state
+                .boxes
+                .exchange(&access.actor, access.device, &http::Method::GET, &head),
+        )
+        .await
+        .map_err(|_| ApiError::DeviceTimeout)?
+    }
+    .await;
+    state.metrics.proxied(&result, started);
+    result
+}
+
+/// The head of a bodiless `GET` for the box: the caller's fields that the
+/// header rules pass ([`proxy_rules::console_request_fields`]) and the
+/// proxy's own, as [`outbound_headers`] sets them for the console door.
+fn lane_request_head(
+    state: &AppState,
+    fields: &RawFields,
+    target: &[u8],
+    client: IpAddr,
+    prefix: &str,
+) -> Vec<u8> {
+    let mut head = Vec::with_capacity(fields.head().len() + target.len() + 160);
+    let mut put = |name: &[u8], value: &[u8]| {
+        head.extend_from_slice(name);
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
+    };
+    let mut line = Vec::with_capacity(target.len() + 16);
+    line.extend_from_slice(b"GET ");
+    line.extend_from_slice(target);
+    line.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in proxy_rules::console_request_fields(fields.iter()) {
+        put(name, value);
+    }
+    put(b"host", b"localhost");
+    let mut ip = [0u8; 64];
+    put(b"x-forwarded-for", format_ip(client, &mut ip));
+    let https = state.settings.public_scheme == "https";
+    put(b"x-forwarded-proto", if https { b"https" } else { b"http" });
+    if let Some(host) = fields.first(&header::HOST) {
+        put(b"x-forwarded-host", host);
+    }
+    put(b"x-forwarded-prefix", prefix.as_bytes());
+    head.extend_from_slice(b"\r\n");
+    line.extend_from_slice(&head);
+    line
+}
+
+/// `ip` as text in `buf`: IPv4 octet by octet (the standard library's
+/// formatting machinery costs about as much as the rest of a request's
+/// head), IPv6 through it.
+fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
+    let len = match ip {
+        IpAddr::V4(v4) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                let mut digits = itoa::Buffer::new();
+                let digits = digits.format(octet).as_bytes();
+                buf[len..len + digits.len()].copy_from_slice(digits);
+                len += digits.len();
+            }
+            len
+        }
+        IpAddr::V6(_) => {
+            let mut rest = &mut buf[..];
+            let _ = std::io::Write::write_fmt(&mut rest, format_args!("{ip}"));
+            64 - rest.len()
+        }
+    };
+    &buf[..len]
 }
 
 /// The console door's prefix is `PREFIX_HEAD`, the device id, `PREFIX_TAIL`.
@@ -208,10 +324,7 @@ fn outbound_headers(
     headers.insert(header::HOST, HeaderValue::from_static("localhost"));
     // Formatted in place: an address is at most 45 characters.
     let mut text = [0u8; 64];
-    let mut rest = &mut text[..];
-    let formatted = std::io::Write::write_fmt(&mut rest, format_args!("{client}")).is_ok();
-    let len = 64 - rest.len();
-    if let (true, Ok(v)) = (formatted, HeaderValue::from_bytes(&text[..len])) {
+    if let Ok(v) = HeaderValue::from_bytes(format_ip(client, &mut text)) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     let scheme = match door {
@@ -283,7 +396,9 @@ async fn forward_counted(
                 .exchange(&access.actor, access.device, &parts.method, &head),
         )
         .await
-        .map_err(|_| ApiError::DeviceTimeout)??;
+        .map_err(|_| ApiError::DeviceTimeout)??
+        .into_response()
+        .ok_or(ApiError::DeviceUnreachable)?;
         let (parts, body) = response.into_parts();
         return Ok(answer(parts, Body::new(body), &door));
     }
@@ -406,5 +521,27 @@ pub async fn owner_behind(
         Ok((actor, reach)) => Ok((reach == Reach::Granted).then_some(actor)),
         Err(ApiError::Unauthenticated) => Ok(None),
         Err(err) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_written_as_the_standard_library_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.255.9",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut buf = [0u8; 64];
+            assert_eq!(format_ip(ip, &mut buf), ip.to_string().as_bytes());
+        }
     }
 }

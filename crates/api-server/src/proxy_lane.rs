@@ -1,24 +1,26 @@
-//! The proxy's lane (ADR 032): `GET /api/devices/{id}/proxy/...` from
-//! programs, answered straight off the connection ahead of hyper's server
-//! and the router. It reads request heads itself (`httparse`), runs the
-//! proxy route's own handler (`proxy::console_forward`, so every check and
-//! error is the route's) and writes the answer with what the router's
-//! layers add: the request id, the console's headers, HSTS, the HTTP
-//! metrics. Anything else (another route or method, a body, an upgrade, a
-//! browser's request, a head it cannot read) hands the connection to the
-//! router, with the bytes read so far, for the rest of its life; the
-//! router then answers exactly as it would have.
+//! The proxy's lane (ADR 032, ADR 037): `GET /api/devices/{id}/proxy/...`
+//! from programs, answered straight off the connection ahead of hyper's
+//! server and the router. It reads request heads itself (`httparse`) and
+//! keeps them as bytes: the proxy route's checks (`proxy::lane_forward`,
+//! the same ones `proxy::console_forward` runs, so every error is the
+//! route's) read the fields where they lie, the box's request head is
+//! written from them, and the box's answer is written back through the
+//! same header rules with what the router's layers add: the request id,
+//! the console's headers, HSTS, the HTTP metrics. Anything else (another
+//! route or method, a body, an upgrade, a browser's request, a head it
+//! cannot read) hands the connection to the router, with the bytes read so
+//! far, for the rest of its life; the router then answers exactly as it
+//! would have.
 
-use crate::head_span::{self, range, Span};
+use crate::box_wire::Answer;
 use crate::hygiene;
 use crate::state::AppState;
-use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes};
+use edge_core::fields::{range, span_of, Fields, RawFields, Span};
 use edge_core::request_id::{self, RequestId};
 use edge_core::serve::{Lane, LaneConn, LaneIo};
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use hyper::body::Body as _;
+use http::{header, HeaderValue, Method, StatusCode};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
@@ -63,10 +65,14 @@ impl Lane for ProxyLane {
 
 /// A request the lane takes.
 struct Taken {
-    req: http::Request<Body>,
+    /// The request's fields, slices of its head.
+    fields: RawFields,
+    /// Where the request target lies in the head.
+    target_at: Span,
+    /// Where the device id lies in the head.
+    id_at: Span,
     /// The caller: the client a trusted proxy names, else the peer.
     client: std::net::IpAddr,
-    raw_id: String,
     route: &'static str,
     /// The client asked to close after the answer.
     close: bool,
@@ -97,19 +103,10 @@ async fn serve(state: AppState, mut conn: LaneConn) -> Option<LaneConn> {
             Next::HandOver => return Some(conn),
             Next::Closed => return None,
         };
-        let Taken {
-            req,
-            client,
-            raw_id,
-            route,
-            close,
-        } = *taken;
-        let res = answer(&state, req, raw_id, route, client).await;
-        let close = close || conn.shutdown.is_cancelled();
-        if write_answer(&mut conn.io, res, close, &mut out)
+        // A failed write ends the connection.
+        if answer(&state, *taken, &mut conn, &mut out)
             .await
-            .is_err()
-            || close
+            .unwrap_or(true)
         {
             let _ = conn.io.shutdown().await;
             return None;
@@ -171,11 +168,11 @@ async fn next_request(state: &AppState, conn: &mut LaneConn, waits: &mut Waits<'
 }
 
 /// Whether the bytes read start with a request the lane takes. A taken
-/// request's head is split off the read buffer and its header values and
-/// path are slices of it, not copies; a head read whole but handed over
-/// is put back first.
+/// request's head is split off the read buffer and kept whole, its fields
+/// found where they lie, not copied; a head read whole but handed over is
+/// put back first.
 fn inspect(state: &AppState, conn: &mut LaneConn) -> Inspected {
-    let (len, fields, count, path_at, plain) = {
+    let (len, fields, target_at, plain) = {
         let mut slots =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut []);
@@ -187,27 +184,30 @@ fn inspect(state: &AppState, conn: &mut LaneConn) -> Inspected {
         let Some((close, raw_id, route)) = plain_get(&parsed) else {
             return Inspected::HandOver;
         };
-        // Where the path, the device id and each header's name and value
-        // lie in the head.
-        let at = |part: &[u8]| head_span::of(&conn.read, part);
-        let path_at = parsed.path.map_or([0, 0], |p| at(p.as_bytes()));
-        let mut fields = [[[0u32; 2]; 2]; MAX_HEADERS];
-        for (field, h) in fields.iter_mut().zip(parsed.headers.iter()) {
-            *field = [at(h.name.as_bytes()), at(h.value)];
-        }
+        // Where the target, the device id and each header's name and
+        // value lie in the head.
+        let at = |part: &[u8]| span_of(&conn.read, part);
+        let target_at = parsed.path.map_or([0, 0], |p| at(p.as_bytes()));
+        let fields: Vec<[Span; 2]> = parsed
+            .headers
+            .iter()
+            .map(|h| [at(h.name.as_bytes()), at(h.value)])
+            .collect();
         let plain = Plain {
             close,
             id_at: at(raw_id.as_bytes()),
             route,
         };
-        (len, fields, parsed.headers.len(), path_at, plain)
+        (len, fields, target_at, plain)
     };
     let head = conn.read.split_to(len).freeze();
-    match take(state, &head, &fields[..count], path_at, plain, conn) {
-        Some(taken) => Inspected::Take(Box::new(taken)),
-        None => {
+    let fields = RawFields::new(head, fields);
+    match take(state, fields, target_at, plain, conn) {
+        Ok(taken) => Inspected::Take(Box::new(taken)),
+        Err(fields) => {
+            let head = fields.head();
             let mut whole = bytes::BytesMut::with_capacity(head.len() + conn.read.len());
-            whole.extend_from_slice(&head);
+            whole.extend_from_slice(head);
             whole.extend_from_slice(&conn.read);
             conn.read = whole;
             Inspected::HandOver
@@ -275,51 +275,66 @@ fn plain_get<'b>(parsed: &httparse::Request<'_, 'b>) -> Option<(bool, &'b str, &
 }
 
 /// `GET /api/devices/{id}/proxy/{rest}` ([`plain_get`]) from a program,
-/// for the console's origin: the request, ready for the route's handler,
-/// its parts slices of `head`.
+/// for the console's origin, with a target the router would read as the
+/// lane does: the request, ready for the route's checks; else its fields
+/// back, for the router.
 fn take(
     state: &AppState,
-    head: &Bytes,
-    fields: &[[Span; 2]],
-    path_at: Span,
+    fields: RawFields,
+    target_at: Span,
     plain: Plain,
     conn: &LaneConn,
-) -> Option<Taken> {
-    // Room for the headers the proxy adds before the box sees them.
-    let mut headers = HeaderMap::with_capacity(fields.len() + 6);
-    for &[name, value] in fields {
-        let name = HeaderName::from_bytes(&head[range(name)]).ok()?;
-        let value = HeaderValue::from_maybe_shared(head.slice(range(value))).ok()?;
-        headers.append(name, value);
+) -> Result<Taken, RawFields> {
+    if hygiene::from_browser(&fields) || !plain_target(&fields.head()[range(target_at)]) {
+        return Err(fields);
     }
-    if hygiene::from_browser(&headers) {
-        return None;
-    }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let host = fields.text(&header::HOST);
     if host.is_some_and(|h| state.settings.device_origins.device_of_host(h).is_some()) {
-        return None;
+        return Err(fields);
     }
-    let uri = http::Uri::from_maybe_shared(head.slice(range(path_at))).ok()?;
-    // Checked by `plain_get`: `A-Z a-z 0-9 - _` only.
-    let raw_id = std::str::from_utf8(&head[range(plain.id_at)])
-        .ok()?
-        .to_owned();
-    // Passed on as it is, not as the router's `ClientIp` extension: a
-    // request's extensions are a map allocated, filled and dropped.
     let client = conn
         .opts
         .trusted_proxies
-        .client_ip(conn.remote.ip(), &headers);
-    let mut req = http::Request::new(Body::empty());
-    *req.method_mut() = Method::GET;
-    *req.uri_mut() = uri;
-    *req.headers_mut() = headers;
-    Some(Taken {
-        req,
+        .client_ip(conn.remote.ip(), &fields);
+    Ok(Taken {
+        fields,
+        target_at,
+        id_at: plain.id_at,
         client,
-        raw_id,
         route: plain.route,
         close: plain.close,
+    })
+}
+
+/// Whether the lane may pass `target` to the box as it is: only the
+/// characters of an origin-form path and query that `http`'s `Uri` takes
+/// unchanged (no fragment, no space, no quote, no byte past ASCII); the
+/// router reads any other.
+fn plain_target(target: &[u8]) -> bool {
+    target.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'/' | b'?'
+                    | b'='
+                    | b'&'
+                    | b'%'
+                    | b'-'
+                    | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b':'
+                    | b'@'
+                    | b'!'
+                    | b'$'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+            )
     })
 }
 
@@ -338,37 +353,106 @@ fn proxy_target(target: &str) -> Option<(&str, &str)> {
     plain.then_some((id, rest))
 }
 
-/// The route's answer with everything the router's layers add.
+/// Answer `taken` on the connection: the box's answer through the header
+/// rules, or the route's error, with everything the router's layers add.
+/// `Ok(true)` when the connection is to close after it.
 async fn answer(
     state: &AppState,
-    req: http::Request<Body>,
-    raw_id: String,
-    route: &'static str,
-    client: std::net::IpAddr,
-) -> Response {
-    let id = req
-        .headers()
-        .get(&request_id::HEADER)
-        .and_then(|v| v.to_str().ok())
+    taken: Taken,
+    conn: &mut LaneConn,
+    out: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    let Taken {
+        fields,
+        target_at,
+        id_at,
+        client,
+        route,
+        close,
+    } = taken;
+    let id = fields
+        .text(&request_id::HEADER)
         .and_then(RequestId::parse)
         .unwrap_or_else(RequestId::generate);
-    let mut res = request_id::scope(id.clone(), async {
-        let started = Instant::now();
-        let res = crate::proxy::console_forward(state.clone(), raw_id, client, req)
+    let started = Instant::now();
+    let head = fields.head();
+    // Checked by `plain_get`: `A-Z a-z 0-9 - _` only.
+    let raw_id = std::str::from_utf8(&head[range(id_at)]).unwrap_or_default();
+    let target = &head[range(target_at)];
+    // An error's body names the request: it is made within the scope.
+    let result = request_id::scope(id.clone(), async {
+        crate::proxy::lane_forward(state, raw_id, client, &fields, target)
             .await
-            .unwrap_or_else(IntoResponse::into_response);
-        state
-            .metrics
-            .lane_answered(route, &Method::GET, res.status(), started);
-        res
+            .map_err(IntoResponse::into_response)
     })
     .await;
-    hygiene::proxied_console_headers(&mut res);
-    hygiene::strict_transport(&mut res, state.settings.cookie_secure);
-    if let Ok(v) = HeaderValue::from_str(id.as_str()) {
-        res.headers_mut().insert(request_id::HEADER, v);
+    let close = close || conn.shutdown.is_cancelled();
+    let secure = state.settings.cookie_secure;
+    match result {
+        Ok(answer) => {
+            let status = answer.head.status;
+            state
+                .metrics
+                .lane_answered(route, &Method::GET, status, started);
+            write_box_answer(&mut conn.io, answer, &id, secure, close, out).await?;
+        }
+        Err(mut res) => {
+            state
+                .metrics
+                .lane_answered(route, &Method::GET, res.status(), started);
+            hygiene::proxied_console_headers(&mut res);
+            hygiene::strict_transport(&mut res, secure);
+            if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+                res.headers_mut().insert(request_id::HEADER, v);
+            }
+            write_answer(&mut conn.io, res, close, out).await?;
+        }
     }
-    res
+    Ok(close)
+}
+
+/// Box answer fields the lane writes itself: the framing, and what the
+/// router's layers set whatever the box said.
+const LANE_OWN: &[&str] = &[
+    "content-length",
+    "cross-origin-resource-policy",
+    "x-request-id",
+];
+
+/// Write the box's `answer` as HTTP/1.1: its fields through the console
+/// door's header rules, then what [`hygiene::proxied_console_headers`],
+/// [`hygiene::strict_transport`] and the request id add, as the router's
+/// layers do; `Connection: close` when `close`.
+async fn write_box_answer(
+    io: &mut Box<dyn LaneIo>,
+    answer: Answer,
+    id: &RequestId,
+    secure: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let Answer { head, body } = answer;
+    out.clear();
+    status_line(out, head.status);
+    let mut dated = false;
+    proxy_rules::console_response_fields(head.fields.iter(), LANE_OWN, |name, value| {
+        dated |= name.eq_ignore_ascii_case(b"date");
+        push_header(out, name, value);
+    });
+    push_header(out, b"cross-origin-resource-policy", b"same-origin");
+    if secure {
+        push_header(out, b"strict-transport-security", hygiene::HSTS.as_bytes());
+    }
+    push_header(
+        out,
+        request_id::HEADER.as_str().as_bytes(),
+        id.as_str().as_bytes(),
+    );
+    // The head is written out: its fields (slices of the box's read
+    // buffer) are not kept for the body's length.
+    let status = head.status;
+    drop(head);
+    finish_and_send(io, status, body, dated, close, out).await
 }
 
 /// Write `res` as HTTP/1.1: its length when the body knows it, else
@@ -380,18 +464,9 @@ async fn write_answer(
     close: bool,
     out: &mut Vec<u8>,
 ) -> std::io::Result<()> {
-    let (parts, mut body) = res.into_parts();
-    let status = parts.status;
-    let bodiless = status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let length = body.size_hint().exact();
+    let (parts, body) = res.into_parts();
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    status_line(out, parts.status);
     for (name, value) in &parts.headers {
         if matches!(
             *name,
@@ -401,7 +476,44 @@ async fn write_answer(
         }
         push_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    if !parts.headers.contains_key(header::DATE) {
+    let dated = parts.headers.contains_key(header::DATE);
+    let status = parts.status;
+    // The head is written out: its headers (which may hold on to the
+    // box's read buffer) are not kept for the body's length.
+    drop(parts);
+    finish_and_send(io, status, body, dated, close, out).await
+}
+
+/// `HTTP/1.1 {status} {reason}`.
+fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The end of an answer's head after its fields (`Date` unless `dated`,
+/// `Connection: close` when `close`, the framing) and its body: its length
+/// when the body knows it, else chunks. A body that fails ends the
+/// connection (the caller sees a cut answer, as from the router).
+async fn finish_and_send<B>(
+    io: &mut Box<dyn LaneIo>,
+    status: StatusCode,
+    mut body: B,
+    dated: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> std::io::Result<()>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let bodiless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let length = body.size_hint().exact();
+    if !dated {
         with_date(|date| push_header(out, b"date", date.as_bytes()));
     }
     if close {
@@ -414,9 +526,6 @@ async fn write_answer(
         None => push_header(out, b"transfer-encoding", b"chunked"),
     }
     out.extend_from_slice(b"\r\n");
-    // The head is written out: its headers (which may hold on to the
-    // box's read buffer) are not kept for the body's length.
-    drop(parts);
     let mut sent = 0u64;
     if !bodiless {
         while let Some(frame) = next_frame(io, &mut body, out).await? {
@@ -461,11 +570,11 @@ async fn write_answer(
 /// The body's next frame; what is gathered in `out` is written first
 /// when the frame is not there yet, so a slow body's head and early
 /// pieces are not held back.
-async fn next_frame(
+async fn next_frame<B: hyper::body::Body<Data = Bytes> + Unpin>(
     io: &mut Box<dyn LaneIo>,
-    body: &mut Body,
+    body: &mut B,
     out: &mut Vec<u8>,
-) -> std::io::Result<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+) -> std::io::Result<Option<Result<hyper::body::Frame<Bytes>, B::Error>>> {
     let polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await;
     if let Poll::Ready(frame) = polled {
         return Ok(frame);

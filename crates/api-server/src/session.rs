@@ -28,6 +28,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use auth::SessionId;
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
+use edge_core::fields::{visible, Fields};
 use edge_core::scope::Scope;
 use edge_core::time::now_ms;
 use edge_core::{DeviceId, UserId};
@@ -39,7 +40,7 @@ use store::{Actor, ServiceGrant, SessionKind};
 /// Purpose bound into the session cookie's MAC.
 pub const SESSION_PURPOSE: &str = "session";
 /// Header a state-changing request must carry (value `1`).
-pub const CSRF_HEADER: &str = "x-csrf";
+pub const CSRF_HEADER: http::HeaderName = http::HeaderName::from_static("x-csrf");
 /// Lifetime of the pending-login cookie (s).
 pub const PENDING_LOGIN_SECS: i64 = 600;
 
@@ -201,11 +202,9 @@ pub fn bearer_hash(id: &SessionId) -> String {
 /// The session id in an `Authorization: Bearer edge_s_…` header: `None`
 /// when there is no bearer of ours (an `Authorization` meant for something
 /// else is left alone), `Some(None)` when it has our prefix but is no id.
-fn presented_bearer(headers: &http::HeaderMap) -> Option<Option<SessionId>> {
+fn presented_bearer(headers: &impl Fields) -> Option<Option<SessionId>> {
     let token = headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
+        .text(&header::AUTHORIZATION)?
         .strip_prefix("Bearer ")?
         .trim()
         .strip_prefix(BEARER_PREFIX)?;
@@ -217,7 +216,7 @@ fn presented_bearer(headers: &http::HeaderMap) -> Option<Option<SessionId>> {
 /// `None`: neither.
 pub fn presented_session(
     state: &AppState,
-    headers: &http::HeaderMap,
+    headers: &impl Fields,
 ) -> Result<Option<(String, SessionKind)>, ApiError> {
     if let Some(bearer) = presented_bearer(headers) {
         if from_browser(state, headers) {
@@ -235,9 +234,9 @@ pub fn presented_session(
 
 /// Whether a request comes from a browser's page: fetch metadata
 /// ([`crate::hygiene::from_browser`]), an `Origin`, or our session cookie.
-fn from_browser(state: &AppState, headers: &http::HeaderMap) -> bool {
+fn from_browser(state: &AppState, headers: &impl Fields) -> bool {
     crate::hygiene::from_browser(headers)
-        || headers.contains_key(header::ORIGIN)
+        || headers.has(&header::ORIGIN)
         || read_cookie(headers, cookie_name(state.settings.cookie_secure)).is_some()
 }
 
@@ -288,11 +287,10 @@ pub async fn sign_in_over_data_dir(
 }
 
 /// The value of cookie `name` in the request, if present.
-pub fn read_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+pub fn read_cookie<'a>(headers: &'a impl Fields, name: &str) -> Option<&'a str> {
     headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+        .values_of(&header::COOKIE)
+        .filter_map(visible)
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == name)
@@ -301,7 +299,7 @@ pub fn read_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a s
 
 /// The hash of the session id in a validly signed session cookie, if any
 /// (whether or not the session still exists).
-pub fn presented_session_hash(state: &AppState, headers: &http::HeaderMap) -> Option<String> {
+pub fn presented_session_hash(state: &AppState, headers: &impl Fields) -> Option<String> {
     let name = cookie_name(state.settings.cookie_secure);
     let raw = read_cookie(headers, name)?;
     let now = now_ms();
@@ -319,16 +317,16 @@ pub fn presented_session_hash(state: &AppState, headers: &http::HeaderMap) -> Op
 /// upgrades).
 pub fn check_csrf(
     method: &Method,
-    headers: &http::HeaderMap,
+    headers: &impl Fields,
     public_origin: &str,
 ) -> Result<(), ApiError> {
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        if origin.as_bytes() != public_origin.as_bytes() {
+    if let Some(origin) = headers.first(&header::ORIGIN) {
+        if origin != public_origin.as_bytes() {
             return Err(ApiError::Forbidden);
         }
     }
     let changes_state = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
-    if changes_state && headers.get(CSRF_HEADER).map(|v| v.as_bytes()) != Some(b"1") {
+    if changes_state && headers.first(&CSRF_HEADER) != Some(&b"1"[..]) {
         return Err(ApiError::Forbidden);
     }
     Ok(())

@@ -4,9 +4,12 @@
 //! client cannot choose its address by sending the header itself). Limits
 //! group IPv6 clients by /64, the usual size of one customer's network.
 
+use crate::fields::{visible, Fields};
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
+
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
 /// The client address of a request (a request extension set by the serve
 /// loop).
@@ -73,16 +76,15 @@ impl TrustedProxies {
     /// the first hop that is not an address (what lies left of it was
     /// written by whoever sent the request, not by a proxy we trust); the
     /// client is then the trusted proxy that recorded it.
-    pub fn client_ip(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
+    pub fn client_ip(&self, peer: IpAddr, headers: &impl Fields) -> IpAddr {
         if !self.contains(peer) {
             return peer;
         }
         let hops: Vec<Option<IpAddr>> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .flat_map(|v| match v.to_str() {
-                Ok(v) => v.split(',').map(parse_hop).collect::<Vec<_>>(),
-                Err(_) => vec![None],
+            .values_of(&X_FORWARDED_FOR)
+            .flat_map(|v| match visible(v) {
+                Some(v) => v.split(',').map(parse_hop).collect::<Vec<_>>(),
+                None => vec![None],
             })
             .collect();
         let mut nearest = peer;

@@ -4,6 +4,7 @@
 
 pub mod client_addr;
 pub mod error_body;
+pub mod fields;
 pub mod ids;
 pub mod io;
 pub mod metrics;

@@ -233,6 +233,92 @@ pub fn box_request_headers(
     (headers, upgrade)
 }
 
+/// A field as it was sent: name (any case) and value.
+pub type Field<'a> = (&'a [u8], &'a [u8]);
+
+/// The tokens the `Connection` fields among `fields` list, trimmed; as
+/// [`connection_listed`] reads them (values that are not visible ASCII
+/// list nothing).
+fn raw_connection_listed<'a>(fields: impl Iterator<Item = Field<'a>>) -> Vec<&'a [u8]> {
+    let mut listed = Vec::new();
+    for (name, value) in fields {
+        if !name.eq_ignore_ascii_case(b"connection")
+            || !value
+                .iter()
+                .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+        {
+            continue;
+        }
+        for token in value.split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if !token.is_empty() {
+                listed.push(token);
+            }
+        }
+    }
+    listed
+}
+
+/// Whether `name` is one of `names` or of `listed`, without regard to case.
+fn named_in(name: &[u8], names: &[&str], listed: &[&[u8]]) -> bool {
+    names
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+        || listed.iter().any(|l| name.eq_ignore_ascii_case(l))
+}
+
+/// [`box_request_headers`] for the console door over a head's fields as
+/// they were sent, without a map: the fields that reach the box, in the
+/// order they came (the proxy then adds its own).
+pub fn console_request_fields<'a, I>(fields: I) -> impl Iterator<Item = Field<'a>>
+where
+    I: Iterator<Item = Field<'a>> + Clone,
+{
+    let listed = raw_connection_listed(fields.clone());
+    fields.filter(move |(name, _)| {
+        !named_in(name, HOP_BY_HOP, &listed) && !named_in(name, NOT_FORWARDED, &[])
+    })
+}
+
+/// Box response fields the console door sets itself, whatever the box
+/// said ([`box_response_headers`] inserts them).
+const CONSOLE_SET: &[&str] = &["content-security-policy", "content-disposition"];
+
+/// [`box_response_headers`] for the console door over the box's answer
+/// fields as they were sent, without a map: `put` is called with each
+/// field that reaches the caller, in order, then with the ones the door
+/// adds. Fields whose names are in `own` are left out: the caller writes
+/// those itself.
+pub fn console_response_fields<'a, I>(fields: I, own: &[&str], mut put: impl FnMut(&[u8], &[u8]))
+where
+    I: Iterator<Item = Field<'a>> + Clone,
+{
+    let listed = raw_connection_listed(fields.clone());
+    let (mut nosniff, mut cache_control) = (false, false);
+    for (name, value) in fields {
+        if named_in(name, HOP_BY_HOP, &listed)
+            || named_in(name, BOX_HEADERS_DROPPED, &[])
+            || named_in(name, CONSOLE_SET, &[])
+            || name.eq_ignore_ascii_case(b"set-cookie")
+        {
+            continue;
+        }
+        nosniff |= name.eq_ignore_ascii_case(b"x-content-type-options");
+        cache_control |= name.eq_ignore_ascii_case(b"cache-control");
+        if !named_in(name, own, &[]) {
+            put(name, value);
+        }
+    }
+    if !nosniff {
+        put(b"x-content-type-options", b"nosniff");
+    }
+    if !cache_control {
+        put(b"cache-control", b"private");
+    }
+    put(b"content-security-policy", b"sandbox; default-src 'none'");
+    put(b"content-disposition", b"attachment");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,5 +494,131 @@ mod tests {
         let mut only_ours = HeaderMap::new();
         only_ours.insert(header::COOKIE, HeaderValue::from_static("edge_device=sig"));
         assert!(box_cookies(&only_ours).is_none());
+    }
+
+    /// Header lists drawn from names the rules treat specially, in mixed
+    /// case, with `Connection` lists that name some of them.
+    fn drawn_fields(seed: u64) -> Vec<(String, String)> {
+        const NAMES: &[&str] = &[
+            "Connection",
+            "keep-alive",
+            "TE",
+            "Upgrade",
+            "transfer-encoding",
+            "Cookie",
+            "authorization",
+            "Host",
+            "x-forwarded-for",
+            "X-CSRF",
+            "accept",
+            "X-Box",
+            "set-cookie",
+            "Cache-Control",
+            "x-content-type-options",
+            "content-security-policy",
+            "Content-Disposition",
+            "strict-transport-security",
+            "alt-svc",
+            "content-type",
+            "x-request-id",
+            "date",
+            "content-length",
+        ];
+        const VALUES: &[&str] = &[
+            "1",
+            "x-box, accept",
+            "close",
+            "a=b; edge_s=1",
+            "Keep-Alive",
+            "text/plain",
+        ];
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        (0..next(9))
+            .map(|_| {
+                (
+                    NAMES[next(NAMES.len())].to_owned(),
+                    VALUES[next(VALUES.len())].to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn sorted(mut lines: Vec<(String, String)>) -> Vec<(String, String)> {
+        lines.sort();
+        lines
+    }
+
+    fn map_of(fields: &[(String, String)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (n, v) in fields {
+            map.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn lines_of(map: &HeaderMap) -> Vec<(String, String)> {
+        map.iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_raw_rules_pass_what_the_map_rules_pass() {
+        let door = Door::ConsoleApi {
+            prefix: "/api/devices/d/proxy".into(),
+        };
+        for seed in 0..2000 {
+            let fields = drawn_fields(seed);
+            let raw = fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
+
+            let (to_box, _) = box_request_headers(map_of(&fields), false);
+            let raw_to_box: Vec<(String, String)> = console_request_fields(raw.clone())
+                .map(|(n, v)| {
+                    (
+                        String::from_utf8_lossy(n).to_ascii_lowercase(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    )
+                })
+                .collect();
+            assert_eq!(sorted(raw_to_box), sorted(lines_of(&to_box)), "{fields:?}");
+
+            let back = box_response_headers(map_of(&fields), &door);
+            let mut raw_back = Vec::new();
+            console_response_fields(raw, &[], |n, v| {
+                raw_back.push((
+                    String::from_utf8_lossy(n).to_ascii_lowercase(),
+                    String::from_utf8_lossy(v).into_owned(),
+                ));
+            });
+            assert_eq!(sorted(raw_back), sorted(lines_of(&back)), "{fields:?}");
+        }
+    }
+
+    #[test]
+    fn fields_the_caller_writes_itself_are_left_out() {
+        let fields = [(&b"X-Request-Id"[..], &b"1"[..]), (b"x-box", b"2")];
+        let mut names = Vec::new();
+        console_response_fields(fields.into_iter(), &["x-request-id"], |n, _| {
+            names.push(String::from_utf8_lossy(n).into_owned());
+        });
+        assert_eq!(
+            names,
+            [
+                "x-box",
+                "x-content-type-options",
+                "cache-control",
+                "content-security-policy",
+                "content-disposition"
+            ]
+        );
     }
 }

@@ -23,6 +23,8 @@ fn scripted_answer(path: &str) -> &'static [u8] {
         "/short" => b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
         "/bad-chunk" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n",
         "/extra" => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA",
+        // Fields every header rule acts on, in mixed case.
+        "/rules" => b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nSet-Cookie: a=b\r\nStrict-Transport-Security: max-age=1\r\nConnection: X-Hop\r\nX-Hop: 1\r\nCache-Control: no-cache\r\nContent-Security-Policy: default-src *\r\nContent-Disposition: inline\r\nX-Request-Id: from-the-box\r\nCross-Origin-Resource-Policy: cross-origin\r\nKeep-Alive: timeout=5\r\nX-Box: 1\r\nx-box: 2\r\nContent-Length: 2\r\n\r\nok",
         _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
     }
 }
@@ -50,7 +52,17 @@ async fn scripted_box() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
                     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                     buf.drain(..end + 4);
                     let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
-                    if tcp.write_all(scripted_answer(&path)).await.is_err() {
+                    // `/echo` answers with the head the box was sent.
+                    let answer = if path.starts_with("/echo") {
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{head}",
+                            head.len()
+                        )
+                        .into_bytes()
+                    } else {
+                        scripted_answer(&path).to_vec()
+                    };
+                    if tcp.write_all(&answer).await.is_err() {
                         return;
                     }
                     if matches!(path.as_str(), "/to-end" | "/short" | "/bad-chunk") {
@@ -185,15 +197,24 @@ fn heads(raw: &str) -> Vec<Vec<String>> {
 async fn the_lane_answers_as_the_router_does() {
     let (stack, alice, dev, _, _agent) = scripted_stack().await;
     let host = stack.api_addr;
+    // Fields the header rules keep from the box, in mixed case, and
+    // fields it may see.
     let request = |path: &str, close: bool| {
         format!(
-            "GET {path} HTTP/1.1\r\nhost: {host}\r\ncookie: {}\r\n{}\r\n",
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nCookie: {}\r\nConnection: X-Secret{}\r\nX-Secret: 1\r\nTE: trailers\r\nX-CSRF: 1\r\nForwarded: for=192.0.2.1\r\nX-Forwarded-For: 192.0.2.2\r\nAccept: */*\r\nX-Mixed-Case: v\r\nx-mixed-case: w\r\n\r\n",
             alice.cookie,
-            if close { "connection: close\r\n" } else { "" }
+            if close { ", close" } else { "" }
         )
     };
     let proxied = |p: &str| format!("/api/devices/{}/proxy{p}", dev.id);
-    for path in ["/plain", "/chunked", "/empty", "/conflict"] {
+    for path in [
+        "/plain",
+        "/chunked",
+        "/empty",
+        "/conflict",
+        "/rules",
+        "/echo?q=1&r=%2F",
+    ] {
         // Pipelined on one connection: both answered by the lane.
         let lane = exchange_on_one_connection(
             &stack,
@@ -212,17 +233,102 @@ async fn the_lane_answers_as_the_router_does() {
             ],
         )
         .await;
-        let (lane, router) = (heads(&lane), heads(&router));
+        let (lane_raw, router_raw) = (lane, router);
+        let (lane, router) = (heads(&lane_raw), heads(&router_raw));
         assert_eq!(lane.len(), 2, "{path}: two answers on the lane");
         assert_eq!(router.len(), 2, "{path}: two answers from the router");
-        assert_eq!(lane[1], router[1], "{path}: the same answer either way");
+        assert_eq!(
+            lane[1], router[1],
+            "{path}: the same answer either way: {lane_raw} {router_raw}"
+        );
         assert!(
             lane[1].contains(&"connection: close".to_owned()),
             "{path}: {:?}",
             lane[1]
         );
         assert!(!lane[0].contains(&"connection: close".to_owned()));
+        if path.starts_with("/echo") {
+            // What the box was sent, either way.
+            let (lane_sent, router_sent) = (sent_heads(&lane_raw), sent_heads(&router_raw));
+            assert_eq!(lane_sent.len(), 2, "{lane_raw}");
+            assert_eq!(
+                lane_sent[1], router_sent[1],
+                "the box is sent the same head"
+            );
+            assert_eq!(lane_sent[0], lane_sent[1]);
+            let sent = &lane_sent[1];
+            assert!(
+                sent[0].starts_with("get /echo?q=1&r=%2f http/1.1"),
+                "{sent:?}"
+            );
+            for kept in [
+                "accept: */*",
+                "x-mixed-case: v",
+                "x-mixed-case: w",
+                "host: localhost",
+            ] {
+                assert!(sent.contains(&kept.to_owned()), "{kept} in {sent:?}");
+            }
+            for gone in [
+                "cookie",
+                "x-secret",
+                "te:",
+                "x-csrf",
+                "forwarded",
+                "x-forwarded-for: 192.0.2.2",
+            ] {
+                assert!(
+                    !sent.iter().any(|l| l.starts_with(gone)),
+                    "{gone} in {sent:?}"
+                );
+            }
+        }
+        if path == "/rules" {
+            let answer = &lane[1];
+            for kept in [
+                "x-box: 1",
+                "x-box: 2",
+                "cache-control: no-cache",
+                "content-disposition: attachment",
+                "cross-origin-resource-policy: same-origin",
+            ] {
+                assert!(answer.contains(&kept.to_owned()), "{kept} in {answer:?}");
+            }
+            for gone in [
+                "set-cookie",
+                "strict-transport-security",
+                "x-hop",
+                "keep-alive",
+                "content-security-policy: default-src *",
+                "x-request-id: from-the-box",
+            ] {
+                assert!(
+                    !answer.iter().any(|l| l.starts_with(gone)),
+                    "{gone} in {answer:?}"
+                );
+            }
+        }
     }
+}
+
+/// The request heads that `/echo` answered with, each as its sorted lines
+/// (lowercased), the request line first.
+fn sent_heads(raw: &str) -> Vec<Vec<String>> {
+    raw.split("HTTP/1.1 ")
+        .skip(1)
+        .filter_map(|answer| answer.split_once("\r\n\r\n").map(|(_, body)| body))
+        .map(|body| {
+            let body = body.to_ascii_lowercase();
+            let mut lines = body.split("\r\n");
+            let first = lines.next().unwrap_or_default().to_owned();
+            let mut rest: Vec<String> = lines
+                .filter(|l| !l.is_empty() && !l.starts_with("get ") && !l.starts_with("http/1.1"))
+                .map(str::to_owned)
+                .collect();
+            rest.sort();
+            std::iter::once(first).chain(rest).collect()
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
