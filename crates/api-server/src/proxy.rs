@@ -175,9 +175,10 @@ pub(crate) async fn lane_forward(
     fields: &RawFields,
     target: &[u8],
 ) -> Result<box_wire::Answer, ApiError> {
+    let (access, prefix) = console_access(state, raw_id, &http::Method::GET, fields).await?;
+    // Counted from here, as `forward` counts the router's.
     let started = std::time::Instant::now();
     let result = async {
-        let (access, prefix) = console_access(state, raw_id, &http::Method::GET, fields).await?;
         if state.audit.is_failing() {
             return Err(ApiError::AuditUnavailable);
         }
