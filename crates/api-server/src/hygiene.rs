@@ -50,9 +50,7 @@ pub fn is_navigation(headers: &http::HeaderMap) -> bool {
 /// Whether a browser sent the request: every current browser sends fetch
 /// metadata (`Sec-Fetch-*`) with every request; programs do not.
 pub fn from_browser(headers: &impl Fields) -> bool {
-    [SEC_FETCH_SITE, SEC_FETCH_MODE, SEC_FETCH_DEST]
-        .iter()
-        .any(|h| headers.has(h))
+    headers.has_any(&[SEC_FETCH_SITE, SEC_FETCH_MODE, SEC_FETCH_DEST])
 }
 
 /// The fetch-metadata rule on the console origin: a request a browser marks

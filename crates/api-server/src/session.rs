@@ -288,13 +288,13 @@ pub async fn sign_in_over_data_dir(
 
 /// The value of cookie `name` in the request, if present.
 pub fn read_cookie<'a>(headers: &'a impl Fields, name: &str) -> Option<&'a str> {
-    headers
-        .values_of(&header::COOKIE)
-        .filter_map(visible)
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+    // `name=` at the start of a pair: a cookie name holds no `=`, so this
+    // is the pair whose name (before its first `=`) is `name`.
+    headers.values_of(&header::COOKIE).find_map(|v| {
+        visible(v)?
+            .split(';')
+            .find_map(|kv| kv.trim().strip_prefix(name)?.strip_prefix('='))
+    })
 }
 
 /// The hash of the session id in a validly signed session cookie, if any
@@ -561,6 +561,27 @@ impl OptionalFromRequestParts<AppState> for CurrentUser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cookie_is_found_by_its_whole_name_in_any_cookie_field() {
+        let mut h = http::HeaderMap::new();
+        let mut add = |v: &'static [u8]| {
+            h.append(header::COOKIE, http::HeaderValue::from_bytes(v).unwrap());
+        };
+        add(b"edge_session2=no; other=1");
+        add(b"bad=\x80; edge_session=hidden");
+        add(b" a = 1 ;edge_session ; edge_session=yes=1 ; edge_session=later");
+        assert_eq!(read_cookie(&h, "edge_session"), Some("yes=1"));
+        assert_eq!(read_cookie(&h, "edge_session2"), Some("no"));
+        assert_eq!(read_cookie(&h, "other"), Some("1"));
+        assert_eq!(read_cookie(&h, "a"), None, "a name is not trimmed inside");
+        assert_eq!(
+            read_cookie(&h, "bad"),
+            None,
+            "a field with a byte past ASCII holds none"
+        );
+        assert_eq!(read_cookie(&h, "missing"), None);
+    }
 
     #[test]
     fn secure_cookies_get_the_host_prefix_and_secure_attribute() {

@@ -43,6 +43,11 @@ pub trait Fields {
         self.values_of(name).next().is_some()
     }
 
+    /// Whether any field is named one of `names`.
+    fn has_any(&self, names: &[HeaderName]) -> bool {
+        names.iter().any(|name| self.has(name))
+    }
+
     /// The first value of `name` as text, read as `HeaderValue::to_str`
     /// reads it (visible ASCII and tabs only).
     fn text<'a>(&'a self, name: &HeaderName) -> Option<&'a str> {
@@ -144,6 +149,15 @@ impl<'a> Iterator for RawValues<'a> {
 impl Fields for RawFields {
     type Values<'a> = RawValues<'a>;
 
+    /// One look over the fields, not one per name.
+    fn has_any(&self, names: &[HeaderName]) -> bool {
+        self.iter().any(|(field, _)| {
+            names
+                .iter()
+                .any(|name| field.eq_ignore_ascii_case(name.as_str().as_bytes()))
+        })
+    }
+
     fn values_of<'a>(&'a self, name: &HeaderName) -> RawValues<'a> {
         RawValues {
             fields: self.fields.iter(),
@@ -182,6 +196,8 @@ mod tests {
             assert_eq!(raw, mapped, "{name}");
             assert_eq!(fields.text(&name), map.text(&name), "{name}");
             assert_eq!(fields.has(&name), map.has(&name), "{name}");
+            let pair = [name.clone(), HeaderName::from_static("absent")];
+            assert_eq!(fields.has_any(&pair), map.has_any(&pair), "{name}");
         }
         assert_eq!(
             fields.values_of(&HeaderName::from_static("x-two")).count(),
