@@ -110,6 +110,9 @@ pub(crate) fn console_headers(res: &mut Response, path: &str) {
     proxied_console_headers(res);
 }
 
+/// `Cross-Origin-Resource-Policy` on the console origin's answers.
+pub(crate) const CONSOLE_CORP: &str = "same-origin";
+
 const CROSS_ORIGIN_RESOURCE_POLICY: HeaderName =
     HeaderName::from_static("cross-origin-resource-policy");
 
@@ -121,7 +124,7 @@ pub(crate) fn proxied_console_headers(res: &mut Response) {
         .or_insert(HeaderValue::from_static("nosniff"));
     h.insert(
         CROSS_ORIGIN_RESOURCE_POLICY,
-        HeaderValue::from_static("same-origin"),
+        HeaderValue::from_static(CONSOLE_CORP),
     );
 }
 

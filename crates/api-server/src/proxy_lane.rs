@@ -439,7 +439,11 @@ async fn write_box_answer(
         dated |= name.eq_ignore_ascii_case(b"date");
         push_header(out, name, value);
     });
-    push_header(out, b"cross-origin-resource-policy", b"same-origin");
+    push_header(
+        out,
+        b"cross-origin-resource-policy",
+        hygiene::CONSOLE_CORP.as_bytes(),
+    );
     if secure {
         push_header(out, b"strict-transport-security", hygiene::HSTS.as_bytes());
     }

@@ -1,5 +1,7 @@
 //! What crosses the proxy between a caller and a box, as pure functions of
-//! header maps: hop-by-hop headers and those `Connection` lists are
+//! header maps (and, for the console door, of fields as they were sent,
+//! which the proxy's lane writes from without a map; tests hold the two
+//! equal): hop-by-hop headers and those `Connection` lists are
 //! dropped both ways, the caller's credentials and our cookies never reach
 //! the box, and box headers that could act beyond the device's origin (or
 //! outlive the user's access) never reach the caller. The api-server's
@@ -49,6 +51,16 @@ pub const BOX_HEADERS_DROPPED: &[&str] = &[
     "set-login",
     "access-control-allow-credentials",
 ];
+
+/// What a box's answer gets when it sets none: no type sniffing, no shared
+/// caches.
+const NOSNIFF: &str = "nosniff";
+const PRIVATE: &str = "private";
+/// What every answer through the console door gets, whatever the box said:
+/// rendered by mistake, it would run on the console's origin, so it is an
+/// opaque, script-less document and a download.
+const CONSOLE_CSP: &str = "sandbox; default-src 'none'";
+const CONSOLE_DISPOSITION: &str = "attachment";
 
 /// Which door a request came through.
 #[derive(Debug, Clone)]
@@ -189,22 +201,22 @@ pub fn box_response_headers(src: HeaderMap, door: &Door) -> HeaderMap {
     if !out.contains_key(header::X_CONTENT_TYPE_OPTIONS) {
         out.insert(
             header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
+            HeaderValue::from_static(NOSNIFF),
         );
     }
     if !out.contains_key(header::CACHE_CONTROL) {
-        out.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+        out.insert(header::CACHE_CONTROL, HeaderValue::from_static(PRIVATE));
     }
     if matches!(door, Door::ConsoleApi { .. }) {
         // Rendered by mistake, it would run on the console's origin: make
         // it an opaque, script-less document and a download.
         out.insert(
             header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("sandbox; default-src 'none'"),
+            HeaderValue::from_static(CONSOLE_CSP),
         );
         out.insert(
             header::CONTENT_DISPOSITION,
-            HeaderValue::from_static("attachment"),
+            HeaderValue::from_static(CONSOLE_DISPOSITION),
         );
     }
     out
@@ -310,13 +322,13 @@ where
         }
     }
     if !nosniff {
-        put(b"x-content-type-options", b"nosniff");
+        put(b"x-content-type-options", NOSNIFF.as_bytes());
     }
     if !cache_control {
-        put(b"cache-control", b"private");
+        put(b"cache-control", PRIVATE.as_bytes());
     }
-    put(b"content-security-policy", b"sandbox; default-src 'none'");
-    put(b"content-disposition", b"attachment");
+    put(b"content-security-policy", CONSOLE_CSP.as_bytes());
+    put(b"content-disposition", CONSOLE_DISPOSITION.as_bytes());
 }
 
 #[cfg(test)]
