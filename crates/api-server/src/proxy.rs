@@ -186,7 +186,8 @@ pub(crate) async fn lane_forward(
             .strip_prefix(prefix.as_bytes())
             .filter(|rest| rest.starts_with(b"/"))
             .ok_or(ApiError::NotFound)?;
-        let head = lane_request_head(state, fields, rest, client, &prefix);
+        let door = Door::ConsoleApi { prefix };
+        let head = lane_request_head(state, fields, rest, client, &door);
         tokio::time::timeout(
             state.settings.proxy_first_byte_timeout,
             state
@@ -203,40 +204,55 @@ pub(crate) async fn lane_forward(
 
 /// The head of a bodiless `GET` for the box: the caller's fields that the
 /// header rules pass ([`proxy_rules::console_request_fields`]) and the
-/// proxy's own, as [`outbound_headers`] sets them for the console door.
+/// proxy's own ([`proxy_fields`]).
 fn lane_request_head(
     state: &AppState,
     fields: &RawFields,
     target: &[u8],
     client: IpAddr,
-    prefix: &str,
+    door: &Door,
 ) -> Vec<u8> {
-    let mut head = Vec::with_capacity(fields.head().len() + target.len() + 160);
-    let mut put = |name: &[u8], value: &[u8]| {
-        head.extend_from_slice(name);
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value);
-        head.extend_from_slice(b"\r\n");
-    };
-    let mut line = Vec::with_capacity(target.len() + 16);
-    line.extend_from_slice(b"GET ");
-    line.extend_from_slice(target);
-    line.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut head = Vec::with_capacity(fields.head().len() + target.len() + 176);
+    head.extend_from_slice(b"GET ");
+    head.extend_from_slice(target);
+    head.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in proxy_rules::console_request_fields(fields.iter()) {
-        put(name, value);
+        box_wire::push_field(&mut head, name, value);
     }
-    put(b"host", b"localhost");
-    let mut ip = [0u8; 64];
-    put(b"x-forwarded-for", format_ip(client, &mut ip));
-    let https = state.settings.public_scheme == "https";
-    put(b"x-forwarded-proto", if https { b"https" } else { b"http" });
-    if let Some(host) = fields.first(&header::HOST) {
-        put(b"x-forwarded-host", host);
-    }
-    put(b"x-forwarded-prefix", prefix.as_bytes());
+    let caller_host = fields.first(&header::HOST);
+    proxy_fields(state, client, door, caller_host, |name, value| {
+        box_wire::push_field(&mut head, name.as_str().as_bytes(), value);
+    });
     head.extend_from_slice(b"\r\n");
-    line.extend_from_slice(&head);
-    line
+    head
+}
+
+/// The fields the proxy sets on every request to the box, through either
+/// door and in either form of head: `Host`, `X-Forwarded-For`, `-Proto`,
+/// `-Host` (what the caller asked for, when it said) and, on the console
+/// door, `-Prefix`.
+fn proxy_fields(
+    state: &AppState,
+    client: IpAddr,
+    door: &Door,
+    caller_host: Option<&[u8]>,
+    mut put: impl FnMut(HeaderName, &[u8]),
+) {
+    put(header::HOST, b"localhost");
+    // Formatted in place: an address is at most 45 characters.
+    let mut ip = [0u8; 64];
+    put(X_FORWARDED_FOR, format_ip(client, &mut ip));
+    let https = match door {
+        Door::ConsoleApi { .. } => state.settings.public_scheme == "https",
+        Door::DeviceOrigin { .. } => state.settings.device_origins.is_https(),
+    };
+    put(X_FORWARDED_PROTO, if https { b"https" } else { b"http" });
+    if let Some(host) = caller_host {
+        put(X_FORWARDED_HOST, host);
+    }
+    if let Door::ConsoleApi { prefix } = door {
+        put(X_FORWARDED_PREFIX, prefix.as_bytes());
+    }
 }
 
 /// `ip` as text in `buf`: IPv4 octet by octet (the standard library's
@@ -322,29 +338,12 @@ fn outbound_headers(
         Door::DeviceOrigin { host } => host.clone(),
     };
     let (mut headers, _) = box_request_headers(std::mem::take(&mut parts.headers), device_origin);
-    headers.insert(header::HOST, HeaderValue::from_static("localhost"));
-    // Formatted in place: an address is at most 45 characters.
-    let mut text = [0u8; 64];
-    if let Ok(v) = HeaderValue::from_bytes(format_ip(client, &mut text)) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
-    let scheme = match door {
-        Door::ConsoleApi { .. } => state.settings.public_scheme.as_str(),
-        Door::DeviceOrigin { .. } if state.settings.device_origins.is_https() => "https",
-        Door::DeviceOrigin { .. } => "http",
-    };
-    headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
-    );
-    if let Some(host) = caller_host {
-        headers.insert(X_FORWARDED_HOST, host);
-    }
-    if let Door::ConsoleApi { prefix } = door {
-        if let Ok(v) = HeaderValue::from_str(prefix) {
-            headers.insert(X_FORWARDED_PREFIX, v);
+    let caller_host = caller_host.as_ref().map(HeaderValue::as_bytes);
+    proxy_fields(state, client, door, caller_host, |name, value| {
+        if let Ok(v) = HeaderValue::from_bytes(value) {
+            headers.insert(name, v);
         }
-    }
+    });
     if let Some(proto) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto.clone());

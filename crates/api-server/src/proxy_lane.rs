@@ -12,7 +12,7 @@
 //! far, for the rest of its life; the router then answers exactly as it
 //! would have.
 
-use crate::box_wire::Answer;
+use crate::box_wire::{push_field, Answer};
 use crate::hygiene;
 use crate::state::AppState;
 use axum::response::{IntoResponse, Response};
@@ -437,17 +437,17 @@ async fn write_box_answer(
     let mut dated = false;
     proxy_rules::console_response_fields(head.fields.iter(), LANE_OWN, |name, value| {
         dated |= name.eq_ignore_ascii_case(b"date");
-        push_header(out, name, value);
+        push_field(out, name, value);
     });
-    push_header(
+    push_field(
         out,
         b"cross-origin-resource-policy",
         hygiene::CONSOLE_CORP.as_bytes(),
     );
     if secure {
-        push_header(out, b"strict-transport-security", hygiene::HSTS.as_bytes());
+        push_field(out, b"strict-transport-security", hygiene::HSTS.as_bytes());
     }
-    push_header(
+    push_field(
         out,
         request_id::HEADER.as_str().as_bytes(),
         id.as_str().as_bytes(),
@@ -478,7 +478,7 @@ async fn write_answer(
         ) {
             continue;
         }
-        push_header(out, name.as_str().as_bytes(), value.as_bytes());
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     let dated = parts.headers.contains_key(header::DATE);
     let status = parts.status;
@@ -518,16 +518,16 @@ where
         || status == StatusCode::NOT_MODIFIED;
     let length = body.size_hint().exact();
     if !dated {
-        with_date(|date| push_header(out, b"date", date.as_bytes()));
+        with_date(|date| push_field(out, b"date", date.as_bytes()));
     }
     if close {
-        push_header(out, b"connection", b"close");
+        push_field(out, b"connection", b"close");
     }
     let chunked = !bodiless && length.is_none();
     match length {
         _ if bodiless => {}
         Some(n) => push_content_length(out, n),
-        None => push_header(out, b"transfer-encoding", b"chunked"),
+        None => push_field(out, b"transfer-encoding", b"chunked"),
     }
     out.extend_from_slice(b"\r\n");
     let mut sent = 0u64;
@@ -591,13 +591,6 @@ async fn next_frame<B: hyper::body::Body<Data = Bytes> + Unpin>(
     Ok(std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await)
 }
 
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// Gather `data` after `out`, or write both when that grows large (a big
 /// piece is written as it is, not copied).
 async fn write_data(
@@ -626,7 +619,7 @@ async fn write_data(
 
 /// `Content-Length: n`, without a string made for the number.
 fn push_content_length(out: &mut Vec<u8>, n: u64) {
-    push_header(
+    push_field(
         out,
         b"content-length",
         itoa::Buffer::new().format(n).as_bytes(),
