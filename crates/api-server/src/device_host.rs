@@ -25,8 +25,8 @@ fn default_port(scheme: &str) -> u16 {
 
 /// Split `host[:port]` (no IPv6: device hosts are DNS names).
 fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
-    match authority.rsplit_once(':') {
-        Some((h, p)) => Some((h, Some(p.parse().ok()?))),
+    match authority.bytes().rposition(|b| b == b':') {
+        Some(at) => Some((&authority[..at], Some(authority[at + 1..].parse().ok()?))),
         None => Some((authority, None)),
     }
 }
@@ -98,9 +98,19 @@ impl DeviceOrigins {
         if port.filter(|p| *p != default_port(&self.scheme)) != self.port {
             return None;
         }
-        let name = name.to_ascii_lowercase();
-        let label = name.strip_suffix(&self.suffix)?.strip_suffix('.')?;
-        label.parse().ok()
+        // `label.suffix`, the suffix in any case, without copying the host
+        // (this runs for every request the proxy's lane reads).
+        let label_len = name.len().checked_sub(self.suffix.len() + 1)?;
+        let (label, rest) = name.split_at_checked(label_len)?;
+        let suffix = rest.strip_prefix('.')?;
+        if !suffix.eq_ignore_ascii_case(&self.suffix) {
+            return None;
+        }
+        if label.bytes().any(|b| b.is_ascii_uppercase()) {
+            label.to_ascii_lowercase().parse().ok()
+        } else {
+            label.parse().ok()
+        }
     }
 
     /// A CSP source matching every device origin (`scheme://*.suffix[:port]`).
@@ -142,6 +152,18 @@ mod tests {
             None
         );
         assert_eq!(o.device_of_host("devices.example.net"), None);
+        for not_a_device in [
+            String::new(),
+            ".devices.example.net".to_owned(),
+            format!("{d}devices.example.net"),
+            format!("{d}.devices.example.net."),
+            format!("{d}.devices.example.net:"),
+            format!("{d}é.devices.example.net"),
+            format!("{d}.dévices.example.net"),
+            "é".repeat(30),
+        ] {
+            assert_eq!(o.device_of_host(&not_a_device), None, "{not_a_device}");
+        }
         assert_eq!(o.device_of_host(&format!("{d}.evil.net")), None);
         assert_eq!(o.csp_source(), "https://*.devices.example.net");
         for bad in [

@@ -371,8 +371,8 @@ async fn answer(
         close,
     } = taken;
     let id = fields
-        .text(&request_id::HEADER)
-        .and_then(RequestId::parse)
+        .first(&request_id::HEADER)
+        .and_then(RequestId::parse_bytes)
         .unwrap_or_else(RequestId::generate);
     let started = Instant::now();
     let head = fields.head();
@@ -447,11 +447,7 @@ async fn write_box_answer(
     if secure {
         push_field(out, b"strict-transport-security", hygiene::HSTS.as_bytes());
     }
-    push_field(
-        out,
-        request_id::HEADER.as_str().as_bytes(),
-        id.as_str().as_bytes(),
-    );
+    push_field(out, request_id::HEADER.as_str().as_bytes(), id.as_bytes());
     // The head is written out: its fields (slices of the box's read
     // buffer) are not kept for the body's length.
     let status = head.status;

@@ -46,20 +46,30 @@ impl RequestId {
 
     /// `raw` when it is a well-formed id.
     pub fn parse(raw: &str) -> Option<Self> {
+        Self::parse_bytes(raw.as_bytes())
+    }
+
+    /// [`parse`](Self::parse) for a field value as it was sent.
+    pub fn parse_bytes(raw: &[u8]) -> Option<Self> {
         let ok = !raw.is_empty()
             && raw.len() <= MAX_LEN
             && raw
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
         if !ok {
             return None;
         }
         let mut bytes = [0u8; MAX_LEN];
-        bytes[..raw.len()].copy_from_slice(raw.as_bytes());
+        bytes[..raw.len()].copy_from_slice(raw);
         Some(Self {
             len: raw.len() as u8,
             bytes,
         })
+    }
+
+    /// The id's bytes (ASCII), for a head written as bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
     }
 
     pub fn as_str(&self) -> &str {
@@ -105,8 +115,7 @@ pub async fn middleware(req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get(&HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(RequestId::parse)
+        .and_then(|v| RequestId::parse_bytes(v.as_bytes()))
         .unwrap_or_else(RequestId::generate);
     let mut res = scope(id.clone(), next.run(req)).await;
     if let Ok(v) = HeaderValue::from_str(id.as_str()) {
@@ -134,6 +143,13 @@ mod tests {
         assert_ne!(made, RequestId::generate());
         let longest = "x".repeat(64);
         assert_eq!(RequestId::parse(&longest).unwrap().as_str(), longest);
+        assert_eq!(
+            RequestId::parse_bytes(longest.as_bytes())
+                .unwrap()
+                .as_bytes(),
+            longest.as_bytes()
+        );
+        assert_eq!(RequestId::parse_bytes(b"caf\xc3\xa9"), None);
         assert_eq!(
             format!("{made:?}"),
             format!("RequestId({:?})", made.as_str())

@@ -271,12 +271,52 @@ fn raw_connection_listed<'a>(fields: impl Iterator<Item = Field<'a>>) -> Vec<&'a
     listed
 }
 
-/// Whether `name` is one of `names` or of `listed`, without regard to case.
-fn named_in(name: &[u8], names: &[&str], listed: &[&[u8]]) -> bool {
-    names
-        .iter()
-        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
-        || listed.iter().any(|l| name.eq_ignore_ascii_case(l))
+/// Field names looked up by their length first: a name is compared only
+/// with those of its own length (one or two), not with a whole list.
+struct NameSet {
+    by_len: Vec<Vec<&'static str>>,
+}
+
+impl NameSet {
+    fn of(lists: &[&[&'static str]]) -> Self {
+        let mut by_len: Vec<Vec<&'static str>> = Vec::new();
+        for &name in lists.iter().flat_map(|list| list.iter()) {
+            if by_len.len() <= name.len() {
+                by_len.resize_with(name.len() + 1, Vec::new);
+            }
+            by_len[name.len()].push(name);
+        }
+        Self { by_len }
+    }
+
+    /// Whether `name` is in the set, without regard to case.
+    fn has(&self, name: &[u8]) -> bool {
+        self.by_len
+            .get(name.len())
+            .is_some_and(|same| same.iter().any(|n| name.eq_ignore_ascii_case(n.as_bytes())))
+    }
+}
+
+/// What the console door never passes to the box, whatever `Connection`
+/// lists: hop-by-hop fields and [`NOT_FORWARDED`].
+static CONSOLE_REQUEST_DROPPED: std::sync::LazyLock<NameSet> =
+    std::sync::LazyLock::new(|| NameSet::of(&[HOP_BY_HOP, NOT_FORWARDED]));
+
+/// What the console door never passes from the box to the caller, or sets
+/// itself: hop-by-hop fields, [`BOX_HEADERS_DROPPED`], [`CONSOLE_SET`] and
+/// `Set-Cookie`.
+static CONSOLE_RESPONSE_DROPPED: std::sync::LazyLock<NameSet> = std::sync::LazyLock::new(|| {
+    NameSet::of(&[
+        HOP_BY_HOP,
+        BOX_HEADERS_DROPPED,
+        CONSOLE_SET,
+        &["set-cookie"],
+    ])
+});
+
+/// Whether `name` is one of `listed`, without regard to case.
+fn listed_in(name: &[u8], listed: &[&[u8]]) -> bool {
+    listed.iter().any(|l| name.eq_ignore_ascii_case(l))
 }
 
 /// [`box_request_headers`] for the console door over a head's fields as
@@ -287,9 +327,8 @@ where
     I: Iterator<Item = Field<'a>> + Clone,
 {
     let listed = raw_connection_listed(fields.clone());
-    fields.filter(move |(name, _)| {
-        !named_in(name, HOP_BY_HOP, &listed) && !named_in(name, NOT_FORWARDED, &[])
-    })
+    let dropped = &*CONSOLE_REQUEST_DROPPED;
+    fields.filter(move |(name, _)| !dropped.has(name) && !listed_in(name, &listed))
 }
 
 /// Box response fields the console door sets itself, whatever the box
@@ -306,18 +345,15 @@ where
     I: Iterator<Item = Field<'a>> + Clone,
 {
     let listed = raw_connection_listed(fields.clone());
+    let dropped = &*CONSOLE_RESPONSE_DROPPED;
     let (mut nosniff, mut cache_control) = (false, false);
     for (name, value) in fields {
-        if named_in(name, HOP_BY_HOP, &listed)
-            || named_in(name, BOX_HEADERS_DROPPED, &[])
-            || named_in(name, CONSOLE_SET, &[])
-            || name.eq_ignore_ascii_case(b"set-cookie")
-        {
+        if dropped.has(name) || listed_in(name, &listed) {
             continue;
         }
         nosniff |= name.eq_ignore_ascii_case(b"x-content-type-options");
         cache_control |= name.eq_ignore_ascii_case(b"cache-control");
-        if !named_in(name, own, &[]) {
+        if !own.iter().any(|n| name.eq_ignore_ascii_case(n.as_bytes())) {
             put(name, value);
         }
     }
@@ -551,14 +587,45 @@ mod tests {
             state ^= state << 17;
             (state % n as u64) as usize
         };
+        // Every name of every list the rules hold, as well, in either case.
+        let listed: Vec<&str> =
+            [HOP_BY_HOP, NOT_FORWARDED, BOX_HEADERS_DROPPED, CONSOLE_SET].concat();
         (0..next(9))
             .map(|_| {
-                (
-                    NAMES[next(NAMES.len())].to_owned(),
-                    VALUES[next(VALUES.len())].to_owned(),
-                )
+                let name = if next(2) == 0 {
+                    NAMES[next(NAMES.len())].to_owned()
+                } else if next(2) == 0 {
+                    listed[next(listed.len())].to_owned()
+                } else {
+                    listed[next(listed.len())].to_ascii_uppercase()
+                };
+                (name, VALUES[next(VALUES.len())].to_owned())
             })
             .collect()
+    }
+
+    #[test]
+    fn a_name_set_holds_its_names_in_any_case_and_nothing_else() {
+        let set = NameSet::of(&[HOP_BY_HOP, &["set-cookie"]]);
+        for name in HOP_BY_HOP.iter().chain(&["set-cookie"]) {
+            assert!(set.has(name.as_bytes()), "{name}");
+            assert!(set.has(name.to_ascii_uppercase().as_bytes()), "{name}");
+            // Same length, one byte changed; one byte more; one less.
+            let mut near = name.as_bytes().to_vec();
+            near[0] ^= 0x01;
+            assert!(!set.has(&near), "{name}");
+            assert!(!set.has(format!("{name}s").as_bytes()), "{name}");
+            assert!(!set.has(&name.as_bytes()[1..]), "{name}");
+        }
+        for other in [
+            "",
+            "x",
+            "cookie",
+            "accept",
+            "a-name-longer-than-any-in-the-set",
+        ] {
+            assert!(!set.has(other.as_bytes()), "{other}");
+        }
     }
 
     fn sorted(mut lines: Vec<(String, String)>) -> Vec<(String, String)> {
