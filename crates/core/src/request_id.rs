@@ -74,7 +74,7 @@ impl RequestId {
 
     pub fn as_str(&self) -> &str {
         // Only ASCII is ever stored (`parse`, `generate`).
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 }
 
