@@ -71,7 +71,7 @@ impl Store {
         {
             return Err(StoreError::Database(sqlx::Error::PoolTimedOut));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for e in events {
             self.audit_on(
                 &mut *tx,

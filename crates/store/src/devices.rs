@@ -85,7 +85,7 @@ impl Store {
         if seen.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for (device, at) in seen {
             sqlx::query(
                 "UPDATE devices SET last_seen_at = $1 WHERE id = $2 AND (last_seen_at IS NULL OR last_seen_at < $3)",
@@ -284,7 +284,7 @@ impl Store {
     /// its credentials. False when it is not theirs.
     pub async fn delete_device(&self, owner: UserId, id: DeviceId) -> Result<bool, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query("UPDATE devices SET revoked_at = $1 WHERE id = $2 AND owner_id = $3 AND revoked_at IS NULL")
             .bind(now)
             .bind(id.to_string())
@@ -316,7 +316,7 @@ impl Store {
             return Ok(false);
         }
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE device_credentials SET revoked_at = $1 WHERE device_id = $2 AND revoked_at IS NULL")
             .bind(now)
             .bind(id.to_string())

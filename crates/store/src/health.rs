@@ -200,7 +200,7 @@ impl Store {
         notify: bool,
         event: impl Fn(&str) -> String,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let reasons = serde_json::to_string(&to.reasons).unwrap_or_else(|_| "[]".into());
         let changed = match from {
             None => sqlx::query(
@@ -314,7 +314,7 @@ impl Store {
 
     /// Delete `owner`'s webhook `id` and its log; `false` when there is none.
     pub async fn delete_webhook(&self, owner: UserId, id: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let n = sqlx::query("DELETE FROM webhooks WHERE id = $1 AND owner_id = $2")
             .bind(id)
             .bind(owner.to_string())

@@ -187,6 +187,21 @@ impl Store {
         self.backend
     }
 
+    /// Begin a transaction that writes. On SQLite it takes the write lock
+    /// at `BEGIN IMMEDIATE`, waiting the busy timeout for it: a deferred
+    /// transaction takes it at its first write, and fails at once there
+    /// (`SQLITE_BUSY_SNAPSHOT`, or `SQLITE_BUSY` when two deferred ones
+    /// deadlock) if another connection committed since it first read; no
+    /// timeout waits that out. PostgreSQL's plain `BEGIN` has no such case.
+    pub(crate) async fn write_tx(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// Cheap liveness probe for readiness checks.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;

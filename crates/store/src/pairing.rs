@@ -143,7 +143,7 @@ impl Store {
             new,
             now,
         };
-        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        let mut tx = self.write_tx().await.map_err(StoreError::from)?;
         if let Err(err) = self.insert_within_quota(&mut tx, &ex, max_devices).await {
             let _ = tx.rollback().await;
             return Err(err);

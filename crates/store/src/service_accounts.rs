@@ -74,7 +74,7 @@ impl Store {
         &self,
         new: &NewServiceAccount<'_>,
     ) -> Result<ServiceAccount, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM service_accounts WHERE owner_id = $1")
             .bind(new.owner.to_string())
             .fetch_one(&mut *tx)
@@ -186,7 +186,7 @@ impl Store {
         owner: UserId,
         id: &str,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query("DELETE FROM service_accounts WHERE id = $1 AND owner_id = $2")
             .bind(id)
             .bind(owner.to_string())
@@ -219,7 +219,7 @@ impl Store {
         now: i64,
         overlap_until: i64,
     ) -> Result<Option<ServiceSecret>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let owned = sqlx::query("SELECT id FROM service_accounts WHERE id = $1 AND owner_id = $2")
             .bind(id)
             .bind(owner.to_string())
@@ -271,7 +271,7 @@ impl Store {
         id: &str,
         secret_id: &str,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query(
             "DELETE FROM service_account_secrets WHERE id = $1 AND account_id IN
              (SELECT id FROM service_accounts WHERE id = $2 AND owner_id = $3)",
@@ -323,7 +323,7 @@ impl Store {
         grant: &ServiceGrant,
         secret_id: Option<&str>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let selector = serde_json::to_string(&grant.selector)
             .map_err(|_| StoreError::Corrupt("selector".into()))?;
         sqlx::query(

@@ -97,7 +97,7 @@ impl Store {
         expires_at: i64,
         (issuer, subject, sid): (&str, Option<&str>, Option<&str>),
     ) -> Result<Option<u64>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM logout_tokens_seen WHERE expires_at < $1")
             .bind(now)
             .execute(&mut *tx)

@@ -164,7 +164,7 @@ impl Store {
         let windows = last_of_each(&batch.windows, |w| (w.device_id, w.start_ms));
         let rollups = last_of_each(&batch.rollups, |r| (r.device_id, r.bucket_ms, r.start_ms));
         let latest = last_of_each(&batch.latest, |l| l.device_id);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         insert_rows(
             &mut tx,
             "telemetry_series (device_id, series_id, metric, labels)",

@@ -1015,3 +1015,74 @@ async fn service_accounts_rotate_with_overlap_revoke_and_take_their_tokens_with_
         assert!(matches!(over, Err(store::StoreError::QuotaExceeded)));
     }
 }
+
+/// Transactions that read before they write (a quota count, then the
+/// insert) racing other writers: none may fail. On SQLite a deferred
+/// transaction whose snapshot went stale cannot take the write lock and
+/// fails at once with `SQLITE_BUSY_SNAPSHOT` (517), which no busy timeout
+/// waits out; write transactions must take the lock when they begin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_that_read_then_write_never_fail_beside_other_writers() {
+    use edge_core::scope::{Scope, Scopes};
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for store in backends(dir.path()).await {
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in 0..8 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let owner = store
+                    .upsert_user("iss", &format!("racer-{worker}"), None, None)
+                    .await?;
+                let scopes = Scopes::new(vec![Scope::DevicesRead]);
+                for round in 0..12 {
+                    let id = format!("sa-{worker}-{round}");
+                    let secret = (
+                        format!("sk-{worker}-{round}"),
+                        format!("hash-{worker}-{round}"),
+                    );
+                    // A writer outside any transaction in between.
+                    store
+                        .upsert_user("iss", &format!("other-{worker}-{round}"), None, None)
+                        .await?;
+                    if round < 8 {
+                        store
+                            .create_service_account(&store::NewServiceAccount {
+                                id: &id,
+                                owner: owner.id,
+                                name: "race",
+                                scopes: &scopes,
+                                selector: &[],
+                                public_jwk: None,
+                                expires_at: None,
+                                secret: (&secret.0, &secret.1),
+                                now: 1_000,
+                            })
+                            .await?;
+                    } else {
+                        store
+                            .create_device(
+                                owner.id,
+                                &NewDevice {
+                                    name: id,
+                                    ..Default::default()
+                                },
+                            )
+                            .await?;
+                    }
+                }
+                Ok::<_, store::StoreError>(owner.id)
+            });
+        }
+        let mut failures = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            match done.unwrap() {
+                Ok(owner) => {
+                    let made = store.service_accounts_of(owner).await.unwrap();
+                    assert_eq!(made.len(), 8, "{:?}", store.backend());
+                }
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        assert!(failures.is_empty(), "{:?}: {failures:?}", store.backend());
+    }
+}
