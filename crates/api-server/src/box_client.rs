@@ -435,6 +435,30 @@ impl tokio::io::AsyncRead for Audited {
     }
 }
 
+impl tunnel::splice::ChunkRead for Audited {
+    /// What the stream received, in the buffers it arrived in, counted
+    /// as [`AsyncRead::poll_read`](tokio::io::AsyncRead) counts it.
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<std::io::Result<Option<bytes::BytesMut>>> {
+        let res = self.inner.poll_read_chunk(cx, max);
+        if let Poll::Ready(Ok(Some(chunk))) = &res {
+            if !chunk.is_empty() {
+                self.from_device += chunk.len() as u64;
+                if !self.kept_by_caller {
+                    self.idle_since = Some(Instant::now());
+                }
+            }
+        }
+        if res.is_pending() && !self.kept_by_caller && self.retired(cx) {
+            return Poll::Ready(Ok(None));
+        }
+        res
+    }
+}
+
 impl Audited {
     /// Whether this stream may serve no further request: its relay node
     /// is draining, or its device ran out of streams.

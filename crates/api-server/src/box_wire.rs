@@ -24,7 +24,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 use store::Actor;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
+use tunnel::splice::ChunkRead;
 
 /// Largest answer head (status line and headers) a box may send.
 const MAX_HEAD: usize = 64 * 1024;
@@ -36,7 +37,7 @@ const MAX_CHUNK_LINE: usize = 4 * 1024;
 const MAX_TRAILERS: usize = 16 * 1024;
 /// Interim (1xx) answers passed over before the final one, at most.
 const MAX_INTERIM: usize = 8;
-/// Room asked of the allocator per read of an answer.
+/// The most of a received frame one read of an answer takes.
 const READ_SIZE: usize = 64 * 1024;
 /// How often kept streams are looked over for their end.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
@@ -476,15 +477,7 @@ impl WireBody {
         let Some(io) = self.io.as_mut() else {
             return Poll::Ready(Ok(false));
         };
-        if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf.reserve(READ_SIZE);
-        }
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(io),
-            cx,
-            &mut self.buf
-        ))?;
-        Poll::Ready(Ok(n > 0))
+        Poll::Ready(Ok(ready!(poll_append(io, cx, &mut self.buf))?))
     }
 
     /// The next decoded piece of a chunked body; `None` at its end.
@@ -558,6 +551,28 @@ impl WireBody {
                 Ok(false) => return Poll::Ready(Some(Err(WireError::Ended))),
                 Err(e) => return Poll::Ready(Some(Err(e))),
             }
+        }
+    }
+}
+
+/// Read the stream's next piece onto the end of `buf`; `false` at the
+/// stream's end. Into an empty `buf` the piece comes as the buffer its
+/// frame arrived in, so a body handed on whole is never copied here; a
+/// piece after a partial line (a head, a chunk-size line) is appended.
+fn poll_append(
+    io: &mut impl ChunkRead,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<std::io::Result<bool>> {
+    match ready!(io.poll_read_chunk(cx, READ_SIZE))? {
+        None => Poll::Ready(Ok(false)),
+        Some(piece) => {
+            if buf.is_empty() {
+                *buf = piece;
+            } else {
+                buf.unsplit(piece);
+            }
+            Poll::Ready(Ok(true))
         }
     }
 }
@@ -657,7 +672,7 @@ pub(crate) async fn exchange(
 ) -> Result<Answer, (WireError, bool)> {
     io.write_all(head).await.map_err(|e| (e.into(), false))?;
     io.flush().await.map_err(|e| (e.into(), false))?;
-    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut buf = BytesMut::new();
     let mut interim = 0;
     let head = loop {
         // Nothing to read a head from before the first bytes come.
@@ -679,12 +694,9 @@ pub(crate) async fn exchange(
             Ok(Some(h)) => break h,
             Ok(None) => {}
         }
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(8 * 1024);
-        }
-        match io.read_buf(&mut buf).await {
-            Ok(0) => return Err((WireError::Ended, !buf.is_empty() || interim > 0)),
-            Ok(_) => {}
+        match std::future::poll_fn(|cx| poll_append(&mut io, cx, &mut buf)).await {
+            Ok(false) => return Err((WireError::Ended, !buf.is_empty() || interim > 0)),
+            Ok(true) => {}
             Err(e) => return Err((e.into(), !buf.is_empty() || interim > 0)),
         }
     };
@@ -797,6 +809,44 @@ mod tests {
         );
         let head = head_of("HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n");
         assert_eq!(framing(&Method::HEAD, &head).unwrap().0, Framing::Empty);
+    }
+
+    /// Pieces as a relay stream hands them out.
+    struct Pieces(std::collections::VecDeque<BytesMut>);
+
+    impl ChunkRead for Pieces {
+        fn poll_read_chunk(
+            &mut self,
+            _: &mut Context<'_>,
+            max: usize,
+        ) -> Poll<std::io::Result<Option<BytesMut>>> {
+            assert_eq!(max, READ_SIZE);
+            Poll::Ready(Ok(self.0.pop_front()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_piece_read_into_an_empty_buffer_is_the_frames_own() {
+        let frame = BytesMut::from(&b"a frame's body"[..]);
+        let at = frame.as_ptr();
+        let mut io = Pieces([frame, BytesMut::from(&b" and more"[..])].into());
+        let mut buf = BytesMut::new();
+        let read = std::future::poll_fn(|cx| poll_append(&mut io, cx, &mut buf)).await;
+        assert!(read.unwrap());
+        assert_eq!(buf.as_ptr(), at, "the body was copied");
+        // After a partial line the next piece is appended.
+        buf.advance(2);
+        assert!(
+            std::future::poll_fn(|cx| poll_append(&mut io, cx, &mut buf))
+                .await
+                .unwrap()
+        );
+        assert_eq!(&buf[..], b"frame's body and more");
+        assert!(
+            !std::future::poll_fn(|cx| poll_append(&mut io, cx, &mut buf))
+                .await
+                .unwrap()
+        );
     }
 
     #[test]

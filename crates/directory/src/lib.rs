@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use edge_core::{DeviceId, UserId};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tunnel::splice::ChunkRead;
 
 pub use client::RelayDirectory;
 pub use locator::{NodeLocator, StaticNode};
@@ -79,9 +80,11 @@ impl From<&SessionSummary> for LiveStatus {
     }
 }
 
-/// A byte pipe to a fresh stream on a device.
-pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
+/// A byte pipe to a fresh stream on a device. It also hands out what it
+/// received as the buffers it arrived in ([`ChunkRead`]), so a reader that
+/// passes bytes on need not copy them out first.
+pub trait ByteStream: AsyncRead + AsyncWrite + ChunkRead + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + ChunkRead + Send + Unpin> ByteStream for T {}
 
 /// A boxed [`ByteStream`].
 pub type BoxStream = Box<dyn ByteStream>;
