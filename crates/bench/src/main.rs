@@ -66,6 +66,11 @@ struct Cli {
     /// requests' latency meanwhile. 0: no storm.
     #[arg(long, default_value_t = 0)]
     storm: usize,
+    /// Only the bulk transfers, with each tunnel's CPU per GiB moved: a
+    /// short run for profiling the byte path (the other figures are not
+    /// measured).
+    #[arg(long)]
+    bulk_only: bool,
 }
 
 /// Start the Go `net/http` box (`go/device -listen`) with its own device
@@ -384,12 +389,15 @@ async fn main() -> Result<()> {
     let mut rathole_ports = Vec::new();
     // rathole-tcp's server and client, whose CPU is set beside ours.
     let mut rathole_tcp_pids = None;
+    let mut rathole_ws_pids = None;
     if let Some(rh) = &rathole_bin {
         for transport in ["tcp", "websocket"] {
             let started =
                 rathole::start(rh, transport, "sim", box_port, data.path(), &mut procs).await?;
             if transport == "tcp" {
                 rathole_tcp_pids = Some(started.pids);
+            } else {
+                rathole_ws_pids = Some(started.pids);
             }
             rathole_ports.push((transport, started.port));
         }
@@ -476,10 +484,30 @@ async fn main() -> Result<()> {
     let (mut relay_only, mut upload) = (Vec::new(), Vec::new());
     let mut cpu = (0u64, 0u64, 0u64);
     let mut rathole_cpu = (0u64, 0u64);
+    // CPU (ms) over the bulk downloads: ours (api-server, relay, agent),
+    // rathole-websocket (server, client).
+    let mut bulk_cpu = ([0u64; 3], [0u64; 2]);
     for _ in 0..cli.rounds.max(1) {
-        for (i, (_, base, cookie)) in paths.iter().enumerate() {
+        for (i, (name, base, cookie)) in paths.iter().enumerate() {
             let url = format!("{base}/test/download?bytes={n}");
+            let ours_before = [api_pid, relay_pid, agent_pid].map(cpu_ms);
+            let ws_before = rathole_ws_pids.map_or([0, 0], |p| p.map(cpu_ms));
             bulk[i].push(load::download(&client, &url, *cookie, n).await?);
+            if *name == "ours, full path" {
+                let after = [api_pid, relay_pid, agent_pid].map(cpu_ms);
+                for k in 0..3 {
+                    bulk_cpu.0[k] += after[k] - ours_before[k];
+                }
+            }
+            if *name == "rathole 0.5, websocket" {
+                let after = rathole_ws_pids.map_or([0, 0], |p| p.map(cpu_ms));
+                for k in 0..2 {
+                    bulk_cpu.1[k] += after[k] - ws_before[k];
+                }
+            }
+            if cli.bulk_only {
+                continue;
+            }
             let before = (cpu_ms(api_pid), cpu_ms(relay_pid), cpu_ms(agent_pid));
             let rathole_before = rathole_tcp_pids.map_or([0, 0], |p| p.map(cpu_ms));
             small[i].push(
@@ -507,6 +535,38 @@ async fn main() -> Result<()> {
         }
         relay_only.push(relay_only_download(&relay_client, dev, n).await?);
         upload.push(load::upload(&client, &format!("{ours}/test/upload"), &cookie, n).await?);
+    }
+    if cli.bulk_only {
+        println!(
+            "\nbulk: one {} MiB download per path, median of {} rounds",
+            cli.bulk_mib,
+            cli.rounds.max(1)
+        );
+        for ((name, _, _), b) in paths.iter().zip(bulk.iter_mut()) {
+            println!("  {name:<26} {:>9.1} MiB/s", median_f(b));
+        }
+        println!(
+            "  {:<26} {:>9.1} MiB/s",
+            "ours, relay alone",
+            median_f(&mut relay_only)
+        );
+        println!(
+            "  {:<26} {:>9.1} MiB/s",
+            "ours, full path upload",
+            median_f(&mut upload)
+        );
+        let gib = (n * cli.rounds.max(1) as u64) as f64 / f64::from(1u32 << 30);
+        let per_gib = |ms: u64| ms as f64 / gib;
+        let [api, relay, agent] = bulk_cpu.0;
+        println!(
+            "CPU per GiB downloaded (user + system): full path: api-server {:.0} ms, remote-proxy {:.0} ms, edge-agent {:.0} ms; rathole-websocket: server {:.0} ms, client {:.0} ms",
+            per_gib(api),
+            per_gib(relay),
+            per_gib(agent),
+            per_gib(bulk_cpu.1[0]),
+            per_gib(bulk_cpu.1[1])
+        );
+        return Ok(());
     }
     let rows: Vec<Row> = paths
         .iter()
