@@ -420,14 +420,8 @@ impl tokio::io::AsyncRead for Audited {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.from_device += n as u64;
-            if !self.kept_by_caller {
-                self.idle_since = Some(Instant::now());
-            }
-        }
-        if res.is_pending() && !self.kept_by_caller && self.retired(cx) {
+        self.received(buf.filled().len() - before);
+        if res.is_pending() && self.ends_idle(cx) {
             // End of stream: hyper drops the idle connection.
             return Poll::Ready(Ok(()));
         }
@@ -445,14 +439,9 @@ impl tunnel::splice::ChunkRead for Audited {
     ) -> Poll<std::io::Result<Option<bytes::BytesMut>>> {
         let res = self.inner.poll_read_chunk(cx, max);
         if let Poll::Ready(Ok(Some(chunk))) = &res {
-            if !chunk.is_empty() {
-                self.from_device += chunk.len() as u64;
-                if !self.kept_by_caller {
-                    self.idle_since = Some(Instant::now());
-                }
-            }
+            self.received(chunk.len());
         }
-        if res.is_pending() && !self.kept_by_caller && self.retired(cx) {
+        if res.is_pending() && self.ends_idle(cx) {
             return Poll::Ready(Ok(None));
         }
         res
@@ -460,6 +449,23 @@ impl tunnel::splice::ChunkRead for Audited {
 }
 
 impl Audited {
+    /// Count `n` bytes read; a connection the pool holds is idle from its
+    /// last response bytes.
+    fn received(&mut self, n: usize) {
+        if n > 0 {
+            self.from_device += n as u64;
+            if !self.kept_by_caller {
+                self.idle_since = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Whether a read that found nothing should end the stream instead: a
+    /// pooled connection that sits idle and was retired.
+    fn ends_idle(&mut self, cx: &mut Context<'_>) -> bool {
+        !self.kept_by_caller && self.retired(cx)
+    }
+
     /// Whether this stream may serve no further request: its relay node
     /// is draining, or its device ran out of streams.
     pub(crate) fn spent(&self) -> bool {

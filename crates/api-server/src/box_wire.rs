@@ -477,7 +477,7 @@ impl WireBody {
         let Some(io) = self.io.as_mut() else {
             return Poll::Ready(Ok(false));
         };
-        Poll::Ready(Ok(ready!(poll_append(io, cx, &mut self.buf))?))
+        poll_append(io, cx, &mut self.buf).map_err(WireError::from)
     }
 
     /// The next decoded piece of a chunked body; `None` at its end.
