@@ -1,9 +1,9 @@
 //! Turns a WebSocket into one continuous byte stream per direction (contract
 //! §2), read and written by yamux directly: [`WsIo`] is an
 //! `AsyncRead + AsyncWrite` over the message stream, with no task, pipe or
-//! buffer of its own between the two, and yamux's queued frames become
-//! messages, large ones without being copied, small ones in a row joined
-//! (`FrameIo`). Binary payloads are bytes of the
+//! buffer of its own between the two; yamux's queued frames become
+//! messages, large ones without being copied, small ones in a row joined,
+//! and each message's payload reaches yamux as it is (`FrameIo`). Binary payloads are bytes of the
 //! stream, message boundaries mean nothing; a text message closes with
 //! 1003, an oversized one with 1009, silence past the idle timeout with
 //! 1001, Ping/Pong/Close never reach yamux. When yamux drops the stream,
@@ -195,27 +195,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsIo<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for WsIo<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsIo<S> {
+    /// The next binary message's payload (or its unread rest), never
+    /// empty; `None` once reading ended.
+    fn poll_payload(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<Option<Bytes>>> {
         loop {
-            if !this.pending.is_empty() {
-                let n = this.pending.len().min(buf.remaining());
-                buf.put_slice(&this.pending.split_to(n));
-                return Poll::Ready(Ok(()));
+            if !self.pending.is_empty() {
+                return Poll::Ready(Ok(Some(std::mem::take(&mut self.pending))));
             }
-            if this.end.is_some() {
-                return Poll::Ready(Ok(()));
+            if self.end.is_some() {
+                return Poll::Ready(Ok(None));
             }
-            if this.idle_expired(cx) {
-                this.end = Some(PumpEnd::IdleTimeout);
+            if self.idle_expired(cx) {
+                self.end = Some(PumpEnd::IdleTimeout);
                 continue;
             }
-            let Some(ws) = this.ws.as_mut() else {
+            let Some(ws) = self.ws.as_mut() else {
                 return Poll::Ready(Err(gone()));
             };
             let next = match ready!(Pin::new(ws).poll_next(cx)) {
@@ -230,19 +225,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for WsIo<S> {
                 Some(Ok(msg)) => Ok(msg),
             };
             match next {
-                Err(end) => this.end = Some(end),
+                Err(end) => self.end = Some(end),
                 Ok(Message::Binary(bytes)) => {
-                    this.activity.touch(bytes.len());
-                    this.pending = bytes;
+                    self.activity.touch(bytes.len());
+                    self.pending = bytes;
                 }
-                Ok(Message::Text(_)) => this.end = Some(PumpEnd::TextMessage),
-                Ok(Message::Ping(_) | Message::Pong(_)) => this.activity.touch(0),
+                Ok(Message::Text(_)) => self.end = Some(PumpEnd::TextMessage),
+                Ok(Message::Ping(_) | Message::Pong(_)) => self.activity.touch(0),
                 Ok(Message::Close(frame)) => {
-                    this.end = Some(PumpEnd::PeerClosed(frame.map(|f| u16::from(f.code))));
+                    self.end = Some(PumpEnd::PeerClosed(frame.map(|f| u16::from(f.code))));
                 }
                 Ok(Message::Frame(_)) => {}
             }
         }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for WsIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.pending.is_empty() {
+            match ready!(this.poll_payload(cx))? {
+                Some(payload) => this.pending = payload,
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = this.pending.len().min(buf.remaining());
+        buf.put_slice(&this.pending.split_to(n));
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -308,6 +322,17 @@ const JOIN_BELOW: usize = 4 * 1024;
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> tokio_yamux::FrameIo for WsIo<S> {
     fn writes_owned(&self) -> bool {
         true
+    }
+
+    /// yamux takes each binary message's payload as it is: a data
+    /// frame's body that came as one message (the large ones do) reaches
+    /// its stream without being copied out of the message.
+    fn reads_owned(&self) -> bool {
+        true
+    }
+
+    fn poll_read_owned(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<Option<Bytes>>> {
+        self.poll_payload(cx)
     }
 
     fn poll_write_owned(

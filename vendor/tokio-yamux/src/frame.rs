@@ -267,12 +267,23 @@ impl From<u32> for GoAwayCode {
 pub struct FrameCodec {
     unused_data_header: Option<Header>,
     max_frame_size: u32,
+    /// Patched (twelfth change): the buffer decoded from is filled with
+    /// the buffers the connection's reads arrived in, so the codec makes
+    /// no room in it for reads.
+    owned_reads: bool,
 }
 
 impl FrameCodec {
     /// Set max frame size
     pub fn max_frame_size(mut self, size: u32) -> Self {
         self.max_frame_size = size;
+        self
+    }
+
+    /// Patched: decode from buffers that arrive owned (no room is made in
+    /// the buffer for reads).
+    pub fn owned_reads(mut self, owned: bool) -> Self {
+        self.owned_reads = owned;
         self
     }
 }
@@ -282,6 +293,7 @@ impl Default for FrameCodec {
         Self {
             unused_data_header: None,
             max_frame_size: INITIAL_STREAM_WINDOW,
+            owned_reads: false,
         }
     }
 }
@@ -293,6 +305,9 @@ impl Decoder for FrameCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
         trace!("FrameCodec decode src.len={}", src.len());
         if src.is_empty() {
+            if self.owned_reads {
+                return Ok(None);
+            }
             // Patched: an empty buffer gets about `READ_CHUNK` of room, not
             // more. A larger room let the read that brings a large frame's
             // header take most of its body too; finishing the frame then
@@ -348,7 +363,9 @@ impl Decoder for FrameCodec {
             }
             None => {
                 trace!("not enough data for decode header");
-                src.reserve(READ_CHUNK);
+                if !self.owned_reads {
+                    src.reserve(READ_CHUNK);
+                }
                 return Ok(None);
             }
         };
@@ -366,8 +383,10 @@ impl Decoder for FrameCodec {
                 // `BODY_RESERVE_FLOOR`, then grows with what has arrived,
                 // so a 12-byte header alone cannot make us hold a whole
                 // window's worth of memory.
-                let missing = header.length as usize - src.len();
-                src.reserve(body_reserve(missing, src.len()));
+                if !self.owned_reads {
+                    let missing = header.length as usize - src.len();
+                    src.reserve(body_reserve(missing, src.len()));
+                }
                 self.unused_data_header = Some(header);
                 return Ok(None);
             } else {
@@ -418,6 +437,7 @@ mod test {
         let mut codec = FrameCodec {
             unused_data_header: None,
             max_frame_size: INITIAL_STREAM_WINDOW,
+            owned_reads: false,
         };
 
         codec.encode(frame, &mut data).unwrap();
@@ -448,6 +468,7 @@ mod test {
         let mut codec = FrameCodec {
             unused_data_header: None,
             max_frame_size: INITIAL_STREAM_WINDOW,
+            owned_reads: false,
         };
 
         codec.encode(frame, &mut data).unwrap();
@@ -483,6 +504,7 @@ mod test {
         let mut codec = FrameCodec {
             unused_data_header: None,
             max_frame_size: INITIAL_STREAM_WINDOW,
+            owned_reads: false,
         };
 
         codec.encode(frame, &mut data).unwrap();
@@ -515,6 +537,7 @@ mod test {
         let mut codec = FrameCodec {
             unused_data_header: None,
             max_frame_size: INITIAL_STREAM_WINDOW,
+            owned_reads: false,
         };
 
         assert_eq!(

@@ -1,8 +1,11 @@
 //! Patched (seventh change): the byte stream a session runs over. A stream
 //! whose writes take owned buffers (a WebSocket: each message owns its
 //! payload) gets the queued frames as `Bytes` instead of borrowed slices
-//! it would have to copy into a message first. Any other
-//! `AsyncRead + AsyncWrite` runs wrapped in [`Plain`].
+//! it would have to copy into a message first. Twelfth change: a stream
+//! whose reads arrive as owned buffers (a WebSocket's messages) hands them
+//! to the session as they are, and a data frame's body that fills one is
+//! passed on without being copied. Any other `AsyncRead + AsyncWrite` runs
+//! wrapped in [`Plain`].
 
 use std::{
     collections::VecDeque,
@@ -11,7 +14,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The byte stream under a [`Session`](crate::Session).
@@ -33,6 +36,23 @@ pub trait FrameIo: AsyncRead + AsyncWrite + Unpin {
         queue: &mut VecDeque<Bytes>,
     ) -> Poll<io::Result<()>> {
         let _ = (cx, queue);
+        Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
+    }
+
+    /// Whether the session takes what arrives through
+    /// [`poll_read_owned`](Self::poll_read_owned) instead of reading into
+    /// a buffer of its own.
+    fn reads_owned(&self) -> bool {
+        false
+    }
+
+    /// The next bytes that arrived, as the buffer they arrived in (never
+    /// empty); `None` at the end of the stream. A buffer no one else holds
+    /// becomes the session's read buffer as it is; one that is shared is
+    /// copied. Called only when [`reads_owned`](Self::reads_owned) is
+    /// true.
+    fn poll_read_owned(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        let _ = cx;
         Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
     }
 }
@@ -80,5 +100,117 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Plain<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Patched (twelfth change): reads frames off a [`FrameIo`], what
+/// `tokio_util`'s `Framed` did for the session. A byte stream that
+/// [`reads_owned`](FrameIo::reads_owned) fills the buffer with what it
+/// hands over: into an empty buffer a received buffer that no one else
+/// holds goes as it is, so a data frame's body that arrives as one buffer
+/// is split off it without a copy; a shared one, or one after a partial
+/// frame, is copied in.
+pub(crate) struct FrameReader<T> {
+    io: T,
+    codec: crate::frame::FrameCodec,
+    buffer: BytesMut,
+    /// The last read may have brought a frame the codec has not seen.
+    readable: bool,
+    /// The byte stream ended.
+    eof: bool,
+    /// A decoding error was returned; the next poll ends the frames.
+    errored: bool,
+}
+
+impl<T: FrameIo> FrameReader<T> {
+    pub(crate) fn new(io: T, codec: crate::frame::FrameCodec) -> Self {
+        let owned = io.reads_owned();
+        Self {
+            io,
+            codec: codec.owned_reads(owned),
+            buffer: BytesMut::new(),
+            readable: false,
+            eof: false,
+            errored: false,
+        }
+    }
+
+    pub(crate) fn get_mut(&mut self) -> &mut T {
+        &mut self.io
+    }
+
+    pub(crate) fn read_buffer_mut(&mut self) -> &mut BytesMut {
+        &mut self.buffer
+    }
+
+    /// Read more into the buffer: the bytes read (0 at the end).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.io.reads_owned() {
+            return match futures::ready!(self.io.poll_read_owned(cx))? {
+                Some(chunk) => {
+                    let n = chunk.len();
+                    if self.buffer.is_empty() {
+                        match chunk.try_into_mut() {
+                            Ok(own) => self.buffer = own,
+                            Err(shared) => self.buffer.extend_from_slice(&shared),
+                        }
+                    } else {
+                        self.buffer.extend_from_slice(&chunk);
+                    }
+                    Poll::Ready(Ok(n))
+                }
+                None => Poll::Ready(Ok(0)),
+            };
+        }
+        self.buffer.reserve(1);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buffer)
+    }
+}
+
+impl<T: FrameIo> futures::Stream for FrameReader<T> {
+    type Item = io::Result<crate::frame::Frame>;
+
+    /// As `Framed::poll_next`: decode what is buffered, read when that
+    /// yields nothing; at the end of the stream, bytes left over are an
+    /// error.
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        use tokio_util::codec::Decoder;
+        let this = &mut *self;
+        loop {
+            if this.errored {
+                this.errored = false;
+                this.readable = false;
+                return Poll::Ready(None);
+            }
+            if this.readable {
+                let decoded = if this.eof {
+                    this.codec.decode_eof(&mut this.buffer)
+                } else {
+                    this.codec.decode(&mut this.buffer)
+                };
+                match decoded {
+                    Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                    Ok(None) if this.eof => {
+                        this.readable = false;
+                        return Poll::Ready(None);
+                    }
+                    Ok(None) => this.readable = false,
+                    Err(err) => {
+                        this.errored = true;
+                        return Poll::Ready(Some(Err(err)));
+                    }
+                }
+            }
+            let n = futures::ready!(this.poll_fill(cx))?;
+            if n == 0 {
+                if this.eof {
+                    return Poll::Ready(None);
+                }
+                this.eof = true;
+            } else {
+                this.eof = false;
+            }
+            this.readable = true;
+        }
     }
 }

@@ -25,7 +25,6 @@ use futures::{
     channel::mpsc::{Receiver, Sender, UnboundedReceiver, UnboundedSender, channel, unbounded},
 };
 use log::{debug, log_enabled, trace};
-use tokio_util::codec::Framed;
 
 use crate::{
     StreamId,
@@ -33,7 +32,7 @@ use crate::{
     control::{Command, Control},
     error::Error,
     frame::{Flag, Flags, Frame, FrameCodec, GoAwayCode, Type},
-    frame_io::FrameIo,
+    frame_io::{FrameIo, FrameReader},
     stream::{StreamEvent, StreamHandle, StreamState},
     write_queue::WriteQueue,
 };
@@ -56,8 +55,9 @@ pub(crate) const MAX_PENDING_CONTROL_FRAMES: usize = 1024;
 pub struct Session<T> {
     // Framed low level raw stream
     // (Patched: read through the codec only; frames are written from
-    // `write_queue`.)
-    framed_stream: Framed<T, FrameCodec>,
+    // `write_queue`. Twelfth change: read by `FrameReader`, which takes
+    // owned reads as they are.)
+    framed_stream: FrameReader<T>,
     // Patched: encoded frames waiting to be written (vectored, large
     // bodies not copied).
     write_queue: WriteQueue,
@@ -186,10 +186,9 @@ where
         // demand (upstream allocates 8 KiB each up front), so an idle
         // session holds next to nothing; `release_idle_buffers` gives them
         // back once traffic stops.
-        let framed_stream = Framed::with_capacity(
+        let framed_stream = FrameReader::new(
             raw_stream,
             FrameCodec::default().max_frame_size(config.max_stream_window_size),
-            0,
         );
         #[cfg(all(target_family = "wasm", not(target_os = "unknown")))]
         let time_mock = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

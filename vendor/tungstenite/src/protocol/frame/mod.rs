@@ -103,11 +103,18 @@ where
 /// out (patched, PATCHED.md): enough for small messages in a row.
 const OUT_BUFFER_KEPT: usize = 4 * 1024;
 
+/// A payload of at least this many bytes that has not fully arrived with
+/// its header is read into a buffer of its own (patched, PATCHED.md).
+const OWN_PAYLOAD_MIN: usize = 4 * 1024;
+
 /// A codec for WebSocket frames.
 #[derive(Debug)]
 pub(super) struct FrameCodec {
     /// Buffer to read data from the stream.
     in_buffer: BytesMut,
+    /// `in_buffer` is the current frame's payload buffer, of its exact
+    /// size, and reads stop at its end (patched, PATCHED.md).
+    own_payload: bool,
     in_buf_max_read: usize,
     /// Buffer to send packets to the network.
     out_buffer: Vec<u8>,
@@ -128,6 +135,7 @@ impl FrameCodec {
     pub(super) fn new(in_buf_len: usize) -> Self {
         Self {
             in_buffer: BytesMut::with_capacity(in_buf_len),
+            own_payload: false,
             in_buf_max_read: in_buf_len.max(FrameHeader::MAX_SIZE),
             out_buffer: <_>::default(),
             max_out_buffer_len: usize::MAX,
@@ -142,6 +150,7 @@ impl FrameCodec {
         in_buffer.reserve(min_in_buf_len.saturating_sub(in_buffer.len()));
         Self {
             in_buffer,
+            own_payload: false,
             in_buf_max_read: min_in_buf_len.max(FrameHeader::MAX_SIZE),
             out_buffer: <_>::default(),
             max_out_buffer_len: usize::MAX,
@@ -195,9 +204,21 @@ impl FrameCodec {
                         }));
                     }
 
-                    // Reserve full message length only once, even for multiple
-                    // loops or if WouldBlock errors cause multiple fn calls.
-                    self.in_buffer.reserve(len);
+                    if len >= OWN_PAYLOAD_MIN && self.in_buffer.len() < len {
+                        // Patched (PATCHED.md): a large payload still to
+                        // come is read into a buffer of its own, of its
+                        // exact size, so the message hands on a buffer no
+                        // one else holds. What came with the header (all
+                        // of it this payload's) moves once.
+                        let mut own = BytesMut::with_capacity(len);
+                        own.extend_from_slice(&self.in_buffer);
+                        self.in_buffer = own;
+                        self.own_payload = true;
+                    } else {
+                        // Reserve full message length only once, even for multiple
+                        // loops or if WouldBlock errors cause multiple fn calls.
+                        self.in_buffer.reserve(len);
+                    }
                 } else {
                     self.in_buffer.reserve(FrameHeader::MAX_SIZE);
                 }
@@ -205,6 +226,11 @@ impl FrameCodec {
 
             if let Some((_, len)) = &self.header {
                 let len = *len as usize;
+                if self.own_payload && len == self.in_buffer.len() {
+                    // The next read takes a fresh buffer (above).
+                    self.own_payload = false;
+                    break std::mem::take(&mut self.in_buffer);
+                }
                 if len <= self.in_buffer.len() {
                     break self.in_buffer.split_to(len);
                 }
@@ -258,7 +284,13 @@ impl FrameCodec {
     fn read_in(&mut self, stream: &mut impl Read) -> io::Result<usize> {
         let len = self.in_buffer.len();
         debug_assert!(self.in_buffer.capacity() > len);
-        self.in_buffer.resize(self.in_buffer.capacity().min(len + self.in_buf_max_read), 0);
+        let end = match &self.header {
+            // Patched: a payload's own buffer is filled up to the
+            // payload's end, however large the rest, and no further.
+            Some((_, payload)) if self.own_payload => *payload as usize,
+            _ => self.in_buffer.capacity().min(len + self.in_buf_max_read),
+        };
+        self.in_buffer.resize(end, 0);
         let size = stream.read(&mut self.in_buffer[len..]);
         self.in_buffer.truncate(len + size.as_ref().copied().unwrap_or(0));
         size
