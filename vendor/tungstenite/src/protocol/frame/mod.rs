@@ -112,9 +112,10 @@ const OWN_PAYLOAD_MIN: usize = 4 * 1024;
 pub(super) struct FrameCodec {
     /// Buffer to read data from the stream.
     in_buffer: BytesMut,
-    /// `in_buffer` is the current frame's payload buffer, of its exact
-    /// size, and reads stop at its end (patched, PATCHED.md).
-    own_payload: bool,
+    /// When `in_buffer` is the current frame's own payload buffer (of the
+    /// payload's size, zeroed once), how much of it has been read
+    /// (patched, PATCHED.md).
+    own_filled: Option<usize>,
     in_buf_max_read: usize,
     /// Buffer to send packets to the network.
     out_buffer: Vec<u8>,
@@ -135,7 +136,7 @@ impl FrameCodec {
     pub(super) fn new(in_buf_len: usize) -> Self {
         Self {
             in_buffer: BytesMut::with_capacity(in_buf_len),
-            own_payload: false,
+            own_filled: None,
             in_buf_max_read: in_buf_len.max(FrameHeader::MAX_SIZE),
             out_buffer: <_>::default(),
             max_out_buffer_len: usize::MAX,
@@ -150,7 +151,7 @@ impl FrameCodec {
         in_buffer.reserve(min_in_buf_len.saturating_sub(in_buffer.len()));
         Self {
             in_buffer,
-            own_payload: false,
+            own_filled: None,
             in_buf_max_read: min_in_buf_len.max(FrameHeader::MAX_SIZE),
             out_buffer: <_>::default(),
             max_out_buffer_len: usize::MAX,
@@ -210,10 +211,11 @@ impl FrameCodec {
                         // exact size, so the message hands on a buffer no
                         // one else holds. What came with the header (all
                         // of it this payload's) moves once.
-                        let mut own = BytesMut::with_capacity(len);
-                        own.extend_from_slice(&self.in_buffer);
+                        let have = self.in_buffer.len();
+                        let mut own = BytesMut::zeroed(len);
+                        own[..have].copy_from_slice(&self.in_buffer);
                         self.in_buffer = own;
-                        self.own_payload = true;
+                        self.own_filled = Some(have);
                     } else {
                         // Reserve full message length only once, even for multiple
                         // loops or if WouldBlock errors cause multiple fn calls.
@@ -226,13 +228,15 @@ impl FrameCodec {
 
             if let Some((_, len)) = &self.header {
                 let len = *len as usize;
-                if self.own_payload && len == self.in_buffer.len() {
-                    // The next read takes a fresh buffer (above).
-                    self.own_payload = false;
-                    break std::mem::take(&mut self.in_buffer);
-                }
-                if len <= self.in_buffer.len() {
-                    break self.in_buffer.split_to(len);
+                match self.own_filled {
+                    Some(filled) if filled == len => {
+                        // The next read takes a fresh buffer (above).
+                        self.own_filled = None;
+                        break std::mem::take(&mut self.in_buffer);
+                    }
+                    Some(_) => {}
+                    None if len <= self.in_buffer.len() => break self.in_buffer.split_to(len),
+                    None => {}
                 }
             }
 
@@ -282,15 +286,18 @@ impl FrameCodec {
 
     /// Read into available `in_buffer` capacity.
     fn read_in(&mut self, stream: &mut impl Read) -> io::Result<usize> {
-        let len = self.in_buffer.len();
-        debug_assert!(self.in_buffer.capacity() > len);
-        let end = match &self.header {
+        if let Some(filled) = self.own_filled {
             // Patched: a payload's own buffer is filled up to the
             // payload's end, however large the rest, and no further.
-            Some((_, payload)) if self.own_payload => *payload as usize,
-            _ => self.in_buffer.capacity().min(len + self.in_buf_max_read),
-        };
-        self.in_buffer.resize(end, 0);
+            let size = stream.read(&mut self.in_buffer[filled..]);
+            if let Ok(n) = size {
+                self.own_filled = Some(filled + n);
+            }
+            return size;
+        }
+        let len = self.in_buffer.len();
+        debug_assert!(self.in_buffer.capacity() > len);
+        self.in_buffer.resize(self.in_buffer.capacity().min(len + self.in_buf_max_read), 0);
         let size = stream.read(&mut self.in_buffer[len..]);
         self.in_buffer.truncate(len + size.as_ref().copied().unwrap_or(0));
         size
