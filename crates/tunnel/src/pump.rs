@@ -3,12 +3,13 @@
 //! `AsyncRead + AsyncWrite` over the message stream, with no task, pipe or
 //! buffer of its own between the two; yamux's queued frames become
 //! messages, large ones without being copied, small ones in a row joined,
-//! and each message's payload reaches yamux as it is (`FrameIo`). Binary payloads are bytes of the
-//! stream, message boundaries mean nothing; a text message closes with
-//! 1003, an oversized one with 1009, silence past the idle timeout with
-//! 1001, Ping/Pong/Close never reach yamux. When yamux drops the stream,
-//! the close frame goes out (after GoAway(1) when yamux found a protocol
-//! error) and the reason the tunnel ended is reported.
+//! and each message's payload reaches yamux as it is (`FrameIo`). Binary
+//! payloads are bytes of the stream, message boundaries mean nothing; a
+//! text message closes with 1003, an oversized one with 1009, silence
+//! past the idle timeout with 1001, Ping/Pong/Close never reach yamux.
+//! When yamux drops the stream, the close frame goes out (after GoAway(1)
+//! when yamux found a protocol error) and the reason the tunnel ended is
+//! reported.
 
 use bytes::Bytes;
 use edge_core::time::now_ms;

@@ -2,9 +2,11 @@
 //! was read into (vendor/tungstenite and vendor/tokio-yamux, twelfth
 //! change; ADR 040): tungstenite reads a large payload into a buffer of
 //! its own and hands it on unshared, `WsIo` hands each payload to the
-//! session as it is, and the session takes an unshared one as its read
-//! buffer, so a data frame's body that came as one message is split off
-//! it, not copied. Shared buffers and bodies in pieces still arrive whole.
+//! session as it is, and the session takes an unshared one that is
+//! exactly a body a frame waits for as its read buffer, so that body is
+//! not copied. Shared buffers, bodies in pieces and frames packed with
+//! others are copied in (a small body must not keep a large buffer alive)
+//! and still arrive whole.
 
 #![allow(clippy::unwrap_used)]
 
@@ -167,6 +169,15 @@ async fn a_body_that_came_as_one_unshared_buffer_reaches_its_stream_in_it() {
     let mut tail = BytesMut::from(&split[BODY / 2..]);
     tail.extend_from_slice(&syn_header(7, 5));
     tail.extend_from_slice(b"small");
+    // Stream 9: a whole frame in a buffer with more behind it. Taking
+    // that buffer would keep all of it alive for the small body.
+    let mut packed = BytesMut::new();
+    packed.extend_from_slice(&syn_header(9, 100));
+    packed.extend_from_slice(&body(4, 100));
+    packed.extend_from_slice(&syn_header(11, 2 * BODY));
+    packed.extend_from_slice(&body(5, 2 * BODY));
+    let packed = packed.freeze();
+    let packed_at = packed.as_ptr() as usize..packed.as_ptr() as usize + packed.len();
     let chunks = vec![
         syn_header(1, BODY),
         own,
@@ -175,6 +186,7 @@ async fn a_body_that_came_as_one_unshared_buffer_reaches_its_stream_in_it() {
         syn_header(5, BODY),
         split.slice(..BODY / 2),
         tail.freeze(),
+        packed,
     ];
     let mut streams = session_over(chunks, &cancel);
 
@@ -205,5 +217,13 @@ async fn a_body_that_came_as_one_unshared_buffer_reaches_its_stream_in_it() {
     );
     let mut fourth = streams.recv().await.unwrap();
     assert_eq!(&next_chunk(&mut fourth).await[..], b"small");
+
+    let mut fifth = streams.recv().await.unwrap();
+    let got = next_chunk(&mut fifth).await;
+    assert_eq!(&got[..], &body(4, 100)[..]);
+    assert!(
+        !packed_at.contains(&(got.as_ptr() as usize)),
+        "a 100-byte body was split off a 128 KiB buffer it would keep alive"
+    );
     cancel.cancel();
 }

@@ -286,6 +286,14 @@ impl FrameCodec {
         self.owned_reads = owned;
         self
     }
+
+    /// Patched (twelfth change): the length of the body that a data
+    /// frame's header, already decoded, waits for.
+    pub(crate) fn awaited_body(&self) -> Option<usize> {
+        self.unused_data_header
+            .as_ref()
+            .map(|header| header.length as usize)
+    }
 }
 
 impl Default for FrameCodec {

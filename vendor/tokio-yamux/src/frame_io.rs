@@ -3,9 +3,9 @@
 //! payload) gets the queued frames as `Bytes` instead of borrowed slices
 //! it would have to copy into a message first. Twelfth change: a stream
 //! whose reads arrive as owned buffers (a WebSocket's messages) hands them
-//! to the session as they are, and a data frame's body that fills one is
-//! passed on without being copied. Any other `AsyncRead + AsyncWrite` runs
-//! wrapped in [`Plain`].
+//! to the session as they are, and a data frame's body that is exactly
+//! one of them is passed on without being copied. Any other
+//! `AsyncRead + AsyncWrite` runs wrapped in [`Plain`].
 
 use std::{
     collections::VecDeque,
@@ -48,9 +48,9 @@ pub trait FrameIo: AsyncRead + AsyncWrite + Unpin {
 
     /// The next bytes that arrived, as the buffer they arrived in (never
     /// empty); `None` at the end of the stream. A buffer no one else holds
-    /// becomes the session's read buffer as it is; one that is shared is
-    /// copied. Called only when [`reads_owned`](Self::reads_owned) is
-    /// true.
+    /// that is exactly the body a data frame waits for is taken as it is;
+    /// any other is copied. Called only when
+    /// [`reads_owned`](Self::reads_owned) is true.
     fn poll_read_owned(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
         let _ = cx;
         Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
@@ -106,10 +106,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Plain<T> {
 /// Patched (twelfth change): reads frames off a [`FrameIo`], what
 /// `tokio_util`'s `Framed` did for the session. A byte stream that
 /// [`reads_owned`](FrameIo::reads_owned) fills the buffer with what it
-/// hands over: into an empty buffer a received buffer that no one else
-/// holds goes as it is, so a data frame's body that arrives as one buffer
-/// is split off it without a copy; a shared one, or one after a partial
-/// frame, is copied in.
+/// hands over: a received buffer that no one else holds and that is
+/// exactly the body a decoded data frame's header waits for becomes the
+/// buffer as it is, so the body is split off it without a copy; any other
+/// is copied in.
 pub(crate) struct FrameReader<T> {
     io: T,
     codec: crate::frame::FrameCodec,
@@ -149,7 +149,13 @@ impl<T: FrameIo> FrameReader<T> {
             return match futures::ready!(self.io.poll_read_owned(cx))? {
                 Some(chunk) => {
                     let n = chunk.len();
-                    if self.buffer.is_empty() {
+                    // Taken as it is only when it is exactly the body a
+                    // decoded header waits for: a body split off a larger
+                    // buffer would keep all of it alive, beyond what the
+                    // stream's window counts.
+                    let whole_body =
+                        self.buffer.is_empty() && self.codec.awaited_body() == Some(n);
+                    if whole_body {
                         match chunk.try_into_mut() {
                             Ok(own) => self.buffer = own,
                             Err(shared) => self.buffer.extend_from_slice(&shared),
