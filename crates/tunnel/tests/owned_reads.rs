@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use tokio::io::{AsyncRead, DuplexStream, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -80,6 +80,7 @@ async fn a_large_message_arrives_in_a_buffer_no_one_else_holds() {
 /// writes is dropped.
 struct Chunks {
     chunks: VecDeque<Bytes>,
+    inner: tokio::io::Sink,
 }
 
 impl FrameIo for Chunks {
@@ -106,23 +107,7 @@ impl AsyncRead for Chunks {
     }
 }
 
-impl AsyncWrite for Chunks {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
+edge_core::write_through_inner!(impl for Chunks);
 
 /// A session served over `chunks`: the streams the peer opened, in order.
 fn session_over(
@@ -132,6 +117,7 @@ fn session_over(
     let (streams_tx, streams) = tokio::sync::mpsc::unbounded_channel();
     let io = Chunks {
         chunks: chunks.into(),
+        inner: tokio::io::sink(),
     };
     tokio::spawn(serve(
         io,
