@@ -391,14 +391,39 @@ async fn postgres_stopped_answers_503_keeps_tunnels_and_recovers_without_restart
 
 /// Audit rows of remote access in the store.
 async fn remote_access_rows(stack: &ProcStack) -> usize {
+    remote_access_actions(stack).await.len()
+}
+
+/// The actions of the user's remote-access audit rows, newest first.
+async fn remote_access_actions(stack: &ProcStack) -> Vec<String> {
     stack
         .store
         .audit_events(stack.user, 10_000, 0)
         .await
         .unwrap()
-        .iter()
+        .into_iter()
         .filter(|e| e.action.starts_with("remote_access_"))
-        .count()
+        .map(|e| e.action)
+        .collect()
+}
+
+/// Wait (bounded) until the user has exactly `want` remote-access rows;
+/// past the bound, fail naming the rows there are.
+async fn until_rows(stack: &ProcStack, what: &str, want: usize) {
+    let deadline = Instant::now() + testkit::STEP;
+    loop {
+        let actions = remote_access_actions(stack).await;
+        if actions.len() == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {:?}: {what}: {want} rows wanted, {} there (newest first: {actions:?})",
+            testkit::STEP,
+            actions.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,10 +445,7 @@ async fn a_file_size_limit_on_the_audit_writer_is_reported_and_loses_nothing() {
         assert_eq!(stack.info_status(dev).await, 200);
         served += 1;
     }
-    until("the first requests' audit rows written", || async {
-        remote_access_rows(&stack).await == 2 * served
-    })
-    .await;
+    until_rows(&stack, "the first requests' audit rows written", 2 * served).await;
     let written_before = remote_access_rows(&stack).await;
 
     // Every write of the api-server now fails with EFBIG (soft limit of one
@@ -488,9 +510,11 @@ async fn a_file_size_limit_on_the_audit_writer_is_reported_and_loses_nothing() {
     let recovered = lifted.elapsed();
     assert_eq!(stack.info_status(dev).await, 200);
     served += 1;
-    until("every served request's audit rows written", || async {
-        remote_access_rows(&stack).await == 2 * served
-    })
+    until_rows(
+        &stack,
+        "every served request's audit rows written",
+        2 * served,
+    )
     .await;
     println!(
         "audit at a file-size limit: refused with 503 audit_unavailable {reported:?} after the limit; ready again {recovered:?} after it was lifted; {written_before} rows before, {} after for {served} served requests (none lost)",

@@ -136,8 +136,30 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl);
         };
+        let file_backed = sqlite_file.is_some();
         let pool = AnyPoolOptions::new()
             .max_connections(max_conns)
+            // A SQLite connection whose transaction SQLite rolled back by
+            // itself (an I/O error or a full disk at a write or at COMMIT)
+            // keeps sqlx's count of open transactions at one: sqlx's
+            // ROLLBACK on drop then fails ("no transaction is active") and
+            // every later BEGIN on that connection is refused. Flush that
+            // rollback (the ping runs after it) and close such a connection
+            // instead of pooling it. Not for `:memory:`, whose data lives
+            // only as long as its one connection.
+            .after_release(move |conn, _| {
+                Box::pin(async move {
+                    if file_backed {
+                        use sqlx::Connection;
+                        conn.ping().await?;
+                        if conn.is_in_transaction() {
+                            tracing::warn!("closing a database connection left inside a transaction SQLite had rolled back");
+                            return Ok(false);
+                        }
+                    }
+                    Ok(true)
+                })
+            })
             // A database that is down answers "unavailable" in seconds, not
             // after sqlx's default 30 s of retrying.
             .acquire_timeout(ACQUIRE_TIMEOUT)

@@ -431,7 +431,9 @@ fn command(bin: &Path, data: &Path, db_url: &str) -> Command {
     c.env("EDGE_DATA_DIR", data)
         .env("EDGE_DATABASE_URL", db_url)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        // Its warnings and errors go where the test's own output goes, so
+        // a failed test shows what the process said.
+        .stdout(Stdio::inherit())
         .kill_on_drop(true);
     c
 }
