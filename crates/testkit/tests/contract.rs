@@ -12,15 +12,27 @@ use testkit::Stack;
 use tokio::process::Command;
 
 /// Upper bound for one schemathesis run (it ends by itself; this only
-/// stops a hung one).
-const SCHEMATHESIS_BOUND: std::time::Duration = std::time::Duration::from_secs(300);
+/// stops a hung one, in time to print what it did before nextest's own
+/// bound for the whole test ends it silently).
+const SCHEMATHESIS_BOUND: std::time::Duration = std::time::Duration::from_secs(150);
 
-/// Run schemathesis against the stack; returns (success, output).
-async fn schemathesis(stack: &Stack, headers: &[String], extra: &[&str]) -> (bool, String) {
+/// What one schemathesis run left: whether it passed, what it printed, and
+/// its network log (every request it made, with the answer if one came).
+struct Run {
+    ok: bool,
+    out: String,
+    cassette: String,
+}
+
+/// Run schemathesis against the stack.
+async fn schemathesis(stack: &Stack, headers: &[String], extra: &[&str]) -> Run {
     // Hypothesis keeps its example database and caches in `.hypothesis`
     // under the working directory: give each run its own, so a run leaves
-    // nothing in the checkout.
+    // nothing in the checkout. Its output goes to files there, so that a
+    // run cut short still shows how far it got.
     let work = tempfile::tempdir().unwrap();
+    let printed = work.path().join("printed.txt");
+    let cassette = work.path().join("network.yaml");
     let mut cmd = Command::new("schemathesis");
     cmd.current_dir(work.path())
         .arg("run")
@@ -35,7 +47,8 @@ async fn schemathesis(stack: &Stack, headers: &[String], extra: &[&str]) -> (boo
         .args(["--workers", "2"])
         // A request left unanswered fails the run naming that request,
         // instead of stalling the whole run until its bound.
-        .arg("--request-timeout=60000")
+        .arg("--request-timeout=20000")
+        .arg(format!("--cassette-path={}", cassette.display()))
         // The document is OpenAPI 3.1 (utoipa 5); schemathesis 3.x reads
         // it behind this switch.
         .arg("--experimental=openapi-3.1")
@@ -50,24 +63,44 @@ async fn schemathesis(stack: &Stack, headers: &[String], extra: &[&str]) -> (boo
         .args(["--exclude-path", "/api/cli/authorize"])
         .args(extra)
         .env("SCHEMATHESIS_TELEMETRY", "false")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&printed).unwrap())
+        .stderr(std::fs::File::create(work.path().join("errors.txt")).unwrap())
         .kill_on_drop(true);
     for h in headers {
         cmd.args(["-H", h]);
     }
+    let mut child = cmd.spawn().expect("schemathesis (PyPI) must be installed");
     // A whole schemathesis run is hundreds of requests from a Python
     // process: on a loaded 2-core machine it can take far longer than one
     // test step (`testkit::STEP`), so it gets its own, wider bound.
-    let out = testkit::within_for(SCHEMATHESIS_BOUND, "schemathesis run", cmd.output())
-        .await
-        .expect("schemathesis (PyPI) must be installed");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let status = tokio::time::timeout(SCHEMATHESIS_BOUND, child.wait()).await;
+    let read = |name: &str| std::fs::read_to_string(work.path().join(name)).unwrap_or_default();
+    let out = format!("{}{}", read("printed.txt"), read("errors.txt"));
+    let cassette = read("network.yaml");
+    match status {
+        Ok(status) => Run {
+            ok: status.unwrap().success(),
+            out,
+            cassette,
+        },
+        Err(_) => {
+            let _ = child.kill().await;
+            // The log holds answered requests: the last ones say where the
+            // run was when it stalled.
+            let answered: Vec<&str> = cassette
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with("uri:") || l.starts_with("code:"))
+                .collect();
+            let tail = &answered[answered.len().saturating_sub(40)..];
+            panic!(
+                "schemathesis ran past {SCHEMATHESIS_BOUND:?}; it printed:\n{out}\n\
+                 the last requests answered:\n{}",
+                tail.join("\n")
+            );
+        }
+    }
 }
 
 /// The forward route, as the document names it.
@@ -96,28 +129,19 @@ async fn the_live_api_matches_its_openapi_document() {
     let alice = stack.user("alice").await;
     let (_dev, _agent) = stack.online_device(alice.id).await;
     let signed_in = [format!("Cookie: {}", alice.cookie), "X-CSRF: 1".to_owned()];
-    let dir = tempfile::tempdir().unwrap();
-    let cassette = dir.path().join("signed-in.yaml");
-    let cassette_arg = format!("--cassette-path={}", cassette.display());
     // Forwards take a bearer only: they get a run of their own with one
     // (schemathesis would otherwise make up `Authorization` values, some
     // of which no HTTP server parses).
-    let (ok, out) = schemathesis(
-        &stack,
-        &signed_in,
-        &[&cassette_arg, "--exclude-path", FORWARD],
-    )
-    .await;
-    println!("{out}");
+    let run = schemathesis(&stack, &signed_in, &["--exclude-path", FORWARD]).await;
+    println!("{}", run.out);
     assert!(
-        ok,
+        run.ok,
         "schemathesis found responses the document does not allow"
     );
     // The run was signed in: the session's own routes answered 200.
-    let recorded = std::fs::read_to_string(&cassette).unwrap();
     for path in ["/api/auth/me", "/api/devices", "/api/pairing/codes"] {
         assert!(
-            answered_200(&recorded, &stack.api(path)),
+            answered_200(&run.cassette, &stack.api(path)),
             "no 200 from {path} in the signed-in run"
         );
     }
@@ -129,18 +153,18 @@ async fn the_live_api_matches_its_openapi_document() {
         "Cookie: edge_session=not-a-session".to_owned(),
         "X-CSRF: 1".to_owned(),
     ];
-    let (ok, out) = schemathesis(&stack, &signed_out, &["--exclude-path", FORWARD]).await;
-    println!("{out}");
-    assert!(ok, "signed out, a response broke the document");
+    let run = schemathesis(&stack, &signed_out, &["--exclude-path", FORWARD]).await;
+    println!("{}", run.out);
+    assert!(run.ok, "signed out, a response broke the document");
 
     // A terminal's bearer session on the forward route.
     let bearer = [format!(
         "Authorization: Bearer {}",
         stack.bearer(alice.id).await.expose()
     )];
-    let (ok, out) = schemathesis(&stack, &bearer, &["--include-path", FORWARD]).await;
-    println!("{out}");
-    assert!(ok, "with a bearer, a forward answer broke the document");
+    let run = schemathesis(&stack, &bearer, &["--include-path", FORWARD]).await;
+    println!("{}", run.out);
+    assert!(run.ok, "with a bearer, a forward answer broke the document");
     for path in ["/api/devices", "/api/auth/me", "/api/audit"] {
         let res = stack.http.get(stack.api(path)).send().await.unwrap();
         assert_eq!(res.status(), 401, "{path} without a session");
