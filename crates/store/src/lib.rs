@@ -143,14 +143,16 @@ impl Store {
             // itself (an I/O error or a full disk at a write or at COMMIT)
             // keeps sqlx's count of open transactions at one: sqlx's
             // ROLLBACK on drop then fails ("no transaction is active") and
-            // every later BEGIN on that connection is refused. Flush that
-            // rollback (the ping runs after it) and close such a connection
-            // instead of pooling it. Not for `:memory:`, whose data lives
-            // only as long as its one connection.
+            // every later BEGIN on that connection is refused. A connection
+            // released with a transaction still counted (one dropped
+            // without COMMIT) has its ROLLBACK flushed (a ping runs after
+            // it); if it is still counted then, it is closed instead of
+            // pooled. Not for `:memory:`, whose data lives only as long as
+            // its one connection.
             .after_release(move |conn, _| {
                 Box::pin(async move {
-                    if file_backed {
-                        use sqlx::Connection;
+                    use sqlx::Connection;
+                    if file_backed && conn.is_in_transaction() {
                         conn.ping().await?;
                         if conn.is_in_transaction() {
                             tracing::warn!("closing a database connection left inside a transaction SQLite had rolled back");
