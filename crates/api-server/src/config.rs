@@ -51,7 +51,9 @@ pub struct Config {
     #[arg(long, env = "EDGE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Internal URL of the one relay node (single-node mode; with
-    /// `--redis-url` each device's node is found from its lease instead).
+    /// `--redis-url` each device's node is found from its lease instead):
+    /// `http://` or `https://`, or `unix:<path>` for a relay on this host
+    /// that serves its internal API on that socket (ADR 041).
     #[arg(
         long,
         env = "API_SERVER_RELAY_URL",

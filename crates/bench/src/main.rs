@@ -71,6 +71,18 @@ struct Cli {
     /// measured).
     #[arg(long)]
     bulk_only: bool,
+    /// How the api-server (and the relay-alone client) reach the relay:
+    /// `unix`, the relay's internal Unix socket, as on one host (ADR
+    /// 041); `tcp`, its internal port on loopback, as across hosts.
+    #[arg(long, value_enum, default_value_t = InternalHop::Unix)]
+    internal_hop: InternalHop,
+}
+
+/// The api-server ⇄ relay hop [`Cli::internal_hop`] picks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum InternalHop {
+    Unix,
+    Tcp,
 }
 
 /// Start the Go `net/http` box (`go/device -listen`) with its own device
@@ -293,6 +305,17 @@ async fn main() -> Result<()> {
     let (tunnel_port, internal_port, api_port, box_port) =
         (free_port(), free_port(), free_port(), free_port());
     let relay_url = format!("ws://127.0.0.1:{tunnel_port}/tunnel");
+    let internal_socket = data.path().join("relay-internal.sock");
+    // The relay's internal URL as the api-server and the relay-alone
+    // client use it.
+    let relay_node = match cli.internal_hop {
+        InternalHop::Unix => format!(
+            "{}{}",
+            directory::client::UNIX_SCHEME,
+            internal_socket.display()
+        ),
+        InternalHop::Tcp => format!("http://127.0.0.1:{internal_port}"),
+    };
 
     let user = store
         .upsert_user("https://bench", "bench", None, Some("bench"))
@@ -321,6 +344,8 @@ async fn main() -> Result<()> {
             "--internal-listen",
             &format!("127.0.0.1:{internal_port}"),
         ])
+        .arg("--internal-socket")
+        .arg(&internal_socket)
         .args(["--max-tunnels-per-owner", &most_tunnels.to_string()])
         .args(["--max-tunnels", &most_tunnels.max(50_000).to_string()])
         .args(["--max-connections-per-client", "0"])
@@ -343,7 +368,7 @@ async fn main() -> Result<()> {
                 "--listen",
                 &format!("127.0.0.1:{api_port}"),
                 "--relay-url",
-                &format!("http://127.0.0.1:{internal_port}"),
+                &relay_node,
                 "--cookie-insecure",
                 // Discovery is lazy and the bench brings its own session.
                 "--oidc-issuer",
@@ -461,6 +486,14 @@ async fn main() -> Result<()> {
             .map(|n| n.get())
             .unwrap_or(1)
     );
+    println!(
+        "api-server to relay: {}",
+        match cli.internal_hop {
+            InternalHop::Unix =>
+                "the relay's internal Unix socket, as on one host (--internal-hop tcp: its TCP port)",
+            InternalHop::Tcp => "the relay's internal TCP port on loopback, as across hosts",
+        }
+    );
     match &rathole_bin {
         Some(p) => println!("rathole: {}", p.display()),
         None => println!(
@@ -470,9 +503,7 @@ async fn main() -> Result<()> {
     let n = cli.bulk_mib << 20;
     let secret = Secret::new(std::fs::read_to_string(data.path().join("internal-secret"))?.trim());
     let relay_client = directory::RelayDirectory::new(
-        Arc::new(directory::StaticNode(directory::NodeId(format!(
-            "http://127.0.0.1:{internal_port}"
-        )))),
+        Arc::new(directory::StaticNode(directory::NodeId(relay_node.clone()))),
         secret.clone(),
         Duration::from_secs(5),
         Duration::from_secs(5),

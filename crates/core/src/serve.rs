@@ -14,6 +14,7 @@
 //! sees each connection first and may answer requests ahead of the router.
 //! With [`Shards`](crate::shard::Shards), each accepted connection is
 //! served on the next shard's runtime instead of the accepting one.
+//! [`serve_unix`] serves the same way on a Unix-domain socket.
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -369,11 +370,63 @@ pub async fn serve_tls(
         }));
     }
     drop(listener);
+    drain(tracker, opts.drain_timeout).await;
+}
+
+/// The address a Unix-socket peer's requests carry (`ConnectInfo`,
+/// [`ClientIp`]): the peer is on this host, as a loopback peer is.
+pub const UNIX_PEER: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+/// [`serve`] on a Unix-domain socket (ADR 041): the same connection limit,
+/// header timeout, upgrades and drain; no TLS, no per-client cap and no
+/// shards, since every peer is a process on this host that the socket
+/// file's permissions let in. Requests carry [`UNIX_PEER`].
+pub async fn serve_unix(
+    listener: tokio::net::UnixListener,
+    app: Router,
+    opts: ServeOptions,
+    shutdown: CancellationToken,
+) {
+    let limit = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    let tracker = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let held = Held {
+            _permit: permit,
+            _slot: None,
+        };
+        let stream = HeldIo::new(stream, held);
+        tracker.spawn(lane_then_router(
+            stream,
+            UNIX_PEER,
+            app.clone(),
+            opts.clone(),
+            shutdown.clone(),
+        ));
+    }
+    drop(listener);
+    drain(tracker, opts.drain_timeout).await;
+}
+
+/// Wait for a stopped listener's connections, bounded by `timeout`.
+async fn drain(tracker: TaskTracker, timeout: Duration) {
     tracker.close();
-    if tokio::time::timeout(opts.drain_timeout, tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
         tracing::warn!("drain timeout elapsed with connections still open");
     }
 }

@@ -761,3 +761,75 @@ async fn devices_that_stop_reading_are_dropped_within_the_ping_bound_with_bounde
     assert!(per(before.1, peak.1) <= PER_CONNECTION_KIB);
     drop(held);
 }
+
+/// ADR 041: the api-server reaches the relay on the relay's Unix socket.
+/// Small requests and an 8 MiB download pass byte for byte; SIGKILL
+/// leaves the socket file behind, the relay binds over it when it starts
+/// again, and the api-server's channel comes back with the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_internal_hop_on_a_unix_socket_comes_back_after_a_relay_sigkill() {
+    testkit::init_logs();
+    let mut stack = ProcStack::start(
+        bins(),
+        None,
+        Args {
+            internal_socket: true,
+            ..Args::default()
+        },
+    )
+    .await;
+    let socket = stack
+        .relay_url
+        .strip_prefix(directory::client::UNIX_SCHEME)
+        .expect("the api-server is given the socket")
+        .to_owned();
+    // The socket asks for the shared secret as the TCP port does.
+    for path in ["/internal/v1/sessions", directory::mux::MUX_PATH] {
+        assert_eq!(status_over_unix(&socket, path).await, 401, "{path}");
+    }
+    let (dev, _stop) = stack.online_device("box").await;
+
+    download_8_mib(&stack, dev).await;
+
+    stack.kill_relay().await;
+    assert!(
+        std::fs::symlink_metadata(&socket).is_ok(),
+        "a killed relay leaves its socket file"
+    );
+    assert_ne!(stack.info_status(dev).await, 200, "the relay is down");
+    stack.restart_relay().await;
+    stack.wait_reachable(dev).await;
+    download_8_mib(&stack, dev).await;
+    println!("internal hop on {socket}: answered before and after a relay SIGKILL");
+}
+
+/// Download 8 MiB from `dev`'s box and check every byte.
+async fn download_8_mib(stack: &ProcStack, dev: edge_core::DeviceId) {
+    let res = stack
+        .get(dev, "/test/download?bytes=8388608")
+        .await
+        .unwrap();
+    let body = res.error_for_status().unwrap().bytes().await.unwrap();
+    assert_eq!(body.len(), 8 << 20);
+    let mut want = vec![0u8; body.len()];
+    sim_box::pattern(0, &mut want);
+    assert!(body[..] == want[..], "the download's bytes differ");
+}
+
+/// The status of a `GET path` sent over the Unix socket at `socket`
+/// without credentials.
+async fn status_over_unix(socket: &str, path: &str) -> u16 {
+    let mut conn = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    within("an answer over the socket", conn.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"))
+}

@@ -3,7 +3,8 @@
 //! bounded by a connect timeout and a response timeout, so a dead relay
 //! surfaces as an error, never as a hang. Node URLs may be `http://` or
 //! `https://` (then the node's certificate is checked against the web PKI
-//! roots plus the configured private CA). Streams to devices travel on one
+//! roots plus the configured private CA), or `unix:<path>` for a node on
+//! this host that serves its internal port on a Unix socket too (ADR 041). Streams to devices travel on one
 //! multiplexed channel per node (`crate::mux`), opened on first use and
 //! again whenever it ends; session lookups and control calls are plain
 //! requests.
@@ -88,6 +89,9 @@ struct Channel {
 /// One node's channel, opened by whoever finds it missing first (the others
 /// asking for the same node wait for that one attempt).
 type ChannelSlot = Arc<tokio::sync::Mutex<Option<Channel>>>;
+
+/// How a node URL names a Unix-domain socket: `unix:/run/edge/relay.sock`.
+pub const UNIX_SCHEME: &str = "unix:";
 
 /// The byte stream under one internal-API connection.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
@@ -230,6 +234,17 @@ impl RelayDirectory {
     /// A connection to `node`'s internal port (TLS for `https://`); returns
     /// it with the authority to send as `Host`.
     async fn connect(&self, node: &NodeId) -> Result<(Box<dyn Io>, String), DirectoryError> {
+        if let Some(path) = node.0.strip_prefix(UNIX_SCHEME) {
+            // A node on this host (ADR 041): no TLS, and no plaintext
+            // crosses a network.
+            let connecting = tokio::net::UnixStream::connect(path);
+            let io = tokio::time::timeout(self.connect_timeout, connecting)
+                .await
+                .map_err(|_| DirectoryError::Timeout)?
+                .map_err(|e| DirectoryError::Unreachable(format!("{}: {e}", node.0)))?;
+            self.connections.fetch_add(1, Ordering::Relaxed);
+            return Ok((Box::new(io) as Box<dyn Io>, "localhost".to_owned()));
+        }
         let (tls, rest) = if let Some(rest) = node.0.strip_prefix("https://") {
             (true, rest)
         } else if let Some(rest) = node.0.strip_prefix("http://") {

@@ -28,6 +28,11 @@ pub struct Config {
         hide_env_values = true
     )]
     pub internal_listen: SocketAddr,
+    /// Also serve the internal API on a Unix-domain socket at this path
+    /// (mode 0600), for an api-server on the same host
+    /// (`--relay-url unix:<path>`; ADR 041). Unset: TCP only.
+    #[arg(long, env = "REMOTE_PROXY_INTERNAL_SOCKET", hide_env_values = true)]
+    pub internal_socket: Option<std::path::PathBuf>,
     /// Address of the Prometheus endpoint (`GET /metrics`), or `off`.
     /// Loopback by default: it is for the scraper, not the internet.
     #[arg(

@@ -8,6 +8,7 @@ pub mod config;
 pub mod device_stream;
 pub mod error;
 pub mod internal;
+pub mod internal_socket;
 pub mod leases;
 pub mod metrics;
 pub mod registry;
@@ -156,6 +157,19 @@ impl Relay {
         tls: RelayTls,
         shutdown: CancellationToken,
     ) {
+        self.serve_all(tunnel, internal, None, tls, shutdown).await;
+    }
+
+    /// [`Relay::serve_tls`], with the internal API also on a Unix-domain
+    /// socket when `internal_unix` is given (ADR 041).
+    pub async fn serve_all(
+        self: Arc<Self>,
+        tunnel: TcpListener,
+        internal: TcpListener,
+        internal_unix: Option<tokio::net::UnixListener>,
+        tls: RelayTls,
+        shutdown: CancellationToken,
+    ) {
         let tunnel_opts = ServeOptions {
             max_connections: self.limits.max_tunnels.saturating_add(1024),
             max_connections_per_client: self.limits.max_connections_per_client,
@@ -210,10 +224,21 @@ impl Relay {
             serve_tls(
                 internal,
                 internal::router(self.clone()),
-                internal_opts,
+                internal_opts.clone(),
                 tls.internal,
                 stop_serving.clone()
             ),
+            async {
+                if let Some(listener) = internal_unix {
+                    edge_core::serve::serve_unix(
+                        listener,
+                        internal::router(self.clone()),
+                        internal_opts,
+                        stop_serving.clone(),
+                    )
+                    .await;
+                }
+            },
             closer,
         );
         // The scraper stopped when draining began; its writer stores what
@@ -391,7 +416,17 @@ pub async fn run_on(
             .await
             .map_err(|e| RelayError::Startup(format!("metrics listener {addr}: {e}")))?;
     }
-    relay.serve_tls(tunnel, internal, tls, shutdown).await;
+    let internal_unix = match &config.internal_socket {
+        Some(path) => {
+            let listener = internal_socket::bind(path).await?;
+            tracing::info!(socket = %path.display(), "internal API on a Unix socket too");
+            Some(listener)
+        }
+        None => None,
+    };
+    relay
+        .serve_all(tunnel, internal, internal_unix, tls, shutdown)
+        .await;
     tracing::info!("remote-proxy stopped");
     Ok(())
 }

@@ -151,6 +151,9 @@ pub struct ProcStack {
     pub http: reqwest::Client,
     api_args: Vec<String>,
     relay_args: Vec<String>,
+    /// How the api-server reaches the relay: its internal port, or its
+    /// Unix socket ([`Args::internal_socket`]).
+    pub relay_url: String,
 }
 
 /// Extra command-line arguments of the servers.
@@ -158,6 +161,9 @@ pub struct ProcStack {
 pub struct Args<'a> {
     pub api: &'a [&'a str],
     pub relay: &'a [&'a str],
+    /// The api-server reaches the relay on the relay's Unix socket in the
+    /// data directory (ADR 041) instead of its internal TCP port.
+    pub internal_socket: bool,
 }
 
 impl ProcStack {
@@ -176,20 +182,30 @@ impl ProcStack {
         let (tunnel_port, internal_port, relay_metrics_port) =
             (free_port(), free_port(), free_port());
         let (api_port, box_port) = (free_port(), free_port());
+        let mut relay_args: Vec<String> = args.relay.iter().map(|s| (*s).to_owned()).collect();
+        let relay_url = if args.internal_socket {
+            let socket = data.path().join("relay-internal.sock");
+            relay_args.push("--internal-socket".to_owned());
+            relay_args.push(socket.display().to_string());
+            format!("{}{}", directory::client::UNIX_SCHEME, socket.display())
+        } else {
+            format!("http://127.0.0.1:{internal_port}")
+        };
+        let relay_arg_refs: Vec<&str> = relay_args.iter().map(String::as_str).collect();
         let mut stack = Self {
             relay: spawn_relay(
                 &bins.relay,
                 data.path(),
                 &db_url,
                 [tunnel_port, internal_port, relay_metrics_port],
-                args.relay,
+                &relay_arg_refs,
             ),
             api: spawn_api(
                 &bins.api,
                 data.path(),
                 &db_url,
                 api_port,
-                internal_port,
+                &relay_url,
                 args.api,
             ),
             sim_box: command(&bins.sim_box, data.path(), &db_url)
@@ -210,7 +226,8 @@ impl ProcStack {
                 .build()
                 .expect("http client"),
             api_args: args.api.iter().map(|s| (*s).to_owned()).collect(),
-            relay_args: args.relay.iter().map(|s| (*s).to_owned()).collect(),
+            relay_args,
+            relay_url,
             db_url,
             data,
         };
@@ -419,7 +436,7 @@ impl ProcStack {
             self.data.path(),
             &self.db_url,
             self.api_port,
-            self.internal_port,
+            &self.relay_url,
             &args,
         );
         wait_port(self.api_port).await;
@@ -457,12 +474,12 @@ fn spawn_api(
     data: &Path,
     db_url: &str,
     port: u16,
-    internal: u16,
+    relay_url: &str,
     extra: &[&str],
 ) -> Child {
     command(bin, data, db_url)
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--relay-url", &format!("http://127.0.0.1:{internal}")])
+        .args(["--relay-url", relay_url])
         .args(["--cookie-insecure", "--oidc-issuer", "http://127.0.0.1:9"])
         .args(["--metrics-listen", "127.0.0.1:0"])
         .args(["--max-connections-per-client", "0"])
