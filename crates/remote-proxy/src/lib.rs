@@ -427,6 +427,11 @@ pub async fn run_on(
     relay
         .serve_all(tunnel, internal, internal_unix, tls, shutdown)
         .await;
+    if let Some(path) = &config.internal_socket {
+        // Stopped cleanly: the next start finds no file (a killed relay's
+        // file is replaced then).
+        let _ = std::fs::remove_file(path);
+    }
     tracing::info!("remote-proxy stopped");
     Ok(())
 }

@@ -43,6 +43,16 @@ pub async fn wait_port(port: u16) {
     .await;
 }
 
+/// Wait (bounded) until something accepts on the Unix socket at `path`.
+pub async fn wait_unix(path: &Path) {
+    within("socket opens", async {
+        while tokio::net::UnixStream::connect(path).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 /// Send signal `sig` (`TERM`, `KILL`, `STOP`, `CONT`, ...) to `pid`.
 pub fn signal(pid: u32, sig: &str) {
     let status = std::process::Command::new("kill")
@@ -234,6 +244,7 @@ impl ProcStack {
         for port in [internal_port, api_port, box_port] {
             wait_port(port).await;
         }
+        stack.wait_relay_socket().await;
         stack.cookie = stack.sign_in().await;
         stack
     }
@@ -420,6 +431,15 @@ impl ProcStack {
             &args,
         );
         wait_port(self.internal_port).await;
+        self.wait_relay_socket().await;
+    }
+
+    /// With [`Args::internal_socket`], wait until the relay serves its
+    /// socket (bound after its ports, and a killed relay's file stays).
+    async fn wait_relay_socket(&self) {
+        if let Some(path) = self.relay_url.strip_prefix(directory::client::UNIX_SCHEME) {
+            wait_unix(Path::new(path)).await;
+        }
     }
 
     /// SIGKILL the api-server and wait for it to be gone.
