@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use testkit::procs::{fd_count, rss_kib, Args, Binaries, ProcStack};
+use testkit::procs::{fd_count, rss_kib, signal, Args, Binaries, ProcStack};
 use testkit::within;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -800,6 +800,14 @@ async fn the_internal_hop_on_a_unix_socket_comes_back_after_a_relay_sigkill() {
     stack.restart_relay().await;
     stack.wait_reachable(dev).await;
     download_8_mib(&stack, dev).await;
+
+    // A clean stop takes its file away.
+    signal(stack.relay_pid(), "TERM");
+    within("the relay stops", stack.relay.wait()).await.unwrap();
+    assert!(
+        std::fs::symlink_metadata(&socket).is_err(),
+        "a relay that stopped cleanly removes its socket file"
+    );
     println!("internal hop on {socket}: answered before and after a relay SIGKILL");
 }
 
