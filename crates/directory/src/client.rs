@@ -4,10 +4,10 @@
 //! surfaces as an error, never as a hang. Node URLs may be `http://` or
 //! `https://` (then the node's certificate is checked against the web PKI
 //! roots plus the configured private CA), or `unix:<path>` for a node on
-//! this host that serves its internal port on a Unix socket too (ADR 041). Streams to devices travel on one
-//! multiplexed channel per node (`crate::mux`), opened on first use and
-//! again whenever it ends; session lookups and control calls are plain
-//! requests.
+//! this host that serves its internal port on a Unix socket too (ADR 041).
+//! Streams to devices travel on one multiplexed channel per node
+//! (`crate::mux`), opened on first use and again whenever it ends; session
+//! lookups and control calls are plain requests.
 
 use crate::internal_api::{self, CODE_OFFLINE};
 use crate::mux;
