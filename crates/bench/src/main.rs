@@ -72,9 +72,9 @@ struct Cli {
     #[arg(long)]
     bulk_only: bool,
     /// How the api-server (and the relay-alone client) reach the relay:
-    /// `unix`, the relay's internal Unix socket, as on one host (ADR
-    /// 041); `tcp`, its internal port on loopback, as across hosts.
-    #[arg(long, value_enum, default_value_t = InternalHop::Unix)]
+    /// `tcp`, its internal port on loopback; `unix`, its internal Unix
+    /// socket, the one-host option of ADR 041.
+    #[arg(long, value_enum, default_value_t = InternalHop::Tcp)]
     internal_hop: InternalHop,
 }
 
@@ -489,9 +489,9 @@ async fn main() -> Result<()> {
     println!(
         "api-server to relay: {}",
         match cli.internal_hop {
-            InternalHop::Unix =>
-                "the relay's internal Unix socket, as on one host (--internal-hop tcp: its TCP port)",
-            InternalHop::Tcp => "the relay's internal TCP port on loopback, as across hosts",
+            InternalHop::Tcp =>
+                "the relay's internal TCP port on loopback (--internal-hop unix: its Unix socket)",
+            InternalHop::Unix => "the relay's internal Unix socket (ADR 041)",
         }
     );
     match &rathole_bin {
