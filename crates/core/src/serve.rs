@@ -302,21 +302,10 @@ pub async fn serve_tls(
     let answer: Arc<[u8]> = over_cap_answer().into();
     let tracker = TaskTracker::new();
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let (stream, remote) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((permit, (stream, remote))) =
+            next_connection(&limit, &shutdown, || listener.accept()).await
+        else {
+            break;
         };
         let _ = stream.set_nodelay(true);
         let capped =
@@ -391,20 +380,10 @@ pub async fn serve_unix(
     let limit = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let tracker = TaskTracker::new();
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((permit, (stream, _))) =
+            next_connection(&limit, &shutdown, || listener.accept()).await
+        else {
+            break;
         };
         let held = Held {
             _permit: permit,
@@ -421,6 +400,36 @@ pub async fn serve_unix(
     }
     drop(listener);
     drain(tracker, opts.drain_timeout).await;
+}
+
+/// The next accepted connection, once `limit` has a place for it, with
+/// that place; `None` once `shutdown` fires. A failed accept (EMFILE and
+/// friends) backs off briefly instead of spinning.
+async fn next_connection<T, F, Fut>(
+    limit: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+    mut accept: F,
+) -> Option<(tokio::sync::OwnedSemaphorePermit, T)>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::io::Result<T>>,
+{
+    let permit = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        p = limit.clone().acquire_owned() => p.ok()?,
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            accepted = accept() => match accepted {
+                Ok(conn) => return Some((permit, conn)),
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
 }
 
 /// Wait for a stopped listener's connections, bounded by `timeout`.
