@@ -32,6 +32,7 @@ async fn schemathesis(stack: &Stack, headers: &[String], extra: &[&str]) -> Run 
     // run cut short still shows how far it got.
     let work = tempfile::tempdir().unwrap();
     let printed = work.path().join("printed.txt");
+    let errors = work.path().join("errors.txt");
     let cassette = work.path().join("network.yaml");
     let mut cmd = Command::new("schemathesis");
     cmd.current_dir(work.path())
@@ -65,7 +66,7 @@ async fn schemathesis(stack: &Stack, headers: &[String], extra: &[&str]) -> Run 
         .env("SCHEMATHESIS_TELEMETRY", "false")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&printed).unwrap())
-        .stderr(std::fs::File::create(work.path().join("errors.txt")).unwrap())
+        .stderr(std::fs::File::create(&errors).unwrap())
         .kill_on_drop(true);
     for h in headers {
         cmd.args(["-H", h]);
@@ -75,9 +76,9 @@ async fn schemathesis(stack: &Stack, headers: &[String], extra: &[&str]) -> Run 
     // process: on a loaded 2-core machine it can take far longer than one
     // test step (`testkit::STEP`), so it gets its own, wider bound.
     let status = tokio::time::timeout(SCHEMATHESIS_BOUND, child.wait()).await;
-    let read = |name: &str| std::fs::read_to_string(work.path().join(name)).unwrap_or_default();
-    let out = format!("{}{}", read("printed.txt"), read("errors.txt"));
-    let cassette = read("network.yaml");
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+    let out = format!("{}{}", read(&printed), read(&errors));
+    let cassette = read(&cassette);
     match status {
         Ok(status) => Run {
             ok: status.unwrap().success(),
