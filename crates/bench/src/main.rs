@@ -309,11 +309,7 @@ async fn main() -> Result<()> {
     // The relay's internal URL as the api-server and the relay-alone
     // client use it.
     let relay_node = match cli.internal_hop {
-        InternalHop::Unix => format!(
-            "{}{}",
-            directory::client::UNIX_SCHEME,
-            internal_socket.display()
-        ),
+        InternalHop::Unix => directory::client::unix_node_url(&internal_socket),
         InternalHop::Tcp => format!("http://127.0.0.1:{internal_port}"),
     };
 

@@ -93,6 +93,11 @@ type ChannelSlot = Arc<tokio::sync::Mutex<Option<Channel>>>;
 /// How a node URL names a Unix-domain socket: `unix:/run/edge/relay.sock`.
 pub const UNIX_SCHEME: &str = "unix:";
 
+/// The node URL of a relay's internal Unix socket at `path`.
+pub fn unix_node_url(path: &std::path::Path) -> String {
+    format!("{UNIX_SCHEME}{}", path.display())
+}
+
 /// The byte stream under one internal-API connection.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}

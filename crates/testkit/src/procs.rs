@@ -197,7 +197,7 @@ impl ProcStack {
             let socket = data.path().join("relay-internal.sock");
             relay_args.push("--internal-socket".to_owned());
             relay_args.push(socket.display().to_string());
-            format!("{}{}", directory::client::UNIX_SCHEME, socket.display())
+            directory::client::unix_node_url(&socket)
         } else {
             format!("http://127.0.0.1:{internal_port}")
         };
