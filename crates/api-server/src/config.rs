@@ -424,9 +424,6 @@ pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
 /// How often the scheduled sweep runs.
 pub const DEFAULT_HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(600);
-/// Most shards (`--shards`): more threads than this serve no machine
-/// better.
-pub const MAX_SHARDS: usize = 256;
 /// Largest JSON/form body of an API route.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 65_536;
 /// Pairing codes one user may hold at once.
@@ -710,7 +707,7 @@ impl Config {
     pub fn shard_count(&self) -> usize {
         self.shards
             .unwrap_or_else(edge_core::shard::default_count)
-            .min(MAX_SHARDS)
+            .min(edge_core::shard::MAX_SHARDS)
     }
 
     /// How long stopping waits for queued audit events (at least a second).

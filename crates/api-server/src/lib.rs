@@ -72,8 +72,7 @@ fn key_file(
 
 /// Start the api-server from configuration and run it until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ApiError> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = edge_core::listen::bind(config.listen)
         .map_err(|e| ApiError::Config(format!("bind {}: {e}", config.listen)))?;
     run_on(config, listener, shutdown).await
 }

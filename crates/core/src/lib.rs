@@ -1,12 +1,13 @@
 //! Shared vocabulary of the platform: domain ids, pairing codes, secret
 //! wrappers, the JSON error body, telemetry set-up, shutdown signalling and
-//! the HTTP serve loop.
+//! the HTTP serve loop and its listeners.
 
 pub mod client_addr;
 pub mod error_body;
 pub mod fields;
 pub mod ids;
 pub mod io;
+pub mod listen;
 pub mod metrics;
 pub mod net;
 pub mod pairing_code;

@@ -127,7 +127,7 @@ pub async fn spawn(
     exposition: Exposition,
     shutdown: CancellationToken,
 ) -> std::io::Result<std::net::SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
+    let listener = crate::listen::bind(addr)?;
     let bound = listener.local_addr()?;
     tracing::info!(metrics = %bound, "metrics listening");
     tokio::spawn(serve(listener, exposition, shutdown));

@@ -95,6 +95,10 @@ impl Drop for Shards {
     }
 }
 
+/// Most shards a server starts (`--shards`): more threads than this
+/// serve no machine better.
+pub const MAX_SHARDS: usize = 256;
+
 /// Shards to start when the operator named none: one per CPU the process
 /// may use.
 pub fn default_count() -> usize {

@@ -36,7 +36,7 @@ async fn main() -> std::process::ExitCode {
         );
         return std::process::ExitCode::FAILURE;
     }
-    let listener = match tokio::net::TcpListener::bind(cli.listen).await {
+    let listener = match edge_core::listen::bind(cli.listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("dev-idp: cannot bind {}: {e}", cli.listen);

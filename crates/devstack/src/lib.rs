@@ -59,8 +59,7 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
     if !addr.ip().is_loopback() {
         bail!("{what}: devstack listens on loopback addresses only, not {addr}");
     }
-    TcpListener::bind(addr)
-        .await
+    edge_core::listen::bind(addr)
         .with_context(|| format!("{what}: cannot listen on {addr} (is another devstack running?)"))
 }
 

@@ -107,8 +107,7 @@ pub async fn open(api: &Api, device: &str, target: &str) -> Result<reqwest::Upgr
 
 /// Listen on `spec.bind` and forward every connection until interrupted.
 pub async fn forward(api: Api, device: String, spec: Spec) -> Result<(), CliError> {
-    let listener = tokio::net::TcpListener::bind(spec.bind)
-        .await
+    let listener = edge_core::listen::bind(spec.bind)
         .map_err(|e| CliError::Io(format!("cannot listen on {}: {e}", spec.bind)))?;
     let local = listener
         .local_addr()

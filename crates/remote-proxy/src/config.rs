@@ -150,6 +150,12 @@ pub struct Config {
     /// tunnel per interval.
     #[arg(long, env = "REMOTE_PROXY_CREDENTIAL_RECHECK_SECS", default_value_t = directory::DEFAULT_CREDENTIAL_RECHECK_SECS, hide_env_values = true)]
     pub credential_recheck_secs: u64,
+    /// Threads that serve tunnels and the internal port, each a
+    /// single-threaded runtime (ADR 042); accepted connections go to each
+    /// in turn. Default: one per CPU. 0: the main multi-threaded runtime
+    /// serves them instead.
+    #[arg(long, env = "REMOTE_PROXY_SHARDS", hide_env_values = true)]
+    pub shards: Option<usize>,
     /// PEM certificate chain for the tunnel port: with --tls-key, the relay
     /// terminates TLS itself (devices dial wss://). Reloaded on SIGHUP or
     /// when the file changes, without dropping tunnels.
@@ -304,6 +310,9 @@ pub struct Limits {
     pub credential_recheck: Duration,
     /// The telemetry scraper's settings.
     pub telemetry: crate::scrape::TelemetrySettings,
+    /// Shards serving the tunnel and internal ports (ADR 042); 0: the
+    /// main runtime serves them.
+    pub shards: usize,
 }
 
 impl Config {
@@ -324,6 +333,10 @@ impl Config {
             open_stream_timeout: Duration::from_secs(5),
             credential_recheck: Duration::from_secs(self.credential_recheck_secs.clamp(1, 60)),
             telemetry: self.telemetry(),
+            shards: self
+                .shards
+                .unwrap_or_else(edge_core::shard::default_count)
+                .min(edge_core::shard::MAX_SHARDS),
         })
     }
 
@@ -372,6 +385,7 @@ impl Default for Limits {
             open_stream_timeout: Duration::from_secs(5),
             credential_recheck: Duration::from_secs(directory::DEFAULT_CREDENTIAL_RECHECK_SECS),
             telemetry: crate::scrape::TelemetrySettings::default(),
+            shards: 0,
         }
     }
 }

@@ -182,6 +182,20 @@ impl Relay {
             drain_timeout: self.limits.drain_timeout,
             ..ServeOptions::default()
         };
+        // Both TCP ports hand their connections to the same shards (ADR
+        // 042). Held here until the tunnels have ended: dropping the last
+        // handle stops the shards, and a tunnel's teardown runs on its own.
+        let shards = self.start_shards();
+        let (tunnel_opts, tcp_internal_opts) = (
+            ServeOptions {
+                shards: shards.clone(),
+                ..tunnel_opts
+            },
+            ServeOptions {
+                shards: shards.clone(),
+                ..internal_opts.clone()
+            },
+        );
         // Both ports stay open while draining: the tunnel port answers 503
         // `draining` (the agent moves to another node) and the internal
         // port keeps serving the streams that are still in flight.
@@ -224,7 +238,7 @@ impl Relay {
             serve_tls(
                 internal,
                 internal::router(self.clone()),
-                internal_opts.clone(),
+                tcp_internal_opts,
                 tls.internal,
                 stop_serving.clone()
             ),
@@ -253,6 +267,22 @@ impl Relay {
         }
         stop_seen.cancel();
         let _ = seen_writer.await;
+        drop(shards);
+    }
+
+    /// The shards of `Limits::shards`, or none (also when their threads
+    /// cannot start: the main runtime then serves, as with 0).
+    fn start_shards(&self) -> Option<Arc<edge_core::shard::Shards>> {
+        if self.limits.shards == 0 {
+            return None;
+        }
+        match edge_core::shard::Shards::start(self.limits.shards, "relay") {
+            Ok(shards) => Some(Arc::new(shards)),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot start shard threads; the main runtime serves");
+                None
+            }
+        }
     }
 
     /// Drain this node (SIGTERM): refuse new tunnels with 503 `draining`,
@@ -350,11 +380,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         Ok(limit) => tracing::info!(limit, "open-file limit"),
         Err(err) => tracing::warn!(error = %err, "cannot raise the open-file limit"),
     }
-    let tunnel = TcpListener::bind(config.tunnel_listen)
-        .await
+    let tunnel = edge_core::listen::bind(config.tunnel_listen)
         .map_err(|e| RelayError::Startup(format!("bind {}: {e}", config.tunnel_listen)))?;
-    let internal = TcpListener::bind(config.internal_listen)
-        .await
+    let internal = edge_core::listen::bind(config.internal_listen)
         .map_err(|e| RelayError::Startup(format!("bind {}: {e}", config.internal_listen)))?;
     run_on(config, tunnel, internal, shutdown).await
 }

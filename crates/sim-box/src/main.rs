@@ -19,7 +19,7 @@ struct Cli {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     edge_core::telemetry::init(edge_core::telemetry::LogFormat::Human);
-    let listener = match tokio::net::TcpListener::bind(cli.listen).await {
+    let listener = match edge_core::listen::bind(cli.listen) {
         Ok(l) => l,
         Err(err) => {
             eprintln!("sim-box: cannot bind {}: {err}", cli.listen);

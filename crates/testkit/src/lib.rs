@@ -343,7 +343,7 @@ pub struct Stack {
 }
 
 async fn bind() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.unwrap()
+    edge_core::listen::bind(([127, 0, 0, 1], 0).into()).unwrap()
 }
 
 /// The api-server's listener and its login callback URL on `host`.
@@ -850,8 +850,8 @@ impl Stack {
 
     /// Start a relay again on the same addresses.
     pub async fn restart_relay(&mut self) {
-        let tunnel = TcpListener::bind(self.tunnel_addr).await.unwrap();
-        let internal = TcpListener::bind(self.internal_addr).await.unwrap();
+        let tunnel = edge_core::listen::bind(self.tunnel_addr).unwrap();
+        let internal = edge_core::listen::bind(self.internal_addr).unwrap();
         self.relay = Some(
             RelayNode::start(
                 self.store.clone(),
