@@ -50,9 +50,11 @@ mod tests {
         for n in 0..burst {
             // Nothing accepts: a connection completes only if the queue
             // has room for it. A dropped SYN is retried after 1 s.
-            let connected =
-                tokio::time::timeout(Duration::from_millis(800), tokio::net::TcpStream::connect(addr))
-                    .await;
+            let connected = tokio::time::timeout(
+                Duration::from_millis(800),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await;
             assert!(
                 matches!(connected, Ok(Ok(_))),
                 "connection {n} of {burst} did not complete: the accept queue is shorter"

@@ -74,6 +74,14 @@ impl Shards {
         self.handles.len()
     }
 
+    /// Tasks alive on all shards now (each runtime's own count).
+    pub fn alive_tasks(&self) -> usize {
+        self.handles
+            .iter()
+            .map(|h| h.metrics().num_alive_tasks())
+            .sum()
+    }
+
     /// Never: there is at least one shard.
     pub fn is_empty(&self) -> bool {
         self.handles.is_empty()
@@ -140,6 +148,7 @@ mod tests {
             std::future::pending::<()>().await;
         });
         started.await.unwrap();
+        assert_eq!(shards.alive_tasks(), 1, "the pending task is counted");
         drop(shards);
         // The pending task is dropped with its runtime, and its sender with it.
         assert!(held.recv().await.is_none());

@@ -49,6 +49,9 @@ pub struct Relay {
     /// Devices' last-seen times, written in batches ([`seen`]).
     pub seen: Arc<seen::Seen>,
     tunnels: TaskTracker,
+    /// The shards serving while [`Relay::serve_all`] runs (ADR 042), for
+    /// the task gauge; not held, so they stop when serving ends.
+    shards: std::sync::OnceLock<std::sync::Weak<edge_core::shard::Shards>>,
     shutdown: CancellationToken,
     /// Cancelled when the node starts draining.
     pub(crate) draining: CancellationToken,
@@ -82,6 +85,7 @@ impl Relay {
             limits,
             internal_secret,
             tunnels: TaskTracker::new(),
+            shards: std::sync::OnceLock::new(),
             shutdown: CancellationToken::new(),
             draining: CancellationToken::new(),
             leases: std::sync::OnceLock::new(),
@@ -100,8 +104,13 @@ impl Relay {
                 let (tunnels, streams) = relay.directory.counts();
                 relay.metrics.tunnels_online.set(tunnels as i64);
                 relay.metrics.streams_open.set(streams as i64);
+                let on_shards = relay
+                    .shards
+                    .get()
+                    .and_then(std::sync::Weak::upgrade)
+                    .map_or(0, |shards| shards.alive_tasks());
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    let alive = rt.metrics().num_alive_tasks();
+                    let alive = rt.metrics().num_alive_tasks() + on_shards;
                     relay.metrics.tasks_alive.set(alive as i64);
                 }
             }
@@ -277,7 +286,11 @@ impl Relay {
             return None;
         }
         match edge_core::shard::Shards::start(self.limits.shards, "relay") {
-            Ok(shards) => Some(Arc::new(shards)),
+            Ok(shards) => {
+                let shards = Arc::new(shards);
+                let _ = self.shards.set(Arc::downgrade(&shards));
+                Some(shards)
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot start shard threads; the main runtime serves");
                 None
