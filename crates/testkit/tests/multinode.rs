@@ -11,11 +11,14 @@ use testkit::redis::RedisServer;
 use testkit::{checks, within, Stack, StackOptions};
 
 async fn stack_on(redis: &RedisServer) -> Stack {
-    Stack::start_with(StackOptions {
+    let mut opts = StackOptions {
         redis_url: Some(redis.url()),
         ..Default::default()
-    })
-    .await
+    };
+    // The relays serve on shards, as the binary does (ADR 042): a
+    // draining relay's tunnels end on them, and must end cleanly.
+    opts.limits.shards = 2;
+    Stack::start_with(opts).await
 }
 
 /// The node named in `device`'s lease, if any.
