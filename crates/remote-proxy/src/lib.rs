@@ -193,7 +193,8 @@ impl Relay {
         };
         // Both TCP ports hand their connections to the same shards (ADR
         // 042). Held here until the tunnels have ended: dropping the last
-        // handle stops the shards, and a tunnel's teardown runs on its own.
+        // handle stops the shards and every task on them, and a tunnel's
+        // teardown (directory, lease, last-seen) runs on its shard.
         let shards = self.start_shards();
         let (tunnel_opts, tcp_internal_opts) = (
             ServeOptions {
@@ -289,6 +290,10 @@ impl Relay {
             Ok(shards) => {
                 let shards = Arc::new(shards);
                 let _ = self.shards.set(Arc::downgrade(&shards));
+                tracing::info!(
+                    shards = shards.len(),
+                    "tunnels and channels served on shards"
+                );
                 Some(shards)
             }
             Err(err) => {
