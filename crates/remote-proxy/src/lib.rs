@@ -179,33 +179,29 @@ impl Relay {
         tls: RelayTls,
         shutdown: CancellationToken,
     ) {
+        // Both TCP ports hand their connections to the same shards (ADR
+        // 042). Held here until the tunnels have ended: dropping the last
+        // handle stops the shards and every task on them, and a tunnel's
+        // teardown (directory, lease, last-seen) runs on its shard.
+        let shards = self.start_shards();
         let tunnel_opts = ServeOptions {
             max_connections: self.limits.max_tunnels.saturating_add(1024),
             max_connections_per_client: self.limits.max_connections_per_client,
             header_read_timeout: self.limits.handshake_timeout,
             drain_timeout: self.limits.drain_timeout,
             trusted_proxies: self.limits.trusted_proxies.clone(),
+            shards: shards.clone(),
             ..ServeOptions::default()
         };
-        let internal_opts = ServeOptions {
+        // The Unix socket is served off the shards (ADR 041).
+        let unix_opts = ServeOptions {
             drain_timeout: self.limits.drain_timeout,
             ..ServeOptions::default()
         };
-        // Both TCP ports hand their connections to the same shards (ADR
-        // 042). Held here until the tunnels have ended: dropping the last
-        // handle stops the shards and every task on them, and a tunnel's
-        // teardown (directory, lease, last-seen) runs on its shard.
-        let shards = self.start_shards();
-        let (tunnel_opts, tcp_internal_opts) = (
-            ServeOptions {
-                shards: shards.clone(),
-                ..tunnel_opts
-            },
-            ServeOptions {
-                shards: shards.clone(),
-                ..internal_opts.clone()
-            },
-        );
+        let internal_opts = ServeOptions {
+            shards: shards.clone(),
+            ..unix_opts.clone()
+        };
         // Both ports stay open while draining: the tunnel port answers 503
         // `draining` (the agent moves to another node) and the internal
         // port keeps serving the streams that are still in flight.
@@ -248,7 +244,7 @@ impl Relay {
             serve_tls(
                 internal,
                 internal::router(self.clone()),
-                tcp_internal_opts,
+                internal_opts,
                 tls.internal,
                 stop_serving.clone()
             ),
@@ -257,7 +253,7 @@ impl Relay {
                     edge_core::serve::serve_unix(
                         listener,
                         internal::router(self.clone()),
-                        internal_opts,
+                        unix_opts,
                         stop_serving.clone(),
                     )
                     .await;
