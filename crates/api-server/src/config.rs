@@ -705,9 +705,7 @@ impl Config {
 
     /// How many shards serve connections (0: none, the main runtime does).
     pub fn shard_count(&self) -> usize {
-        self.shards
-            .unwrap_or_else(edge_core::shard::default_count)
-            .min(edge_core::shard::MAX_SHARDS)
+        edge_core::shard::count(self.shards)
     }
 
     /// How long stopping waits for queued audit events (at least a second).

@@ -107,6 +107,12 @@ impl Drop for Shards {
 /// serve no machine better.
 pub const MAX_SHARDS: usize = 256;
 
+/// Shards to start for an operator's `--shards`: the number asked for, at
+/// most [`MAX_SHARDS`], or one per CPU when none was.
+pub fn count(asked: Option<usize>) -> usize {
+    asked.unwrap_or_else(default_count).min(MAX_SHARDS)
+}
+
 /// Shards to start when the operator named none: one per CPU the process
 /// may use.
 pub fn default_count() -> usize {

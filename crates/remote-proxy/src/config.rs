@@ -333,10 +333,7 @@ impl Config {
             open_stream_timeout: Duration::from_secs(5),
             credential_recheck: Duration::from_secs(self.credential_recheck_secs.clamp(1, 60)),
             telemetry: self.telemetry(),
-            shards: self
-                .shards
-                .unwrap_or_else(edge_core::shard::default_count)
-                .min(edge_core::shard::MAX_SHARDS),
+            shards: edge_core::shard::count(self.shards),
         })
     }
 
