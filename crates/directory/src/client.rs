@@ -46,7 +46,17 @@ pub struct RelayDirectory {
     /// map's lock is held only to find a slot; connecting holds that
     /// slot alone, so a node that answers nothing never delays requests
     /// to the others.
-    channels: Arc<std::sync::Mutex<HashMap<(NodeId, usize), ChannelSlot>>>,
+    ///
+    /// Keyed by node, this process's shard, and the relay shard the
+    /// channel is served on (ADR 043), 0 for the one opened first (the
+    /// channel for devices whose place is not known). That one is filed
+    /// under its relay shard too.
+    channels: Arc<std::sync::Mutex<HashMap<ChannelKey, ChannelSlot>>>,
+    /// The relay shard each device's session runs on, as a relay last
+    /// answered (ADR 043).
+    placed: Arc<std::sync::Mutex<HashMap<DeviceId, u8>>>,
+    /// Searches for a channel on a relay shard, running or given up.
+    seeking: Arc<std::sync::Mutex<HashMap<ChannelKey, Seek>>>,
     /// TCP connections made to relay nodes so far.
     connections: Arc<AtomicU64>,
     /// When a node last said it is draining: its devices are between
@@ -84,7 +94,31 @@ struct Channel {
     ended: CancellationToken,
     /// Set by the node's drain notice (or a draining answer).
     draining: Retiring,
+    /// The relay shard serving it (1 to 255), 0 when the relay did not say.
+    shard: usize,
 }
+
+/// A node, this process's shard, and a relay shard (0: any).
+type ChannelKey = (NodeId, usize, usize);
+
+/// A search for a channel on one relay shard.
+enum Seek {
+    Running,
+    /// It found none; not tried again before then.
+    GaveUp(tokio::time::Instant),
+}
+
+/// Channels opened, at most, to find one the relay serves on a given
+/// shard: the relay hands its connections to its shards in turn, so with
+/// N shards N tries in a row find each one when nothing else connects
+/// meanwhile.
+const SEEK_TRIES: usize = 8;
+/// How long a relay shard no channel could be opened on is not sought
+/// again; streams to its devices go on the first channel meanwhile.
+const SEEK_AGAIN_AFTER: Duration = Duration::from_secs(30);
+/// Devices whose place is remembered, at most; past it the memory starts
+/// again (a forgotten place costs one stream on the first channel).
+const MAX_PLACED: usize = 1 << 16;
 
 /// One node's channel, opened by whoever finds it missing first (the others
 /// asking for the same node wait for that one attempt).
@@ -126,6 +160,8 @@ impl RelayDirectory {
             tls: None,
             tls_off_loopback: false,
             channels: Arc::default(),
+            placed: Arc::default(),
+            seeking: Arc::default(),
             connections: Arc::default(),
             last_drain: LastDrain::default(),
         }
@@ -137,31 +173,168 @@ impl RelayDirectory {
         self.connections.load(Ordering::Relaxed)
     }
 
-    /// The channel to `node` of the shard this runs on, opened now if
-    /// there is none (or it ended).
+    /// The first channel to `node` of the shard this runs on, opened now
+    /// if there is none (or it ended).
     async fn channel(&self, node: &NodeId) -> Result<Channel, DirectoryError> {
-        let slot = {
-            let mut channels = self
-                .channels
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            channels
-                .entry((node.clone(), edge_core::shard::current()))
-                .or_default()
-                .clone()
-        };
+        let here = edge_core::shard::current();
+        let slot = self.slot((node.clone(), here, 0));
         let mut slot = slot.lock().await;
         if let Some(ch) = slot.as_ref() {
             if !ch.ended.is_cancelled() {
                 return Ok(ch.clone());
             }
         }
+        let ch = self.open_channel(node).await?;
+        *slot = Some(ch.clone());
+        drop(slot);
+        if ch.shard != 0 {
+            // Also the channel of the devices on its relay shard.
+            self.file((node.clone(), here, ch.shard), &ch);
+        }
+        Ok(ch)
+    }
+
+    /// The slot of `key`, made empty if there is none.
+    fn slot(&self, key: ChannelKey) -> ChannelSlot {
+        self.channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key)
+            .or_default()
+            .clone()
+    }
+
+    /// Put `ch` in the slot of `key` unless that holds a live channel or
+    /// is being filled; whether it went in.
+    fn file(&self, key: ChannelKey, ch: &Channel) -> bool {
+        let slot = self.slot(key);
+        let Ok(mut slot) = slot.try_lock() else {
+            return false;
+        };
+        if slot.as_ref().is_some_and(|c| !c.ended.is_cancelled()) {
+            return false;
+        }
+        *slot = Some(ch.clone());
+        true
+    }
+
+    /// A live channel to `node` of this shard's that relay shard `on`
+    /// serves, if one is at hand now.
+    fn channel_on(&self, node: &NodeId, on: usize) -> Option<Channel> {
+        let key = (node.clone(), edge_core::shard::current(), on);
+        let slot = self
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)?
+            .clone();
+        let slot = slot.try_lock().ok()?;
+        slot.as_ref().filter(|c| !c.ended.is_cancelled()).cloned()
+    }
+
+    /// Make sure a channel to `node` served by relay shard `on` is at hand
+    /// or being looked for (on this process's shard, in the background);
+    /// whether it is. `false` once a search found none, for a while.
+    fn seek(&self, node: &NodeId, on: usize) -> bool {
+        let here = edge_core::shard::current();
+        if self.channel_on(node, on).is_some() {
+            return true;
+        }
+        let key = (node.clone(), here, on);
+        {
+            let mut seeking = self
+                .seeking
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match seeking.get(&key) {
+                Some(Seek::Running) => return true,
+                Some(Seek::GaveUp(until)) if tokio::time::Instant::now() < *until => {
+                    return false;
+                }
+                _ => {}
+            }
+            seeking.insert(key.clone(), Seek::Running);
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let found = this.open_channels_until(&key).await;
+            let mut seeking = this
+                .seeking
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if found {
+                seeking.remove(&key);
+            } else {
+                tracing::debug!(node = %key.0 .0, shard = key.2, "no channel landed on the device's relay shard");
+                seeking.insert(
+                    key,
+                    Seek::GaveUp(tokio::time::Instant::now() + SEEK_AGAIN_AFTER),
+                );
+            }
+        });
+        true
+    }
+
+    /// Open channels to `key`'s node until one lands on its relay shard
+    /// (at most [`SEEK_TRIES`]); one that lands on a shard still without a
+    /// channel is kept for that shard, the others are closed.
+    async fn open_channels_until(&self, key: &ChannelKey) -> bool {
+        let (node, here, want) = key;
+        for _ in 0..SEEK_TRIES {
+            let Ok(ch) = self.open_channel(node).await else {
+                return false;
+            };
+            if ch.shard == 0 {
+                ch.ended.cancel();
+                return false;
+            }
+            let filed = self.file((node.clone(), *here, ch.shard), &ch);
+            if !filed {
+                ch.ended.cancel();
+            }
+            if ch.shard == *want {
+                return filed || self.channel_on(node, *want).is_some();
+            }
+        }
+        false
+    }
+
+    /// The relay shard `device`'s session ran on when a relay last said.
+    fn place_of(&self, device: DeviceId) -> usize {
+        self.placed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&device)
+            .map_or(0, |&s| usize::from(s))
+    }
+
+    /// A relay answered that `device`'s session runs on `shard`.
+    fn note_place(&self, device: DeviceId, shard: u8) {
+        let mut placed = self
+            .placed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if placed.len() >= MAX_PLACED && !placed.contains_key(&device) {
+            placed.clear();
+        }
+        placed.insert(device, shard);
+    }
+
+    /// A new channel to `node`: the upgrade, its session's driver spawned
+    /// on this shard.
+    async fn open_channel(&self, node: &NodeId) -> Result<Channel, DirectoryError> {
         let res = self
             .send(node, Method::GET, mux::MUX_PATH, Some(mux::MUX_PROTOCOL))
             .await?;
         if res.status() != StatusCode::SWITCHING_PROTOCOLS {
             return Err(self.error_from(res).await);
         }
+        let shard = res
+            .headers()
+            .get(mux::SHARD_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u8>().ok())
+            .map_or(0, usize::from);
         let upgraded = hyper::upgrade::on(res)
             .await
             .map_err(|e| DirectoryError::Unreachable(format!("channel upgrade: {e}")))?;
@@ -193,25 +366,37 @@ impl RelayDirectory {
             }
             tracing::debug!(node = %name, %end, "relay channel ended");
         });
-        let ch = Channel {
+        Ok(Channel {
             control,
             ended,
             draining,
-        };
-        *slot = Some(ch.clone());
-        Ok(ch)
+            shard,
+        })
     }
 
-    /// A fresh channel stream to `node` and the channel's drain flag; a
-    /// channel found dead is replaced once.
+    /// A fresh channel stream to `node` for `device`, on the channel its
+    /// relay shard serves when there is one at hand, else on the first;
+    /// the channel's drain flag and relay shard. A channel found dead is
+    /// replaced once.
     async fn channel_stream(
         &self,
         node: &NodeId,
-    ) -> Result<(tunnel::StreamHandle, Retiring), DirectoryError> {
+        device: DeviceId,
+    ) -> Result<(tunnel::StreamHandle, Retiring, usize), DirectoryError> {
+        let on = self.place_of(device);
         for _ in 0..2 {
-            let mut ch = self.channel(node).await?;
+            let placed = (on != 0).then(|| self.channel_on(node, on)).flatten();
+            let mut ch = match placed {
+                Some(ch) => ch,
+                None => {
+                    if on != 0 {
+                        self.seek(node, on);
+                    }
+                    self.channel(node).await?
+                }
+            };
             match ch.control.open_stream().await {
-                Ok(stream) => return Ok((stream, ch.draining)),
+                Ok(stream) => return Ok((stream, ch.draining, ch.shard)),
                 Err(err) => {
                     tracing::debug!(node = %node.0, error = %err, "relay channel unusable; reopening");
                     ch.ended.cancel();
@@ -327,6 +512,10 @@ impl RelayDirectory {
             req = req
                 .header(header::CONNECTION, "upgrade")
                 .header(header::UPGRADE, protocol);
+            if protocol == mux::MUX_PROTOCOL {
+                // Answers name the device's relay shard (ADR 043).
+                req = req.header(mux::SHARD_HEADER, "ask");
+            }
         }
         let req = req
             .body(Empty::<Bytes>::new())
@@ -573,17 +762,36 @@ impl RelayDirectory {
         device: DeviceId,
         target: Option<&tunnel::preamble::TcpTarget>,
     ) -> Result<(BoxStream, Retiring), DirectoryError> {
-        let (mut stream, draining) = self.channel_stream(node).await?;
+        let (mut stream, draining, on) = self.channel_stream(node, device).await?;
         let asked = async {
             mux::write_request(&mut stream, device, target).await?;
-            mux::read_status(&mut stream).await
+            mux::read_answer(&mut stream).await
         };
-        let status = tokio::time::timeout(self.response_timeout, asked)
+        let (status, elsewhere) = tokio::time::timeout(self.response_timeout, asked)
             .await
             .map_err(|_| DirectoryError::Timeout)?
             .map_err(|e| DirectoryError::Unreachable(format!("relay channel: {e}")))?;
         match status {
-            mux::STATUS_OK => Ok((Box::new(stream), draining)),
+            mux::STATUS_OK => {
+                if let Ok(on) = u8::try_from(on) {
+                    if on != 0 {
+                        self.note_place(device, on);
+                    }
+                }
+                Ok((Box::new(stream), draining))
+            }
+            mux::STATUS_OK_ELSEWHERE => {
+                // The device's next streams go to a channel on its shard;
+                // this one serves its request and is not reused, unless no
+                // channel on that shard can be had.
+                self.note_place(device, elsewhere);
+                let retiring = if self.seek(node, usize::from(elsewhere)) {
+                    Retiring::already_set()
+                } else {
+                    draining
+                };
+                Ok((Box::new(stream), retiring))
+            }
             mux::STATUS_OFFLINE => Err(DirectoryError::Offline),
             mux::STATUS_DRAINING => {
                 draining.set();

@@ -105,6 +105,14 @@ impl Retiring {
         self.0.set.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// A flag set from the start: a stream that serves the request it was
+    /// opened for and no other.
+    pub fn already_set() -> Self {
+        let flag = Self::default();
+        flag.set();
+        flag
+    }
+
     pub fn set(&self) {
         self.0.set.store(true, std::sync::atomic::Ordering::Relaxed);
         self.0.changed.notify_waiters();

@@ -10,6 +10,16 @@
 //! [`STATUS_OK`], the stream is from then on a byte pipe to a fresh stream
 //! on the device. No TCP connection, HTTP handshake or upgrade per request.
 //!
+//! A relay that serves on shards (ADR 042) and an api-server that asks
+//! for it (ADR 043) add where the device's session runs: the api-server's
+//! upgrade request carries [`SHARD_HEADER`], the relay's 101 answers it
+//! with the shard serving the channel, and a stream to a device whose
+//! session runs on another shard is answered [`STATUS_OK_ELSEWHERE`] and
+//! that shard's number (one byte) instead of [`STATUS_OK`]. The
+//! api-server then opens a channel that lands on that shard and sends the
+//! device's next streams there, so a request crosses no thread in the
+//! relay. Either side without it speaks the one-byte protocol.
+//!
 //! When the relay starts draining it opens one stream of its own on each
 //! channel: that stream carries nothing; its arrival is the notice that
 //! connections through this node should not be reused.
@@ -38,6 +48,18 @@ pub const STATUS_DRAINING: u8 = 4;
 /// The device's streams cannot name a target (a Go device, an older
 /// agent): only its local service is reachable.
 pub const STATUS_NOT_SUPPORTED: u8 = 5;
+
+/// The relay opened the stream, as [`STATUS_OK`], and the device's session
+/// runs on the relay shard the next byte names (1 to 255), not on the one
+/// serving this channel. Sent only on a channel whose upgrade asked with
+/// [`SHARD_HEADER`].
+pub const STATUS_OK_ELSEWHERE: u8 = 6;
+
+/// On the channel's upgrade request: the api-server reads
+/// [`STATUS_OK_ELSEWHERE`] (the value is not read). On the relay's 101:
+/// the shard serving the channel (1 and up); absent when the relay serves
+/// on no shards or did not understand the ask.
+pub const SHARD_HEADER: &str = "x-edge-relay-shard";
 
 /// Length of a request line's head: a hyphenated UUID and `\n` (or the
 /// space before a request id).
@@ -87,6 +109,22 @@ pub async fn write_request<S: AsyncWrite + Unpin>(
 /// Client side: the relay's one-byte answer.
 pub async fn read_status<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<u8> {
     stream.read_u8().await
+}
+
+/// Client side: the relay's answer, and with [`STATUS_OK_ELSEWHERE`] the
+/// shard it names (0 otherwise). A shard of 0 after it is a broken answer.
+pub async fn read_answer<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(u8, u8)> {
+    let status = stream.read_u8().await?;
+    if status != STATUS_OK_ELSEWHERE {
+        return Ok((status, 0));
+    }
+    match stream.read_u8().await? {
+        0 => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "relay named shard 0",
+        )),
+        shard => Ok((status, shard)),
+    }
 }
 
 /// What a channel stream asks for.
@@ -164,6 +202,16 @@ pub async fn write_status<S: AsyncWrite + Unpin>(
     stream.flush().await
 }
 
+/// Relay side: the stream is open, and the device's session runs on
+/// `shard` (1 to 255), not on the channel's.
+pub async fn write_elsewhere<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    shard: u8,
+) -> std::io::Result<()> {
+    stream.write_all(&[STATUS_OK_ELSEWHERE, shard]).await?;
+    stream.flush().await
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -186,6 +234,22 @@ mod tests {
         assert_eq!(read_status(&mut a).await.unwrap(), STATUS_OFFLINE);
         a.write_all(&[b'x'; REQUEST_LEN]).await.unwrap();
         assert_eq!(read_request(&mut b).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn an_answer_names_the_shard_only_when_the_device_is_elsewhere() {
+        let (mut a, mut b) = tokio::io::duplex(256);
+        write_status(&mut b, STATUS_OK).await.unwrap();
+        assert_eq!(read_answer(&mut a).await.unwrap(), (STATUS_OK, 0));
+        // The stream's bytes follow the shard byte, and stay the stream's.
+        write_elsewhere(&mut b, 3).await.unwrap();
+        b.write_all(b"HTTP").await.unwrap();
+        assert_eq!(read_answer(&mut a).await.unwrap(), (STATUS_OK_ELSEWHERE, 3));
+        let mut rest = [0u8; 4];
+        a.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"HTTP");
+        b.write_all(&[STATUS_OK_ELSEWHERE, 0]).await.unwrap();
+        assert!(read_answer(&mut a).await.is_err());
     }
 
     #[tokio::test]

@@ -14,6 +14,8 @@ pub struct DeviceStream {
     inner: StreamHandle,
     permit: Option<OwnedSemaphorePermit>,
     released: Arc<tokio::sync::Notify>,
+    /// The shard whose thread drives the device's session (0: none).
+    shard: usize,
 }
 
 impl DeviceStream {
@@ -26,7 +28,20 @@ impl DeviceStream {
             inner,
             permit: Some(permit),
             released,
+            shard: 0,
         }
+    }
+
+    /// The same stream, its session driven by `shard`'s thread.
+    pub(crate) fn on_shard(mut self, shard: usize) -> Self {
+        self.shard = shard;
+        self
+    }
+
+    /// The shard whose thread drives the device's session (ADR 042), 0
+    /// when the relay serves on no shards.
+    pub fn shard(&self) -> usize {
+        self.shard
     }
 }
 

@@ -133,6 +133,10 @@ async fn open_channel(
         .extensions_mut()
         .remove::<OnUpgrade>()
         .ok_or_else(|| RelayError::BadRequest("connection cannot be upgraded".into()))?;
+    // ADR 043: where each stream's device is, for an api-server that
+    // asks, from a relay on shards.
+    let here = edge_core::shard::current();
+    let answers_shards = here != 0 && req.headers().contains_key(mux::SHARD_HEADER);
     let cancel = relay.shutdown.child_token();
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -145,7 +149,7 @@ async fn open_channel(
         let on_stream = {
             let relay = relay.clone();
             move |stream| {
-                tokio::spawn(serve_channel_stream(relay.clone(), stream));
+                tokio::spawn(serve_channel_stream(relay.clone(), stream, answers_shards));
             }
         };
         let (mut control, driver) = tunnel::session::server(
@@ -175,12 +179,22 @@ async fn open_channel(
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     res.headers_mut()
         .insert(header::UPGRADE, HeaderValue::from_static(mux::MUX_PROTOCOL));
+    if answers_shards {
+        res.headers_mut()
+            .insert(mux::SHARD_HEADER, HeaderValue::from(here));
+    }
     Ok(res)
 }
 
 /// One channel stream: read the device (and target) it asks for, answer,
 /// then pipe (logging under the request id the api-server sent along).
-async fn serve_channel_stream(relay: Arc<Relay>, mut caller: tunnel::StreamHandle) {
+/// With `answers_shards` (ADR 043), a device whose session another shard
+/// drives is answered with that shard.
+async fn serve_channel_stream(
+    relay: Arc<Relay>,
+    mut caller: tunnel::StreamHandle,
+    answers_shards: bool,
+) {
     let asked =
         match tokio::time::timeout(MUX_REQUEST_TIMEOUT, mux::read_request(&mut caller)).await {
             Ok(Ok(Some(asked))) => asked,
@@ -192,9 +206,13 @@ async fn serve_channel_stream(relay: Arc<Relay>, mut caller: tunnel::StreamHandl
         };
     match asked.request_id.clone() {
         Some(id) => {
-            edge_core::request_id::scope(id, pipe_channel_stream(relay, caller, asked)).await;
+            edge_core::request_id::scope(
+                id,
+                pipe_channel_stream(relay, caller, asked, answers_shards),
+            )
+            .await;
         }
-        None => pipe_channel_stream(relay, caller, asked).await,
+        None => pipe_channel_stream(relay, caller, asked, answers_shards).await,
     }
 }
 
@@ -202,6 +220,7 @@ async fn pipe_channel_stream(
     relay: Arc<Relay>,
     mut caller: tunnel::StreamHandle,
     asked: mux::StreamRequest,
+    answers_shards: bool,
 ) {
     let device = asked.device;
     let target = asked.target.map_or(Target::Service, Target::Tcp);
@@ -229,13 +248,40 @@ async fn pipe_channel_stream(
         }
     };
     relay.metrics.streams_opened.inc();
-    if mux::write_status(&mut caller, mux::STATUS_OK)
-        .await
-        .is_err()
-    {
+    // This task runs on the channel's shard (or off the shards, for a
+    // channel on the Unix socket).
+    let there = stream.shard();
+    let across = there != edge_core::shard::current();
+    let _across = across.then(|| AcrossShards::new(&relay.metrics));
+    let elsewhere = match u8::try_from(there) {
+        Ok(shard) if answers_shards && across && shard != 0 => Some(shard),
+        _ => None,
+    };
+    let answered = match elsewhere {
+        Some(shard) => mux::write_elsewhere(&mut caller, shard).await,
+        None => mux::write_status(&mut caller, mux::STATUS_OK).await,
+    };
+    if answered.is_err() {
         return;
     }
     if let Err(err) = tunnel::splice::splice(&mut caller, &mut stream).await {
         tracing::debug!(%device, error = %err, "channel stream ended with error");
+    }
+}
+
+/// One channel stream open whose device's session another thread drives
+/// (`edge_relay_channel_streams_across_shards`), for as long as it lives.
+struct AcrossShards(edge_core::metrics::prometheus_client::metrics::gauge::Gauge);
+
+impl AcrossShards {
+    fn new(metrics: &crate::metrics::RelayMetrics) -> Self {
+        metrics.channel_streams_across_shards.inc();
+        Self(metrics.channel_streams_across_shards.clone())
+    }
+}
+
+impl Drop for AcrossShards {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -23,6 +23,7 @@ pub struct RelayMetrics {
     pub sessions_ended: Family<Labels1, Counter>,
     pub streams_open: Gauge,
     pub streams_opened: Counter,
+    pub channel_streams_across_shards: Gauge,
     pub bytes: Family<Labels1, Counter>,
     pub connect_to_registered: Histogram,
     pub internal_requests: Family<RouteStatus, Counter>,
@@ -43,6 +44,7 @@ impl Default for RelayMetrics {
             sessions_ended: Family::default(),
             streams_open: Gauge::default(),
             streams_opened: Counter::default(),
+            channel_streams_across_shards: Gauge::default(),
             bytes: Family::default(),
             connect_to_registered: edge_core::metrics::latency_histogram(),
             internal_requests: Family::default(),
@@ -120,6 +122,11 @@ impl RelayMetrics {
             "streams_opened",
             "Streams opened to devices",
             self.streams_opened.clone(),
+        );
+        r.register(
+            "channel_streams_across_shards",
+            "Streams open now from an api-server's channel to a device whose session another of the relay's threads drives (ADR 043: 0 once api-servers follow the relay's shard answers)",
+            self.channel_streams_across_shards.clone(),
         );
         r.register(
             "tunnel_bytes",

@@ -40,6 +40,8 @@ pub struct LiveSession {
     /// The device's own metrics path (`None`: the relay's setting); kept
     /// current by the credential re-check.
     pub metrics_path: Arc<std::sync::RwLock<Option<String>>>,
+    /// The shard whose thread drives the session (ADR 042; 0: none).
+    pub shard: usize,
 }
 
 impl LiveSession {
@@ -422,7 +424,7 @@ impl LocalDirectory {
         if self.draining.load(Ordering::Relaxed) {
             return Err(DirectoryError::Draining);
         }
-        let (mut control, streams, released, preamble) = {
+        let (mut control, streams, released, preamble, shard) = {
             let entries = self.entries();
             let entry = entries
                 .by_device
@@ -433,6 +435,7 @@ impl LocalDirectory {
                 entry.live.streams.clone(),
                 entry.live.released.clone(),
                 entry.live.preamble,
+                entry.live.shard,
             )
         };
         if !preamble && target != Target::Service {
@@ -445,7 +448,7 @@ impl LocalDirectory {
             .await
             .map_err(|_| DirectoryError::Timeout)?
             .map_err(|e| DirectoryError::Stream(e.to_string()))?;
-        let mut stream = DeviceStream::new(stream, permit, released);
+        let mut stream = DeviceStream::new(stream, permit, released).on_shard(shard);
         if preamble {
             use tokio::io::AsyncWriteExt;
             stream

@@ -350,6 +350,8 @@ async fn register(
         released: Arc::default(),
         preamble,
         metrics_path: metrics_path.clone(),
+        // The session's driver runs on the task registering it.
+        shard: edge_core::shard::current(),
     };
     let conn = relay.directory.register(summary, live).await;
     relay

@@ -366,6 +366,57 @@ async fn each_shard_reaches_the_relay_on_a_channel_of_its_own() {
     assert_eq!(stack.relay_client.connections_opened(), before + 2);
 }
 
+/// ADR 043: with the relay on shards, once a device's relay shard is
+/// known its streams travel on a channel that shard serves, so a request
+/// crosses none of the relay's threads; kept streams go on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_travel_on_a_channel_of_the_devices_relay_shard() {
+    let mut opts = testkit::StackOptions::default();
+    opts.limits.shards = 2;
+    let stack = Stack::start_with(opts).await;
+    let alice = stack.user("alice").await;
+    // Devices until both relay shards hold one (the relay hands its
+    // connections to its shards in turn).
+    let mut devices = Vec::new();
+    let mut shards = std::collections::BTreeSet::new();
+    while shards.len() < 2 {
+        assert!(devices.len() < 8, "eight devices, all on one relay shard");
+        let (dev, agent) = stack.online_device(alice.id).await;
+        let probe = stack.relay().directory.open_device_stream(dev.id).await;
+        shards.insert(probe.unwrap().shard());
+        devices.push((dev, agent));
+    }
+    assert!(!shards.contains(&0), "every session runs on a shard");
+    let across = || stack.relay().metrics.channel_streams_across_shards.get();
+    let opened = || stack.state.boxes.streams_opened();
+    // The first requests learn where each device is; the streams that went
+    // on another shard's channel serve their request and end.
+    within("every kept stream on its device's relay shard", async {
+        loop {
+            let before = opened();
+            for (dev, _) in &devices {
+                assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "SIM-1");
+            }
+            if opened() == before && across() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let channels = stack.relay_client.connections_opened();
+    assert!(channels >= 2, "a channel for each relay shard: {channels}");
+    let before = opened();
+    for _ in 0..10 {
+        for (dev, _) in &devices {
+            assert_eq!(checks::info(&stack, &alice, dev.id).await["model"], "SIM-1");
+        }
+    }
+    assert_eq!(opened(), before, "the placed streams are kept and reused");
+    assert_eq!(across(), 0, "no stream crosses the relay's shards");
+    assert_eq!(stack.relay_client.connections_opened(), channels);
+}
+
 /// One request id, from the caller to the error body, the response header,
 /// and the log lines of both the api-server and the relay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
