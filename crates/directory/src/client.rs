@@ -5,9 +5,11 @@
 //! `https://` (then the node's certificate is checked against the web PKI
 //! roots plus the configured private CA), or `unix:<path>` for a node on
 //! this host that serves its internal port on a Unix socket too (ADR 041).
-//! Streams to devices travel on one multiplexed channel per node
-//! (`crate::mux`), opened on first use and again whenever it ends; session
-//! lookups and control calls are plain requests.
+//! Streams to devices travel on multiplexed channels to each node
+//! (`crate::mux`), opened on first use and again whenever they end: the
+//! first channel, and for a relay on shards one served by each shard its
+//! devices are on (ADR 043), so a device's streams stay on its shard's
+//! thread. Session lookups and control calls are plain requests.
 
 use crate::internal_api::{self, CODE_OFFLINE};
 use crate::mux;
