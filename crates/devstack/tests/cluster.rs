@@ -411,12 +411,29 @@ async fn two_relays_and_two_api_servers_survive_a_relay_kill_and_a_redis_outage(
             let (http, cookie, d) = (http.clone(), cookie.clone(), *d);
             tokio::spawn(async move {
                 let req = http
-                    .get(format!("{api}/api/devices/{d}/proxy/test/delay?ms=1500"))
+                    .get(format!("{api}/api/devices/{d}/proxy/test/delay?ms=3000"))
                     .header("cookie", cookie);
                 status_of(req, &format!("slow request to {d}")).await
             })
         }));
     let slow = tokio::spawn(slow);
+    // In flight: every slow request has reached the box, so its stream is
+    // open on relay B when the signal comes.
+    let in_flight = agents_on_b.len().min(20);
+    within("the slow requests reach the box", async {
+        let url = format!("http://127.0.0.1:{box_port}/test/delay/waiting");
+        loop {
+            let waiting = match http.get(&url).send().await {
+                Ok(res) => res.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if waiting.trim().parse::<usize>().unwrap_or(0) >= in_flight {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     let signalled = Instant::now();
     nix_kill(&relay_b, "TERM");
     let during = futures_util::future::join_all(agents_on_b.iter().map(|d| {

@@ -138,6 +138,8 @@ async fn open_channel(
     let here = edge_core::shard::current();
     let answers_shards = here != 0 && req.headers().contains_key(mux::SHARD_HEADER);
     let cancel = relay.shutdown.child_token();
+    // The drain notice this channel owes (`Relay::drain` waits for it).
+    let owed = relay.notices.token();
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -168,6 +170,7 @@ async fn open_channel(
                     if let Ok(stream) = control.open_stream().await {
                         drop(stream);
                     }
+                    drop(owed);
                 };
                 tokio::join!(&mut driver, notice).0
             }

@@ -55,6 +55,9 @@ pub struct Relay {
     shutdown: CancellationToken,
     /// Cancelled when the node starts draining.
     pub(crate) draining: CancellationToken,
+    /// One token per api-server channel that has not sent its drain notice
+    /// yet: the drain waits for them before any lease goes away.
+    pub(crate) notices: TaskTracker,
     /// Multi-node mode: this node's leases in Redis (ADR 017).
     leases: std::sync::OnceLock<directory::leases::RelayLeases>,
     /// Tells this process's connections apart from other processes' in
@@ -64,6 +67,9 @@ pub struct Relay {
     /// Counts the telemetry writer's stored batches (tests await it).
     pub telemetry_writes: Arc<tokio::sync::watch::Sender<u64>>,
 }
+
+/// How long a drain waits for its notices to the api-servers' channels.
+const NOTICES_WITHIN: Duration = Duration::from_secs(1);
 
 /// Bad credentials one address may present at once before its bucket
 /// (refilled one per second) holds it off.
@@ -88,6 +94,7 @@ impl Relay {
             shards: std::sync::OnceLock::new(),
             shutdown: CancellationToken::new(),
             draining: CancellationToken::new(),
+            notices: TaskTracker::new(),
             leases: std::sync::OnceLock::new(),
             instance: Secret::random(6).expose().to_owned(),
             metrics: metrics::RelayMetrics::default(),
@@ -307,6 +314,16 @@ impl Relay {
     pub async fn drain(&self) {
         self.draining.cancel();
         self.directory.set_draining();
+        // Every api-server hears of the drain before a device's lease goes
+        // away: one that then finds a device without a lease waits for it
+        // to reappear elsewhere instead of answering "offline".
+        self.notices.close();
+        if tokio::time::timeout(NOTICES_WITHIN, self.notices.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain notices not all sent within {NOTICES_WITHIN:?}");
+        }
         let sessions = self.directory.live();
         tracing::info!(
             sessions = sessions.len(),

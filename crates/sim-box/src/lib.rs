@@ -3,7 +3,9 @@
 //! inference results). Test endpoints: `/test/download?bytes=N` (a
 //! deterministic byte pattern, see [`pattern`]), `/test/upload` (returns
 //! length and SHA-256 of the body), `/test/ws-echo`, `/test/headers` (echoes
-//! the request headers it received), `/test/delay?ms=N`. `/metrics` serves
+//! the request headers it received), `/test/delay?ms=N` (and
+//! `/test/delay/waiting`: how many of those are being answered now).
+//! `/metrics` serves
 //! the telemetry contract's figures, moving as a real box's do
 //! ([`metrics`]).
 //!
@@ -41,6 +43,8 @@ struct BoxState {
     name: String,
     started: Instant,
     metrics: metrics::SimMetrics,
+    /// `/test/delay` requests being answered now.
+    delays: std::sync::atomic::AtomicUsize,
 }
 
 /// How the simulated box behaves.
@@ -64,6 +68,7 @@ pub fn router_with(name: impl Into<String>, mode: Mode) -> Router {
         name: name.into(),
         started: Instant::now(),
         metrics: metrics::SimMetrics::default(),
+        delays: std::sync::atomic::AtomicUsize::new(0),
     });
     let page_route = match mode {
         Mode::Normal => get(page),
@@ -87,6 +92,7 @@ pub fn router_with(name: impl Into<String>, mode: Mode) -> Router {
         .route("/test/ws-echo", get(ws_echo))
         .route("/test/headers", get(headers).post(headers))
         .route("/test/delay", get(delay))
+        .route("/test/delay/waiting", get(delays_waiting))
         .with_state(state)
 }
 
@@ -293,9 +299,30 @@ struct DelayQuery {
     ms: u64,
 }
 
-async fn delay(Query(q): Query<DelayQuery>) -> &'static str {
+async fn delay(State(state): State<Arc<BoxState>>, Query(q): Query<DelayQuery>) -> &'static str {
+    /// Counts one delay in `delays` for as long as it lives (also when its
+    /// client goes away first).
+    struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    state
+        .delays
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _waiting = Waiting(&state.delays);
     tokio::time::sleep(Duration::from_millis(q.ms.min(120_000))).await;
     "done"
+}
+
+/// How many `/test/delay` requests are being answered now: a test knows
+/// its slow requests reached the box.
+async fn delays_waiting(State(state): State<Arc<BoxState>>) -> String {
+    state
+        .delays
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .to_string()
 }
 
 /// Accept a WebSocket upgrade and run `session` on it.
