@@ -97,11 +97,11 @@ struct Channel {
     /// Set by the node's drain notice (or a draining answer).
     draining: Retiring,
     /// The relay shard serving it (1 to 255), 0 when the relay did not say.
-    shard: usize,
+    shard: u8,
 }
 
 /// A node, this process's shard, and a relay shard (0: any).
-type ChannelKey = (NodeId, usize, usize);
+type ChannelKey = (NodeId, usize, u8);
 
 /// A search for a channel on one relay shard.
 enum Seek {
@@ -222,7 +222,7 @@ impl RelayDirectory {
 
     /// A live channel to `node` of this shard's that relay shard `on`
     /// serves, if one is at hand now.
-    fn channel_on(&self, node: &NodeId, on: usize) -> Option<Channel> {
+    fn channel_on(&self, node: &NodeId, on: u8) -> Option<Channel> {
         let key = (node.clone(), edge_core::shard::current(), on);
         let slot = self
             .channels
@@ -237,7 +237,7 @@ impl RelayDirectory {
     /// Make sure a channel to `node` served by relay shard `on` is at hand
     /// or being looked for (on this process's shard, in the background);
     /// whether it is. `false` once a search found none, for a while.
-    fn seek(&self, node: &NodeId, on: usize) -> bool {
+    fn seek(&self, node: &NodeId, on: u8) -> bool {
         let here = edge_core::shard::current();
         if self.channel_on(node, on).is_some() {
             return true;
@@ -302,12 +302,12 @@ impl RelayDirectory {
     }
 
     /// The relay shard `device`'s session ran on when a relay last said.
-    fn place_of(&self, device: DeviceId) -> usize {
+    fn place_of(&self, device: DeviceId) -> u8 {
         self.placed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&device)
-            .map_or(0, |&s| usize::from(s))
+            .map_or(0, |&s| s)
     }
 
     /// A relay answered that `device`'s session runs on `shard`.
@@ -336,7 +336,7 @@ impl RelayDirectory {
             .get(mux::SHARD_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u8>().ok())
-            .map_or(0, usize::from);
+            .unwrap_or(0);
         let upgraded = hyper::upgrade::on(res)
             .await
             .map_err(|e| DirectoryError::Unreachable(format!("channel upgrade: {e}")))?;
@@ -384,7 +384,7 @@ impl RelayDirectory {
         &self,
         node: &NodeId,
         device: DeviceId,
-    ) -> Result<(tunnel::StreamHandle, Retiring, usize), DirectoryError> {
+    ) -> Result<(tunnel::StreamHandle, Retiring, u8), DirectoryError> {
         let on = self.place_of(device);
         for _ in 0..2 {
             let placed = (on != 0).then(|| self.channel_on(node, on)).flatten();
@@ -775,10 +775,8 @@ impl RelayDirectory {
             .map_err(|e| DirectoryError::Unreachable(format!("relay channel: {e}")))?;
         match status {
             mux::STATUS_OK => {
-                if let Ok(on) = u8::try_from(on) {
-                    if on != 0 {
-                        self.note_place(device, on);
-                    }
+                if on != 0 {
+                    self.note_place(device, on);
                 }
                 Ok((Box::new(stream), draining))
             }
@@ -787,7 +785,7 @@ impl RelayDirectory {
                 // this one serves its request and is not reused, unless no
                 // channel on that shard can be had.
                 self.note_place(device, elsewhere);
-                let retiring = if self.seek(node, usize::from(elsewhere)) {
+                let retiring = if self.seek(node, elsewhere) {
                     Retiring::already_set()
                 } else {
                     draining

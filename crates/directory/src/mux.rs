@@ -106,11 +106,6 @@ pub async fn write_request<S: AsyncWrite + Unpin>(
     stream.flush().await
 }
 
-/// Client side: the relay's one-byte answer.
-pub async fn read_status<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<u8> {
-    stream.read_u8().await
-}
-
 /// Client side: the relay's answer, and with [`STATUS_OK_ELSEWHERE`] the
 /// shard it names (0 otherwise). A shard of 0 after it is a broken answer.
 pub async fn read_answer<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(u8, u8)> {
@@ -231,7 +226,7 @@ mod tests {
             })
         );
         write_status(&mut b, STATUS_OFFLINE).await.unwrap();
-        assert_eq!(read_status(&mut a).await.unwrap(), STATUS_OFFLINE);
+        assert_eq!(read_answer(&mut a).await.unwrap(), (STATUS_OFFLINE, 0));
         a.write_all(&[b'x'; REQUEST_LEN]).await.unwrap();
         assert_eq!(read_request(&mut b).await.unwrap(), None);
     }
