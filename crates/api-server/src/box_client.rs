@@ -38,9 +38,9 @@ use store::Actor;
 
 /// Host suffix of pool keys; `.invalid` never resolves (RFC 6761).
 const KEY_SUFFIX: &str = ".box.invalid";
-/// A connection through a draining node that has been quiet this long
-/// since its last response bytes is idle in the pool: it ends itself, so
-/// the node's stream closes and its drain need not wait for the pool.
+/// A connection through a draining node that has sat idle in the pool this
+/// long since its last answer ended ends itself, so the node's stream
+/// closes and its drain need not wait for the pool.
 const RETIRE_QUIET: Duration = Duration::from_secs(1);
 
 /// Pauses before a refused stream is asked for again, once the device's
@@ -223,7 +223,7 @@ impl BoxClient {
         actor: &Actor,
         device: DeviceId,
         mut req: http::Request<Body>,
-    ) -> Result<http::Response<hyper::body::Incoming>, ApiError> {
+    ) -> Result<http::Response<AnswerBody>, ApiError> {
         let path = req
             .uri()
             .path_and_query()
@@ -244,7 +244,12 @@ impl BoxClient {
                 meta.poison();
             }
         }
-        Ok(res)
+        // An upgraded connection never goes back to the pool: its answer
+        // does not make it idle.
+        let turn = (res.status() != http::StatusCode::SWITCHING_PROTOCOLS)
+            .then(|| res.extensions().get::<Turn>().cloned())
+            .flatten();
+        Ok(res.map(|inner| AnswerBody::new(inner, turn)))
     }
 }
 
@@ -268,6 +273,88 @@ where
         }
     }
     result
+}
+
+/// Where a pooled connection is between a request and its answer: idle
+/// (and since when) once the answer's body was read to its end, busy
+/// from the next request's first byte. Only the answer's body knows its
+/// end (hyper decodes the framing), so it tells the connection's byte pipe
+/// through hyper's connection extras; bytes alone cannot tell a slow
+/// answer from an idle connection.
+#[derive(Clone, Default)]
+struct Turn(Arc<TurnInner>);
+
+#[derive(Default)]
+struct TurnInner {
+    idle_since: Mutex<Option<Instant>>,
+    /// The byte pipe's last read that found nothing, woken at an answer's end.
+    reader: futures_util::task::AtomicWaker,
+}
+
+impl Turn {
+    fn asked(&self) {
+        *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn answered(&self) {
+        *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        self.0.reader.wake();
+    }
+
+    fn idle_since(&self) -> Option<Instant> {
+        *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A box's answer on a pooled connection, as hyper's client reads it; at
+/// its clean end the connection is idle ([`Turn::answered`]).
+pub struct AnswerBody {
+    inner: hyper::body::Incoming,
+    turn: Option<Turn>,
+}
+
+impl AnswerBody {
+    fn new(inner: hyper::body::Incoming, turn: Option<Turn>) -> Self {
+        let mut body = Self { inner, turn };
+        if hyper::body::Body::is_end_stream(&body.inner) {
+            body.ended();
+        }
+        body
+    }
+
+    fn ended(&mut self) {
+        if let Some(turn) = self.turn.take() {
+            turn.answered();
+        }
+    }
+}
+
+impl hyper::body::Body for AnswerBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            None => self.ended(),
+            Some(Ok(_)) if self.inner.is_end_stream() => self.ended(),
+            // A broken answer: hyper closes the connection.
+            Some(Err(_)) => self.turn = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// What a failed box request means to the caller.
@@ -371,7 +458,7 @@ impl Connector {
             retiring,
             reclaim: self.idle.flag(device),
             kept_by_caller,
-            idle_since: None,
+            turn: Turn::default(),
             retire_wait: None,
             quiet: None,
             to_device: 0,
@@ -393,9 +480,8 @@ pub struct Audited {
     reclaim: Retiring,
     /// Kept between requests by `box_wire`, which ends it itself.
     kept_by_caller: bool,
-    /// When the last response bytes arrived, unless a request was written
-    /// since (then the connection is busy, not idle).
-    idle_since: Option<Instant>,
+    /// Whether the pooled connection on it waits for an answer.
+    turn: Turn,
     retire_wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     quiet: Option<Pin<Box<tokio::time::Sleep>>>,
     to_device: u64,
@@ -408,7 +494,9 @@ pub struct Audited {
 
 impl Connection for Audited {
     fn connected(&self) -> Connected {
-        Connected::new().extra(self.retiring.clone())
+        Connected::new()
+            .extra(self.retiring.clone())
+            .extra(self.turn.clone())
     }
 }
 
@@ -449,21 +537,20 @@ impl tunnel::splice::ChunkRead for Audited {
 }
 
 impl Audited {
-    /// Count `n` bytes read; a connection the pool holds is idle from its
-    /// last response bytes.
+    /// Count `n` bytes read.
     fn received(&mut self, n: usize) {
-        if n > 0 {
-            self.from_device += n as u64;
-            if !self.kept_by_caller {
-                self.idle_since = Some(Instant::now());
-            }
-        }
+        self.from_device += n as u64;
     }
 
     /// Whether a read that found nothing should end the stream instead: a
     /// pooled connection that sits idle and was retired.
     fn ends_idle(&mut self, cx: &mut Context<'_>) -> bool {
-        !self.kept_by_caller && self.retired(cx)
+        if self.kept_by_caller {
+            return false;
+        }
+        // Woken when an answer ends, to look again.
+        self.turn.0.reader.register(cx.waker());
+        self.retired(cx)
     }
 
     /// Whether this stream may serve no further request: its relay node
@@ -474,10 +561,10 @@ impl Audited {
 
     /// Whether this connection sits idle and was asked to end (its device
     /// refused a stream), or idle for [`RETIRE_QUIET`] since its last
-    /// response on a node that is draining; arranges a wake-up for when
-    /// that may become true.
+    /// answer ended on a node that is draining; arranges a wake-up for
+    /// when that may become true.
     fn retired(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(since) = self.idle_since else {
+        let Some(since) = self.turn.idle_since() else {
             return false;
         };
         if self.reclaim.is_set() {
@@ -516,8 +603,8 @@ impl Audited {
     fn wrote(&mut self, res: &Poll<std::io::Result<usize>>) {
         if let Poll::Ready(Ok(n)) = res {
             self.to_device += *n as u64;
-            if *n > 0 {
-                self.idle_since = None;
+            if *n > 0 && !self.kept_by_caller {
+                self.turn.asked();
             }
         }
     }

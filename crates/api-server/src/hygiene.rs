@@ -67,8 +67,14 @@ pub fn cross_site_refused(method: &Method, path: &str, headers: &http::HeaderMap
         && navigable_cross_site(path))
 }
 
-/// `req` with its body bounded by the idle timeout.
+/// `req` with its body bounded by the idle timeout. A body that has
+/// already ended is left as it is: there is nothing to wait for, and it
+/// must still say it has ended (`TimeoutBody` does not pass that on), so
+/// that the proxy sends a bodiless request the bodiless way.
 pub(crate) fn with_idle_body(req: Request, idle: std::time::Duration) -> Request {
+    if hyper::body::Body::is_end_stream(req.body()) {
+        return req;
+    }
     req.map(|body| Body::new(tower_http::timeout::TimeoutBody::new(idle, body)))
 }
 

@@ -448,7 +448,7 @@ fn relay_upgrade(
     state: &AppState,
     access: Access,
     client_upgrade: OnUpgrade,
-    mut response: http::Response<hyper::body::Incoming>,
+    mut response: http::Response<crate::box_client::AnswerBody>,
     door: &Door,
 ) -> Response {
     let device_upgrade = hyper::upgrade::on(&mut response);

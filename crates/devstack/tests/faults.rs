@@ -598,8 +598,17 @@ async fn clients_that_read_nothing_hold_bounded_memory_and_block_no_one_else() {
     stop.cancel();
 }
 
-/// A box on loopback that answers every request one byte a second: its
-/// head for `/head`, a 10-byte body after a whole head otherwise.
+/// The gap between a trickling box's bytes: longer than the quiet after
+/// which the api-server ends a pooled connection that is idle and retired
+/// (1 s), so a slow answer that were taken for an idle connection would
+/// be cut in the gap.
+const TRICKLE: Duration = Duration::from_millis(1250);
+/// The body a trickling box sends, a byte per [`TRICKLE`].
+const TRICKLED: &[u8] = b"0123";
+
+/// A box on loopback that answers every request a byte per [`TRICKLE`]:
+/// its head for `/head`, [`TRICKLED`] after a whole head otherwise. The
+/// request's body, if any, is not read.
 async fn trickling_box() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -614,17 +623,20 @@ async fn trickling_box() -> std::net::SocketAddr {
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                 }
-                let whole = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n";
+                let whole = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                    TRICKLED.len()
+                );
                 let (now, slow): (&[u8], &[u8]) = if head.starts_with(b"GET /head ") {
-                    (b"", whole)
+                    (b"", whole.as_bytes())
                 } else {
-                    (whole, b"0123456789")
+                    (whole.as_bytes(), TRICKLED)
                 };
                 if conn.write_all(now).await.is_err() {
                     return;
                 }
                 for b in slow {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(TRICKLE).await;
                     if conn.write_all(std::slice::from_ref(b)).await.is_err() {
                         return;
                     }
@@ -633,6 +645,24 @@ async fn trickling_box() -> std::net::SocketAddr {
         }
     });
     addr
+}
+
+/// Read `res`'s body to its end; the body and when each piece came,
+/// counted from `asked`.
+async fn arrivals(res: reqwest::Response, asked: Instant) -> (Vec<u8>, Vec<Duration>) {
+    let mut body = res.bytes_stream();
+    let (mut got, mut when) = (Vec::new(), Vec::new());
+    while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+        let chunk = chunk.unwrap_or_else(|e| {
+            panic!(
+                "the body broke off after {got:?} at {:?}: {e:?}",
+                asked.elapsed()
+            )
+        });
+        when.push(asked.elapsed());
+        got.extend_from_slice(&chunk);
+    }
+    (got, when)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -644,18 +674,66 @@ async fn a_box_that_answers_a_byte_a_second_is_streamed_or_timed_out_as_document
         None,
         Args {
             api: &["--proxy-first-byte-timeout-secs", "3"],
+            relay: &["--shards", "2"],
             ..Args::default()
         },
     )
     .await;
-    let (dev, token) = stack.device("trickler").await;
-    let mut settings = stack.agent_settings();
-    settings.target = trickling_box().await.to_string();
+    // Two boxes whose agents connect together: the relay hands them to its
+    // two shards in turn, so the api-server's first channel is served on
+    // the shard of one of them and not of the other (ADR 043).
+    let target = trickling_box().await.to_string();
     let stop = CancellationToken::new();
-    tokio::spawn(edge_agent::run(settings, token, stop.clone()));
-    stack.wait_online_listed(dev).await;
+    let mut devices = Vec::new();
+    for name in ["trickler-1", "trickler-2"] {
+        let (dev, token) = stack.device(name).await;
+        let mut settings = stack.agent_settings();
+        settings.target = target.clone();
+        tokio::spawn(edge_agent::run(settings, token, stop.clone()));
+        devices.push(dev);
+    }
+    for dev in &devices {
+        stack.wait_online_listed(*dev).await;
+    }
 
-    // A head a byte a second: 504 device_timeout at the first-byte bound.
+    // Each box's first request, one after the other on one connection to
+    // the api-server: a body (so the pooled client carries it) answered a
+    // byte at a time. The box on the other shard's stream crosses the
+    // relay's shards and serves only this request; its slow answer must
+    // still reach the client whole, not be taken for an idle connection.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let mut crossed = 0.0_f64;
+    let mut pieces = Vec::new();
+    for dev in &devices {
+        let asked = Instant::now();
+        let res = http
+            .post(stack.proxy_url(*dev, "/body"))
+            .header("cookie", &stack.cookie)
+            .header("x-csrf", "1")
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        crossed = crossed.max(
+            stack
+                .relay_metric("edge_relay_channel_streams_across_shards")
+                .await,
+        );
+        let (got, when) = arrivals(res, asked).await;
+        assert_eq!(got, TRICKLED);
+        pieces.push(when.len());
+    }
+    assert!(
+        crossed >= 1.0,
+        "no first stream crossed the relay's shards: the boxes are not on two shards"
+    );
+
+    // A head a byte at a time: 504 device_timeout at the first-byte bound.
+    let dev = devices[0];
     let asked = Instant::now();
     let res = stack.get(dev, "/head").await.unwrap();
     let took = asked.elapsed();
@@ -665,28 +743,21 @@ async fn a_box_that_answers_a_byte_a_second_is_streamed_or_timed_out_as_document
         "{took:?}"
     );
 
-    // A body a byte a second: each byte reaches the client as it comes.
+    // A body a byte at a time: each byte reaches the client as it comes.
     let asked = Instant::now();
     let res = stack.get(dev, "/body").await.unwrap();
     assert_eq!(res.status(), 200);
-    let mut body = res.bytes_stream();
-    let mut arrivals = Vec::new();
-    let mut got = Vec::new();
-    while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
-        let chunk = chunk.unwrap();
-        arrivals.push(asked.elapsed());
-        got.extend_from_slice(&chunk);
-    }
-    assert_eq!(got, b"0123456789");
+    let (got, when) = arrivals(res, asked).await;
+    assert_eq!(got, TRICKLED);
     assert!(
-        arrivals.len() >= 5,
-        "the body was held back and sent at once: {arrivals:?}"
+        when.len() >= TRICKLED.len() - 1,
+        "the body was held back and sent at once: {when:?}"
     );
     println!(
-        "a box sending its head a byte a second: 504 device_timeout after {took:?} (first-byte timeout {first_byte:?}); a body a byte a second reached the client in {} pieces, the first after {:?}, the last after {:?}",
-        arrivals.len(),
-        arrivals[0],
-        arrivals[arrivals.len() - 1]
+        "a box sending its head a byte per {TRICKLE:?}: 504 device_timeout after {took:?} (first-byte timeout {first_byte:?}); a body a byte per {TRICKLE:?} reached the client in {} pieces, the first after {:?}, the last after {:?}; first requests with a body, one on a stream across the relay's shards: {pieces:?} pieces",
+        when.len(),
+        when[0],
+        when[when.len() - 1]
     );
     stop.cancel();
 }

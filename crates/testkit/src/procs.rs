@@ -467,7 +467,10 @@ fn command(bin: &Path, data: &Path, db_url: &str) -> Command {
     let mut c = Command::new(bin);
     c.env("EDGE_DATA_DIR", data)
         .env("EDGE_DATABASE_URL", db_url)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_PROCS_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         // Its warnings and errors go where the test's own output goes, so
         // a failed test shows what the process said.
         .stdout(Stdio::inherit())
