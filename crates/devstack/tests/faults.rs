@@ -647,6 +647,32 @@ async fn trickling_box() -> std::net::SocketAddr {
     addr
 }
 
+/// Devices named `names` whose agents (to the box at `target`) are started
+/// together once every device exists, so that nothing else reaches the
+/// relay between their connections and its shards take them in turn;
+/// online when this returns.
+async fn agents_together(
+    stack: &ProcStack,
+    names: &[&str],
+    target: &str,
+    stop: &CancellationToken,
+) -> Vec<edge_core::DeviceId> {
+    let mut made = Vec::new();
+    for name in names {
+        made.push(stack.device(name).await);
+    }
+    for (_, token) in &made {
+        let mut settings = stack.agent_settings();
+        settings.target = target.to_owned();
+        tokio::spawn(edge_agent::run(settings, token.clone(), stop.clone()));
+    }
+    let devices: Vec<edge_core::DeviceId> = made.into_iter().map(|(dev, _)| dev).collect();
+    for dev in &devices {
+        stack.wait_online_listed(*dev).await;
+    }
+    devices
+}
+
 /// Read `res`'s body to its end; the body and when each piece came,
 /// counted from `asked`.
 async fn arrivals(res: reqwest::Response, asked: Instant) -> (Vec<u8>, Vec<Duration>) {
@@ -666,7 +692,7 @@ async fn arrivals(res: reqwest::Response, asked: Instant) -> (Vec<u8>, Vec<Durat
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_box_that_answers_a_byte_a_second_is_streamed_or_timed_out_as_documented() {
+async fn a_box_that_answers_a_byte_at_a_time_is_streamed_or_timed_out_as_documented() {
     testkit::init_logs();
     let first_byte = Duration::from_secs(3);
     let stack = ProcStack::start(
@@ -684,17 +710,7 @@ async fn a_box_that_answers_a_byte_a_second_is_streamed_or_timed_out_as_document
     // the shard of one of them and not of the other (ADR 043).
     let target = trickling_box().await.to_string();
     let stop = CancellationToken::new();
-    let mut devices = Vec::new();
-    for name in ["trickler-1", "trickler-2"] {
-        let (dev, token) = stack.device(name).await;
-        let mut settings = stack.agent_settings();
-        settings.target = target.clone();
-        tokio::spawn(edge_agent::run(settings, token, stop.clone()));
-        devices.push(dev);
-    }
-    for dev in &devices {
-        stack.wait_online_listed(*dev).await;
-    }
+    let devices = agents_together(&stack, &["trickler-1", "trickler-2"], &target, &stop).await;
 
     // Each box's first request, one after the other on one connection to
     // the api-server: a body (so the pooled client carries it) answered a
@@ -758,6 +774,74 @@ async fn a_box_that_answers_a_byte_a_second_is_streamed_or_timed_out_as_document
         when.len(),
         when[0],
         when[when.len() - 1]
+    );
+    stop.cancel();
+}
+
+/// Longer than the quiet after which the api-server ends a pooled
+/// connection that is idle and retired (1 s).
+const QUIET_SPELL: Duration = Duration::from_millis(1500);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_outlast_quiet_spells_on_streams_across_the_relays_shards() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    testkit::init_logs();
+    // One api-server shard, so one first channel, served on one of the
+    // relay's two shards; boxes whose agents connect together, on both
+    // relay shards: a box's first stream crosses the relay's shards and
+    // serves only its request (ADR 043).
+    let stack = ProcStack::start(
+        bins(),
+        None,
+        Args {
+            api: &["--shards", "1"],
+            relay: &["--shards", "2"],
+            ..Args::default()
+        },
+    )
+    .await;
+    let stop = CancellationToken::new();
+    let names = ["quiet-1", "quiet-2", "quiet-3"];
+    let devices = agents_together(&stack, &names, &stack.box_addr(), &stop).await;
+    let mut sockets = Vec::new();
+    for dev in &devices {
+        let url = stack
+            .proxy_url(*dev, "/test/ws-echo")
+            .replacen("http", "ws", 1);
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut()
+            .insert("cookie", stack.cookie.parse().unwrap());
+        let (ws, res) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(res.status(), 101);
+        sockets.push(ws);
+    }
+    let crossed = stack
+        .relay_metric("edge_relay_channel_streams_across_shards")
+        .await;
+    assert!(
+        crossed >= 1.0,
+        "no WebSocket's stream crossed the relay's shards: the boxes are not on two shards"
+    );
+    // A message each way, a quiet spell, and another: the upgraded
+    // connection is no pooled connection waiting for its next request.
+    for round in 0..2 {
+        if round == 1 {
+            tokio::time::sleep(QUIET_SPELL).await;
+        }
+        for (i, ws) in sockets.iter_mut().enumerate() {
+            let msg = format!("round {round} on socket {i}");
+            ws.send(Message::text(msg.clone())).await.unwrap();
+            match within("the echo", ws.next()).await {
+                Some(Ok(Message::Text(back))) => assert_eq!(back.as_str(), msg),
+                other => panic!("socket {i} after a quiet spell of {QUIET_SPELL:?}: {other:?}"),
+            }
+        }
+    }
+    println!(
+        "{} WebSockets through the proxy, {crossed} on a stream across the relay's shards: each echoed after a quiet spell of {QUIET_SPELL:?}",
+        sockets.len()
     );
     stop.cancel();
 }
