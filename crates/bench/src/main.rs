@@ -698,6 +698,14 @@ async fn main() -> Result<()> {
                 per_k(rathole_cpu.1),
                 ours as f64 / theirs as f64
             );
+            if rathole_cpu.0 > 0 {
+                // The two that read each request from the client's own
+                // connection and write its answer there.
+                println!(
+                    "  api-server / rathole-tcp's server        {:.2}×",
+                    api as f64 / rathole_cpu.0 as f64
+                );
+            }
         }
     }
 
