@@ -85,6 +85,21 @@ async fn a_session_carries_at_most_its_stream_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_box_connections_give_their_streams_to_a_new_request() {
+    idle_connections_give_way(false).await;
+}
+
+/// As above, with requests that carry a body: the pooled client keeps
+/// their connections, which are idle only once their answers ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_pooled_box_connections_give_their_streams_to_a_new_request() {
+    idle_connections_give_way(true).await;
+}
+
+/// Two requests at once leave two kept connections, the session's every
+/// stream; a new one that needs a stream of its own still gets one. With
+/// `with_body`, the two carry a body (the pooled client), else none (the
+/// streams `box_wire` keeps).
+async fn idle_connections_give_way(with_body: bool) {
     let mut opts = tight();
     opts.limits.ping_interval = Duration::from_millis(100);
     // Kept connections stay for the whole test unless told to end.
@@ -94,11 +109,26 @@ async fn idle_box_connections_give_their_streams_to_a_new_request() {
     let (dev, _agent) = stack.online_device(owner.id).await;
     // Two requests at once leave two kept connections: both of the
     // session's streams.
-    let slow = stack.proxy_url(dev.id, "/test/delay?ms=300");
-    let (a, b) = tokio::join!(
-        stack.get(&owner, &slow).send(),
-        stack.get(&owner, &slow).send()
+    // An upload is answered once its body was read, so its connection is
+    // kept (a box that answers before reading the body closes it).
+    let (slow, upload) = (
+        stack.proxy_url(dev.id, "/test/delay?ms=300"),
+        stack.proxy_url(dev.id, "/test/upload"),
     );
+    let ask = || {
+        if with_body {
+            stack
+                .http
+                .post(&upload)
+                .header("cookie", &owner.cookie)
+                .header("x-csrf", "1")
+                .body("x")
+                .send()
+        } else {
+            stack.get(&owner, &slow).send()
+        }
+    };
+    let (a, b) = tokio::join!(ask(), ask());
     assert_eq!(
         (a.unwrap().status().as_u16(), b.unwrap().status().as_u16()),
         (200, 200)
