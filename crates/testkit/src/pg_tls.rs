@@ -88,11 +88,7 @@ impl PgTls {
         };
         chown(dir.path());
         let data = dir.path().join("data");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::procs::free_port();
         let pg = Self {
             port,
             bin,

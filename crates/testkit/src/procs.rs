@@ -22,12 +22,38 @@ pub fn on_path(cmd: &str) -> Option<std::path::PathBuf> {
     })
 }
 
-/// A free loopback port (bound, then released, so a child can take it).
+/// A free loopback port for a child to take (bound, then released). It
+/// lies below the kernel's ephemeral range, so that between this check and
+/// the child's bind no outgoing connection can take it as its source port
+/// and no listener on port 0 can be given it (a relay once failed to start
+/// with its port taken so); and it is never handed out twice by this
+/// process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    use rand::Rng;
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    const FLOOR: u16 = 10_000;
+    let ceiling = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    if ceiling > FLOOR + 1_000 {
+        let mut rng = rand::thread_rng();
+        for _ in 0..1_000 {
+            let port = rng.gen_range(FLOOR..ceiling);
+            if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.push(port);
+                return port;
+            }
+        }
+    }
+    // No room below the ephemeral range: whatever the kernel gives.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("a free loopback port")
+        .expect("a free loopback port");
+    given.push(port);
+    port
 }
 
 /// Wait (bounded) until something accepts on `port`.

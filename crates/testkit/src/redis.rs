@@ -16,11 +16,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// Start one on a free port and wait until it answers.
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::procs::free_port();
         let mut server = Self { port, child: None };
         server.restart().await;
         server
