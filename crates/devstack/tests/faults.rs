@@ -699,33 +699,31 @@ async fn a_box_that_answers_a_byte_at_a_time_is_streamed_or_timed_out_as_documen
         bins(),
         None,
         Args {
-            api: &["--proxy-first-byte-timeout-secs", "3"],
+            api: &["--proxy-first-byte-timeout-secs", "3", "--shards", "1"],
             relay: &["--shards", "2"],
             ..Args::default()
         },
     )
     .await;
     // Two boxes whose agents connect together: the relay hands them to its
-    // two shards in turn, so the api-server's first channel is served on
-    // the shard of one of them and not of the other (ADR 043).
+    // two shards in turn, so the api-server's first channel (one, as it
+    // runs on one shard) is served on the shard of one of them and not of
+    // the other (ADR 043).
     let target = trickling_box().await.to_string();
     let stop = CancellationToken::new();
     let devices = agents_together(&stack, &["trickler-1", "trickler-2"], &target, &stop).await;
 
-    // Each box's first request, one after the other on one connection to
-    // the api-server: a body (so the pooled client carries it) answered a
-    // byte at a time. The box on the other shard's stream crosses the
-    // relay's shards and serves only this request; its slow answer must
-    // still reach the client whole, not be taken for an idle connection.
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .build()
-        .unwrap();
+    // Each box's first request, one after the other, with a body (so the
+    // pooled client carries it), answered a byte at a time. The stream to
+    // the box on the other shard crosses the relay's shards and serves
+    // only this request; its slow answer must still reach the client
+    // whole, not be taken for an idle connection.
     let mut crossed = 0.0_f64;
     let mut pieces = Vec::new();
     for dev in &devices {
         let asked = Instant::now();
-        let res = http
+        let res = stack
+            .http
             .post(stack.proxy_url(*dev, "/body"))
             .header("cookie", &stack.cookie)
             .header("x-csrf", "1")
