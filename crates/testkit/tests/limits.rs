@@ -113,15 +113,12 @@ async fn idle_connections_give_way(with_body: bool) {
     // kept (a box that answers before reading the body closes it).
     let (slow, upload) = (
         stack.proxy_url(dev.id, "/test/delay?ms=300"),
-        stack.proxy_url(dev.id, "/test/upload"),
+        format!("/api/devices/{}/proxy/test/upload", dev.id),
     );
     let ask = || {
         if with_body {
             stack
-                .http
-                .post(&upload)
-                .header("cookie", &owner.cookie)
-                .header("x-csrf", "1")
+                .send_as(reqwest::Method::POST, &owner, &upload)
                 .body("x")
                 .send()
         } else {

@@ -288,10 +288,11 @@ async fn a_draining_relay_lets_requests_finish_and_its_device_moves_without_a_fa
     // the holder drains, it must end itself (after 1 s of quiet since its
     // answer ended), not hold the drain until the pool lets it go.
     let upload = stack
-        .http
-        .post(stack.proxy_url(dev.id, "/test/upload"))
-        .header("cookie", &alice.cookie)
-        .header("x-csrf", "1")
+        .send_as(
+            reqwest::Method::POST,
+            &alice,
+            &format!("/api/devices/{}/proxy/test/upload", dev.id),
+        )
         .body("x")
         .send()
         .await
