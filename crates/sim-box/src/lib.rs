@@ -3,8 +3,9 @@
 //! inference results). Test endpoints: `/test/download?bytes=N` (a
 //! deterministic byte pattern, see [`pattern`]), `/test/upload` (returns
 //! length and SHA-256 of the body), `/test/ws-echo`, `/test/headers` (echoes
-//! the request headers it received), `/test/delay?ms=N` (and
-//! `/test/delay/waiting`: how many of those are being answered now).
+//! the request headers it received), `/test/delay?ms=N` (GET, or POST that
+//! reads its whole body first; and `/test/delay/waiting`: how many of those
+//! are being answered now).
 //! `/metrics` serves
 //! the telemetry contract's figures, moving as a real box's do
 //! ([`metrics`]).
@@ -91,7 +92,7 @@ pub fn router_with(name: impl Into<String>, mode: Mode) -> Router {
         .route("/test/upload", post(upload))
         .route("/test/ws-echo", get(ws_echo))
         .route("/test/headers", get(headers).post(headers))
-        .route("/test/delay", get(delay))
+        .route("/test/delay", get(delay).post(delay))
         .route("/test/delay/waiting", get(delays_waiting))
         .with_state(state)
 }
@@ -299,7 +300,16 @@ struct DelayQuery {
     ms: u64,
 }
 
-async fn delay(State(state): State<Arc<BoxState>>, Query(q): Query<DelayQuery>) -> &'static str {
+/// Reads the request's body (a POST's; a GET's is empty) before it waits,
+/// so the connection stays reusable after the answer.
+async fn delay(
+    State(state): State<Arc<BoxState>>,
+    Query(q): Query<DelayQuery>,
+    body: Body,
+) -> Result<&'static str, StatusCode> {
+    if body.collect().await.is_err() {
+        return Err(StatusCode::BAD_REQUEST);
+    }
     /// Counts one delay in `delays` for as long as it lives (also when its
     /// client goes away first).
     struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
@@ -313,7 +323,7 @@ async fn delay(State(state): State<Arc<BoxState>>, Query(q): Query<DelayQuery>) 
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _waiting = Waiting(&state.delays);
     tokio::time::sleep(Duration::from_millis(q.ms.min(120_000))).await;
-    "done"
+    Ok("done")
 }
 
 /// How many `/test/delay` requests are being answered now: a test knows

@@ -109,11 +109,12 @@ async fn idle_connections_give_way(with_body: bool) {
     let (dev, _agent) = stack.online_device(owner.id).await;
     // Two requests at once leave two kept connections: both of the
     // session's streams.
-    // An upload is answered once its body was read, so its connection is
-    // kept (a box that answers before reading the body closes it).
+    // A POST to the delay is answered once its body was read, so its
+    // connection is kept (a box that answers before reading the body closes
+    // it); the delay makes the two overlap, so neither reuses the other's.
     let (slow, upload) = (
         stack.proxy_url(dev.id, "/test/delay?ms=300"),
-        format!("/api/devices/{}/proxy/test/upload", dev.id),
+        format!("/api/devices/{}/proxy/test/delay?ms=300", dev.id),
     );
     let ask = || {
         if with_body {
