@@ -382,7 +382,7 @@ async fn main() -> Result<()> {
             .stdout(Stdio::null())
             .spawn()?,
     )?;
-    procs.keep(
+    let box_pid = procs.keep(
         Command::new(bin(&bindir, "sim-box")?)
             .args(["--listen", &format!("127.0.0.1:{box_port}")])
             .envs(env)
@@ -511,6 +511,10 @@ async fn main() -> Result<()> {
     let (mut relay_only, mut upload) = (Vec::new(), Vec::new());
     let mut cpu = (0u64, 0u64, 0u64);
     let mut rathole_cpu = (0u64, 0u64);
+    // The sim-box's CPU (ms) over the small requests sent to it directly,
+    // and over those of the full path: what an HTTP server that only
+    // answers costs, beside the relay and the api-server.
+    let mut box_cpu = (0u64, 0u64);
     // CPU (ms) over the bulk downloads: ours (api-server, relay, agent),
     // rathole-websocket (server, client).
     let mut bulk_cpu = ([0u64; 3], [0u64; 2]);
@@ -536,6 +540,7 @@ async fn main() -> Result<()> {
                 continue;
             }
             let before = (cpu_ms(api_pid), cpu_ms(relay_pid), cpu_ms(agent_pid));
+            let box_before = cpu_ms(box_pid);
             let rathole_before = rathole_tcp_pids.map_or([0, 0], |p| p.map(cpu_ms));
             small[i].push(
                 load::small_requests(
@@ -551,6 +556,10 @@ async fn main() -> Result<()> {
                 cpu.0 += after.0 - before.0;
                 cpu.1 += after.1 - before.1;
                 cpu.2 += after.2 - before.2;
+                box_cpu.1 += cpu_ms(box_pid) - box_before;
+            }
+            if paths[i].0 == "direct to the box" {
+                box_cpu.0 += cpu_ms(box_pid) - box_before;
             }
             if paths[i].0 == "rathole 0.5, tcp" {
                 if let Some(pids) = rathole_tcp_pids {
@@ -682,6 +691,16 @@ async fn main() -> Result<()> {
             println!(
                 "  api-server / remote-proxy               {:.2}×  (target ≤ 1.5×)",
                 api as f64 / relay as f64
+            );
+            // The floor of any process that reads each request from the
+            // client's own connection and writes its answer there: the
+            // sim-box (axum on hyper) answering by itself.
+            println!(
+                "  the sim-box answering by itself: {:.1} ms direct, {:.1} ms on the full path; sim-box (full path) / remote-proxy {:.2}×, api-server / sim-box {:.2}×",
+                per_k(box_cpu.0),
+                per_k(box_cpu.1),
+                box_cpu.1 as f64 / relay as f64,
+                api as f64 / box_cpu.1.max(1) as f64
             );
         }
         // The box and the client cost the same on both paths; the

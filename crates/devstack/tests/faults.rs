@@ -542,8 +542,8 @@ async fn settled_rss(stack: &ProcStack) -> (u64, u64) {
 
 const STALLED: usize = 20;
 /// Per stalled connection, at most: the yamux windows (1 MiB per stream at
-/// most on each hop), HTTP and socket buffers, in a debug build; far below
-/// the 1 GiB asked.
+/// most on each hop, 8 MiB for the few that hold a burst window, ADR 044),
+/// HTTP and socket buffers, in a debug build; far below the 1 GiB asked.
 const PER_CONNECTION_KIB: u64 = 8 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

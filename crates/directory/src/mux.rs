@@ -73,14 +73,17 @@ const MAX_REST: usize = MAX_ID_LINE + 1 + TARGET_KEY.len() + tunnel::preamble::M
 const TARGET_KEY: &str = "tcp=";
 
 /// yamux settings of a channel: both ends ping every 5 s (a dead peer is
-/// found within a ping timeout), many concurrent streams, 1 MiB windows.
+/// found within a ping timeout), many concurrent streams, 1 MiB windows
+/// (8 MiB for up to 4 bulk streams at once, as on a device's session).
 pub fn config() -> tokio_yamux::Config {
     tokio_yamux::Config {
         enable_keepalive: true,
         keepalive_interval: Duration::from_secs(5),
         connection_write_timeout: Duration::from_secs(10),
         max_stream_count: 8192,
-        max_stream_window_size: 1 << 20,
+        max_stream_window_size: tunnel::contract::MAX_RECEIVE_WINDOW,
+        burst_stream_window_size: tunnel::contract::BURST_RECEIVE_WINDOW,
+        burst_streams: tunnel::contract::BURST_STREAMS,
         ..tokio_yamux::Config::default()
     }
 }

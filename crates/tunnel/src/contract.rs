@@ -12,6 +12,16 @@ pub const INITIAL_STREAM_WINDOW: u32 = 256 * 1024;
 /// grow through window updates (the contract allows any delta). Bounds the
 /// bytes buffered per stream when its reader is slow.
 pub const MAX_RECEIVE_WINDOW: u32 = 1 << 20;
+/// The larger window a bulk stream (one that has taken
+/// [`MAX_RECEIVE_WINDOW`] bytes) grows to while at most [`BURST_STREAMS`]
+/// streams of its session hold one (ADR 044): on a busy machine a hop's
+/// reader waits a scheduler slice or more, and 1 MiB in flight per hop
+/// then caps a download below rathole's.
+pub const BURST_RECEIVE_WINDOW: u32 = 8 << 20;
+/// How many streams of one session may hold [`BURST_RECEIVE_WINDOW`] at
+/// once: a session's stalled streams buffer at most this many times 7 MiB
+/// more than they did without it.
+pub const BURST_STREAMS: usize = 4;
 /// The relay sends a yamux ping this often.
 pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// A ping unanswered this long marks the session dead.

@@ -29,6 +29,8 @@ pub fn relay_config(max_streams: usize, ping_interval: Duration, ping_timeout: D
         connection_write_timeout: ping_timeout,
         max_stream_count: max_streams.max(1),
         max_stream_window_size: crate::contract::MAX_RECEIVE_WINDOW,
+        burst_stream_window_size: crate::contract::BURST_RECEIVE_WINDOW,
+        burst_streams: crate::contract::BURST_STREAMS,
         ..Config::default()
     }
 }
@@ -39,6 +41,8 @@ pub fn device_config() -> Config {
         enable_keepalive: false,
         connection_write_timeout: crate::contract::PING_TIMEOUT,
         max_stream_window_size: crate::contract::MAX_RECEIVE_WINDOW,
+        burst_stream_window_size: crate::contract::BURST_RECEIVE_WINDOW,
+        burst_streams: crate::contract::BURST_STREAMS,
         ..Config::default()
     }
 }

@@ -40,6 +40,28 @@ pub struct Config {
     /// window size that we allow for a stream.
     /// Must be greater than or equal to 256 * 1024
     pub max_stream_window_size: u32,
+
+    /// PATCHED (thirteenth change): a larger receive window that at most
+    /// `burst_streams` streams of a session hold at once. A stream asks for
+    /// one once it has taken `max_stream_window_size` bytes (a bulk
+    /// transfer) and keeps it until it ends. Ignored unless larger than
+    /// `max_stream_window_size` and `burst_streams` is above 0.
+    pub burst_stream_window_size: u32,
+
+    /// PATCHED (thirteenth change): how many streams of a session may hold
+    /// `burst_stream_window_size` at once.
+    pub burst_streams: usize,
+}
+
+impl Config {
+    /// The largest receive window any stream of a session may advertise.
+    pub fn largest_stream_window(&self) -> u32 {
+        if self.burst_streams > 0 {
+            self.max_stream_window_size.max(self.burst_stream_window_size)
+        } else {
+            self.max_stream_window_size
+        }
+    }
 }
 
 impl Default for Config {
@@ -51,6 +73,8 @@ impl Default for Config {
             connection_write_timeout: DEFAULT_WRITE_TIMEOUT,
             max_stream_count: DEFAULT_MAX_STREAM_COUNT,
             max_stream_window_size: INITIAL_STREAM_WINDOW,
+            burst_stream_window_size: INITIAL_STREAM_WINDOW,
+            burst_streams: 0,
         }
     }
 }

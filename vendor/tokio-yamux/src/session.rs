@@ -8,7 +8,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -33,7 +33,7 @@ use crate::{
     error::Error,
     frame::{Flag, Flags, Frame, FrameCodec, GoAwayCode, Type},
     frame_io::{FrameIo, FrameReader},
-    stream::{StreamEvent, StreamHandle, StreamState},
+    stream::{Burst, Queued, StreamEvent, StreamHandle, StreamState},
     write_queue::WriteQueue,
 };
 
@@ -95,7 +95,9 @@ pub struct Session<T> {
     // 8-frame queue was full: head-of-line blocking, then ping timeouts).
     // A peer that queues more than the largest receive window on a stream
     // breaks the protocol and gets GoAway(ProtocolError).
-    streams: HashMap<StreamId, (UnboundedSender<Frame>, Arc<AtomicU32>), foldhash::fast::RandomState>,
+    streams: HashMap<StreamId, (UnboundedSender<Frame>, Arc<Queued>), foldhash::fast::RandomState>,
+    // PATCHED (thirteenth change): the burst windows its streams share.
+    burst: Option<Arc<Burst>>,
     // The StreamHandle not yet been polled
     pending_streams: VecDeque<StreamHandle>,
     // The buffer which will send to underlying network
@@ -188,7 +190,7 @@ where
         // back once traffic stops.
         let framed_stream = FrameReader::new(
             raw_stream,
-            FrameCodec::default().max_frame_size(config.max_stream_window_size),
+            FrameCodec::default().max_frame_size(config.largest_stream_window()),
         );
         #[cfg(all(target_family = "wasm", not(target_os = "unknown")))]
         let time_mock = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -219,6 +221,14 @@ where
             ping_id: 0,
             ping_rtt_us: Arc::default(),
             streams: HashMap::default(),
+            burst: (config.burst_streams > 0
+                && config.burst_stream_window_size > config.max_stream_window_size)
+                .then(|| {
+                    Arc::new(Burst::new(
+                        config.burst_stream_window_size,
+                        config.burst_streams,
+                    ))
+                }),
             pending_streams: VecDeque::default(),
             write_pending_frames: VecDeque::default(),
             control_pending: 0,
@@ -395,7 +405,7 @@ where
             }
         };
         let (frame_sender, frame_receiver) = unbounded();
-        let queued = Arc::new(AtomicU32::new(0));
+        let queued = Arc::new(Queued::new(self.config.max_stream_window_size));
 
         match self.streams.entry(stream_id) {
             Entry::Occupied(_) => return Err(Error::DuplicateStream),
@@ -406,6 +416,7 @@ where
             self.event_sender.clone(),
             frame_receiver,
             queued,
+            self.burst.clone(),
             state,
             self.config.max_stream_window_size,
         );
@@ -562,9 +573,9 @@ where
                     Some((frame_sender, queued)) => {
                         if frame.ty() == Type::Data {
                             let length = frame.length();
-                            let before = queued.fetch_add(length, Ordering::AcqRel);
+                            let before = queued.bytes.fetch_add(length, Ordering::AcqRel);
                             if u64::from(before) + u64::from(length)
-                                > u64::from(self.config.max_stream_window_size)
+                                > u64::from(queued.limit.load(Ordering::Acquire))
                             {
                                 debug!(
                                     "substream({}) peer exceeded the receive window",

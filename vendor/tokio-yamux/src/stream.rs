@@ -14,7 +14,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
 };
@@ -50,7 +50,12 @@ pub struct StreamHandle {
     // Data bytes the session queued for this stream and it has not taken
     // yet (PATCHED: the queue is unbounded; the session bounds these bytes
     // by the stream's largest receive window).
-    queued: Arc<AtomicU32>,
+    queued: Arc<Queued>,
+    // PATCHED (thirteenth change): the session's burst windows, whether
+    // this stream holds one, and the bytes it has taken so far.
+    burst: Option<Arc<Burst>>,
+    holds_burst: bool,
+    taken_bytes: u64,
 
     // when the cache is sent, a writable notification is issued
     writeable_wake: Option<Waker>,
@@ -65,7 +70,8 @@ impl StreamHandle {
         id: StreamId,
         unbound_event_sender: UnboundedSender<StreamEvent>,
         frame_receiver: UnboundedReceiver<Frame>,
-        queued: Arc<AtomicU32>,
+        queued: Arc<Queued>,
+        burst: Option<Arc<Burst>>,
         state: StreamState,
         max_window_size: u32,
     ) -> StreamHandle {
@@ -80,6 +86,9 @@ impl StreamHandle {
             unbound_event_sender,
             frame_receiver,
             queued,
+            burst,
+            holds_burst: false,
+            taken_bytes: 0,
             writeable_wake: None,
             readable_wake: None,
         }
@@ -158,6 +167,7 @@ impl StreamHandle {
 
     // Send a window update
     pub(crate) fn send_window_update(&mut self) -> Result<(), Error> {
+        self.take_burst();
         let buf_len = self.read_buf.iter().map(|b| b.len()).sum::<usize>() as u32;
         let delta = self.max_recv_window - buf_len - self.recv_window;
 
@@ -254,9 +264,26 @@ impl StreamHandle {
     }
 
     /// A frame left the session's queue for this stream.
-    fn taken(&self, frame: &Frame) {
+    fn taken(&mut self, frame: &Frame) {
         if frame.ty() == Type::Data {
-            self.queued.fetch_sub(frame.length(), Ordering::AcqRel);
+            self.queued.bytes.fetch_sub(frame.length(), Ordering::AcqRel);
+            self.taken_bytes += u64::from(frame.length());
+        }
+    }
+
+    /// PATCHED (thirteenth change): a stream that has taken a whole window
+    /// is a bulk transfer; it grows to the session's burst window if one
+    /// is free. The session's bound on queued bytes rises before the larger
+    /// window is advertised.
+    fn take_burst(&mut self) {
+        if self.holds_burst || self.taken_bytes < u64::from(self.max_recv_window) {
+            return;
+        }
+        let Some(burst) = &self.burst else { return };
+        if burst.try_take() {
+            self.holds_burst = true;
+            self.max_recv_window = burst.window;
+            self.queued.limit.store(burst.window, Ordering::Release);
         }
     }
 
@@ -730,6 +757,11 @@ impl AsyncWrite for StreamHandle {
 
 impl Drop for StreamHandle {
     fn drop(&mut self) {
+        if self.holds_burst {
+            if let Some(burst) = &self.burst {
+                burst.give_back();
+            }
+        }
         if !self.unbound_event_sender.is_closed() && self.state != StreamState::Closed {
             match self.state {
                 StreamState::Reset => (),
@@ -789,4 +821,49 @@ pub enum StreamState {
     Closed,
     /// Stream rejected by remote
     Reset,
+}
+
+/// PATCHED: the data bytes the session queued for a stream and it has not
+/// taken yet, and the most it may queue (the stream's largest receive
+/// window); more breaks the flow-control contract.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub(crate) bytes: AtomicU32,
+    pub(crate) limit: AtomicU32,
+}
+
+impl Queued {
+    pub(crate) fn new(limit: u32) -> Self {
+        Queued {
+            bytes: AtomicU32::new(0),
+            limit: AtomicU32::new(limit),
+        }
+    }
+}
+
+/// PATCHED (thirteenth change): a session's burst windows, `free` of them
+/// not held by a stream now.
+#[derive(Debug)]
+pub(crate) struct Burst {
+    pub(crate) window: u32,
+    free: AtomicUsize,
+}
+
+impl Burst {
+    pub(crate) fn new(window: u32, count: usize) -> Self {
+        Burst {
+            window,
+            free: AtomicUsize::new(count),
+        }
+    }
+
+    fn try_take(&self) -> bool {
+        self.free
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    fn give_back(&self) {
+        self.free.fetch_add(1, Ordering::AcqRel);
+    }
 }
