@@ -163,8 +163,20 @@ func mux(metrics bool) *http.ServeMux {
 			http.Error(w, "bad bytes", http.StatusBadRequest)
 			return
 		}
+		// chunk: the size of each Write (default 64 KiB, at most 16 MiB).
+		// A large one reaches hashicorp/yamux as one Write, which sends a
+		// frame as large as the stream's window in one WebSocket message.
+		chunk := uint64(64 * 1024)
+		if c := r.URL.Query().Get("chunk"); c != "" {
+			v, err := strconv.ParseUint(c, 10, 64)
+			if err != nil || v == 0 || v > 16<<20 {
+				http.Error(w, "bad chunk", http.StatusBadRequest)
+				return
+			}
+			chunk = v
+		}
 		w.Header().Set("Content-Length", strconv.FormatUint(n, 10))
-		buf := make([]byte, 64*1024)
+		buf := make([]byte, chunk)
 		for off := uint64(0); off < n; {
 			l := uint64(len(buf))
 			if n-off < l {

@@ -117,7 +117,7 @@ pub async fn run(settings: AgentSettings, token: DeviceToken, shutdown: Cancella
         let mut floor = Duration::ZERO;
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = dial_offering(relay, &token, &agent, tunnel::upgrade::agent_ws_config(), settings.tls.clone(), Some(tunnel::preamble::PREAMBLE_V1)) => r,
+            r = dial_offering(relay, &token, &agent, tunnel::upgrade::agent_ws_config(), settings.tls.clone(), Some(tunnel::preamble::AGENT_OFFER)) => r,
         };
         match attempt {
             Ok((ws, accepted)) => {

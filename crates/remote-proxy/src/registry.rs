@@ -37,6 +37,9 @@ pub struct LiveSession {
     /// Every stream starts with a preamble naming its target (the agent
     /// asked for it at the upgrade, ADR 026); `false`: plain streams.
     pub preamble: bool,
+    /// Its streams may grow to burst windows (the agent offered them at
+    /// the upgrade, ADR 044); `false`: 1 MiB windows at most.
+    pub burst: bool,
     /// The device's own metrics path (`None`: the relay's setting); kept
     /// current by the credential re-check.
     pub metrics_path: Arc<std::sync::RwLock<Option<String>>>,
@@ -215,6 +218,11 @@ impl LocalDirectory {
     /// Whether `device`'s streams start with a preamble (ADR 026).
     pub fn has_preamble(&self, device: DeviceId) -> Option<bool> {
         Some(self.entries().by_device.get(&device)?.live.preamble)
+    }
+
+    /// Whether `device`'s streams may grow to burst windows (ADR 044).
+    pub fn has_burst_windows(&self, device: DeviceId) -> Option<bool> {
+        Some(self.entries().by_device.get(&device)?.live.burst)
     }
 
     /// Close `device`'s session with GoAway(0) if it is still `conn`.

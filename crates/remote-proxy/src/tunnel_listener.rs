@@ -77,11 +77,13 @@ async fn accept_tunnel(
                     .into_response();
             };
             let agent = agent_version(&req);
-            let preamble = req
+            let offered = req
                 .headers()
                 .get(tunnel::preamble::CAPABILITIES_HEADER)
                 .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| tunnel::preamble::offers(v, tunnel::preamble::PREAMBLE_V1));
+                .unwrap_or_default();
+            let preamble = tunnel::preamble::offers(offered, tunnel::preamble::PREAMBLE_V1);
+            let burst = tunnel::preamble::offers(offered, tunnel::preamble::BURST_V1);
             let task_relay = relay.clone();
             relay.tunnels.spawn(async move {
                 let admitted = Admitted {
@@ -90,15 +92,22 @@ async fn accept_tunnel(
                     remote,
                     agent_version: agent,
                     preamble,
+                    burst,
                     started,
                 };
                 run_tunnel(task_relay, on_upgrade, admitted, permit).await;
             });
             let mut res: Response = upgrade::switching_protocols(&accept);
-            if preamble {
+            let accepted = match (preamble, burst) {
+                (true, true) => Some(tunnel::preamble::AGENT_OFFER),
+                (true, false) => Some(tunnel::preamble::PREAMBLE_V1),
+                (false, true) => Some(tunnel::preamble::BURST_V1),
+                (false, false) => None,
+            };
+            if let Some(accepted) = accepted {
                 res.headers_mut().insert(
                     tunnel::preamble::CAPABILITIES_HEADER,
-                    http::HeaderValue::from_static(tunnel::preamble::PREAMBLE_V1),
+                    http::HeaderValue::from_static(accepted),
                 );
             }
             res
@@ -177,6 +186,8 @@ struct Admitted {
     agent_version: Option<String>,
     /// The agent asked for stream preambles and was told yes (ADR 026).
     preamble: bool,
+    /// The agent offered burst windows and was told yes (ADR 044).
+    burst: bool,
     /// When the tunnel request arrived.
     started: std::time::Instant,
 }
@@ -268,6 +279,7 @@ struct Started<D> {
 fn start_session(
     relay: &Relay,
     ws: upgrade::UpgradedWs,
+    burst: bool,
 ) -> Started<impl std::future::Future<Output = session::SessionEnd> + Send> {
     let limits = &relay.limits;
     let activity = Activity::new();
@@ -285,6 +297,7 @@ fn start_session(
             limits.max_streams_per_session,
             limits.ping_interval,
             limits.ping_timeout,
+            burst,
         ),
         cancel.clone(),
         activity.clone(),
@@ -315,6 +328,7 @@ async fn register(
         remote,
         agent_version,
         preamble,
+        burst,
         started,
     } = admitted;
     let device = auth.device_id;
@@ -326,7 +340,7 @@ async fn register(
         activity,
         cancel,
         pump_task,
-    } = start_session(relay, ws);
+    } = start_session(relay, ws, burst);
     let now = now_ms();
     let summary = SessionSummary {
         device_id: device,
@@ -349,6 +363,7 @@ async fn register(
         max_streams: limits.max_streams_per_session,
         released: Arc::default(),
         preamble,
+        burst,
         metrics_path: metrics_path.clone(),
         // The session's driver runs on the task registering it.
         shard: edge_core::shard::current(),

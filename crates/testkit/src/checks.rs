@@ -39,8 +39,18 @@ pub async fn info(stack: &Stack, user: &TestUser, device: DeviceId) -> serde_jso
 
 /// Download `n` pattern bytes through the proxy; returns (length, sha256 hex).
 pub async fn download(stack: &Stack, user: &TestUser, device: DeviceId, n: u64) -> (u64, String) {
+    download_from(stack, user, device, &format!("/test/download?bytes={n}")).await
+}
+
+/// [`download`] of the box's `path` (a download with more parameters).
+pub async fn download_from(
+    stack: &Stack,
+    user: &TestUser,
+    device: DeviceId,
+    path: &str,
+) -> (u64, String) {
     use sha2::Digest;
-    let url = stack.proxy_url(device, &format!("/test/download?bytes={n}"));
+    let url = stack.proxy_url(device, path);
     let res = within("download head", stack.get(user, &url).send())
         .await
         .unwrap();

@@ -36,6 +36,24 @@ async fn go_device_serves_requests_through_the_full_path() {
     );
     assert_eq!(
         checks::upload(&stack, &alice, dev.id, n).await,
+        (n, expected.clone())
+    );
+    assert_eq!(
+        stack.relay().directory.has_burst_windows(dev.id),
+        Some(false)
+    );
+    // Written 8 MiB at a time: hashicorp/yamux sends a frame as large as
+    // the relay's window in one WebSocket message, so the relay must not
+    // grant a Go device a window beyond its 1 MiB message cap (burst
+    // windows are for agents that offer them, ADR 044).
+    assert_eq!(
+        checks::download_from(
+            &stack,
+            &alice,
+            dev.id,
+            &format!("/test/download?bytes={n}&chunk={}", 8 << 20)
+        )
+        .await,
         (n, expected)
     );
     checks::ws_echo(&stack, &alice, dev.id).await;

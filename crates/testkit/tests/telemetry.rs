@@ -113,6 +113,10 @@ async fn a_sim_box_is_scraped_through_its_tunnel_and_its_figures_read_back() {
     // The agent's own figure, through its endpoint (ADR 026), and the
     // relay's figures of the tunnel.
     assert_eq!(stack.relay().directory.has_preamble(dev.id), Some(true));
+    assert_eq!(
+        stack.relay().directory.has_burst_windows(dev.id),
+        Some(true)
+    );
     assert_eq!(figure(&t, "agent_reconnects", None), Some(0.0), "{t}");
     assert!(
         figure(&t, "tunnel_connected_seconds", None).is_some(),

@@ -21,6 +21,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const CAPABILITIES_HEADER: &str = "edge-capabilities";
 /// The preamble capability.
 pub const PREAMBLE_V1: &str = "preamble/1";
+/// The burst-window capability (ADR 044): the agent's WebSocket messages
+/// stay far below the relay's 1 MiB cap however large a yamux frame is
+/// (this agent writes at most 64 KiB per message), so the relay may grant
+/// its streams windows beyond 1 MiB. A device that writes each frame as
+/// one message (Go devices in the field) must never be granted more than
+/// the cap, and is not: it does not offer this.
+pub const BURST_V1: &str = "burst/1";
+/// What this project's agent offers at the upgrade.
+pub const AGENT_OFFER: &str = "preamble/1, burst/1";
 /// The longest preamble line read.
 pub const MAX_LINE: usize = 128;
 /// The longest host name a `tcp` target may carry.

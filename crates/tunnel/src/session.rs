@@ -21,8 +21,15 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// contract's default is 30 s; devices answer whatever the interval); a
 /// ping unanswered, or a connection that takes nothing while frames wait,
 /// for `ping_timeout` ends the session; and a cap on concurrently open
-/// streams.
-pub fn relay_config(max_streams: usize, ping_interval: Duration, ping_timeout: Duration) -> Config {
+/// streams. Burst windows (ADR 044) only for an agent that offered
+/// [`crate::preamble::BURST_V1`]: any other device's windows stay within
+/// the 1 MiB message cap, since it may write a whole frame as one message.
+pub fn relay_config(
+    max_streams: usize,
+    ping_interval: Duration,
+    ping_timeout: Duration,
+    burst: bool,
+) -> Config {
     Config {
         enable_keepalive: true,
         keepalive_interval: ping_interval,
@@ -30,7 +37,11 @@ pub fn relay_config(max_streams: usize, ping_interval: Duration, ping_timeout: D
         max_stream_count: max_streams.max(1),
         max_stream_window_size: crate::contract::MAX_RECEIVE_WINDOW,
         burst_stream_window_size: crate::contract::BURST_RECEIVE_WINDOW,
-        burst_streams: crate::contract::BURST_STREAMS,
+        burst_streams: if burst {
+            crate::contract::BURST_STREAMS
+        } else {
+            0
+        },
         ..Config::default()
     }
 }
