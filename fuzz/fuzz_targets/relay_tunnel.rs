@@ -19,7 +19,9 @@ fuzz_target!(|data: &[u8]| {
         let cancel = CancellationToken::new();
         let (mut control, driver) = session::client(
             io,
-            session::relay_config(8, Duration::from_secs(30), Duration::from_secs(1)),
+            // With burst windows (an agent that offered `burst/1`, ADR
+            // 044): the more permissive bound on queued bytes.
+            session::relay_config(8, Duration::from_secs(30), Duration::from_secs(1), true),
             cancel.clone(),
             activity,
         );

@@ -42,7 +42,8 @@ fuzz_target!(|data: &[u8]| {
         let cancel = CancellationToken::new();
         let (_control, driver) = session::client(
             io,
-            session::relay_config(8, Duration::from_secs(30), DEADLINE),
+            // With burst windows (ADR 044), as an agent that offered them.
+            session::relay_config(8, Duration::from_secs(30), DEADLINE, true),
             cancel.clone(),
             activity,
         );
