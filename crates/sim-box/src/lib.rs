@@ -5,10 +5,8 @@
 //! length and SHA-256 of the body), `/test/ws-echo`, `/test/headers` (echoes
 //! the request headers it received), `/test/delay?ms=N` (GET, or POST that
 //! reads its whole body first; and `/test/delay/waiting`: how many of those
-//! are being answered now).
-//! `/metrics` serves
-//! the telemetry contract's figures, moving as a real box's do
-//! ([`metrics`]).
+//! are being answered now). `/metrics` serves the telemetry contract's
+//! figures, moving as a real box's do ([`metrics`]).
 //!
 //! [`Mode::Hostile`] turns the box against its owner for security tests:
 //! its page (`/`, `/hostile.js`) tries to use the owner's console session,
