@@ -98,17 +98,18 @@ async fn accept_tunnel(
                 run_tunnel(task_relay, on_upgrade, admitted, permit).await;
             });
             let mut res: Response = upgrade::switching_protocols(&accept);
-            let accepted = match (preamble, burst) {
-                (true, true) => Some(tunnel::preamble::AGENT_OFFER),
-                (true, false) => Some(tunnel::preamble::PREAMBLE_V1),
-                (false, true) => Some(tunnel::preamble::BURST_V1),
-                (false, false) => None,
-            };
-            if let Some(accepted) = accepted {
-                res.headers_mut().insert(
-                    tunnel::preamble::CAPABILITIES_HEADER,
-                    http::HeaderValue::from_static(accepted),
-                );
+            // The answer names exactly what this relay took of the offer.
+            let accepted: Vec<&str> = [
+                (preamble, tunnel::preamble::PREAMBLE_V1),
+                (burst, tunnel::preamble::BURST_V1),
+            ]
+            .into_iter()
+            .filter_map(|(taken, cap)| taken.then_some(cap))
+            .collect();
+            let value = http::HeaderValue::from_str(&accepted.join(", "));
+            if let (false, Ok(value)) = (accepted.is_empty(), value) {
+                res.headers_mut()
+                    .insert(tunnel::preamble::CAPABILITIES_HEADER, value);
             }
             res
         }
