@@ -9,6 +9,7 @@ pub mod procs;
 pub mod rathole;
 pub mod scaling;
 pub mod storm;
+pub mod syscalls;
 pub mod tunnels;
 pub mod wrk;
 

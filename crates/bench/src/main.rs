@@ -7,11 +7,12 @@
 //! small-request rate with p50/p99, our ratios to rathole, CPU per 1,000
 //! proxied requests, small requests by box (sim-box, a Go `net/http` box)
 //! and by client (its own, wrk), and how fast and how cheaply the relay
-//! holds N idle tunnels. Stops by itself (about 4 minutes on 2 cores).
+//! holds N idle tunnels; with `--syscalls`, each process's system calls per
+//! small request (perf). Stops by itself (about 4 minutes on 2 cores).
 //!
 //! Run: `cargo build --release --bins && target/release/edge-bench`
 
-use bench::{clients, load, procs, rathole, scaling, storm, tunnels, wrk};
+use bench::{clients, load, procs, rathole, scaling, storm, syscalls, tunnels, wrk};
 
 use anyhow::{Context, Result};
 use auth::SessionId;
@@ -71,6 +72,12 @@ struct Cli {
     /// measured).
     #[arg(long)]
     bulk_only: bool,
+    /// Also count each process's system calls per small request (`perf
+    /// stat` attached to it; Debian's linux-perf): whether a process's CPU
+    /// per request is its own work or the kernel's price per call. Off by
+    /// default, since the counting itself costs a little.
+    #[arg(long)]
+    syscalls: bool,
     /// How the api-server (and the relay-alone client) reach the relay:
     /// `tcp`, its internal port on loopback; `unix`, its internal Unix
     /// socket, the one-host option of ADR 041.
@@ -234,6 +241,21 @@ struct Row {
     name: &'static str,
     bulk: f64,
     small: Latency,
+}
+
+/// System calls over the small requests, per path: the full path's
+/// api-server, relay, agent and box; the box answering directly;
+/// rathole-tcp's server, client and box.
+#[derive(Default)]
+struct SyscallSums {
+    full: [u64; 4],
+    direct: [u64; 1],
+    rathole_tcp: [u64; 3],
+}
+
+/// [`syscalls::Counting::start`] off the runtime's threads.
+async fn start_counting(pids: Vec<u32>) -> Result<syscalls::Counting> {
+    tokio::task::spawn_blocking(move || syscalls::Counting::start(&pids)).await?
 }
 
 /// The median of `v` (sorted in place).
@@ -482,6 +504,18 @@ async fn main() -> Result<()> {
             .map(|n| n.get())
             .unwrap_or(1)
     );
+    // BBR without the fq qdisc paces every sending TCP socket with a timer
+    // of its own, a cost that on some virtual machines outweighs the copies
+    // (docs/performance.md): say which this machine runs.
+    let sysctl = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/{name}"))
+            .map_or_else(|_| "unknown".to_owned(), |v| v.trim().to_owned())
+    };
+    println!(
+        "TCP congestion control {}, default qdisc {}",
+        sysctl("ipv4/tcp_congestion_control"),
+        sysctl("core/default_qdisc")
+    );
     println!(
         "api-server to relay: {}",
         match cli.internal_hop {
@@ -518,6 +552,9 @@ async fn main() -> Result<()> {
     // CPU (ms) over the bulk downloads: ours (api-server, relay, agent),
     // rathole-websocket (server, client).
     let mut bulk_cpu = ([0u64; 3], [0u64; 2]);
+    // System calls over the small requests (`--syscalls`); `None` when not
+    // asked for, or once perf could not count.
+    let mut sys = (cli.syscalls && !cli.bulk_only).then(SyscallSums::default);
     for _ in 0..cli.rounds.max(1) {
         for (i, (name, base, cookie)) in paths.iter().enumerate() {
             let url = format!("{base}/test/download?bytes={n}");
@@ -539,6 +576,26 @@ async fn main() -> Result<()> {
             if cli.bulk_only {
                 continue;
             }
+            // Whose system calls this path's requests cost.
+            let counted: Vec<u32> = match *name {
+                "ours, full path" => vec![api_pid, relay_pid, agent_pid, box_pid],
+                "direct to the box" => vec![box_pid],
+                "rathole 0.5, tcp" => {
+                    rathole_tcp_pids.map_or_else(Vec::new, |[s, c]| vec![s, c, box_pid])
+                }
+                _ => Vec::new(),
+            };
+            let counting = match (&mut sys, counted.is_empty()) {
+                (Some(_), false) => match start_counting(counted).await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        println!("system calls not counted: {e:#}");
+                        sys = None;
+                        None
+                    }
+                },
+                _ => None,
+            };
             let before = (cpu_ms(api_pid), cpu_ms(relay_pid), cpu_ms(agent_pid));
             let box_before = cpu_ms(box_pid);
             let rathole_before = rathole_tcp_pids.map_or([0, 0], |p| p.map(cpu_ms));
@@ -551,6 +608,17 @@ async fn main() -> Result<()> {
                 )
                 .await?,
             );
+            if let (Some(c), Some(sums)) = (counting, sys.as_mut()) {
+                let counts = tokio::task::spawn_blocking(move || c.finish()).await??;
+                let into = match *name {
+                    "ours, full path" => &mut sums.full[..],
+                    "direct to the box" => &mut sums.direct[..],
+                    _ => &mut sums.rathole_tcp[..],
+                };
+                for (sum, n) in into.iter_mut().zip(counts) {
+                    *sum += n;
+                }
+            }
             if paths[i].0 == "ours, full path" {
                 let after = (cpu_ms(api_pid), cpu_ms(relay_pid), cpu_ms(agent_pid));
                 cpu.0 += after.0 - before.0;
@@ -725,6 +793,28 @@ async fn main() -> Result<()> {
                     api as f64 / rathole_cpu.0 as f64
                 );
             }
+        }
+    }
+
+    if let Some(sums) = &sys {
+        let per_req = |n: u64| n as f64 / proxied;
+        let [api, relay, agent, sim] = sums.full;
+        println!(
+            "System calls per small request (perf stat): api-server {:.2}, remote-proxy {:.2}, edge-agent {:.2}; the sim-box {:.2} on the full path, {:.2} direct",
+            per_req(api),
+            per_req(relay),
+            per_req(agent),
+            per_req(sim),
+            per_req(sums.direct[0])
+        );
+        if rathole_tcp_pids.is_some() {
+            let [server, client, sim] = sums.rathole_tcp;
+            println!(
+                "  rathole-tcp: server {:.2}, client {:.2}; the sim-box {:.2}",
+                per_req(server),
+                per_req(client),
+                per_req(sim)
+            );
         }
     }
 
