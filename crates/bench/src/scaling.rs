@@ -2,7 +2,8 @@
 //! the full path and through rathole-tcp at 1, 64 and 512 connections, and
 //! the relay's memory and connect time as idle tunnels go to 1,000, 10,000
 //! and 100,000, with the kernel's slab memory per socket beside ours. A step
-//! the machine cannot hold (open files) is printed as skipped, with why.
+//! the machine cannot hold (open files) is printed as skipped, with why,
+//! and the largest step it can hold is measured in its place.
 
 use crate::load::{self, Latency};
 use crate::procs::rss_kib;
@@ -80,6 +81,12 @@ fn files_needed(tunnels: usize) -> u64 {
     tunnels as u64 + 1_024
 }
 
+/// The most tunnels, in whole thousands, that `nofile` open files hold.
+fn largest_that_fits(nofile: u64) -> usize {
+    let tunnels = nofile.saturating_sub(files_needed(0)) / 1_000 * 1_000;
+    usize::try_from(tunnels).unwrap_or(usize::MAX)
+}
+
 /// Grow the idle tunnels step by step (each step adds to the last) and
 /// print the relay's RSS per tunnel, the step's connect time and the
 /// kernel's slab memory per socket.
@@ -99,13 +106,19 @@ pub async fn tunnels(
     let cancel = CancellationToken::new();
     let (base_rss, base_slab) = (rss_kib(relay.pid), slab_kib());
     let mut held = 0;
-    for want in TUNNELS {
-        if files_needed(want) > nofile {
+    for step in TUNNELS {
+        let mut want = step;
+        if files_needed(step) > nofile {
             println!(
-                "  {want:>8} skipped: this process may open {nofile} files, the step needs about {} (raise the hard open-file limit)",
-                files_needed(want)
+                "  {step:>8} skipped: this process may open {nofile} files, the step needs about {} (raise the hard open-file limit)",
+                files_needed(step)
             );
-            break;
+            // The largest step the limit holds, so growth past the last
+            // full step still shows.
+            want = largest_that_fits(nofile);
+            if want <= held {
+                break;
+            }
         }
         let tokens = tunnels::pair_devices(store, owner, want - held, "scale-").await?;
         let start = Instant::now();
@@ -123,12 +136,20 @@ pub async fn tunnels(
         let rss = rss_kib(relay.pid);
         let slab = slab_kib().saturating_sub(base_slab);
         println!(
-            "  {want:>8} {:>12.2} {rss:>14} {:>16.1} {:>22.1}",
+            "  {want:>8} {:>12.2} {rss:>14} {:>16.1} {:>22.1}{}",
             (done - start).as_secs_f64(),
             rss.saturating_sub(base_rss) as f64 / want as f64,
             // Two sockets a tunnel on loopback: the relay's and the dialer's.
-            slab as f64 / (2 * want) as f64
+            slab as f64 / (2 * want) as f64,
+            if want == step {
+                ""
+            } else {
+                "  (the most the open-file limit holds)"
+            }
         );
+        if want != step {
+            break;
+        }
     }
     cancel.cancel();
     Ok(())
@@ -139,4 +160,17 @@ pub async fn tunnels(
 /// work moves it too).
 fn slab_kib() -> u64 {
     crate::procs::kib_field("/proc/meminfo", "Slab:")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_step_leaves_room_for_the_rest_of_the_files() {
+        assert_eq!(largest_that_fits(20_000), 18_000);
+        assert_eq!(largest_that_fits(1_524), 0);
+        assert_eq!(largest_that_fits(101_024), 100_000);
+        assert!(files_needed(largest_that_fits(20_000)) <= 20_000);
+    }
 }

@@ -2,6 +2,7 @@
 //! credential check, yamux) and what each costs it in resident memory.
 //! Every simulated device is a real paired device with its own credential;
 //! each holds its tunnel open and answers the relay's pings, nothing more.
+//! The tunnels dial from several loopback addresses, a few thousand each.
 
 use anyhow::{bail, Result};
 use edge_core::DeviceToken;
@@ -49,6 +50,22 @@ pub async fn pair_devices(
 /// Dials in flight at once.
 const DIALS_IN_FLIGHT: usize = 256;
 
+/// Tunnels dialled from one loopback source address before the next
+/// (127.0.0.2, 127.0.0.3, …) takes over: well under the 14,000 even ports
+/// the kernel tries first for a connection, past which every further
+/// connection from that address scans the taken ones.
+const TUNNELS_PER_SOURCE: usize = 5_000;
+
+/// Tunnels dialled so far by this process, across calls: which source
+/// address the next one takes.
+static DIALLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The loopback source address of this process's `i`th tunnel.
+fn source(i: usize) -> std::net::IpAddr {
+    let n = u32::try_from(2 + i / TUNNELS_PER_SOURCE).unwrap_or(u32::MAX);
+    std::net::Ipv4Addr::from(0x7f00_0000 | n.min(0x00ff_fffe)).into()
+}
+
 /// Connect one tunnel per token (with `DIALS_IN_FLIGHT` at once) and keep
 /// them open until `cancel`; returns how long connecting all took.
 pub async fn connect_all(
@@ -79,8 +96,9 @@ where
     // run on every core rather than all inside the one task that waits.
     let mut dials = futures_util::stream::iter(tokens.into_iter().map(|t| {
         let url = url.clone();
+        let i = DIALLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
-            tunnel::dial::dial(&url, &t, agent, Default::default(), None)
+            tunnel::dial::dial_from(&url, &t, agent, Default::default(), source(i))
                 .await
                 .map_err(|e| anyhow::anyhow!("tunnel: {e}"))
         })
@@ -172,5 +190,20 @@ async fn wait_for(
             bail!("the relay never listed {what} sessions");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_loopback_source_takes_a_few_thousand_tunnels() {
+        assert_eq!(source(0).to_string(), "127.0.0.2");
+        assert_eq!(source(TUNNELS_PER_SOURCE - 1).to_string(), "127.0.0.2");
+        assert_eq!(source(TUNNELS_PER_SOURCE).to_string(), "127.0.0.3");
+        // 100,000 tunnels take 20 addresses, all loopback.
+        assert_eq!(source(99_999).to_string(), "127.0.0.21");
+        assert!(source(usize::MAX).is_loopback());
     }
 }

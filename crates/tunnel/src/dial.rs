@@ -50,6 +50,74 @@ pub async fn dial_offering(
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     capabilities: Option<&str>,
 ) -> Result<(DialedWs, Option<String>), DialError> {
+    let req = request(url, token, user_agent, capabilities)?;
+    // Only `wss://` needs a TLS client; building the default one (web PKI
+    // roots) for a plain `ws://` dial was wasted work on every dial.
+    let connector = if req.uri().scheme_str() == Some("wss") {
+        tls.or_else(|| edge_tls::client_config(None).ok())
+            .map(tokio_tungstenite::Connector::Rustls)
+    } else {
+        None
+    };
+    answer(
+        tokio_tungstenite::connect_async_tls_with_config(req, Some(config), true, connector).await,
+    )
+}
+
+/// [`dial`] a `ws://` URL from the source address `local` (any port): a
+/// load generator spreads its tunnels over several loopback addresses
+/// (127.0.0.0/8), so that no one address runs short of ports. The kernel
+/// picks a connection's port by scanning one address's range, which grows
+/// slow as the range fills.
+pub async fn dial_from(
+    url: &str,
+    token: &DeviceToken,
+    user_agent: &str,
+    config: crate::WebSocketConfig,
+    local: std::net::IpAddr,
+) -> Result<DialedWs, DialError> {
+    let req = request(url, token, user_agent, None)?;
+    if req.uri().scheme_str() != Some("ws") {
+        return Err(DialError::BadUrl(
+            "a dial from a chosen address is for ws:// only".into(),
+        ));
+    }
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .ok_or_else(|| DialError::BadUrl("the relay URL has no host".into()))?;
+    let network = |e: std::io::Error| DialError::Network(e.to_string());
+    let remote = tokio::net::lookup_host(&authority)
+        .await
+        .map_err(network)?
+        .find(|a| a.is_ipv4() == local.is_ipv4())
+        .ok_or_else(|| DialError::Network(format!("{authority} has no address like {local}")))?;
+    let socket = if local.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(network)?;
+    socket
+        .bind(std::net::SocketAddr::new(local, 0))
+        .map_err(network)?;
+    let tcp = socket.connect(remote).await.map_err(network)?;
+    let _ = tcp.set_nodelay(true);
+    answer(
+        tokio_tungstenite::client_async_with_config(req, MaybeTlsStream::Plain(tcp), Some(config))
+            .await,
+    )
+    .map(|(ws, _)| ws)
+}
+
+/// The upgrade request: `token` in the Authorization header, never the URL.
+fn request(
+    url: &str,
+    token: &DeviceToken,
+    user_agent: &str,
+    capabilities: Option<&str>,
+) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, DialError> {
     let mut req = url
         .into_client_request()
         .map_err(|e| DialError::BadUrl(e.to_string()))?;
@@ -68,16 +136,21 @@ pub async fn dial_offering(
         req.headers_mut()
             .insert(crate::preamble::CAPABILITIES_HEADER, caps);
     }
-    // Only `wss://` needs a TLS client; building the default one (web PKI
-    // roots) for a plain `ws://` dial was wasted work on every dial.
-    let connector = if req.uri().scheme_str() == Some("wss") {
-        tls.or_else(|| edge_tls::client_config(None).ok())
-            .map(tokio_tungstenite::Connector::Rustls)
-    } else {
-        None
-    };
-    match tokio_tungstenite::connect_async_tls_with_config(req, Some(config), true, connector).await
-    {
+    Ok(req)
+}
+
+/// The WebSocket, with the relay's answer to a capability offer, or why
+/// the relay refused.
+fn answer<S>(
+    result: Result<
+        (
+            WebSocketStream<S>,
+            tokio_tungstenite::tungstenite::handshake::client::Response,
+        ),
+        WsError,
+    >,
+) -> Result<(WebSocketStream<S>, Option<String>), DialError> {
+    match result {
         Ok((ws, resp)) => {
             let accepted = resp
                 .headers()
