@@ -46,19 +46,22 @@ impl Counter {
             .stderr(Stdio::piped())
             .spawn()
             .context("perf stat")?;
-        let control = match open_control(&ctl, &mut child) {
-            Ok(c) => c,
+        // perf opens both FIFOs at once (read-write, so neither end
+        // waits): once the control FIFO is open, so is the other.
+        let fifos = open_control(&ctl, &mut child)
+            .and_then(|control| Ok((control, BufReader::new(std::fs::File::open(&ack)?))));
+        let (control, ack) = match fifos {
+            Ok(f) => f,
             Err(e) => {
                 let _ = (child.kill(), child.wait());
                 return Err(e);
             }
         };
+        // From here a failure drops the counter, which stops perf.
         let mut counter = Self {
-            control,
-            // perf opens both FIFOs at once (read-write, so neither end
-            // waits), so this open finds its end there.
-            ack: BufReader::new(std::fs::File::open(&ack)?),
             perf: Some(child),
+            control,
+            ack,
         };
         counter.command("disable")?;
         Ok(counter)

@@ -82,17 +82,18 @@ pub async fn dial_from(
             "a dial from a chosen address is for ws:// only".into(),
         ));
     }
-    let authority = req
+    let host = req
         .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
+        .host()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
         .ok_or_else(|| DialError::BadUrl("the relay URL has no host".into()))?;
+    let port = req.uri().port_u16().unwrap_or(80);
     let network = |e: std::io::Error| DialError::Network(e.to_string());
-    let remote = tokio::net::lookup_host(&authority)
+    let remote = tokio::net::lookup_host((host.as_str(), port))
         .await
         .map_err(network)?
         .find(|a| a.is_ipv4() == local.is_ipv4())
-        .ok_or_else(|| DialError::Network(format!("{authority} has no address like {local}")))?;
+        .ok_or_else(|| DialError::Network(format!("{host} has no address like {local}")))?;
     let socket = if local.is_ipv4() {
         tokio::net::TcpSocket::new_v4()
     } else {
