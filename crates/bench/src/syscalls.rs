@@ -224,8 +224,16 @@ mod tests {
             eprintln!("skipped: perf is not installed");
             return;
         }
-        let mut busy = Command::new("yes").stdout(Stdio::null()).spawn().unwrap();
-        let mut idle = Command::new("sleep").arg("60").spawn().unwrap();
+        // Killed on drop, so a failing assertion leaves no busy `yes`.
+        struct Reaped(Child);
+        impl Drop for Reaped {
+            fn drop(&mut self) {
+                let _ = (self.0.kill(), self.0.wait());
+            }
+        }
+        let busy = Reaped(Command::new("yes").stdout(Stdio::null()).spawn().unwrap());
+        let idle = Reaped(Command::new("sleep").arg("60").spawn().unwrap());
+        let (busy, idle) = (&busy.0, &idle.0);
         let counting = Counting::start(&[busy.id(), idle.id()]).unwrap();
         // Until the busy one has made 10,000 writes the counters saw.
         let from = writes(busy.id());
@@ -235,7 +243,6 @@ mod tests {
             std::thread::yield_now();
         }
         let counts = counting.finish().unwrap();
-        let _ = (busy.kill(), idle.kill(), busy.wait(), idle.wait());
         assert!(counts[0] >= 10_000, "busy: {counts:?}");
         assert!(counts[1] < 10, "idle: {counts:?}");
     }
