@@ -585,17 +585,16 @@ async fn main() -> Result<()> {
                 }
                 _ => Vec::new(),
             };
-            let counting = match (&mut sys, counted.is_empty()) {
-                (Some(_), false) => match start_counting(counted).await {
-                    Ok(c) => Some(c),
+            let mut counting = None;
+            if sys.is_some() && !counted.is_empty() {
+                match start_counting(counted).await {
+                    Ok(c) => counting = Some(c),
                     Err(e) => {
                         println!("system calls not counted: {e:#}");
                         sys = None;
-                        None
                     }
-                },
-                _ => None,
-            };
+                }
+            }
             let before = (cpu_ms(api_pid), cpu_ms(relay_pid), cpu_ms(agent_pid));
             let box_before = cpu_ms(box_pid);
             let rathole_before = rathole_tcp_pids.map_or([0, 0], |p| p.map(cpu_ms));
