@@ -19,8 +19,9 @@ pub const MAX_SAMPLES: usize = 1024;
 /// Most series one window holds.
 pub const MAX_SERIES: usize = 4096;
 pub(crate) const VERSION: u8 = 1;
-/// Integers kept within ±2^53 so they round-trip through `f64`.
-const MAX_INT: f64 = 9_007_199_254_740_992.0;
+/// Integers the encoder has ever written lie within ±2^53; beyond that
+/// stored bytes are corrupt.
+const MAX_INT: i64 = 1 << 53;
 
 /// One series' values within a window: one entry per scrape.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,36 +94,70 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-/// An integer the encoder could have written (within ±2^53).
-fn in_range(x: i64) -> Result<i64, CodecError> {
-    if x.unsigned_abs() > MAX_INT as u64 {
+/// An integer the encoder could have written (within ±2^53), as the
+/// value it stands for at `10^exp`. Beyond [`max_units`] it is held at
+/// that bound, as [`scale`] holds what it writes, so a window read back
+/// and written again keeps every value (earlier windows were held at
+/// ±2^53 alone).
+fn value(x: i64, exp: i8) -> Result<f64, CodecError> {
+    if x.unsigned_abs() > MAX_INT.unsigned_abs() {
         return Err(CodecError("value out of range"));
     }
-    Ok(x)
+    let m = max_units(exp);
+    Ok(from_units(x.clamp(-m, m), exp))
 }
 
+/// The most units of `10^exp` whose value comes back as the same integer
+/// through `f64`: when `exp ≥ 0`, `x · 10^exp` is `x · 5^exp` (exact below
+/// 2^53) times a power of two, so exact, and dividing it gives `x`; below,
+/// `x / 10^-exp` and back again err by at most `|x| · 2^-52`, under a
+/// quarter of a unit up to 2^50.
+fn max_units(exp: i8) -> i64 {
+    if exp >= 0 {
+        MAX_INT / 5i64.pow(u32::from(exp.unsigned_abs()))
+    } else {
+        1 << 50
+    }
+}
+
+/// `10^|exp|`, exact for the resolutions windows keep (|exp| ≤ 18).
+fn power(exp: i8) -> f64 {
+    10f64.powi(i32::from(exp.unsigned_abs()))
+}
+
+/// What `x` units of `10^exp` stand for, as the nearest double to that
+/// decimal (so it prints short: `0.442`, not `0.44200000000000006`).
+fn from_units(x: i64, exp: i8) -> f64 {
+    if exp < 0 {
+        x as f64 / power(exp)
+    } else {
+        x as f64 * power(exp)
+    }
+}
+
+/// `v` in whole units of `10^exp`, held within [`max_units`].
 pub(crate) fn scale(v: f64, exp: i8) -> i64 {
-    units(v, exp).clamp(-MAX_INT, MAX_INT) as i64
+    let m = max_units(exp);
+    units(v, exp).clamp(-m as f64, m as f64) as i64
 }
 
 /// `v` in whole units of `10^exp`, unclamped.
 fn units(v: f64, exp: i8) -> f64 {
-    (v / 10f64.powi(i32::from(exp))).round()
+    if exp < 0 {
+        (v * power(exp)).round()
+    } else {
+        (v / power(exp)).round()
+    }
 }
 
 /// `v` at the resolution `10^exp` the windows keep it at, as the nearest
-/// double to that decimal (so it prints short: `0.442`, not
-/// `0.4423782229423523`); `v` itself beyond what a window can hold.
+/// double to that decimal; `v` itself beyond what a window can hold.
 pub fn at_resolution(v: f64, exp: i8) -> f64 {
     let scaled = units(v, exp);
-    if !scaled.is_finite() || scaled.abs() >= MAX_INT {
+    if !scaled.is_finite() || scaled.abs() > max_units(exp) as f64 {
         return v;
     }
-    if exp < 0 {
-        scaled / 10f64.powi(-i32::from(exp))
-    } else {
-        scaled * 10f64.powi(i32::from(exp))
-    }
+    from_units(scaled as i64, exp)
 }
 
 /// The bytes of `w`, its times relative to `w.times[0]`.
@@ -234,8 +269,15 @@ pub fn decode(start_ms: i64, bytes: &[u8]) -> Result<Window, CodecError> {
         times.push(start_ms);
         let (mut t, mut delta) = (start_ms, 0i64);
         for _ in 1..n {
-            delta = delta.saturating_add(unzigzag(r.varint()?));
-            t = t.saturating_add(delta);
+            // The encoder's times never come near i64's ends; bytes that
+            // would are corrupt, and refusing them keeps every decoded
+            // time exactly what its deltas say.
+            delta = delta
+                .checked_add(unzigzag(r.varint()?))
+                .ok_or(CodecError("time out of range"))?;
+            t = t
+                .checked_add(delta)
+                .ok_or(CodecError("time out of range"))?;
             times.push(t);
         }
     }
@@ -257,7 +299,6 @@ pub fn decode(start_ms: i64, bytes: &[u8]) -> Result<Window, CodecError> {
         } else {
             Some(r.take(n.div_ceil(8))?.to_vec())
         };
-        let unit = 10f64.powi(i32::from(exp));
         let constant = if flags & CONSTANT != 0 {
             Some(unzigzag(r.varint()?))
         } else {
@@ -277,7 +318,7 @@ pub fn decode(start_ms: i64, bytes: &[u8]) -> Result<Window, CodecError> {
                 Some(c) => c,
                 None => last.wrapping_add(unzigzag(r.varint()?)),
             };
-            values.push(Some(in_range(last)? as f64 * unit));
+            values.push(Some(value(last, exp)?));
         }
         series.insert(id, Column { exp, values });
     }
@@ -430,24 +471,23 @@ pub fn decode_buckets(
         if !(-18..=18).contains(&exp) {
             return Err(CodecError("resolution out of range"));
         }
-        let unit = 10f64.powi(i32::from(exp));
         let mut last_min = 0i64;
         for (_, sums) in out.iter_mut() {
             let c = u16::try_from(r.varint()?).map_err(|_| CodecError("count out of range"))?;
             if c == 0 {
                 continue;
             }
-            let min = in_range(last_min.wrapping_add(unzigzag(r.varint()?)))?;
+            let min = last_min.wrapping_add(unzigzag(r.varint()?));
             last_min = min;
             let mut above = [0f64; 3];
             for a in &mut above {
-                *a = in_range(min.wrapping_add(unzigzag(r.varint()?)))? as f64 * unit;
+                *a = value(min.wrapping_add(unzigzag(r.varint()?)), exp)?;
             }
             sums.push(Summary {
                 id,
                 exp,
                 count: c,
-                min: min as f64 * unit,
+                min: value(min, exp)?,
                 avg: above[0],
                 max: above[1],
                 p95: above[2],
@@ -582,6 +622,51 @@ mod tests {
             1, 2, 0x0f, 1, 0, 0, 0, 0, 0, 0, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x28, 0,
         ];
         assert!(decode(0, &beyond).is_err());
+    }
+
+    #[test]
+    fn every_integer_a_window_holds_reads_back_as_itself() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        for exp in -18..=18i8 {
+            let m = max_units(exp);
+            let mut xs = vec![0, 1, -1, m, -m, m - 1, 1 - m, m / 3, -m / 7];
+            for _ in 0..20_000 {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                xs.push((rng % (2 * m as u64 + 1)) as i64 - m);
+            }
+            for x in xs {
+                assert_eq!(scale(from_units(x, exp), exp), x, "{x} at 10^{exp}");
+            }
+            // Beyond the bound a value is held at it, both ways.
+            assert_eq!(scale(from_units(m, exp) * 4.0, exp), m);
+            assert_eq!(value(MAX_INT, exp).unwrap(), from_units(m, exp));
+            assert!(value(MAX_INT + 1, exp).is_err());
+        }
+    }
+
+    #[test]
+    fn bytes_the_fuzzer_found_either_fail_or_read_back_the_same() {
+        // From the `exposition` target: a value of ~2^52 tens decoded to a
+        // double that re-encoded one unit off.
+        let found = [
+            1u8, 4, 255, 255, 255, 255, 255, 255, 255, 22, 0, 0, 1, 1, 0, 52, 91, 1, 1, 0, 52, 255,
+            255, 255, 250, 255, 255, 255, 15, 16,
+        ];
+        let w = decode(0, &found).unwrap();
+        assert_eq!(decode(0, &encode(&w)).unwrap(), w);
+        // Times whose deltas run past i64's end are corrupt, not clamped.
+        let mut past = vec![VERSION, 3];
+        put_varint(&mut past, zigzag(i64::MAX));
+        put_varint(&mut past, zigzag(1));
+        past.push(0);
+        assert_eq!(decode(0, &past), Err(CodecError("time out of range")));
+        let mut delta_past = vec![VERSION, 3];
+        put_varint(&mut delta_past, zigzag(-5));
+        put_varint(&mut delta_past, zigzag(i64::MIN));
+        delta_past.push(0);
+        assert_eq!(decode(0, &delta_past), Err(CodecError("time out of range")));
     }
 
     #[test]
