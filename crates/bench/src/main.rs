@@ -576,14 +576,19 @@ async fn main() -> Result<()> {
             if cli.bulk_only {
                 continue;
             }
-            // Whose system calls this path's requests cost.
-            let counted: Vec<u32> = match *name {
-                "ours, full path" => vec![api_pid, relay_pid, agent_pid, box_pid],
-                "direct to the box" => vec![box_pid],
-                "rathole 0.5, tcp" => {
-                    rathole_tcp_pids.map_or_else(Vec::new, |[s, c]| vec![s, c, box_pid])
-                }
-                _ => Vec::new(),
+            // Whose system calls this path's requests cost, and where
+            // their counts add up (unused when no one is counted).
+            type Slot = fn(&mut SyscallSums) -> &mut [u64];
+            let (counted, slot): (Vec<u32>, Slot) = match *name {
+                "ours, full path" => (vec![api_pid, relay_pid, agent_pid, box_pid], |s| {
+                    &mut s.full[..]
+                }),
+                "direct to the box" => (vec![box_pid], |s| &mut s.direct[..]),
+                "rathole 0.5, tcp" => (
+                    rathole_tcp_pids.map_or_else(Vec::new, |[s, c]| vec![s, c, box_pid]),
+                    |s| &mut s.rathole_tcp[..],
+                ),
+                _ => (Vec::new(), |s| &mut s.full[..]),
             };
             let mut counting = None;
             if sys.is_some() && !counted.is_empty() {
@@ -611,12 +616,7 @@ async fn main() -> Result<()> {
                 match tokio::task::spawn_blocking(move || c.finish()).await? {
                     Ok(counts) => {
                         if let Some(sums) = sys.as_mut() {
-                            let into = match *name {
-                                "ours, full path" => &mut sums.full[..],
-                                "direct to the box" => &mut sums.direct[..],
-                                _ => &mut sums.rathole_tcp[..],
-                            };
-                            for (sum, n) in into.iter_mut().zip(counts) {
+                            for (sum, n) in slot(sums).iter_mut().zip(counts) {
                                 *sum += n;
                             }
                         }
